@@ -1,0 +1,136 @@
+"""Making Redis clients, and turning redis-py errors into quota errors.
+
+Shared by the sync and async clients. Connection defaults are chosen so that an unreachable
+Redis gives a ``StorageUnavailable`` within about two seconds instead of redis-py 8's ten
+retries: a worker on the hot path must learn quickly that it should spool or fall back.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import fields, replace
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from .config import Settings
+from .core import translate_script_error
+from .errors import ConfigError, QuotaError, StorageUnavailable
+from .money import cny_to_nano
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+SETTING_NAMES = {f.name for f in fields(Settings)}
+
+
+def default_options() -> dict[str, Any]:
+    return {
+        "socket_timeout": 2.0,
+        "socket_connect_timeout": 1.0,
+        "retry": Retry(ExponentialBackoff(cap=0.25, base=0.02), 3),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "health_check_interval": 30,
+    }
+
+
+def split_url(url: str | None, cluster: bool | None) -> tuple[str, bool]:
+    """The URL redis-py understands and whether it names a cluster.
+
+    A cluster is named by ``cluster=True`` or by the scheme ``redis+cluster://`` /
+    ``rediss+cluster://``; ``redis://``, ``rediss://`` and ``unix://`` are standalone.
+    """
+    url = url or os.environ.get("REDIS_URL")
+    if not url:
+        raise ConfigError("no Redis URL: pass one or set REDIS_URL (e.g. redis://localhost:6379/0)")
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError(f"not a Redis URL: {describe_url(url)!r}")
+    if scheme in CLUSTER_SCHEMES:
+        return f"{CLUSTER_SCHEMES[scheme]}://{rest}", True
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"unsupported Redis URL scheme {scheme!r}: use redis, rediss, unix or redis+cluster")
+    return url, bool(cluster)
+
+
+def describe_url(url: str) -> str:
+    """``host:port`` (or the socket path) of a URL, never its password."""
+    try:
+        parts = urlsplit(url)
+        if parts.scheme == "unix":
+            return parts.path
+        return f"{parts.hostname}:{parts.port or 6379}"
+    except ValueError:
+        return "<unparsable url>"
+
+
+def describe_client(client: Any) -> str:
+    """Where a client points, for error messages; never includes a password."""
+    nodes = getattr(client, "startup_nodes", None)
+    if nodes:
+        names = nodes if isinstance(nodes, list) else list(nodes)
+        return "cluster " + ",".join(sorted(str(getattr(n, "name", n)) for n in names)[:3])
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", {}) or {}
+    if "path" in kwargs:
+        return str(kwargs["path"])
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+
+
+def settings_with(settings: Settings | None, overrides: dict[str, Any]) -> Settings:
+    """``settings`` (or the environment's) with keyword overrides applied.
+
+    ``monthly_credit`` is accepted in CNY as a convenience for ``credit_nano``.
+    """
+    base = settings or Settings.from_env()
+    if "monthly_credit" in overrides:
+        try:
+            overrides["credit_nano"] = cny_to_nano(overrides.pop("monthly_credit"), what="monthly_credit")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    unknown = set(overrides) - SETTING_NAMES
+    if unknown:
+        raise TypeError(f"unknown options {sorted(unknown)}")
+    return replace(base, **overrides) if overrides else base
+
+
+def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Separate quota's own options from the ones meant for the redis-py client."""
+    own = {k: options.pop(k) for k in list(options) if k in SETTING_NAMES | {"monthly_credit", "settings", "clock"}}
+    return own, {**default_options(), **options}
+
+
+@contextmanager
+def storage_errors(where: str) -> Iterator[None]:
+    """Translate redis-py errors: script rule errors keep their meaning, the rest is storage."""
+    try:
+        yield
+    except QuotaError:
+        raise
+    except ResponseError as exc:
+        mapped = translate_script_error(str(exc))
+        if mapped is not None:
+            raise mapped from None
+        raise StorageUnavailable(f"Redis at {where} answered with an error: {exc}") from exc
+    except RedisError as exc:
+        raise StorageUnavailable(
+            f"Redis at {where} is unavailable ({type(exc).__name__}: {exc}); "
+            "check that it is running and that REDIS_URL is right"
+        ) from exc
+
+
+def error_of(reply: Any, where: str) -> QuotaError | None:
+    """The quota error a pipelined reply stands for, or None when it is a value."""
+    if not isinstance(reply, Exception):
+        return None
+    try:
+        with storage_errors(where):
+            raise reply
+    except QuotaError as exc:
+        return exc
+    except Exception as exc:  # not a redis error at all: surface it as storage trouble
+        return StorageUnavailable(f"Redis at {where}: {exc}")

@@ -1,0 +1,270 @@
+"""The sans-I/O core shared by ``Meter`` and ``AsyncMeter``.
+
+Each operation is split in two pure halves: *prepare* validates the arguments, prices the call
+and builds a :class:`ScriptCall` (which script, KEYS, ARGV); *parse* turns the script's reply into
+a result. The clients in ``meter.py`` and ``aio.py`` only send the call and await the reply, so
+every rule lives here once, and tests and benchmarks can exercise it without Redis.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping
+
+from . import scripts
+from .config import Settings
+from .errors import InvalidInput, QuotaError, RequestConflict
+from .keys import (
+    KeySchema,
+    add_months,
+    iso_z,
+    month_of,
+    next_month_start,
+    validate_month,
+    validate_request_id,
+    validate_user,
+)
+from .money import cny_to_nano, nano_to_decimal, nano_to_json
+from .prices import ModelPrice
+from .results import CreditResult, QuotaCheck, UsageResult
+from .scripts import LuaScript
+from .stats import MonthUsage, build_token_stats, flat_pairs_to_dict
+
+MAX_TOKENS = 10**9
+Clock = Callable[[], datetime]
+
+RECORD_FIELDS = ("user", "model_id", "input_tokens", "output_tokens", "request_id", "price", "estimated")
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """One script invocation, ready to send: ``EVALSHA script.sha len(keys) *keys *args``."""
+
+    script: LuaScript
+    keys: tuple[str, ...]
+    args: tuple[str, ...]
+    parse: Callable[[Any], Any]
+
+
+def validate_tokens(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{what} must be an int from 0 to {MAX_TOKENS}, got {type(value).__name__}")
+    if not 0 <= value <= MAX_TOKENS:
+        raise InvalidInput(f"{what} must be from 0 to {MAX_TOKENS}, got {value}")
+    return value
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def translate_script_error(message: str) -> QuotaError | None:
+    """Map a script's ``QUOTA_*`` error reply to the library's error; None for anything else."""
+    for code, cls in (("QUOTA_CONFLICT", RequestConflict), ("QUOTA_INVALID", InvalidInput),
+                      ("QUOTA_OVERFLOW", InvalidInput)):
+        at = message.find(code)
+        if at >= 0:
+            return cls(message[at + len(code):].strip() or code)
+    return None
+
+
+class MeterCore:
+    """Validation, pricing, key building and reply parsing for one configuration."""
+
+    def __init__(self, settings: Settings | None = None, clock: Clock | None = None):
+        self.settings = settings or Settings.from_env()
+        self.clock: Clock = clock or utc_now
+        self.keys = KeySchema(self.settings.prefix)
+        self.prices = self.settings.prices
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def current_month(self) -> str:
+        return month_of(self.clock())
+
+    def price_for(self, model_id: object, price: Mapping[str, Any] | None = None) -> ModelPrice:
+        if price is None:
+            return self.prices.lookup(model_id)
+        return self.prices.with_call_price(model_id, price)  # type: ignore[arg-type]
+
+    # --- update_token_usage ----------------------------------------------------------------------
+
+    def record(
+        self,
+        user: object,
+        model_id: object,
+        input_tokens: object,
+        output_tokens: object,
+        *,
+        request_id: object = None,
+        price: Mapping[str, Any] | None = None,
+        estimated: bool = False,
+    ) -> ScriptCall:
+        user = validate_user(user)
+        model = self.price_for(model_id, price)
+        tokens_in = validate_tokens(input_tokens, "input_tokens")
+        tokens_out = validate_tokens(output_tokens, "output_tokens")
+        if not isinstance(estimated, bool):
+            raise InvalidInput("estimated must be True or False")
+        auto_id = request_id is None
+        rid = secrets.token_urlsafe(16) if auto_id else validate_request_id(request_id)
+        month = self.current_month()
+        cost = model.cost_nano(tokens_in, tokens_out)
+
+        def parse(reply: Any) -> UsageResult:
+            recorded, used, credit = reply
+            return UsageResult(
+                user=user,
+                model_id=model.model_id,
+                month=month,
+                input_tokens=tokens_in,
+                output_tokens=tokens_out,
+                cost_nano=cost,
+                monthly_used_nano=int(used),
+                monthly_credit_nano=int(credit),
+                is_system=model.is_system,
+                # An id we made ourselves can only be seen twice through a transport retry of
+                # this very call, which counted it once: that is not a caller's duplicate.
+                duplicate=(int(recorded) == 0 and not auto_id),
+                request_id=rid,
+                estimated=estimated,
+            )
+
+        return ScriptCall(
+            scripts.RECORD,
+            (self.keys.month_key(user, month), self.keys.request_key(user, rid)),
+            (
+                model.model_id,
+                str(tokens_in),
+                str(tokens_out),
+                str(cost),
+                "1" if model.is_system else "0",
+                str(self.settings.credit_nano),
+                str(self.settings.dedupe_ttl_s),
+                "1" if estimated else "0",
+            ),
+            parse,
+        )
+
+    def record_many(self, records: object) -> list[ScriptCall]:
+        """Validate every record before any is sent: one bad record changes nothing."""
+        if isinstance(records, (str, bytes, Mapping)) or not hasattr(records, "__iter__"):
+            raise InvalidInput("records must be a list of dicts")
+        calls = []
+        for index, rec in enumerate(records):  # type: ignore[union-attr]
+            if not isinstance(rec, Mapping):
+                raise InvalidInput(f"record {index} must be a dict, got {type(rec).__name__}")
+            unknown = set(rec) - set(RECORD_FIELDS)
+            missing = {"user", "model_id", "input_tokens", "output_tokens"} - set(rec)
+            if unknown or missing:
+                problem = f"unknown keys {sorted(unknown)}" if unknown else f"missing keys {sorted(missing)}"
+                raise InvalidInput(f"record {index}: {problem}")
+            try:
+                calls.append(self.record(
+                    rec["user"], rec["model_id"], rec["input_tokens"], rec["output_tokens"],
+                    request_id=rec.get("request_id"), price=rec.get("price"),
+                    estimated=rec.get("estimated", False),
+                ))
+            except InvalidInput as exc:
+                raise type(exc)(f"record {index}: {exc}") from None
+        ids = [c.keys[1] for c in calls]
+        if len(set(ids)) != len(ids):
+            raise InvalidInput("records: the same request_id appears twice for one user in one batch")
+        return calls
+
+    # --- check_quota_available -------------------------------------------------------------------
+
+    def check(self, user: object, model_id: object) -> ScriptCall:
+        user = validate_user(user)
+        model = self.prices.lookup(model_id)
+        month = self.current_month()
+        resets_at = iso_z(next_month_start(month))
+
+        def parse(reply: Any) -> QuotaCheck:
+            used, credit = (int(v) for v in reply)
+            allowed = (not model.is_system) or used < credit
+            event = None if allowed else quota_exceeded_event(model.model_id, used, credit, resets_at)
+            return QuotaCheck(user, model.model_id, month, model.is_system, allowed, used, credit,
+                              resets_at, event)
+
+        return ScriptCall(scripts.CHECK, (self.keys.month_key(user, month),),
+                          (str(self.settings.credit_nano),), parse)
+
+    # --- set_monthly_credit ----------------------------------------------------------------------
+
+    def set_credit(self, user: object, credit: object, month: object = None) -> ScriptCall:
+        user = validate_user(user)
+        month = self.current_month() if month is None else validate_month(month)
+        try:
+            credit_nano = cny_to_nano(credit, what="credit")
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        if credit_nano >= 10**17:
+            raise InvalidInput("credit must be below 100,000,000 CNY")
+
+        def parse(reply: Any) -> CreditResult:
+            used, credit_now = (int(v) for v in reply)
+            return CreditResult(user, month, used, credit_now)
+
+        return ScriptCall(scripts.SET_CREDIT, (self.keys.month_key(user, month),), (str(credit_nano),), parse)
+
+    # --- get_token_stats -------------------------------------------------------------------------
+
+    def stats_months(self, months: int | None = None) -> list[str]:
+        """The current month and the ``months`` before it, newest first."""
+        count = self.settings.history_months if months is None else months
+        current = self.current_month()
+        return [add_months(current, -i) for i in range(count + 1)]
+
+    def stats(self, user: object, months: int | None = None) -> ScriptCall:
+        user = validate_user(user)
+        wanted = self.stats_months(months)
+
+        def parse(reply: Any) -> list[MonthUsage]:
+            return [MonthUsage.from_hash(m, flat_pairs_to_dict(list(r))) for m, r in zip(wanted, reply)]
+
+        return ScriptCall(scripts.STATS, tuple(self.keys.month_key(user, m) for m in wanted), (), parse)
+
+    def token_stats(
+        self, user: str, live: list[MonthUsage], archived: list[MonthUsage] | None = None
+    ) -> dict[str, Any]:
+        """Merge live months (Redis) with archived ones (SQL): each month once, newest first.
+
+        A month is never added up from both places. When both hold it (the dump archived it but
+        has not removed the key yet, or a late write reached it after the archive), the Redis
+        copy wins: the archive is a full snapshot of the hash, and the hash only grows.
+        """
+        current, *expired = live
+        by_month = {m.month: m for m in (archived or [])}
+        for month in expired:
+            if not month.is_empty:
+                by_month[month.month] = month
+        limit = len(live) - 1
+        history = [by_month[m] for m in sorted(by_month, reverse=True) if m < current.month][:limit]
+        return build_token_stats(user, current, history, self.prices, self.settings.credit_nano)
+
+
+def quota_exceeded_event(model_id: str, used_nano: int, credit_nano: int, resets_at: str) -> dict[str, Any]:
+    """The ``quota_exceeded`` event a chat front end shows when a new message is refused."""
+    used, credit = nano_to_json(used_nano), nano_to_json(credit_nano)
+    used_text, credit_text = nano_to_decimal(used_nano), nano_to_decimal(credit_nano)
+    return {
+        "type": "quota_exceeded",
+        "model_id": model_id,
+        "monthly_used": used,
+        "monthly_credit": credit,
+        "resets_at": resets_at,
+        "message": (
+            f"本月系统模型额度已用完（已用 {used_text} / {credit_text} 元），将于 {resets_at[:10]} 重置；"
+            "当前回复不受影响，您也可以改用自定义模型继续。"
+            f" You have used this month's system-model credit ({used_text} of {credit_text} CNY). "
+            f"It resets on {resets_at[:10]} (UTC); the reply in progress is not affected, "
+            "and custom models keep working."
+        ),
+    }

@@ -1,0 +1,135 @@
+"""The Redis key schema (a public contract: ops read it with redis-cli) and the UTC month.
+
+One hash per user per UTC month::
+
+    <prefix>:{<user>}:<YYYY-MM>          hash, see FIELD_* below and docs/OPERATIONS.md
+    <prefix>:{<user>}:req:<request_id>   string with a TTL, the idempotency record
+
+The braces are a Redis Cluster hash tag: every key of one user lives in one slot, so one script
+can touch all of them. Identifiers are validated here before they can reach a key name.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+from .errors import InvalidInput
+
+USER_RE = re.compile(r"[A-Za-z0-9_.@+\-]{1,128}")
+# Model ids end up inside hash field names; a hash stays a compact listpack only while every
+# field is at most 64 bytes, and the longest suffix is ":estimated_calls" (16): 48 fits.
+MODEL_RE = re.compile(r"[A-Za-z0-9_.:/@+\-]{1,48}")
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9_.:/@+=\-]{1,128}")
+MONTH_RE = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
+PREFIX_RE = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
+
+# Scalar fields of the user-month hash (no colon, so they never collide with model fields).
+FIELD_CREDIT = "credit_nano"          # this month's credit, nano-CNY; absent = the default credit
+FIELD_USED = "system_used_nano"       # spend on system models this month, nano-CNY
+# Per-model fields are "<model_id>:<suffix>"; parse them with rpartition(":"). The token fields
+# are named "input"/"output" as in the seed's history: one user-month with one model then fits
+# in 232 bytes (MEMORY USAGE), where "input_tokens"/"output_tokens" took 264.
+SUFFIX_INPUT = "input"                # input tokens
+SUFFIX_OUTPUT = "output"              # output tokens
+SUFFIX_COST = "cost_nano"
+SUFFIX_CALLS = "calls"
+SUFFIX_ESTIMATED = "estimated_calls"  # calls whose tokens were estimated (stream cut short)
+MODEL_SUFFIXES = (SUFFIX_INPUT, SUFFIX_OUTPUT, SUFFIX_COST, SUFFIX_CALLS, SUFFIX_ESTIMATED)
+
+
+def _check(value: object, pattern: re.Pattern[str], what: str, rule: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a string, got {type(value).__name__}")
+    if not pattern.fullmatch(value):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise InvalidInput(f"invalid {what} {shown!r}: {rule}")
+    return value
+
+
+def validate_user(user: object) -> str:
+    return _check(user, USER_RE, "user id", "use 1 to 128 characters of A-Z a-z 0-9 _ . @ + -")
+
+
+def validate_model_id(model_id: object) -> str:
+    return _check(model_id, MODEL_RE, "model_id", "use 1 to 48 characters of A-Z a-z 0-9 _ . : / @ + -")
+
+
+def validate_request_id(request_id: object) -> str:
+    return _check(
+        request_id, REQUEST_ID_RE, "request_id", "use 1 to 128 characters of A-Z a-z 0-9 _ . : / @ + = -"
+    )
+
+
+def validate_prefix(prefix: object) -> str:
+    return _check(prefix, PREFIX_RE, "key prefix", "use 1 to 32 characters of A-Z a-z 0-9 _ . -")
+
+
+def validate_month(month: object) -> str:
+    if not isinstance(month, str) or not MONTH_RE.fullmatch(month):
+        raise InvalidInput(f"invalid month {month!r}: use YYYY-MM, e.g. 2026-01")
+    return month
+
+
+# --- the UTC month -------------------------------------------------------------------------------
+
+def utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; a naive datetime is refused (it would silently use local time)."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise InvalidInput("the clock must return an aware datetime (e.g. datetime.now(timezone.utc))")
+    return moment.astimezone(timezone.utc)
+
+
+def month_of(moment: datetime) -> str:
+    """The UTC month of ``moment`` as ``YYYY-MM``."""
+    m = utc(moment)
+    return f"{m.year:04d}-{m.month:02d}"
+
+
+def month_start(month: str) -> datetime:
+    year, mon = (int(p) for p in validate_month(month).split("-"))
+    return datetime(year, mon, 1, tzinfo=timezone.utc)
+
+
+def add_months(month: str, delta: int) -> str:
+    year, mon = (int(p) for p in validate_month(month).split("-"))
+    index = year * 12 + (mon - 1) + delta
+    return f"{index // 12:04d}-{index % 12 + 1:02d}"
+
+
+def next_month_start(month: str) -> datetime:
+    return month_start(add_months(month, 1))
+
+
+def iso_z(moment: datetime) -> str:
+    """``2026-02-01T00:00:00Z``: the form the seed uses for ``last_reset``."""
+    return utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- key names -----------------------------------------------------------------------------------
+
+class KeySchema:
+    """Builds key names for one prefix. All inputs must be validated already."""
+
+    def __init__(self, prefix: str = "quota"):
+        self.prefix = validate_prefix(prefix)
+
+    def month_key(self, user: str, month: str) -> str:
+        return f"{self.prefix}:{{{user}}}:{month}"
+
+    def request_key(self, user: str, request_id: str) -> str:
+        return f"{self.prefix}:{{{user}}}:req:{request_id}"
+
+    def month_pattern(self, month: str = "????-??") -> str:
+        """A SCAN MATCH pattern for every user's hash of ``month`` (default: every month)."""
+        return f"{self.prefix}:{{*}}:{month}"
+
+    def parse_month_key(self, key: str) -> tuple[str, str] | None:
+        """``(user, month)`` for a user-month key of this prefix, else None."""
+        head = f"{self.prefix}:{{"
+        if not key.startswith(head) or not key.endswith("}:" + key[-7:]):
+            return None
+        user, month = key[len(head):-9], key[-7:]
+        if USER_RE.fullmatch(user) and MONTH_RE.fullmatch(month):
+            return user, month
+        return None

@@ -1,0 +1,64 @@
+-- record.lua: count one LLM call in a user's month, exactly once per request id.
+--
+-- KEYS[1]  user-month hash      <prefix>:{<user>}:<YYYY-MM>
+-- KEYS[2]  idempotency record   <prefix>:{<user>}:req:<request_id>
+-- ARGV[1]  model_id             validated by the client (no spaces, no braces, <= 48 chars)
+-- ARGV[2]  input_tokens         decimal string
+-- ARGV[3]  output_tokens        decimal string
+-- ARGV[4]  cost_nano            decimal string, this call's cost in nano-CNY (1e-9 CNY)
+-- ARGV[5]  is_system            "1": the cost draws on the credit (system_used_nano); "0": counted only
+-- ARGV[6]  default_credit_nano  the month's credit when none is set (credit_nano absent)
+-- ARGV[7]  dedupe_ttl_s         seconds the request id is remembered
+-- ARGV[8]  estimated            "1" when the tokens are an estimate (a stream cut short), else "0"
+--
+-- Returns {recorded, system_used_nano, credit_nano}; recorded is 1, or 0 for a request id seen
+-- before with the same content. Amounts are strings: they may pass 2^53, where Lua numbers lose
+-- digits. Never refuses for being over the credit: the reply in progress is always counted.
+-- Errors start with QUOTA_INVALID, QUOTA_CONFLICT or QUOTA_OVERFLOW and change nothing.
+
+local function is_uint(s, max_digits)
+  return type(s) == 'string' and #s >= 1 and #s <= max_digits and string.match(s, '^%d+$') ~= nil
+end
+
+-- 1. validate (Redis has no rollback: nothing may fail after the first write)
+if not (is_uint(ARGV[2], 10) and is_uint(ARGV[3], 10) and is_uint(ARGV[4], 17)
+        and is_uint(ARGV[6], 17) and is_uint(ARGV[7], 9) and ARGV[7] ~= '0'
+        and (ARGV[5] == '0' or ARGV[5] == '1') and (ARGV[8] == '0' or ARGV[8] == '1')) then
+  return redis.error_reply('QUOTA_INVALID record arguments must be unsigned integers and 0/1 flags')
+end
+local model = ARGV[1]
+local content = model .. '|' .. ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4] .. '|' .. ARGV[8]
+
+-- 2. read
+local seen = redis.call('GET', KEYS[2])
+if seen then
+  if seen ~= content then
+    return redis.error_reply('QUOTA_CONFLICT request_id was already used for a different record')
+  end
+  local now = redis.call('HMGET', KEYS[1], 'system_used_nano', 'credit_nano')
+  return {0, now[1] or '0', now[2] or ARGV[6]}
+end
+local fields = {model .. ':input', model .. ':output', model .. ':cost_nano',
+                model .. ':calls', 'system_used_nano'}
+local current = redis.call('HMGET', KEYS[1], unpack(fields))
+for i = 1, #fields do
+  -- 18 digits is >= 1e17; adding at most 1e17 more could approach the int64 limit of HINCRBY.
+  if current[i] and #current[i] >= 18 then
+    return redis.error_reply('QUOTA_OVERFLOW field ' .. fields[i] .. ' is too large to add to')
+  end
+end
+
+-- 3. write (ARGV strings go to HINCRBY as they came: no tonumber round trip)
+redis.call('HINCRBY', KEYS[1], fields[1], ARGV[2])
+redis.call('HINCRBY', KEYS[1], fields[2], ARGV[3])
+redis.call('HINCRBY', KEYS[1], fields[3], ARGV[4])
+redis.call('HINCRBY', KEYS[1], fields[4], 1)
+if ARGV[5] == '1' then
+  redis.call('HINCRBY', KEYS[1], 'system_used_nano', ARGV[4])
+end
+if ARGV[8] == '1' then
+  redis.call('HINCRBY', KEYS[1], model .. ':estimated_calls', 1)
+end
+redis.call('SET', KEYS[2], content, 'EX', ARGV[7])
+local now = redis.call('HMGET', KEYS[1], 'system_used_nano', 'credit_nano')
+return {1, now[1] or '0', now[2] or ARGV[6]}

@@ -1,0 +1,147 @@
+"""What the operations return: small frozen dataclasses holding integer nano-CNY.
+
+Amounts are kept as ``*_nano`` ints; the properties without the suffix give exact ``Decimal``
+CNY, and ``as_dict()`` gives JSON-ready data (float CNY without noise, e.g. 2.35).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from .money import nano_to_decimal, nano_to_json
+
+
+@dataclass(frozen=True, slots=True)
+class UsageResult:
+    """The outcome of one ``update_token_usage``."""
+
+    user: str
+    model_id: str
+    month: str
+    input_tokens: int
+    output_tokens: int
+    cost_nano: int
+    monthly_used_nano: int
+    monthly_credit_nano: int
+    is_system: bool
+    duplicate: bool
+    request_id: str
+    estimated: bool = False
+
+    @property
+    def cost(self) -> Decimal:
+        return nano_to_decimal(self.cost_nano)
+
+    @property
+    def monthly_used(self) -> Decimal:
+        return nano_to_decimal(self.monthly_used_nano)
+
+    @property
+    def monthly_credit(self) -> Decimal:
+        return nano_to_decimal(self.monthly_credit_nano)
+
+    @property
+    def remaining_nano(self) -> int:
+        return max(self.monthly_credit_nano - self.monthly_used_nano, 0)
+
+    @property
+    def remaining(self) -> Decimal:
+        return nano_to_decimal(self.remaining_nano)
+
+    @property
+    def exceeded(self) -> bool:
+        """The system-model spend has reached the credit (after this record)."""
+        return self.monthly_used_nano >= self.monthly_credit_nano
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "user": self.user,
+            "model_id": self.model_id,
+            "month": self.month,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost": nano_to_json(self.cost_nano),
+            "monthly_used": nano_to_json(self.monthly_used_nano),
+            "monthly_credit": nano_to_json(self.monthly_credit_nano),
+            "remaining": nano_to_json(self.remaining_nano),
+            "exceeded": self.exceeded,
+            "duplicate": self.duplicate,
+            "is_system": self.is_system,
+            "estimated": self.estimated,
+            "request_id": self.request_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaCheck:
+    """The outcome of ``check_quota_available``: may a new message start on this model?"""
+
+    user: str
+    model_id: str
+    month: str
+    is_system: bool
+    allowed: bool
+    monthly_used_nano: int
+    monthly_credit_nano: int
+    resets_at: str
+    event: dict[str, Any] | None = None  # the quota_exceeded event when denied
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+    @property
+    def monthly_used(self) -> Decimal:
+        return nano_to_decimal(self.monthly_used_nano)
+
+    @property
+    def monthly_credit(self) -> Decimal:
+        return nano_to_decimal(self.monthly_credit_nano)
+
+    @property
+    def remaining(self) -> Decimal:
+        return nano_to_decimal(max(self.monthly_credit_nano - self.monthly_used_nano, 0))
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "user": self.user,
+            "model_id": self.model_id,
+            "month": self.month,
+            "is_system": self.is_system,
+            "allowed": self.allowed,
+            "monthly_used": nano_to_json(self.monthly_used_nano),
+            "monthly_credit": nano_to_json(self.monthly_credit_nano),
+            "remaining": nano_to_json(max(self.monthly_credit_nano - self.monthly_used_nano, 0)),
+            "resets_at": self.resets_at,
+        }
+        if self.event is not None:
+            data["event"] = self.event
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class CreditResult:
+    """The outcome of ``set_monthly_credit``."""
+
+    user: str
+    month: str
+    monthly_used_nano: int
+    monthly_credit_nano: int
+
+    @property
+    def monthly_credit(self) -> Decimal:
+        return nano_to_decimal(self.monthly_credit_nano)
+
+    @property
+    def monthly_used(self) -> Decimal:
+        return nano_to_decimal(self.monthly_used_nano)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "user": self.user,
+            "month": self.month,
+            "monthly_credit": nano_to_json(self.monthly_credit_nano),
+            "monthly_used": nano_to_json(self.monthly_used_nano),
+            "remaining": nano_to_json(max(self.monthly_credit_nano - self.monthly_used_nano, 0)),
+        }

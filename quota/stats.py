@@ -1,0 +1,148 @@
+"""Turn raw user-month hashes into the seed's ``get_token_stats`` structure. Pure, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, Iterable, Mapping
+
+from .keys import (
+    FIELD_CREDIT,
+    FIELD_USED,
+    MODEL_SUFFIXES,
+    SUFFIX_CALLS,
+    SUFFIX_COST,
+    SUFFIX_ESTIMATED,
+    SUFFIX_INPUT,
+    SUFFIX_OUTPUT,
+    iso_z,
+    month_start,
+    next_month_start,
+)
+from .money import nano_to_json
+from .prices import PriceTable
+
+
+@dataclass
+class ModelUsage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_nano: int = 0
+    calls: int = 0
+    estimated_calls: int = 0
+
+    def add(self, other: "ModelUsage") -> None:
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cost_nano += other.cost_nano
+        self.calls += other.calls
+        self.estimated_calls += other.estimated_calls
+
+
+@dataclass
+class MonthUsage:
+    """One user's month: what the hash holds, parsed. ``credit_nano`` None means "never set"."""
+
+    month: str
+    credit_nano: int | None = None
+    system_used_nano: int = 0
+    models: dict[str, ModelUsage] = field(default_factory=dict)
+
+    @classmethod
+    def from_hash(cls, month: str, raw: Mapping[Any, Any]) -> "MonthUsage":
+        usage = cls(month)
+        for key, value in raw.items():
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            number = int(value)
+            if name == FIELD_CREDIT:
+                usage.credit_nano = number
+            elif name == FIELD_USED:
+                usage.system_used_nano = number
+            else:
+                model_id, _, suffix = name.rpartition(":")
+                if model_id and suffix in MODEL_SUFFIXES:
+                    model = usage.models.setdefault(model_id, ModelUsage())
+                    setattr(model, _SUFFIX_ATTR[suffix], number)
+        return usage
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.models and self.system_used_nano == 0
+
+
+_SUFFIX_ATTR = {
+    SUFFIX_INPUT: "input_tokens",
+    SUFFIX_OUTPUT: "output_tokens",
+    SUFFIX_COST: "cost_nano",
+    SUFFIX_CALLS: "calls",
+    SUFFIX_ESTIMATED: "estimated_calls",
+}
+
+
+def flat_pairs_to_dict(flat: list[Any]) -> dict[Any, Any]:
+    """An HGETALL reply as a flat list (as a script returns it) -> dict."""
+    return dict(zip(flat[0::2], flat[1::2]))
+
+
+def percent(used_nano: int, credit_nano: int) -> float:
+    if credit_nano <= 0:
+        return 100.0 if used_nano > 0 else 0.0
+    value = (Decimal(used_nano) * 100 / Decimal(credit_nano)).quantize(Decimal("0.01"), ROUND_HALF_UP)
+    return float(value)
+
+
+def build_token_stats(
+    user: str,
+    current: MonthUsage,
+    history: Iterable[MonthUsage],
+    prices: PriceTable,
+    default_credit_nano: int,
+) -> dict[str, Any]:
+    """The seed's structure, plus extra keys; ``history`` newest first, empty months left out."""
+    credit = current.credit_nano if current.credit_nano is not None else default_credit_nano
+    used = current.system_used_nano
+    models: dict[str, Any] = {}
+    for model_id, usage in sorted(current.models.items()):
+        is_system = prices.is_system(model_id)
+        models[model_id] = {
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cost": nano_to_json(usage.cost_nano),
+            "calls": usage.calls,
+            "estimated_calls": usage.estimated_calls,
+            "is_system": is_system,
+            "name": prices.system_models[model_id].name if is_system else _custom_name(prices, model_id),
+        }
+    history_out: dict[str, Any] = {}
+    for month in history:
+        if month.is_empty:
+            continue
+        history_out[month.month] = {
+            model_id: {
+                "input": usage.input_tokens,
+                "output": usage.output_tokens,
+                "cost": nano_to_json(usage.cost_nano),
+                "calls": usage.calls,
+                "is_system": prices.is_system(model_id),
+            }
+            for model_id, usage in sorted(month.models.items())
+        }
+    return {
+        "user": user,
+        "current_month": current.month,
+        "monthly_credit": nano_to_json(credit),
+        "monthly_used": nano_to_json(used),
+        "last_reset": iso_z(month_start(current.month)),
+        "remaining": nano_to_json(max(credit - used, 0)),
+        "percent_used": percent(used, credit),
+        "exceeded": used >= credit,
+        "resets_at": iso_z(next_month_start(current.month)),
+        "currency": "CNY",
+        "models": models,
+        "history": history_out,
+    }
+
+
+def _custom_name(prices: PriceTable, model_id: str) -> str:
+    price = prices.custom_models.get(model_id)
+    return price.name if price else model_id
