@@ -36,7 +36,6 @@ class AsyncMeter:
         own, client_options = split_options(options)
         url, is_cluster = split_url(url, cluster)
         if is_cluster:
-            client_options.pop("health_check_interval", None)
             client_options.pop("retry_on_error", None)
             client = AsyncRedisCluster.from_url(url, **client_options)
         else:

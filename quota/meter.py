@@ -39,7 +39,6 @@ class Meter:
         own, client_options = split_options(options)
         url, is_cluster = split_url(url, cluster)
         if is_cluster:
-            client_options.pop("health_check_interval", None)
             client = RedisCluster.from_url(url, **client_options)
         else:
             client = redis.Redis.from_url(url, **client_options)

@@ -6,6 +6,7 @@ The real servers are started once per test session on their own loopback ports (
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -124,3 +125,47 @@ async def ameter(backend: Backend, clock: Clock):
     m = AsyncMeter(backend.async_client(), clock=clock, prefix="quota", monthly_credit=5)
     yield m
     await m.aclose()
+
+
+class AsyncAsSync:
+    """Drives an AsyncMeter from sync test code on a private event loop, so that one test body
+    checks both clients: the behaviour must be the same, only the I/O differs."""
+
+    def __init__(self, make_client: Callable[[], Any], **kwargs: Any):
+        self._loop = asyncio.new_event_loop()
+        self._meter = self._loop.run_until_complete(self._make(make_client, kwargs))
+
+    @staticmethod
+    async def _make(make_client: Callable[[], Any], kwargs: dict[str, Any]) -> AsyncMeter:
+        return AsyncMeter(make_client(), **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._meter, name)
+        if not asyncio.iscoroutinefunction(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._loop.run_until_complete(attr(*args, **kwargs))
+
+        return call
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._meter.aclose())
+        self._loop.close()
+
+
+@pytest.fixture(params=["sync", "async"])
+def any_meter(request: pytest.FixtureRequest, backend: Backend, clock: Clock):
+    """A Meter or an AsyncMeter (driven synchronously) on every backend: 6 combinations."""
+    kwargs = dict(clock=clock, prefix="quota", monthly_credit=5)
+    m = Meter(backend.sync_client(), **kwargs) if request.param == "sync" else AsyncAsSync(backend.async_client, **kwargs)
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def raw(backend: Backend):
+    """A plain sync client on the backend, to look at keys the way ops do."""
+    client = backend.sync_client()
+    yield client
+    client.close()

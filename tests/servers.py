@@ -8,6 +8,7 @@ its own temporary directory and a port of its own; nothing touches 6379.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -36,12 +37,12 @@ def _port_free(port: int) -> bool:
 
 def free_ports(count: int, *, start: int = 17000, need_bus: bool = False) -> list[int]:
     """``count`` consecutive free ports (and their cluster bus ports, port + 10000, when asked)."""
-    port = start + (os.getpid() % 500) * 8
-    while port < 30000:
+    rng = random.Random(os.getpid() * 7919 + start)
+    for _ in range(1000):
+        port = rng.randrange(start, 50000 - count)
         ports = list(range(port, port + count))
         if all(_port_free(p) and (not need_bus or _port_free(p + 10000)) for p in ports):
             return ports
-        port += count
     raise RuntimeError("no free ports for the test Redis servers")
 
 
