@@ -1,0 +1,54 @@
+"""The sans-I/O core on its own: what it sends and how it reads replies, with no Redis at all."""
+
+from datetime import datetime, timezone
+
+import pytest
+
+from quota import InvalidInput, RequestConflict, Settings
+from quota.core import MeterCore, translate_script_error
+from quota.scripts import CHECK, RECORD
+
+
+def core(**kw):
+    return MeterCore(Settings(**kw), clock=lambda: datetime(2026, 3, 31, 23, 59, 59, tzinfo=timezone.utc))
+
+
+def test_record_call_carries_every_key_and_time_in_its_arguments():
+    call = core(prefix="p", dedupe_ttl_s=60).record("alice", "system_deepseek", 12000, 8000, request_id="r1")
+    assert call.script is RECORD
+    assert call.keys == ("p:{alice}:2026-03", "p:{alice}:req:r1")
+    assert call.args == ("system_deepseek", "12000", "8000", "28000000", "1", "5000000000", "60", "0")
+    result = call.parse([1, b"28000000", b"5000000000"])
+    assert result.month == "2026-03" and result.cost_nano == 28_000_000 and not result.duplicate
+    assert call.parse([0, b"28000000", b"5000000000"]).duplicate  # a caller's id seen before
+
+
+def test_auto_ids_are_unique_and_their_retry_is_not_a_duplicate():
+    c = core()
+    calls = [c.record("alice", "custom_x", 1, 1) for _ in range(1000)]
+    assert len({call.keys[1] for call in calls}) == 1000
+    assert not calls[0].parse([0, "0", "5000000000"]).duplicate
+
+
+def test_check_decision_is_made_from_the_reply():
+    c = core()
+    call = c.check("alice", "system_deepseek")
+    assert call.script is CHECK and call.args == ("5000000000",)
+    assert call.parse([b"4999999999", b"5000000000"]).allowed
+    denied = call.parse([b"5000000000", b"5000000000"])
+    assert not denied.allowed and denied.event["resets_at"] == "2026-04-01T00:00:00Z"
+    assert c.check("alice", "custom_x").parse([b"9" * 17, b"0"]).allowed
+
+
+def test_script_errors_map_to_the_hierarchy():
+    assert isinstance(translate_script_error("QUOTA_CONFLICT request_id was already used"), RequestConflict)
+    assert isinstance(translate_script_error("ERR Error running script: QUOTA_INVALID x"), InvalidInput)
+    assert translate_script_error("OOM command not allowed") is None
+
+
+def test_validation_happens_before_anything_is_built():
+    c = core()
+    with pytest.raises(InvalidInput):
+        c.record("alice", "custom_x", -1, 0)
+    with pytest.raises(InvalidInput):
+        c.set_credit("alice", "1.0000000001")
