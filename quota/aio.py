@@ -9,12 +9,13 @@ import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
-from .batch import MAX_RELOADS, evalsha_args, group_by, missing_scripts, needs_reroute
+from .batch import LoadScripts, SendOne, Step, evalsha_args, plan_batch
 from .config import Settings
 from .connect import describe_client, error_of, settings_with, split_options, split_url, storage_errors
 from .core import Clock, MeterCore, ScriptCall
 from .errors import BatchError
 from .results import CreditResult, QuotaCheck, UsageResult
+from .turn import AsyncTurn, ReplayReport, TurnOptions, areplay
 
 
 class AsyncMeter:
@@ -24,8 +25,9 @@ class AsyncMeter:
     """
 
     def __init__(self, client: Any, *, settings: Settings | None = None, clock: Clock | None = None,
-                 history: Any = None, **overrides: Any):
+                 history: Any = None, spool: Any = None, on_unavailable: str = "allow", **overrides: Any):
         self.core = MeterCore(settings_with(settings, overrides), clock)
+        self.turn_options = TurnOptions(spool, on_unavailable)  # see quota.turn
         self.client = client
         self.history = history
         self._where = describe_client(client)
@@ -93,6 +95,15 @@ class AsyncMeter:
     def get_model_cost_config(self, model_id: str) -> dict[str, Any]:
         return self.core.prices.get_model_cost_config(model_id)
 
+    # --- agent-worker integration (quota.turn) --------------------------------------------------
+
+    def turn(self, user: str, model_id: str, *, on_unavailable: str | None = None) -> AsyncTurn:
+        """``async with ameter.turn(user, model_id) as turn:`` — see :meth:`quota.Meter.turn`."""
+        return AsyncTurn(self, user, model_id, on_unavailable=on_unavailable)
+
+    async def replay_spool(self) -> ReplayReport:
+        return await areplay(self)
+
     # --- I/O -------------------------------------------------------------------------------------
 
     async def _run(self, call: ScriptCall) -> Any:
@@ -110,63 +121,51 @@ class AsyncMeter:
     async def _run_many(self, calls: list[ScriptCall]) -> list[Any]:
         if not calls:
             return []
+        node_of = None
+        if isinstance(self.client, AsyncRedisCluster):
+            with storage_errors(self._where):
+                await self.client.initialize()
+            node_of = lambda key: self.client.get_node_from_key(key).name  # noqa: E731
+        plan = plan_batch(calls, node_of)
         with storage_errors(self._where):
-            if not isinstance(self.client, AsyncRedisCluster):
-                return await self._pipeline(self.client, calls)
-            await self.client.initialize()
-            nodes = {}
+            try:
+                step = next(plan)
+                while True:
+                    step = plan.send(await self._perform(step))
+            except StopIteration as done:
+                return done.value
 
-            def node_of(key: str) -> str:
-                node = self.client.get_node_from_key(key)
-                nodes[node.name] = node
-                return node.name
-
-            replies: list[Any] = [None] * len(calls)
-            groups = group_by(calls, node_of)
-
-            async def run_node(name: str, indexes: list[int]) -> None:
-                try:
-                    sub = await self._pipeline(self._node_client(nodes[name]), [calls[i] for i in indexes])
-                except RedisError as exc:
-                    sub = [exc] * len(indexes)
-                for index, reply in zip(indexes, sub):
-                    replies[index] = reply
-
-            await asyncio.gather(*(run_node(n, ix) for n, ix in groups.items()))
-            for index, reply in enumerate(replies):
-                if needs_reroute(reply):
-                    try:
-                        replies[index] = await self._evalsha(self.client, calls[index])
-                    except RedisError as exc:
-                        replies[index] = exc
-            return replies
-
-    def _node_client(self, node: Any) -> aredis.Redis:
-        """A plain client on one cluster node: the async cluster pipeline refuses EVALSHA."""
-        found = self._node_clients.get(node.name)
-        if found is None:
-            kwargs = {k: v for k, v in node.connection_kwargs.items()
-                      if k in _NODE_KWARGS}
-            found = self._node_clients[node.name] = aredis.Redis(host=node.host, port=node.port, **kwargs)
-        return found
-
-    @staticmethod
-    async def _pipeline(client: Any, calls: list[ScriptCall]) -> list[Any]:
-        pending = list(range(len(calls)))
-        replies: list[Any] = [None] * len(calls)
-        for attempt in range(MAX_RELOADS + 1):
-            pipe = client.pipeline(transaction=False)
-            for index in pending:
-                pipe.evalsha(*evalsha_args(calls[index]))
-            for index, reply in zip(pending, await pipe.execute(raise_on_error=False)):
-                replies[index] = reply
-            missing = missing_scripts([replies[i] for i in pending])
-            if not missing or attempt == MAX_RELOADS:
-                break
-            pending = [pending[i] for i in missing]
-            for script in {calls[i].script for i in pending}:
+    async def _perform(self, step: Step) -> Any:
+        """Do one I/O step of a batch plan (see quota.batch); errors are outcomes, not raised."""
+        if isinstance(step, SendOne):
+            try:
+                return await self._evalsha(self.client, step.call)
+            except RedisError as exc:
+                return exc
+        client = self._node_client(step.node)
+        if isinstance(step, LoadScripts):
+            for script in step.scripts:
                 await client.script_load(script.source)
-        return replies
+            return None
+        pipe = client.pipeline(transaction=False)
+        for call in step.calls:
+            pipe.evalsha(*evalsha_args(call))
+        try:
+            return await pipe.execute(raise_on_error=False)
+        except RedisError as exc:
+            return exc
+
+    def _node_client(self, node_name: Any) -> Any:
+        """The standalone client, or a plain client on one cluster node: the async cluster
+        pipeline refuses EVALSHA too."""
+        if node_name is None:
+            return self.client
+        found = self._node_clients.get(node_name)
+        if found is None:
+            node = self.client.get_node(node_name=node_name)
+            kwargs = {k: v for k, v in node.connection_kwargs.items() if k in _NODE_KWARGS}
+            found = self._node_clients[node_name] = aredis.Redis(host=node.host, port=node.port, **kwargs)
+        return found
 
 
 _NODE_KWARGS = {

@@ -6,14 +6,15 @@ from typing import Any, Iterable, Mapping
 
 import redis
 from redis.cluster import RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
-from .batch import MAX_RELOADS, evalsha_args, group_by, missing_scripts, needs_reroute
+from .batch import LoadScripts, SendOne, Step, evalsha_args, plan_batch
 from .config import Settings
 from .connect import describe_client, error_of, settings_with, split_options, split_url, storage_errors
 from .core import Clock, MeterCore, ScriptCall
 from .errors import BatchError
 from .results import CreditResult, QuotaCheck, UsageResult
+from .turn import Turn, ReplayReport, TurnOptions, replay
 
 
 class Meter:
@@ -26,8 +27,9 @@ class Meter:
     """
 
     def __init__(self, client: Any, *, settings: Settings | None = None, clock: Clock | None = None,
-                 history: Any = None, **overrides: Any):
+                 history: Any = None, spool: Any = None, on_unavailable: str = "allow", **overrides: Any):
         self.core = MeterCore(settings_with(settings, overrides), clock)
+        self.turn_options = TurnOptions(spool, on_unavailable)  # see quota.turn
         self.client = client
         self.history = history
         self._where = describe_client(client)
@@ -96,6 +98,17 @@ class Meter:
     def get_model_cost_config(self, model_id: str) -> dict[str, Any]:
         return self.core.prices.get_model_cost_config(model_id)
 
+    # --- agent-worker integration (quota.turn) --------------------------------------------------
+
+    def turn(self, user: str, model_id: str, *, on_unavailable: str | None = None) -> Turn:
+        """``with meter.turn(user, model_id) as turn:`` checks the credit (QuotaExceeded when over)
+        and counts every call of the reply with ``turn.record(...)`` / ``turn.stream(...)``."""
+        return Turn(self, user, model_id, on_unavailable=on_unavailable)
+
+    def replay_spool(self) -> ReplayReport:
+        """Send records spooled while Redis was away (also done after each turn, when due)."""
+        return replay(self)
+
     # --- I/O -------------------------------------------------------------------------------------
 
     def _run(self, call: ScriptCall) -> Any:
@@ -113,48 +126,39 @@ class Meter:
     def _run_many(self, calls: list[ScriptCall]) -> list[Any]:
         if not calls:
             return []
+        cluster = isinstance(self.client, RedisCluster)
+        plan = plan_batch(calls, (lambda key: self.client.get_node_from_key(key).name) if cluster else None)
         with storage_errors(self._where):
-            if not isinstance(self.client, RedisCluster):
-                return self._pipeline(self.client, calls)
-            replies: list[Any] = [None] * len(calls)
-            nodes = {}
+            try:
+                step = next(plan)
+                while True:
+                    step = plan.send(self._perform(step))
+            except StopIteration as done:
+                return done.value
 
-            def node_of(key: str) -> str:
-                node = self.client.get_node_from_key(key)
-                nodes[node.name] = node
-                return node.name
-
-            for name, indexes in group_by(calls, node_of).items():
-                node_client = self.client.get_redis_connection(nodes[name])
-                try:
-                    sub = self._pipeline(node_client, [calls[i] for i in indexes])
-                except redis.exceptions.RedisError as exc:
-                    sub = [exc] * len(indexes)  # rerouted one by one below
-                for index, reply in zip(indexes, sub):
-                    replies[index] = reply
-            for index, reply in enumerate(replies):
-                if needs_reroute(reply):  # slot moved or node away: the cluster client follows
-                    try:
-                        replies[index] = self._evalsha(self.client, calls[index])
-                    except redis.exceptions.RedisError as exc:
-                        replies[index] = exc
-            return replies
-
-    @staticmethod
-    def _pipeline(client: Any, calls: list[ScriptCall]) -> list[Any]:
-        """EVALSHA every call in one pipeline; calls whose script was missing are loaded and resent."""
-        pending = list(range(len(calls)))
-        replies: list[Any] = [None] * len(calls)
-        for attempt in range(MAX_RELOADS + 1):
-            pipe = client.pipeline(transaction=False)
-            for index in pending:
-                pipe.evalsha(*evalsha_args(calls[index]))
-            for index, reply in zip(pending, pipe.execute(raise_on_error=False)):
-                replies[index] = reply
-            missing = missing_scripts([replies[i] for i in pending])
-            if not missing or attempt == MAX_RELOADS:
-                break
-            pending = [pending[i] for i in missing]
-            for script in {calls[i].script for i in pending}:
+    def _perform(self, step: Step) -> Any:
+        """Do one I/O step of a batch plan (see quota.batch); errors are outcomes, not raised."""
+        if isinstance(step, SendOne):
+            try:
+                return self._evalsha(self.client, step.call)
+            except RedisError as exc:
+                return exc
+        client = self._node_client(step.node)
+        if isinstance(step, LoadScripts):
+            for script in step.scripts:
                 client.script_load(script.source)
-        return replies
+            return None
+        pipe = client.pipeline(transaction=False)
+        for call in step.calls:
+            pipe.evalsha(*evalsha_args(call))
+        try:
+            return pipe.execute(raise_on_error=False)
+        except RedisError as exc:
+            return exc
+
+    def _node_client(self, node_name: Any) -> Any:
+        """The standalone client, or a plain client on one cluster node: redis-py's cluster
+        pipeline refuses EVALSHA."""
+        if node_name is None:
+            return self.client
+        return self.client.get_redis_connection(self.client.get_node(node_name=node_name))

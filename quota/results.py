@@ -13,8 +13,39 @@ from typing import Any
 from .money import nano_to_decimal, nano_to_json
 
 
+class _MonthTotals:
+    """Decimal views of a month's ``monthly_used_nano`` and ``monthly_credit_nano``."""
+
+    __slots__ = ()
+    monthly_used_nano: int
+    monthly_credit_nano: int
+
+    @property
+    def monthly_used(self) -> Decimal:
+        return nano_to_decimal(self.monthly_used_nano)
+
+    @property
+    def monthly_credit(self) -> Decimal:
+        return nano_to_decimal(self.monthly_credit_nano)
+
+    @property
+    def remaining_nano(self) -> int:
+        return max(self.monthly_credit_nano - self.monthly_used_nano, 0)
+
+    @property
+    def remaining(self) -> Decimal:
+        return nano_to_decimal(self.remaining_nano)
+
+    def _totals_json(self) -> dict[str, float]:
+        return {
+            "monthly_used": nano_to_json(self.monthly_used_nano),
+            "monthly_credit": nano_to_json(self.monthly_credit_nano),
+            "remaining": nano_to_json(self.remaining_nano),
+        }
+
+
 @dataclass(frozen=True, slots=True)
-class UsageResult:
+class UsageResult(_MonthTotals):
     """The outcome of one ``update_token_usage``."""
 
     user: str
@@ -35,22 +66,6 @@ class UsageResult:
         return nano_to_decimal(self.cost_nano)
 
     @property
-    def monthly_used(self) -> Decimal:
-        return nano_to_decimal(self.monthly_used_nano)
-
-    @property
-    def monthly_credit(self) -> Decimal:
-        return nano_to_decimal(self.monthly_credit_nano)
-
-    @property
-    def remaining_nano(self) -> int:
-        return max(self.monthly_credit_nano - self.monthly_used_nano, 0)
-
-    @property
-    def remaining(self) -> Decimal:
-        return nano_to_decimal(self.remaining_nano)
-
-    @property
     def exceeded(self) -> bool:
         """The system-model spend has reached the credit (after this record)."""
         return self.monthly_used_nano >= self.monthly_credit_nano
@@ -63,9 +78,7 @@ class UsageResult:
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cost": nano_to_json(self.cost_nano),
-            "monthly_used": nano_to_json(self.monthly_used_nano),
-            "monthly_credit": nano_to_json(self.monthly_credit_nano),
-            "remaining": nano_to_json(self.remaining_nano),
+            **self._totals_json(),
             "exceeded": self.exceeded,
             "duplicate": self.duplicate,
             "is_system": self.is_system,
@@ -75,7 +88,7 @@ class UsageResult:
 
 
 @dataclass(frozen=True, slots=True)
-class QuotaCheck:
+class QuotaCheck(_MonthTotals):
     """The outcome of ``check_quota_available``: may a new message start on this model?"""
 
     user: str
@@ -91,18 +104,6 @@ class QuotaCheck:
     def __bool__(self) -> bool:
         return self.allowed
 
-    @property
-    def monthly_used(self) -> Decimal:
-        return nano_to_decimal(self.monthly_used_nano)
-
-    @property
-    def monthly_credit(self) -> Decimal:
-        return nano_to_decimal(self.monthly_credit_nano)
-
-    @property
-    def remaining(self) -> Decimal:
-        return nano_to_decimal(max(self.monthly_credit_nano - self.monthly_used_nano, 0))
-
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "user": self.user,
@@ -110,9 +111,7 @@ class QuotaCheck:
             "month": self.month,
             "is_system": self.is_system,
             "allowed": self.allowed,
-            "monthly_used": nano_to_json(self.monthly_used_nano),
-            "monthly_credit": nano_to_json(self.monthly_credit_nano),
-            "remaining": nano_to_json(max(self.monthly_credit_nano - self.monthly_used_nano, 0)),
+            **self._totals_json(),
             "resets_at": self.resets_at,
         }
         if self.event is not None:
@@ -121,7 +120,7 @@ class QuotaCheck:
 
 
 @dataclass(frozen=True, slots=True)
-class CreditResult:
+class CreditResult(_MonthTotals):
     """The outcome of ``set_monthly_credit``."""
 
     user: str
@@ -129,19 +128,5 @@ class CreditResult:
     monthly_used_nano: int
     monthly_credit_nano: int
 
-    @property
-    def monthly_credit(self) -> Decimal:
-        return nano_to_decimal(self.monthly_credit_nano)
-
-    @property
-    def monthly_used(self) -> Decimal:
-        return nano_to_decimal(self.monthly_used_nano)
-
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "user": self.user,
-            "month": self.month,
-            "monthly_credit": nano_to_json(self.monthly_credit_nano),
-            "monthly_used": nano_to_json(self.monthly_used_nano),
-            "remaining": nano_to_json(max(self.monthly_credit_nano - self.monthly_used_nano, 0)),
-        }
+        return {"user": self.user, "month": self.month, **self._totals_json()}

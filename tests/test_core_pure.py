@@ -52,3 +52,61 @@ def test_validation_happens_before_anything_is_built():
         c.record("alice", "custom_x", -1, 0)
     with pytest.raises(InvalidInput):
         c.set_credit("alice", "1.0000000001")
+
+
+def drive(plan, outcomes):
+    """Run a batch plan with scripted outcomes; returns (steps seen, result)."""
+    steps = []
+    try:
+        step = next(plan)
+        while True:
+            steps.append(step)
+            step = plan.send(outcomes(step))
+    except StopIteration as done:
+        return steps, done.value
+
+
+def test_batch_plan_reloads_missing_scripts_and_resends_only_those():
+    from redis.exceptions import NoScriptError
+
+    from quota.batch import LoadScripts, SendPipeline, plan_batch
+
+    calls = [core().record("alice", "custom_x", i, 0) for i in range(4)]
+    sent = []
+
+    def outcomes(step):
+        if isinstance(step, SendPipeline):
+            sent.append(len(step.calls))
+            if len(sent) == 1:
+                return ["ok0", NoScriptError("NOSCRIPT"), "ok2", NoScriptError("NOSCRIPT")]
+            return ["ok1", "ok3"]
+        return None
+
+    steps, replies = drive(plan_batch(calls), outcomes)
+    assert replies == ["ok0", "ok1", "ok2", "ok3"] and sent == [4, 2]
+    assert isinstance(steps[1], LoadScripts) and steps[1].scripts == frozenset({calls[0].script})
+
+
+def test_batch_plan_reroutes_redirected_calls_on_a_cluster_only():
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import MovedError
+
+    from quota.batch import SendOne, SendPipeline, plan_batch
+
+    calls = [core().record(f"u{i}", "custom_x", 1, 0) for i in range(6)]
+    node_of = lambda key: int(key.split("{u")[1][0]) % 2  # noqa: E731
+
+    def outcomes(step):
+        if isinstance(step, SendPipeline):
+            if step.node == 0:
+                return [MovedError("1 127.0.0.1:1")] + ["ok"] * (len(step.calls) - 1)
+            return RedisConnectionError("node away")  # the whole pipeline failed
+        assert isinstance(step, SendOne)
+        return "rerouted"
+
+    steps, replies = drive(plan_batch(calls, node_of), outcomes)
+    assert replies == ["rerouted", "rerouted", "ok", "rerouted", "ok", "rerouted"]
+    with_standalone = plan_batch(calls)
+    next(with_standalone)
+    with pytest.raises(RedisConnectionError):
+        with_standalone.send(RedisConnectionError("down"))
