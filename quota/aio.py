@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from typing import Any, Iterable, Mapping
 
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
-from .batch import LoadScripts, SendOne, Step, evalsha_args, plan_batch
+from .batch import SendOne, Step, eval_args, evalsha_args, plan_batch
 from .config import Settings
-from .connect import describe_client, error_of, settings_with, split_options, split_url, storage_errors
+from .connect import (
+    HISTORY_FROM_ENV,
+    describe_client,
+    error_of,
+    history_from_settings,
+    REDIS_ERRORS,
+    settings_with,
+    slot_busy_pause,
+    split_options,
+    split_url,
+    storage_errors,
+)
 from .core import Clock, MeterCore, ScriptCall
 from .errors import BatchError
 from .results import CreditResult, QuotaCheck, UsageResult
@@ -35,6 +48,7 @@ class AsyncMeter:
 
     @classmethod
     def from_url(cls, url: str | None = None, *, cluster: bool | None = None, **options: Any) -> "AsyncMeter":
+        history = options.pop("history", HISTORY_FROM_ENV)
         own, client_options = split_options(options)
         url, is_cluster = split_url(url, cluster)
         if is_cluster:
@@ -42,7 +56,9 @@ class AsyncMeter:
             client = AsyncRedisCluster.from_url(url, **client_options)
         else:
             client = aredis.Redis.from_url(url, **client_options)
-        return cls(client, **own)
+        meter = cls(client, **own)
+        meter.history = history_from_settings(meter.settings) if history is HISTORY_FROM_ENV else history
+        return meter
 
     @property
     def settings(self) -> Settings:
@@ -53,6 +69,7 @@ class AsyncMeter:
         return self.core.prices
 
     async def aclose(self) -> None:
+        await self.turn_options.wait_background()   # a spool replay a turn started in the background
         for node_client in self._node_clients.values():
             await node_client.aclose()
         await self.client.aclose()
@@ -112,11 +129,25 @@ class AsyncMeter:
 
     @staticmethod
     async def _evalsha(client: Any, call: ScriptCall) -> Any:
+        """Run ``call``; on a cluster, resend it while its slot is busy (see slot_busy_pause)."""
+        started = time.monotonic()
+        for attempt in itertools.count():
+            try:
+                return await AsyncMeter._evalsha_once(client, call)
+            except REDIS_ERRORS as exc:
+                pause = slot_busy_pause(exc, attempt, time.monotonic() - started)
+                if pause is None:
+                    raise
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    async def _evalsha_once(client: Any, call: ScriptCall) -> Any:
         try:
             return await client.evalsha(*evalsha_args(call))
-        except NoScriptError:
-            await client.script_load(call.script.source)
-            return await client.evalsha(*evalsha_args(call))
+        except NoScriptError:  # restart, failover or SCRIPT FLUSH emptied the script cache
+            # EVAL carries the source: a flush can not come between loading and running it.
+            return await client.eval(*eval_args(call))
 
     async def _run_many(self, calls: list[ScriptCall]) -> list[Any]:
         if not calls:
@@ -140,19 +171,18 @@ class AsyncMeter:
         if isinstance(step, SendOne):
             try:
                 return await self._evalsha(self.client, step.call)
-            except RedisError as exc:
+            except REDIS_ERRORS as exc:
                 return exc
         client = self._node_client(step.node)
-        if isinstance(step, LoadScripts):
-            for script in step.scripts:
-                await client.script_load(script.source)
-            return None
         pipe = client.pipeline(transaction=False)
         for call in step.calls:
-            pipe.evalsha(*evalsha_args(call))
+            if step.with_source:
+                pipe.eval(*eval_args(call))
+            else:
+                pipe.evalsha(*evalsha_args(call))
         try:
             return await pipe.execute(raise_on_error=False)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             return exc
 
     def _node_client(self, node_name: Any) -> Any:

@@ -2,7 +2,7 @@
 
 ``plan_batch`` is a generator: it yields the I/O steps a batch needs (send a pipeline of EVALSHA
 to a node, load scripts on a node, send one call through the main client) and receives each
-step's outcome. The plan holds every rule (group by node, reload after NOSCRIPT, reroute what a
+step's outcome. The plan holds every rule (group by node, resend with EVAL after NOSCRIPT, reroute what a
 cluster redirected); the clients in ``meter.py`` and ``aio.py`` only perform the steps.
 """
 
@@ -16,26 +16,20 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .core import ScriptCall
-from .scripts import LuaScript
 
 # Replies that mean "this call did not run there; send it again through the cluster client".
 REROUTE = (MovedError, AskError, TryAgainError, ClusterDownError, RedisConnectionError, RedisTimeoutError)
-MAX_RELOADS = 3
 
 
 @dataclass(frozen=True)
 class SendPipeline:
     """EVALSHA ``calls`` in one pipeline on ``node`` (None: the standalone server). The outcome
-    is the list of replies (errors inline), or one exception when the pipeline failed whole."""
+    is the list of replies (errors inline), or one exception when the pipeline failed whole.
+    ``with_source``: send EVAL with each script's source instead (the resend after NOSCRIPT)."""
 
     node: Hashable | None
     calls: list[ScriptCall]
-
-
-@dataclass(frozen=True)
-class LoadScripts:
-    node: Hashable | None
-    scripts: frozenset[LuaScript]
+    with_source: bool = False
 
 
 @dataclass(frozen=True)
@@ -45,11 +39,17 @@ class SendOne:
     call: ScriptCall
 
 
-Step = SendPipeline | LoadScripts | SendOne
+Step = SendPipeline | SendOne
 
 
 def evalsha_args(call: ScriptCall) -> tuple[Any, ...]:
     return (call.script.sha, len(call.keys), *call.keys, *call.args)
+
+
+def eval_args(call: ScriptCall) -> tuple[Any, ...]:
+    """EVAL with the source: the fallback after NOSCRIPT. Unlike SCRIPT LOAD + EVALSHA it can not
+    be undone by a SCRIPT FLUSH (or restart, failover) in between, and it caches the script too."""
+    return (call.script.source, len(call.keys), *call.keys, *call.args)
 
 
 def group_by(calls: Sequence[ScriptCall], node_of: Callable[[str], Hashable]) -> dict[Hashable, list[int]]:
@@ -68,14 +68,15 @@ def plan_batch(
     Standalone (``node_of`` None): one pipeline; a pipeline that fails whole raises. Cluster:
     one pipeline per node, and every call a node did not run (MOVED, ASK, TRYAGAIN, node away)
     is sent again through the cluster client. Calls whose script was missing (NOSCRIPT after a
-    restart, failover or SCRIPT FLUSH) are resent after loading it. Every record carries a
+    restart, failover or SCRIPT FLUSH) are resent once with EVAL and the source: a SCRIPT LOAD
+    followed by EVALSHA could meet another flush in between (tests/faults, scenario 2). Every record carries a
     request id, so a call that did run and is sent again is never counted twice.
     """
     replies: list[Any] = [None] * len(calls)
     groups = group_by(calls, node_of) if node_of else {None: list(range(len(calls)))}
     for node, pending in groups.items():
-        for attempt in range(MAX_RELOADS + 1):
-            outcome = yield SendPipeline(node, [calls[i] for i in pending])
+        for with_source in (False, True):
+            outcome = yield SendPipeline(node, [calls[i] for i in pending], with_source)
             if isinstance(outcome, Exception):
                 if node_of is None:
                     raise outcome
@@ -83,9 +84,8 @@ def plan_batch(
             for index, reply in zip(pending, outcome):
                 replies[index] = reply
             pending = [i for i in pending if isinstance(replies[i], NoScriptError)]
-            if not pending or attempt == MAX_RELOADS:
+            if not pending:
                 break
-            yield LoadScripts(node, frozenset(calls[i].script for i in pending))
     if node_of is not None:
         for index, reply in enumerate(replies):
             if isinstance(reply, REROUTE):

@@ -99,5 +99,189 @@ def credit(user: str, credit: str, month: str | None, url: str | None) -> None:
         fail(str(exc))
 
 
+# --- the HTTP service (issue 4): serve, token -----------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0: any free port).")
+@click.option("--dev/--no-dev", default=None,
+              help="Development mode: made-up secrets, demo on. Default: on when REDIS_URL is unset "
+                   "(a throwaway local server is started) or QUOTA_ENV=development.")
+@click.option("--user", default="demo", show_default=True, help="Whose user token to print (and panel link).")
+@click.option("--ttl", default="12h", show_default=True, help="Life of the printed user token (90s, 15m, 1h, 7d).")
+def serve(host: str, port: int, dev: bool | None, user: str, ttl: str) -> None:
+    """Serve the HTTP API, the token statistics panel and the demo chat.
+
+    Prints their URLs and a ready-to-use user token. Outside development mode it refuses to start
+    without QUOTA_ADMIN_TOKEN, QUOTA_SERVICE_TOKEN and QUOTA_SECRET_KEY. For production, run several
+    workers under gunicorn instead: gunicorn 'api:create_app()' -w 4 -b 0.0.0.0:8000
+    """
+    try:
+        from api.serve import build, run
+    except ImportError as exc:  # pragma: no cover - flask is a dependency
+        fail(f"the HTTP service needs Flask: {exc}", 2)
+    try:
+        service = build(host, port, dev=dev, user=user, ttl=ttl)
+    except QuotaError as exc:
+        fail(str(exc), 2)
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc} (try --port 0 for any free port)", 2)
+    run(service, say=click.echo)
+
+
+@main.command()
+@click.argument("user")
+@click.option("--ttl", default="1h", show_default=True, help="How long the token is valid: 90s, 15m, 1h, 7d.")
+@click.option("--json", "as_json", is_flag=True, help="Print {user, token, expires_at} as JSON.")
+def token(user: str, ttl: str, as_json: bool) -> None:
+    """Mint a token that lets USER read their own stats and quota (and nothing else).
+
+    Signed with QUOTA_SECRET_KEY (read from the environment only, never from the command line,
+    where other users could see it); the server must run with the same key.
+    """
+    import os
+    import time
+    from datetime import datetime, timezone
+
+    from .tokens import mint_user_token, parse_ttl
+
+    secret = os.environ.get("QUOTA_SECRET_KEY")
+    if not secret:
+        fail("QUOTA_SECRET_KEY is not set: the token must be signed with the server's key", 2)
+    try:
+        ttl_s = parse_ttl(ttl)
+        now = int(time.time())
+        minted = mint_user_token(secret, user, ttl_s, now_s=now)
+    except QuotaError as exc:
+        fail(str(exc), 2)
+    if as_json:
+        expires = datetime.fromtimestamp(now + ttl_s, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        click.echo(json.dumps({"user": user, "token": minted, "expires_at": expires}))
+    else:
+        click.echo(minted)
+
+
+
+# --- the history (issue 3): dump, scheduler --------------------------------------------------------
+
+
+def _dump_job(url: str | None, history_url: str | None, *, before: str | None = None, dry_run: bool = False,
+              batch_size: int | None = None, progress=None):  # noqa: ANN001, ANN202 - DumpReport
+    """One dump with fresh connections: Redis from ``url``/REDIS_URL, SQL from ``history_url``."""
+    from .config import Settings
+    from .dump import DEFAULT_BATCH, dump_expired_months
+    from .history import HistoryStore
+    from .meter import Meter
+
+    settings = Settings.from_env()
+    meter = Meter.from_url(url, history=None, settings=settings)
+    store = HistoryStore(history_url or settings.history_url, prefix=settings.prefix)
+    try:
+        return dump_expired_months(meter.client, store, before=before, settings=settings, dry_run=dry_run,
+                                   batch_size=batch_size or DEFAULT_BATCH, on_progress=progress)
+    finally:
+        meter.close()
+        store.close()
+
+
+class _Progress:
+    """A one-line counter on a terminal (stderr): the number of keys is unknown up front, so it
+    shows the user-months read against the keys Redis holds (DBSIZE), an upper bound."""
+
+    def __init__(self) -> None:
+        self.shown = 0.0
+
+    def __call__(self, report) -> None:  # noqa: ANN001 - DumpReport
+        import time
+
+        now = time.monotonic()
+        if now - self.shown < 0.1:
+            return
+        self.shown = now
+        rate = report.seen / report.seconds if report.seconds else 0.0
+        click.echo(f"\rquota dump: {report.seen:,} user-months read of at most {report.estimate:,} keys, "
+                   f"{report.archived:,} archived, {rate:,.0f}/s ", nl=False, err=True)
+
+    def done(self) -> None:
+        if self.shown:
+            click.echo("", err=True)
+
+
+@main.command()
+@click.option("--before", metavar="YYYY-MM",
+              help="Archive the months before this one (default: the current UTC month, never archived).")
+@click.option("--dry-run", is_flag=True, help="Read and report what would be archived; write and delete nothing.")
+@click.option("--url", envvar="REDIS_URL", help="Redis URL, redis+cluster:// for a cluster (default: REDIS_URL).")
+@click.option("--history-url", envvar="QUOTA_HISTORY_URL",
+              help="History database: sqlite:///file.db or postgresql://... "
+                   "(default: QUOTA_HISTORY_URL, else sqlite:///quota-history.db).")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=None,
+              help="User-months per SQL transaction (default 5000).")
+@click.option("--progress/--no-progress", default=None, help="Progress line on stderr (default: on a terminal).")
+def dump(before: str | None, dry_run: bool, url: str | None, history_url: str | None, batch_size: int | None,
+         progress: bool | None) -> None:
+    """Move expired months from Redis to the SQL history, then delete them from Redis.
+
+    Safe to run twice, and to kill at any moment and run again: the history stays exact.
+    Prints one summary line: archived N user-months (M models), skipped K, in S s. "Skipped"
+    months changed while the dump ran (they stay in Redis for the next run) or could not be
+    read (logged). Exit status: 0 done, 1 Redis or the database unavailable, 2 bad usage.
+    """
+    import logging
+
+    from .errors import ConfigError, InvalidInput
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = _Progress() if show else None
+    try:
+        report = _dump_job(url, history_url, before=before, dry_run=dry_run, batch_size=batch_size, progress=bar)
+    except (ConfigError, InvalidInput) as exc:
+        fail(str(exc), 2)
+    except QuotaError as exc:
+        if bar:
+            bar.done()
+        fail(str(exc), 1)
+    if bar:
+        bar.done()
+    click.echo(report.summary())
+
+
+@main.command()
+@click.option("--at", "at_text", default="00:10", show_default=True, help="UTC time of the daily dump, HH:MM.")
+@click.option("--now", "run_now", is_flag=True, help="Also dump once right away (e.g. after downtime).")
+@click.option("--retry", "retry_s", default=600, show_default=True, type=click.IntRange(1, 86_400),
+              help="Seconds between retries of a failed dump (until the next daily run).")
+@click.option("--url", envvar="REDIS_URL", help="Redis URL (default: REDIS_URL).")
+@click.option("--history-url", envvar="QUOTA_HISTORY_URL", help="History database (default: QUOTA_HISTORY_URL).")
+def scheduler(at_text: str, run_now: bool, retry_s: int, url: str | None, history_url: str | None) -> None:
+    """Run `quota dump` every day at a fixed UTC time and log each run (stderr).
+
+    Equivalent cron line: CRON_TZ=UTC, then 10 0 * * * quota dump. Stops cleanly on SIGTERM or
+    Ctrl-C; a dump cut short is finished by the next run.
+    """
+    import logging
+    import signal
+    import time
+
+    from .scheduler import Scheduler, parse_at
+
+    try:
+        at = parse_at(at_text)
+    except QuotaError as exc:
+        fail(str(exc), 2)
+    handler = logging.StreamHandler()
+    formatter = logging.Formatter("%(asctime)sZ %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    job = Scheduler(lambda: _dump_job(url, history_url).summary(), at=at, retry_s=retry_s)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: job.stop())
+    job.run(run_now=run_now)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -30,7 +30,7 @@ from .money import cny_to_nano, nano_to_decimal, nano_to_json
 from .prices import ModelPrice
 from .results import CreditResult, QuotaCheck, UsageResult
 from .scripts import LuaScript
-from .stats import MonthUsage, build_token_stats, flat_pairs_to_dict
+from .stats import MonthUsage, build_token_stats, flat_pairs_to_dict, merge_month
 
 MAX_TOKENS = 10**9
 Clock = Callable[[], datetime]
@@ -236,17 +236,21 @@ class MeterCore:
     ) -> dict[str, Any]:
         """Merge live months (Redis) with archived ones (SQL): each month once, newest first.
 
-        A month is never added up from both places. When both hold it (the dump archived it but
-        has not removed the key yet, or a late write reached it after the archive), the Redis
-        copy wins: the archive is a full snapshot of the hash, and the hash only grows.
+        Nothing is counted twice: the archive holds a full snapshot per generation of a hash,
+        and the live hash supersedes the snapshot of its own generation (the dump archived it
+        but has not removed the key yet, or a late write reached it since); a generation the
+        dump already removed from Redis is added (see ``stats.merge_month``). Read Redis first,
+        then the archive: the dump commits to SQL before it deletes from Redis.
         """
         current, *expired = live
-        by_month = {m.month: m for m in (archived or [])}
-        for month in expired:
-            if not month.is_empty:
-                by_month[month.month] = month
+        parts: dict[str, list[MonthUsage]] = {}
+        for part in archived or []:
+            parts.setdefault(part.month, []).append(part)
+        by_month = {m.month: m for m in expired}
+        merged = {month: merge_month(month, by_month.get(month), parts.get(month, []))
+                  for month in set(parts) | set(by_month)}
         limit = len(live) - 1
-        history = [by_month[m] for m in sorted(by_month, reverse=True) if m < current.month][:limit]
+        history = [merged[m] for m in sorted(merged, reverse=True) if m < current.month][:limit]
         return build_token_stats(user, current, history, self.prices, self.settings.credit_nano)
 
 

@@ -8,6 +8,7 @@ from typing import Any, Iterable, Mapping
 
 from .keys import (
     FIELD_CREDIT,
+    FIELD_DUMP_GEN,
     FIELD_USED,
     MODEL_SUFFIXES,
     SUFFIX_CALLS,
@@ -41,12 +42,17 @@ class ModelUsage:
 
 @dataclass
 class MonthUsage:
-    """One user's month: what the hash holds, parsed. ``credit_nano`` None means "never set"."""
+    """One user's month: what the hash holds, parsed. ``credit_nano`` None means "never set".
+
+    ``archive_gen`` is the hash's ``dump_gen`` (set once a dump has read it) or, for a month
+    loaded from the SQL history, the generation that row was archived from; see ``merge_month``.
+    """
 
     month: str
     credit_nano: int | None = None
     system_used_nano: int = 0
     models: dict[str, ModelUsage] = field(default_factory=dict)
+    archive_gen: int | None = None
 
     @classmethod
     def from_hash(cls, month: str, raw: Mapping[Any, Any]) -> "MonthUsage":
@@ -58,6 +64,8 @@ class MonthUsage:
                 usage.credit_nano = number
             elif name == FIELD_USED:
                 usage.system_used_nano = number
+            elif name == FIELD_DUMP_GEN:
+                usage.archive_gen = number
             else:
                 model_id, _, suffix = name.rpartition(":")
                 if model_id and suffix in MODEL_SUFFIXES:
@@ -68,6 +76,35 @@ class MonthUsage:
     @property
     def is_empty(self) -> bool:
         return not self.models and self.system_used_nano == 0
+
+    def add(self, other: "MonthUsage") -> None:
+        """Add ``other``'s counters; its credit, when set, replaces this one (a credit is set, not added)."""
+        if other.credit_nano is not None:
+            self.credit_nano = other.credit_nano
+        self.system_used_nano += other.system_used_nano
+        for model_id, usage in other.models.items():
+            self.models.setdefault(model_id, ModelUsage()).add(usage)
+
+
+def merge_month(month: str, live: MonthUsage | None, archived: Iterable[MonthUsage]) -> MonthUsage:
+    """One month from the Redis hash (``live``) and its archived generations, each counted once.
+
+    The archive holds one snapshot per generation of the hash (see docs/HISTORY.md): normally
+    one, more when a late write re-created the hash after the dump deleted it. The live hash
+    supersedes the archived snapshot of its own generation (it is the same hash, possibly with
+    more in it); other generations are separate counts and are added. An archived part without
+    a generation is taken as a plain snapshot of the month, which the live hash supersedes.
+    ``archived`` is oldest first, so the newest credit wins.
+    """
+    total = MonthUsage(month)
+    live_present = live is not None and not (live.is_empty and live.credit_nano is None)
+    for part in archived:
+        if live_present and (part.archive_gen is None or part.archive_gen == live.archive_gen):
+            continue
+        total.add(part)
+    if live is not None:
+        total.add(live)
+    return total
 
 
 _SUFFIX_ATTR = {

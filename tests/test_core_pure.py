@@ -66,10 +66,10 @@ def drive(plan, outcomes):
         return steps, done.value
 
 
-def test_batch_plan_reloads_missing_scripts_and_resends_only_those():
+def test_batch_plan_resends_only_missing_scripts_with_their_source():
     from redis.exceptions import NoScriptError
 
-    from quota.batch import LoadScripts, SendPipeline, plan_batch
+    from quota.batch import SendPipeline, plan_batch
 
     calls = [core().record("alice", "custom_x", i, 0) for i in range(4)]
     sent = []
@@ -84,7 +84,8 @@ def test_batch_plan_reloads_missing_scripts_and_resends_only_those():
 
     steps, replies = drive(plan_batch(calls), outcomes)
     assert replies == ["ok0", "ok1", "ok2", "ok3"] and sent == [4, 2]
-    assert isinstance(steps[1], LoadScripts) and steps[1].scripts == frozenset({calls[0].script})
+    assert [s.with_source for s in steps] == [False, True]  # EVAL: no flush can come between load and run
+    assert steps[1].calls == [calls[1], calls[3]]
 
 
 def test_batch_plan_reroutes_redirected_calls_on_a_cluster_only():

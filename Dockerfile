@@ -1,0 +1,13 @@
+# One image for every quota process: the API (`quota serve`) and the nightly dump (`quota scheduler`).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY quota ./quota
+COPY api ./api
+RUN pip install . && useradd --system --uid 10001 quota
+USER quota
+
+# Overridden per service in docker-compose.yml.
+CMD ["quota", "--help"]

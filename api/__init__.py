@@ -1,0 +1,75 @@
+"""The quota HTTP service: a Flask app factory.
+
+``create_app()`` reads its settings from the environment (``api.settings``) and opens a
+``Meter`` on ``REDIS_URL``; tests and ``quota serve`` pass their own. Production::
+
+    gunicorn 'api:create_app()' -w 4 -b 0.0.0.0:8000
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from flask import Flask, g, request
+
+from quota.errors import ConfigError
+from quota.meter import Meter
+
+from .errors import register_error_handlers
+from .metrics import Metrics
+from .settings import ApiSettings
+
+
+@dataclass
+class QuotaExtension:
+    """What the views need, kept in ``app.extensions["quota"]``."""
+
+    settings: ApiSettings
+    meter: Meter
+    metrics: Metrics
+
+
+def create_app(settings: ApiSettings | None = None, meter: Meter | None = None) -> Flask:
+    """Build the app. ``settings`` default: the environment; ``meter`` default: ``REDIS_URL``."""
+    settings = settings or ApiSettings.from_env()
+    if meter is None:
+        if not settings.quota.redis_url:
+            raise ConfigError("REDIS_URL is not set (`quota serve` starts a local server when it is unset)")
+        meter = Meter.from_url(settings.quota.redis_url, settings=settings.quota)
+
+    app = Flask(__name__)
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.extensions["quota"] = QuotaExtension(settings, meter, Metrics())
+    register_error_handlers(app)
+
+    from . import ops, pages, v1
+
+    app.register_blueprint(v1.bp)
+    app.register_blueprint(ops.bp)
+    app.register_blueprint(pages.bp)
+    if settings.demo_enabled:
+        from . import demo
+
+        app.register_blueprint(demo.bp)
+    _count_requests(app)
+    return app
+
+
+def _count_requests(app: Flask) -> None:
+    metrics: Metrics = app.extensions["quota"].metrics
+
+    @app.before_request
+    def start_timer() -> None:
+        g.started_s = time.perf_counter()
+
+    @app.after_request
+    def count(response):  # noqa: ANN001, ANN202 - flask.Response
+        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        started = g.get("started_s")
+        if started is not None:
+            metrics.latency.labels(route).observe(time.perf_counter() - started)
+        return response

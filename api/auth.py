@@ -1,0 +1,104 @@
+"""Bearer-token access control.
+
+Three kinds of caller:
+
+| token                        | role    | may                                                      |
+|------------------------------|---------|----------------------------------------------------------|
+| ``QUOTA_ADMIN_TOKEN``        | admin   | everything, including ``PUT /v1/users/<u>/credit``       |
+| ``QUOTA_SERVICE_TOKEN``      | service | record usage, check and read any user, list the models   |
+| ``quota token USER`` (signed)| user    | read USER's own token-stats and quota, nothing else      |
+
+No or an invalid token gives 401; a valid token asking for more than its role allows gives 403.
+Static tokens are compared with ``hmac.compare_digest`` (constant time); tokens are never logged
+and never accepted in a URL, so they cannot end up in an access log.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass
+from enum import Enum
+
+from quota.tokens import InvalidToken, verify_user_token
+
+from .errors import ApiError
+from .settings import ApiSettings
+
+
+class Role(str, Enum):
+    ADMIN = "admin"
+    SERVICE = "service"
+    USER = "user"
+
+
+class Action(str, Enum):
+    READ_USER = "read_user"  # token-stats and quota of one user
+    RECORD = "record"
+    SET_CREDIT = "set_credit"
+    LIST_MODELS = "list_models"
+
+
+ALLOWED = {
+    Role.ADMIN: set(Action),
+    Role.SERVICE: {Action.READ_USER, Action.RECORD, Action.LIST_MODELS},
+    Role.USER: {Action.READ_USER},
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    role: Role
+    user: str | None = None  # for Role.USER: whose token it is
+
+    def allows(self, action: Action, user: str | None = None) -> bool:
+        if action not in ALLOWED[self.role]:
+            return False
+        return self.role is not Role.USER or user == self.user
+
+
+def _same(given: bytes, expected: str) -> bool:
+    return hmac.compare_digest(given, expected.encode())
+
+
+def bearer_token(header: str | None) -> str:
+    if not header:
+        raise ApiError(401, "unauthorized", "this route needs a bearer token (Authorization: Bearer <token>)",
+                       headers={"WWW-Authenticate": 'Bearer realm="quota"'})
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "unauthorized", "the Authorization header must be 'Bearer <token>'",
+                       headers={"WWW-Authenticate": 'Bearer realm="quota", error="invalid_request"'})
+    return token
+
+
+def authenticate(header: str | None, settings: ApiSettings, *, now_s: float | None = None) -> Principal:
+    """The caller behind an ``Authorization`` header, or ApiError(401)."""
+    token = bearer_token(header)
+    raw = token.encode("utf-8", "surrogateescape")
+    # Check both static tokens every time, so timing does not tell which one came close.
+    is_admin = _same(raw, settings.admin_token)
+    is_service = _same(raw, settings.service_token)
+    if is_admin:
+        return Principal(Role.ADMIN)
+    if is_service:
+        return Principal(Role.SERVICE)
+    try:
+        user_token = verify_user_token(settings.secret_key, token, now_s=time.time() if now_s is None else now_s)
+    except InvalidToken as exc:
+        code = "token_expired" if exc.expired else "unauthorized"
+        raise ApiError(401, code, str(exc) if exc.expired else "the token is not valid",
+                       headers={"WWW-Authenticate": 'Bearer realm="quota", error="invalid_token"'}) from None
+    return Principal(Role.USER, user_token.user)
+
+
+def authorize(principal: Principal, action: Action, user: str | None = None) -> None:
+    """ApiError(403) unless ``principal`` may do ``action`` (on ``user``'s data)."""
+    if principal.allows(action, user):
+        return
+    if principal.role is Role.USER and action is Action.READ_USER:
+        message = "a user token may only read its own user's data"
+    else:
+        message = f"a {principal.role.value} token may not {action.value.replace('_', ' ')}"
+    raise ApiError(403, "forbidden", message)

@@ -1,0 +1,54 @@
+"""Prometheus metrics, through the official ``prometheus-client``.
+
+Why the library and not hand-written text: it gets the exposition format (escaping, histogram
+buckets, ``_created`` samples) right, and it solves the multi-worker problem. Under gunicorn
+every worker is its own process with its own counters, and a scrape reaches one worker at random,
+so plain per-process counters would jump up and down between scrapes. With
+``PROMETHEUS_MULTIPROC_DIR`` set to an empty directory (before the workers start), each worker
+writes its values to memory-mapped files there and ``/metrics`` adds up every worker's files,
+so any worker answers with the totals of the whole server. Without it (``quota serve``, one
+process) the counters are that process's.
+
+Each app gets its own registry, so several apps in one process (tests) do not collide.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("quota_http_requests", "HTTP requests answered.",
+                                ["route", "method", "status"], registry=r)
+        self.latency = Histogram("quota_http_request_duration_seconds", "Time to answer an HTTP request.",
+                                 ["route"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.records = Counter("quota_usage_records", "LLM calls recorded through the API.",
+                               ["kind", "duplicate"], registry=r)
+        self.checks = Counter("quota_checks", "Quota checks, by outcome (denied = quota_exceeded).",
+                              ["outcome"], registry=r)
+        self.storage_errors = Counter("quota_storage_errors", "Requests that failed because Redis was unavailable.",
+                                      registry=r)
+
+    def record_usage(self, is_system: bool, duplicate: bool) -> None:
+        self.records.labels("system" if is_system else "custom", "true" if duplicate else "false").inc()
+
+    def record_check(self, allowed: bool) -> None:
+        self.checks.labels("allowed" if allowed else "denied").inc()
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text to serve and its content type; totals over all workers in multi-process mode."""
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if directory:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=directory)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

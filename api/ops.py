@@ -1,0 +1,32 @@
+"""Routes for operators and tools, no token needed: health, metrics, the OpenAPI document."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify
+
+from quota.connect import describe_client, storage_errors
+
+from .openapi import openapi_document
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/healthz")
+def healthz():  # noqa: ANN201
+    """200 when Redis answers PING, else 503 ``storage_unavailable`` (via the error handler)."""
+    meter = current_app.extensions["quota"].meter
+    with storage_errors(describe_client(meter.client)):
+        meter.client.ping()
+    return jsonify({"status": "ok", "redis": "ok"})
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus text format. No user ids in any label, so nothing here is per-user data."""
+    body, content_type = current_app.extensions["quota"].metrics.exposition()
+    return Response(body, content_type=content_type)
+
+
+@bp.get("/openapi.json")
+def openapi():  # noqa: ANN201
+    return jsonify(openapi_document(demo=current_app.extensions["quota"].settings.demo_enabled))

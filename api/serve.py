@@ -1,0 +1,104 @@
+"""``quota serve``: the API, the panel and the demo on one local server, ready to click.
+
+With ``REDIS_URL`` unset it starts a throwaway local Redis-compatible server and runs in
+development mode (made-up secrets, demo on), so a newcomer needs nothing but Python. With
+``REDIS_URL`` set it runs in production mode unless told ``--dev`` (or ``QUOTA_ENV=development``),
+and then refuses to start without the secrets. Either way it serves with werkzeug's threaded
+server; production deployments run gunicorn (``gunicorn 'api:create_app()' -w 4``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from quota.localserver import LocalServer, redis_url_or_local
+from quota.tokens import mint_user_token, parse_ttl
+
+from . import create_app
+from .settings import ApiSettings
+
+
+@dataclass
+class Service:
+    server: BaseWSGIServer
+    settings: ApiSettings
+    local: LocalServer | None
+    base_url: str
+    user: str
+    user_token: str
+    ttl_s: int
+
+    def banner(self) -> list[str]:
+        b, mode = self.base_url, "development" if self.settings.development else "production"
+        where = f"a local {self.local.kind} at {self.settings.quota.redis_url} (data in {self.local.dir})" \
+            if self.local else "REDIS_URL"
+        lines = [f"quota serve: {mode} mode, Redis: {where}", "",
+                 f"  API      {b}/v1/   (OpenAPI: {b}/openapi.json, health: {b}/healthz, metrics: {b}/metrics)",
+                 f"  panel    {b}/panel#user={self.user}&token={self.user_token}"]
+        if self.settings.demo_enabled:
+            lines.append(f"  demo     {b}/demo#user={self.user}")
+        lines += ["", f"  user token for {self.user!r} (reads only its own stats, valid {self.ttl_s // 3600} h "
+                      f"{self.ttl_s % 3600 // 60} min):", f"    {self.user_token}"]
+        names = {"QUOTA_ADMIN_TOKEN": self.settings.admin_token, "QUOTA_SERVICE_TOKEN": self.settings.service_token}
+        made_up = [n for n in self.settings.generated if n in names]
+        if made_up:
+            lines += ["", "  development secrets, made up for this run only (set them in the environment to keep them):"]
+            lines += [f"    {n}={names[n]}" for n in made_up]
+            lines += ["", f"  try: curl -H 'Authorization: Bearer {names['QUOTA_SERVICE_TOKEN']}' "
+                          f"{b}/v1/users/{self.user}/token-stats"]
+        if not self.settings.development:
+            lines += ["", "  for production, run several workers: gunicorn 'api:create_app()' -w 4 -b 0.0.0.0:8000"]
+        lines += ["", "Press Ctrl+C to stop."]
+        return lines
+
+
+def build(host: str = "127.0.0.1", port: int = 8000, *, dev: bool | None = None, user: str = "demo",
+          ttl: str = "12h", env: dict[str, str] | None = None) -> Service:
+    """Start the local Redis if needed, build the app and bind the port (not yet serving)."""
+    env = dict(os.environ if env is None else env)
+    ttl_s = parse_ttl(ttl)
+    local = None
+    if not env.get("REDIS_URL"):
+        url, local = redis_url_or_local()
+        env["REDIS_URL"] = url
+    try:
+        if dev or (dev is None and (local is not None or env.get("QUOTA_ENV") == "development")):
+            env["QUOTA_ENV"] = "development"
+        elif dev is False:
+            env["QUOTA_ENV"] = "production"
+        settings = ApiSettings.from_env(env)
+        app = create_app(settings)
+        server = make_server(host, port, app, threaded=True)
+        token = mint_user_token(settings.secret_key, user, ttl_s)
+    except BaseException:
+        if local:
+            local.stop()
+        raise
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
+    return Service(server, settings, local, f"http://{shown_host}:{server.server_port}", user, token, ttl_s)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)  # unwinds through run()'s finally, which stops the local server
+
+
+def run(service: Service, say: Callable[[str], None] = print) -> None:
+    """Serve until Ctrl+C or SIGTERM; then stop the local server, if one was started."""
+    for line in service.banner():
+        say(line)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        service.server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.server.server_close()
+        if service.local:
+            service.local.stop()

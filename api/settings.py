@@ -1,0 +1,107 @@
+"""The API's settings, read from the environment in one place.
+
+| variable               | default            | meaning                                                   |
+|------------------------|--------------------|-----------------------------------------------------------|
+| QUOTA_ENV              | production         | ``development`` makes up missing secrets (per process)    |
+| QUOTA_ADMIN_TOKEN      | (required)         | bearer token that may do everything                       |
+| QUOTA_SERVICE_TOKEN    | (required)         | bearer token of agent workers: record, check, read        |
+| QUOTA_SECRET_KEY       | (required)         | signs per-user tokens (``quota token USER``)              |
+| QUOTA_MAX_BODY_BYTES   | 1048576            | larger request bodies get 413                             |
+| QUOTA_MAX_BATCH        | 1000               | most records in one ``POST /v1/usage``                    |
+| QUOTA_DEMO             | on in development  | serve ``/demo`` and ``POST /demo/turn``                   |
+| QUOTA_PANEL_REFRESH_S  | 5                  | how often the panel polls the API                         |
+
+plus the library's own (``REDIS_URL``, ``QUOTA_PREFIX``, ``QUOTA_MONTHLY_CREDIT``, ... see
+``quota.config``). Outside development mode a missing or short secret is a ``ConfigError``: the
+server refuses to start rather than run with a guessable token.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from quota.config import Settings
+from quota.errors import ConfigError
+from quota.tokens import MIN_SECRET_CHARS
+
+SECRET_NAMES = ("QUOTA_ADMIN_TOKEN", "QUOTA_SERVICE_TOKEN", "QUOTA_SECRET_KEY")
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1/0, true/false, yes/no or on/off, got {raw!r}")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    admin_token: str
+    service_token: str
+    secret_key: str
+    development: bool = False
+    max_body_bytes: int = 1 << 20
+    max_batch: int = 1000
+    demo_enabled: bool = False
+    panel_refresh_s: int = 5
+    quota: Settings = field(default_factory=Settings)
+    generated: tuple[str, ...] = ()  # names of secrets made up in development mode
+
+    def __repr__(self) -> str:  # never print secrets, even in a traceback
+        return (f"ApiSettings(development={self.development}, demo_enabled={self.demo_enabled}, "
+                f"max_body_bytes={self.max_body_bytes}, max_batch={self.max_batch}, secrets=<hidden>)")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "ApiSettings":
+        env = os.environ if env is None else env
+        mode = (env.get("QUOTA_ENV") or "production").strip().lower()
+        if mode not in ("production", "development"):
+            raise ConfigError(f"QUOTA_ENV must be production or development, got {mode!r}")
+        development = mode == "development"
+        values: dict[str, str] = {}
+        generated = []
+        for name in SECRET_NAMES:
+            value = env.get(name) or ""
+            if not value and development:
+                value, _ = secrets.token_urlsafe(32), generated.append(name)
+            if len(value) < MIN_SECRET_CHARS:
+                problem = "is not set" if not value else f"is shorter than {MIN_SECRET_CHARS} characters"
+                raise ConfigError(
+                    f"{name} {problem}: set {', '.join(SECRET_NAMES)} (e.g. `python -c 'import secrets; "
+                    "print(secrets.token_urlsafe(32))'`), or run in development mode (QUOTA_ENV=development "
+                    "or `quota serve --dev`)")
+            values[name] = value
+        if values["QUOTA_ADMIN_TOKEN"] == values["QUOTA_SERVICE_TOKEN"]:
+            raise ConfigError("QUOTA_ADMIN_TOKEN and QUOTA_SERVICE_TOKEN must differ")
+        return cls(
+            admin_token=values["QUOTA_ADMIN_TOKEN"],
+            service_token=values["QUOTA_SERVICE_TOKEN"],
+            secret_key=values["QUOTA_SECRET_KEY"],
+            development=development,
+            max_body_bytes=_int(env, "QUOTA_MAX_BODY_BYTES", 1 << 20, 1024, 1 << 30),
+            max_batch=_int(env, "QUOTA_MAX_BATCH", 1000, 1, 100_000),
+            demo_enabled=_flag(env, "QUOTA_DEMO", development),
+            panel_refresh_s=_int(env, "QUOTA_PANEL_REFRESH_S", 5, 1, 3600),
+            quota=Settings.from_env(env),
+            generated=tuple(generated),
+        )

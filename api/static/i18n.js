@@ -1,0 +1,57 @@
+/* Labels in Chinese or English, chosen by the browser's language (navigator.language). */
+"use strict";
+window.QuotaI18n = (function () {
+  const LABELS = {
+    en: {
+      title: "Token usage", thisMonth: "This month", cny: "CNY", remaining: "Remaining", resets: "Resets on",
+      overNote: "The system-model credit is used up: new messages on system models are refused until the reset. Custom models keep working.",
+      byModel: "By model, this month", model: "Model", kind: "Kind", input: "Input tokens", output: "Output tokens",
+      calls: "Calls", cost: "Cost (CNY)", noCalls: "No calls this month yet.", history: "History by month",
+      month: "Month", systemCost: "System models", customCost: "Custom models", systemCostCny: "System cost (CNY)",
+      customCostCny: "Custom cost (CNY)", noHistory: "No earlier months.", updated: "Updated",
+      kindSystem: "system", kindCustom: "custom · counted, not limited", utc: "UTC",
+      noToken: "Open this page with the link printed by `quota serve`, or as /panel#user=<user>&token=<token> (mint one with `quota token <user>`).",
+      expired: "Your token has expired: mint a new one with `quota token <user>`.",
+      denied: "This token may not read this user's statistics.", offline: "The service is unreachable; retrying…",
+      live: "live", demoTitle: "Demo chat (simulated agent)", user: "User", send: "Send",
+      placeholder: "Type a message…", demoIntro: "No real model is called: each message makes a chat, a tool and a summary call (and a naming call on the first message) with made-up token counts, all metered for real.",
+      usedOf: "used {used} of {credit} CNY this month ({kind})", newChat: "New conversation",
+      callsLine: "{purpose}: {in} in / {out} out tokens, {cost} CNY", quotaTitle: "Credit used up",
+      purpose_chat: "chat", purpose_tool: "tool", purpose_summary: "summary", purpose_naming: "naming",
+    },
+    zh: {
+      title: "Token 用量", thisMonth: "本月", cny: "元", remaining: "剩余额度", resets: "重置日期",
+      overNote: "本月系统模型额度已用完：在重置前，系统模型的新消息将被拒绝；自定义模型不受影响。",
+      byModel: "本月各模型用量", model: "模型", kind: "类型", input: "输入 tokens", output: "输出 tokens",
+      calls: "调用次数", cost: "费用（元）", noCalls: "本月暂无调用。", history: "历史（按月）",
+      month: "月份", systemCost: "系统模型", customCost: "自定义模型", systemCostCny: "系统模型费用（元）",
+      customCostCny: "自定义模型费用（元）", noHistory: "暂无往月记录。", updated: "更新于",
+      kindSystem: "系统", kindCustom: "自定义 · 仅计数，不限额", utc: "UTC",
+      noToken: "请使用 `quota serve` 打印的链接打开本页，或访问 /panel#user=<用户>&token=<令牌>（用 `quota token <用户>` 生成）。",
+      expired: "令牌已过期：请用 `quota token <用户>` 重新生成。",
+      denied: "此令牌无权查看该用户的统计。", offline: "服务暂时无法访问，正在重试…",
+      live: "实时", demoTitle: "演示对话（模拟智能体）", user: "用户", send: "发送",
+      placeholder: "输入消息…", demoIntro: "不会调用真实模型：每条消息产生一次对话、一次工具和一次摘要调用（首条消息另有一次命名调用），token 数为模拟值，但全部真实计费。",
+      usedOf: "本月已用 {used} / {credit} 元（{kind}）", newChat: "新对话",
+      callsLine: "{purpose}：输入 {in} / 输出 {out} tokens，{cost} 元", quotaTitle: "额度已用完",
+      purpose_chat: "对话", purpose_tool: "工具", purpose_summary: "摘要", purpose_naming: "命名",
+    },
+  };
+  const lang = (navigator.language || "en").toLowerCase().startsWith("zh") ? "zh" : "en";
+  const labels = LABELS[lang];
+  function t(key, values) {
+    let text = labels[key] || LABELS.en[key] || key;
+    for (const [name, value] of Object.entries(values || {})) text = text.split("{" + name + "}").join(String(value));
+    return text;
+  }
+  function apply(root) {
+    document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
+    for (const el of (root || document).querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
+    for (const el of (root || document).querySelectorAll("[data-i18n-placeholder]")) el.placeholder = t(el.dataset.i18nPlaceholder);
+  }
+  function money(value, digits) { return Number(value).toFixed(digits === undefined ? 4 : digits); }
+  function tokens(value) { return Number(value).toLocaleString("en-US"); }
+  /* Parse "#a=1&b=2" (the fragment never reaches the server, so tokens stay out of its logs). */
+  function fragment() { return new URLSearchParams(location.hash.replace(/^#/, "")); }
+  return { lang, t, apply, money, tokens, fragment };
+})();

@@ -1,0 +1,156 @@
+"""``/v1``: the JSON API used by agent workers, front ends and ops. Every route needs a token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, g, jsonify, request
+
+from quota.errors import BatchError, InvalidInput, RequestConflict, StorageUnavailable
+from quota.keys import validate_user
+
+from .auth import Action, Principal, authenticate, authorize
+from .errors import ApiError, error_body, quota_error_status
+
+bp = Blueprint("v1", __name__, url_prefix="/v1")
+
+USAGE_FIELDS = {"user", "model_id", "input_tokens", "output_tokens", "request_id", "price", "estimated"}
+USAGE_REQUIRED = {"user", "model_id", "input_tokens", "output_tokens"}
+
+
+def ext():  # noqa: ANN201 - api.QuotaExtension
+    return current_app.extensions["quota"]
+
+
+@bp.before_request
+def require_token() -> None:
+    g.principal = authenticate(request.headers.get("Authorization"), ext().settings)
+
+
+def principal() -> Principal:
+    return g.principal
+
+
+def json_body() -> Any:
+    """The request's JSON: 415 unless it is ``application/json``, 400 when it does not parse."""
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type", "the body must be JSON (Content-Type: application/json)")
+    return request.get_json()  # werkzeug's BadRequest -> 400 bad_request via the error handler
+
+
+def path_user(user: str) -> str:
+    try:
+        return validate_user(user)
+    except InvalidInput as exc:
+        raise ApiError(400, "invalid_input", str(exc)) from None
+
+
+def int_arg(name: str, low: int, high: int) -> int | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ApiError(400, "invalid_input", f"{name} must be a whole number from {low} to {high}, got {raw!r}")
+    return int(raw)
+
+
+@bp.get("/users/<user>/token-stats")
+def token_stats(user: str):  # noqa: ANN201
+    authorize(principal(), Action.READ_USER, user)
+    user = path_user(user)
+    months = int_arg("months", 0, 120)
+    return jsonify(ext().meter.get_token_stats(user, months=months))
+
+
+@bp.get("/users/<user>/quota")
+def quota(user: str):  # noqa: ANN201
+    authorize(principal(), Action.READ_USER, user)
+    user = path_user(user)
+    model_id = request.args.get("model_id")
+    if not model_id:
+        raise ApiError(400, "invalid_input", "the query parameter model_id is required")
+    check = ext().meter.check_quota_available(user, model_id)
+    ext().metrics.record_check(check.allowed)
+    return jsonify(check.as_dict())
+
+
+def check_record_keys(record: Any, where: str) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        raise ApiError(400, "invalid_body", f"{where} must be a JSON object, got {type(record).__name__}")
+    unknown, missing = set(record) - USAGE_FIELDS, USAGE_REQUIRED - set(record)
+    if unknown or missing:
+        problem = f"unknown keys {sorted(unknown)}" if unknown else f"missing keys {sorted(missing)}"
+        raise ApiError(400, "invalid_body", f"{where}: {problem}")
+    return record
+
+
+@bp.post("/usage")
+def record_usage():  # noqa: ANN201
+    """One record (object in, result out) or a batch (list in, ``{"results": [...]}`` out)."""
+    authorize(principal(), Action.RECORD)
+    body = json_body()
+    meter, metrics = ext().meter, ext().metrics
+    if isinstance(body, dict):
+        record = check_record_keys(body, "the body")
+        result = meter.update_token_usage(
+            record["user"], record["model_id"], record["input_tokens"], record["output_tokens"],
+            request_id=record.get("request_id"), price=record.get("price"),
+            estimated=record.get("estimated", False))
+        metrics.record_usage(result.is_system, result.duplicate)
+        return jsonify(result.as_dict())
+    if not isinstance(body, list):
+        raise ApiError(400, "invalid_body", f"the body must be a JSON object or a list of them, got {type(body).__name__}")
+    if len(body) > ext().settings.max_batch:
+        raise ApiError(400, "invalid_body", f"at most {ext().settings.max_batch} records per request, got {len(body)}")
+    records = [check_record_keys(r, f"record {i}") for i, r in enumerate(body)]
+    try:
+        results = meter.update_token_usage_many(records)
+    except BatchError as exc:
+        return batch_failure(exc)
+    for result in results:
+        metrics.record_usage(result.is_system, result.duplicate)
+    return jsonify({"results": [r.as_dict() for r in results]})
+
+
+def batch_failure(exc: BatchError):  # noqa: ANN201
+    """Some records were counted, some not: 409 if only conflicts failed, else 503.
+
+    The body is still an error, with ``results`` (per record: the result or its error) so that a
+    worker can resend exactly the failed records; their request ids make that safe.
+    """
+    out = []
+    for item in exc.results:
+        if isinstance(item, Exception):
+            status, code = quota_error_status(item)
+            out.append(error_body(code, str(item)))
+        else:
+            ext().metrics.record_usage(item.is_system, item.duplicate)
+            out.append(item.as_dict())
+    if any(isinstance(e, StorageUnavailable) for e in exc.errors.values()):
+        ext().metrics.storage_errors.inc()
+    only_conflicts = all(isinstance(e, RequestConflict) for e in exc.errors.values())
+    response = jsonify(error_body("batch_failed", str(exc), results=out))
+    response.status_code = 409 if only_conflicts else 503
+    return response
+
+
+@bp.put("/users/<user>/credit")
+def set_credit(user: str):  # noqa: ANN201
+    authorize(principal(), Action.SET_CREDIT, user)
+    user = path_user(user)
+    body = json_body()
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", f"the body must be a JSON object, got {type(body).__name__}")
+    unknown = set(body) - {"credit", "month"}
+    if unknown or "credit" not in body:
+        problem = f"unknown keys {sorted(unknown)}" if unknown else "missing key 'credit'"
+        raise ApiError(400, "invalid_body", f"the body: {problem}")
+    if isinstance(body["credit"], (bool, dict, list)) or body["credit"] is None:
+        raise ApiError(400, "invalid_input", "credit must be a number (or a decimal string) of CNY")
+    return jsonify(ext().meter.set_monthly_credit(user, body["credit"], body.get("month")).as_dict())
+
+
+@bp.get("/models")
+def models():  # noqa: ANN201
+    authorize(principal(), Action.LIST_MODELS)
+    return jsonify(ext().meter.prices.as_json())

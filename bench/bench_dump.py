@@ -1,0 +1,165 @@
+"""How fast ``quota dump`` moves expired user-months from Redis into SQLite and PostgreSQL.
+
+    .venv/bin/python -m bench.bench_dump [--months 50000] [--pg postgresql://postgres@127.0.0.1:5432/quota_bench_history]
+
+Each run fills a private Redis (a local server on a free port, see quota.localserver) with
+``--months`` expired user-months shaped like real ones (two models each, a tenth with a credit
+set), then measures, in the same run and on the same data:
+
+- ``redis ceiling``: SCAN + pipelined HGETALL + pipelined DEL with the same batch sizes and no
+  SQL at all: what any dump must do on Redis, the ceiling for the whole dump;
+- ``sqlite3 ceiling``: the same rows inserted by the bare ``sqlite3`` module, one transaction,
+  plain INSERT (no upsert, no fsync per batch): the ceiling for the SQL half;
+- ``quota dump -> SQLite`` and ``quota dump -> PostgreSQL``: the real thing (snapshot script,
+  upsert per generation, fsync'd commit per batch, delete-if-unchanged script).
+
+Prints user-months per second and the ratio to the Redis ceiling. The target is at least
+20,000 user-months/s into SQLite. PostgreSQL is skipped (with a note) when none answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import tempfile
+import time
+from datetime import datetime, timezone
+
+import redis
+
+from quota.config import Settings
+from quota.dump import DEFAULT_BATCH, SCAN_COUNT, dump_expired_months
+from quota.history import HistoryStore
+from quota.localserver import LocalServer
+
+NOW = datetime(2026, 2, 10, tzinfo=timezone.utc)
+MONTHS = ("2025-11", "2025-12", "2026-01")
+
+
+def fill(client: redis.Redis, count: int) -> None:
+    """``count`` user-months across three expired months, as record.lua would have left them."""
+    client.flushall()
+    pipe = client.pipeline(transaction=False)
+    for i in range(count):
+        month = MONTHS[i % len(MONTHS)]
+        fields = {
+            "system_deepseek:input": 1000 + i, "system_deepseek:output": 2000 + i,
+            "system_deepseek:cost_nano": 5_000_000 + i, "system_deepseek:calls": 3,
+            "custom_x:input": 10 + i, "custom_x:output": 20, "custom_x:cost_nano": 0, "custom_x:calls": 1,
+            "system_used_nano": 5_000_000 + i,
+        }
+        if i % 10 == 0:
+            fields["credit_nano"] = 7_500_000_000
+        pipe.hset(f"quota:{{user{i // len(MONTHS)}}}:{month}", mapping=fields)
+        if len(pipe) >= 5000:
+            pipe.execute()
+    pipe.execute()
+
+
+def redis_ceiling(client: redis.Redis) -> tuple[int, list[tuple[str, dict]]]:
+    """SCAN + HGETALL + DEL, batched like the dump; returns the count and the rows read."""
+    rows: list[tuple[str, dict]] = []
+    batch: list[bytes] = []
+
+    def flush() -> None:
+        pipe = client.pipeline(transaction=False)
+        for key in batch:
+            pipe.hgetall(key)
+        rows.extend(zip((k.decode() for k in batch), pipe.execute()))
+        pipe = client.pipeline(transaction=False)
+        for key in batch:
+            pipe.delete(key)
+        pipe.execute()
+        batch.clear()
+
+    for key in client.scan_iter(match="quota:{*}:????-??", count=SCAN_COUNT, _type="hash"):
+        batch.append(key)
+        if len(batch) >= DEFAULT_BATCH:
+            flush()
+    if batch:
+        flush()
+    return len(rows), rows
+
+
+def sqlite_ceiling(rows: list[tuple[str, dict]], path: str) -> float:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE m (key TEXT, model TEXT, input INT, output INT, cost INT, calls INT, PRIMARY KEY (key, model))")
+    started = time.perf_counter()
+    with conn:
+        conn.executemany("INSERT INTO m VALUES (?, ?, ?, ?, ?, ?)", (
+            (key, model, int(h[f"{model}:input".encode()]), int(h[f"{model}:output".encode()]),
+             int(h[f"{model}:cost_nano".encode()]), int(h[f"{model}:calls".encode()]))
+            for key, h in rows for model in ("system_deepseek", "custom_x")))
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return elapsed
+
+
+def timed_dump(client: redis.Redis, store: HistoryStore) -> tuple[float, int]:
+    started = time.perf_counter()
+    report = dump_expired_months(client, store, settings=Settings(prefix="quota"), clock=lambda: NOW)
+    elapsed = time.perf_counter() - started
+    assert report.skipped == 0 and client.dbsize() == 0, report
+    return elapsed, report.archived
+
+
+def pg_store(url: str) -> HistoryStore | None:
+    from sqlalchemy import text
+
+    admin = HistoryStore(url.rsplit("/", 1)[0] + "/postgres")
+    name = url.rsplit("/", 1)[1]
+    try:
+        with admin.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            if not conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first():
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001 - a bench reports and moves on
+        print(f"PostgreSQL at {url}: skipped ({type(exc).__name__}: {str(exc).splitlines()[0]})")
+        return None
+    finally:
+        admin.close()
+    store = HistoryStore(url)
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP VIEW IF EXISTS quota_month, quota_month_model"))
+        conn.execute(text("DROP TABLE IF EXISTS quota_model_snapshot, quota_month_snapshot, quota_schema_version"))
+    return store
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--months", type=int, default=50_000, help="user-months to dump per run")
+    parser.add_argument("--pg", default=os.environ.get("QUOTA_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/quota_bench_history"))
+    args = parser.parse_args()
+    server = LocalServer().start()
+    client = redis.Redis.from_url(server.url)
+    results: list[tuple[str, float, int]] = []
+    try:
+        fill(client, args.months)
+        started = time.perf_counter()
+        count, rows = redis_ceiling(client)
+        results.append(("redis ceiling (SCAN+HGETALL+DEL)", time.perf_counter() - started, count))
+        with tempfile.TemporaryDirectory() as tmp:
+            results.append(("sqlite3 ceiling (bare INSERT)", sqlite_ceiling(rows, os.path.join(tmp, "c.db")), count))
+            fill(client, args.months)
+            store = HistoryStore(f"sqlite:///{tmp}/history.db")
+            results.append(("quota dump -> SQLite", *timed_dump(client, store)))
+            store.close()
+        store = pg_store(args.pg)
+        if store is not None:
+            fill(client, args.months)
+            results.append(("quota dump -> PostgreSQL", *timed_dump(client, store)))
+            store.close()
+    finally:
+        client.close()
+        server.stop()
+    ceiling = results[0][2] / results[0][1]
+    print(f"\n{args.months} user-months (2 models each), {server.kind}, batch {DEFAULT_BATCH}, SCAN COUNT {SCAN_COUNT}\n")
+    print(f"| {'run':36} | {'seconds':>7} | {'user-months/s':>13} | {'vs Redis ceiling':>16} |")
+    print(f"|{'-' * 38}|{'-' * 9}|{'-' * 15}|{'-' * 18}|")
+    for name, seconds, n in results:
+        rate = n / seconds
+        print(f"| {name:36} | {seconds:7.2f} | {rate:13,.0f} | {rate / ceiling:15.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

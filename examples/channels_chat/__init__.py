@@ -1,0 +1,1 @@
+"""A Django Channels chat consumer metered with quota (see consumer.py)."""

@@ -1,0 +1,461 @@
+"""The SQL history store: archived user-months, in SQLite (the default) or PostgreSQL.
+
+Why SQLAlchemy Core and not the drivers directly: the store needs one schema and one
+idempotent upsert (``INSERT ... ON CONFLICT DO UPDATE ... WHERE``) on two databases whose
+drivers differ in parameter style, type handling and connection setup. Core gives one table
+definition, a dialect-specific ``insert().on_conflict_do_update()`` for each, a connection pool
+and error classes that are the same for both, while the dump still sends plain ``executemany``
+batches (no ORM, no per-row objects). psycopg 3 is the PostgreSQL driver.
+
+The layout (docs/HISTORY.md has the details and the SQL):
+
+- ``quota_month_snapshot``: per (prefix, user, month, generation) the credit, the system-model
+  spend, the dump read counter ``seq`` and when it was archived;
+- ``quota_model_snapshot``: per (prefix, user, month, generation, model) the input and output
+  tokens, the exact cost in nano-CNY, the calls, the estimated calls, and ``is_system``;
+- views ``quota_month`` and ``quota_month_model``: the same summed over generations, for ops;
+- ``quota_schema_version``: one row with the schema version, so a later release can migrate.
+
+A *generation* is one incarnation of a Redis hash (its ``dump_gen`` field). Each generation is
+stored as a full snapshot and is only ever replaced by a newer snapshot of itself (higher
+``seq``); generations are never added into one another in SQL. That makes every write an
+idempotent replace, which is what makes the dump safe to kill and rerun.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
+
+from .config import DEFAULT_HISTORY_URL, Settings
+from .errors import ConfigError, StorageUnavailable
+from .keys import validate_month, validate_prefix, validate_user
+from .stats import ModelUsage, MonthUsage, merge_month
+
+SCHEMA_VERSION = 1
+_LOCK_KEY = 0x71756F7461  # "quota": the PostgreSQL advisory lock taken while creating/migrating
+
+metadata = MetaData()
+
+schema_version = Table(
+    "quota_schema_version", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # always 1: a single row
+    Column("version", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+month_snapshot = Table(
+    "quota_month_snapshot", metadata,
+    Column("prefix", String(32), primary_key=True),
+    Column("user_id", String(128), primary_key=True),
+    Column("month", String(7), primary_key=True),                   # YYYY-MM, UTC
+    Column("generation", BigInteger, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),                      # dump_seq of this snapshot
+    Column("credit_nano", BigInteger, nullable=True),               # NULL: the default credit applied
+    Column("system_used_nano", BigInteger, nullable=False),
+    Column("first_archived_at", DateTime(timezone=True), nullable=False),
+    Column("archived_at", DateTime(timezone=True), nullable=False),
+)
+
+model_snapshot = Table(
+    "quota_model_snapshot", metadata,
+    Column("prefix", String(32), primary_key=True),
+    Column("user_id", String(128), primary_key=True),
+    Column("month", String(7), primary_key=True),
+    Column("generation", BigInteger, primary_key=True, autoincrement=False),
+    Column("model_id", String(48), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("cost_nano", BigInteger, nullable=False),
+    Column("calls", BigInteger, nullable=False),
+    Column("estimated_calls", BigInteger, nullable=False),
+    Column("is_system", Boolean, nullable=False),
+)
+
+# Totals per user-month over generations: what ops query. Plain SQL that both dialects accept.
+VIEWS = {
+    "quota_month": """
+        CREATE VIEW quota_month AS
+        SELECT s.prefix, s.user_id, s.month,
+               (SELECT c.credit_nano FROM quota_month_snapshot c
+                 WHERE c.prefix = s.prefix AND c.user_id = s.user_id AND c.month = s.month
+                   AND c.credit_nano IS NOT NULL
+                 ORDER BY c.first_archived_at DESC, c.generation DESC LIMIT 1) AS credit_nano,
+               CAST(SUM(s.system_used_nano) AS BIGINT) AS system_used_nano,
+               COUNT(*) AS generations,
+               MAX(s.archived_at) AS archived_at
+        FROM quota_month_snapshot s
+        GROUP BY s.prefix, s.user_id, s.month""",
+    "quota_month_model": """
+        CREATE VIEW quota_month_model AS
+        SELECT prefix, user_id, month, model_id,
+               CAST(SUM(input_tokens) AS BIGINT) AS input_tokens, CAST(SUM(output_tokens) AS BIGINT) AS output_tokens,
+               CAST(SUM(cost_nano) AS BIGINT) AS cost_nano, CAST(SUM(calls) AS BIGINT) AS calls,
+               CAST(SUM(estimated_calls) AS BIGINT) AS estimated_calls,
+               MAX(CASE WHEN is_system THEN 1 ELSE 0 END) = 1 AS is_system
+        FROM quota_model_snapshot
+        GROUP BY prefix, user_id, month, model_id""",
+}
+
+# MIGRATIONS[v] upgrades a database at version v to v + 1 (none yet: version 1 is the first).
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+
+def normalize_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` mean psycopg 3 (SQLAlchemy would pick psycopg2)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError(f"not a database URL: {url!r} (use sqlite:///file.db or postgresql://...)")
+    if scheme in ("postgresql", "postgres"):
+        return f"postgresql+psycopg://{rest}"
+    if scheme.split("+")[0] not in ("sqlite", "postgresql"):
+        raise ConfigError(f"unsupported history database {scheme!r}: use sqlite:/// or postgresql://")
+    return url
+
+
+def describe_db(url: str) -> str:
+    """Where a database URL points, for messages: the file, or host:port/db, never the password."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return "<unparsable url>"
+    if parsed.get_backend_name() == "sqlite":
+        return f"sqlite file {parsed.database}" if parsed.database else "sqlite in memory"
+    return f"postgresql {parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
+
+
+class Snapshot:
+    """One user-month as a dump read it from Redis: the unit the store writes."""
+
+    __slots__ = ("user", "month", "generation", "seq", "usage", "fingerprint")
+
+    def __init__(self, user: str, month: str, generation: int, seq: int, usage: MonthUsage,
+                 fingerprint: Any = None):
+        self.user, self.month, self.generation, self.seq = user, month, generation, seq
+        self.usage, self.fingerprint = usage, fingerprint
+
+
+class HistoryStore:
+    """Archived user-months in SQL. Cheap to construct: nothing connects until first use.
+
+    Reads never create anything (an SQLite file that does not exist yet reads as empty); the
+    first write creates the schema. ``prefix`` is the Redis key prefix the months came from, so
+    several prefixes (a demo and production) can share one database without mixing.
+    """
+
+    def __init__(self, url: str = DEFAULT_HISTORY_URL, *, prefix: str = "quota", **engine_options: Any):
+        self.url = normalize_url(url)
+        self.prefix = validate_prefix(prefix)
+        self.where = describe_db(self.url)
+        try:
+            parsed = make_url(self.url)
+        except ArgumentError as exc:
+            raise ConfigError(f"invalid history database URL: {exc}") from None
+        self.dialect = parsed.get_backend_name()
+        self._sqlite_file = parsed.database if self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:") else None
+        options: dict[str, Any] = {}
+        if self.dialect == "postgresql":
+            options = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}}
+        options.update(engine_options)
+        try:
+            self.engine: Engine = create_engine(self.url, **options)
+        except (ArgumentError, ImportError) as exc:
+            raise ConfigError(f"cannot use history database {self.where}: {exc}") from None
+        if self.dialect == "sqlite":
+            _sqlite_setup(self.engine)
+        self._schema_ready = False
+        self._month_upsert = self._upsert(month_snapshot, keep=("first_archived_at",))
+        self._model_upsert = self._upsert(model_snapshot)
+
+    @classmethod
+    def from_url(cls, url: str | None = None, *, prefix: str | None = None, **engine_options: Any) -> "HistoryStore":
+        """A store on ``url`` (default: ``QUOTA_HISTORY_URL``, else ``sqlite:///quota-history.db``)."""
+        settings = Settings.from_env() if url is None or prefix is None else None
+        return cls(url or settings.history_url, prefix=prefix or settings.prefix,  # type: ignore[union-attr]
+                   **engine_options)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "HistoryStore":
+        settings = Settings.from_env(env)
+        return cls(settings.history_url, prefix=settings.prefix)
+
+    def __repr__(self) -> str:
+        return f"HistoryStore({self.where}, prefix={self.prefix!r})"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> "HistoryStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- schema ----------------------------------------------------------------------------------
+
+    def ensure_schema(self) -> int:
+        """Create the schema on first use, migrate an older one; the version now in place."""
+        if self._schema_ready:
+            return SCHEMA_VERSION
+        with self.errors():
+            for attempt in range(3):
+                try:
+                    with self.engine.begin() as conn:
+                        if self.dialect == "postgresql":  # DDL is transactional there; serialise it
+                            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+                        self._create_or_migrate(conn)
+                    break
+                except (IntegrityError, ProgrammingError, OperationalError):
+                    # another process created the schema at the same moment: look again
+                    if attempt == 2:
+                        raise
+        self._schema_ready = True
+        return SCHEMA_VERSION
+
+    def _create_or_migrate(self, conn: Connection) -> None:
+        version = _read_version(conn)
+        now = datetime.now(timezone.utc)
+        if version is None:
+            metadata.create_all(conn)
+            for ddl in VIEWS.values():
+                conn.execute(text(ddl))
+            conn.execute(schema_version.insert().values(id=1, version=SCHEMA_VERSION, updated_at=now))
+            return
+        _refuse_newer(version, self.where)
+        for v in range(version, SCHEMA_VERSION):
+            MIGRATIONS[v](conn)
+        if version != SCHEMA_VERSION:
+            conn.execute(schema_version.update().values(version=SCHEMA_VERSION, updated_at=now))
+
+    def _readable(self) -> bool:
+        """Is there an archive to read? Never creates a file or a table."""
+        if self._schema_ready:
+            return True
+        if self._sqlite_file is not None and not Path(self._sqlite_file).exists():
+            return False
+        with self.engine.connect() as conn:
+            if not inspect(conn).has_table(schema_version.name):
+                return False
+            version = _read_version(conn)
+        if version is None:
+            return False
+        _refuse_newer(version, self.where)
+        if version < SCHEMA_VERSION:
+            raise ConfigError(f"the history database at {self.where} has schema version {version}; "
+                              f"run `quota dump` once to migrate it to {SCHEMA_VERSION}")
+        self._schema_ready = True
+        return True
+
+    # --- writes ----------------------------------------------------------------------------------
+
+    def write_snapshots(self, snapshots: Sequence[Snapshot], *, is_system: Callable[[str], bool],
+                        prefix: str | None = None, now: datetime | None = None) -> int:
+        """Write ``snapshots`` in one transaction; the number of model rows written.
+
+        Each snapshot replaces the stored one of the same generation when its ``seq`` is not
+        lower (an older read never overwrites a newer one); nothing is ever added to.
+        """
+        if not snapshots:
+            return 0
+        self.ensure_schema()
+        prefix = validate_prefix(prefix or self.prefix)
+        at = self._month_upsert.bind_value("archived_at", now or datetime.now(timezone.utc))
+        months: list[tuple[Any, ...]] = []
+        models: list[tuple[Any, ...]] = []
+        system: dict[str, bool] = {}
+        # a stable order keeps two concurrent dumps from deadlocking on PostgreSQL row locks
+        for snap in sorted(snapshots, key=lambda s: (s.user, s.month, s.generation)):
+            usage, user, month, gen, seq = snap.usage, snap.user, snap.month, snap.generation, snap.seq
+            # tuples in table column order (see month_snapshot / model_snapshot above)
+            months.append((prefix, user, month, gen, seq, usage.credit_nano, usage.system_used_nano, at, at))
+            for model_id in sorted(usage.models):
+                m = usage.models[model_id]
+                flag = system.get(model_id)
+                if flag is None:
+                    flag = system[model_id] = bool(is_system(model_id))
+                models.append((prefix, user, month, gen, model_id, seq, m.input_tokens, m.output_tokens,
+                               m.cost_nano, m.calls, m.estimated_calls, flag))
+        with self.errors(), self.engine.begin() as conn:
+            self._month_upsert.execute(conn, months)
+            if models:
+                self._model_upsert.execute(conn, models)
+        return len(models)
+
+    def _upsert(self, table: Table, keep: tuple[str, ...] = ()) -> "_BulkUpsert":
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(table)
+        keys = [c.name for c in table.primary_key.columns]
+        changes = {c.name: stmt.excluded[c.name] for c in table.columns
+                   if not c.primary_key and c.name not in keep}
+        upsert = stmt.on_conflict_do_update(index_elements=keys, set_=changes,
+                                            where=stmt.excluded.seq >= table.c.seq)
+        return _BulkUpsert(upsert, table, self.engine)
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    def load_months(self, user: str, months: Sequence[str]) -> list[MonthUsage]:
+        """The archived generations of ``user``'s ``months``: one ``MonthUsage`` per generation
+        (``archive_gen`` set), grouped by month, oldest archive first within a month.
+
+        This is what ``Meter.get_token_stats`` merges with Redis (``stats.merge_month``); use
+        :meth:`load_totals` for one summed ``MonthUsage`` per month.
+        """
+        user = validate_user(user)
+        wanted = sorted({validate_month(m) for m in months})
+        if not wanted:
+            return []
+        with self.errors():
+            if not self._readable():
+                return []
+            where = lambda t: (t.c.prefix == self.prefix) & (t.c.user_id == user) & t.c.month.in_(wanted)  # noqa: E731
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(month_snapshot.c.month, month_snapshot.c.generation, month_snapshot.c.credit_nano,
+                           month_snapshot.c.system_used_nano)
+                    .where(where(month_snapshot))
+                    .order_by(month_snapshot.c.month, month_snapshot.c.first_archived_at,
+                              month_snapshot.c.generation)
+                ).all()
+                model_rows = conn.execute(
+                    select(model_snapshot.c.month, model_snapshot.c.generation, model_snapshot.c.model_id,
+                           model_snapshot.c.input_tokens, model_snapshot.c.output_tokens,
+                           model_snapshot.c.cost_nano, model_snapshot.c.calls, model_snapshot.c.estimated_calls)
+                    .where(where(model_snapshot))
+                ).all()
+        parts: dict[tuple[str, int], MonthUsage] = {}
+        for month, gen, credit, used in rows:
+            parts[(month, gen)] = MonthUsage(month, credit_nano=credit, system_used_nano=used, archive_gen=gen)
+        for month, gen, model_id, tokens_in, tokens_out, cost, calls, estimated in model_rows:
+            part = parts.get((month, gen))
+            if part is not None:
+                part.models[model_id] = ModelUsage(tokens_in, tokens_out, cost, calls, estimated)
+        return list(parts.values())
+
+    def load_totals(self, user: str, months: Sequence[str]) -> dict[str, MonthUsage]:
+        """``{month: MonthUsage}`` summed over generations: the archive alone, as ops see it."""
+        grouped: dict[str, list[MonthUsage]] = {}
+        for part in self.load_months(user, months):
+            grouped.setdefault(part.month, []).append(part)
+        return {month: merge_month(month, None, parts) for month, parts in grouped.items()}
+
+    def count_months(self) -> int:
+        """How many user-months (any generation) the archive holds for this prefix."""
+        with self.errors():
+            if not self._readable():
+                return 0
+            with self.engine.connect() as conn:
+                return conn.execute(
+                    select(func.count()).select_from(month_snapshot).where(month_snapshot.c.prefix == self.prefix)
+                ).scalar_one()
+
+    def ping(self) -> None:
+        """Raise ``StorageUnavailable`` unless the database answers (an SQLite file is not created)."""
+        if self._sqlite_file is not None and not Path(self._sqlite_file).exists():
+            parent = Path(self._sqlite_file).resolve().parent
+            if not parent.is_dir() or not os.access(parent, os.W_OK):
+                raise StorageUnavailable(f"history database {self.where}: directory {parent} is not writable")
+            return
+        with self.errors(), self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        """Database errors become ``StorageUnavailable`` naming the database (never a password)."""
+        try:
+            yield
+        except (DBAPIError, SQLAlchemyError) as exc:
+            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise StorageUnavailable(
+                f"history database {self.where} is unavailable or refused the operation ({detail}); "
+                "check that it is running and that QUOTA_HISTORY_URL is right"
+            ) from exc
+
+
+class _BulkUpsert:
+    """One upsert compiled once for the engine's dialect and sent with the driver's own
+    ``executemany``: SQLAlchemy's per-row parameter processing cost more than the database
+    itself (it halved the dump's throughput). Rows are tuples in table column order; the only
+    value that needs a type conversion (the archive time) is converted once per batch."""
+
+    def __init__(self, statement: Any, table: Table, engine: Engine):
+        compiled = statement.compile(dialect=engine.dialect)
+        self.sql = str(compiled)
+        self.table = table
+        self.dialect = engine.dialect
+        columns = [c.name for c in table.columns]
+        names = list(compiled.positiontup or []) if compiled.positional else list(compiled.binds)
+        if sorted(names) != sorted(columns):
+            raise RuntimeError(f"unexpected parameters in the {table.name} upsert: {names}")
+        self.positional = bool(compiled.positional)
+        self.order = [columns.index(n) for n in names] if self.positional else columns
+        self.identity = self.order == list(range(len(columns)))
+
+    def bind_value(self, column: str, value: Any) -> Any:
+        process = self.table.c[column].type.dialect_impl(self.dialect).bind_processor(self.dialect)
+        return process(value) if process else value
+
+    def execute(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+        if self.positional:
+            params: list[Any] = rows if self.identity else [tuple(r[i] for i in self.order) for r in rows]
+        else:
+            params = [dict(zip(self.order, r)) for r in rows]
+        conn.exec_driver_sql(self.sql, params)
+
+
+def _read_version(conn: Connection) -> int | None:
+    if not inspect(conn).has_table(schema_version.name):
+        return None
+    return conn.execute(select(schema_version.c.version).where(schema_version.c.id == 1)).scalar_one_or_none()
+
+
+def _refuse_newer(version: int, where: str) -> None:
+    if version > SCHEMA_VERSION:
+        raise ConfigError(f"the history database at {where} has schema version {version}, newer than this "
+                          f"quota ({SCHEMA_VERSION}): upgrade quota")
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    """WAL (readers never wait for the dump), a busy timeout, full fsync at commit (the dump
+    deletes from Redis right after a commit, so a commit must survive a power cut), and real
+    transactions: pysqlite's own BEGIN handling is switched off and BEGIN is sent by us, the
+    recipe from SQLAlchemy's SQLite documentation."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")

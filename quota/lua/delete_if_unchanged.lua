@@ -1,0 +1,40 @@
+-- delete_if_unchanged.lua: delete archived user-months, unless they changed since they were read.
+--
+-- KEYS[1..n]  user-month hashes    <prefix>:{<user>}:<YYYY-MM> (on a cluster: all in one slot)
+-- ARGV[1..n]  the fingerprint snapshot_month.lua returned for KEYS[i]
+--
+-- Returns one integer per key, in KEYS order: 1 when the hash was deleted; 0 when it changed
+-- since it was read (a late write, a credit change, or another dump reading it: it stays for
+-- the next run, which archives it again in full); -1 when it no longer exists. Called only
+-- after the snapshots are committed to the SQL history, so a deleted hash is always in the
+-- archive exactly as it was.
+
+-- The fingerprint is the whole hash in HGETALL order, each field and value length-prefixed
+-- (so no two different hashes share one). It is order-sensitive on purpose: sorting cost a
+-- quarter of the dump's server time, and an order change without a content change (possible
+-- only for a hash too big for the compact listpack encoding) merely keeps the hash for the
+-- next run, which is safe; equal fingerprints always mean equal contents.
+local function fingerprint(flat)
+  local parts = {}
+  for i = 1, #flat do
+    parts[i] = #flat[i] .. ':' .. flat[i]
+  end
+  return table.concat(parts, ',')
+end
+
+if #ARGV ~= #KEYS then
+  return redis.error_reply('QUOTA_INVALID one fingerprint per key')
+end
+local out = {}
+for k = 1, #KEYS do
+  local flat = redis.call('HGETALL', KEYS[k])
+  if #flat == 0 then
+    out[k] = -1
+  elseif fingerprint(flat) ~= ARGV[k] then
+    out[k] = 0
+  else
+    redis.call('DEL', KEYS[k])
+    out[k] = 1
+  end
+end
+return out

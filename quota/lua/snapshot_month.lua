@@ -1,0 +1,57 @@
+-- snapshot_month.lua: read expired user-months for the archive (quota dump), tagging each.
+--
+-- KEYS[1..n]  user-month hashes    <prefix>:{<user>}:<YYYY-MM> (on a cluster: all in one slot)
+-- ARGV[1..n]  generation for KEYS[i]: a fresh random id (decimal string, 1 to 18 digits),
+--             kept only if that hash has none yet
+--
+-- Returns one entry per key, in KEYS order: {} when the hash does not exist (it is never
+-- created here), else {fingerprint, field1, value1, field2, value2, ...}, the fingerprint
+-- being what delete_if_unchanged.lua compares before deleting (see below).
+--
+-- Two bookkeeping fields are written, plain integers that stats ignore:
+--   dump_gen  identifies this incarnation of the hash. A late write after the dump deleted the
+--             hash creates a new one with a new generation, archived beside the first one
+--             instead of replacing it: nothing is lost.
+--   dump_seq  counts reads. The archive keeps, per generation, the snapshot with the highest
+--             dump_seq, so a slow dump never overwrites a newer snapshot with an older one.
+
+-- The fingerprint is the whole hash in HGETALL order, each field and value length-prefixed
+-- (so no two different hashes share one). It is order-sensitive on purpose: sorting cost a
+-- quarter of the dump's server time, and an order change without a content change (possible
+-- only for a hash too big for the compact listpack encoding) merely keeps the hash for the
+-- next run, which is safe; equal fingerprints always mean equal contents.
+local function fingerprint(flat)
+  local parts = {}
+  for i = 1, #flat do
+    parts[i] = #flat[i] .. ':' .. flat[i]
+  end
+  return table.concat(parts, ',')
+end
+
+-- 1. validate every argument before the first write (no rollback in Redis)
+if #ARGV ~= #KEYS then
+  return redis.error_reply('QUOTA_INVALID one generation per key')
+end
+for i = 1, #ARGV do
+  if not (string.match(ARGV[i], '^[1-9]%d*$') and #ARGV[i] <= 18) then
+    return redis.error_reply('QUOTA_INVALID generation must be a positive integer below 1e18')
+  end
+end
+
+-- 2. tag and read
+local out = {}
+for k = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[k]) == 0 then
+    out[k] = {}
+  else
+    redis.call('HSETNX', KEYS[k], 'dump_gen', ARGV[k])
+    redis.call('HINCRBY', KEYS[k], 'dump_seq', 1)
+    local flat = redis.call('HGETALL', KEYS[k])
+    local entry = {fingerprint(flat)}
+    for i = 1, #flat do
+      entry[i + 1] = flat[i]
+    end
+    out[k] = entry
+  end
+end
+return out

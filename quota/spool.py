@@ -1,0 +1,369 @@
+"""A durable local spool for records that could not reach Redis.
+
+One append-only file of lines ``<crc32 hex> <json>\\n``, fsynced after each append, so a record
+the worker has spooled survives a crash or a restart. Each line keeps everything needed to send
+the record again exactly as it was made: the user, the model, the tokens, the request id, the
+per-call price if any, and the instant (``at``), which fixes the UTC month it counts in even if it
+is replayed in the next month.
+
+Replay (driven by ``quota.turn``, which owns the I/O to Redis) works on a claimed file:
+
+1. under the lock, ``<spool>`` is renamed to ``<spool>.replaying``; new records go to a fresh
+   ``<spool>`` meanwhile, so the replay never races an append;
+2. records are read in order, in batches; after each batch is acknowledged by Redis its end
+   offset is written (atomically) to ``<spool>.replaying.pos``, so a replay cut short resumes
+   after the last acknowledged record instead of sending it again;
+3. when every record is sent the claimed file and its offset file are removed.
+
+A crash mid-write leaves a torn last line: the next append starts a new line first, and the reader
+skips any line whose checksum or JSON is bad, copying it to ``<spool>.bad`` for a human. Records
+that Redis refuses for good (a model removed from the price table) go to ``<spool>.dead``.
+
+Several processes may share one spool path: appends and claims take an ``flock`` on
+``<spool>.lock``; a process that finds another one replaying leaves the replay to it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import stat
+import threading
+import zlib
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping
+
+log = logging.getLogger("quota.spool")
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolEntry:
+    """One record waiting for Redis. ``at`` is an aware datetime: the instant the call was counted."""
+
+    user: str
+    model_id: str
+    input_tokens: int
+    output_tokens: int
+    request_id: str
+    estimated: bool
+    at: datetime
+    cost_nano: int
+    price: Mapping[str, str] | None = None
+
+    def to_line(self) -> bytes:
+        body = json.dumps({
+            "v": FORMAT_VERSION, "rid": self.request_id, "user": self.user, "model": self.model_id,
+            "in": self.input_tokens, "out": self.output_tokens, "est": self.estimated,
+            "at": self.at.isoformat(), "cost_nano": self.cost_nano,
+            "price": dict(self.price) if self.price is not None else None,
+        }, separators=(",", ":"), sort_keys=True, ensure_ascii=True).encode("ascii")
+        return b"%08x %s\n" % (zlib.crc32(body), body)
+
+    @classmethod
+    def from_line(cls, line: bytes) -> "SpoolEntry":
+        """Parse one line (with its newline); ValueError when it is torn or corrupt."""
+        if not line.endswith(b"\n"):
+            raise ValueError("torn line (no newline)")
+        crc, sep, body = line[:-1].partition(b" ")
+        if not sep or len(crc) != 8 or int(crc, 16) != zlib.crc32(body):
+            raise ValueError("checksum mismatch")
+        data = json.loads(body)
+        if data.get("v") != FORMAT_VERSION:
+            raise ValueError(f"unknown spool format {data.get('v')!r}")
+        at = datetime.fromisoformat(data["at"])
+        if at.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return cls(data["user"], data["model"], int(data["in"]), int(data["out"]), data["rid"],
+                   bool(data["est"]), at, int(data["cost_nano"]), data.get("price"))
+
+
+class Claim:
+    """A claimed batch of spooled records being replayed, in order. Not thread-safe; one replayer."""
+
+    def __init__(self, spool: "Spool", lock_fd: int):
+        self.spool = spool
+        self._lock_fd = lock_fd
+        self.path = spool.replaying_path
+        self._file = open(self.path, "rb")  # noqa: SIM115 - closed in release()
+        self.offset = spool._read_pos()
+        self._file.seek(self.offset)
+        self.sent = 0
+
+    def batch(self, size: int) -> list[tuple[SpoolEntry, int]]:
+        """The next ``size`` good records with the file offset just after each."""
+        out: list[tuple[SpoolEntry, int]] = []
+        while len(out) < size:
+            line = self._file.readline()
+            if not line:
+                break
+            end = self._file.tell()
+            try:
+                out.append((SpoolEntry.from_line(line), end))
+            except (ValueError, KeyError, TypeError) as exc:
+                self.spool._quarantine(self.spool.bad_path, line, f"unreadable spool line ({exc})")
+                if not out:  # nothing good before it: skip it for good
+                    self.ack(end)
+        return out
+
+    def ack(self, offset: int, count: int = 0) -> None:
+        """Redis has every record up to ``offset``: a resumed replay starts after it."""
+        if offset > self.offset:
+            self.offset = offset
+            self.sent += count
+            self.spool._write_pos(offset)
+
+    def dead(self, entry: SpoolEntry, reason: str) -> None:
+        """Put aside a record Redis refuses for good (the caller then acknowledges past it)."""
+        self.spool._quarantine(self.spool.dead_path, entry.to_line(), reason)
+
+    def finish(self) -> None:
+        """Every record is in Redis: drop the claimed file."""
+        self._file.close()
+        for path in (self.path, self.spool.pos_path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        _fsync_dir(self.path.parent)
+        self.release()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        if self._lock_fd >= 0:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+        self.spool._replaying.release()
+
+
+class Spool:
+    """A spool file at ``path`` (its directory is created). ``fsync=False`` is for benchmarks only."""
+
+    durable = True
+
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.replaying_path = self.path.with_name(self.path.name + ".replaying")
+        self.pos_path = self.path.with_name(self.path.name + ".replaying.pos")
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.bad_path = self.path.with_name(self.path.name + ".bad")
+        self.dead_path = self.path.with_name(self.path.name + ".dead")
+        self.fsync = fsync
+        self._append_lock = threading.Lock()
+        self._replaying = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Spool({str(self.path)!r})"
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def append(self, entry: SpoolEntry) -> None:
+        """Write one record and fsync it before returning. Raises OSError if the disk refuses."""
+        line = entry.to_line()
+        with self._append_lock, _flocked(self.lock_path):
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn line from a crash
+                    line = b"\n" + line
+                os.write(fd, line)
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            if size == 0 and self.fsync:
+                _fsync_dir(self.path.parent)  # make the new file's name durable too
+
+    # --- replaying -------------------------------------------------------------------------------
+
+    def has_pending(self) -> bool:
+        """Anything to replay? Two stats, cheap enough to ask at the end of every turn."""
+        return _size(self.replaying_path) > 0 or _size(self.path) > 0
+
+    def pending_count(self) -> int:
+        """Records waiting (good lines not yet acknowledged). Reads the files: for tests and ops."""
+        total = 0
+        pos = self._read_pos()
+        for path, start in ((self.replaying_path, pos), (self.path, 0)):
+            try:
+                with open(path, "rb") as f:
+                    f.seek(start)
+                    for line in f:
+                        try:
+                            SpoolEntry.from_line(line)
+                        except (ValueError, KeyError, TypeError):
+                            continue
+                        total += 1
+            except FileNotFoundError:
+                pass
+        return total
+
+    def claim(self) -> Claim | None:
+        """Claim the oldest records for replay, or None when there is nothing (or someone else is
+        replaying). A claimed file left by a crashed replay is resumed first, before newer records."""
+        if not self._replaying.acquire(blocking=False):
+            return None
+        claim_fd = os.open(self.path.with_name(self.path.name + ".claim"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(claim_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # one replayer across processes
+        except BlockingIOError:
+            os.close(claim_fd)
+            self._replaying.release()
+            return None
+        try:
+            with _flocked(self.lock_path):  # no append may be half-way through the rename
+                if _size(self.replaying_path) == 0:
+                    if _size(self.path) == 0:
+                        raise _Nothing
+                    os.replace(self.path, self.replaying_path)
+                    self._write_pos(0)
+                    _fsync_dir(self.path.parent)
+            return Claim(self, claim_fd)
+        except BaseException as exc:
+            fcntl.flock(claim_fd, fcntl.LOCK_UN)
+            os.close(claim_fd)
+            self._replaying.release()
+            if isinstance(exc, _Nothing):
+                return None
+            raise
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _read_pos(self) -> int:
+        try:
+            return int(self.pos_path.read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def _write_pos(self, offset: int) -> None:
+        tmp = self.pos_path.with_name(self.pos_path.name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(str(offset))
+            f.flush()
+            if self.fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, self.pos_path)
+
+    def _quarantine(self, path: Path, line: bytes, reason: str) -> None:
+        log.error("spool %s: %s; kept in %s", self.path, reason, path)
+        with open(path, "ab") as f:
+            f.write(line if line.endswith(b"\n") else line + b"\n")
+            f.flush()
+            if self.fsync:
+                os.fsync(f.fileno())
+
+
+class MemorySpool:
+    """The fallback when no spool file is configured: keeps records in this process only.
+
+    Nothing is lost while the process lives; a crash or restart loses what it holds. Use
+    :class:`Spool` in production (``Meter(..., spool="/var/lib/worker/quota.spool")``).
+    """
+
+    durable = False
+
+    def __init__(self) -> None:
+        self._entries: list[SpoolEntry] = []
+        self._lock = threading.Lock()
+        self._replaying = threading.Lock()
+
+    def __repr__(self) -> str:
+        return "MemorySpool()"
+
+    def append(self, entry: SpoolEntry) -> None:
+        with self._lock:
+            self._entries.append(entry)
+
+    def has_pending(self) -> bool:
+        return bool(self._entries)
+
+    def pending_count(self) -> int:
+        return len(self._entries)
+
+    def claim(self) -> "_MemoryClaim | None":
+        if not self._entries or not self._replaying.acquire(blocking=False):
+            return None
+        return _MemoryClaim(self)
+
+
+class _MemoryClaim:
+    def __init__(self, spool: MemorySpool):
+        self.spool = spool
+        self.offset = 0
+        self.sent = 0
+        self.dead_entries: list[tuple[SpoolEntry, str]] = []
+
+    def batch(self, size: int) -> list[tuple[SpoolEntry, int]]:
+        with self.spool._lock:
+            return [(e, self.offset + i + 1) for i, e in enumerate(self.spool._entries[self.offset:self.offset + size])]
+
+    def ack(self, offset: int, count: int = 0) -> None:
+        self.offset = max(self.offset, offset)
+        self.sent += count
+
+    def dead(self, entry: SpoolEntry, reason: str) -> None:
+        log.error("memory spool: %s; dropping %s", reason, entry)
+        self.dead_entries.append((entry, reason))
+
+    def finish(self) -> None:
+        self.release()
+
+    def release(self) -> None:
+        with self.spool._lock:
+            del self.spool._entries[:self.offset]
+            self.offset = 0
+        if self.spool._replaying.locked():
+            self.spool._replaying.release()
+
+
+def open_spool(spool: Any) -> Spool | MemorySpool:
+    """A spool from what a caller passed: a Spool, a path, or None (memory only)."""
+    if spool is None:
+        return MemorySpool()
+    if isinstance(spool, (Spool, MemorySpool)):
+        return spool
+    if isinstance(spool, (str, os.PathLike)):
+        return Spool(spool)
+    raise TypeError(f"spool must be a path, a quota.spool.Spool or None, got {type(spool).__name__}")
+
+
+class _Nothing(Exception):
+    pass
+
+
+class _flocked:
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def _size(path: Path) -> int:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return 0
+    return info.st_size if stat.S_ISREG(info.st_mode) else 0
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,98 @@
+"""The benchmark code runs: every scenario for a fraction of a second against the harness servers.
+
+Rates are only checked to be positive, never compared: speed is measured by ``python -m
+bench.core``, not by tests. What is checked is that every workload really counted records, that
+the server-time reading works, and the seed design's loss accounting adds up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import report, scenarios, server_ceiling
+from bench.driver import Result
+
+pytestmark = pytest.mark.slow
+
+QUICK = {"rounds": 1, "slice_s": 0.2}
+
+
+def assert_measured(results: dict[str, Result]) -> None:
+    for name, result in results.items():
+        assert result.rate > 0, name
+        assert result.slices and all(s.records > 0 for s in result.slices), name
+        assert result.server_usec_per_record is not None and result.server_usec_per_record > 0, name
+
+
+def test_per_record_scenario(redis_server):
+    client = redis_server.client()
+    client.flushall()
+    results = scenarios.per_record(redis_server.url, 2, stats_clients=[client], **QUICK)
+    assert set(results) == {"meter", "raw", "limits", "seed", "seed_hot"}
+    assert_measured(results)
+    for name in ("seed", "seed_hot"):
+        facts = results[name].facts
+        assert facts["sent_tokens"] > 0
+        assert 0 <= facts["stored_tokens"] <= facts["sent_tokens"]
+        assert facts["lost_share"] == pytest.approx(1 - facts["stored_tokens"] / facts["sent_tokens"])
+    client.flushall()
+
+
+def test_batch_and_async_scenarios(redis_server):
+    client = redis_server.client()
+    client.flushall()
+    batch = scenarios.batches(redis_server.url, sizes=(20,), stats_clients=[client], **QUICK)
+    assert set(batch) == {"meter_20", "raw_20"}
+    assert_measured(batch)
+    tasks = scenarios.async_tasks(redis_server.url, tasks=10, stats_clients=[client], **QUICK)
+    assert set(tasks) == {"meter", "raw"}
+    assert_measured(tasks)
+    client.flushall()
+
+
+@pytest.mark.skipif(server_ceiling.binary() is None, reason="redis-benchmark is not installed")
+def test_server_ceiling_scenario(redis_server):
+    client = redis_server.client()
+    ceilings = scenarios.server_ceilings(redis_server.port, client, pipelines=(10,), **QUICK)
+    assert ceilings[10] is not None and ceilings[10].rate > 0
+    assert ceilings[10].server_usec_per_record > 0
+
+
+def test_memory_scenario(redis_server):
+    facts = scenarios.user_month_memory(redis_server.url, calls=50, user_months=500)
+    assert facts.fields == 5  # input, output, cost_nano, calls, system_used_nano
+    assert facts.memory_usage_bytes > 0
+    assert facts.copy_memory_usage_bytes == facts.memory_usage_bytes  # the copies are the same hash
+    assert facts.growth_per_user_month > 0
+
+
+@pytest.mark.cluster
+def test_cluster_scenario(redis_cluster):
+    stats = [node.client() for node in redis_cluster.nodes[: redis_cluster.masters]]
+    redis_cluster.flushall()
+    results = scenarios.cluster_per_record(redis_cluster.url, 1, stats_clients=stats, **QUICK)
+    assert_measured(results)
+    redis_cluster.flushall()
+
+
+def test_report_table_and_docs_section(redis_server, tmp_path: Path):
+    """The table has a row per figure, and the docs section replaces only its own section."""
+    client = redis_server.client()
+    client.flushall()
+    m = report.Measurements(tasks=10)
+    m.per_record[1] = scenarios.per_record(redis_server.url, 1, stats_clients=[client], **QUICK)
+    m.memory = scenarios.user_month_memory(redis_server.url, calls=20, user_months=200)
+    table = report.rows(m)
+    text = report.markdown(table)
+    assert "Meter.update_token_usage, 1 proc" in text and "MEMORY USAGE" in text
+    assert all(r.passed in (True, False) for r in table if r.target)
+
+    docs = tmp_path / "BENCHMARKS.md"
+    docs.write_text("# Benchmarks\n\n## Other area\n\nkeep me\n", encoding="utf-8")
+    report.write_section(docs, "first")
+    report.write_section(docs, "second")
+    written = docs.read_text(encoding="utf-8")
+    assert written.count(report.SECTION) == 1 and "second" in written and "first" not in written
+    assert "## Other area\n\nkeep me" in written

@@ -1,0 +1,216 @@
+"""The panel and the demo in headless Chromium (Debian's chromium, driven by Playwright).
+
+Never ``playwright install``: the browser is the system's ``/usr/bin/chromium`` (``apt-get install
+chromium``), given to Playwright as ``executable_path``. When it is missing the tests are skipped
+with the reason; CI installs it. Screenshots go to ``QUOTA_SCREENSHOT_DIR`` when set (``docs/``
+keeps the ones the README shows), else to the test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from .test_api_support import ADMIN, SERVICE, bearer, live_server, user_token
+
+CHROMIUM = os.environ.get("QUOTA_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+SYS, CUS = "system_deepseek", "custom_llama"
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+pytestmark = [
+    pytest.mark.skipif(not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)),
+                       reason=f"no Chromium at {CHROMIUM}: apt-get install -y chromium (CI does)"),
+    pytest.mark.slow,
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def server(redis_server, clock):
+    redis_server.client().flushall()
+    s = live_server(redis_server.url, clock, QUOTA_DEMO="1", QUOTA_PANEL_REFRESH_S="1")
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    where = Path(os.environ.get("QUOTA_SCREENSHOT_DIR") or tmp_path)
+    where.mkdir(parents=True, exist_ok=True)
+    return where
+
+
+def api(server, method, path, token=SERVICE, **body):
+    import json
+    import urllib.request
+    request = urllib.request.Request(server.url + path, method=method, headers=bearer(token) | {
+        "Content-Type": "application/json"}, data=json.dumps(body).encode() if body else None)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+CUSTOM_PRICE = {"cost_per_1k_input": "0.004", "cost_per_1k_output": "0.008"}
+
+
+def post_usage(server, user, model, tokens_in, tokens_out=0):
+    price = {"price": CUSTOM_PRICE} if model.startswith("custom") else {}
+    return api(server, "POST", "/v1/usage", user=user, model_id=model, input_tokens=tokens_in,
+               output_tokens=tokens_out, **price)
+
+
+def loads(page) -> int:
+    return int(page.get_attribute("body", "data-loaded") or 0)
+
+
+def wait_for_refresh(page, after: int) -> None:
+    page.wait_for_function(f"Number(document.body.dataset.loaded || 0) > {after}", timeout=10_000)
+
+
+def check_panel_against_api(page, stats) -> None:
+    percent = page.locator("#percent")
+    assert float(percent.inner_text().rstrip("%")) == stats["percent_used"]
+    width = page.eval_on_selector("#bar-fill", "e => e.style.width")
+    assert float(width.rstrip("%")) == min(stats["percent_used"], 100)
+    assert float(page.get_attribute("#used", "data-value")) == stats["monthly_used"]
+    assert float(page.get_attribute("#credit", "data-value")) == stats["monthly_credit"]
+    assert float(page.get_attribute("#remaining", "data-value")) == stats["remaining"]
+    assert page.get_attribute("#resets", "data-value") == stats["resets_at"]
+    rows = page.locator("#models tbody tr")
+    assert rows.count() == len(stats["models"])
+    for model_id, m in stats["models"].items():
+        row = page.locator(f'#models tbody tr[data-model="{model_id}"]')
+        values = [float(v) for v in row.locator("td[data-value]").evaluate_all("cs => cs.map(c => c.dataset.value)")]
+        assert values == [m["input_tokens"], m["output_tokens"], m["calls"], m["cost"]]
+    months = page.locator("#history tbody tr").evaluate_all("rs => rs.map(r => r.dataset.month)")
+    assert months == list(stats["history"])  # newest first, as the API gives them
+    for month, models in stats["history"].items():
+        cells = page.locator(f'#history tbody tr[data-month="{month}"] td[data-value]')
+        got = [float(v) for v in cells.evaluate_all("cs => cs.map(c => c.dataset.value)")]
+        want = [sum(m["input"] for m in models.values()), sum(m["output"] for m in models.values()),
+                sum(m["calls"] for m in models.values()),
+                sum(m["cost"] for m in models.values() if m["is_system"]),
+                sum(m["cost"] for m in models.values() if not m["is_system"])]
+        assert got == pytest.approx(want, abs=1e-9)
+    assert page.locator("#chart g.bar-group").count() == len(stats["history"])
+
+
+def bar_level(page) -> str:
+    return page.get_attribute("#bar", "class").replace("bar", "").strip()
+
+
+def wait_for_fill_colour(page, rgb: str) -> None:
+    """The bar's computed colour (after its CSS transition): green, amber or red."""
+    page.wait_for_function(
+        f"getComputedStyle(document.getElementById('bar-fill')).backgroundColor === '{rgb}'", timeout=10_000)
+
+
+def test_panel_matches_the_api_and_follows_it_without_reloading(browser, server, clock, shots):
+    for month, spend in (((2025, 11, 10), 3_000_000), ((2025, 12, 10), 4_400_000)):
+        clock.set(*month)
+        post_usage(server, "alice", SYS, spend, 100_000)
+        post_usage(server, "alice", CUS, 50_000, 20_000)
+    clock.set(2026, 1, 15, 12, 0, 0)
+    post_usage(server, "alice", SYS, 2_000_000, 250_000)  # 2.5 CNY: 50 %
+    post_usage(server, "alice", CUS, 80_000, 9_000)
+
+    page = browser.new_page(locale="en-US", viewport={"width": 960, "height": 1200})
+    page.goto(f"{server.url}/panel#user=alice&token={user_token('alice')}")
+    page.wait_for_function("Number(document.body.dataset.loaded || 0) > 0", timeout=10_000)
+    assert "token=" not in page.url  # the token is wiped from the address bar
+    stats = api(server, "GET", "/v1/users/alice/token-stats")
+    assert stats["percent_used"] == 50.0
+    check_panel_against_api(page, stats)
+    assert bar_level(page) == "level-ok"
+    wait_for_fill_colour(page, "rgb(22, 163, 74)")
+    assert page.locator("#resets").inner_text().startswith("2026-02-01")
+    assert page.locator('#models tr[data-model="custom_llama"] td.kind').inner_text() == "custom · counted, not limited"
+    assert page.locator('#models tr[data-model="system_deepseek"] td.kind').inner_text() == "system"
+    assert page.inner_text("h1") == "Token usage"
+    assert page.locator("#over-note").is_hidden()
+
+    seen = loads(page)
+    post_usage(server, "alice", SYS, 1_700_000)  # 4.2 CNY: 84 %, amber
+    wait_for_refresh(page, seen)
+    page.wait_for_function("document.getElementById('bar').classList.contains('level-warn')", timeout=10_000)
+    check_panel_against_api(page, api(server, "GET", "/v1/users/alice/token-stats"))
+    wait_for_fill_colour(page, "rgb(245, 158, 11)")
+    page.screenshot(path=str(shots / "panel.png"), full_page=True, animations="disabled")
+
+    post_usage(server, "alice", SYS, 1_000_000)  # 5.2 CNY: over
+    page.wait_for_function("document.getElementById('bar').classList.contains('level-over')", timeout=10_000)
+    stats = api(server, "GET", "/v1/users/alice/token-stats")
+    wait_for_refresh(page, loads(page))
+    check_panel_against_api(page, stats)
+    assert stats["percent_used"] > 100 and page.locator("#over-note").is_visible()
+    wait_for_fill_colour(page, "rgb(220, 38, 38)")
+    page.close()
+
+
+def test_panel_in_chinese(browser, server):
+    post_usage(server, "bob", CUS, 1000, 1000)
+    page = browser.new_page(locale="zh-CN")
+    page.goto(f"{server.url}/panel#user=bob&token={user_token('bob')}")
+    page.wait_for_function("Number(document.body.dataset.loaded || 0) > 0", timeout=10_000)
+    assert page.inner_text("h1") == "Token 用量"
+    assert page.locator('#models tr[data-model="custom_llama"] td.kind').inner_text() == "自定义 · 仅计数，不限额"
+    assert page.evaluate("document.documentElement.lang") == "zh-CN"
+    page.close()
+
+
+def test_panel_explains_a_missing_foreign_or_expired_token(browser, server):
+    cases = [("", "quota serve"), (f"#user=bob&token={user_token('alice')}", "may not read"),
+             (f"#user=alice&token={user_token('alice', ttl_s=5, now_s=1000)}", "expired")]
+    for fragment, text in cases:
+        page = browser.new_page(locale="en-US")  # a fresh tab each: sessionStorage is per tab
+        page.goto(f"{server.url}/panel{fragment}")
+        page.wait_for_function("!document.getElementById('alert').hidden", timeout=10_000)
+        assert text in page.locator("#alert").inner_text()
+        assert page.locator("#models tbody tr").count() == 0
+        page.close()
+
+
+def send(page, text: str) -> None:
+    turns = int(page.get_attribute("body", "data-turns") or 0)
+    page.fill("#message", text)
+    page.click("#send")
+    page.wait_for_function(f"Number(document.body.dataset.turns || 0) > {turns}", timeout=10_000)
+
+
+def test_demo_chat_until_quota_exceeded_then_custom_model_keeps_working(browser, server, shots):
+    api(server, "PUT", "/v1/users/demo-ann/credit", token=ADMIN, credit="0.6")
+    page = browser.new_page(locale="en-US", viewport={"width": 900, "height": 900})
+    page.goto(f"{server.url}/demo#user=demo-ann")
+    assert page.input_value("#user") == "demo-ann"
+    replies = 0
+    for number in range(1, 30):
+        send(page, f"Question {number}: what does the metering record?")
+        if page.locator(".msg.quota-exceeded").count():
+            break
+        replies += 1
+        assert page.locator(".msg.assistant").count() == replies
+        assert page.locator(".msg.assistant").last.locator("li[data-purpose]").count() == (4 if number == 1 else 3)
+    notice = page.locator(".msg.quota-exceeded")
+    assert notice.count() == 1 and "custom models keep working" in notice.inner_text()
+    assert notice.get_attribute("data-resets-at") == "2026-02-01T00:00:00Z"
+    stats = api(server, "GET", "/v1/users/demo-ann/token-stats")
+    assert stats["exceeded"] and stats["monthly_used"] > 0.6  # the reply that crossed the credit finished
+    assert stats["models"][SYS]["calls"] == 3 * replies + 1 and replies >= 2
+    page.screenshot(path=str(shots / "demo.png"), full_page=True, animations="disabled")
+
+    page.select_option("#model", "custom_demo")
+    send(page, "And on my own model?")
+    assert page.locator(".msg").last.get_attribute("class") == "msg assistant"
+    assert api(server, "GET", "/v1/users/demo-ann/token-stats")["models"]["custom_demo"]["calls"] == 3
+    page.close()

@@ -1,0 +1,260 @@
+"""``dump_expired_months`` on fakeredis, a real Redis and a real cluster, into SQLite and a real
+PostgreSQL: exact, idempotent, safe against late writes and against a second dump."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from redis.cluster import RedisCluster
+
+from quota import Meter, StorageUnavailable
+from quota.config import Settings
+from quota.dump import dump_expired_months
+from quota.errors import InvalidInput
+from quota.history import HistoryStore
+from quota.keys import KeySchema
+from quota.stats import MonthUsage
+
+from .test_history_support import history_url, store  # noqa: F401 - fixtures
+
+SETTINGS = Settings(prefix="quota")
+
+
+def record(meter: Meter, clock: Any, month: str, user: str, model: str = "system_deepseek",
+           tokens: int = 1000, n: int = 1, rid: str | None = None) -> None:
+    year, mon = (int(p) for p in month.split("-"))
+    clock.set(year, mon, 10, 12, 0, 0)
+    for i in range(n):
+        meter.update_token_usage(user, model, tokens + i, 2 * tokens, request_id=None if rid is None else f"{rid}-{i}")
+
+
+def month_hashes(client: Any, prefix: str = "quota") -> dict[tuple[str, str], MonthUsage]:
+    """Every user-month hash in Redis (all masters of a cluster), parsed."""
+    schema = KeySchema(prefix)
+    nodes = ([client.get_redis_connection(n) for n in client.get_primaries()]
+             if isinstance(client, RedisCluster) else [client])
+    out = {}
+    for node in nodes:
+        for raw in node.scan_iter(match=schema.month_pattern(), count=1000, _type="hash"):
+            user, month = schema.parse_month_key(raw.decode())
+            out[(user, month)] = MonthUsage.from_hash(month, node.hgetall(raw))
+    return out
+
+
+def plain(u: MonthUsage) -> tuple:
+    """What must survive the archive: every counter and the credit (not the bookkeeping)."""
+    return (u.credit_nano, u.system_used_nano, sorted((k, vars(v)) for k, v in u.models.items()))
+
+
+def archive(store: HistoryStore, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple]:
+    out = {}
+    for user, month in keys:
+        for m, total in store.load_totals(user, [month]).items():
+            out[(user, m)] = plain(total)
+    return out
+
+
+@pytest.fixture
+def world(backend, clock):
+    client = backend.sync_client()
+    meter = Meter(client, clock=clock, settings=SETTINGS)
+    yield client, meter
+    client.close()
+
+
+def fill(meter: Meter, clock: Any) -> dict[tuple[str, str], tuple]:
+    record(meter, clock, "2025-11", "ann", n=2)
+    record(meter, clock, "2025-11", "ann", model="custom_x", tokens=5)
+    record(meter, clock, "2025-12", "ann", tokens=7)
+    meter.set_monthly_credit("ann", "7.5", "2025-12")
+    for u in range(40):  # spread over every master of the cluster
+        record(meter, clock, "2025-12", f"user{u}", tokens=u + 1)
+    record(meter, clock, "2026-01", "ann", tokens=3)  # the current month: never archived
+    return {k: plain(v) for k, v in month_hashes(meter.client).items() if k[1] < "2026-01"}
+
+
+def test_dump_moves_expired_months_exactly_and_keeps_the_current_one(world, store, clock) -> None:
+    client, meter = world
+    expected = fill(meter, clock)
+    stats_before = meter.get_token_stats("ann")
+    report = dump_expired_months(client, store, settings=SETTINGS, clock=clock)
+    assert (report.archived, report.skipped, report.models) == (len(expected), 0, len(expected) + 1)
+    assert set(month_hashes(client)) == {("ann", "2026-01")}
+    assert archive(store, list(expected)) == expected
+    meter.history = store
+    assert meter.get_token_stats("ann") == stats_before
+    assert list(stats_before["history"]) == ["2025-12", "2025-11"]
+
+
+def test_running_twice_leaves_the_same_history(world, store, clock) -> None:
+    client, meter = world
+    expected = fill(meter, clock)
+    dump_expired_months(client, store, settings=SETTINGS, clock=clock)
+    again = dump_expired_months(client, store, settings=SETTINGS, clock=clock)
+    assert (again.archived, again.skipped) == (0, 0)
+    assert archive(store, list(expected)) == expected
+    assert store.count_months() == len(expected)
+
+
+def test_before_limits_what_is_archived(world, store, clock) -> None:
+    client, meter = world
+    expected = fill(meter, clock)
+    report = dump_expired_months(client, store, settings=SETTINGS, clock=clock, before="2025-12")
+    assert report.archived == 1
+    assert archive(store, list(expected)) == {("ann", "2025-11"): expected[("ann", "2025-11")]}
+    assert ("ann", "2025-12") in month_hashes(client)
+    with pytest.raises(InvalidInput, match="current month 2026-01"):
+        dump_expired_months(client, store, settings=SETTINGS, clock=clock, before="2026-02")
+    with pytest.raises(InvalidInput, match="YYYY-MM"):
+        dump_expired_months(client, store, settings=SETTINGS, clock=clock, before="2025-1")
+
+
+def test_dry_run_reads_and_changes_nothing(world, store, clock) -> None:
+    client, meter = world
+    expected = fill(meter, clock)
+    before = month_hashes(client)
+    report = dump_expired_months(client, store, settings=SETTINGS, clock=clock, dry_run=True)
+    assert (report.archived, report.dry_run) == (len(expected), True)
+    assert report.summary().startswith(f"dry run: would archive {len(expected)} user-months")
+    assert month_hashes(client) == before  # not even the bookkeeping fields were written
+    assert store.count_months() == 0
+
+
+def test_a_late_write_between_read_and_delete_is_never_lost(world, store, clock) -> None:
+    """The record lands after the snapshot was read: the hash must stay, and the next run
+    archives it with the record; stats count it once all along."""
+    client, meter = world
+    fill(meter, clock)
+
+    class LateWriter:
+        def __init__(self, inner: HistoryStore):
+            self.inner, self.fired = inner, False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        def write_snapshots(self, snapshots, **kwargs):  # noqa: ANN001, ANN201
+            written = self.inner.write_snapshots(snapshots, **kwargs)
+            if not self.fired:  # committed, not yet deleted: now a late record arrives
+                self.fired = True
+                record(meter, clock, "2025-11", "ann", tokens=1_000_000, rid="late")
+                clock.set(2026, 1, 15, 12)
+            return written
+
+    clock_now = clock.now
+    report = dump_expired_months(client, LateWriter(store), settings=SETTINGS, clock=lambda: clock_now)
+    assert report.changed == 1 and ("ann", "2025-11") in month_hashes(client)
+    expected = {("ann", "2025-11"): plain(month_hashes(client)[("ann", "2025-11")])}
+    meter.history = store
+    clock.set(2026, 1, 15, 12)
+    assert meter.get_token_stats("ann")["history"]["2025-11"]["system_deepseek"]["input"] == 1000 + 1001 + 1_000_000
+    follow_up = dump_expired_months(client, store, settings=SETTINGS, clock=clock)
+    assert (follow_up.archived, follow_up.changed) == (1, 0)
+    assert archive(store, [("ann", "2025-11")]) == expected
+    assert meter.get_token_stats("ann")["history"]["2025-11"]["system_deepseek"]["input"] == 1000 + 1001 + 1_000_000
+
+
+def test_a_late_write_after_the_delete_is_archived_beside_the_first(world, store, clock) -> None:
+    client, meter = world
+    fill(meter, clock)
+    dump_expired_months(client, store, settings=SETTINGS, clock=clock)
+    first = store.load_totals("ann", ["2025-12"])["2025-12"]
+    record(meter, clock, "2025-12", "ann", tokens=100_000, rid="very-late")  # re-creates the hash
+    clock.set(2026, 1, 15, 12)
+    meter.history = store
+    stats = meter.get_token_stats("ann")["history"]["2025-12"]["system_deepseek"]
+    assert (stats["input"], stats["calls"]) == (first.models["system_deepseek"].input_tokens + 100_000, 2)
+    dump_expired_months(client, store, settings=SETTINGS, clock=clock)
+    assert len(store.load_months("ann", ["2025-12"])) == 2  # two generations
+    total = store.load_totals("ann", ["2025-12"])["2025-12"]
+    assert total.models["system_deepseek"].input_tokens == first.models["system_deepseek"].input_tokens + 100_000
+    assert total.credit_nano == 7_500_000_000  # the first generation's credit is kept
+    assert meter.get_token_stats("ann")["history"]["2025-12"]["system_deepseek"] == stats
+
+
+def test_a_second_dump_racing_the_first_never_loses_or_doubles(world, store, clock) -> None:
+    """Dump B runs entirely between dump A's read and A's write; A's older snapshots must not
+    overwrite B's, and A must not delete what B left."""
+    client, meter = world
+    expected = fill(meter, clock)
+
+    class Interleaved:
+        def __init__(self, inner: HistoryStore):
+            self.inner, self.fired = inner, False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        def write_snapshots(self, snapshots, **kwargs):  # noqa: ANN001, ANN201
+            if not self.fired:
+                self.fired = True
+                record(meter, clock, "2025-11", "ann", tokens=50, rid="between")
+                clock.set(2026, 1, 15, 12)
+                expected[("ann", "2025-11")] = plain(month_hashes(client)[("ann", "2025-11")])
+                b = dump_expired_months(client, self.inner, settings=SETTINGS, clock=clock)
+                assert b.archived == len(expected)
+            return self.inner.write_snapshots(snapshots, **kwargs)
+
+    dump_expired_months(client, Interleaved(store), settings=SETTINGS, clock=clock)
+    assert month_hashes(client).keys() == {("ann", "2026-01")}
+    assert archive(store, list(expected)) == expected
+
+
+def test_unreadable_hashes_are_left_and_reported(world, store, clock) -> None:
+    client, meter = world
+    fill(meter, clock)
+    client.hset("quota:{odd}:2025-10", mapping={"system_deepseek:input": "not-a-number"})
+    report = dump_expired_months(client, store, settings=SETTINGS, clock=clock)
+    assert report.unreadable == 1 and report.skipped == 1
+    assert client.hget("quota:{odd}:2025-10", "system_deepseek:input") == b"not-a-number"
+
+
+def test_unreachable_redis_is_a_storage_error(store, clock) -> None:
+    import redis
+
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    with pytest.raises(StorageUnavailable, match="127.0.0.1:1"):
+        dump_expired_months(dead, store, settings=SETTINGS, clock=clock)
+
+
+def test_unreachable_database_is_a_storage_error_and_redis_is_untouched(world, clock) -> None:
+    client, meter = world
+    fill(meter, clock)
+    before = month_hashes(client)
+    with pytest.raises(StorageUnavailable, match="127.0.0.1:1"):
+        dump_expired_months(client, HistoryStore("postgresql://x@127.0.0.1:1/q"), settings=SETTINGS, clock=clock)
+    assert month_hashes(client) == before
+
+
+def test_every_master_of_the_cluster_is_walked(redis_cluster, store, clock) -> None:
+    redis_cluster.flushall()
+    client = RedisCluster(host=redis_cluster.startup[0], port=redis_cluster.startup[1])
+    meter = Meter(client, clock=clock, settings=SETTINGS)
+    for u in range(60):
+        record(meter, clock, "2025-12", f"c{u}", tokens=u + 1)
+    clock.set(2026, 1, 15)
+    owners = {client.get_node_from_key(f"quota:{{c{u}}}:2025-12").name for u in range(60)}
+    assert len(owners) == 3  # the data really is on every master
+    report = dump_expired_months(client, store, settings=SETTINGS, clock=clock)
+    assert report.archived == 60 and month_hashes(client) == {}
+    assert store.load_totals("c59", ["2025-12"])["2025-12"].models["system_deepseek"].input_tokens == 60
+    client.close()
+
+
+async def test_async_meter_merges_the_archive_too(real_backend, store, clock) -> None:
+    from quota import AsyncMeter
+
+    client = real_backend.sync_client()
+    meter = Meter(client, clock=clock, settings=SETTINGS)
+    record(meter, clock, "2025-12", "amy", tokens=42)
+    clock.set(2026, 1, 15)
+    dump_expired_months(client, store, settings=SETTINGS, clock=clock)
+    record(meter, clock, "2025-12", "amy", tokens=8, rid="late")  # a new generation, live in Redis
+    clock.set(2026, 1, 15)
+    ameter = AsyncMeter(real_backend.async_client(), clock=clock, settings=SETTINGS, history=store)
+    stats = await ameter.get_token_stats("amy")
+    await ameter.aclose()
+    assert stats["history"]["2025-12"]["system_deepseek"]["input"] == 50
+    assert stats["history"]["2025-12"]["system_deepseek"]["calls"] == 2
+    client.close()

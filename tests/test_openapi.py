@@ -1,0 +1,175 @@
+"""/openapi.json is valid OpenAPI 3.1, documents every route, and matches what the routes answer.
+
+A recording client sends a scenario touching every endpoint and most error paths; every response
+must be documented for its path, method and status, carry the documented content type, and
+validate against the documented schema; every request body that got a 200 must validate against
+the documented request schema (so the document neither rejects what the API accepts nor hides a
+status the API gives).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate as validate_spec
+
+from api import create_app
+
+from .test_api_support import ADMIN, SERVICE, api_settings, bearer, make_meter, user_token
+
+SYS = "system_deepseek"
+
+
+@pytest.fixture
+def app(redis_server, clock):
+    redis_server.client().flushall()
+    settings = api_settings(QUOTA_DEMO="1")
+    meter = make_meter(redis_server.url, clock, settings)
+    yield create_app(settings, meter=meter)
+    meter.close()
+
+
+def rule_to_path(rule: str) -> str:
+    return re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule)
+
+
+def path_template(doc: dict, path: str) -> str | None:
+    for template in doc["paths"]:
+        if re.fullmatch(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)), path):
+            return template
+    return None
+
+
+def schema_with_components(schema: dict, doc: dict) -> dict:
+    return {**schema, "components": doc["components"]}
+
+
+def test_document_is_valid_openapi(app):
+    doc = app.test_client().get("/openapi.json").get_json()
+    validate_spec(doc)
+    for schema in doc["components"]["schemas"].values():
+        Draft202012Validator.check_schema(schema)
+
+
+@pytest.mark.parametrize("demo", ["0", "1"])
+def test_every_route_is_documented_and_every_documented_route_exists(redis_server, clock, demo):
+    settings = api_settings(QUOTA_DEMO=demo)
+    meter = make_meter(redis_server.url, clock, settings)
+    app = create_app(settings, meter=meter)
+    doc = app.test_client().get("/openapi.json").get_json()
+    served = {(rule_to_path(r.rule), m.lower()) for r in app.url_map.iter_rules() if r.endpoint != "static"
+              for m in r.methods - {"HEAD", "OPTIONS"}}
+    documented = {(p, m) for p, ops in doc["paths"].items() for m in ops}
+    assert served == documented
+    meter.close()
+
+
+class Recorder:
+    """Wraps the test client; keeps every (method, path, request json, response)."""
+
+    def __init__(self, client):
+        self.client, self.seen = client, []
+
+    def __call__(self, method, path, **kw):
+        response = getattr(self.client, method)(path, **kw)
+        self.seen.append((method, path.split("?")[0], kw.get("json"), response))
+        return response
+
+
+def scenario(call) -> None:
+    svc, adm, alice = bearer(SERVICE), bearer(ADMIN), bearer(user_token("alice"))
+    rec = {"user": "alice", "model_id": SYS, "input_tokens": 1000, "output_tokens": 10}
+    call("get", "/healthz")
+    call("get", "/metrics")
+    call("get", "/openapi.json")
+    call("get", "/panel")
+    call("get", "/demo")
+    call("post", "/v1/usage", json=rec | {"request_id": "r1"}, headers=svc)
+    call("post", "/v1/usage", json=rec | {"request_id": "r1"}, headers=svc)
+    call("post", "/v1/usage", json=rec | {"request_id": "r1", "input_tokens": 1}, headers=svc)  # 409
+    call("post", "/v1/usage", json=[rec, rec | {"model_id": "custom_x", "estimated": True,
+                                                "price": {"cost_per_1k_input": "0.5", "cost_per_1k_output": 1}}],
+         headers=svc)
+    call("post", "/v1/usage", json=[rec | {"request_id": "new"}, rec | {"request_id": "r1", "input_tokens": 2}],
+         headers=svc)  # batch 409
+    call("post", "/v1/usage", json=rec | {"input_tokens": -1}, headers=svc)
+    call("post", "/v1/usage", data="{", content_type="application/json", headers=svc)
+    call("post", "/v1/usage", data="x", content_type="text/plain", headers=svc)
+    call("post", "/v1/usage", json=rec, headers=alice)
+    call("post", "/v1/usage", json=rec)
+    call("post", "/v1/usage", data="[" + "1," * 600_000 + "1]", content_type="application/json", headers=svc)
+    call("get", "/v1/users/alice/token-stats", headers=alice)
+    call("get", "/v1/users/alice/token-stats?months=3", headers=svc)
+    call("get", "/v1/users/alice/token-stats?months=-3", headers=svc)
+    call("get", "/v1/users/bob/token-stats", headers=alice)
+    call("get", "/v1/users/alice/token-stats", headers=bearer(user_token("alice", ttl_s=1, now_s=0)))
+    call("get", f"/v1/users/alice/quota?model_id={SYS}", headers=svc)
+    call("put", "/v1/users/alice/credit", json={"credit": "0.001"}, headers=adm)
+    call("put", "/v1/users/alice/credit", json={"credit": 3, "month": "2026-03"}, headers=adm)
+    call("put", "/v1/users/alice/credit", json={"credit": -3}, headers=adm)
+    call("put", "/v1/users/alice/credit", json={"credit": 3}, headers=svc)
+    call("get", f"/v1/users/alice/quota?model_id={SYS}", headers=alice)  # denied, with the event
+    call("get", "/v1/users/alice/quota?model_id=system_nope", headers=svc)
+    call("get", "/v1/models", headers=svc)
+    call("get", "/v1/models", headers=alice)
+    call("post", "/demo/turn", json={"user": "demo-x", "model_id": SYS, "conversation_id": "c", "turn": 1,
+                                     "message": "hi"})
+    call("put", "/v1/users/demo-x/credit", json={"credit": 0}, headers=adm)
+    call("post", "/demo/turn", json={"user": "demo-x", "model_id": SYS, "conversation_id": "c", "turn": 2})
+    call("post", "/demo/turn", json={"user": "alice", "model_id": SYS, "conversation_id": "c", "turn": 1})
+
+
+def test_responses_match_the_document(app):
+    client = app.test_client()
+    doc = client.get("/openapi.json").get_json()
+    call = Recorder(client)
+    scenario(call)
+    statuses = set()
+    for method, path, body, response in call.seen:
+        template = path_template(doc, path)
+        assert template, f"{path} is not documented"
+        operation = doc["paths"][template][method]
+        documented = operation["responses"].get(str(response.status_code))
+        assert documented, f"{method.upper()} {path} answered {response.status_code}, which is not documented"
+        statuses.add((template, method, response.status_code))
+        (content_type, media), = documented["content"].items()
+        assert response.mimetype == content_type, (path, response.mimetype)
+        if content_type == "application/json":
+            errors = sorted(Draft202012Validator(schema_with_components(media["schema"], doc))
+                            .iter_errors(response.get_json()), key=str)
+            assert not errors, f"{method.upper()} {path} {response.status_code}: {errors[0].message}"
+        if response.status_code == 200 and body is not None:
+            schema = operation["requestBody"]["content"]["application/json"]["schema"]
+            assert Draft202012Validator(schema_with_components(schema, doc)).is_valid(body), (path, body)
+    # the scenario really covered the interesting answers
+    for expected in [("/v1/usage", "post", s) for s in (200, 400, 401, 403, 409, 413, 415)] + [
+        ("/v1/users/{user}/quota", "get", 200), ("/v1/users/{user}/token-stats", "get", 401),
+        ("/v1/users/{user}/credit", "put", 403), ("/demo/turn", "post", 400),
+    ]:
+        assert expected in statuses, expected
+    denied = [r.get_json() for m, p, b, r in call.seen if p.endswith("/quota") and r.status_code == 200]
+    assert any("event" in d for d in denied) and any(d["type"] == "quota_exceeded"
+                                                     for m, p, b, r in call.seen if p == "/demo/turn"
+                                                     for d in [r.get_json()] if "type" in d)
+
+
+def test_error_bodies_of_unrouted_requests_match_the_error_schema(app):
+    client = app.test_client()
+    doc = client.get("/openapi.json").get_json()
+    validator = Draft202012Validator(schema_with_components({"$ref": "#/components/schemas/Error"}, doc))
+    for response in (client.get("/nowhere"), client.delete("/v1/usage"), client.post("/healthz")):
+        assert response.status_code in (404, 405)
+        validator.validate(response.get_json())
+
+
+def test_schema_would_catch_a_drift(app):
+    """The check above can fail: a response with an undocumented key does not validate."""
+    client = app.test_client()
+    doc = client.get("/openapi.json").get_json()
+    body = client.get("/v1/users/alice/token-stats", headers=bearer(SERVICE)).get_json()
+    validator = Draft202012Validator(schema_with_components({"$ref": "#/components/schemas/TokenStats"}, doc))
+    assert validator.is_valid(body)
+    assert not validator.is_valid(body | {"surprise": 1})
+    assert not validator.is_valid({k: v for k, v in body.items() if k != "remaining"})
