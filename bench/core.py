@@ -23,7 +23,8 @@ from pathlib import Path
 from tests.servers import RedisClusterProc, RedisServer, free_ports
 
 from . import scenarios, server_ceiling
-from .report import PROFILE_NOTES, Measurements, markdown, plain, rows, where_time_goes, write_section
+from .report import (PROFILE_NOTES, Measurements, markdown, plain, rows, verdict, where_time_goes,
+                     write_section)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "BENCHMARKS.md"
@@ -63,8 +64,8 @@ def _cpu_model() -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.core", description=__doc__.splitlines()[0])
-    parser.add_argument("--slice", type=float, default=1.5, help="seconds per timed slice (default 1.5)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved slices per workload; the best is kept")
+    parser.add_argument("--slice", type=float, default=1.0, help="seconds per timed slice (default 1.0)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved slices per workload, the best is kept (default 5)")
     parser.add_argument("--procs", default="1,4,8", help="process counts for the per-record scenarios")
     parser.add_argument("--cluster-procs", default="1,4", help="process counts on the cluster ('' to skip)")
     parser.add_argument("--user-months", type=int, default=100_000, help="user-months for the memory growth")
@@ -119,7 +120,7 @@ def _say(what: str) -> None:
 
 
 def docs_body(table: str, facts: dict[str, str], command: str, elapsed_s: float, rounds: int,
-              analysis: str) -> str:
+              analysis: str, summary: str) -> str:
     facts_md = "\n".join(f"- {k}: {v}" for k, v in facts.items())
     return f"""\
 Reproduce (from the repository root, after `pip install -e '.[test,bench]'`):
@@ -133,6 +134,8 @@ It starts its own `redis-server` on a private loopback port (persistence off: `-
 
 Machine:
 {facts_md}
+
+{summary}
 
 {table}
 
@@ -175,10 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     table = rows(m)
     print(plain(table))
     analysis = where_time_goes(m)
-    print("\n" + analysis)
+    print("\n" + verdict(table) + "\n\n" + analysis)
     command = ".venv/bin/python -m bench.core" + ("" if argv is None else " " + " ".join(argv)).rstrip()
     if not args.no_docs:
-        body = docs_body(markdown(table), facts, command, elapsed, args.rounds, analysis)
+        body = docs_body(markdown(table), facts, command, elapsed, args.rounds, analysis, verdict(table))
         write_section(DOCS, body)
         print(f"\nwrote the section to {DOCS}", file=sys.stderr)
     return 0

@@ -201,18 +201,38 @@ def fmt(value: float | None) -> str:
 
 
 PROFILE_NOTES = """\
-Profile of the wrapper (cProfile and timeit against a stub client that answers at once, so only
-quota's own Python is timed; about 7 µs per `update_token_usage` on this machine):
+Profile of the wrapper, measured by hand with cProfile, and timeit against a stub client that
+answers at once (only quota's own Python is timed: about 7 µs per `update_token_usage` hot, about
+twice that in the real loop, where every call waits on a socket and runs with cold caches):
 `MeterCore.record` about 4 µs (user and model validation by regex, price lookup, token checks,
 the UTC month from the clock, a 16-byte random request id, key names, 8 ARGV strings, the
-`ScriptCall`), parsing the reply into the frozen `UsageResult` about 1.5 µs, the error-mapping
-context manager about 0.7 µs, the cluster slot-busy retry loop and argument tuple about 0.5 µs.
-redis-py itself spends about 23 µs of CPU per EVALSHA here, so the wrapper is about a quarter
-more client CPU per call; at one process the round trip and the server's share dilute that.
+`ScriptCall`), parsing the reply into the frozen `UsageResult` about 1.5 µs, the slot-busy retry
+loop and argument tuple about 0.5 µs. Two cheap fixes were made while measuring:
+`quota.connect.storage_errors` (wrapped around every call) was a `@contextmanager` generator and is
+now a small class, 2-3 µs less client CPU per call; `quota.keys.month_of` skips the UTC
+conversion when the clock already returns UTC, about 0.5 µs less per record.
+redis-py itself spends about 22 µs of CPU per EVALSHA here (about 6 µs per call inside a
+pipeline), so per call the wrapper is still about half as much again as redis-py's own work.
 
 Server time of record.lua, by removing one part at a time (redis-benchmark -P 50, commandstats):
 about 11 µs per call in all; the SET of the request-id key with its TTL about 3.5 µs, the
 overflow-check HMGET about 2.3 µs, the argument validation (string.match) about 1.7 µs, the
 final HMGET about 1.5 µs, the GET of the request id about 1 µs; EVALSHA itself and the four
-HINCRBY the rest. `limits`' incr_expire.lua costs 2-4 µs: it does a third of the work.
+HINCRBY the rest. `limits`' incr_expire.lua (INCRBY, EXPIRE on the first hit) costs 2-3 µs: it
+does a fifth of the work, without idempotency or overflow checks, so even the raw EVALSHA of
+record.lua is slower than `limits` here, and the Meter can not reach 1.0x `limits` by client
+work alone.
 """
+
+
+def verdict(table: list[Row]) -> str:
+    """One line: how many targets this run met, and which it missed."""
+    checked = [r for r in table if r.passed is not None]
+    missed = []
+    scenario = ""
+    for r in table:
+        scenario = r.scenario or scenario
+        if r.passed is False:
+            missed.append(f"{scenario} vs {r.peer}" if r.peer else scenario)
+    line = f"Targets met in this run: {len(checked) - len(missed)} of {len(checked)}."
+    return line + (" Missed: " + "; ".join(missed) + "." if missed else "")

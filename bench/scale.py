@@ -30,6 +30,7 @@ from tests.servers import RedisClusterProc, RedisServer, free_ports
 MONTH = "2026-03"
 MODEL = "system_deepseek"
 CTX = mp.get_context("spawn")
+WORKLOADS = ("meter_single", "hincrby_single", "meter_batch100", "hincrby_batch100")
 
 
 def clock() -> datetime:
@@ -128,18 +129,38 @@ def _child(url: str, cluster: bool, workload: str, index: int, seconds: float, g
     raw.close()
 
 
-def measure_rate(url: str, cluster: bool, workload: str, processes: int, seconds: float) -> float:
+COMMANDS = {"meter": ("evalsha", "eval"), "hincrby": ("hincrby",)}
+
+
+def server_usec_per_record(masters: list[redis.Redis], workload: str) -> float:
+    """Server CPU time per record (INFO commandstats ``usec`` since CONFIG RESETSTAT): what a
+    shard spends executing one record, without the client or the network. 1e6 / this is the
+    ceiling of one shard's single command thread."""
+    usec = calls = 0
+    for node in masters:
+        stats = node.info("commandstats")
+        for name in COMMANDS[workload.split("_")[0]]:
+            entry = stats.get(f"cmdstat_{name}", {})
+            usec += entry.get("usec", 0)
+            calls += entry.get("calls", 0)
+    return usec / max(calls, 1)  # every workload sends one command per record
+
+
+def measure_rate(url: str, cluster: bool, workload: str, processes: int, seconds: float,
+                 masters: list[redis.Redis]) -> tuple[float, float]:
     go, out = CTX.Event(), CTX.Queue()
     procs = [CTX.Process(target=_child, args=(url, cluster, workload, i, seconds, go, out)) for i in range(processes)]
     for p in procs:
         p.start()
     for _ in procs:
         assert out.get(timeout=120)[0] == "ready"
+    for node in masters:
+        node.config_resetstat()
     go.set()
     rate = sum(out.get(timeout=seconds + 120)[1] for _ in procs)
     for p in procs:
         p.join()
-    return rate
+    return rate, server_usec_per_record(masters, workload)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -159,20 +180,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps(figures["memory"], indent=2), flush=True)
         client.flushall()
         figures["standalone"] = {}
-        for workload in ("meter_single", "hincrby_single", "meter_batch100", "hincrby_batch100"):
-            rate = measure_rate(server.url, False, workload, args.processes, args.seconds)
+        for workload in WORKLOADS:
+            rate, usec = measure_rate(server.url, False, workload, args.processes, args.seconds, [client])
             figures["standalone"][workload] = round(rate)
-            print(f"standalone {workload:<18} {rate:>10,.0f} records/s", flush=True)
+            figures["standalone"][f"{workload}_server_usec"] = round(usec, 2)
+            print(f"standalone {workload:<18} {rate:>10,.0f} records/s  server {usec:6.2f} us/record", flush=True)
         client.close()
     finally:
         server.cleanup()
     cluster = RedisClusterProc(masters=3).start()
     try:
         figures["cluster3"] = {}
-        for workload in ("meter_single", "hincrby_single", "meter_batch100", "hincrby_batch100"):
-            rate = measure_rate(cluster.url, True, workload, args.processes, args.seconds)
+        masters = [n.client() for n in cluster.nodes[: cluster.masters]]
+        for workload in WORKLOADS:
+            rate, usec = measure_rate(cluster.url, True, workload, args.processes, args.seconds, masters)
             figures["cluster3"][workload] = round(rate)
-            print(f"cluster3   {workload:<18} {rate:>10,.0f} records/s", flush=True)
+            figures["cluster3"][f"{workload}_server_usec"] = round(usec, 2)
+            print(f"cluster3   {workload:<18} {rate:>10,.0f} records/s  server {usec:6.2f} us/record", flush=True)
     finally:
         cluster.cleanup()
     for where in ("standalone", "cluster3"):

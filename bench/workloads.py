@@ -39,6 +39,7 @@ from quota.scripts import RECORD
 MODEL = "system_deepseek"
 INPUT_TOKENS = 1200
 OUTPUT_TOKENS = 300
+CONNECT_TIMEOUT_S = 10.0
 USERS = 100  # users shared by all processes of a scenario; the seed design loses tokens when two collide
 
 
@@ -54,7 +55,8 @@ def sync_client(url: str) -> Any:
 
 def async_client(url: str) -> Any:
     plain, is_cluster = split_url(url, None)
-    return AsyncRedisCluster.from_url(plain) if is_cluster else aredis.Redis.from_url(plain)
+    options = {"socket_connect_timeout": CONNECT_TIMEOUT_S}
+    return AsyncRedisCluster.from_url(plain, **options) if is_cluster else aredis.Redis.from_url(plain, **options)
 
 
 def prebuilt_calls() -> list[tuple[str, str, tuple[str, ...]]]:
@@ -301,7 +303,9 @@ class AsyncWorkload(Workload):
 
 class AsyncMeterRecord(AsyncWorkload):
     async def aopen(self) -> None:
-        self.meter = AsyncMeter.from_url(self.url)
+        # A long connect timeout: the warm-up opens ``tasks`` connections at once, which on a busy
+        # 2-core machine can take longer than the 1 s default. Calls themselves are unchanged.
+        self.meter = AsyncMeter.from_url(self.url, socket_connect_timeout=CONNECT_TIMEOUT_S)
 
     async def one(self, n: int) -> None:
         await self.meter.update_token_usage(user_name(n), MODEL, INPUT_TOKENS, OUTPUT_TOKENS)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from typing import Any, Iterable, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Mapping
 
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 from .batch import SendOne, Step, eval_args, evalsha_args, plan_batch
@@ -143,11 +145,12 @@ class AsyncMeter:
 
     @staticmethod
     async def _evalsha_once(client: Any, call: ScriptCall) -> Any:
-        try:
-            return await client.evalsha(*evalsha_args(call))
-        except NoScriptError:  # restart, failover or SCRIPT FLUSH emptied the script cache
-            # EVAL carries the source: a flush can not come between loading and running it.
-            return await client.eval(*eval_args(call))
+        with lost_connection_as_redis_error():
+            try:
+                return await client.evalsha(*evalsha_args(call))
+            except NoScriptError:  # restart, failover or SCRIPT FLUSH emptied the script cache
+                # EVAL carries the source: a flush can not come between loading and running it.
+                return await client.eval(*eval_args(call))
 
     async def _run_many(self, calls: list[ScriptCall]) -> list[Any]:
         if not calls:
@@ -181,7 +184,8 @@ class AsyncMeter:
             else:
                 pipe.evalsha(*evalsha_args(call))
         try:
-            return await pipe.execute(raise_on_error=False)
+            with lost_connection_as_redis_error():
+                return await pipe.execute(raise_on_error=False)
         except REDIS_ERRORS as exc:
             return exc
 
@@ -196,6 +200,19 @@ class AsyncMeter:
             kwargs = {k: v for k, v in node.connection_kwargs.items() if k in _NODE_KWARGS}
             found = self._node_clients[node_name] = aredis.Redis(host=node.host, port=node.port, **kwargs)
         return found
+
+
+@contextmanager
+def lost_connection_as_redis_error() -> Iterator[None]:
+    """redis-py's asyncio client can fail with AttributeError ("'NoneType' object has no attribute
+    'writelines'") when a connection is closed under a command, as the cluster client does to
+    every connection while a failover refreshes its topology (tests/faults, scenario 4; see also
+    redis/redis-py#3835). It is a lost connection: say so, so that it is retried or reported as
+    StorageUnavailable like any other, never leaked to the caller as an AttributeError."""
+    try:
+        yield
+    except AttributeError as exc:
+        raise RedisConnectionError(f"connection lost mid-command ({exc})") from exc
 
 
 _NODE_KWARGS = {

@@ -263,7 +263,7 @@ def _read(meter: Meter, node: Any, where: str, batch: list[Key], slot_of: Callab
             continue
         if not reply:
             continue  # deleted since SCAN returned it (another dump, or ops)
-        fingerprint, flat = reply[0], reply[1:]
+        fingerprint, flat = reply
         pairs = dict(zip(flat[0::2], flat[1::2]))
         try:
             usage = MonthUsage.from_hash(month, pairs)
@@ -322,10 +322,10 @@ def _first(item: Any) -> str:
 
 
 def _dry_reply(reply: Any) -> Any:
-    """Shape an HGETALL reply like snapshot_month.lua's: ``[fingerprint, f1, v1, ...]``."""
+    """Shape an HGETALL reply like snapshot_month.lua's: ``[fingerprint, [f1, v1, ...]]``."""
     if isinstance(reply, Exception) or not reply:
         return reply
-    return [None, *(x for pair in reply.items() for x in pair)]
+    return [None, [x for pair in reply.items() for x in pair]]
 
 
 def _delete_unchanged(meter: Meter, written: list[tuple[str, Snapshot]], slot_of: Callable[[str], int] | None,

@@ -85,7 +85,9 @@ def utc(moment: datetime) -> datetime:
 
 def month_of(moment: datetime) -> str:
     """The UTC month of ``moment`` as ``YYYY-MM``."""
-    m = utc(moment)
+    # Fast path for the usual clock (datetime.now(timezone.utc)): it is already UTC, so skip the
+    # conversion; this runs once per record (about 0.5 µs less per record, bench/ issue 2).
+    m = moment if moment.tzinfo is timezone.utc else utc(moment)
     return f"{m.year:04d}-{m.month:02d}"
 
 

@@ -21,10 +21,16 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 SYS, CUS = "system_deepseek", "custom_llama"
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+HAVE_CHROMIUM = os.path.exists(CHROMIUM) or shutil.which(CHROMIUM) is not None
+# CI sets QUOTA_REQUIRE_BROWSER=1: there a missing browser fails the run instead of skipping.
+REQUIRED = os.environ.get("QUOTA_REQUIRE_BROWSER") == "1"
+if REQUIRED:
+    assert HAVE_CHROMIUM, f"QUOTA_REQUIRE_BROWSER=1 but there is no Chromium at {CHROMIUM}"
+    import playwright.sync_api as playwright_api
+else:
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 pytestmark = [
-    pytest.mark.skipif(not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)),
-                       reason=f"no Chromium at {CHROMIUM}: apt-get install -y chromium (CI does)"),
+    pytest.mark.skipif(not HAVE_CHROMIUM, reason=f"no Chromium at {CHROMIUM}: apt-get install -y chromium (CI does)"),
     pytest.mark.slow,
 ]
 

@@ -1,12 +1,15 @@
 """Fixtures for the history tests: a ``store`` on SQLite and on a real PostgreSQL.
 
 PostgreSQL is ``QUOTA_TEST_PG_URL`` or 127.0.0.1:5432 (trust auth, user postgres, then root);
-the tests use their own database ``quota_test_history``, emptied before each test. When no
-PostgreSQL answers, the PostgreSQL cases are skipped with the reason (CI starts one).
+the tests use their own database ``quota_test_history`` and, inside it, a schema of their own
+per test process (``search_path`` in the URL), so two suites running at once never drop each
+other's tables. Emptied before each test, dropped at exit. When no PostgreSQL answers, the
+PostgreSQL cases are skipped with the reason (CI starts one).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 from pathlib import Path
 
@@ -40,8 +43,26 @@ def pg_url() -> str | None:
             continue
         finally:
             admin.dispose()
+    if found is not None:
+        schema = f"t_{os.getpid()}"
+        engine = create_engine(found)
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            conn.execute(text(f"CREATE SCHEMA {schema}"))
+        engine.dispose()
+        atexit.register(_drop_schema, found, schema)
+        found = f"{found}?options=-csearch_path%3D{schema}"
     _pg_cache["url"] = found
     return found
+
+
+def _drop_schema(url: str, schema: str) -> None:
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+    finally:
+        engine.dispose()
 
 
 def reset_pg(url: str) -> None:

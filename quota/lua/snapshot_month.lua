@@ -5,7 +5,7 @@
 --             kept only if that hash has none yet
 --
 -- Returns one entry per key, in KEYS order: {} when the hash does not exist (it is never
--- created here), else {fingerprint, field1, value1, field2, value2, ...}, the fingerprint
+-- created here), else {fingerprint, {field1, value1, field2, value2, ...}}, the fingerprint
 -- being what delete_if_unchanged.lua compares before deleting (see below).
 --
 -- Two bookkeeping fields are written, plain integers that stats ignore:
@@ -47,11 +47,7 @@ for k = 1, #KEYS do
     redis.call('HSETNX', KEYS[k], 'dump_gen', ARGV[k])
     redis.call('HINCRBY', KEYS[k], 'dump_seq', 1)
     local flat = redis.call('HGETALL', KEYS[k])
-    local entry = {fingerprint(flat)}
-    for i = 1, #flat do
-      entry[i + 1] = flat[i]
-    end
-    out[k] = entry
+    out[k] = {fingerprint(flat), flat}
   end
 end
 return out

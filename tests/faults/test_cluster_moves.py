@@ -190,3 +190,62 @@ def test_failover_and_slot_migration_under_load_keep_totals_exact(cluster: Redis
     assert acked_at_migration < total, "the migration should have happened under load"
     assert seen.get("MOVED", 0) > 0 and seen.get("ASK", 0) + seen.get("TRYAGAIN", 0) > 0
     assert got == want
+
+
+@pytest.fixture
+def small_cluster():
+    c = RedisClusterProc(masters=3).start()
+    yield c
+    c.cleanup()
+
+
+def test_records_wait_out_a_slot_held_half_migrated(small_cluster: RedisClusterProc):
+    """The hot user's keys all moved to the importing node, but the slot is not handed over for
+    one second: every record of that user gets ASK, then TRYAGAIN (its new request-id key is
+    missing there), for longer than redis-py follows on its own (about 0.4 s). Single records and
+    batches, sync and asyncio, must wait it out and count once (quota.connect.slot_busy_pause)."""
+    import asyncio
+    import threading
+
+    url = small_cluster.url
+    meter = Meter.from_url(url, prefix=PREFIX, clock=pinned_clock)
+    ameter = AsyncMeter.from_url(url, prefix=PREFIX, clock=pinned_clock)
+    meter.update_token_usage("hot", "system_deepseek", 1, 0, request_id="seed")
+    slot = key_slot(f"{PREFIX}:{{hot}}:{MONTH}".encode())
+    clients = {n.port: n.client() for n in small_cluster.nodes}
+    first = clients[small_cluster.nodes[0].port]
+    ids = {n["port"]: n["id"] for n in nodes_view(first)}
+    src = owner_port(first, slot)
+    dst = next(p for p in ids if p != src)
+    clients[dst].execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[src])
+    clients[src].execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[dst])
+    keys = clients[src].execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
+    clients[src].execute_command("MIGRATE", "127.0.0.1", dst, "", 0, 5000, "KEYS", *keys)
+
+    def hand_over() -> None:
+        time.sleep(1.0)
+        for port in [dst, src] + [p for p in ids if p not in (src, dst)]:
+            clients[port].execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[dst])
+
+    started = time.monotonic()
+    threading.Thread(target=hand_over, daemon=True).start()
+    single = meter.update_token_usage("hot", "system_deepseek", 10, 0, request_id="single")
+    waited_s = time.monotonic() - started
+    batch = meter.update_token_usage_many([
+        dict(user="hot", model_id="system_deepseek", input_tokens=100, output_tokens=0, request_id=f"b{i}")
+        for i in range(3)] + [dict(user="u1", model_id="system_deepseek", input_tokens=1000, output_tokens=0)])
+
+    async def async_side() -> None:
+        await ameter.update_token_usage("hot", "system_deepseek", 1000, 0, request_id="async")
+        await ameter.aclose()
+
+    asyncio.run(async_side())
+    report("4b. Records during a slot held half-migrated for 1 s", {
+        "keys moved before the hand-over": len(keys), "first record waited s": round(waited_s, 2)})
+    assert waited_s >= 0.9, "the record should have met the half-moved slot"
+    assert not single.duplicate and not any(r.duplicate for r in batch)
+    reader = redis.cluster.RedisCluster(*small_cluster.startup)
+    hot = {k.decode(): int(v) for k, v in reader.hgetall(f"{PREFIX}:{{hot}}:{MONTH}").items()}
+    reader.close()
+    assert (hot["system_deepseek:input"], hot["system_deepseek:calls"]) == (1 + 10 + 300 + 1000, 6)
+    meter.close()
