@@ -37,7 +37,7 @@ from .keys import validate_model_id
 from .money import cny_to_nano, nano_to_decimal, nano_to_json
 
 SYSTEM_PREFIX = "system_"
-MAX_PRICE_NANO_PER_TOKEN = 10**7  # 10,000 CNY per 1k tokens: far above any real price
+MAX_PRICE_NANO_PER_TOKEN = 10**7  # 10 CNY per 1k tokens: far above any real price, and keeps cost_nano < 1e17
 
 DEFAULT_SYSTEM_MODELS: dict[str, dict[str, Any]] = {
     "system_deepseek": {
@@ -60,7 +60,7 @@ def per_1k_to_nano_per_token(price: object, *, what: str) -> int:
         )
     per_token = nano_per_1k // 1000
     if per_token > MAX_PRICE_NANO_PER_TOKEN:
-        raise InvalidInput(f"{what} {price!r} is above the limit of 10000 CNY per 1k tokens")
+        raise InvalidInput(f"{what} {price!r} is above the limit of 10 CNY per 1k tokens")
     return per_token
 
 @dataclass(frozen=True)
