@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
@@ -145,12 +144,14 @@ class AsyncMeter:
 
     @staticmethod
     async def _evalsha_once(client: Any, call: ScriptCall) -> Any:
-        with lost_connection_as_redis_error():
+        try:
             try:
                 return await client.evalsha(*evalsha_args(call))
             except NoScriptError:  # restart, failover or SCRIPT FLUSH emptied the script cache
                 # EVAL carries the source: a flush can not come between loading and running it.
                 return await client.eval(*eval_args(call))
+        except AttributeError as exc:
+            raise lost_connection(exc) from exc
 
     async def _run_many(self, calls: list[ScriptCall]) -> list[Any]:
         if not calls:
@@ -184,10 +185,11 @@ class AsyncMeter:
             else:
                 pipe.evalsha(*evalsha_args(call))
         try:
-            with lost_connection_as_redis_error():
-                return await pipe.execute(raise_on_error=False)
+            return await pipe.execute(raise_on_error=False)
         except REDIS_ERRORS as exc:
             return exc
+        except AttributeError as exc:
+            return lost_connection(exc)
 
     def _node_client(self, node_name: Any) -> Any:
         """The standalone client, or a plain client on one cluster node: the async cluster
@@ -202,17 +204,13 @@ class AsyncMeter:
         return found
 
 
-@contextmanager
-def lost_connection_as_redis_error() -> Iterator[None]:
+def lost_connection(exc: AttributeError) -> RedisConnectionError:
     """redis-py's asyncio client can fail with AttributeError ("'NoneType' object has no attribute
     'writelines'") when a connection is closed under a command, as the cluster client does to
     every connection while a failover refreshes its topology (tests/faults, scenario 4; see also
     redis/redis-py#3835). It is a lost connection: say so, so that it is retried or reported as
     StorageUnavailable like any other, never leaked to the caller as an AttributeError."""
-    try:
-        yield
-    except AttributeError as exc:
-        raise RedisConnectionError(f"connection lost mid-command ({exc})") from exc
+    return RedisConnectionError(f"connection lost mid-command ({exc})")
 
 
 _NODE_KWARGS = {

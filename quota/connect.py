@@ -119,15 +119,16 @@ def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     return own, {**default_options(), **options}
 
 
+# redis-py's cluster client raises RedisClusterException (SlotNotCoveredError, "cannot be
+# connected") outside the RedisError tree; both mean the storage is unavailable.
+REDIS_ERRORS = (RedisError, RedisClusterException)
+
 # While a cluster slot is being migrated, a script whose keys are split between the two nodes
 # gets TRYAGAIN; while a shard changes master it may get CLUSTERDOWN. redis-py follows for about
 # 0.4 s and then gives up ("TTL exhausted"). Moving a slot with many keys takes longer, so the
 # meter keeps resending, with pauses, for up to SLOT_BUSY_BUDGET_S. The script did not run in
 # any of these cases, and the request id would make a resend count once anyway.
 SLOT_BUSY_BUDGET_S = 3.0
-# redis-py's cluster client raises RedisClusterException (SlotNotCoveredError, "cannot be
-# connected") outside the RedisError tree; both mean the storage is unavailable.
-REDIS_ERRORS = (RedisError, RedisClusterException)
 SLOT_BUSY_PAUSES_S = (0.01, 0.02, 0.05, 0.1, 0.2)  # then 0.25 s each
 
 

@@ -61,6 +61,7 @@ def test_toml_extends_and_replaces(tmp_path):
     ('[custom.system_x]\ncost_per_1k_input = 1\ncost_per_1k_output = 1\n', "must not start with"),
     ('[system.system_x]\ncost_per_1k_input = "0.0000001"\ncost_per_1k_output = 1\n', "multiple of 0.000001"),
     ('[system.system_x]\ncost_per_1k_input = "-1"\ncost_per_1k_output = 1\n', "negative"),
+    ('[system.system_x]\ncost_per_1k_input = "10.001"\ncost_per_1k_output = 1\n', "above the limit of 10 CNY"),
     ('[system.system_x]\ncost_per_1k_input = "abc"\ncost_per_1k_output = 1\n', "number"),
     ('[system.system_x]\ncost_per_1k_input = 1\n', "needs cost_per_1k_output"),
     ('[system.system_x]\ncost_per_1k_input = 1\ncost_per_1k_output = 1\ncolour = 1\n', "unknown keys"),
