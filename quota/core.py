@@ -8,10 +8,11 @@ every rule lives here once, and tests and benchmarks can exercise it without Red
 
 from __future__ import annotations
 
+import itertools
+import os
 import secrets
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 from . import scripts
 from .config import Settings
@@ -21,6 +22,7 @@ from .keys import (
     add_months,
     iso_z,
     month_of,
+    month_start,
     next_month_start,
     validate_month,
     validate_request_id,
@@ -42,9 +44,30 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-@dataclass(frozen=True, slots=True)
-class ScriptCall:
-    """One script invocation, ready to send: ``EVALSHA script.sha len(keys) *keys *args``."""
+def _new_id_prefix() -> None:
+    global _ID_PREFIX, _ID_COUNTER
+    _ID_PREFIX = "q" + secrets.token_urlsafe(12) + "."
+    _ID_COUNTER = itertools.count()
+
+
+_ID_PREFIX = ""
+_ID_COUNTER = itertools.count()
+_new_id_prefix()
+os.register_at_fork(after_in_child=_new_id_prefix)  # a forked worker must not repeat its parent's ids
+
+
+def auto_request_id() -> str:
+    """A request id unique across processes and time: 96 random bits drawn once per process
+    (again after a fork), then a counter. As unique as a random id per call, without a system
+    call per record on the hot path."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
+
+
+class ScriptCall(NamedTuple):
+    """One script invocation, ready to send: ``EVALSHA script.sha len(keys) *keys *args``.
+
+    A NamedTuple: one is built per record on the hot path, and it is the cheapest record type.
+    """
 
     script: LuaScript
     keys: tuple[str, ...]
@@ -82,11 +105,22 @@ class MeterCore:
         self.clock: Clock = clock or utc_now
         self.keys = KeySchema(self.settings.prefix)
         self.prices = self.settings.prices
+        self._credit_arg = str(self.settings.credit_nano)
+        self._ttl_arg = str(self.settings.dedupe_ttl_s)
+        self._month_cache: tuple[datetime, datetime, str] | None = None
 
     # --- helpers ---------------------------------------------------------------------------------
 
     def current_month(self) -> str:
-        return month_of(self.clock())
+        """The UTC month of ``clock()``; the bounds of the last month seen are cached, so most
+        calls pay two datetime comparisons instead of a conversion and a format."""
+        now = self.clock()
+        cached = self._month_cache
+        if cached is not None and now.tzinfo is not None and cached[0] <= now < cached[1]:
+            return cached[2]
+        month = month_of(now)
+        self._month_cache = (month_start(month), next_month_start(month), month)
+        return month
 
     def price_for(self, model_id: object, price: Mapping[str, Any] | None = None) -> ModelPrice:
         if price is None:
@@ -113,12 +147,16 @@ class MeterCore:
         if not isinstance(estimated, bool):
             raise InvalidInput("estimated must be True or False")
         auto_id = request_id is None
-        rid = secrets.token_urlsafe(16) if auto_id else validate_request_id(request_id)
+        rid = auto_request_id() if auto_id else validate_request_id(request_id)
         month = self.current_month()
         cost = model.cost_nano(tokens_in, tokens_out)
+        is_system = model.is_system
 
         def parse(reply: Any) -> UsageResult:
-            recorded, used, credit = reply
+            status, used, credit = reply
+            recorded = int(status) == 1
+            # When counted, the script returns the spend *before* this call (see record.lua).
+            used_nano = int(used) + (cost if recorded and is_system else 0)
             return UsageResult(
                 user=user,
                 model_id=model.model_id,
@@ -126,12 +164,12 @@ class MeterCore:
                 input_tokens=tokens_in,
                 output_tokens=tokens_out,
                 cost_nano=cost,
-                monthly_used_nano=int(used),
+                monthly_used_nano=used_nano,
                 monthly_credit_nano=int(credit),
-                is_system=model.is_system,
+                is_system=is_system,
                 # An id we made ourselves can only be seen twice through a transport retry of
                 # this very call, which counted it once: that is not a caller's duplicate.
-                duplicate=(int(recorded) == 0 and not auto_id),
+                duplicate=(not recorded and not auto_id),
                 request_id=rid,
                 estimated=estimated,
             )
@@ -144,9 +182,9 @@ class MeterCore:
                 str(tokens_in),
                 str(tokens_out),
                 str(cost),
-                "1" if model.is_system else "0",
-                str(self.settings.credit_nano),
-                str(self.settings.dedupe_ttl_s),
+                "1" if is_system else "0",
+                self._credit_arg,
+                self._ttl_arg,
                 "1" if estimated else "0",
             ),
             parse,

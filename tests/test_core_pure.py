@@ -111,3 +111,20 @@ def test_batch_plan_reroutes_redirected_calls_on_a_cluster_only():
     next(with_standalone)
     with pytest.raises(RedisConnectionError):
         with_standalone.send(RedisConnectionError("down"))
+
+
+def test_auto_request_ids_differ_across_a_fork():
+    import os
+
+    from quota.core import auto_request_id
+
+    parent = {auto_request_id() for _ in range(3)}
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its ids and leave without running pytest's teardown
+        os.write(write, " ".join(auto_request_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = set(os.read(read, 4096).decode().split())
+    assert len(child) == 3 and not child & parent
+    assert {i.rsplit(".", 1)[0] for i in child} != {i.rsplit(".", 1)[0] for i in parent}

@@ -11,9 +11,12 @@
 -- ARGV[7]  dedupe_ttl_s         seconds the request id is remembered
 -- ARGV[8]  estimated            "1" when the tokens are an estimate (a stream cut short), else "0"
 --
--- Returns {recorded, system_used_nano, credit_nano}; recorded is 1, or 0 for a request id seen
--- before with the same content. Amounts are strings: they may pass 2^53, where Lua numbers lose
--- digits. Never refuses for being over the credit: the reply in progress is always counted.
+-- Returns {recorded, system_used_nano, credit_nano}. recorded is 1 when this call was counted:
+-- then system_used_nano is the value *before* it (the client adds the cost for a system model,
+-- exactly, in Python). recorded is 0 for a request id seen before with the same content: then
+-- system_used_nano is the current value. Amounts are strings: they may pass 2^53, where Lua
+-- numbers lose digits. Never refuses for being over the credit: the reply in progress is always
+-- counted.
 -- Errors start with QUOTA_INVALID, QUOTA_CONFLICT or QUOTA_OVERFLOW and change nothing.
 
 local function is_uint(s, max_digits)
@@ -39,9 +42,9 @@ if seen then
   return {0, now[1] or '0', now[2] or ARGV[6]}
 end
 local fields = {model .. ':input', model .. ':output', model .. ':cost_nano',
-                model .. ':calls', 'system_used_nano'}
+                model .. ':calls', 'system_used_nano', 'credit_nano'}
 local current = redis.call('HMGET', KEYS[1], unpack(fields))
-for i = 1, #fields do
+for i = 1, 5 do
   -- 18 digits is >= 1e17; adding at most 1e17 more could approach the int64 limit of HINCRBY.
   if current[i] and #current[i] >= 18 then
     return redis.error_reply('QUOTA_OVERFLOW field ' .. fields[i] .. ' is too large to add to')
@@ -60,5 +63,4 @@ if ARGV[8] == '1' then
   redis.call('HINCRBY', KEYS[1], model .. ':estimated_calls', 1)
 end
 redis.call('SET', KEYS[2], content, 'EX', ARGV[7])
-local now = redis.call('HMGET', KEYS[1], 'system_used_nano', 'credit_nano')
-return {1, now[1] or '0', now[2] or ARGV[6]}
+return {1, current[5] or '0', current[6] or ARGV[6]}
