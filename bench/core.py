@@ -149,8 +149,11 @@ How to read it:
   same server: one EVALSHA of a 2-command script. **seed JSON** is the seed's original design
   (one JSON document per user, GET, modify, SET, no lock); *lost* is the share of sent tokens
   missing from the documents afterwards; ratio there is seed/Meter, for context.
-- **redis-benchmark** runs the same EVALSHA (request id `__rand_int__`, `-r 100000000`) from C
-  with 50 connections: the server ceiling. Its command line is
+- **redis-benchmark** runs the same EVALSHA from C with 50 connections: the server ceiling. The
+  request id is `rb-<run>-__rand_int__` with `-r 100000000`, with a fresh `<run>` tag per run
+  because redis-benchmark draws the same random sequence every time (a repeated id would be
+  deduplicated, cheaper and not a record); each run checks that at least 99% of its calls were
+  counted. Its command line is
   `{server_ceiling.shown_command(100)}`.
 - **server µs/rec** is INFO commandstats `usec` of the top-level commands (EVALSHA; GET+SET for
   the seed) over the records of the slice, after CONFIG RESETSTAT; on the cluster, summed over
@@ -159,8 +162,9 @@ How to read it:
   for the whole comparison; the table shows each one's best slice, since outside load on this
   shared machine only ever slows a slice down. Ratios compare bests from the same run.
 - **client CPU µs/rec** is the CPU time (user + system) of the benchmark processes over the
-  records of the slice (median of the slices): the cost of the client code, much less sensitive
-  to outside load than the rates. For redis-benchmark it is the C client's.
+  records of the slice (median of the slices): the cost of the client code. It moves less with
+  outside load than the rates do, but not nothing (cache and scheduler contention), so compare
+  it within one run. For redis-benchmark it is the C client's.
 - 2 cores serve the clients *and* the server here: at 4 and 8 processes the clients compete with
   redis-server for CPU, so those rates show the machine's limit more than the library's.
 

@@ -177,8 +177,8 @@ def where_time_goes(m: Measurements) -> str:
         extra = meter.client_cpu_usec_per_record - peer.client_cpu_usec_per_record
         lines.append(
             f"- {label}: {meter.client_cpu_usec_per_record:.1f} µs of client CPU per record against "
-            f"{peer.client_cpu_usec_per_record:.1f} µs for {peer_label}, so the wrapper adds about "
-            f"{extra:.1f} µs of Python per record; the server spends {fmt(meter.server_usec_per_record)} µs "
+            f"{peer.client_cpu_usec_per_record:.1f} µs for {peer_label}: the wrapper costs the client about "
+            f"{extra:.1f} µs more CPU per record; the server spends {fmt(meter.server_usec_per_record)} µs "
             f"per record in record.lua."
         )
 

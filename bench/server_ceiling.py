@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
+import os
 import resource
+import shlex
 import shutil
 import subprocess
-from typing import Sequence
-
 import redis
 
 from quota.core import MeterCore
@@ -25,22 +26,28 @@ from .workloads import INPUT_TOKENS, MODEL, OUTPUT_TOKENS
 
 KEYSPACE = 100_000_000  # -r: request ids drawn from 1e8, so repeats are rare (and then only cheaper)
 CLIENTS = 50
+_runs = itertools.count()
 
 
 def binary() -> str | None:
     return shutil.which("redis-benchmark")
 
 
-def evalsha_args() -> list[str]:
-    """``EVALSHA <sha> 2 <month key> <request key> <ARGV...>`` exactly as the core builds it."""
-    call = MeterCore().record("bench-rb", MODEL, INPUT_TOKENS, OUTPUT_TOKENS, request_id="rb-__rand_int__")
+def evalsha_args(run: str = "0") -> list[str]:
+    """``EVALSHA <sha> 2 <month key> <request key> <ARGV...>`` exactly as the core builds it.
+
+    ``run`` goes into the request id beside ``__rand_int__``: redis-benchmark draws the same
+    random sequence in every run, so without it a second run would only repeat request ids
+    that the script then deduplicates (cheaper, and not a record).
+    """
+    call = MeterCore().record("bench-rb", MODEL, INPUT_TOKENS, OUTPUT_TOKENS, request_id=f"rb-{run}-__rand_int__")
     return ["EVALSHA", RECORD.sha, str(len(call.keys)), *call.keys, *call.args]
 
 
-def command(port: int, requests: int, pipeline: int) -> list[str]:
+def command(port: int, requests: int, pipeline: int, run: str = "0") -> list[str]:
     exe = binary() or "redis-benchmark"
     return [exe, "-h", "127.0.0.1", "-p", str(port), "-c", str(CLIENTS), "-n", str(requests),
-            "-P", str(pipeline), "-r", str(KEYSPACE), "--csv", *evalsha_args()]
+            "-P", str(pipeline), "-r", str(KEYSPACE), "--csv", *evalsha_args(run)]
 
 
 def run_once(port: int, requests: int, pipeline: int, stats_client: redis.Redis) -> Slice:
@@ -49,7 +56,9 @@ def run_once(port: int, requests: int, pipeline: int, stats_client: redis.Redis)
     calls_before = int(stats_client.hget(month_key, f"{MODEL}:calls") or 0)
     reset_stats([stats_client])
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(command(port, requests, pipeline), capture_output=True, text=True, timeout=300, check=True)
+    run = next(_runs)
+    out = subprocess.run(command(port, requests, pipeline, f"{os.getpid()}x{run}"), capture_output=True, text=True,
+                         timeout=300, check=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     rows = [r for r in csv.reader(io.StringIO(out.stdout)) if r and r[0] != "test"]
@@ -79,6 +88,5 @@ def ceiling(port: int, pipeline: int, stats_client: redis.Redis, *, rounds: int 
 
 
 def shown_command(pipeline: int, requests: int = 100_000, port: int = 6379) -> str:
-    """The redis-benchmark command line, for the docs."""
-    parts: Sequence[str] = command(port, requests, pipeline)
-    return " ".join(p if p.isalnum() or p.startswith("-") else f"'{p}'" for p in parts)
+    """The redis-benchmark command line, for the docs (quoted for a POSIX shell)."""
+    return shlex.join(["redis-benchmark", *command(port, requests, pipeline)[1:]])
