@@ -17,6 +17,7 @@ from quota.errors import ConfigError
 from quota.meter import Meter
 
 from .errors import register_error_handlers
+from .jsonio import QuotaJSONProvider
 from .metrics import Metrics
 from .settings import ApiSettings
 
@@ -40,8 +41,7 @@ def create_app(settings: ApiSettings | None = None, meter: Meter | None = None) 
 
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.json = QuotaJSONProvider(app)  # unsorted, UTF-8; too-deep bodies are 400, not 500
     app.extensions["quota"] = QuotaExtension(settings, meter, Metrics())
     register_error_handlers(app)
 

@@ -57,10 +57,12 @@ SCHEMAS: dict[str, Any] = {
     }),
     "UsageRecord": _object({
         "user": USER, "model_id": MODEL, "input_tokens": TOKENS, "output_tokens": TOKENS,
-        "request_id": {"type": "string", "pattern": _pattern(REQUEST_ID_RE),
-                       "description": "idempotency key: a repeated id counts once (within QUOTA_DEDUPE_TTL_S)"},
+        "request_id": {"type": ["string", "null"], "pattern": _pattern(REQUEST_ID_RE),
+                       "description": "idempotency key: a repeated id counts once (within QUOTA_DEDUPE_TTL_S); "
+                                      "null is the same as leaving it out"},
         "price": _object({"cost_per_1k_input": PRICE_VALUE, "cost_per_1k_output": PRICE_VALUE},
-                         description="custom models only: the price of this call"),
+                         description="custom models only: the price of this call; null is the same as "
+                                     "leaving it out") | {"type": ["object", "null"]},
         "estimated": {"type": "boolean", "description": "the token counts are estimates"},
     }, ["user", "model_id", "input_tokens", "output_tokens"]),
     "UsageResult": _object({
@@ -83,7 +85,7 @@ SCHEMAS: dict[str, Any] = {
         "resets_at"]),
     "CreditRequest": _object({
         "credit": {"type": ["number", "string"], "description": "CNY, at most 9 decimals; a string keeps it exact"},
-        "month": MONTH,
+        "month": MONTH | {"type": ["string", "null"], "description": "default (or null): the current UTC month"},
     }, ["credit"]),
     "CreditResult": _object({"user": USER, "month": MONTH, "monthly_credit": MONEY, "monthly_used": MONEY,
                              "remaining": MONEY}),
@@ -240,7 +242,7 @@ def _paths(demo: bool) -> dict[str, Any]:
             "description": "Only for users whose id starts with 'demo'. A refused turn records nothing.",
             "requestBody": {"required": True, "content": {JSON: {"schema": _ref("DemoTurnRequest")}}},
             "responses": {"200": _json(_ref("DemoTurnResult"), "the reply, or the quota_exceeded event"),
-                          **_errors(400, 413, 415, 503)},
+                          **_errors(400, 409, 413, 415, 503)},  # 409: a turn number reused with other content
         }}
     return paths
 

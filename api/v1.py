@@ -49,7 +49,7 @@ def int_arg(name: str, low: int, high: int) -> int | None:
     raw = request.args.get(name)
     if raw is None:
         return None
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:  # not "²" or "٣"
         raise ApiError(400, "invalid_input", f"{name} must be a whole number from {low} to {high}, got {raw!r}")
     return int(raw)
 

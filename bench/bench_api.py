@@ -18,6 +18,7 @@ Needs: apt-get install -y wrk, and the test extra (gunicorn).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -29,6 +30,7 @@ import time
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -82,6 +84,34 @@ def wait_ready(base: str, proc: subprocess.Popen) -> None:
     raise RuntimeError("gunicorn did not answer")
 
 
+@contextlib.contextmanager
+def gunicorn_api(redis_url: str, *, workers: int, extra_args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> Iterator[str]:
+    """``gunicorn 'api:create_app()' -w workers`` on a free loopback port, with the bench secrets,
+    Redis at ``redis_url`` and a fresh PROMETHEUS_MULTIPROC_DIR; yields its base URL once
+    /healthz answers, stops it (and removes the metrics directory) on exit.
+    Shared by bench/load_api.py."""
+    port = free_ports(1, start=28500)[0]
+    metrics_dir = tempfile.mkdtemp(prefix="quota-bench-prom-")
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTA_")} | {
+        "REDIS_URL": redis_url, "QUOTA_ADMIN_TOKEN": ADMIN, "QUOTA_SERVICE_TOKEN": SERVICE,
+        "QUOTA_SECRET_KEY": SECRET, "PROMETHEUS_MULTIPROC_DIR": metrics_dir} | (env or {})
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "api:create_app()", "-w", str(workers),
+                             "-b", f"127.0.0.1:{port}", "--log-level", "warning", *extra_args], env=full_env, cwd=ROOT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base, proc)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workers", type=int, default=4)
@@ -95,38 +125,12 @@ def main() -> None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
 
     redis = RedisServer(free_ports(1, start=18500)[0]).start()
-    port = free_ports(1, start=28500)[0]
-    metrics_dir = tempfile.mkdtemp(prefix="quota-bench-prom-")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTA_")} | {
-        "REDIS_URL": redis.url, "QUOTA_ADMIN_TOKEN": ADMIN, "QUOTA_SERVICE_TOKEN": SERVICE,
-        "QUOTA_SECRET_KEY": SECRET, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
-    gunicorn = None
     try:
         seed(redis.url)
-        gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "api:create_app()", "-w", str(args.workers),
-                                     "-b", f"127.0.0.1:{port}", "--log-level", "warning"], env=env, cwd=ROOT)
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(base, gunicorn)
-        user_token = mint_user_token(SECRET, USER, 3600)
-        routes = [
-            ("/panel (template, no Redis)", "/panel", None),
-            ("/healthz (one Redis PING)", "/healthz", None),
-            ("token-stats, service token", f"/v1/users/{USER}/token-stats", SERVICE),
-            ("token-stats, user token", f"/v1/users/{USER}/token-stats", user_token),
-        ]
-        wrk(base + "/healthz", seconds=2, connections=args.connections, threads=args.threads, token=None)  # warm up
-        runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in routes}
-        for _ in range(args.rounds):  # interleaved, so drift of the machine hits every route alike
-            for name, path, token in routes:
-                runs[name].append(wrk(base + path, seconds=args.duration, connections=args.connections,
-                                      threads=args.threads, token=token))
-        results = {name: sorted(r, key=lambda x: x["rps"])[len(r) // 2] for name, r in runs.items()}
+        with gunicorn_api(redis.url, workers=args.workers) as base:
+            results = _measure(base, args)
     finally:
-        if gunicorn:
-            gunicorn.terminate()
-            gunicorn.wait(timeout=30)
         redis.cleanup()
-        shutil.rmtree(metrics_dir, ignore_errors=True)
 
     if args.json:
         print(json.dumps(results, indent=2))
@@ -141,6 +145,24 @@ def main() -> None:
     for name, r in results.items():
         print(f"| {name} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
               f"{r['rps'] / ceiling:.2f} | {r['rps'] / health:.2f} |")
+
+
+def _measure(base: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Each route under wrk, interleaved over the rounds; the median round per route."""
+    user_token = mint_user_token(SECRET, USER, 3600)
+    routes = [
+        ("/panel (template, no Redis)", "/panel", None),
+        ("/healthz (one Redis PING)", "/healthz", None),
+        ("token-stats, service token", f"/v1/users/{USER}/token-stats", SERVICE),
+        ("token-stats, user token", f"/v1/users/{USER}/token-stats", user_token),
+    ]
+    wrk(base + "/healthz", seconds=2, connections=args.connections, threads=args.threads, token=None)  # warm up
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in routes}
+    for _ in range(args.rounds):  # interleaved, so drift of the machine hits every route alike
+        for name, path, token in routes:
+            runs[name].append(wrk(base + path, seconds=args.duration, connections=args.connections,
+                                  threads=args.threads, token=token))
+    return {name: sorted(r, key=lambda x: x["rps"])[len(r) // 2] for name, r in runs.items()}
 
 
 if __name__ == "__main__":

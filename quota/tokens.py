@@ -30,6 +30,10 @@ MIN_SECRET_CHARS = 16
 MAX_TTL_S = 400 * 86400
 _TTL_RE = re.compile(r"(\d{1,9})\s*([smhd]?)")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# What dumps() makes: [.]payload.signature in unpadded URL-safe base64 (a leading "." when zlib
+# shortened the payload). itsdangerous' decoder drops non-ASCII characters and accepts padding, so
+# without this check "<token>令" or "<token>==" verified as the token itself.
+_TOKEN_RE = re.compile(r"\.?[A-Za-z0-9_-]{1,1024}\.[A-Za-z0-9_-]{1,128}")
 
 
 class InvalidToken(InvalidInput):
@@ -76,6 +80,8 @@ def mint_user_token(secret_key: str, user: str, ttl_s: int, *, now_s: float | No
 
 def verify_user_token(secret_key: str, token: str, *, now_s: float | None = None) -> UserToken:
     """The token's user and expiry; raises :class:`InvalidToken` when it is not valid now."""
+    if not isinstance(token, str) or not _TOKEN_RE.fullmatch(token):
+        raise InvalidToken("the token is not valid")
     try:
         payload = _serializer(secret_key).loads(token)
     except BadSignature:

@@ -535,7 +535,20 @@ class MeteredStream:
 
 
 def replay(meter: Any) -> ReplayReport:
-    """Send spooled records to Redis, oldest first, until none is left or Redis fails again."""
+    """Send spooled records to Redis, oldest first, until none is left or Redis fails again.
+
+    One claim covers one file: a replay resumed after an outage first finishes the file claimed
+    by the failed attempt, then claims what was spooled since, and so on until nothing is left."""
+    sent = dead = 0
+    while True:
+        one = _replay_claim(meter)
+        sent, dead = sent + one.sent, dead + one.dead
+        if one.error is not None or not one.pending or not (one.sent or one.dead):
+            return ReplayReport(sent, dead, one.pending, one.error)
+
+
+def _replay_claim(meter: Any) -> ReplayReport:
+    """Replay one claimed spool file (see :func:`replay`)."""
     options: TurnOptions = meter.turn_options
     claim = options.spool.claim()
     if claim is None:
@@ -703,6 +716,16 @@ class AsyncMeteredStream:
 
 async def areplay(meter: Any) -> ReplayReport:
     """The asyncio twin of :func:`replay`; file work runs in a thread, off the event loop."""
+    sent = dead = 0
+    while True:
+        one = await _areplay_claim(meter)
+        sent, dead = sent + one.sent, dead + one.dead
+        if one.error is not None or not one.pending or not (one.sent or one.dead):
+            return ReplayReport(sent, dead, one.pending, one.error)
+
+
+async def _areplay_claim(meter: Any) -> ReplayReport:
+    """Replay one claimed spool file (see :func:`areplay`)."""
     options: TurnOptions = meter.turn_options
     claim = await asyncio.to_thread(options.spool.claim)
     if claim is None:
