@@ -75,6 +75,9 @@ class Tally:
     acked_ids: list[str] = field(default_factory=list)
     failure_kinds: Counter = field(default_factory=Counter)  # why attempts failed, for the report
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Set to end an open-ended load: workers finish the chunk in hand and start no other, so
+    # every record sent is still acknowledged (or booked as an error).
+    stop: threading.Event = field(default_factory=threading.Event)
 
     def acked_snapshot(self) -> list[str]:
         with self.lock:
@@ -120,6 +123,8 @@ def run_sync(make_meter: Callable[[], Meter], records: list[dict[str, Any]], tal
     tried: set[str] = set()
     try:
         for chunk in _chunks(records, batch or 1):
+            if tally.stop.is_set():
+                break
             with tally.lock:
                 tally.sent += len(chunk)
             pending, since = chunk, time.monotonic()
@@ -156,6 +161,8 @@ def run_async(make_meter: Callable[[], AsyncMeter], records: list[dict[str, Any]
 
         async def task(mine: list[list[dict[str, Any]]]) -> None:
             for chunk in mine:
+                if tally.stop.is_set():
+                    break
                 with tally.lock:
                     tally.sent += len(chunk)
                 pending, since = chunk, time.monotonic()
