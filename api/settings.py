@@ -23,7 +23,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from quota.config import Settings
+from quota.config import Settings, int_env
 from quota.errors import ConfigError
 from quota.tokens import MIN_SECRET_CHARS
 
@@ -39,19 +39,6 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name} must be 1/0, true/false, yes/no or on/off, got {raw!r}")
-
-
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -98,10 +85,10 @@ class ApiSettings:
             service_token=values["QUOTA_SERVICE_TOKEN"],
             secret_key=values["QUOTA_SECRET_KEY"],
             development=development,
-            max_body_bytes=_int(env, "QUOTA_MAX_BODY_BYTES", 1 << 20, 1024, 1 << 30),
-            max_batch=_int(env, "QUOTA_MAX_BATCH", 1000, 1, 100_000),
+            max_body_bytes=int_env(env, "QUOTA_MAX_BODY_BYTES", 1 << 20, low=1024, high=1 << 30),
+            max_batch=int_env(env, "QUOTA_MAX_BATCH", 1000, low=1, high=100_000),
             demo_enabled=_flag(env, "QUOTA_DEMO", development),
-            panel_refresh_s=_int(env, "QUOTA_PANEL_REFRESH_S", 5, 1, 3600),
+            panel_refresh_s=int_env(env, "QUOTA_PANEL_REFRESH_S", 5, low=1, high=3600),
             quota=Settings.from_env(env),
             generated=tuple(generated),
         )

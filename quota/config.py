@@ -27,7 +27,7 @@ DEFAULT_DEDUPE_TTL_S = 24 * 3600
 DEFAULT_HISTORY_URL = "sqlite:///quota-history.db"
 
 
-def _int_env(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+def int_env(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -67,8 +67,8 @@ class Settings:
         return cls(
             prefix=prefix,
             credit_nano=credit,
-            dedupe_ttl_s=_int_env(env, "QUOTA_DEDUPE_TTL_S", DEFAULT_DEDUPE_TTL_S, low=1, high=400 * 86400),
-            history_months=_int_env(env, "QUOTA_HISTORY_MONTHS", 12, low=0, high=120),
+            dedupe_ttl_s=int_env(env, "QUOTA_DEDUPE_TTL_S", DEFAULT_DEDUPE_TTL_S, low=1, high=400 * 86400),
+            history_months=int_env(env, "QUOTA_HISTORY_MONTHS", 12, low=0, high=120),
             prices=PriceTable.from_toml(prices_file) if prices_file else PriceTable(),
             redis_url=env.get("REDIS_URL") or None,
             history_url=env.get("QUOTA_HISTORY_URL") or DEFAULT_HISTORY_URL,
