@@ -31,6 +31,8 @@ def _pattern(regex: Any) -> str:
 
 
 MONEY = {"type": "number", "minimum": 0, "description": "CNY"}
+HELD = MONEY | {"description": "CNY reserved by turns in progress (live turn holds, docs/INTEGRATION.md)"}
+AVAILABLE = MONEY | {"description": "CNY a new turn could still reserve: credit - used - held, never below 0"}
 TOKENS = {"type": "integer", "minimum": 0, "maximum": MAX_TOKENS}
 USER = {"type": "string", "pattern": _pattern(USER_RE)}
 MODEL = {"type": "string", "pattern": _pattern(MODEL_RE)}
@@ -75,11 +77,13 @@ SCHEMAS: dict[str, Any] = {
     "QuotaExceededEvent": _object({
         "type": {"const": "quota_exceeded"}, "model_id": MODEL, "monthly_used": MONEY,
         "monthly_credit": MONEY, "resets_at": TIMESTAMP,
+        "held": MONEY | {"description": "CNY reserved by replies in progress (turn holds)"},
         "message": {"type": "string", "description": "a friendly notice, Chinese then English"},
     }),
     "QuotaCheck": _object({
         "user": USER, "model_id": MODEL, "month": MONTH, "is_system": {"type": "boolean"},
         "allowed": {"type": "boolean"}, "monthly_used": MONEY, "monthly_credit": MONEY, "remaining": MONEY,
+        "held": HELD, "available": AVAILABLE,
         "resets_at": TIMESTAMP, "event": _ref("QuotaExceededEvent"),
     }, ["user", "model_id", "month", "is_system", "allowed", "monthly_used", "monthly_credit", "remaining",
         "resets_at"]),
@@ -102,6 +106,7 @@ SCHEMAS: dict[str, Any] = {
     "TokenStats": _object({
         "user": USER, "current_month": MONTH, "monthly_credit": MONEY, "monthly_used": MONEY,
         "last_reset": TIMESTAMP, "remaining": MONEY, "percent_used": {"type": "number", "minimum": 0},
+        "held": HELD, "available": AVAILABLE,
         "exceeded": {"type": "boolean"}, "resets_at": TIMESTAMP, "currency": {"const": "CNY"},
         "models": {"type": "object", "propertyNames": {"pattern": _pattern(MODEL_RE)},
                    "additionalProperties": _ref("ModelStats")},

@@ -46,6 +46,11 @@ class AsyncMeter:
         self.history = history
         self._where = describe_client(client)
         self._node_clients: dict[str, aredis.Redis] = {}
+        # redis-py's asyncio cluster client, used first by many tasks at once, initializes once per
+        # task and closes connections other tasks are writing on ('NoneType' object has no
+        # attribute 'writelines': 10 of 30 tasks failed in a test). One initialization, up front.
+        self._ready = not isinstance(client, AsyncRedisCluster)
+        self._ready_lock: asyncio.Lock | None = None
 
     @classmethod
     def from_url(cls, url: str | None = None, *, cluster: bool | None = None, **options: Any) -> "AsyncMeter":
@@ -107,7 +112,7 @@ class AsyncMeter:
         live = await self._run(self.core.stats(user, months))
         archived = None
         if self.history is not None:
-            archived = await asyncio.to_thread(self.history.load_months, user, [m.month for m in live[1:]])
+            archived = await asyncio.to_thread(self.history.load_months, user, [m.month for m in live.months[1:]])
         return self.core.token_stats(user, live, archived)
 
     def get_model_cost_config(self, model_id: str) -> dict[str, Any]:
@@ -115,9 +120,10 @@ class AsyncMeter:
 
     # --- agent-worker integration (quota.turn) --------------------------------------------------
 
-    def turn(self, user: str, model_id: str, *, on_unavailable: str | None = None) -> AsyncTurn:
+    def turn(self, user: str, model_id: str, *, hold: Any = None,
+             on_unavailable: str | None = None) -> AsyncTurn:
         """``async with ameter.turn(user, model_id) as turn:`` — see :meth:`quota.Meter.turn`."""
-        return AsyncTurn(self, user, model_id, on_unavailable=on_unavailable)
+        return AsyncTurn(self, user, model_id, on_unavailable=on_unavailable, hold=hold)
 
     async def replay_spool(self) -> ReplayReport:
         return await areplay(self)
@@ -126,7 +132,18 @@ class AsyncMeter:
 
     async def _run(self, call: ScriptCall) -> Any:
         with storage_errors(self._where):
+            if not self._ready:
+                await self._initialize()
             return call.parse(await self._evalsha(self.client, call))
+
+    async def _initialize(self) -> None:
+        """Initialize the cluster client once, whoever comes first; the others wait for it."""
+        if self._ready_lock is None:
+            self._ready_lock = asyncio.Lock()
+        async with self._ready_lock:
+            if not self._ready:
+                await self.client.initialize()
+                self._ready = True
 
     @staticmethod
     async def _evalsha(client: Any, call: ScriptCall) -> Any:
@@ -159,7 +176,8 @@ class AsyncMeter:
         node_of = None
         if isinstance(self.client, AsyncRedisCluster):
             with storage_errors(self._where):
-                await self.client.initialize()
+                await self._initialize()
+                await self.client.initialize()   # cheap once done; after a failover, refreshes the slots
             node_of = lambda key: self.client.get_node_from_key(key).name  # noqa: E731
         plan = plan_batch(calls, node_of)
         with storage_errors(self._where):

@@ -9,6 +9,11 @@
 | QUOTA_PRICES_FILE        | (built-in table)                 | TOML price file, see quota.prices        |
 | QUOTA_HISTORY_URL        | sqlite:///quota-history.db       | SQL history store                        |
 | QUOTA_HISTORY_MONTHS     | 12                               | months of history in get_token_stats     |
+| QUOTA_HOLD_TTL_S         | 600                              | a turn hold dies this long after its last use |
+| QUOTA_TURN_HOLD          | auto                             | a turn's hold, CNY, or `auto` (learned per user and model) |
+| QUOTA_TURN_HOLD_DEFAULT  | 0.1                              | `auto` before a user's first turn on a model, CNY |
+| QUOTA_TURN_HOLD_FLOOR    | 0.01                             | `auto` never holds less, CNY             |
+| QUOTA_TURN_HOLD_CAP      | 1                                | `auto` never holds more, CNY             |
 """
 
 from __future__ import annotations
@@ -25,6 +30,11 @@ from .prices import PriceTable
 DEFAULT_CREDIT_NANO = 5_000_000_000
 DEFAULT_DEDUPE_TTL_S = 24 * 3600
 DEFAULT_HISTORY_URL = "sqlite:///quota-history.db"
+DEFAULT_HOLD_TTL_S = 600
+DEFAULT_TURN_HOLD_NANO = 100_000_000        # 0.1 CNY: about 5 large DeepSeek calls
+DEFAULT_TURN_HOLD_FLOOR_NANO = 10_000_000   # 0.01 CNY
+DEFAULT_TURN_HOLD_CAP_NANO = 1_000_000_000  # 1 CNY
+MAX_HOLD_NANO = 10**16                      # 10 million CNY; holds stay exact below 2^53 in Lua
 
 
 def int_env(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
@@ -49,6 +59,21 @@ class Settings:
     prices: PriceTable = field(default_factory=PriceTable)
     redis_url: str | None = None
     history_url: str = DEFAULT_HISTORY_URL
+    hold_ttl_s: int = DEFAULT_HOLD_TTL_S
+    turn_hold_nano: int | None = None          # None: "auto"
+    turn_hold_default_nano: int = DEFAULT_TURN_HOLD_NANO
+    turn_hold_floor_nano: int = DEFAULT_TURN_HOLD_FLOOR_NANO
+    turn_hold_cap_nano: int = DEFAULT_TURN_HOLD_CAP_NANO
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.hold_ttl_s <= 7 * 86400:
+            raise ConfigError(f"hold_ttl_s must be from 1 to {7 * 86400} seconds, got {self.hold_ttl_s}")
+        for name in ("turn_hold_nano", "turn_hold_default_nano", "turn_hold_floor_nano", "turn_hold_cap_nano"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_HOLD_NANO:
+                raise ConfigError(f"{name} must be from 0 to {MAX_HOLD_NANO}, got {value}")
+        if self.turn_hold_floor_nano > self.turn_hold_cap_nano:
+            raise ConfigError("the turn hold floor (QUOTA_TURN_HOLD_FLOOR) is above its cap (QUOTA_TURN_HOLD_CAP)")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -72,4 +97,28 @@ class Settings:
             prices=PriceTable.from_toml(prices_file) if prices_file else PriceTable(),
             redis_url=env.get("REDIS_URL") or None,
             history_url=env.get("QUOTA_HISTORY_URL") or DEFAULT_HISTORY_URL,
+            hold_ttl_s=int_env(env, "QUOTA_HOLD_TTL_S", DEFAULT_HOLD_TTL_S, low=1, high=7 * 86400),
+            turn_hold_nano=turn_hold_env(env),
+            turn_hold_default_nano=cny_env(env, "QUOTA_TURN_HOLD_DEFAULT", DEFAULT_TURN_HOLD_NANO),
+            turn_hold_floor_nano=cny_env(env, "QUOTA_TURN_HOLD_FLOOR", DEFAULT_TURN_HOLD_FLOOR_NANO),
+            turn_hold_cap_nano=cny_env(env, "QUOTA_TURN_HOLD_CAP", DEFAULT_TURN_HOLD_CAP_NANO),
         )
+
+
+def cny_env(env: Mapping[str, str], name: str, default_nano: int) -> int:
+    """An amount in CNY from the environment, as nano-CNY."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default_nano
+    try:
+        return cny_to_nano(raw, what=name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def turn_hold_env(env: Mapping[str, str]) -> int | None:
+    """QUOTA_TURN_HOLD: ``auto`` (None) or an amount in CNY."""
+    raw = env.get("QUOTA_TURN_HOLD")
+    if raw is None or raw.strip().lower() in ("", "auto"):
+        return None
+    return cny_env(env, "QUOTA_TURN_HOLD", 0)

@@ -18,6 +18,7 @@ from . import scripts
 from .config import Settings
 from .errors import InvalidInput, QuotaError, RequestConflict
 from .keys import (
+    SUFFIX_HOLD_ESTIMATE,
     KeySchema,
     add_months,
     iso_z,
@@ -28,6 +29,7 @@ from .keys import (
     validate_request_id,
     validate_user,
 )
+from .config import MAX_HOLD_NANO
 from .money import cny_to_nano, nano_to_decimal, nano_to_json
 from .prices import ModelPrice
 from .results import CreditResult, QuotaCheck, UsageResult
@@ -61,6 +63,13 @@ def auto_request_id() -> str:
     (again after a fork), then a counter. As unique as a random id per call, without a system
     call per record on the hot path."""
     return f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
+
+
+class LiveMonths(NamedTuple):
+    """What ``stats.lua`` read in one snapshot: the live holds and the months, newest first."""
+
+    held_nano: int
+    months: list[MonthUsage]
 
 
 class ScriptCall(NamedTuple):
@@ -107,6 +116,7 @@ class MeterCore:
         self.prices = self.settings.prices
         self._credit_arg = str(self.settings.credit_nano)
         self._ttl_arg = str(self.settings.dedupe_ttl_s)
+        self._hold_ttl_ms_arg = str(self.settings.hold_ttl_s * 1000)
         self._month_cache: tuple[datetime, datetime, str] | None = None
 
     # --- helpers ---------------------------------------------------------------------------------
@@ -139,7 +149,9 @@ class MeterCore:
         request_id: object = None,
         price: Mapping[str, Any] | None = None,
         estimated: bool = False,
+        turn_id: str | None = None,
     ) -> ScriptCall:
+        """``turn_id``: the turn whose hold this call's system cost is drawn from (quota.turn)."""
         user = validate_user(user)
         model = self.price_for(model_id, price)
         tokens_in = validate_tokens(input_tokens, "input_tokens")
@@ -153,7 +165,7 @@ class MeterCore:
         is_system = model.is_system
 
         def parse(reply: Any) -> UsageResult:
-            status, used, credit = reply
+            status, used, credit, hold = reply
             recorded = int(status) == 1
             # When counted, the script returns the spend *before* this call (see record.lua).
             used_nano = int(used) + (cost if recorded and is_system else 0)
@@ -172,23 +184,24 @@ class MeterCore:
                 duplicate=(not recorded and not auto_id),
                 request_id=rid,
                 estimated=estimated,
+                hold_remaining_nano=int(hold) if hold else None,
             )
 
-        return ScriptCall(
-            scripts.RECORD,
-            (self.keys.month_key(user, month), self.keys.request_key(user, rid)),
-            (
-                model.model_id,
-                str(tokens_in),
-                str(tokens_out),
-                str(cost),
-                "1" if is_system else "0",
-                self._credit_arg,
-                self._ttl_arg,
-                "1" if estimated else "0",
-            ),
-            parse,
+        keys = (self.keys.month_key(user, month), self.keys.request_key(user, rid))
+        args = (
+            model.model_id,
+            str(tokens_in),
+            str(tokens_out),
+            str(cost),
+            "1" if is_system else "0",
+            self._credit_arg,
+            self._ttl_arg,
+            "1" if estimated else "0",
         )
+        if turn_id is not None:
+            keys += (self.keys.holds_key(user),)
+            args += (turn_id, self._hold_ttl_ms_arg)
+        return ScriptCall(scripts.RECORD, keys, args, parse)
 
     def record_many(self, records: object) -> list[ScriptCall]:
         """Validate every record before any is sent: one bad record changes nothing."""
@@ -222,17 +235,73 @@ class MeterCore:
         user = validate_user(user)
         model = self.prices.lookup(model_id)
         month = self.current_month()
-        resets_at = iso_z(next_month_start(month))
 
         def parse(reply: Any) -> QuotaCheck:
-            used, credit = (int(v) for v in reply)
-            allowed = (not model.is_system) or used < credit
-            event = None if allowed else quota_exceeded_event(model.model_id, used, credit, resets_at)
-            return QuotaCheck(user, model.model_id, month, model.is_system, allowed, used, credit,
-                              resets_at, event)
+            used, credit, held = (int(v) for v in reply)
+            return self._admission(user, model, month, used, credit, held, used + held < credit)
 
-        return ScriptCall(scripts.CHECK, (self.keys.month_key(user, month),),
-                          (str(self.settings.credit_nano),), parse)
+        return ScriptCall(scripts.CHECK, (self.keys.month_key(user, month), self.keys.holds_key(user)),
+                          (self._credit_arg,), parse)
+
+    def _admission(self, user: str, model: ModelPrice, month: str, used: int, credit: int, held: int,
+                   room: bool) -> QuotaCheck:
+        """The check's outcome: custom models always pass; system models when there is ``room``."""
+        allowed = (not model.is_system) or room
+        resets_at = iso_z(next_month_start(month))
+        event = None if allowed else quota_exceeded_event(model.model_id, used, credit, resets_at, held)
+        return QuotaCheck(user, model.model_id, month, model.is_system, allowed, used, credit, resets_at,
+                          event, held)
+
+    # --- turn holds (quota.turn; the scripts are turn_begin.lua and turn_end.lua) -----------------
+
+    def hold_arg(self, hold: object) -> str:
+        """The ``hold_nano`` argument of turn_begin.lua: ``hold`` in CNY, or the setting's default
+        when None (``QUOTA_TURN_HOLD``: an amount, or ``auto``)."""
+        if hold is None:
+            nano = self.settings.turn_hold_nano
+            return "auto" if nano is None else str(nano)
+        if isinstance(hold, str) and hold == "auto":
+            return "auto"
+        try:
+            nano = cny_to_nano(hold, what="hold")
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        if nano > MAX_HOLD_NANO:
+            raise InvalidInput(f"hold must be at most {nano_to_decimal(MAX_HOLD_NANO)} CNY")
+        return str(nano)
+
+    def turn_begin(self, user: str, model: ModelPrice, turn_id: str, hold_arg: str) -> ScriptCall:
+        """Admit a turn on a system model and reserve its hold; parse gives (QuotaCheck, hold_nano)."""
+        month = self.current_month()
+        settings = self.settings
+
+        def parse(reply: Any) -> tuple[QuotaCheck, int]:
+            admitted, used, credit, held, hold = (int(v) for v in reply)
+            return self._admission(user, model, month, used, credit, held, admitted == 1), hold
+
+        return ScriptCall(
+            scripts.TURN_BEGIN,
+            (self.keys.month_key(user, month), self.keys.holds_key(user)),
+            (turn_id, hold_arg, f"{model.model_id}:{SUFFIX_HOLD_ESTIMATE}", self._credit_arg,
+             self._hold_ttl_ms_arg, str(settings.turn_hold_default_nano),
+             str(settings.turn_hold_floor_nano), str(settings.turn_hold_cap_nano)),
+            parse,
+        )
+
+    def turn_end(self, user: str, model: ModelPrice, turn_id: str, cost_nano: int) -> ScriptCall:
+        """Release a turn's hold and teach the "auto" estimate its cost; parse gives (released,
+        remaining_nano)."""
+
+        def parse(reply: Any) -> tuple[bool, int]:
+            return int(reply[0]) == 1, int(reply[1])
+
+        return ScriptCall(
+            scripts.TURN_END,
+            (self.keys.holds_key(user), self.keys.month_key(user, self.current_month())),
+            (turn_id, f"{model.model_id}:{SUFFIX_HOLD_ESTIMATE}", str(min(cost_nano, 10**17 - 1)),
+             str(self.settings.turn_hold_default_nano)),
+            parse,
+        )
 
     # --- set_monthly_credit ----------------------------------------------------------------------
 
@@ -264,13 +333,16 @@ class MeterCore:
         user = validate_user(user)
         wanted = self.stats_months(months)
 
-        def parse(reply: Any) -> list[MonthUsage]:
-            return [MonthUsage.from_hash(m, flat_pairs_to_dict(list(r))) for m, r in zip(wanted, reply)]
+        def parse(reply: Any) -> LiveMonths:
+            held, *months = reply
+            return LiveMonths(int(held), [MonthUsage.from_hash(m, flat_pairs_to_dict(list(r)))
+                                          for m, r in zip(wanted, months)])
 
-        return ScriptCall(scripts.STATS, tuple(self.keys.month_key(user, m) for m in wanted), (), parse)
+        keys = (self.keys.holds_key(user), *(self.keys.month_key(user, m) for m in wanted))
+        return ScriptCall(scripts.STATS, keys, (), parse)
 
     def token_stats(
-        self, user: str, live: list[MonthUsage], archived: list[MonthUsage] | None = None
+        self, user: str, live: LiveMonths, archived: list[MonthUsage] | None = None
     ) -> dict[str, Any]:
         """Merge live months (Redis) with archived ones (SQL): each month once, newest first.
 
@@ -280,33 +352,50 @@ class MeterCore:
         dump already removed from Redis is added (see ``stats.merge_month``). Read Redis first,
         then the archive: the dump commits to SQL before it deletes from Redis.
         """
-        current, *expired = live
+        current, *expired = live.months
         parts: dict[str, list[MonthUsage]] = {}
         for part in archived or []:
             parts.setdefault(part.month, []).append(part)
         by_month = {m.month: m for m in expired}
         merged = {month: merge_month(month, by_month.get(month), parts.get(month, []))
                   for month in set(parts) | set(by_month)}
-        limit = len(live) - 1
+        limit = len(live.months) - 1
         history = [merged[m] for m in sorted(merged, reverse=True) if m < current.month][:limit]
-        return build_token_stats(user, current, history, self.prices, self.settings.credit_nano)
+        return build_token_stats(user, current, history, self.prices, self.settings.credit_nano,
+                                 held_nano=live.held_nano)
 
 
-def quota_exceeded_event(model_id: str, used_nano: int, credit_nano: int, resets_at: str) -> dict[str, Any]:
-    """The ``quota_exceeded`` event a chat front end shows when a new message is refused."""
+def quota_exceeded_event(model_id: str, used_nano: int, credit_nano: int, resets_at: str,
+                         held_nano: int = 0) -> dict[str, Any]:
+    """The ``quota_exceeded`` event a chat front end shows when a new message is refused.
+
+    ``held`` is what replies in progress have reserved (turn holds): a user under the credit can
+    be refused while their other replies hold the rest, and the message says so.
+    """
     used, credit = nano_to_json(used_nano), nano_to_json(credit_nano)
     used_text, credit_text = nano_to_decimal(used_nano), nano_to_decimal(credit_nano)
-    return {
+    event = {
         "type": "quota_exceeded",
         "model_id": model_id,
         "monthly_used": used,
         "monthly_credit": credit,
+        "held": nano_to_json(held_nano),
         "resets_at": resets_at,
-        "message": (
-            f"本月系统模型额度已用完（已用 {used_text} / {credit_text} 元），将于 {resets_at[:10]} 重置；"
-            "当前回复不受影响，您也可以改用自定义模型继续。"
-            f" You have used this month's system-model credit ({used_text} of {credit_text} CNY). "
-            f"It resets on {resets_at[:10]} (UTC); the reply in progress is not affected, "
-            "and custom models keep working."
-        ),
     }
+    if used_nano < credit_nano:
+        rest_text = nano_to_decimal(credit_nano - used_nano)
+        event["message"] = (
+            f"本月系统模型额度的剩余部分（{rest_text} 元）已被进行中的回复占用"
+            f"（已用 {used_text} / {credit_text} 元），请等这些回复完成后再试。"
+            f" The rest of this month's system-model credit ({rest_text} CNY) is reserved by replies "
+            f"in progress ({used_text} of {credit_text} CNY used); try again when they have finished."
+        )
+        return event
+    event["message"] = (
+        f"本月系统模型额度已用完（已用 {used_text} / {credit_text} 元），将于 {resets_at[:10]} 重置；"
+        "当前回复不受影响，您也可以改用自定义模型继续。"
+        f" You have used this month's system-model credit ({used_text} of {credit_text} CNY). "
+        f"It resets on {resets_at[:10]} (UTC); the reply in progress is not affected, "
+        "and custom models keep working."
+    )
+    return event

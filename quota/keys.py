@@ -4,6 +4,7 @@ One hash per user per UTC month::
 
     <prefix>:{<user>}:<YYYY-MM>          hash, see FIELD_* below and docs/OPERATIONS.md
     <prefix>:{<user>}:req:<request_id>   string with a TTL, the idempotency record
+    <prefix>:{<user>}:holds              hash, the live turn holds (lua/lib/holds.lua), with a TTL
 
 The braces are a Redis Cluster hash tag: every key of one user lives in one slot, so one script
 can touch all of them. Identifiers are validated here before they can reach a key name.
@@ -39,6 +40,8 @@ SUFFIX_COST = "cost_nano"
 SUFFIX_CALLS = "calls"
 SUFFIX_ESTIMATED = "estimated_calls"  # calls whose tokens were estimated (stream cut short)
 MODEL_SUFFIXES = (SUFFIX_INPUT, SUFFIX_OUTPUT, SUFFIX_COST, SUFFIX_CALLS, SUFFIX_ESTIMATED)
+# Not usage: the "auto" turn hold learned for this user and model (turn_end.lua), nano-CNY.
+SUFFIX_HOLD_ESTIMATE = "hold_est_nano"
 
 
 def _check(value: object, pattern: re.Pattern[str], what: str, rule: str) -> str:
@@ -124,6 +127,9 @@ class KeySchema:
 
     def request_key(self, user: str, request_id: str) -> str:
         return f"{self.prefix}:{{{user}}}:req:{request_id}"
+
+    def holds_key(self, user: str) -> str:
+        return f"{self.prefix}:{{{user}}}:holds"
 
     def month_pattern(self, month: str = "????-??") -> str:
         """A SCAN MATCH pattern for every user's hash of ``month`` (default: every month)."""

@@ -109,7 +109,7 @@ class Meter:
     def get_token_stats(self, user: str, *, months: int | None = None) -> dict[str, Any]:
         """The seed's stats structure: this month, per model, and the history by month."""
         live = self._run(self.core.stats(user, months))
-        archived = self.history.load_months(user, [m.month for m in live[1:]]) if self.history else None
+        archived = self.history.load_months(user, [m.month for m in live.months[1:]]) if self.history else None
         return self.core.token_stats(user, live, archived)
 
     def get_model_cost_config(self, model_id: str) -> dict[str, Any]:
@@ -117,10 +117,16 @@ class Meter:
 
     # --- agent-worker integration (quota.turn) --------------------------------------------------
 
-    def turn(self, user: str, model_id: str, *, on_unavailable: str | None = None) -> Turn:
-        """``with meter.turn(user, model_id) as turn:`` checks the credit (QuotaExceeded when over)
-        and counts every call of the reply with ``turn.record(...)`` / ``turn.stream(...)``."""
-        return Turn(self, user, model_id, on_unavailable=on_unavailable)
+    def turn(self, user: str, model_id: str, *, hold: Any = None,
+             on_unavailable: str | None = None) -> Turn:
+        """``with meter.turn(user, model_id) as turn:`` admits the turn (QuotaExceeded when over)
+        and counts every call of the reply with ``turn.record(...)`` / ``turn.stream(...)``.
+
+        On a system model the admission reserves ``hold`` CNY of the credit for this turn (default
+        ``QUOTA_TURN_HOLD``: ``auto``, learned from the user's recent turns on the model), so that
+        many turns started at once cannot all spend the same remaining credit; the turn's records
+        draw it down and its end gives back the rest (docs/INTEGRATION.md, "Turn holds")."""
+        return Turn(self, user, model_id, on_unavailable=on_unavailable, hold=hold)
 
     def replay_spool(self) -> ReplayReport:
         """Send records spooled while Redis was away (also done after each turn, when due)."""

@@ -27,13 +27,14 @@ The TOML file (``QUOTA_PRICES_FILE``)::
 from __future__ import annotations
 
 import tomllib
+import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError, InvalidInput, UnknownModel
-from .keys import validate_model_id
+from .keys import MODEL_RE, validate_model_id
 from .money import cny_to_nano, nano_to_decimal, nano_to_json
 
 SYSTEM_PREFIX = "system_"
@@ -46,6 +47,12 @@ DEFAULT_SYSTEM_MODELS: dict[str, dict[str, Any]] = {
         "cost_per_1k_output": "0.002",
     },
 }
+
+def fold_model_id(model_id: str) -> str:
+    """The form two ids are compared in to tell whether one poses as a system id: Unicode NFKC
+    (fullwidth ``ｓｙｓｔｅｍ`` becomes ``system``), then case-folded (``System_`` is ``system_``)."""
+    return unicodedata.normalize("NFKC", model_id).casefold()
+
 
 def per_1k_to_nano_per_token(price: object, *, what: str) -> int:
     """CNY per 1k tokens -> whole nano-CNY per token, or ConfigError/InvalidInput if inexact."""
@@ -97,7 +104,7 @@ def _parse_entry(model_id: str, entry: Any, *, is_system: bool) -> ModelPrice:
         raise ConfigError(f"price of {model_id!r} must be a table with cost_per_1k_input/output")
     try:
         validate_model_id(model_id)
-        if is_system != model_id.startswith(SYSTEM_PREFIX):
+        if is_system != fold_model_id(model_id).startswith(SYSTEM_PREFIX):
             kind = "system" if is_system else "custom"
             rule = "must" if is_system else "must not"
             raise InvalidInput(f"{kind} model id {model_id!r} {rule} start with {SYSTEM_PREFIX!r}")
@@ -169,18 +176,26 @@ class PriceTable:
     def lookup(self, model_id: object) -> ModelPrice:
         """The price of ``model_id``; a custom model without a price costs 0.
 
-        Raises InvalidInput for a malformed id and UnknownModel for an unlisted ``system_`` id.
+        Raises InvalidInput for a malformed id and UnknownModel for an id that poses as a system
+        model without being exactly one: it starts with ``system_`` or equals a system id once
+        case and Unicode compatibility forms are folded (``SYSTEM_DEEPSEEK``, ``ｓｙｓｔｅｍ_x``).
+        Taking such an id as a free custom model would let a respelling bypass the credit.
         """
+        if isinstance(model_id, str):
+            price = self._system.get(model_id) or self._custom.get(model_id)
+            if price is not None:
+                return price
+            # Every system id starts with ``system_``, so this also catches each respelling of one.
+            # A malformed id (a newline, a space) stays InvalidInput, below.
+            folded = fold_model_id(model_id)
+            if folded.startswith(SYSTEM_PREFIX) and MODEL_RE.fullmatch(folded):
+                known = ", ".join(sorted(self._system)) or "none"
+                shown = model_id if len(model_id) <= 40 else model_id[:40] + "..."
+                raise UnknownModel(
+                    f"unknown system model {shown!r}: system model ids are exact and case-sensitive; "
+                    f"add it to the price file (QUOTA_PRICES_FILE) or use a known one ({known})"
+                )
         model_id = validate_model_id(model_id)
-        price = self._system.get(model_id) or self._custom.get(model_id)
-        if price is not None:
-            return price
-        if model_id.startswith(SYSTEM_PREFIX):
-            known = ", ".join(sorted(self._system)) or "none"
-            raise UnknownModel(
-                f"unknown system model {model_id!r}: add it to the price file (QUOTA_PRICES_FILE) "
-                f"or use a known one ({known})"
-            )
         return ModelPrice(model_id, model_id, 0, 0, is_system=False)
 
     def with_call_price(self, model_id: str, price: Mapping[str, Any]) -> ModelPrice:

@@ -63,6 +63,7 @@ class UsageResult(_MonthTotals):
     duplicate: bool
     request_id: str
     estimated: bool = False
+    hold_remaining_nano: int | None = None  # what is left of the turn's hold; None: no live hold
 
     @property
     def cost(self) -> Decimal:
@@ -103,9 +104,23 @@ class QuotaCheck(_MonthTotals):
     monthly_credit_nano: int
     resets_at: str
     event: dict[str, Any] | None = None  # the quota_exceeded event when denied
+    held_nano: int = 0                   # live turn holds (reserved by replies in progress)
 
     def __bool__(self) -> bool:
         return self.allowed
+
+    @property
+    def held(self) -> Decimal:
+        return nano_to_decimal(self.held_nano)
+
+    @property
+    def available_nano(self) -> int:
+        """What a new turn could still reserve: credit - used - held, never below 0."""
+        return max(self.monthly_credit_nano - self.monthly_used_nano - self.held_nano, 0)
+
+    @property
+    def available(self) -> Decimal:
+        return nano_to_decimal(self.available_nano)
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -115,6 +130,8 @@ class QuotaCheck(_MonthTotals):
             "is_system": self.is_system,
             "allowed": self.allowed,
             **self._totals_json(),
+            "held": nano_to_json(self.held_nano),
+            "available": nano_to_json(self.available_nano),
             "resets_at": self.resets_at,
         }
         if self.event is not None:

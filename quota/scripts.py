@@ -1,10 +1,22 @@
-"""The Lua scripts in ``quota/lua/``, loaded once, each with its SHA1 for EVALSHA."""
+"""The Lua scripts in ``quota/lua/``, loaded once, each with its SHA1 for EVALSHA.
+
+A line ``-- @include NAME`` in a script is replaced by ``lua/lib/NAME.lua`` when it is loaded, so a
+rule that several scripts need (how a turn hold is read, say) is written once. The SHA is taken of
+the text sent, includes and all.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from importlib import resources
+
+_INCLUDE = re.compile(r"^-- @include ([a-z_]+)$", re.MULTILINE)
+
+
+def _read(*parts: str) -> str:
+    return resources.files("quota").joinpath("lua", *parts).read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -15,7 +27,7 @@ class LuaScript:
 
     @classmethod
     def load(cls, name: str) -> "LuaScript":
-        source = resources.files("quota").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+        source = _INCLUDE.sub(lambda m: _read("lib", f"{m.group(1)}.lua").rstrip("\n"), _read(f"{name}.lua"))
         return cls(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
 
 
@@ -23,5 +35,7 @@ RECORD = LuaScript.load("record")
 CHECK = LuaScript.load("check")
 SET_CREDIT = LuaScript.load("set_credit")
 STATS = LuaScript.load("stats")
+TURN_BEGIN = LuaScript.load("turn_begin")
+TURN_END = LuaScript.load("turn_end")
 
-ALL = (RECORD, CHECK, SET_CREDIT, STATS)
+ALL = (RECORD, CHECK, SET_CREDIT, STATS, TURN_BEGIN, TURN_END)

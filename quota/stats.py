@@ -134,8 +134,13 @@ def build_token_stats(
     history: Iterable[MonthUsage],
     prices: PriceTable,
     default_credit_nano: int,
+    *,
+    held_nano: int = 0,
 ) -> dict[str, Any]:
-    """The seed's structure, plus extra keys; ``history`` newest first, empty months left out."""
+    """The seed's structure, plus extra keys; ``history`` newest first, empty months left out.
+
+    ``held`` is what live turn holds reserve; ``available`` what a new turn could still reserve
+    (credit - used - held, never below 0)."""
     credit = current.credit_nano if current.credit_nano is not None else default_credit_nano
     used = current.system_used_nano
     models: dict[str, Any] = {}
@@ -171,6 +176,8 @@ def build_token_stats(
         "monthly_used": nano_to_json(used),
         "last_reset": iso_z(month_start(current.month)),
         "remaining": nano_to_json(max(credit - used, 0)),
+        "held": nano_to_json(held_nano),
+        "available": nano_to_json(max(credit - used - held_nano, 0)),
         "percent_used": percent(used, credit),
         "exceeded": used >= credit,
         "resets_at": iso_z(next_month_start(current.month)),

@@ -31,12 +31,14 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Mapping
 
 from .connect import error_of
 from .core import MeterCore, ScriptCall
 from .errors import InvalidInput, QuotaError, QuotaExceeded, RequestConflict, StorageUnavailable
 from .keys import validate_request_id, validate_user
+from .money import nano_to_decimal
 from .results import QuotaCheck, UsageResult
 from .spool import MemorySpool, Spool, SpoolEntry, open_spool
 from .usage import StreamTally, Usage, estimate_prompt_tokens, usage_from
@@ -66,6 +68,9 @@ class TurnMetrics:
     records_replayed: int = 0
     records_dead: int = 0                 # spooled records Redis refuses for good
     replay_failures: int = 0
+    holds_taken: int = 0                  # turns admitted with a hold (turn_begin.lua)
+    holds_released: int = 0               # holds given back at the turn's end
+    holds_release_failed: int = 0         # Redis away at the turn's end: the hold dies at its expiry
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -173,15 +178,17 @@ class _PinnedClock:
         return self.at
 
 
-def call_for(core: MeterCore, entry: SpoolEntry) -> ScriptCall:
+def call_for(core: MeterCore, entry: SpoolEntry, turn_id: str | None = None) -> ScriptCall:
     """The script call for ``entry``, built by the core as it would have been at ``entry.at``.
 
     Live records and replayed ones go through this one function, so a replayed record lands in
-    the month it was made in, with the same request id, whatever the clock says now.
+    the month it was made in, with the same request id, whatever the clock says now. ``turn_id``
+    draws a live record's cost from its turn's hold; a replayed record has none (its turn is over).
     """
     pinned = MeterCore(core.settings, _PinnedClock(entry.at))
     return pinned.record(entry.user, entry.model_id, entry.input_tokens, entry.output_tokens,
-                         request_id=entry.request_id, price=entry.price, estimated=entry.estimated)
+                         request_id=entry.request_id, price=entry.price, estimated=entry.estimated,
+                         turn_id=turn_id)
 
 
 def rekeyed_id(request_id: str, entry: SpoolEntry) -> str:
@@ -206,7 +213,7 @@ class TurnRules:
     """Everything a turn decides, with no I/O: shared by :class:`Turn` and :class:`AsyncTurn`."""
 
     def __init__(self, core: MeterCore, options: TurnOptions, user: object, model_id: object,
-                 on_unavailable: str | None = None):
+                 on_unavailable: str | None = None, hold: object = None):
         self.core = core
         self.options = options
         self.user = validate_user(user)
@@ -215,12 +222,19 @@ class TurnRules:
         if policy not in ON_UNAVAILABLE:
             raise InvalidInput(f"on_unavailable must be 'allow' or 'deny', got {policy!r}")
         self.policy = policy
+        self.hold_arg = core.hold_arg(hold)            # InvalidInput before anything happens
         self.turn_id = "turn-" + secrets.token_urlsafe(12)
         self.check: QuotaCheck | None = None
         self.degraded = False                           # the check could not reach Redis
         self.records: list[Recorded] = []
         self.streams: list[Any] = []
         self._seq = 0
+        # The turn's hold (system models; see turn_begin.lua): what was reserved, what is left of
+        # it after the records so far, and the system cost this turn has counted.
+        self.holding = False
+        self.hold_nano = 0
+        self.hold_remaining_nano = 0
+        self.cost_nano = 0
 
     @property
     def metrics(self) -> TurnMetrics:
@@ -228,10 +242,52 @@ class TurnRules:
 
     # the check ---------------------------------------------------------------------------------
 
+    def begin_call(self) -> ScriptCall | None:
+        """The admission to run when the turn starts: turn_begin.lua (check and hold) for a system
+        model; None for a custom model, which is never limited (the plain check runs instead)."""
+        if not self.model.is_system:
+            return None
+        return self.core.turn_begin(self.user, self.model, self.turn_id, self.hold_arg)
+
+    def admitted(self, reply: tuple[QuotaCheck, int]) -> None:
+        check, hold_nano = reply
+        if check.allowed:
+            self.holding = True
+            self.hold_nano = self.hold_remaining_nano = hold_nano
+            self.metrics.holds_taken += 1
+        self.checked(check)
+
     def checked(self, check: QuotaCheck) -> None:
         self.check = check
         if not check.allowed:
             raise QuotaExceeded(check.event or {"type": "quota_exceeded"})
+
+    def end_call(self) -> ScriptCall | None:
+        """turn_end.lua when this turn still holds part of the credit, else None. Called once."""
+        if not self.holding:
+            return None
+        self.holding = False
+        return self.core.turn_end(self.user, self.model, self.turn_id, self.cost_nano)
+
+    def ended(self, exc: Exception | None) -> None:
+        if exc is None:
+            self.metrics.holds_released += 1
+            return
+        self.metrics.holds_release_failed += 1
+        log.warning("could not release the hold of turn %s for %s (it expires in %d s): %s",
+                    self.turn_id, self.user, self.core.settings.hold_ttl_s, exc)
+
+    def can_continue_locally(self) -> bool | None:
+        """``can_continue`` when no I/O is needed: True for a custom model or while this turn's
+        hold has money left; None when only Redis can tell (the hold is spent)."""
+        if not self.model.is_system or (self.holding and self.hold_remaining_nano > 0):
+            return True
+        return None
+
+    def can_continue_after(self, check: QuotaCheck | StorageUnavailable) -> bool:
+        if isinstance(check, StorageUnavailable):
+            return self.policy == "allow"
+        return check.allowed
 
     def unavailable(self, exc: StorageUnavailable) -> None:
         """The check could not reach Redis: allow or deny as the policy says (custom: allow)."""
@@ -283,7 +339,7 @@ class TurnRules:
         model = self.model.model_id if model_id is None else model_id
         probe = SpoolEntry(self.user, model, found.input_tokens, found.output_tokens, rid,  # type: ignore[arg-type]
                            found.estimated, self.core.clock(), 0, _price_text(price))
-        call = call_for(self.core, probe)
+        call = call_for(self.core, probe, self.turn_id if self.holding else None)
         entry = SpoolEntry(probe.user, call.args[0], probe.input_tokens, probe.output_tokens, rid,
                            probe.estimated, probe.at, int(call.args[3]), probe.price)
         return Pending(entry, call, found._replace(request_id=rid))
@@ -294,7 +350,8 @@ class TurnRules:
                     pending.entry.request_id, rid)
         self.metrics.records_rekeyed += 1
         entry = SpoolEntry(**{**_fields(pending.entry), "request_id": rid})
-        return Pending(entry, call_for(self.core, entry), pending.usage._replace(request_id=rid))
+        return Pending(entry, call_for(self.core, entry, self.turn_id if self.holding else None),
+                       pending.usage._replace(request_id=rid))
 
     def counted(self, pending: Pending, result: UsageResult) -> Recorded:
         if result.duplicate:
@@ -302,11 +359,16 @@ class TurnRules:
         else:
             self.metrics.records_counted += 1
             self.metrics.records_estimated += pending.usage.estimated
+            if result.is_system:
+                self.cost_nano += result.cost_nano
+        if result.hold_remaining_nano is not None:
+            self.hold_remaining_nano = result.hold_remaining_nano
         return self._done(Recorded("duplicate" if result.duplicate else "counted", pending.entry.request_id,
                                    pending.entry.model_id, pending.usage, result))
 
     def spooled(self, pending: Pending, exc: Exception) -> Recorded:
         self.metrics.records_spooled += 1
+        self.cost_nano += pending.entry.cost_nano if self.core.prices.is_system(pending.entry.model_id) else 0
         self.metrics.records_estimated += pending.usage.estimated
         log.warning("Redis unavailable, record %s spooled to %r: %s", pending.entry.request_id,
                     self.options.spool, exc)
@@ -408,9 +470,10 @@ def _errors_of(meter: Any, replies: list[Any]) -> list[QuotaError | None]:
 class Turn:
     """``with meter.turn(user, model_id) as turn:`` — see the module docstring."""
 
-    def __init__(self, meter: Any, user: str, model_id: str, *, on_unavailable: str | None = None):
+    def __init__(self, meter: Any, user: str, model_id: str, *, on_unavailable: str | None = None,
+                 hold: object = None):
         self.meter = meter
-        self.rules = TurnRules(meter.core, meter.turn_options, user, model_id, on_unavailable)
+        self.rules = TurnRules(meter.core, meter.turn_options, user, model_id, on_unavailable, hold)
 
     @property
     def check(self) -> QuotaCheck | None:
@@ -424,18 +487,46 @@ class Turn:
     def records(self) -> list[Recorded]:
         return self.rules.records
 
+    @property
+    def hold(self) -> Decimal:
+        """The part of the credit this turn reserved when it started (0 for custom models)."""
+        return nano_to_decimal(self.rules.hold_nano)
+
     def __enter__(self) -> "Turn":
+        begin = self.rules.begin_call()
+        try:
+            if begin is None:
+                self.rules.checked(self.meter.check_quota_available(self.rules.user, self.rules.model.model_id))
+            else:
+                self.rules.admitted(self.meter._run(begin))
+        except StorageUnavailable as exc:
+            self.rules.unavailable(exc)
+        return self
+
+    def can_continue(self) -> bool:
+        """May an agent loop take another step (a tool call, a retry)? True while this turn's hold
+        has money left, or while the credit is not used up by spend and other turns' holds.
+        Advisory: the worker decides how to finish the reply; records are never refused."""
+        verdict = self.rules.can_continue_locally()
+        if verdict is not None:
+            return verdict
         try:
             check = self.meter.check_quota_available(self.rules.user, self.rules.model.model_id)
         except StorageUnavailable as exc:
-            self.rules.unavailable(exc)
-        else:
-            self.rules.checked(check)
-        return self
+            return self.rules.can_continue_after(exc)
+        return self.rules.can_continue_after(check)
 
     def __exit__(self, *exc: object) -> None:
         for stream in list(self.rules.streams):
             stream.close()
+        end = self.rules.end_call()
+        if end is not None:
+            try:
+                self.meter._run(end)
+            except QuotaError as error:
+                self.rules.ended(error)
+            else:
+                self.rules.ended(None)
         if self.meter.turn_options.replay_due():
             try:
                 replay(self.meter)
@@ -592,26 +683,52 @@ class AsyncTurn:
     completes. Streams cut short by a cancellation are counted the same way.
     """
 
-    def __init__(self, meter: Any, user: str, model_id: str, *, on_unavailable: str | None = None):
+    def __init__(self, meter: Any, user: str, model_id: str, *, on_unavailable: str | None = None,
+                 hold: object = None):
         self.meter = meter
-        self.rules = TurnRules(meter.core, meter.turn_options, user, model_id, on_unavailable)
+        self.rules = TurnRules(meter.core, meter.turn_options, user, model_id, on_unavailable, hold)
 
     check = Turn.check
     degraded = Turn.degraded
     records = Turn.records
+    hold = Turn.hold
 
     async def __aenter__(self) -> "AsyncTurn":
+        begin = self.rules.begin_call()
+        try:
+            if begin is None:
+                self.rules.checked(await self.meter.check_quota_available(self.rules.user,
+                                                                          self.rules.model.model_id))
+            else:
+                # Shielded: a turn cancelled while its hold is being taken still learns the hold,
+                # so that __aexit__ (which runs only if this returns) or its expiry frees it.
+                self.rules.admitted(await asyncio.shield(self.meter._run(begin)))
+        except StorageUnavailable as exc:
+            self.rules.unavailable(exc)
+        return self
+
+    async def can_continue(self) -> bool:
+        """As :meth:`Turn.can_continue`."""
+        verdict = self.rules.can_continue_locally()
+        if verdict is not None:
+            return verdict
         try:
             check = await self.meter.check_quota_available(self.rules.user, self.rules.model.model_id)
         except StorageUnavailable as exc:
-            self.rules.unavailable(exc)
-        else:
-            self.rules.checked(check)
-        return self
+            return self.rules.can_continue_after(exc)
+        return self.rules.can_continue_after(check)
 
     async def __aexit__(self, *exc: object) -> None:
         for stream in list(self.rules.streams):
             await stream.aclose()
+        end = self.rules.end_call()
+        if end is not None:
+            try:
+                await asyncio.shield(self.meter._run(end))   # a cancelled turn still gives its hold back
+            except QuotaError as error:
+                self.rules.ended(error)
+            else:
+                self.rules.ended(None)
         options: TurnOptions = self.meter.turn_options
         if options.replay_due():
             task = asyncio.ensure_future(_replay_quietly(self.meter))  # the reply is done: don't wait

@@ -18,26 +18,26 @@ def test_record_call_carries_every_key_and_time_in_its_arguments():
     assert call.script is RECORD
     assert call.keys == ("p:{alice}:2026-03", "p:{alice}:req:r1")
     assert call.args == ("system_deepseek", "12000", "8000", "28000000", "1", "5000000000", "60", "0")
-    result = call.parse([1, b"28000000", b"5000000000"])
+    result = call.parse([1, b"28000000", b"5000000000", b""])
     assert result.month == "2026-03" and result.cost_nano == 28_000_000 and not result.duplicate
-    assert call.parse([0, b"28000000", b"5000000000"]).duplicate  # a caller's id seen before
+    assert call.parse([0, b"28000000", b"5000000000", b""]).duplicate  # a caller's id seen before
 
 
 def test_auto_ids_are_unique_and_their_retry_is_not_a_duplicate():
     c = core()
     calls = [c.record("alice", "custom_x", 1, 1) for _ in range(1000)]
     assert len({call.keys[1] for call in calls}) == 1000
-    assert not calls[0].parse([0, "0", "5000000000"]).duplicate
+    assert not calls[0].parse([0, "0", "5000000000", ""]).duplicate
 
 
 def test_check_decision_is_made_from_the_reply():
     c = core()
     call = c.check("alice", "system_deepseek")
     assert call.script is CHECK and call.args == ("5000000000",)
-    assert call.parse([b"4999999999", b"5000000000"]).allowed
-    denied = call.parse([b"5000000000", b"5000000000"])
+    assert call.parse([b"4999999999", b"5000000000", b"0"]).allowed
+    denied = call.parse([b"5000000000", b"5000000000", b"0"])
     assert not denied.allowed and denied.event["resets_at"] == "2026-04-01T00:00:00Z"
-    assert c.check("alice", "custom_x").parse([b"9" * 17, b"0"]).allowed
+    assert c.check("alice", "custom_x").parse([b"9" * 17, b"0", b"0"]).allowed
 
 
 def test_script_errors_map_to_the_hierarchy():
@@ -128,3 +128,42 @@ def test_auto_request_ids_differ_across_a_fork():
     child = set(os.read(read, 4096).decode().split())
     assert len(child) == 3 and not child & parent
     assert {i.rsplit(".", 1)[0] for i in child} != {i.rsplit(".", 1)[0] for i in parent}
+
+
+def test_check_counts_live_holds():
+    """A system model is denied when spend plus the live turn holds reach the credit (issue 9)."""
+    c = core()
+    call = c.check("alice", "system_deepseek")
+    assert call.keys == ("quota:{alice}:2026-03", "quota:{alice}:holds")
+    free = call.parse([b"4000000000", b"5000000000", b"999999999"])
+    assert free.allowed and free.available_nano == 1 and free.held_nano == 999_999_999
+    held = call.parse([b"4000000000", b"5000000000", b"1000000000"])
+    assert not held.allowed and held.event["held"] == 1.0
+    assert "reserved by replies in progress" in held.event["message"]
+    assert c.check("alice", "custom_x").parse([b"5000000000", b"5000000000", b"9"]).allowed
+
+
+def test_turn_calls_carry_the_hold_and_its_settings():
+    c = core(hold_ttl_s=30, turn_hold_default_nano=7, turn_hold_floor_nano=2, turn_hold_cap_nano=9)
+    model = c.prices.lookup("system_deepseek")
+    begin = c.turn_begin("alice", model, "turn-1", c.hold_arg(None))
+    assert begin.keys == ("quota:{alice}:2026-03", "quota:{alice}:holds")
+    assert begin.args == ("turn-1", "auto", "system_deepseek:hold_est_nano", "5000000000", "30000", "7", "2", "9")
+    check, hold = begin.parse([b"1", b"0", b"5000000000", b"0", b"7"])
+    assert check.allowed and hold == 7
+    check, hold = begin.parse([b"0", b"4999999999", b"5000000000", b"1", b"0"])
+    assert not check.allowed and check.event["type"] == "quota_exceeded"
+    assert c.hold_arg("0.5") == "500000000" and c.hold_arg("auto") == "auto"
+    record = c.record("alice", "system_deepseek", 1, 1, request_id="r", turn_id="turn-1")
+    assert record.keys[2] == "quota:{alice}:holds" and record.args[8:] == ("turn-1", "30000")
+    assert record.parse([1, b"0", b"5000000000", b"4"]).hold_remaining_nano == 4
+    end = c.turn_end("alice", model, "turn-1", 123)
+    assert end.keys == ("quota:{alice}:holds", "quota:{alice}:2026-03")
+    assert end.args == ("turn-1", "system_deepseek:hold_est_nano", "123", "7")
+    assert end.parse([b"1", b"5"]) == (True, 5)
+
+
+@pytest.mark.parametrize("hold", ["-1", "abc", "1e-10", True, "20000000"])
+def test_bad_holds_are_refused_before_any_io(hold):
+    with pytest.raises(InvalidInput):
+        core().hold_arg(hold)

@@ -137,7 +137,7 @@ def test_check_denies_system_models_only(any_meter):
     assert not denied.allowed
     assert denied.event == {
         "type": "quota_exceeded", "model_id": "system_deepseek", "monthly_used": 5.0, "monthly_credit": 5.0,
-        "resets_at": "2026-02-01T00:00:00Z", "message": denied.event["message"],
+        "held": 0.0, "resets_at": "2026-02-01T00:00:00Z", "message": denied.event["message"],
     }
     assert "额度" in denied.event["message"] and "credit" in denied.event["message"]
     custom = any_meter.check_quota_available("jo", "custom_anything")

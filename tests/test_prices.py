@@ -104,3 +104,36 @@ def test_settings_read_the_price_file_from_the_environment(tmp_path):
         Settings.from_env({"QUOTA_PREFIX": "bad prefix"})
     with pytest.raises(ConfigError):
         Settings.from_env({"QUOTA_DEDUPE_TTL_S": "0"})
+
+
+# A system id can't be dodged by spelling it differently (issue 9): any id that folds (NFKC, then
+# case) to a system id, or to something starting with ``system_``, and is not exactly in the
+# system table is UnknownModel in the library, the API and the demo; it is never a free custom model.
+RESPELLINGS = [
+    "System_deepseek", "SYSTEM_DEEPSEEK", "system_DeepSeek", "sYsTeM_deepseek",
+    "ｓｙｓｔｅｍ_deepseek",          # fullwidth letters (NFKC folds them to ASCII)
+    "system＿deepseek",               # fullwidth low line
+    "ＳＹＳＴＥＭ_ＤＥＥＰＳＥＥＫ",
+    "System_gpt5", "SYSTEM_x", "ſystem_deepseek",  # long s case-folds to s
+    "System_deepseek\u200b"[:-1], "Ｓystem_deepseek",
+]
+
+
+@pytest.mark.parametrize("model_id", RESPELLINGS)
+def test_respelled_system_ids_are_unknown_models(model_id):
+    table = PriceTable()
+    with pytest.raises(UnknownModel, match="unknown system model"):
+        table.lookup(model_id)
+
+
+def test_respelling_a_custom_id_that_folds_to_a_system_one_is_refused_in_the_table():
+    for respelled in ("System_deepseek", "SYSTEM_A", "ｓｙｓｔｅｍ_b"):
+        with pytest.raises(ConfigError, match="price table: (custom model id .* must not start|invalid model_id)"):
+            PriceTable(custom={respelled: {"cost_per_1k_input": "0", "cost_per_1k_output": "0"}})
+
+
+def test_exact_system_and_ordinary_custom_ids_still_work():
+    table = PriceTable()
+    assert table.lookup("system_deepseek").is_system
+    for custom in ("deepseek-chat", "my_system_model", "gpt-4o", "Systems_x", "systemx"):
+        assert not table.lookup(custom).is_system

@@ -10,24 +10,30 @@
 -- ARGV[6]  default_credit_nano  the month's credit when none is set (credit_nano absent)
 -- ARGV[7]  dedupe_ttl_s         seconds the request id is remembered
 -- ARGV[8]  estimated            "1" when the tokens are an estimate (a stream cut short), else "0"
+-- With a turn hold (quota.turn), also:
+-- KEYS[3]  holds hash           <prefix>:{<user>}:holds
+-- ARGV[9]  turn_id              the hold this call draws its system cost from (never below 0)
+-- ARGV[10] hold_ttl_ms          the hold lives this long after this call
 --
--- Returns {recorded, system_used_nano, credit_nano}. recorded is 1 when this call was counted:
+-- Returns {recorded, system_used_nano, credit_nano, hold_remaining_nano}. recorded is 1 when this call was counted:
 -- then system_used_nano is the value *before* it (the client adds the cost for a system model,
 -- exactly, in Python). recorded is 0 for a request id seen before with the same content: then
--- system_used_nano is the current value. Amounts are strings: they may pass 2^53, where Lua
--- numbers lose digits. Never refuses for being over the credit: the reply in progress is always
+-- system_used_nano is the current value. hold_remaining_nano is "" without a live hold (or for a
+-- repeated id). Amounts are strings: they may pass 2^53, where Lua numbers lose digits. Never refuses for being over the credit: the reply in progress is always
 -- counted.
 -- Errors start with QUOTA_INVALID, QUOTA_CONFLICT or QUOTA_OVERFLOW and change nothing.
 
-local function is_uint(s, max_digits)
-  return type(s) == 'string' and #s >= 1 and #s <= max_digits and string.match(s, '^%d+$') ~= nil
-end
+-- @include holds
 
 -- 1. validate (Redis has no rollback: nothing may fail after the first write)
 if not (is_uint(ARGV[2], 10) and is_uint(ARGV[3], 10) and is_uint(ARGV[4], 17)
         and is_uint(ARGV[6], 17) and is_uint(ARGV[7], 9) and ARGV[7] ~= '0'
         and (ARGV[5] == '0' or ARGV[5] == '1') and (ARGV[8] == '0' or ARGV[8] == '1')) then
   return redis.error_reply('QUOTA_INVALID record arguments must be unsigned integers and 0/1 flags')
+end
+local with_hold = #KEYS == 3
+if with_hold and not (type(ARGV[9]) == 'string' and #ARGV[9] >= 1 and is_uint(ARGV[10], 10)) then
+  return redis.error_reply('QUOTA_INVALID record with a hold needs a turn id and hold_ttl_ms')
 end
 local model = ARGV[1]
 local content = model .. '|' .. ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4] .. '|' .. ARGV[8]
@@ -39,7 +45,7 @@ if seen then
     return redis.error_reply('QUOTA_CONFLICT request_id was already used for a different record')
   end
   local now = redis.call('HMGET', KEYS[1], 'system_used_nano', 'credit_nano')
-  return {0, now[1] or '0', now[2] or ARGV[6]}
+  return {0, now[1] or '0', now[2] or ARGV[6], ''}
 end
 local fields = {model .. ':input', model .. ':output', model .. ':cost_nano',
                 model .. ':calls', 'system_used_nano', 'credit_nano'}
@@ -49,6 +55,12 @@ for i = 1, 5 do
   if current[i] and #current[i] >= 18 then
     return redis.error_reply('QUOTA_OVERFLOW field ' .. fields[i] .. ' is too large to add to')
   end
+end
+local now_ms, remaining, expires
+if with_hold then
+  now_ms = server_ms()
+  remaining, expires = parse_hold(redis.call('HGET', KEYS[3], ARGV[9]))
+  if remaining and expires <= now_ms then remaining = nil end  -- dead: nothing to draw from
 end
 
 -- 3. write (ARGV strings go to HINCRBY as they came: no tonumber round trip)
@@ -63,4 +75,10 @@ if ARGV[8] == '1' then
   redis.call('HINCRBY', KEYS[1], model .. ':estimated_calls', 1)
 end
 redis.call('SET', KEYS[2], content, 'EX', ARGV[7])
-return {1, current[5] or '0', current[6] or ARGV[6]}
+local hold = ''
+if remaining then  -- draw the system cost down from the turn's hold, and keep the hold alive
+  if ARGV[5] == '1' then remaining = math.max(remaining - tonumber(ARGV[4]), 0) end
+  put_hold(KEYS[3], ARGV[9], remaining, now_ms, tonumber(ARGV[10]))
+  hold = string.format('%d', remaining)
+end
+return {1, current[5] or '0', current[6] or ARGV[6], hold}

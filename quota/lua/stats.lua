@@ -1,12 +1,17 @@
--- stats.lua: read several months of one user in one atomic snapshot. Read-only.
+-- stats.lua: read several months of one user, and the live turn holds, in one atomic snapshot.
+-- Read-only.
 --
--- KEYS[1..n]  user-month hashes   <prefix>:{<user>}:<YYYY-MM>, newest first (all one hash tag)
+-- KEYS[1]     holds hash          <prefix>:{<user>}:holds (see turn_begin.lua)
+-- KEYS[2..n]  user-month hashes   <prefix>:{<user>}:<YYYY-MM>, newest first (all one hash tag)
 --
--- Returns one flat HGETALL reply {field, value, ...} per key, in KEYS order; a missing month
--- gives an empty list. Values stay strings.
+-- Returns {held_nano, HGETALL of KEYS[2], ..., HGETALL of KEYS[n]}: held_nano is the sum of the
+-- live holds as a string; each month is a flat {field, value, ...} list (empty when missing).
+-- Values stay strings.
 
-local out = {}
-for i = 1, #KEYS do
+-- @include holds
+
+local out = {string.format('%d', (live_holds(KEYS[1], server_ms(), nil)))}
+for i = 2, #KEYS do
   out[i] = redis.call('HGETALL', KEYS[i])
 end
 return out
