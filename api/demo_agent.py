@@ -1,6 +1,6 @@
 """A simulated chat agent for ``/demo``: no LLM, deterministic fake token counts, real metering.
 
-One user message is one *turn*: the quota check runs first (the seed's check point, "when the
+One user message is one *turn* (``meter.turn``): the admission runs first (the seed's check point, "when the
 user sends a new message"); if it is refused the turn ends with the ``quota_exceeded`` event and
 nothing is recorded. Otherwise the agent makes and records its calls: a chat call, a tool call,
 a history summary, and on the conversation's first message a naming call. The reply always
@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 from quota.demo import fake_tokens
-from quota.errors import InvalidInput
+from quota.errors import InvalidInput, QuotaExceeded, StorageUnavailable
 from quota.keys import validate_user
 from quota.meter import Meter
 
@@ -59,18 +59,25 @@ def fake_reply(message: str, turn: int) -> str:
 def run_turn(meter: Meter, body: Any) -> dict[str, Any]:
     """Run one turn; returns the ``reply`` or ``quota_exceeded`` event (raises InvalidInput on bad input)."""
     user, model_id, conversation, turn, message = validate_turn_request(body)
-    check = meter.check_quota_available(user, model_id)
-    if not check.allowed:
-        return {"type": "quota_exceeded", "event": check.event, "check": check.as_dict()}
     purposes = ["chat", "tool", "summary"] + (["naming"] if turn == 1 else [])
     calls = []
     result = None
-    for purpose in purposes:
-        request_id = f"demo:{conversation}:{turn}:{purpose}"
-        tokens_in, tokens_out = fake_tokens(random.Random(request_id), purpose)
-        result = meter.update_token_usage(user, model_id, tokens_in, tokens_out, request_id=request_id)
-        calls.append({"purpose": purpose, **{k: v for k, v in result.as_dict().items() if k in (
-            "input_tokens", "output_tokens", "cost", "duplicate", "request_id")}})
+    try:
+        # A turn, as a worker runs one: admission reserves a hold on the credit (quota.turn), so
+        # that several tabs sending at once cannot all spend the same last yuan.
+        with meter.turn(user, model_id) as metered:
+            for purpose in purposes:
+                request_id = f"demo:{conversation}:{turn}:{purpose}"
+                tokens_in, tokens_out = fake_tokens(random.Random(request_id), purpose)
+                recorded = metered.record(input_tokens=tokens_in, output_tokens=tokens_out, request_id=request_id)
+                result = recorded.result
+                if result is None:        # Redis away: spooled, counted when it is back
+                    raise StorageUnavailable(recorded.error or "Redis is unavailable")
+                calls.append({"purpose": purpose, **{k: v for k, v in result.as_dict().items() if k in (
+                    "input_tokens", "output_tokens", "cost", "duplicate", "request_id")}})
+    except QuotaExceeded as exc:
+        check = meter.check_quota_available(user, model_id)
+        return {"type": "quota_exceeded", "event": exc.event, "check": check.as_dict()}
     assert result is not None
     usage = result.as_dict()
     return {

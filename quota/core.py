@@ -289,11 +289,11 @@ class MeterCore:
         )
 
     def turn_end(self, user: str, model: ModelPrice, turn_id: str, cost_nano: int) -> ScriptCall:
-        """Release a turn's hold and teach the "auto" estimate its cost; parse gives (released,
-        remaining_nano)."""
+        """Release a turn's hold and teach the "auto" estimate its cost; parse tells whether this
+        call released it (False: released before, or dead)."""
 
-        def parse(reply: Any) -> tuple[bool, int]:
-            return int(reply[0]) == 1, int(reply[1])
+        def parse(reply: Any) -> bool:
+            return int(reply) == 1
 
         return ScriptCall(
             scripts.TURN_END,

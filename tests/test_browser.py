@@ -92,6 +92,8 @@ def check_panel_against_api(page, stats) -> None:
     assert float(page.get_attribute("#used", "data-value")) == stats["monthly_used"]
     assert float(page.get_attribute("#credit", "data-value")) == stats["monthly_credit"]
     assert float(page.get_attribute("#remaining", "data-value")) == stats["remaining"]
+    assert float(page.get_attribute("#held", "data-value")) == stats["held"]
+    assert float(page.get_attribute("#available", "data-value")) == stats["available"]
     assert page.get_attribute("#resets", "data-value") == stats["resets_at"]
     rows = page.locator("#models tbody tr")
     assert rows.count() == len(stats["models"])
@@ -162,6 +164,35 @@ def test_panel_matches_the_api_and_follows_it_without_reloading(browser, server,
     assert stats["percent_used"] > 100 and page.locator("#over-note").is_visible()
     wait_for_fill_colour(page, "rgb(220, 38, 38)")
     page.close()
+
+
+def test_panel_shows_the_part_held_by_replies_in_progress(browser, server, redis_server, clock, shots):
+    """Turn holds (issue 9): the bar shows the held part after the spent part, and both figures."""
+    from quota import Meter
+
+    post_usage(server, "hana", SYS, 1_000_000)                     # 1 of 5 CNY spent: 20 %
+    meter = Meter.from_url(redis_server.url, clock=clock, history=None, prefix="apitest")  # the app's prefix
+    turn = meter.turn("hana", SYS, hold="1.5")                     # a reply in progress holds 1.5
+    turn.__enter__()
+    try:
+        page = browser.new_page(locale="en-US")
+        page.goto(f"{server.url}/panel#user=hana&token={user_token('hana')}")
+        page.wait_for_function("Number(document.body.dataset.loaded || 0) > 0", timeout=10_000)
+        stats = api(server, "GET", "/v1/users/hana/token-stats")
+        assert (stats["held"], stats["available"]) == (1.5, 2.5)
+        check_panel_against_api(page, stats)
+        assert page.eval_on_selector("#bar-held", "e => e.style.width") == "30%"
+        assert "1.5" in page.locator("#held").inner_text()
+        page.screenshot(path=str(shots / "panel-held.png"), animations="disabled")
+        seen = loads(page)
+        turn.__exit__(None, None, None)                            # the reply ends: the hold is given back
+        wait_for_refresh(page, seen)
+        page.wait_for_function("document.getElementById('bar-held').style.width === '0%'", timeout=10_000)
+        assert float(page.get_attribute("#held", "data-value")) == 0
+        page.close()
+    finally:
+        turn.__exit__(None, None, None)
+        meter.close()
 
 
 def test_panel_in_chinese(browser, server):

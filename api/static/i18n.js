@@ -4,6 +4,7 @@ window.QuotaI18n = (function () {
   const LABELS = {
     en: {
       title: "Token usage", thisMonth: "This month", cny: "CNY", remaining: "Remaining", resets: "Resets on",
+      held: "Held by replies in progress", available: "Available for new messages",
       overNote: "The system-model credit is used up: new messages on system models are refused until the reset. Custom models keep working.",
       byModel: "By model, this month", model: "Model", kind: "Kind", input: "Input tokens", output: "Output tokens",
       calls: "Calls", cost: "Cost (CNY)", noCalls: "No calls this month yet.", history: "History by month",
@@ -21,6 +22,7 @@ window.QuotaI18n = (function () {
     },
     zh: {
       title: "Token 用量", thisMonth: "本月", cny: "元", remaining: "剩余额度", resets: "重置日期",
+      held: "进行中的回复占用", available: "新消息可用额度",
       overNote: "本月系统模型额度已用完：在重置前，系统模型的新消息将被拒绝；自定义模型不受影响。",
       byModel: "本月各模型用量", model: "模型", kind: "类型", input: "输入 tokens", output: "输出 tokens",
       calls: "调用次数", cost: "费用（元）", noCalls: "本月暂无调用。", history: "历史（按月）",

@@ -52,6 +52,15 @@
     $("credit").dataset.value = String(s.monthly_credit);
     $("remaining").textContent = I.money(s.remaining);
     $("remaining").dataset.value = String(s.remaining);
+    /* The held part of the credit (turn holds of replies in progress) follows the spent part. */
+    const credit = Number(s.monthly_credit);
+    const heldPct = credit > 0 ? Math.max(0, Math.min(Number(s.held) / credit * 100, 100 - Math.min(pct, 100))) : 0;
+    $("bar-held").style.width = heldPct + "%";
+    $("bar-held").dataset.value = String(s.held);
+    $("held").textContent = I.money(s.held);
+    $("held").dataset.value = String(s.held);
+    $("available").textContent = I.money(s.available);
+    $("available").dataset.value = String(s.available);
     $("resets").textContent = s.resets_at.slice(0, 10) + " 00:00 " + I.t("utc");
     $("resets").dataset.value = s.resets_at;
     $("over-note").hidden = !s.exceeded;

@@ -77,8 +77,17 @@ end
 redis.call('SET', KEYS[2], content, 'EX', ARGV[7])
 local hold = ''
 if remaining then  -- draw the system cost down from the turn's hold, and keep the hold alive
-  if ARGV[5] == '1' then remaining = math.max(remaining - tonumber(ARGV[4]), 0) end
-  put_hold(KEYS[3], ARGV[9], remaining, now_ms, tonumber(ARGV[10]))
-  hold = string.format('%d', remaining)
+  local left = remaining
+  if ARGV[5] == '1' then left = math.max(remaining - tonumber(ARGV[4]), 0) end
+  -- The expiry moves forward once less than half of hold_ttl_ms is left: a live turn never loses
+  -- its hold, and most records pay one HSET (or none) instead of HSET + PTTL.
+  local ttl_ms = tonumber(ARGV[10])
+  local renew = expires - now_ms < ttl_ms / 2
+  if renew then expires = now_ms + ttl_ms end
+  if renew or left ~= remaining then
+    redis.call('HSET', KEYS[3], ARGV[9], string.format('%d:%d', left, expires))
+  end
+  if renew then keep_hash_until(KEYS[3], expires, now_ms) end
+  hold = string.format('%d', left)
 end
 return {1, current[5] or '0', current[6] or ARGV[6], hold}

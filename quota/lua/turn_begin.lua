@@ -30,8 +30,7 @@ end
 local now_ms = server_ms()
 local month = redis.call('HMGET', KEYS[1], 'system_used_nano', 'credit_nano', ARGV[3])
 local used, credit = tonumber(month[1] or '0'), tonumber(month[2] or ARGV[4])
-local held, dead = live_holds(KEYS[2], now_ms, ARGV[1])
-local mine = parse_hold(redis.call('HGET', KEYS[2], ARGV[1]))
+local held, dead, latest, mine = live_holds(KEYS[2], now_ms, ARGV[1])
 local wanted
 if ARGV[2] == 'auto' then
   wanted = tonumber(month[3] or ARGV[6])
@@ -50,6 +49,8 @@ if mine then                       -- a retry of an admission that went through
   admitted, hold = 1, mine
 elseif available > 0 then
   admitted, hold = 1, math.min(wanted, available)
-  put_hold(KEYS[2], ARGV[1], hold, now_ms, tonumber(ARGV[5]))
+  local expires = now_ms + tonumber(ARGV[5])
+  redis.call('HSET', KEYS[2], ARGV[1], string.format('%d:%d', hold, expires))
+  redis.call('PEXPIRE', KEYS[2], math.max(expires, latest) - now_ms)   -- the hash outlives every hold
 end
 return {admitted, month[1] or '0', month[2] or ARGV[4], string.format('%d', held), string.format('%d', hold)}

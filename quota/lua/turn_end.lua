@@ -11,16 +11,15 @@
 -- nothing. The estimate rises fast (halfway to a bigger turn) and falls slowly (an eighth of the
 -- way to a smaller one): bursts of big turns get big holds at once; one cheap turn does not
 -- make the next big one start with too small a hold.
--- Returns {released (1/0), remaining_nano of the hold ("0" when there was none)}.
+-- Returns 1 when this call released the hold, 0 when there was none (released before, or dead).
 
 -- @include holds
 
 if not (type(ARGV[1]) == 'string' and #ARGV[1] >= 1 and is_uint(ARGV[3], 17) and is_uint(ARGV[4], 17)) then
   return redis.error_reply('QUOTA_INVALID turn_end arguments must be a turn id and an unsigned integer')
 end
-local remaining = parse_hold(redis.call('HGET', KEYS[1], ARGV[1]))
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
-  return {0, '0'}
+  return 0
 end
 local cost = tonumber(ARGV[3])
 local known = redis.call('HGET', KEYS[2], ARGV[2])
@@ -30,4 +29,4 @@ if known or cost > 0 then  -- a turn that spent nothing creates no month hash
   else estimate = old - math.floor((old - cost) / 8) end
   redis.call('HSET', KEYS[2], ARGV[2], string.format('%d', estimate))
 end
-return {1, string.format('%d', remaining or 0)}
+return 1

@@ -20,26 +20,28 @@ local function parse_hold(value)
   return tonumber(remaining), tonumber(expires)
 end
 
--- The sum of the live holds in KEY (all but the field SKIP), and the fields that are dead.
-local function live_holds(key, now_ms, skip)
+-- The sum of the live holds in KEY but the field MINE, the fields that are dead, the latest
+-- expiry among the live ones, and MINE's remaining amount when it is live.
+local function live_holds(key, now_ms, mine)
   local flat = redis.call('HGETALL', key)
-  local held, dead = 0, {}
+  local held, dead, latest, own = 0, {}, 0, nil
   for i = 1, #flat, 2 do
     local remaining, expires = parse_hold(flat[i + 1])
     if remaining and expires > now_ms then
-      if flat[i] ~= skip then held = held + remaining end
+      if flat[i] == mine then own = remaining else held = held + remaining end
+      if expires > latest then latest = expires end
     else
       dead[#dead + 1] = flat[i]
     end
   end
-  return held, dead
+  return held, dead, latest, own
 end
 
--- Store a hold and make sure the whole hash outlives it (then it vanishes once all are dead).
-local function put_hold(key, turn_id, remaining, now_ms, ttl_ms)
-  redis.call('HSET', key, turn_id, string.format('%d:%d', remaining, now_ms + ttl_ms))
-  if redis.call('PTTL', key) < ttl_ms then
-    redis.call('PEXPIRE', key, ttl_ms)
+-- Make sure the holds hash outlives a hold expiring at EXPIRES_MS (then the hash vanishes once
+-- every hold in it is dead, and an abandoned user leaves nothing behind).
+local function keep_hash_until(key, expires_ms, now_ms)
+  if redis.call('PTTL', key) < expires_ms - now_ms then
+    redis.call('PEXPIRE', key, expires_ms - now_ms)
   end
 end
 
