@@ -207,9 +207,27 @@ class QueueingPool(redis.BlockingConnectionPool):
 
 
 class AsyncQueueingPool(aredis.BlockingConnectionPool):
-    """The asyncio twin of :class:`QueueingPool`."""
+    """The asyncio twin of :class:`QueueingPool`, with a fast path.
+
+    redis-py's asyncio blocking pool takes a condition, arms a timer and enters a generator
+    context manager for every connection, even a free one: AsyncMeter spent about 10 µs more
+    client CPU per record on it (65 against 55 µs with the plain pool, 20 tasks). So while nobody
+    is queued and a connection is free (or may be opened), it is taken the plain pool's way (57
+    µs); otherwise the caller queues behind the others in the blocking pool's wait. Releasing
+    always goes through the blocking pool, which wakes the next one queued.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queued = 0  # callers in the blocking wait: while any, newcomers queue behind them
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.queued and self.can_get_connection():
+            try:
+                return await aredis.ConnectionPool.get_connection(self)
+            except MaxConnectionsError:
+                pass  # the last one went while this waited for the pool's lock: queue for the next
+        self.queued += 1
         try:
             return await super().get_connection()
         except RedisConnectionError as exc:
@@ -218,6 +236,8 @@ class AsyncQueueingPool(aredis.BlockingConnectionPool):
             if isinstance(exc.__cause__, asyncio.TimeoutError):
                 raise pool_exhausted(self.max_connections, self.timeout) from None
             raise
+        finally:
+            self.queued -= 1
 
 
 class QueueingAsyncCluster(AsyncRedisCluster):

@@ -251,6 +251,25 @@ def wait_until(done: Callable[[], bool], timeout_s: float = 5.0) -> None:
         time.sleep(0.01)
 
 
+async def test_a_caller_that_loses_the_race_for_the_last_connection_queues(redis_server):
+    """The asyncio pool's fast path takes a free connection without queueing; a caller that finds
+    one free but loses it while it waits for the pool's lock must queue, not fail."""
+    meter = AsyncMeter.from_url(redis_server.url, history=None, max_connections=1, pool_timeout_s=2)
+    pool = meter.client.connection_pool
+    await pool._lock.acquire()  # hold the pool's lock: both callers stop inside the fast path
+    first = asyncio.create_task(pool.get_connection())
+    second = asyncio.create_task(pool.get_connection())
+    await asyncio.sleep(0.01)
+    pool._lock.release()  # the first takes the only connection; the second finds none left
+    connection = await first
+    await asyncio.sleep(0.05)
+    assert not second.done() and pool.queued == 1  # waiting in the queue, not failed
+    await pool.release(connection)
+    assert await asyncio.wait_for(second, 1) is connection
+    await pool.release(connection)
+    await meter.aclose()
+
+
 class RefusingNodes:
     """``ClusterNode.acquire_connection`` that refuses ``times`` times (None: always) as a full
     node does, then hands out connections as usual."""
