@@ -248,7 +248,8 @@ class QueueingAsyncCluster(AsyncRedisCluster):
     So commands pass a gate, a semaphore of ``max_connections`` permits for the whole client:
     each command holds one connection on one node at a time (a redirect releases the first
     before taking the next), so no node can be asked for more than ``max_connections``. Waiting
-    for a permit is bounded by ``pool_timeout_s``. A free permit costs no suspension.
+    for a permit is bounded by ``pool_timeout_s``. A free permit costs no suspension. (redis-py
+    keeps one more connection, on the node named in the URL, to learn the topology with.)
     """
 
     PER = "commands in flight on this cluster client"
