@@ -19,11 +19,11 @@ from .connect import (
     describe_client,
     error_of,
     history_from_settings,
+    node_client,
+    open_client,
     REDIS_ERRORS,
     settings_with,
     slot_busy_pause,
-    split_options,
-    split_url,
     storage_errors,
 )
 from .core import Clock, MeterCore, ScriptCall
@@ -54,15 +54,10 @@ class AsyncMeter:
 
     @classmethod
     def from_url(cls, url: str | None = None, *, cluster: bool | None = None, **options: Any) -> "AsyncMeter":
+        """See :meth:`quota.Meter.from_url`; the same options, the same queueing for connections."""
         history = options.pop("history", HISTORY_FROM_ENV)
-        own, client_options = split_options(options)
-        url, is_cluster = split_url(url, cluster)
-        if is_cluster:
-            client_options.pop("retry_on_error", None)
-            client = AsyncRedisCluster.from_url(url, **client_options)
-        else:
-            client = aredis.Redis.from_url(url, **client_options)
-        meter = cls(client, **own)
+        client, settings, own = open_client(url, cluster, options, use_asyncio=True)
+        meter = cls(client, settings=settings, **own)
         meter.history = history_from_settings(meter.settings) if history is HISTORY_FROM_ENV else history
         return meter
 
@@ -218,7 +213,7 @@ class AsyncMeter:
         if found is None:
             node = self.client.get_node(node_name=node_name)
             kwargs = {k: v for k, v in node.connection_kwargs.items() if k in _NODE_KWARGS}
-            found = self._node_clients[node_name] = aredis.Redis(host=node.host, port=node.port, **kwargs)
+            found = self._node_clients[node_name] = node_client(node.host, node.port, self.settings, **kwargs)
         return found
 
 

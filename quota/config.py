@@ -14,6 +14,8 @@
 | QUOTA_TURN_HOLD_DEFAULT  | 0.1                              | `auto` before a user's first turn on a model, CNY |
 | QUOTA_TURN_HOLD_FLOOR    | 0.01                             | `auto` never holds less, CNY             |
 | QUOTA_TURN_HOLD_CAP      | 1                                | `auto` never holds more, CNY             |
+| QUOTA_MAX_CONNECTIONS    | 50                               | connections per node; more callers queue |
+| QUOTA_POOL_TIMEOUT_S     | 5                                | seconds a caller waits for a connection  |
 """
 
 from __future__ import annotations
@@ -36,6 +38,15 @@ DEFAULT_TURN_HOLD_FLOOR_NANO = 10_000_000   # 0.01 CNY
 DEFAULT_TURN_HOLD_CAP_NANO = 1_000_000_000  # 1 CNY
 MAX_HOLD_NANO = 10**16                      # 10 million CNY; holds stay exact below 2^53 in Lua
 
+# Connection pools (see quota.connect): a caller beyond MAX_CONNECTIONS busy connections waits up
+# to POOL_TIMEOUT_S for one instead of failing. 50 per node is half of redis-py's own default (100,
+# which it fails past): an event loop or a worker seldom gains from more than a few dozen
+# concurrent commands on one node, and a fleet of workers must stay under Redis's maxclients.
+DEFAULT_MAX_CONNECTIONS = 50
+MAX_CONNECTIONS_RANGE = (1, 10_000)
+DEFAULT_POOL_TIMEOUT_S = 5.0
+POOL_TIMEOUT_S_RANGE = (0.01, 600.0)
+
 
 def int_env(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
     raw = env.get(name)
@@ -48,6 +59,35 @@ def int_env(env: Mapping[str, str], name: str, default: int, *, low: int, high: 
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
     return value
+
+
+def float_env(env: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
+    """A number of seconds (or any real setting) from ``env``; ``nan`` and ``inf`` are refused by
+    the range check."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {raw!r}")
+    return value
+
+
+def check_pool_settings(max_connections: object, pool_timeout_s: object) -> None:
+    """Refuse pool settings redis-py would misread: it turns ``max_connections=0`` into its default
+    of 100 and waits forever on ``timeout=None``. Used for options given in code; the environment's
+    values are checked by ``int_env``/``float_env`` against the same ranges."""
+    low, high = MAX_CONNECTIONS_RANGE
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or not low <= max_connections <= high:
+        raise ConfigError(f"max_connections must be a whole number between {low} and {high}, got {max_connections!r}")
+    low_s, high_s = POOL_TIMEOUT_S_RANGE
+    if (isinstance(pool_timeout_s, bool) or not isinstance(pool_timeout_s, (int, float))
+            or not low_s <= pool_timeout_s <= high_s):
+        raise ConfigError(f"pool_timeout_s must be a number of seconds between {low_s:g} and {high_s:g}, "
+                          f"got {pool_timeout_s!r}")
 
 
 @dataclass(frozen=True)
@@ -64,8 +104,11 @@ class Settings:
     turn_hold_default_nano: int = DEFAULT_TURN_HOLD_NANO
     turn_hold_floor_nano: int = DEFAULT_TURN_HOLD_FLOOR_NANO
     turn_hold_cap_nano: int = DEFAULT_TURN_HOLD_CAP_NANO
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S
 
     def __post_init__(self) -> None:
+        check_pool_settings(self.max_connections, self.pool_timeout_s)
         if not 1 <= self.hold_ttl_s <= 7 * 86400:
             raise ConfigError(f"hold_ttl_s must be from 1 to {7 * 86400} seconds, got {self.hold_ttl_s}")
         for name in ("turn_hold_nano", "turn_hold_default_nano", "turn_hold_floor_nano", "turn_hold_cap_nano"):
@@ -102,6 +145,10 @@ class Settings:
             turn_hold_default_nano=cny_env(env, "QUOTA_TURN_HOLD_DEFAULT", DEFAULT_TURN_HOLD_NANO),
             turn_hold_floor_nano=cny_env(env, "QUOTA_TURN_HOLD_FLOOR", DEFAULT_TURN_HOLD_FLOOR_NANO),
             turn_hold_cap_nano=cny_env(env, "QUOTA_TURN_HOLD_CAP", DEFAULT_TURN_HOLD_CAP_NANO),
+            max_connections=int_env(env, "QUOTA_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS,
+                                    low=MAX_CONNECTIONS_RANGE[0], high=MAX_CONNECTIONS_RANGE[1]),
+            pool_timeout_s=float_env(env, "QUOTA_POOL_TIMEOUT_S", DEFAULT_POOL_TIMEOUT_S,
+                                     low=POOL_TIMEOUT_S_RANGE[0], high=POOL_TIMEOUT_S_RANGE[1]),
         )
 
 

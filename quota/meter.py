@@ -6,7 +6,6 @@ import itertools
 import time
 from typing import Any, Iterable, Mapping
 
-import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
@@ -17,11 +16,10 @@ from .connect import (
     describe_client,
     error_of,
     history_from_settings,
+    open_client,
     REDIS_ERRORS,
     settings_with,
     slot_busy_pause,
-    split_options,
-    split_url,
     storage_errors,
 )
 from .core import Clock, MeterCore, ScriptCall
@@ -51,15 +49,12 @@ class Meter:
     def from_url(cls, url: str | None = None, *, cluster: bool | None = None, **options: Any) -> "Meter":
         """A Meter on ``url`` (default ``REDIS_URL``): ``redis://``, ``rediss://``, ``unix://``,
         or ``redis+cluster://host:port`` for a cluster. Other options go to redis-py. The history
-        store comes from ``QUOTA_HISTORY_URL`` unless ``history=`` is given (None: no history)."""
+        store comes from ``QUOTA_HISTORY_URL`` unless ``history=`` is given (None: no history).
+        Callers beyond ``max_connections`` busy connections (per node) queue for one, up to
+        ``pool_timeout_s`` (see quota.connect)."""
         history = options.pop("history", HISTORY_FROM_ENV)
-        own, client_options = split_options(options)
-        url, is_cluster = split_url(url, cluster)
-        if is_cluster:
-            client = RedisCluster.from_url(url, **client_options)
-        else:
-            client = redis.Redis.from_url(url, **client_options)
-        meter = cls(client, **own)
+        client, settings, own = open_client(url, cluster, options, use_asyncio=False)
+        meter = cls(client, settings=settings, **own)
         meter.history = history_from_settings(meter.settings) if history is HISTORY_FROM_ENV else history
         return meter
 
