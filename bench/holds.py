@@ -84,7 +84,8 @@ def server_time(url: str, calls: int) -> dict[str, float]:
     return out
 
 
-async def burst(url: str, user: str, turns: int, start_nano: int, holds: bool) -> dict[str, Any]:
+async def burst(url: str, user: str, turns: int, start_nano: int, holds: bool,
+                hold: str | None = None) -> dict[str, Any]:
     meter = AsyncMeter.from_url(url, prefix="bo", history=None, monthly_credit=5)
     if start_nano:
         await meter.update_token_usage(user, "system_deepseek", start_nano // 1000, 0)
@@ -97,7 +98,7 @@ async def burst(url: str, user: str, turns: int, start_nano: int, holds: bool) -
         """The turn's hold when admitted, else None."""
         await go.wait()
         try:
-            async with meter.turn(user, "system_deepseek") as turn:
+            async with meter.turn(user, "system_deepseek", hold=hold) as turn:
                 for _ in range(TURN_CALLS):
                     await turn.record(**CALL)
             return turn.rules.hold_nano
@@ -126,12 +127,14 @@ async def burst(url: str, user: str, turns: int, start_nano: int, holds: bool) -
 
 def overshoot(url: str) -> list[dict[str, Any]]:
     rows = []
-    for start_nano, label in ((4_990_000_000, "4.99 of 5 used"), (0, "0 of 5 used")):
-        for turns in (1, 10, 100):
+    cases = [(4_990_000_000, "4.99 of 5 used", None, (1, 10, 100)), (0, "0 of 5 used", None, (1, 10, 100)),
+             (0, "0 of 5 used, hold=0.14", "0.14", (100,))]
+    for start_nano, label, hold, sizes in cases:
+        for turns in sizes:
             row: dict[str, Any] = {"start": label, "turns": turns}
             for mode, holds in (("before", False), ("after", True)):
-                user = f"{mode}-{turns}-{start_nano}"
-                result = asyncio.run(burst(url, user, turns, start_nano, holds))
+                user = f"{mode}-{turns}-{start_nano}-{hold}"
+                result = asyncio.run(burst(url, user, turns, start_nano, holds, hold))
                 row[mode] = result
             rows.append(row)
     return rows
