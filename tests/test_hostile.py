@@ -194,11 +194,17 @@ CASES: list[tuple[str, str, str, str, dict[str, Any], int, str]] = [
        {"json": rec(model_id="custom_x", price={"cost_per_1k_input": value, "cost_per_1k_output": 1})},
        400, "invalid_input")
       for name, value in [("NaN", "NaN"), ("Infinity", "Infinity"), ("negative", -1), ("huge", 10**12),
-                          ("1e400", "1e400"), ("bool", True), ("null", None), ("text", "cheap")]],
+                          ("1e400", "1e400"), ("bool", True), ("null", None), ("text", "cheap"),
+                          # decimal.Overflow (a 500) and a silent underflow to 0, before money.py read digits
+                          ("1e999999999", "1e999999999"), ("1e-999999999", "1e-999999999"),
+                          ("29-digits", "0.0010000000000000000000000000001")]],
     *[(f"credit-{name}", "put", "/v1/users/alice/credit", "admin", {"json": {"credit": value}}, 400, "invalid_input")
       for name, value in [("NaN", "NaN"), ("Infinity", "Infinity"), ("-Infinity", "-Infinity"), ("1e30", 1e30),
                           ("2^70", 2**70), ("1e999-text", "1e999"), ("hex", "0x10"), ("object", {"cny": 1}),
-                          ("negative-text", "-0.5"), ("10-decimals", "0.0000000001")]],
+                          ("negative-text", "-0.5"), ("10-decimals", "0.0000000001"),
+                          ("1e999999999", "1e999999999"), ("1e-999999999", "1e-999999999"),
+                          ("-1e-999999999", "-1e-999999999"), ("5000-digits", "9" * 5000),
+                          ("29-digits", "1.00000000000000000000000000001")]],
     *[(f"credit-raw-{name}", "put", "/v1/users/alice/credit", "admin",
        {"data": '{"credit": %s}' % literal, "content_type": "application/json"}, 400, "invalid_input")
       for name, literal in [("NaN", "NaN"), ("Infinity", "Infinity"), ("1e400", "1e400")]],
