@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -339,6 +340,47 @@ def test_tokens_never_reach_the_logs(client, caplog):
         assert secret not in text
 
 
+def csp_directives(header: str) -> dict[str, list[str]]:
+    out = {}
+    for part in header.split(";"):
+        name, *values = part.split()
+        out[name] = values
+    return out
+
+
+@pytest.mark.parametrize("path", ["/panel", "/demo"])
+def test_pages_send_a_strict_content_security_policy_and_have_no_inline_script(meter, path):
+    client = create_app(api_settings(QUOTA_DEMO="1"), meter=meter).test_client()
+    r = client.get(path)
+    assert r.status_code == 200 and r.mimetype == "text/html"
+    csp = csp_directives(r.headers["Content-Security-Policy"])
+    assert csp["default-src"] == ["'none'"] and csp["script-src"] == ["'self'"]
+    assert csp["frame-ancestors"] == ["'none'"] and csp["connect-src"] == ["'self'"]
+    assert not any("unsafe" in v for values in csp.values() for v in values)
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert r.headers["Referrer-Policy"] == "no-referrer" and r.headers["X-Frame-Options"] == "DENY"
+    html = r.get_data(as_text=True)
+    scripts = re.findall(r"<script\b[^>]*>", html)
+    assert scripts and all(re.search(r'\bsrc="/static/[a-z0-9]+\.js"', tag) for tag in scripts)
+    assert not re.search(r"\son[a-z]+\s*=", html), "an inline event handler would be blocked by the CSP"
+    for src in re.findall(r'src="(/static/[^"]+)"', html):
+        static = client.get(src)
+        assert static.status_code == 200 and static.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_v1_answers_are_never_cached_errors_included(client):
+    answers = [client.get("/v1/users/alice/token-stats", headers=bearer(SERVICE)),
+               client.get("/v1/users/alice/token-stats"),
+               client.get("/v1/models", headers=bearer(user_token("alice"))),
+               client.get("/v1/nope", headers=bearer(ADMIN))]
+    assert [a.status_code for a in answers] == [200, 401, 403, 404]
+    for answer in answers:
+        assert answer.headers["Cache-Control"] == "no-store"
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+        assert "Content-Security-Policy" not in answer.headers  # JSON: nothing to run
+    assert "no-store" not in client.get("/healthz").headers.get("Cache-Control", "")
+
+
 def test_pages_and_ops_need_no_token(client):
     for path in ("/healthz", "/openapi.json", "/panel", "/metrics"):
         assert client.get(path).status_code == 200, path
@@ -357,6 +399,34 @@ def metric(client, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+def metric_labels(client, name: str, label: str) -> dict[str, float]:
+    """{label value: total} over the samples of ``name``."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(client.get("/metrics").get_data(as_text=True)):
+        for sample in family.samples:
+            if sample.name == name:
+                out[sample.labels[label]] = out.get(sample.labels[label], 0) + sample.value
+    return out
+
+
+def test_metrics_labels_come_from_fixed_sets_whatever_the_request_says(client, app):
+    """Made-up methods and paths, without a token, must not add series: before, each
+    `curl -X XMETHOD<n>` added one for good."""
+    for n in range(25):
+        client.open("/healthz", method=f"XMETHOD{n}")
+        client.open(f"/v1/users/alice/token-stats", method=f"LOCK{n}")
+        client.get(f"/made-up-{n}")
+        client.get(f"/v1/made-up/{n}", headers=bearer(SERVICE))
+    client.get("/healthz")
+    methods = metric_labels(client, "quota_http_requests_total", "method")
+    assert set(methods) == {"GET", "other"} and methods["other"] == 50
+    routes = metric_labels(client, "quota_http_requests_total", "route")
+    # a 405 (unknown method) or 404 matched no rule: all 100 are one series
+    assert set(routes) == {"/healthz", "/metrics", "unmatched"} and routes["unmatched"] == 100
+    rules = {r.rule for r in app.url_map.iter_rules()} | {"unmatched"}
+    assert set(metric_labels(client, "quota_http_request_duration_seconds_count", "route")) <= rules
 
 
 def test_metrics_count_records_denials_and_latency(client):

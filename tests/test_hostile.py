@@ -306,3 +306,20 @@ def test_hostile_input_gets_the_documented_4xx_and_changes_nothing(seeded, case)
     if status == 401:
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert snapshot(raw) == before
+
+
+# --- paths that start with or contain "//" ------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["//evil.com/x", "//evil.com", "///evil.com/", "//panel", "//healthz",
+                                  "/v1//models", "//v1/models", "/v1/users/alice//quota", "/static//evil.com/x",
+                                  "//static/quota.css", "/demo//turn", "/\\evil.com", "/%2F%2Fevil.com"])
+def test_double_slash_paths_never_redirect_to_another_host(app, path: str) -> None:
+    """werkzeug merged slashes with a 308 to an absolute URL built from the Host header
+    (``/v1//models`` -> ``http://attacker.example/v1/models``). The raw PATH_INFO is set here:
+    the test client would read ``//evil.com/x`` as a host name. (Leading slashes are dropped by
+    werkzeug when it matches, so ``//panel`` is the panel: harmless, it links by absolute path.)"""
+    response = app.test_client().get("/", headers={"Host": "attacker.example"},
+                                     environ_overrides={"PATH_INFO": path})
+    assert not 300 <= response.status_code < 400 and "Location" not in response.headers
+    if "//" in path.lstrip("/") or "evil" in path:
+        assert response.status_code == 404 and response.get_json()["error"]["code"] == "not_found"
