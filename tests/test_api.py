@@ -192,7 +192,7 @@ def test_healthz(client):
 @pytest.fixture
 def dead_client(clock):
     port = free_ports(1, start=26000)[0]  # nothing listens there
-    settings = api_settings()
+    settings = api_settings(QUOTA_DEMO="1")
     m = Meter.from_url(f"redis://127.0.0.1:{port}/0", settings=settings.quota, clock=clock)
     yield create_app(settings, meter=m).test_client()
     m.close()
@@ -206,6 +206,23 @@ def test_redis_down_gives_503_and_counts_storage_errors(dead_client):
                              json=[{"user": "a", "model_id": SYS, "input_tokens": 1, "output_tokens": 1}])
     assert batch.status_code == 503 and batch.get_json()["error"]["code"] in ("storage_unavailable", "batch_failed")
     assert metric(dead_client, "quota_storage_errors_total") == 4
+
+
+def test_without_an_operator_token_a_503_does_not_say_where_redis_is(dead_client):
+    where = "127.0.0.1:%d" % dead_client.application.extensions["quota"].meter.client.connection_pool \
+        .connection_kwargs["port"]
+    anonymous = [dead_client.get("/healthz"),
+                 dead_client.get("/v1/users/alice/token-stats", headers=bearer(user_token("alice"))),
+                 dead_client.post("/demo/turn", json={"user": "demo-a", "model_id": SYS, "conversation_id": "c",
+                                                      "turn": 1})]
+    for response in anonymous:
+        err = assert_error(response, 503, "storage_unavailable")
+        assert err["message"] == "the storage is unavailable; try again later"
+        assert where.split(":")[1] not in response.get_data(as_text=True)
+    for token in (SERVICE, ADMIN):  # operators and workers get the detail they need
+        err = assert_error(dead_client.get("/v1/users/alice/token-stats", headers=bearer(token)), 503,
+                           "storage_unavailable")
+        assert where in err["message"]
 
 
 # --- bodies that are not what they should be ---------------------------------------------------------
