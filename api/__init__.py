@@ -30,6 +30,7 @@ class QuotaExtension:
     settings: ApiSettings
     meter: Meter
     metrics: Metrics
+    demo_meter: Meter | None = None  # the demo's own key prefix (api.demo_agent); None when it is off
 
 
 def create_app(settings: ApiSettings | None = None, meter: Meter | None = None) -> Flask:
@@ -46,7 +47,12 @@ def create_app(settings: ApiSettings | None = None, meter: Meter | None = None) 
     # an open redirect to any host a client (or a poisoned cache) names. No route needs it.
     app.url_map.merge_slashes = False
     app.json = QuotaJSONProvider(app)  # unsorted, UTF-8; too-deep bodies are 400, not 500
-    app.extensions["quota"] = QuotaExtension(settings, meter, Metrics())
+    demo_meter = None
+    if settings.demo_enabled:
+        from .demo_agent import demo_meter_for
+
+        demo_meter = demo_meter_for(meter)
+    app.extensions["quota"] = QuotaExtension(settings, meter, Metrics(), demo_meter)
     register_error_handlers(app)
     register_security_headers(app)
 

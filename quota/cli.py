@@ -109,14 +109,16 @@ def credit(user: str, credit: str, month: str | None, url: str | None) -> None:
 @click.option("--dev/--no-dev", default=None,
               help="Development mode: made-up secrets, demo on. Default: on when REDIS_URL is unset "
                    "(a throwaway local server is started) or QUOTA_ENV=development.")
-@click.option("--user", default="demo", show_default=True, help="Whose user token to print (and panel link).")
+@click.option("--user", default="demo", show_default=True,
+              help="Whose user token to print, with its panel link (development mode only).")
 @click.option("--ttl", default="12h", show_default=True, help="Life of the printed user token (90s, 15m, 1h, 7d).")
 def serve(host: str, port: int, dev: bool | None, user: str, ttl: str) -> None:
     """Serve the HTTP API, the token statistics panel and the demo chat.
 
-    Prints their URLs and a ready-to-use user token. Outside development mode it refuses to start
-    without QUOTA_ADMIN_TOKEN, QUOTA_SERVICE_TOKEN and QUOTA_SECRET_KEY. For production, run several
-    workers under gunicorn instead: gunicorn 'api:create_app()' -w 4 -b 0.0.0.0:8000
+    Prints their URLs, and in development mode a ready-to-use user token (never in production,
+    where the output goes to logs: mint one with `quota token USER`). Outside development mode it
+    refuses to start without QUOTA_ADMIN_TOKEN, QUOTA_SERVICE_TOKEN and QUOTA_SECRET_KEY. For
+    production, run several workers under gunicorn instead: gunicorn 'api:create_app()' -w 4 -b 0.0.0.0:8000
     """
     try:
         from api.serve import build, run

@@ -471,13 +471,19 @@ def demo_client(meter):
     return create_app(api_settings(QUOTA_DEMO="1"), meter=meter).test_client()
 
 
+@pytest.fixture
+def demo_meter(demo_client):
+    """The demo's own meter: the same Redis, the key prefix ``apitest-demo``."""
+    return demo_client.application.extensions["quota"].demo_meter
+
+
 def turn(client, n, user="demo-a", model=SYS, conversation="c1"):
     return client.post("/demo/turn", json={"user": user, "model_id": model, "conversation_id": conversation,
                                            "turn": n, "message": f"hello {n}"})
 
 
-def test_demo_turns_record_every_call_then_refuse_and_custom_keeps_working(demo_client, meter):
-    meter.set_monthly_credit("demo-a", "0.5")
+def test_demo_turns_record_every_call_then_refuse_and_custom_keeps_working(demo_client, demo_meter):
+    demo_meter.set_monthly_credit("demo-a", "0.5")
     first = turn(demo_client, 1).get_json()
     assert first["type"] == "reply" and [c["purpose"] for c in first["calls"]] == ["chat", "tool", "summary", "naming"]
     assert [c["purpose"] for c in turn(demo_client, 2).get_json()["calls"]] == ["chat", "tool", "summary"]
@@ -488,42 +494,87 @@ def test_demo_turns_record_every_call_then_refuse_and_custom_keeps_working(demo_
             break
         replies, n = replies + 1, n + 1
         assert n < 20
-    stats = meter.get_token_stats("demo-a")
+    stats = demo_meter.get_token_stats("demo-a")
     assert stats["exceeded"] and stats["models"][SYS]["calls"] == 3 * replies + 1  # the crossing reply finished
     assert body["event"]["type"] == "quota_exceeded" and body["check"]["allowed"] is False
     assert turn(demo_client, n).get_json()["type"] == "quota_exceeded"
-    assert meter.get_token_stats("demo-a")["models"][SYS]["calls"] == 3 * replies + 1  # refused turns record nothing
+    assert demo_meter.get_token_stats("demo-a")["models"][SYS]["calls"] == 3 * replies + 1  # refused: nothing
     custom = turn(demo_client, n, model="custom_demo").get_json()
     assert custom["type"] == "reply" and custom["is_system"] is False
 
 
-def test_demo_turn_is_deterministic_and_a_retry_counts_once(demo_client, meter):
+def test_demo_turn_is_deterministic_and_a_retry_counts_once(demo_client, demo_meter):
     a = turn(demo_client, 1).get_json()
     b = turn(demo_client, 1).get_json()
     assert [c["input_tokens"] for c in a["calls"]] == [c["input_tokens"] for c in b["calls"]]
     assert all(c["duplicate"] for c in b["calls"]) and not any(c["duplicate"] for c in a["calls"])
-    assert meter.get_token_stats("demo-a")["models"][SYS]["calls"] == 4
+    assert demo_meter.get_token_stats("demo-a")["models"][SYS]["calls"] == 4
 
 
-@pytest.mark.parametrize("body", [
-    {"user": "alice", "model_id": SYS, "conversation_id": "c", "turn": 1},
-    {"user": "demo-a", "model_id": SYS, "conversation_id": "c c", "turn": 1},
-    {"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 0},
-    {"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": True},
-    {"user": "demo-a", "model_id": "system_x", "conversation_id": "c", "turn": 1},
-    {"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 1, "message": "x" * 2001},
-    {"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 1, "extra": 1},
-    [1],
+@pytest.mark.parametrize("body, code", [
+    ({"user": "alice", "model_id": SYS, "conversation_id": "c", "turn": 1}, "invalid_input"),
+    ({"user": "demo-a", "model_id": SYS, "conversation_id": "c c", "turn": 1}, "invalid_input"),
+    ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 0}, "invalid_input"),
+    ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": True}, "invalid_input"),
+    ({"user": "demo-a", "model_id": "system_x", "conversation_id": "c", "turn": 1}, "unknown_model"),
+    ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 1, "message": "x" * 2001}, "message_too_long"),
+    ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 51}, "conversation_too_long"),
+    ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 10**9}, "conversation_too_long"),
+    ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 1, "message": 5}, "invalid_input"),
+    ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 1, "extra": 1}, "invalid_input"),
+    ([1], "invalid_input"),
 ])
-def test_demo_turn_bad_input_is_400_and_records_nothing(demo_client, meter, body):
+def test_demo_turn_bad_input_is_400_and_records_nothing(demo_client, meter, demo_meter, body, code):
     r = demo_client.post("/demo/turn", json=body)
-    assert r.status_code == 400 and r.get_json()["error"]["code"] in ("invalid_input", "unknown_model")
-    assert meter.get_token_stats("demo-a")["models"] == {} and meter.get_token_stats("alice")["models"] == {}
+    assert_error(r, 400, code)
+    for m in (meter, demo_meter):
+        assert m.get_token_stats("demo-a")["models"] == {} and m.get_token_stats("alice")["models"] == {}
+
+
+def test_the_last_message_of_a_conversation_is_served_and_the_next_is_refused(demo_client, demo_meter):
+    assert turn(demo_client, 50).get_json()["type"] == "reply"
+    err = assert_error(turn(demo_client, 51), 400, "conversation_too_long")
+    assert "start a new conversation" in err["message"]
+    assert turn(demo_client, 1, conversation="c2").get_json()["type"] == "reply"
+    assert demo_meter.get_token_stats("demo-a")["models"][SYS]["calls"] == 3 + 4
+
+
+def test_the_demo_never_touches_a_real_user_whose_id_starts_with_demo(demo_client, meter, demo_meter, redis_server):
+    """``demo.smith@corp.com`` is a real user: before, the open demo page spent their credit."""
+    real = "demo.smith@corp.com"
+    record(demo_client, user=real, input_tokens=2_000_000, output_tokens=0, request_id="real-1")
+    meter.set_monthly_credit(real, "3")
+    raw = redis_server.client()
+    before = {k: raw.dump(k) for k in raw.scan_iter(match="apitest:*")}
+    for n in range(1, 4):
+        assert turn(demo_client, n, user=real).get_json()["type"] == "reply"
+    assert {k: raw.dump(k) for k in raw.scan_iter(match="apitest:*")} == before
+    assert meter.get_token_stats(real)["monthly_used"] == 2.0 and meter.get_token_stats(real)["monthly_credit"] == 3.0
+    demo_stats = demo_meter.get_token_stats(real)
+    assert demo_stats["models"][SYS]["calls"] == 10 and demo_stats["monthly_credit"] == 5.0
+    assert all(k.startswith(b"apitest-demo:{demo.smith@corp.com}:") for k in raw.scan_iter(match="apitest-demo*"))
+    shown = demo_client.get(f"/demo/users/{real}/token-stats").get_json()
+    assert shown == demo_stats and shown != meter.get_token_stats(real)
+
+
+@pytest.mark.parametrize("user", ["alice", "de", "demo%7Bx%7D", "d" * 129])
+def test_demo_stats_are_for_demo_users_only(demo_client, user):
+    assert_error(demo_client.get(f"/demo/users/{user}/token-stats"), 400, "invalid_input")
+
+
+def test_a_prefix_too_long_for_the_demo_is_refused_at_start(redis_server, clock):
+    settings = api_settings(QUOTA_DEMO="1")
+    meter = Meter.from_url(redis_server.url, settings=settings.quota, clock=clock, prefix="p" * 28)
+    with pytest.raises(ConfigError, match="too long for the demo"):
+        create_app(settings, meter=meter)
+    meter.close()
 
 
 def test_demo_is_off_in_production_by_default(client):
     assert_error(client.get("/demo"), 404, "not_found")
     assert_error(client.post("/demo/turn", json={}), 404, "not_found")
+    assert_error(client.get("/demo/users/demo/token-stats"), 404, "not_found")
+    assert client.application.extensions["quota"].demo_meter is None
 
 
 # --- settings ----------------------------------------------------------------------------------------------

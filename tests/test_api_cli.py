@@ -131,6 +131,8 @@ def test_quota_serve_with_nothing_set_starts_a_local_redis_and_prints_working_ur
         assert panel, text
         base, user, token = panel.groups()
         assert re.search(rf"demo\s+{re.escape(base)}/demo#user={user}", text)
+        assert f"{base}/panel#demo=1&user={user}" in text
+        assert get(f"{base}/demo/users/{user}/token-stats")[0] == 200
         assert get(f"{base}/healthz") == (200, {"status": "ok", "redis": "ok"})
         status, stats = get(f"{base}/v1/users/{user}/token-stats", token)
         assert status == 200 and stats["user"] == user
@@ -155,14 +157,17 @@ def test_quota_serve_refuses_to_start_in_production_without_secrets(redis_server
 
 
 @pytest.mark.slow
-def test_quota_serve_in_production_with_secrets(redis_server):
-    proc, lines = start_serve(clean_env(REDIS_URL=redis_server.url, **BASE_ENV), "--user", "carol")
+def test_quota_serve_in_production_with_secrets_prints_no_token(redis_server):
+    """A production banner ends up in logs: it names the way to a token, never a token."""
+    proc, lines = start_serve(clean_env(REDIS_URL=redis_server.url, **BASE_ENV), "--no-dev", "--user", "carol")
     try:
         text = "\n".join(lines)
         assert "production mode" in text and "gunicorn" in text and SERVICE not in text
         assert "demo " not in text  # the demo is off in production
-        base, token = re.search(r"panel\s+(http://\S+)/panel#user=carol&token=(\S+)", text).groups()
-        assert verify_user_token(SECRET, token).user == "carol"
+        assert "token=<token>" in text and "quota token <user>" in text and "carol" not in text
+        assert not re.search(r"[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{20,}", text)  # nothing shaped like a token
+        base = re.search(r"API\s+(http://\S+)/v1/", text).group(1)
+        token = mint_user_token(SECRET, "carol", 600)
         assert get(f"{base}/v1/users/carol/quota?model_id=system_deepseek", token)[0] == 200
     finally:
         proc.send_signal(signal.SIGINT)

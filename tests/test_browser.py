@@ -216,8 +216,13 @@ def send(page, text: str) -> None:
     page.wait_for_function("(turns) => Number(document.body.dataset.turns || 0) > turns", arg=turns, timeout=10_000)
 
 
+def demo_stats(server, user):
+    """A demo user's stats: the demo lives under its own key prefix, apart from real users."""
+    return api(server, "GET", f"/demo/users/{user}/token-stats")
+
+
 def test_demo_chat_until_quota_exceeded_then_custom_model_keeps_working(browser, server, shots):
-    api(server, "PUT", "/v1/users/demo-ann/credit", token=ADMIN, credit="0.6")
+    server.app.extensions["quota"].demo_meter.set_monthly_credit("demo-ann", "0.6")
     page = open_page(browser, locale="en-US", viewport={"width": 900, "height": 900})
     page.goto(f"{server.url}/demo#user=demo-ann")
     assert page.input_value("#user") == "demo-ann"
@@ -232,7 +237,7 @@ def test_demo_chat_until_quota_exceeded_then_custom_model_keeps_working(browser,
     notice = page.locator(".msg.quota-exceeded")
     assert notice.count() == 1 and "custom models keep working" in notice.inner_text()
     assert notice.get_attribute("data-resets-at") == "2026-02-01T00:00:00Z"
-    stats = api(server, "GET", "/v1/users/demo-ann/token-stats")
+    stats = demo_stats(server, "demo-ann")
     assert stats["exceeded"] and stats["monthly_used"] > 0.6  # the reply that crossed the credit finished
     assert stats["models"][SYS]["calls"] == 3 * replies + 1 and replies >= 2
     page.screenshot(path=str(shots / "demo.png"), full_page=True, animations="disabled")
@@ -240,9 +245,30 @@ def test_demo_chat_until_quota_exceeded_then_custom_model_keeps_working(browser,
     page.select_option("#model", "custom_demo")
     send(page, "And on my own model?")
     assert page.locator(".msg").last.get_attribute("class") == "msg assistant"
-    assert api(server, "GET", "/v1/users/demo-ann/token-stats")["models"]["custom_demo"]["calls"] == 3
+    assert demo_stats(server, "demo-ann")["models"]["custom_demo"]["calls"] == 3
+    assert api(server, "GET", "/v1/users/demo-ann/token-stats")["models"] == {}  # no real user was touched
     assert csp_violations(page) == []
     page.close()
+
+
+def test_the_panel_follows_the_demo_chat_without_a_token(browser, server):
+    chat = open_page(browser, locale="en-US")
+    chat.goto(f"{server.url}/demo#user=demo-kim")
+    assert chat.get_attribute("#panel-link", "href") == "/panel#demo=1&user=demo-kim"
+    send(chat, "hello")
+    panel = open_page(browser, locale="en-US")
+    panel.goto(f"{server.url}/panel#demo=1&user=demo-kim")
+    panel.wait_for_function("() => Number(document.body.dataset.loaded || 0) > 0", timeout=10_000)
+    assert "demo-kim" in panel.inner_text("#who") and panel.locator("#alert").is_hidden()
+    check_panel_against_api(panel, demo_stats(server, "demo-kim"))
+    send(chat, "and again")
+    stats = demo_stats(server, "demo-kim")
+    assert stats["models"][SYS]["calls"] == 7
+    wait_for_refresh(panel, loads(panel) + 1)  # a load whose request started after this point
+    check_panel_against_api(panel, stats)
+    assert csp_violations(chat) == [] and csp_violations(panel) == []
+    chat.close()
+    panel.close()
 
 
 def test_the_csp_blocks_injected_inline_script_and_the_pages_need_none(browser, server):

@@ -282,6 +282,17 @@ CASES: list[tuple[str, str, str, str, dict[str, Any], int, str]] = [
      "forbidden"),
     ("bob-token-with-alice-bad-body", "put", "/v1/users/alice/credit", "bob", {"json": {"credit": "NaN"}}, 403,
      "forbidden"),
+    # the demo: no token, bounded conversations, demo users only
+    *[(f"demo-{name}", "post", "/demo/turn", "", {"json": {"user": "demo-x", "model_id": SYS,
+                                                            "conversation_id": "c", "turn": 1, **body}}, 400, code)
+      for name, body, code in [("turn-51", {"turn": 51}, "conversation_too_long"),
+                               ("turn-2^63", {"turn": 2**63}, "conversation_too_long"),
+                               ("message-2001", {"message": "m" * 2001}, "message_too_long"),
+                               ("message-900kb", {"message": "m" * 900_000}, "message_too_long"),
+                               ("real-user", {"user": "alice"}, "invalid_input"),
+                               ("braced-user", {"user": "demo{alice}"}, "invalid_input")]],
+    *[(f"demo-stats-{name}", "get", f"/demo/users/{user}/token-stats", "", {}, 400, "invalid_input")
+      for name, user in [("real-user", "alice"), ("braces", "demo%7Balice%7D"), ("129-chars", "demo" + "x" * 125)]],
 ]
 
 

@@ -90,6 +90,7 @@
     turn = 1;
     $("chat").replaceChildren();
     $("usage").textContent = "";
+    $("panel-link").href = "/panel#demo=1&user=" + encodeURIComponent($("user").value);
   }
 
   I.apply();
@@ -105,4 +106,5 @@
   });
   $("new-chat").addEventListener("click", restart);
   $("user").addEventListener("change", restart);
+  $("panel-link").href = "/panel#demo=1&user=" + encodeURIComponent($("user").value);
 })();
