@@ -122,6 +122,12 @@ SCHEMAS: dict[str, Any] = {
         "custom": {"type": "object", "additionalProperties": _ref("ModelPrice")},
     }),
     "Health": _object({"status": {"const": "ok"}, "redis": {"const": "ok"}}),
+    "TokenRevocation": _object({
+        "user": USER,
+        "tokens_valid_after": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$",
+                               "description": "UTC: tokens issued at or before this instant are refused"},
+        "tokens_valid_after_ms": {"type": "integer", "minimum": 0, "description": "the same, Unix milliseconds"},
+    }),
     "DemoTurnRequest": _object({
         "user": DEMO_USER, "model_id": MODEL,
         "conversation_id": {"type": "string", "pattern": _pattern(CONVERSATION_RE)},
@@ -151,7 +157,8 @@ ERRORS = {
     400: "bad input: malformed JSON (bad_request), wrong shape (invalid_body), a bad value "
          "(invalid_input), an unknown system model (unknown_model), or in the demo a conversation or "
          "message over its bound (conversation_too_long, message_too_long); nothing was changed",
-    401: "no token, or a token that is not valid (unauthorized) or has expired (token_expired)",
+    401: "no token, or a token that is not valid (unauthorized), has expired (token_expired) or was "
+         "revoked (token_revoked)",
     403: "the token may not do this (forbidden)",
     409: "a request_id was reused with other content (request_conflict); in a batch, batch_failed "
          "with per-record results",
@@ -211,6 +218,15 @@ def _paths(demo: bool) -> dict[str, Any]:
             "requestBody": {"required": True, "content": {JSON: {"schema": _ref("CreditRequest")}}},
             "responses": {"200": _json(_ref("CreditResult"), "the month's credit and use"),
                           **_errors(400, 401, 403, 413, 415, 503)},
+        }},
+        "/v1/users/{user}/tokens/revoke": {"post": {
+            "operationId": "revokeUserTokens", "tags": ["admin"], "security": BEARER,
+            "summary": "Revoke every token of a user issued until now, without rotating QUOTA_SECRET_KEY",
+            "description": "Admin token only. No body. Tokens minted afterwards (quota token USER) work; "
+                           "other users' tokens are untouched. Same as `quota token --revoke USER`.",
+            "parameters": [_user_param()],
+            "responses": {"200": _json(_ref("TokenRevocation"), "the user's new revocation instant"),
+                          **_errors(400, 401, 403, 503)},
         }},
         "/v1/models": {"get": {
             "operationId": "listModels", "tags": ["stats"], "security": BEARER,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
+import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -299,6 +301,7 @@ ROUTES = {
     "record": ("post", "/v1/usage", {"user": "alice", "model_id": SYS, "input_tokens": 1, "output_tokens": 1}),
     "credit": ("put", "/v1/users/alice/credit", {"credit": 7}),
     "models": ("get", "/v1/models", None),
+    "revoke_bob": ("post", "/v1/users/bob/tokens/revoke", None),
 }
 # role -> routes it may use; every other /v1 route gives 403
 MAY = {
@@ -343,6 +346,57 @@ def test_expired_and_foreign_user_tokens(client):
     from quota.tokens import mint_user_token
     forged = mint_user_token("another-secret-key-0123456789", "alice", 3600)
     assert_error(client.get("/v1/users/alice/token-stats", headers=bearer(forged)), 401, "unauthorized")
+
+
+# --- revoking one user's tokens ------------------------------------------------------------------------
+
+
+def test_revoking_a_users_tokens_refuses_the_old_ones_and_accepts_new_ones(client, redis_server):
+    now = time.time()
+    old_alice, bob = user_token("alice", now_s=now - 5), user_token("bob", now_s=now - 5)
+    assert client.get("/v1/users/alice/token-stats", headers=bearer(old_alice)).status_code == 200
+    r = client.post("/v1/users/alice/tokens/revoke", headers=bearer(ADMIN))
+    assert r.status_code == 200
+    body = r.get_json()
+    assert body["user"] == "alice" and abs(body["tokens_valid_after_ms"] / 1000 - now) < 5
+    assert body["tokens_valid_after"].endswith("Z") and body["tokens_valid_after"][:10] == time.strftime(
+        "%Y-%m-%d", time.gmtime(body["tokens_valid_after_ms"] / 1000))
+    raw = redis_server.client()
+    key = "apitest:{alice}:tokens_valid_after"  # under alice's hash tag, with the meter's prefix
+    assert int(raw.get(key)) == body["tokens_valid_after_ms"] and 400 * 86400 < raw.ttl(key) <= 401 * 86400
+    for path in ("/v1/users/alice/token-stats", f"/v1/users/alice/quota?model_id={SYS}"):
+        r = client.get(path, headers=bearer(old_alice))
+        assert_error(r, 401, "token_revoked")
+        assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    fresh = user_token("alice", now_s=body["tokens_valid_after_ms"] / 1000 + 0.01)
+    assert client.get("/v1/users/alice/token-stats", headers=bearer(fresh)).status_code == 200
+    assert client.get("/v1/users/bob/token-stats", headers=bearer(bob)).status_code == 200  # others untouched
+    assert client.get("/v1/users/alice/token-stats", headers=bearer(SERVICE)).status_code == 200
+
+
+def test_a_token_minted_before_tokens_carried_their_issue_time_is_revoked_too(client):
+    from itsdangerous import URLSafeSerializer
+
+    legacy = URLSafeSerializer(SECRET, salt="quota.user-token.v1", signer_kwargs={"digest_method": hashlib.sha256}) \
+        .dumps({"u": "alice", "exp": int(time.time()) + 3600})
+    assert client.get("/v1/users/alice/token-stats", headers=bearer(legacy)).status_code == 200
+    client.post("/v1/users/alice/tokens/revoke", headers=bearer(ADMIN))
+    assert_error(client.get("/v1/users/alice/token-stats", headers=bearer(legacy)), 401, "token_revoked")
+
+
+def test_only_an_admin_may_revoke_and_bad_users_are_400(client, redis_server):
+    for token in (SERVICE, user_token("alice"), user_token("bob")):
+        assert_error(client.post("/v1/users/alice/tokens/revoke", headers=bearer(token)), 403, "forbidden")
+    assert_error(client.post("/v1/users/alice/tokens/revoke"), 401, "unauthorized")
+    assert_error(client.post("/v1/users/al%7Bice%7D/tokens/revoke", headers=bearer(ADMIN)), 400, "invalid_input")
+    assert_error(client.get("/v1/users/alice/tokens/revoke", headers=bearer(ADMIN)), 405, "method_not_allowed")
+    assert redis_server.client().keys("*tokens_valid_after*") == []
+
+
+def test_a_user_token_is_refused_while_its_revocation_can_not_be_read(dead_client):
+    err = assert_error(dead_client.get("/v1/users/alice/token-stats", headers=bearer(user_token("alice"))), 503,
+                       "storage_unavailable")
+    assert err["message"] == "the storage is unavailable; try again later"
 
 
 def test_tokens_never_reach_the_logs(client, caplog):

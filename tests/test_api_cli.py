@@ -20,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from quota.cli import main
 from quota.errors import InvalidInput
-from quota.tokens import InvalidToken, mint_user_token, parse_ttl, verify_user_token
+from quota.tokens import (InvalidToken, UserToken, check_not_revoked, mint_user_token, parse_ttl,
+                          tokens_valid_after_ms, verify_user_token)
 
 from .servers import free_ports
 from .test_api_support import BASE_ENV, SECRET, SERVICE
@@ -45,6 +46,29 @@ def test_user_token_round_trip_expiry_and_tampering():
         assert not exc.value.expired
     with pytest.raises(InvalidToken):
         verify_user_token(SECRET + "-rotated", token, now_s=2000)
+
+
+def test_tokens_carry_their_issue_time_and_a_revocation_refuses_the_older_ones():
+    token = verify_user_token(SECRET, mint_user_token(SECRET, "alice", 3600, now_s=1000.1234), now_s=2000)
+    assert token.issued_at_ms == 1_000_123
+    check_not_revoked(token, None)
+    check_not_revoked(token, 1_000_122)                      # revoked a moment before it was minted: valid
+    for valid_after_ms in (1_000_123, 1_000_124, 5_000_000):   # at or after its issue: revoked
+        with pytest.raises(InvalidToken) as err:
+            check_not_revoked(token, valid_after_ms)
+        assert err.value.revoked and not err.value.expired
+    with pytest.raises(InvalidToken) as err:                    # no issue time: revoked by any revocation
+        check_not_revoked(UserToken("alice", 4600), 1)
+    assert err.value.revoked
+
+
+def test_a_tampered_issue_time_is_refused():
+    from itsdangerous import URLSafeSerializer
+    import hashlib
+    forge = URLSafeSerializer(SECRET, salt="quota.user-token.v1", signer_kwargs={"digest_method": hashlib.sha256})
+    for bad in ("soon", True, 1.5, [1]):
+        with pytest.raises(InvalidToken):
+            verify_user_token(SECRET, forge.dumps({"u": "alice", "exp": 10**10, "iat_ms": bad}), now_s=0)
 
 
 def test_mint_rejects_bad_input():
@@ -85,6 +109,35 @@ def test_token_command():
 def test_token_command_errors_exit_2(args, env, message):
     out = CliRunner().invoke(main, args, env=env)
     assert out.exit_code == 2 and message in out.output
+
+
+def test_token_revoke_command(redis_server):
+    """`quota token --revoke alice`: alice's tokens so far are refused, a new one works."""
+    redis_server.client().flushall()
+    runner = CliRunner()
+    env = {"REDIS_URL": redis_server.url, "QUOTA_PREFIX": "clitest", "QUOTA_SECRET_KEY": ""}
+    before = time.time()
+    out = runner.invoke(main, ["token", "--revoke", "alice"], env=env)
+    assert out.exit_code == 0, out.output
+    assert "revoked every token of 'alice' issued until" in out.output
+    client = redis_server.client()
+    at_ms = tokens_valid_after_ms(client, "clitest", "alice")
+    assert before * 1000 - 1 <= at_ms <= time.time() * 1000 + 1
+    assert client.keys("*") == [b"clitest:{alice}:tokens_valid_after"]
+    as_json = json.loads(runner.invoke(main, ["token", "bob", "--revoke", "--json"], env=env).output)
+    assert as_json["user"] == "bob" and as_json["tokens_valid_after"].endswith("Z")
+    minted = runner.invoke(main, ["token", "alice"], env={"QUOTA_SECRET_KEY": SECRET}).output.strip()
+    assert verify_user_token(SECRET, minted).issued_at_ms > at_ms  # minted afterwards: valid
+
+
+@pytest.mark.parametrize("args, env, code, message", [
+    (["token", "--revoke", "al ice"], {"REDIS_URL": "redis://127.0.0.1:1"}, 2, "user id"),
+    (["token", "--revoke", "alice"], {"REDIS_URL": ""}, 2, "REDIS_URL"),
+    (["token", "--revoke", "alice"], {"REDIS_URL": "redis://127.0.0.1:1"}, 1, "unavailable"),
+])
+def test_token_revoke_errors(args, env, code, message):
+    out = CliRunner().invoke(main, args, env=env)
+    assert out.exit_code == code and message in out.output, out.output
 
 
 # --- quota serve ----------------------------------------------------------------------------------------------

@@ -197,9 +197,12 @@ def test_panel_in_chinese(browser, server):
     page.close()
 
 
-def test_panel_explains_a_missing_foreign_or_expired_token(browser, server):
+def test_panel_explains_a_missing_foreign_expired_or_revoked_token(browser, server):
+    carl = user_token("carl")
+    api(server, "POST", "/v1/users/carl/tokens/revoke", token=ADMIN)
     cases = [("", "quota serve"), (f"#user=bob&token={user_token('alice')}", "may not read"),
-             (f"#user=alice&token={user_token('alice', ttl_s=5, now_s=1000)}", "expired")]
+             (f"#user=alice&token={user_token('alice', ttl_s=5, now_s=1000)}", "expired"),
+             (f"#user=carl&token={carl}", "was revoked")]
     for fragment, text in cases:
         page = open_page(browser, locale="en-US")  # a fresh tab each: sessionStorage is per tab
         page.goto(f"{server.url}/panel{fragment}")

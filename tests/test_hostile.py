@@ -280,6 +280,15 @@ CASES: list[tuple[str, str, str, str, dict[str, Any], int, str]] = [
     ("alice-token-lists-models", "get", "/v1/models", "alice", {}, 403, "forbidden"),
     ("service-token-sets-credit", "put", "/v1/users/bob/credit", "service", {"json": {"credit": 99}}, 403,
      "forbidden"),
+    ("alice-token-revokes-own-tokens", "post", "/v1/users/alice/tokens/revoke", "alice", {}, 403, "forbidden"),
+    ("alice-token-revokes-bob", "post", "/v1/users/bob/tokens/revoke", "alice", {}, 403, "forbidden"),
+    ("service-token-revokes", "post", "/v1/users/bob/tokens/revoke", "service", {}, 403, "forbidden"),
+    ("no-token-revokes", "post", "/v1/users/bob/tokens/revoke", "", {}, 401, "unauthorized"),
+    ("expired-token-revokes", "post", "/v1/users/alice/tokens/revoke", f"Bearer {ALICE_EXPIRED}", {}, 401,
+     "token_expired"),
+    *[(f"revoke-user-{name}", "post", f"/v1/users/{user}/tokens/revoke", "admin", {}, 400, "invalid_input")
+      for name, user in [("braces", "al%7Bice%7D"), ("hash-tag", "%7Bbob%7D"), ("colon", "a:b"), ("nul", "a%00b"),
+                         ("129-chars", LONG)]],
     ("bob-token-with-alice-bad-body", "put", "/v1/users/alice/credit", "bob", {"json": {"credit": "NaN"}}, 403,
      "forbidden"),
     # the demo: no token, bounded conversations, demo users only

@@ -114,6 +114,10 @@ def scenario(call) -> None:
     call("get", "/v1/users/alice/quota?model_id=system_nope", headers=svc)
     call("get", "/v1/models", headers=svc)
     call("get", "/v1/models", headers=alice)
+    call("post", "/v1/users/alice/tokens/revoke", headers=svc)  # 403
+    call("post", "/v1/users/al%7Bice%7D/tokens/revoke", headers=adm)  # 400
+    call("post", "/v1/users/alice/tokens/revoke", headers=adm)
+    call("get", "/v1/users/alice/token-stats", headers=alice)  # 401 token_revoked
     call("post", "/demo/turn", json={"user": "demo-x", "model_id": SYS, "conversation_id": "c", "turn": 1,
                                      "message": "hi"})
     call("get", "/demo/users/demo-x/token-stats")
@@ -151,6 +155,8 @@ def test_responses_match_the_document(app):
         ("/v1/users/{user}/quota", "get", 200), ("/v1/users/{user}/token-stats", "get", 401),
         ("/v1/users/{user}/credit", "put", 403), ("/demo/turn", "post", 400),
         ("/demo/users/{user}/token-stats", "get", 200), ("/demo/users/{user}/token-stats", "get", 400),
+        ("/v1/users/{user}/tokens/revoke", "post", 200), ("/v1/users/{user}/tokens/revoke", "post", 403),
+        ("/v1/users/{user}/tokens/revoke", "post", 400),
     ]:
         assert expected in statuses, expected
     denied = [r.get_json() for m, p, b, r in call.seen if p.endswith("/quota") and r.status_code == 200]

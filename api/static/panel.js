@@ -151,7 +151,8 @@
       const data = await response.json();
       if (!response.ok) {
         const code = data && data.error && data.error.code;
-        alert(code === "token_expired" ? I.t("expired") : code === "forbidden" ? I.t("denied")
+        alert(code === "token_expired" ? I.t("expired") : code === "token_revoked" ? I.t("revoked")
+          : code === "forbidden" ? I.t("denied")
           : (data.error && data.error.message) || response.statusText);
         if (response.status >= 400 && response.status < 500) return; // no point polling on
       } else {
