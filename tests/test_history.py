@@ -214,8 +214,9 @@ PASSWORD = "Pw-s3cret@tail9"  # with an unescaped "@": SQLAlchemy reads "tail9@h
 
 @pytest.mark.parametrize("url", [
     f"postgresql://u:{PASSWORD}@host:notaport/db", f"u:{PASSWORD}@host/db", f"mysql://u:{PASSWORD}@h/db",
-    f"postgresql+nodriver://u:{PASSWORD}@h/db", f"sqlite://u:{PASSWORD}@h/x", f"postgresql://u:{PASSWORD}@127.0.0.1:1/q",
-    f"postgresql://u:{quote(PASSWORD, safe='')}@127.0.0.1:1/q", f"postgresql://u:{PASSWORD}@127.0.0.1:1/q?sslmode=bogus",
+    f"postgresql+nodriver://u:{PASSWORD}@h/db", f"sqlite://u:{PASSWORD}@h/x",
+    f"postgresql://u:{PASSWORD}@127.0.0.1:1/q", f"postgresql://u:{quote(PASSWORD, safe='')}@127.0.0.1:1/q",
+    f"postgresql://u:{PASSWORD}@127.0.0.1:1/q?sslmode=bogus",
 ], ids=["port-not-a-number", "no-scheme", "mysql", "no-driver", "sqlite-with-host", "unreachable", "escaped",
         "bad-option"])
 def test_a_malformed_or_unreachable_history_url_never_shows_its_password(url: str) -> None:
