@@ -12,8 +12,10 @@ Part (b) adds what tests/test_api.py does not already cover (it has bad bodies, 
 types, 413, bad/expired/forged/tampered tokens per route): ids with braces, colons, newlines,
 NUL, unicode and 129 characters, percent-encoded slashes, huge/negative/float/bool/string/NaN
 numbers, 1000-level and huge JSON bodies, tokens with unicode, another user's token on every
-user route, an expired token on writes. Each case snapshots every Redis key (type, TTL and
-content) before and after: the snapshot must be identical.
+user route, an expired token on writes; amounts whose exponent overflowed or underflowed Python's
+Decimal (``"1e999999999"``, ``"1e-999999999"``); the demo's bounds and its demo-users-only rule;
+revocation by anyone but an admin. Each case snapshots every Redis key (type, TTL and content)
+before and after: the snapshot must be identical. Paths with ``//`` must never redirect.
 """
 
 from __future__ import annotations
