@@ -1,4 +1,4 @@
-# One image for every quota process: the API (`quota serve`) and the nightly dump (`quota scheduler`).
+# One image for every quota process: the API (gunicorn) and the nightly dump (`quota scheduler`).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
@@ -6,7 +6,8 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY quota ./quota
 COPY api ./api
-RUN pip install . && useradd --system --uid 10001 quota
+# the server extra: gunicorn, which docker-compose.yml runs the API with
+RUN pip install '.[server]' && useradd --system --uid 10001 quota
 USER quota
 
 # Overridden per service in docker-compose.yml.

@@ -18,7 +18,8 @@ from quota.meter import Meter
 
 from .errors import register_error_handlers
 from .jsonio import QuotaJSONProvider
-from .metrics import Metrics
+from .headers import register_security_headers
+from .metrics import Metrics, method_label, route_label
 from .settings import ApiSettings
 
 
@@ -29,6 +30,7 @@ class QuotaExtension:
     settings: ApiSettings
     meter: Meter
     metrics: Metrics
+    demo_meter: Meter | None = None  # the demo's own key prefix (api.demo_agent); None when it is off
 
 
 def create_app(settings: ApiSettings | None = None, meter: Meter | None = None) -> Flask:
@@ -41,9 +43,18 @@ def create_app(settings: ApiSettings | None = None, meter: Meter | None = None) 
 
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
+    # werkzeug answers "/v1//models" with a 308 to an absolute URL built from the Host header:
+    # an open redirect to any host a client (or a poisoned cache) names. No route needs it.
+    app.url_map.merge_slashes = False
     app.json = QuotaJSONProvider(app)  # unsorted, UTF-8; too-deep bodies are 400, not 500
-    app.extensions["quota"] = QuotaExtension(settings, meter, Metrics())
+    demo_meter = None
+    if settings.demo_enabled:
+        from .demo_agent import demo_meter_for
+
+        demo_meter = demo_meter_for(meter)
+    app.extensions["quota"] = QuotaExtension(settings, meter, Metrics(), demo_meter)
     register_error_handlers(app)
+    register_security_headers(app)
 
     from . import ops, pages, v1
 
@@ -67,8 +78,8 @@ def _count_requests(app: Flask) -> None:
 
     @app.after_request
     def count(response):  # noqa: ANN001, ANN202 - flask.Response
-        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        route = route_label(request.url_rule.rule if request.url_rule is not None else None)
+        metrics.requests.labels(route, method_label(request.method), str(response.status_code)).inc()
         started = g.get("started_s")
         if started is not None:
             metrics.latency.labels(route).observe(time.perf_counter() - started)

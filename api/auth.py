@@ -4,11 +4,14 @@ Three kinds of caller:
 
 | token                        | role    | may                                                      |
 |------------------------------|---------|----------------------------------------------------------|
-| ``QUOTA_ADMIN_TOKEN``        | admin   | everything, including ``PUT /v1/users/<u>/credit``       |
+| ``QUOTA_ADMIN_TOKEN``        | admin   | everything, including ``PUT /v1/users/<u>/credit`` and   |
+|                              |         | ``POST /v1/users/<u>/tokens/revoke``                     |
 | ``QUOTA_SERVICE_TOKEN``      | service | record usage, check and read any user, list the models   |
 | ``quota token USER`` (signed)| user    | read USER's own token-stats and quota, nothing else      |
 
-No or an invalid token gives 401; a valid token asking for more than its role allows gives 403.
+No or an invalid token gives 401 (``token_expired``, ``token_revoked`` when that is why); a
+valid token asking for more than its role allows gives 403. A user token is checked against its
+user's revocation instant in Redis (one GET; see ``quota.tokens``).
 Static tokens are compared with ``hmac.compare_digest`` (constant time); tokens are never logged
 and never accepted in a URL, so they cannot end up in an access log.
 """
@@ -19,8 +22,9 @@ import hmac
 import time
 from dataclasses import dataclass
 from enum import Enum
+from typing import Callable
 
-from quota.tokens import InvalidToken, verify_user_token
+from quota.tokens import InvalidToken, check_not_revoked, verify_user_token
 
 from .errors import ApiError
 from .settings import ApiSettings
@@ -37,6 +41,7 @@ class Action(str, Enum):
     RECORD = "record"
     SET_CREDIT = "set_credit"
     LIST_MODELS = "list_models"
+    REVOKE_TOKENS = "revoke_tokens"  # a user's tokens (admin only)
 
 
 ALLOWED = {
@@ -73,8 +78,13 @@ def bearer_token(header: str | None) -> str:
     return token
 
 
-def authenticate(header: str | None, settings: ApiSettings, *, now_s: float | None = None) -> Principal:
-    """The caller behind an ``Authorization`` header, or ApiError(401)."""
+def authenticate(header: str | None, settings: ApiSettings, *, now_s: float | None = None,
+                 valid_after_ms: Callable[[str], int | None] | None = None) -> Principal:
+    """The caller behind an ``Authorization`` header, or ApiError(401).
+
+    ``valid_after_ms(user)`` gives a user's revocation instant (Unix ms, or None); it is asked
+    only for a user token whose signature and expiry are good, so a forged token costs no read.
+    """
     token = bearer_token(header)
     raw = token.encode("utf-8", "surrogateescape")
     # Check both static tokens every time, so timing does not tell which one came close.
@@ -86,9 +96,11 @@ def authenticate(header: str | None, settings: ApiSettings, *, now_s: float | No
         return Principal(Role.SERVICE)
     try:
         user_token = verify_user_token(settings.secret_key, token, now_s=time.time() if now_s is None else now_s)
+        if valid_after_ms is not None:
+            check_not_revoked(user_token, valid_after_ms(user_token.user))
     except InvalidToken as exc:
-        code = "token_expired" if exc.expired else "unauthorized"
-        raise ApiError(401, code, str(exc) if exc.expired else "the token is not valid",
+        code = "token_expired" if exc.expired else "token_revoked" if exc.revoked else "unauthorized"
+        raise ApiError(401, code, str(exc) if exc.expired or exc.revoked else "the token is not valid",
                        headers={"WWW-Authenticate": 'Bearer realm="quota", error="invalid_token"'}) from None
     return Principal(Role.USER, user_token.user)
 

@@ -1,21 +1,31 @@
-"""``/demo`` and ``POST /demo/turn``: the simulated chat, on only when ``QUOTA_DEMO`` is (default:
-development mode). The turn endpoint needs no token but only spends the credit of ``demo*``
-users, so an open demo page can not burn a real user's credit."""
+"""``/demo``, ``POST /demo/turn`` and ``GET /demo/users/<user>/token-stats``: the simulated chat,
+on only when ``QUOTA_DEMO`` is (default: development mode).
+
+None of them needs a token, so they run on the demo's own meter (``ext.demo_meter``, key prefix
+``<prefix>-demo``, see ``api.demo_agent``): the open page can spend and show only demo users'
+credit, never a real user's, whatever the id (``demo.smith@corp.com`` included). The stats route
+lets the panel follow the demo (``/panel#demo=1&user=demo``) without a user token.
+"""
 
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, render_template, request
 
-from .demo_agent import DEMO_USER_PREFIX, run_turn
+from quota.errors import InvalidInput
+
+from .demo_agent import DEMO_USER_PREFIX, DemoLimit, run_turn, validate_demo_user
 from .errors import ApiError
 
 bp = Blueprint("demo", __name__)
 
 
+def ext():  # noqa: ANN201 - api.QuotaExtension
+    return current_app.extensions["quota"]
+
+
 @bp.get("/demo")
 def page() -> str:
-    ext = current_app.extensions["quota"]
-    return render_template("demo.html", system_models=sorted(ext.meter.prices.system_models),
+    return render_template("demo.html", system_models=sorted(ext().meter.prices.system_models),
                            custom_model="custom_demo", user_prefix=DEMO_USER_PREFIX)
 
 
@@ -23,12 +33,24 @@ def page() -> str:
 def turn():  # noqa: ANN201
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "the body must be JSON (Content-Type: application/json)")
-    ext = current_app.extensions["quota"]
-    result = run_turn(ext.meter, request.get_json())  # InvalidInput -> 400 via the error handler
+    try:
+        result = run_turn(ext().demo_meter, request.get_json())  # InvalidInput -> 400 via the error handler
+    except DemoLimit as exc:
+        raise ApiError(400, exc.code, str(exc)) from None
     if result["type"] == "quota_exceeded":
-        ext.metrics.record_check(False)
+        ext().metrics.record_check(False)
     else:
-        ext.metrics.record_check(True)
+        ext().metrics.record_check(True)
         for call in result["calls"]:
-            ext.metrics.record_usage(result["is_system"], call["duplicate"])
+            ext().metrics.record_usage(result["is_system"], call["duplicate"])
     return jsonify(result)
+
+
+@bp.get("/demo/users/<user>/token-stats")
+def token_stats(user: str):  # noqa: ANN201
+    """A demo user's statistics, as ``/v1`` gives a real user's (no history store behind)."""
+    try:
+        user = validate_demo_user(user)
+    except InvalidInput as exc:
+        raise ApiError(400, "invalid_input", str(exc)) from None
+    return jsonify(ext().demo_meter.get_token_stats(user))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 from quota.errors import InvalidInput, QuotaError, RequestConflict, StorageUnavailable, UnknownModel
@@ -56,6 +56,20 @@ def quota_error_status(exc: QuotaError) -> tuple[int, str]:
     return 500, "internal"
 
 
+# What a caller without an admin or service token reads when Redis is away (/healthz, the demo, a
+# user's panel): the library's message names the host and port, which is for operators only.
+PUBLIC_STORAGE_MESSAGE = "the storage is unavailable; try again later"
+
+
+def shows_storage_details() -> bool:
+    """Did an admin or service token authenticate this request? (``g.principal`` is set by
+    ``/v1``'s token check; routes without a token have none.)"""
+    from .auth import Role  # auth imports this module
+
+    principal = g.get("principal")
+    return principal is not None and principal.role in (Role.ADMIN, Role.SERVICE)
+
+
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 
@@ -78,6 +92,8 @@ def register_error_handlers(app: Flask) -> None:
         if status == 503:
             app.extensions["quota"].metrics.storage_errors.inc()
             log.warning("storage unavailable: %s", exc)
+            if not shows_storage_details():
+                return respond(status, code, PUBLIC_STORAGE_MESSAGE)
         elif status == 500:
             log.exception("unexpected library error")
             return respond(500, "internal", "internal error")

@@ -20,6 +20,23 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
+# Every label value comes from a fixed set: a label fed by the request itself (the method of
+# `curl -X XMETHOD1`, an unrouted path) would let anyone without a token add series without end,
+# each one kept in memory and in every scrape.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+UNMATCHED_ROUTE = "unmatched"
+
+
+def method_label(method: str) -> str:
+    """The request method, or ``other`` for any method outside :data:`KNOWN_METHODS`."""
+    return method if method in KNOWN_METHODS else OTHER_METHOD
+
+
+def route_label(rule: str | None) -> str:
+    """The matched URL rule (from the app's own url_map), or ``unmatched``: never the raw path."""
+    return rule if rule is not None else UNMATCHED_ROUTE
+
 
 class Metrics:
     def __init__(self) -> None:

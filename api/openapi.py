@@ -13,7 +13,7 @@ import quota
 from quota.core import MAX_TOKENS
 from quota.keys import MODEL_RE, MONTH_RE, REQUEST_ID_RE, USER_RE
 
-from .demo_agent import CONVERSATION_RE, MAX_MESSAGE_CHARS, MAX_TURN
+from .demo_agent import CONVERSATION_RE, DEMO_USER_PREFIX, MAX_MESSAGE_CHARS, MAX_TURNS
 
 JSON = "application/json"
 
@@ -39,6 +39,9 @@ MODEL = {"type": "string", "pattern": _pattern(MODEL_RE)}
 MONTH = {"type": "string", "pattern": _pattern(MONTH_RE)}
 TIMESTAMP = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T00:00:00Z$"}
 PRICE_VALUE = {"type": ["number", "string"], "description": "CNY per 1k tokens"}
+# USER_RE's characters, starting with the demo prefix (api.demo_agent.validate_demo_user)
+DEMO_USER = {"type": "string", "pattern": rf"^{DEMO_USER_PREFIX}[A-Za-z0-9_.@+\-]{{0,{128 - len(DEMO_USER_PREFIX)}}}$",
+             "description": f"a demo user: starts with {DEMO_USER_PREFIX!r}, lives under the demo's own key prefix"}
 
 
 def _object(properties: dict[str, Any], required: list[str] | None = None, *,
@@ -124,11 +127,20 @@ SCHEMAS: dict[str, Any] = {
         "custom": {"type": "object", "additionalProperties": _ref("ModelPrice")},
     }),
     "Health": _object({"status": {"const": "ok"}, "redis": {"const": "ok"}}),
+    "TokenRevocation": _object({
+        "user": USER,
+        "tokens_valid_after": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$",
+                               "description": "UTC: tokens issued at or before this instant are refused"},
+        "tokens_valid_after_ms": {"type": "integer", "minimum": 0, "description": "the same, Unix milliseconds"},
+    }),
     "DemoTurnRequest": _object({
-        "user": USER | {"description": "must start with 'demo'"}, "model_id": MODEL,
+        "user": DEMO_USER, "model_id": MODEL,
         "conversation_id": {"type": "string", "pattern": _pattern(CONVERSATION_RE)},
-        "turn": {"type": "integer", "minimum": 1, "maximum": MAX_TURN},
-        "message": {"type": "string", "maxLength": MAX_MESSAGE_CHARS},
+        "turn": {"type": "integer", "minimum": 1, "maximum": MAX_TURNS,
+                 "description": f"the message's number in the conversation; past {MAX_TURNS}: 400 "
+                                "conversation_too_long"},
+        "message": {"type": "string", "maxLength": MAX_MESSAGE_CHARS,
+                    "description": "longer: 400 message_too_long"},
     }, ["user", "model_id", "conversation_id", "turn"]),
     "DemoCall": _object({
         "purpose": {"enum": ["chat", "tool", "summary", "naming"]}, "input_tokens": TOKENS,
@@ -148,8 +160,10 @@ SCHEMAS: dict[str, Any] = {
 
 ERRORS = {
     400: "bad input: malformed JSON (bad_request), wrong shape (invalid_body), a bad value "
-         "(invalid_input) or an unknown system model (unknown_model); nothing was changed",
-    401: "no token, or a token that is not valid (unauthorized) or has expired (token_expired)",
+         "(invalid_input), an unknown system model (unknown_model), or in the demo a conversation or "
+         "message over its bound (conversation_too_long, message_too_long); nothing was changed",
+    401: "no token, or a token that is not valid (unauthorized), has expired (token_expired) or was "
+         "revoked (token_revoked)",
     403: "the token may not do this (forbidden)",
     409: "a request_id was reused with other content (request_conflict); in a batch, batch_failed "
          "with per-record results",
@@ -210,6 +224,15 @@ def _paths(demo: bool) -> dict[str, Any]:
             "responses": {"200": _json(_ref("CreditResult"), "the month's credit and use"),
                           **_errors(400, 401, 403, 413, 415, 503)},
         }},
+        "/v1/users/{user}/tokens/revoke": {"post": {
+            "operationId": "revokeUserTokens", "tags": ["admin"], "security": BEARER,
+            "summary": "Revoke every token of a user issued until now, without rotating QUOTA_SECRET_KEY",
+            "description": "Admin token only. No body. Tokens minted afterwards (quota token USER) work; "
+                           "other users' tokens are untouched. Same as `quota token --revoke USER`.",
+            "parameters": [_user_param()],
+            "responses": {"200": _json(_ref("TokenRevocation"), "the user's new revocation instant"),
+                          **_errors(400, 401, 403, 503)},
+        }},
         "/v1/models": {"get": {
             "operationId": "listModels", "tags": ["stats"], "security": BEARER,
             "summary": "The price table", "description": "Admin or service token.",
@@ -244,10 +267,20 @@ def _paths(demo: bool) -> dict[str, Any]:
         paths["/demo/turn"] = {"post": {
             "operationId": "demoTurn", "tags": ["demo"], "security": [],
             "summary": "One turn of the simulated agent: check, then record its calls",
-            "description": "Only for users whose id starts with 'demo'. A refused turn records nothing.",
+            "description": "Only for users whose id starts with 'demo', on the demo's own key prefix "
+                           "(<prefix>-demo): never a real user's credit. A refused turn records nothing. "
+                           f"At most {MAX_TURNS} messages per conversation (400 conversation_too_long) "
+                           f"of at most {MAX_MESSAGE_CHARS} characters (400 message_too_long).",
             "requestBody": {"required": True, "content": {JSON: {"schema": _ref("DemoTurnRequest")}}},
             "responses": {"200": _json(_ref("DemoTurnResult"), "the reply, or the quota_exceeded event"),
                           **_errors(400, 409, 413, 415, 503)},  # 409: a turn number reused with other content
+        }}
+        paths["/demo/users/{user}/token-stats"] = {"get": {
+            "operationId": "getDemoTokenStats", "tags": ["demo"], "security": [],
+            "summary": "A demo user's token statistics (the panel opened as /panel#demo=1&user=<user>)",
+            "description": "No token: only demo users, on the demo's own key prefix.",
+            "parameters": [{"name": "user", "in": "path", "required": True, "schema": DEMO_USER}],
+            "responses": {"200": _json(_ref("TokenStats"), "the seed's structure"), **_errors(400, 503)},
         }}
     return paths
 

@@ -13,7 +13,10 @@ bp = Blueprint("ops", __name__)
 
 @bp.get("/healthz")
 def healthz():  # noqa: ANN201
-    """200 when Redis answers PING, else 503 ``storage_unavailable`` (via the error handler)."""
+    """200 when Redis answers PING, else 503 ``storage_unavailable`` (via the error handler).
+
+    Needs no token, so the answer says only ok or unavailable: where Redis is (host, port) goes
+    to the log, never to an anonymous caller."""
     meter = current_app.extensions["quota"].meter
     with storage_errors(describe_client(meter.client)):
         meter.client.ping()

@@ -21,6 +21,7 @@ from quota.localserver import LocalServer, redis_url_or_local
 from quota.tokens import mint_user_token, parse_ttl
 
 from . import create_app
+from .demo_agent import DEMO_USER_PREFIX
 from .settings import ApiSettings
 
 
@@ -31,7 +32,7 @@ class Service:
     local: LocalServer | None
     base_url: str
     user: str
-    user_token: str
+    user_token: str | None  # only in development mode: a production banner lands in logs
     ttl_s: int
 
     def banner(self) -> list[str]:
@@ -39,12 +40,17 @@ class Service:
         where = f"a local {self.local.kind} at {self.settings.quota.redis_url} (data in {self.local.dir})" \
             if self.local else "REDIS_URL"
         lines = [f"quota serve: {mode} mode, Redis: {where}", "",
-                 f"  API      {b}/v1/   (OpenAPI: {b}/openapi.json, health: {b}/healthz, metrics: {b}/metrics)",
-                 f"  panel    {b}/panel#user={self.user}&token={self.user_token}"]
+                 f"  API      {b}/v1/   (OpenAPI: {b}/openapi.json, health: {b}/healthz, metrics: {b}/metrics)"]
+        if self.user_token:
+            lines.append(f"  panel    {b}/panel#user={self.user}&token={self.user_token}")
+        else:
+            lines.append(f"  panel    {b}/panel#user=<user>&token=<token>   (a token: quota token <user>)")
         if self.settings.demo_enabled:
-            lines.append(f"  demo     {b}/demo#user={self.user}")
-        lines += ["", f"  user token for {self.user!r} (reads only its own stats, valid {self.ttl_s // 3600} h "
-                      f"{self.ttl_s % 3600 // 60} min):", f"    {self.user_token}"]
+            demo_user = self.user if self.user.startswith(DEMO_USER_PREFIX) else DEMO_USER_PREFIX
+            lines.append(f"  demo     {b}/demo#user={demo_user}   (its panel: {b}/panel#demo=1&user={demo_user})")
+        if self.user_token:
+            lines += ["", f"  user token for {self.user!r} (reads only its own stats, valid {self.ttl_s // 3600} h "
+                          f"{self.ttl_s % 3600 // 60} min):", f"    {self.user_token}"]
         names = {"QUOTA_ADMIN_TOKEN": self.settings.admin_token, "QUOTA_SERVICE_TOKEN": self.settings.service_token}
         made_up = [n for n in self.settings.generated if n in names]
         if made_up:
@@ -75,7 +81,9 @@ def build(host: str = "127.0.0.1", port: int = 8000, *, dev: bool | None = None,
         settings = ApiSettings.from_env(env)
         app = create_app(settings)
         server = make_server(host, port, app, threaded=True)
-        token = mint_user_token(settings.secret_key, user, ttl_s)
+        # Production output goes to logs (systemd, docker): a token printed there is a token anyone
+        # who reads the logs can use. It is minted with `quota token USER` instead.
+        token = mint_user_token(settings.secret_key, user, ttl_s) if settings.development else None
     except BaseException:
         if local:
             local.stop()

@@ -8,6 +8,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from quota.errors import BatchError, InvalidInput, RequestConflict, StorageUnavailable
 from quota.keys import validate_user
+from quota.tokens import iso_ms, revoke_user_tokens, tokens_valid_after_ms
 
 from .auth import Action, Principal, authenticate, authorize
 from .errors import ApiError, error_body, quota_error_status
@@ -24,7 +25,10 @@ def ext():  # noqa: ANN201 - api.QuotaExtension
 
 @bp.before_request
 def require_token() -> None:
-    g.principal = authenticate(request.headers.get("Authorization"), ext().settings)
+    meter = ext().meter
+    g.principal = authenticate(
+        request.headers.get("Authorization"), ext().settings,
+        valid_after_ms=lambda user: tokens_valid_after_ms(meter.client, meter.settings.prefix, user))
 
 
 def principal() -> Principal:
@@ -148,6 +152,17 @@ def set_credit(user: str):  # noqa: ANN201
     if isinstance(body["credit"], (bool, dict, list)) or body["credit"] is None:
         raise ApiError(400, "invalid_input", "credit must be a number (or a decimal string) of CNY")
     return jsonify(ext().meter.set_monthly_credit(user, body["credit"], body.get("month")).as_dict())
+
+
+@bp.post("/users/<user>/tokens/revoke")
+def revoke_tokens(user: str):  # noqa: ANN201
+    """Every token of ``user`` issued until now stops working; tokens minted afterwards work.
+    No body; the key is not rotated, other users' tokens are untouched."""
+    authorize(principal(), Action.REVOKE_TOKENS, user)
+    user = path_user(user)
+    meter = ext().meter
+    at_ms = revoke_user_tokens(meter.client, meter.settings.prefix, user)
+    return jsonify({"user": user, "tokens_valid_after": iso_ms(at_ms), "tokens_valid_after_ms": at_ms})
 
 
 @bp.get("/models")

@@ -24,11 +24,13 @@ idempotent replace, which is what makes the dump safe to kill and rerun.
 
 from __future__ import annotations
 
+import errno
 import os
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
+from urllib.parse import unquote
 
 from sqlalchemy import (
     BigInteger,
@@ -125,15 +127,41 @@ VIEWS = {
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
 
 
+def url_secrets(url: str) -> set[str]:
+    """The password a database URL carries, and its pieces: what a message must never show.
+
+    The password is taken between the first ``:`` of the user info and the *last* ``@``, even when
+    the rest of the URL does not parse; SQLAlchemy stops at the *first* ``@`` instead, so with an
+    unescaped ``@`` in a password (``u:pa@ss@host``) it reads ``ss@host`` as the host and echoes
+    the tail in every message: each ``@``-separated piece is a secret too.
+    """
+    rest = url.partition("://")[2] or url
+    password = rest.rpartition("@")[0].partition(":")[2]
+    pieces = {password} | {p for p in password.split("@") if len(p) >= 3}  # "***" for every "a" helps no one
+    return {s for piece in pieces for s in (piece, unquote(piece)) if s}
+
+
+def redact(text: str, url: str) -> str:
+    """``text`` with every secret of ``url`` (see :func:`url_secrets`) replaced by ``***``.
+
+    Every message that may quote a database URL or a driver's error about it goes through this:
+    SQLAlchemy's and the drivers' messages echo what they could not parse, and a malformed URL
+    (a port that is not a number, no scheme) is exactly the one whose password they echo.
+    """
+    for secret in sorted(url_secrets(url), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
 def normalize_url(url: str) -> str:
     """``postgresql://`` and ``postgres://`` mean psycopg 3 (SQLAlchemy would pick psycopg2)."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise ConfigError(f"not a database URL: {url!r} (use sqlite:///file.db or postgresql://...)")
+        raise ConfigError(redact(f"not a database URL: {url!r} (use sqlite:///file.db or postgresql://...)", url))
     if scheme in ("postgresql", "postgres"):
         return f"postgresql+psycopg://{rest}"
     if scheme.split("+")[0] not in ("sqlite", "postgresql"):
-        raise ConfigError(f"unsupported history database {scheme!r}: use sqlite:/// or postgresql://")
+        raise ConfigError(redact(f"unsupported history database {scheme!r}: use sqlite:/// or postgresql://", url))
     return url
 
 
@@ -141,11 +169,12 @@ def describe_db(url: str) -> str:
     """Where a database URL points, for messages: the file, or host:port/db, never the password."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+        parsed.port  # noqa: B018 - make_url parses the port lazily: int("notaport") is a ValueError here
+    except (ArgumentError, ValueError):
         return "<unparsable url>"
     if parsed.get_backend_name() == "sqlite":
         return f"sqlite file {parsed.database}" if parsed.database else "sqlite in memory"
-    return f"postgresql {parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
+    return redact(f"postgresql {parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}", url)
 
 
 class Snapshot:
@@ -173,8 +202,10 @@ class HistoryStore:
         self.where = describe_db(self.url)
         try:
             parsed = make_url(self.url)
-        except ArgumentError as exc:
-            raise ConfigError(f"invalid history database URL: {exc}") from None
+            parsed.port  # noqa: B018 - a port that is not a number raises here (ValueError)
+        except (ArgumentError, ValueError) as exc:
+            raise ConfigError(redact(f"invalid history database URL ({exc}): use sqlite:///file.db or "
+                                     "postgresql://user:password@host:port/db", url)) from None
         self.dialect = parsed.get_backend_name()
         self._sqlite_file = parsed.database if self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:") else None
         options: dict[str, Any] = {}
@@ -183,10 +214,10 @@ class HistoryStore:
         options.update(engine_options)
         try:
             self.engine: Engine = create_engine(self.url, **options)
-        except (ArgumentError, ImportError) as exc:
-            raise ConfigError(f"cannot use history database {self.where}: {exc}") from None
+        except (ArgumentError, ImportError, ValueError, TypeError) as exc:
+            raise ConfigError(redact(f"cannot use history database {self.where}: {exc}", url)) from None
         if self.dialect == "sqlite":
-            _sqlite_setup(self.engine)
+            _sqlite_setup(self.engine, self._sqlite_file if not parsed.query.get("uri") else None)
         self._schema_ready = False
         self._month_upsert = self._upsert(month_snapshot, keep=("first_archived_at",))
         self._model_upsert = self._upsert(model_snapshot)
@@ -391,7 +422,7 @@ class HistoryStore:
         try:
             yield
         except (DBAPIError, SQLAlchemyError) as exc:
-            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            detail = redact(str(getattr(exc, "orig", None) or exc).strip().splitlines()[0], self.url)
             raise StorageUnavailable(
                 f"history database {self.where} is unavailable or refused the operation ({detail}); "
                 "check that it is running and that QUOTA_HISTORY_URL is right"
@@ -441,11 +472,35 @@ def _refuse_newer(version: int, where: str) -> None:
                           f"quota ({SCHEMA_VERSION}): upgrade quota")
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def create_private_file(path: str, what: str) -> None:
+    """Create ``path`` with mode 0600 unless it exists; refuse a symbolic link (ConfigError).
+
+    Why: SQLite creates a database as 0644 (less the umask), readable by every local user, and
+    its ``-wal`` and ``-shm`` files copy the database file's mode; it also follows a symbolic
+    link, so a link planted where the file will be would send the history elsewhere. Opening it
+    first with O_NOFOLLOW and 0600 settles both. A file that exists keeps its mode (an operator
+    may have opened it to a reader on purpose): ``chmod 600`` it to close it.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"{what} {path} is a symbolic link: give the real path") from None
+        raise StorageUnavailable(f"{what} {path} cannot be opened: {exc.strerror}") from None
+    os.close(fd)
+
+
+def _sqlite_setup(engine: Engine, path: str | None) -> None:
     """WAL (readers never wait for the dump), a busy timeout, full fsync at commit (the dump
     deletes from Redis right after a commit, so a commit must survive a power cut), and real
     transactions: pysqlite's own BEGIN handling is switched off and BEGIN is sent by us, the
-    recipe from SQLAlchemy's SQLite documentation."""
+    recipe from SQLAlchemy's SQLite documentation. Before each connection the file is made
+    private (:func:`create_private_file`); reads never get here for a file that does not exist."""
+
+    if path is not None:
+        @event.listens_for(engine, "do_connect")
+        def _private_file(*_args: Any) -> None:
+            create_private_file(path, "history database")
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:

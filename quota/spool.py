@@ -21,6 +21,12 @@ that Redis refuses for good (a model removed from the price table) go to ``<spoo
 
 Several processes may share one spool path: appends and claims take an ``flock`` on
 ``<spool>.lock``; a process that finds another one replaying leaves the replay to it.
+
+The spool holds who spent what: every file is created 0600 and every directory 0700, every file is
+opened with O_NOFOLLOW (a symbolic link planted at a spool path is refused, never written
+through), and a spool directory that other users can write (``/tmp`` itself) is refused at start
+with a ``ConfigError``: any local user could replace or link the files there. A private
+subdirectory of ``/tmp`` (ours, not group- or world-writable) is fine.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
+
+from .errors import ConfigError
 
 log = logging.getLogger("quota.spool")
 
@@ -90,7 +98,7 @@ class Claim:
         self.spool = spool
         self._lock_fd = lock_fd
         self.path = spool.replaying_path
-        self._file = open(self.path, "rb")  # noqa: SIM115 - closed in release()
+        self._file = os.fdopen(_open(self.path, os.O_RDONLY), "rb")  # closed in release()
         self.offset = spool._read_pos()
         self._file.seek(self.offset)
         self.sent = 0
@@ -150,7 +158,8 @@ class Spool:
 
     def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.path.parent)
+        check_spool_directory(self.path.parent)
         self.replaying_path = self.path.with_name(self.path.name + ".replaying")
         self.pos_path = self.path.with_name(self.path.name + ".replaying.pos")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
@@ -169,7 +178,7 @@ class Spool:
         """Write one record and fsync it before returning. Raises OSError if the disk refuses."""
         line = entry.to_line()
         with self._append_lock, _flocked(self.lock_path):
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = _open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
             try:
                 size = os.fstat(fd).st_size
                 if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn line from a crash
@@ -194,7 +203,7 @@ class Spool:
         pos = self._read_pos()
         for path, start in ((self.replaying_path, pos), (self.path, 0)):
             try:
-                with open(path, "rb") as f:
+                with os.fdopen(_open(path, os.O_RDONLY), "rb") as f:
                     f.seek(start)
                     for line in f:
                         try:
@@ -211,7 +220,7 @@ class Spool:
         replaying). A claimed file left by a crashed replay is resumed first, before newer records."""
         if not self._replaying.acquire(blocking=False):
             return None
-        claim_fd = os.open(self.path.with_name(self.path.name + ".claim"), os.O_RDWR | os.O_CREAT, 0o600)
+        claim_fd = _open(self.path.with_name(self.path.name + ".claim"), os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(claim_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # one replayer across processes
         except BlockingIOError:
@@ -239,13 +248,18 @@ class Spool:
 
     def _read_pos(self) -> int:
         try:
-            return int(self.pos_path.read_text().strip() or 0)
+            with os.fdopen(_open(self.pos_path, os.O_RDONLY), "rb") as f:
+                return int(f.read().strip() or 0)
         except (FileNotFoundError, ValueError):
             return 0
 
     def _write_pos(self, offset: int) -> None:
         tmp = self.pos_path.with_name(self.pos_path.name + ".tmp")
-        with open(tmp, "w") as f:
+        try:  # a stale one (or anything planted there): only the one replayer writes it
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        with os.fdopen(_open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "w") as f:
             f.write(str(offset))
             f.flush()
             if self.fsync:
@@ -253,12 +267,19 @@ class Spool:
         os.replace(tmp, self.pos_path)
 
     def _quarantine(self, path: Path, line: bytes, reason: str) -> None:
+        """Keep ``line`` in ``path`` for a human. If that file cannot be written (a symbolic link
+        planted there, a full disk), the line goes to the log instead: the replay goes on."""
+        try:
+            with os.fdopen(_open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab") as f:
+                f.write(line if line.endswith(b"\n") else line + b"\n")
+                f.flush()
+                if self.fsync:
+                    os.fsync(f.fileno())
+        except OSError as exc:
+            log.error("spool %s: %s; cannot keep it in %s (%s), the line was: %r", self.path, reason, path,
+                      exc.strerror, line)
+            return
         log.error("spool %s: %s; kept in %s", self.path, reason, path)
-        with open(path, "ab") as f:
-            f.write(line if line.endswith(b"\n") else line + b"\n")
-            f.flush()
-            if self.fsync:
-                os.fsync(f.fileno())
 
 
 class MemorySpool:
@@ -345,7 +366,7 @@ class _flocked:
         self.fd = -1
 
     def __enter__(self) -> None:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.fd = _open(self.path, os.O_RDWR | os.O_CREAT)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
 
     def __exit__(self, *exc: object) -> None:
@@ -354,15 +375,69 @@ class _flocked:
 
 
 def _size(path: Path) -> int:
+    """The size of a regular file at ``path``; 0 when there is none (or only a symbolic link)."""
     try:
-        info = path.stat()
+        info = path.lstat()
     except FileNotFoundError:
         return 0
     return info.st_size if stat.S_ISREG(info.st_mode) else 0
 
 
+def _open(path: Path, flags: int) -> int:
+    """``os.open`` as every spool file is opened: never through a symbolic link (ELOOP), never
+    inherited by a child process, and created 0600 (less the umask)."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
+def make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and any missing parent, each 0700 (``Path.mkdir(parents=True)`` gives
+    the parents the default 0755). Directories that exist are left as they are."""
+    missing = []
+    for d in (directory, *directory.parents):
+        if d.exists():
+            break
+        missing.append(d)
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:  # made by another process meanwhile: checked below like any other
+            pass
+
+
+def check_spool_directory(directory: Path) -> None:
+    """``ConfigError`` unless no other user can add, replace or link files in ``directory``.
+
+    Refused: a directory owned by another user (root aside); one every user may write (``/tmp``);
+    one inside a directory every user may write unless it is private (ours, not group- or
+    world-writable: anyone could have made ``/tmp/quota`` first); one with an ancestor every
+    user may write without the sticky bit (they could rename it away). Symbolic links in the
+    path are followed: what is checked is where the files really go.
+    """
+    real = Path(os.path.realpath(directory))
+    me = os.geteuid()
+    info = os.stat(real)
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"the spool directory {real} is not a directory")
+    fix = f"put the spool in a private directory, e.g. {real / 'quota-spool'}/ (quota creates it 0700)"
+    if info.st_uid not in (me, 0):
+        raise ConfigError(f"the spool directory {real} belongs to another user (uid {info.st_uid}): {fix}")
+    if info.st_mode & stat.S_IWOTH:
+        raise ConfigError(f"the spool directory {real} is writable by every user: {fix}")
+    for i, ancestor in enumerate(real.parents):
+        mode = os.stat(ancestor).st_mode
+        if not mode & stat.S_IWOTH:
+            continue
+        if not mode & stat.S_ISVTX:
+            raise ConfigError(f"{ancestor}, above the spool directory {real}, is writable by every user "
+                              "without the sticky bit: anyone could rename the spool away")
+        if i == 0 and (info.st_uid != me or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
+            raise ConfigError(f"the spool directory {real} is inside {ancestor}, which every user may write, "
+                              "and is not private: it must be ours and not group- or world-writable "
+                              f"(chmod 700 {real}), or {fix}")
+
+
 def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:

@@ -1,10 +1,21 @@
-"""Per-user API tokens: signed, self-contained, with the user and an expiry inside.
+"""Per-user API tokens: signed, self-contained, with the user, an expiry and the issue time inside.
 
-A user token is ``itsdangerous.URLSafeSerializer(secret).dumps({"u": user, "exp": epoch_s})``
-with HMAC-SHA256: anyone can read the payload (it is base64 JSON, not encrypted), nobody without
-``QUOTA_SECRET_KEY`` can forge or alter it, and the server needs no token store. The expiry is
-carried in the token (chosen at minting) rather than passed at verification, so a token says by
-itself how long it is good for. Rotating ``QUOTA_SECRET_KEY`` revokes every user token at once.
+A user token is ``itsdangerous.URLSafeSerializer(secret).dumps({"u": user, "exp": epoch_s,
+"iat_ms": epoch_ms})`` with HMAC-SHA256: anyone can read the payload (it is base64 JSON, not
+encrypted), nobody without ``QUOTA_SECRET_KEY`` can forge or alter it, and the server needs no
+token store. The expiry is carried in the token (chosen at minting) rather than passed at
+verification, so a token says by itself how long it is good for. Rotating ``QUOTA_SECRET_KEY``
+revokes every user token at once.
+
+One user's tokens are revoked without touching the key by a "valid after" instant in Redis,
+``<prefix>:{<user>}:tokens_valid_after`` (milliseconds; under the user's hash tag, beside their
+months): a token issued at or before it is refused, one minted afterwards works
+(:func:`revoke_user_tokens`, ``quota token --revoke USER``, ``POST /v1/users/USER/tokens/revoke``).
+The issue time is in milliseconds so that a token minted a moment after a revocation is not
+caught by it; a token from before issue times were carried has none and counts as revoked as
+soon as its user has a revocation. The key expires when every token it could refuse has
+expired anyway (:data:`MAX_TTL_S` after it was set). Revocation compares clocks: the server's,
+or the CLI's, that set it and the one that minted the token; keep them in sync (NTP).
 
 Why itsdangerous: it is Flask's own signing library (the Pallets project; Flask's session cookie
 uses it), so the API adds no dependency, its signature check is constant-time
@@ -18,12 +29,14 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import lru_cache
+from typing import Any
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from .errors import InvalidInput
-from .keys import validate_user
+from .keys import KeySchema, validate_user
 
 SALT = "quota.user-token.v1"
 MIN_SECRET_CHARS = 16
@@ -36,18 +49,24 @@ _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _TOKEN_RE = re.compile(r"\.?[A-Za-z0-9_-]{1,1024}\.[A-Za-z0-9_-]{1,128}")
 
 
-class InvalidToken(InvalidInput):
-    """The token is malformed, not signed with our secret, or expired (``expired`` says which)."""
+VALID_AFTER_SUFFIX = "tokens_valid_after"
 
-    def __init__(self, message: str, *, expired: bool = False):
+
+class InvalidToken(InvalidInput):
+    """The token is malformed, not signed with our secret, expired or revoked (``expired`` and
+    ``revoked`` say which)."""
+
+    def __init__(self, message: str, *, expired: bool = False, revoked: bool = False):
         super().__init__(message)
         self.expired = expired
+        self.revoked = revoked
 
 
 @dataclass(frozen=True)
 class UserToken:
     user: str
     expires_at_s: int  # Unix time, seconds
+    issued_at_ms: int | None = None  # Unix time, milliseconds; None in tokens minted before it was carried
 
 
 def parse_ttl(text: str) -> int:
@@ -75,7 +94,7 @@ def mint_user_token(secret_key: str, user: str, ttl_s: int, *, now_s: float | No
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not 1 <= ttl_s <= MAX_TTL_S:
         raise InvalidInput(f"ttl_s must be an int from 1 to {MAX_TTL_S}")
     now = time.time() if now_s is None else now_s
-    return _serializer(secret_key).dumps({"u": user, "exp": int(now) + ttl_s})
+    return _serializer(secret_key).dumps({"u": user, "exp": int(now) + ttl_s, "iat_ms": int(now * 1000)})
 
 
 def verify_user_token(secret_key: str, token: str, *, now_s: float | None = None) -> UserToken:
@@ -87,9 +106,66 @@ def verify_user_token(secret_key: str, token: str, *, now_s: float | None = None
     except BadSignature:
         raise InvalidToken("the token is not valid") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("u"), str) \
-            or isinstance(payload.get("exp"), bool) or not isinstance(payload.get("exp"), int):
+            or not _is_int(payload.get("exp")) or not (payload.get("iat_ms") is None or _is_int(payload["iat_ms"])):
         raise InvalidToken("the token is not valid")
     now = time.time() if now_s is None else now_s
     if now >= payload["exp"]:
         raise InvalidToken("the token has expired; mint a new one with `quota token USER`", expired=True)
-    return UserToken(payload["u"], payload["exp"])
+    return UserToken(payload["u"], payload["exp"], payload.get("iat_ms"))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# --- revocation -------------------------------------------------------------------------------------
+
+def valid_after_key(prefix: str, user: str) -> str:
+    """``<prefix>:{<user>}:tokens_valid_after``: the user's hash tag, so it lives with their keys."""
+    return f"{KeySchema(prefix).prefix}:{{{validate_user(user)}}}:{VALID_AFTER_SUFFIX}"
+
+
+def check_not_revoked(token: UserToken, valid_after_ms: int | None) -> None:
+    """Raise :class:`InvalidToken` (``revoked``) when ``token`` was issued at or before
+    ``valid_after_ms`` (the user's revocation instant; None: never revoked)."""
+    if valid_after_ms is None:
+        return
+    if token.issued_at_ms is None or token.issued_at_ms <= valid_after_ms:
+        raise InvalidToken("the token was revoked; mint a new one with `quota token USER`", revoked=True)
+
+
+def revoke_user_tokens(client: Any, prefix: str, user: str, *, now_s: float | None = None) -> int:
+    """Revoke every token of ``user`` issued until now; the instant (Unix ms) stored.
+
+    ``client`` is a sync redis-py client (standalone or cluster). Tokens minted afterwards work.
+    Raises ``StorageUnavailable`` when Redis does not answer.
+    """
+    from .connect import describe_client, storage_errors  # redis-py only when revoking
+
+    key = valid_after_key(prefix, user)
+    at_ms = int((time.time() if now_s is None else now_s) * 1000)
+    with storage_errors(describe_client(client)):
+        client.set(key, at_ms, px=(MAX_TTL_S + 86400) * 1000)  # then every token it refuses has expired
+    return at_ms
+
+
+def iso_ms(at_ms: int) -> str:
+    """``2026-01-15T12:00:00.123Z``: a revocation instant as the API and the CLI show it."""
+    at = datetime.fromtimestamp(at_ms // 1000, timezone.utc)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at_ms % 1000:03d}Z"
+
+
+def tokens_valid_after_ms(client: Any, prefix: str, user: str) -> int | None:
+    """The user's revocation instant (Unix ms), or None when their tokens were never revoked.
+
+    One GET per request made with a user token; admin and service tokens never read it."""
+    from .connect import describe_client, storage_errors
+
+    with storage_errors(describe_client(client)):
+        raw = client.get(valid_after_key(prefix, user))
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:  # not ours to guess: treat every token as revoked until an admin resets it
+        return 2**63 - 1

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
+import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -191,7 +194,7 @@ def test_healthz(client):
 @pytest.fixture
 def dead_client(clock):
     port = free_ports(1, start=26000)[0]  # nothing listens there
-    settings = api_settings()
+    settings = api_settings(QUOTA_DEMO="1")
     m = Meter.from_url(f"redis://127.0.0.1:{port}/0", settings=settings.quota, clock=clock)
     yield create_app(settings, meter=m).test_client()
     m.close()
@@ -205,6 +208,23 @@ def test_redis_down_gives_503_and_counts_storage_errors(dead_client):
                              json=[{"user": "a", "model_id": SYS, "input_tokens": 1, "output_tokens": 1}])
     assert batch.status_code == 503 and batch.get_json()["error"]["code"] in ("storage_unavailable", "batch_failed")
     assert metric(dead_client, "quota_storage_errors_total") == 4
+
+
+def test_without_an_operator_token_a_503_does_not_say_where_redis_is(dead_client):
+    where = "127.0.0.1:%d" % dead_client.application.extensions["quota"].meter.client.connection_pool \
+        .connection_kwargs["port"]
+    anonymous = [dead_client.get("/healthz"),
+                 dead_client.get("/v1/users/alice/token-stats", headers=bearer(user_token("alice"))),
+                 dead_client.post("/demo/turn", json={"user": "demo-a", "model_id": SYS, "conversation_id": "c",
+                                                      "turn": 1})]
+    for response in anonymous:
+        err = assert_error(response, 503, "storage_unavailable")
+        assert err["message"] == "the storage is unavailable; try again later"
+        assert where.split(":")[1] not in response.get_data(as_text=True)
+    for token in (SERVICE, ADMIN):  # operators and workers get the detail they need
+        err = assert_error(dead_client.get("/v1/users/alice/token-stats", headers=bearer(token)), 503,
+                           "storage_unavailable")
+        assert where in err["message"]
 
 
 # --- bodies that are not what they should be ---------------------------------------------------------
@@ -281,6 +301,7 @@ ROUTES = {
     "record": ("post", "/v1/usage", {"user": "alice", "model_id": SYS, "input_tokens": 1, "output_tokens": 1}),
     "credit": ("put", "/v1/users/alice/credit", {"credit": 7}),
     "models": ("get", "/v1/models", None),
+    "revoke_bob": ("post", "/v1/users/bob/tokens/revoke", None),
 }
 # role -> routes it may use; every other /v1 route gives 403
 MAY = {
@@ -327,6 +348,57 @@ def test_expired_and_foreign_user_tokens(client):
     assert_error(client.get("/v1/users/alice/token-stats", headers=bearer(forged)), 401, "unauthorized")
 
 
+# --- revoking one user's tokens ------------------------------------------------------------------------
+
+
+def test_revoking_a_users_tokens_refuses_the_old_ones_and_accepts_new_ones(client, redis_server):
+    now = time.time()
+    old_alice, bob = user_token("alice", now_s=now - 5), user_token("bob", now_s=now - 5)
+    assert client.get("/v1/users/alice/token-stats", headers=bearer(old_alice)).status_code == 200
+    r = client.post("/v1/users/alice/tokens/revoke", headers=bearer(ADMIN))
+    assert r.status_code == 200
+    body = r.get_json()
+    assert body["user"] == "alice" and abs(body["tokens_valid_after_ms"] / 1000 - now) < 5
+    assert body["tokens_valid_after"].endswith("Z") and body["tokens_valid_after"][:10] == time.strftime(
+        "%Y-%m-%d", time.gmtime(body["tokens_valid_after_ms"] / 1000))
+    raw = redis_server.client()
+    key = "apitest:{alice}:tokens_valid_after"  # under alice's hash tag, with the meter's prefix
+    assert int(raw.get(key)) == body["tokens_valid_after_ms"] and 400 * 86400 < raw.ttl(key) <= 401 * 86400
+    for path in ("/v1/users/alice/token-stats", f"/v1/users/alice/quota?model_id={SYS}"):
+        r = client.get(path, headers=bearer(old_alice))
+        assert_error(r, 401, "token_revoked")
+        assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    fresh = user_token("alice", now_s=body["tokens_valid_after_ms"] / 1000 + 0.01)
+    assert client.get("/v1/users/alice/token-stats", headers=bearer(fresh)).status_code == 200
+    assert client.get("/v1/users/bob/token-stats", headers=bearer(bob)).status_code == 200  # others untouched
+    assert client.get("/v1/users/alice/token-stats", headers=bearer(SERVICE)).status_code == 200
+
+
+def test_a_token_minted_before_tokens_carried_their_issue_time_is_revoked_too(client):
+    from itsdangerous import URLSafeSerializer
+
+    legacy = URLSafeSerializer(SECRET, salt="quota.user-token.v1", signer_kwargs={"digest_method": hashlib.sha256}) \
+        .dumps({"u": "alice", "exp": int(time.time()) + 3600})
+    assert client.get("/v1/users/alice/token-stats", headers=bearer(legacy)).status_code == 200
+    client.post("/v1/users/alice/tokens/revoke", headers=bearer(ADMIN))
+    assert_error(client.get("/v1/users/alice/token-stats", headers=bearer(legacy)), 401, "token_revoked")
+
+
+def test_only_an_admin_may_revoke_and_bad_users_are_400(client, redis_server):
+    for token in (SERVICE, user_token("alice"), user_token("bob")):
+        assert_error(client.post("/v1/users/alice/tokens/revoke", headers=bearer(token)), 403, "forbidden")
+    assert_error(client.post("/v1/users/alice/tokens/revoke"), 401, "unauthorized")
+    assert_error(client.post("/v1/users/al%7Bice%7D/tokens/revoke", headers=bearer(ADMIN)), 400, "invalid_input")
+    assert_error(client.get("/v1/users/alice/tokens/revoke", headers=bearer(ADMIN)), 405, "method_not_allowed")
+    assert redis_server.client().keys("*tokens_valid_after*") == []
+
+
+def test_a_user_token_is_refused_while_its_revocation_can_not_be_read(dead_client):
+    err = assert_error(dead_client.get("/v1/users/alice/token-stats", headers=bearer(user_token("alice"))), 503,
+                       "storage_unavailable")
+    assert err["message"] == "the storage is unavailable; try again later"
+
+
 def test_tokens_never_reach_the_logs(client, caplog):
     caplog.set_level(logging.DEBUG)
     alice = user_token("alice")
@@ -337,6 +409,47 @@ def test_tokens_never_reach_the_logs(client, caplog):
     text = "\n".join(r.getMessage() for r in caplog.records)
     for secret in (ADMIN, SERVICE, SECRET, alice):
         assert secret not in text
+
+
+def csp_directives(header: str) -> dict[str, list[str]]:
+    out = {}
+    for part in header.split(";"):
+        name, *values = part.split()
+        out[name] = values
+    return out
+
+
+@pytest.mark.parametrize("path", ["/panel", "/demo"])
+def test_pages_send_a_strict_content_security_policy_and_have_no_inline_script(meter, path):
+    client = create_app(api_settings(QUOTA_DEMO="1"), meter=meter).test_client()
+    r = client.get(path)
+    assert r.status_code == 200 and r.mimetype == "text/html"
+    csp = csp_directives(r.headers["Content-Security-Policy"])
+    assert csp["default-src"] == ["'none'"] and csp["script-src"] == ["'self'"]
+    assert csp["frame-ancestors"] == ["'none'"] and csp["connect-src"] == ["'self'"]
+    assert not any("unsafe" in v for values in csp.values() for v in values)
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert r.headers["Referrer-Policy"] == "no-referrer" and r.headers["X-Frame-Options"] == "DENY"
+    html = r.get_data(as_text=True)
+    scripts = re.findall(r"<script\b[^>]*>", html)
+    assert scripts and all(re.search(r'\bsrc="/static/[a-z0-9]+\.js"', tag) for tag in scripts)
+    assert not re.search(r"\son[a-z]+\s*=", html), "an inline event handler would be blocked by the CSP"
+    for src in re.findall(r'src="(/static/[^"]+)"', html):
+        static = client.get(src)
+        assert static.status_code == 200 and static.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_v1_answers_are_never_cached_errors_included(client):
+    answers = [client.get("/v1/users/alice/token-stats", headers=bearer(SERVICE)),
+               client.get("/v1/users/alice/token-stats"),
+               client.get("/v1/models", headers=bearer(user_token("alice"))),
+               client.get("/v1/nope", headers=bearer(ADMIN))]
+    assert [a.status_code for a in answers] == [200, 401, 403, 404]
+    for answer in answers:
+        assert answer.headers["Cache-Control"] == "no-store"
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+        assert "Content-Security-Policy" not in answer.headers  # JSON: nothing to run
+    assert "no-store" not in client.get("/healthz").headers.get("Cache-Control", "")
 
 
 def test_pages_and_ops_need_no_token(client):
@@ -357,6 +470,34 @@ def metric(client, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+def metric_labels(client, name: str, label: str) -> dict[str, float]:
+    """{label value: total} over the samples of ``name``."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(client.get("/metrics").get_data(as_text=True)):
+        for sample in family.samples:
+            if sample.name == name:
+                out[sample.labels[label]] = out.get(sample.labels[label], 0) + sample.value
+    return out
+
+
+def test_metrics_labels_come_from_fixed_sets_whatever_the_request_says(client, app):
+    """Made-up methods and paths, without a token, must not add series: before, each
+    `curl -X XMETHOD<n>` added one for good."""
+    for n in range(25):
+        client.open("/healthz", method=f"XMETHOD{n}")
+        client.open(f"/v1/users/alice/token-stats", method=f"LOCK{n}")
+        client.get(f"/made-up-{n}")
+        client.get(f"/v1/made-up/{n}", headers=bearer(SERVICE))
+    client.get("/healthz")
+    methods = metric_labels(client, "quota_http_requests_total", "method")
+    assert set(methods) == {"GET", "other"} and methods["other"] == 50
+    routes = metric_labels(client, "quota_http_requests_total", "route")
+    # a 405 (unknown method) or 404 matched no rule: all 100 are one series
+    assert set(routes) == {"/healthz", "/metrics", "unmatched"} and routes["unmatched"] == 100
+    rules = {r.rule for r in app.url_map.iter_rules()} | {"unmatched"}
+    assert set(metric_labels(client, "quota_http_request_duration_seconds_count", "route")) <= rules
 
 
 def test_metrics_count_records_denials_and_latency(client):
@@ -384,13 +525,19 @@ def demo_client(meter):
     return create_app(api_settings(QUOTA_DEMO="1"), meter=meter).test_client()
 
 
+@pytest.fixture
+def demo_meter(demo_client):
+    """The demo's own meter: the same Redis, the key prefix ``apitest-demo``."""
+    return demo_client.application.extensions["quota"].demo_meter
+
+
 def turn(client, n, user="demo-a", model=SYS, conversation="c1"):
     return client.post("/demo/turn", json={"user": user, "model_id": model, "conversation_id": conversation,
                                            "turn": n, "message": f"hello {n}"})
 
 
-def test_demo_turns_record_every_call_then_refuse_and_custom_keeps_working(demo_client, meter):
-    meter.set_monthly_credit("demo-a", "0.5")
+def test_demo_turns_record_every_call_then_refuse_and_custom_keeps_working(demo_client, demo_meter):
+    demo_meter.set_monthly_credit("demo-a", "0.5")
     first = turn(demo_client, 1).get_json()
     assert first["type"] == "reply" and [c["purpose"] for c in first["calls"]] == ["chat", "tool", "summary", "naming"]
     assert [c["purpose"] for c in turn(demo_client, 2).get_json()["calls"]] == ["chat", "tool", "summary"]
@@ -401,42 +548,87 @@ def test_demo_turns_record_every_call_then_refuse_and_custom_keeps_working(demo_
             break
         replies, n = replies + 1, n + 1
         assert n < 20
-    stats = meter.get_token_stats("demo-a")
+    stats = demo_meter.get_token_stats("demo-a")
     assert stats["exceeded"] and stats["models"][SYS]["calls"] == 3 * replies + 1  # the crossing reply finished
     assert body["event"]["type"] == "quota_exceeded" and body["check"]["allowed"] is False
     assert turn(demo_client, n).get_json()["type"] == "quota_exceeded"
-    assert meter.get_token_stats("demo-a")["models"][SYS]["calls"] == 3 * replies + 1  # refused turns record nothing
+    assert demo_meter.get_token_stats("demo-a")["models"][SYS]["calls"] == 3 * replies + 1  # refused: nothing
     custom = turn(demo_client, n, model="custom_demo").get_json()
     assert custom["type"] == "reply" and custom["is_system"] is False
 
 
-def test_demo_turn_is_deterministic_and_a_retry_counts_once(demo_client, meter):
+def test_demo_turn_is_deterministic_and_a_retry_counts_once(demo_client, demo_meter):
     a = turn(demo_client, 1).get_json()
     b = turn(demo_client, 1).get_json()
     assert [c["input_tokens"] for c in a["calls"]] == [c["input_tokens"] for c in b["calls"]]
     assert all(c["duplicate"] for c in b["calls"]) and not any(c["duplicate"] for c in a["calls"])
-    assert meter.get_token_stats("demo-a")["models"][SYS]["calls"] == 4
+    assert demo_meter.get_token_stats("demo-a")["models"][SYS]["calls"] == 4
 
 
-@pytest.mark.parametrize("body", [
-    {"user": "alice", "model_id": SYS, "conversation_id": "c", "turn": 1},
-    {"user": "demo-a", "model_id": SYS, "conversation_id": "c c", "turn": 1},
-    {"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 0},
-    {"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": True},
-    {"user": "demo-a", "model_id": "system_x", "conversation_id": "c", "turn": 1},
-    {"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 1, "message": "x" * 2001},
-    {"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 1, "extra": 1},
-    [1],
+@pytest.mark.parametrize("body, code", [
+    ({"user": "alice", "model_id": SYS, "conversation_id": "c", "turn": 1}, "invalid_input"),
+    ({"user": "demo-a", "model_id": SYS, "conversation_id": "c c", "turn": 1}, "invalid_input"),
+    ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 0}, "invalid_input"),
+    ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": True}, "invalid_input"),
+    ({"user": "demo-a", "model_id": "system_x", "conversation_id": "c", "turn": 1}, "unknown_model"),
+    ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 1, "message": "x" * 2001}, "message_too_long"),
+    ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 51}, "conversation_too_long"),
+    ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 10**9}, "conversation_too_long"),
+    ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 1, "message": 5}, "invalid_input"),
+    ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 1, "extra": 1}, "invalid_input"),
+    ([1], "invalid_input"),
 ])
-def test_demo_turn_bad_input_is_400_and_records_nothing(demo_client, meter, body):
+def test_demo_turn_bad_input_is_400_and_records_nothing(demo_client, meter, demo_meter, body, code):
     r = demo_client.post("/demo/turn", json=body)
-    assert r.status_code == 400 and r.get_json()["error"]["code"] in ("invalid_input", "unknown_model")
-    assert meter.get_token_stats("demo-a")["models"] == {} and meter.get_token_stats("alice")["models"] == {}
+    assert_error(r, 400, code)
+    for m in (meter, demo_meter):
+        assert m.get_token_stats("demo-a")["models"] == {} and m.get_token_stats("alice")["models"] == {}
+
+
+def test_the_last_message_of_a_conversation_is_served_and_the_next_is_refused(demo_client, demo_meter):
+    assert turn(demo_client, 50).get_json()["type"] == "reply"
+    err = assert_error(turn(demo_client, 51), 400, "conversation_too_long")
+    assert "start a new conversation" in err["message"]
+    assert turn(demo_client, 1, conversation="c2").get_json()["type"] == "reply"
+    assert demo_meter.get_token_stats("demo-a")["models"][SYS]["calls"] == 3 + 4
+
+
+def test_the_demo_never_touches_a_real_user_whose_id_starts_with_demo(demo_client, meter, demo_meter, redis_server):
+    """``demo.smith@corp.com`` is a real user: before, the open demo page spent their credit."""
+    real = "demo.smith@corp.com"
+    record(demo_client, user=real, input_tokens=2_000_000, output_tokens=0, request_id="real-1")
+    meter.set_monthly_credit(real, "3")
+    raw = redis_server.client()
+    before = {k: raw.dump(k) for k in raw.scan_iter(match="apitest:*")}
+    for n in range(1, 4):
+        assert turn(demo_client, n, user=real).get_json()["type"] == "reply"
+    assert {k: raw.dump(k) for k in raw.scan_iter(match="apitest:*")} == before
+    assert meter.get_token_stats(real)["monthly_used"] == 2.0 and meter.get_token_stats(real)["monthly_credit"] == 3.0
+    demo_stats = demo_meter.get_token_stats(real)
+    assert demo_stats["models"][SYS]["calls"] == 10 and demo_stats["monthly_credit"] == 5.0
+    assert all(k.startswith(b"apitest-demo:{demo.smith@corp.com}:") for k in raw.scan_iter(match="apitest-demo*"))
+    shown = demo_client.get(f"/demo/users/{real}/token-stats").get_json()
+    assert shown == demo_stats and shown != meter.get_token_stats(real)
+
+
+@pytest.mark.parametrize("user", ["alice", "de", "demo%7Bx%7D", "d" * 129])
+def test_demo_stats_are_for_demo_users_only(demo_client, user):
+    assert_error(demo_client.get(f"/demo/users/{user}/token-stats"), 400, "invalid_input")
+
+
+def test_a_prefix_too_long_for_the_demo_is_refused_at_start(redis_server, clock):
+    settings = api_settings(QUOTA_DEMO="1")
+    meter = Meter.from_url(redis_server.url, settings=settings.quota, clock=clock, prefix="p" * 28)
+    with pytest.raises(ConfigError, match="too long for the demo"):
+        create_app(settings, meter=meter)
+    meter.close()
 
 
 def test_demo_is_off_in_production_by_default(client):
     assert_error(client.get("/demo"), 404, "not_found")
     assert_error(client.post("/demo/turn", json={}), 404, "not_found")
+    assert_error(client.get("/demo/users/demo/token-stats"), 404, "not_found")
+    assert client.application.extensions["quota"].demo_meter is None
 
 
 # --- settings ----------------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from quota.cli import main
 from quota.errors import InvalidInput
-from quota.tokens import InvalidToken, mint_user_token, parse_ttl, verify_user_token
+from quota.tokens import (InvalidToken, UserToken, check_not_revoked, mint_user_token, parse_ttl,
+                          tokens_valid_after_ms, verify_user_token)
 
 from .servers import free_ports
 from .test_api_support import BASE_ENV, SECRET, SERVICE
@@ -45,6 +46,29 @@ def test_user_token_round_trip_expiry_and_tampering():
         assert not exc.value.expired
     with pytest.raises(InvalidToken):
         verify_user_token(SECRET + "-rotated", token, now_s=2000)
+
+
+def test_tokens_carry_their_issue_time_and_a_revocation_refuses_the_older_ones():
+    token = verify_user_token(SECRET, mint_user_token(SECRET, "alice", 3600, now_s=1000.1234), now_s=2000)
+    assert token.issued_at_ms == 1_000_123
+    check_not_revoked(token, None)
+    check_not_revoked(token, 1_000_122)                      # revoked a moment before it was minted: valid
+    for valid_after_ms in (1_000_123, 1_000_124, 5_000_000):   # at or after its issue: revoked
+        with pytest.raises(InvalidToken) as err:
+            check_not_revoked(token, valid_after_ms)
+        assert err.value.revoked and not err.value.expired
+    with pytest.raises(InvalidToken) as err:                    # no issue time: revoked by any revocation
+        check_not_revoked(UserToken("alice", 4600), 1)
+    assert err.value.revoked
+
+
+def test_a_tampered_issue_time_is_refused():
+    from itsdangerous import URLSafeSerializer
+    import hashlib
+    forge = URLSafeSerializer(SECRET, salt="quota.user-token.v1", signer_kwargs={"digest_method": hashlib.sha256})
+    for bad in ("soon", True, 1.5, [1]):
+        with pytest.raises(InvalidToken):
+            verify_user_token(SECRET, forge.dumps({"u": "alice", "exp": 10**10, "iat_ms": bad}), now_s=0)
 
 
 def test_mint_rejects_bad_input():
@@ -85,6 +109,35 @@ def test_token_command():
 def test_token_command_errors_exit_2(args, env, message):
     out = CliRunner().invoke(main, args, env=env)
     assert out.exit_code == 2 and message in out.output
+
+
+def test_token_revoke_command(redis_server):
+    """`quota token --revoke alice`: alice's tokens so far are refused, a new one works."""
+    redis_server.client().flushall()
+    runner = CliRunner()
+    env = {"REDIS_URL": redis_server.url, "QUOTA_PREFIX": "clitest", "QUOTA_SECRET_KEY": ""}
+    before = time.time()
+    out = runner.invoke(main, ["token", "--revoke", "alice"], env=env)
+    assert out.exit_code == 0, out.output
+    assert "revoked every token of 'alice' issued until" in out.output
+    client = redis_server.client()
+    at_ms = tokens_valid_after_ms(client, "clitest", "alice")
+    assert before * 1000 - 1 <= at_ms <= time.time() * 1000 + 1
+    assert client.keys("*") == [b"clitest:{alice}:tokens_valid_after"]
+    as_json = json.loads(runner.invoke(main, ["token", "bob", "--revoke", "--json"], env=env).output)
+    assert as_json["user"] == "bob" and as_json["tokens_valid_after"].endswith("Z")
+    minted = runner.invoke(main, ["token", "alice"], env={"QUOTA_SECRET_KEY": SECRET}).output.strip()
+    assert verify_user_token(SECRET, minted).issued_at_ms > at_ms  # minted afterwards: valid
+
+
+@pytest.mark.parametrize("args, env, code, message", [
+    (["token", "--revoke", "al ice"], {"REDIS_URL": "redis://127.0.0.1:1"}, 2, "user id"),
+    (["token", "--revoke", "alice"], {"REDIS_URL": ""}, 2, "REDIS_URL"),
+    (["token", "--revoke", "alice"], {"REDIS_URL": "redis://127.0.0.1:1"}, 1, "unavailable"),
+])
+def test_token_revoke_errors(args, env, code, message):
+    out = CliRunner().invoke(main, args, env=env)
+    assert out.exit_code == code and message in out.output, out.output
 
 
 # --- quota serve ----------------------------------------------------------------------------------------------
@@ -131,6 +184,8 @@ def test_quota_serve_with_nothing_set_starts_a_local_redis_and_prints_working_ur
         assert panel, text
         base, user, token = panel.groups()
         assert re.search(rf"demo\s+{re.escape(base)}/demo#user={user}", text)
+        assert f"{base}/panel#demo=1&user={user}" in text
+        assert get(f"{base}/demo/users/{user}/token-stats")[0] == 200
         assert get(f"{base}/healthz") == (200, {"status": "ok", "redis": "ok"})
         status, stats = get(f"{base}/v1/users/{user}/token-stats", token)
         assert status == 200 and stats["user"] == user
@@ -155,14 +210,17 @@ def test_quota_serve_refuses_to_start_in_production_without_secrets(redis_server
 
 
 @pytest.mark.slow
-def test_quota_serve_in_production_with_secrets(redis_server):
-    proc, lines = start_serve(clean_env(REDIS_URL=redis_server.url, **BASE_ENV), "--user", "carol")
+def test_quota_serve_in_production_with_secrets_prints_no_token(redis_server):
+    """A production banner ends up in logs: it names the way to a token, never a token."""
+    proc, lines = start_serve(clean_env(REDIS_URL=redis_server.url, **BASE_ENV), "--no-dev", "--user", "carol")
     try:
         text = "\n".join(lines)
         assert "production mode" in text and "gunicorn" in text and SERVICE not in text
         assert "demo " not in text  # the demo is off in production
-        base, token = re.search(r"panel\s+(http://\S+)/panel#user=carol&token=(\S+)", text).groups()
-        assert verify_user_token(SECRET, token).user == "carol"
+        assert "token=<token>" in text and "quota token <user>" in text and "carol" not in text
+        assert not re.search(r"[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{20,}", text)  # nothing shaped like a token
+        base = re.search(r"API\s+(http://\S+)/v1/", text).group(1)
+        token = mint_user_token(SECRET, "carol", 600)
         assert get(f"{base}/v1/users/carol/quota?model_id=system_deepseek", token)[0] == 200
     finally:
         proc.send_signal(signal.SIGINT)

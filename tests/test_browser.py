@@ -76,12 +76,32 @@ def post_usage(server, user, model, tokens_in, tokens_out=0):
                output_tokens=tokens_out, **price)
 
 
+# Recorded before any page script runs (an init script is injected by the browser, not by the page,
+# so the page's own CSP does not apply to it): every directive the Content-Security-Policy blocked.
+WATCH_CSP = """document.addEventListener("securitypolicyviolation", (e) => {
+  (window.__cspViolations = window.__cspViolations || []).push(e.violatedDirective + " " + e.blockedURI);
+});"""
+
+
+def open_page(browser, **options):
+    """A new tab that records CSP violations (read them with csp_violations). Predicates given to
+    wait_for_function are written as functions: Playwright polls a bare expression string with
+    eval, which the pages' CSP (no 'unsafe-eval') refuses."""
+    page = browser.new_page(**options)
+    page.add_init_script(WATCH_CSP)
+    return page
+
+
+def csp_violations(page) -> list[str]:
+    return page.evaluate("window.__cspViolations || []")
+
+
 def loads(page) -> int:
     return int(page.get_attribute("body", "data-loaded") or 0)
 
 
 def wait_for_refresh(page, after: int) -> None:
-    page.wait_for_function(f"Number(document.body.dataset.loaded || 0) > {after}", timeout=10_000)
+    page.wait_for_function("(after) => Number(document.body.dataset.loaded || 0) > after", arg=after, timeout=10_000)
 
 
 def check_panel_against_api(page, stats) -> None:
@@ -120,8 +140,8 @@ def bar_level(page) -> str:
 
 def wait_for_fill_colour(page, rgb: str) -> None:
     """The bar's computed colour (after its CSS transition): green, amber or red."""
-    page.wait_for_function(
-        f"getComputedStyle(document.getElementById('bar-fill')).backgroundColor === '{rgb}'", timeout=10_000)
+    page.wait_for_function("(rgb) => getComputedStyle(document.getElementById('bar-fill')).backgroundColor === rgb",
+                           arg=rgb, timeout=10_000)
 
 
 def test_panel_matches_the_api_and_follows_it_without_reloading(browser, server, clock, shots):
@@ -133,9 +153,9 @@ def test_panel_matches_the_api_and_follows_it_without_reloading(browser, server,
     post_usage(server, "alice", SYS, 2_000_000, 250_000)  # 2.5 CNY: 50 %
     post_usage(server, "alice", CUS, 80_000, 9_000)
 
-    page = browser.new_page(locale="en-US", viewport={"width": 960, "height": 1200})
+    page = open_page(browser, locale="en-US", viewport={"width": 960, "height": 1200})
     page.goto(f"{server.url}/panel#user=alice&token={user_token('alice')}")
-    page.wait_for_function("Number(document.body.dataset.loaded || 0) > 0", timeout=10_000)
+    page.wait_for_function("() => Number(document.body.dataset.loaded || 0) > 0", timeout=10_000)
     assert "token=" not in page.url  # the token is wiped from the address bar
     stats = api(server, "GET", "/v1/users/alice/token-stats")
     assert stats["percent_used"] == 50.0
@@ -151,18 +171,19 @@ def test_panel_matches_the_api_and_follows_it_without_reloading(browser, server,
     seen = loads(page)
     post_usage(server, "alice", SYS, 1_700_000)  # 4.2 CNY: 84 %, amber
     wait_for_refresh(page, seen)
-    page.wait_for_function("document.getElementById('bar').classList.contains('level-warn')", timeout=10_000)
+    page.wait_for_function("() => document.getElementById('bar').classList.contains('level-warn')", timeout=10_000)
     check_panel_against_api(page, api(server, "GET", "/v1/users/alice/token-stats"))
     wait_for_fill_colour(page, "rgb(245, 158, 11)")
     page.screenshot(path=str(shots / "panel.png"), full_page=True, animations="disabled")
 
     post_usage(server, "alice", SYS, 1_000_000)  # 5.2 CNY: over
-    page.wait_for_function("document.getElementById('bar').classList.contains('level-over')", timeout=10_000)
+    page.wait_for_function("() => document.getElementById('bar').classList.contains('level-over')", timeout=10_000)
     stats = api(server, "GET", "/v1/users/alice/token-stats")
     wait_for_refresh(page, loads(page))
     check_panel_against_api(page, stats)
     assert stats["percent_used"] > 100 and page.locator("#over-note").is_visible()
     wait_for_fill_colour(page, "rgb(220, 38, 38)")
+    assert csp_violations(page) == []  # the bar's width and the SVG chart are set from JS, not inline
     page.close()
 
 
@@ -197,24 +218,28 @@ def test_panel_shows_the_part_held_by_replies_in_progress(browser, server, redis
 
 def test_panel_in_chinese(browser, server):
     post_usage(server, "bob", CUS, 1000, 1000)
-    page = browser.new_page(locale="zh-CN")
+    page = open_page(browser, locale="zh-CN")
     page.goto(f"{server.url}/panel#user=bob&token={user_token('bob')}")
-    page.wait_for_function("Number(document.body.dataset.loaded || 0) > 0", timeout=10_000)
+    page.wait_for_function("() => Number(document.body.dataset.loaded || 0) > 0", timeout=10_000)
     assert page.inner_text("h1") == "Token 用量"
     assert page.locator('#models tr[data-model="custom_llama"] td.kind').inner_text() == "自定义 · 仅计数，不限额"
     assert page.evaluate("document.documentElement.lang") == "zh-CN"
+    assert csp_violations(page) == []
     page.close()
 
 
-def test_panel_explains_a_missing_foreign_or_expired_token(browser, server):
+def test_panel_explains_a_missing_foreign_expired_or_revoked_token(browser, server):
+    carl = user_token("carl")
+    api(server, "POST", "/v1/users/carl/tokens/revoke", token=ADMIN)
     cases = [("", "quota serve"), (f"#user=bob&token={user_token('alice')}", "may not read"),
-             (f"#user=alice&token={user_token('alice', ttl_s=5, now_s=1000)}", "expired")]
+             (f"#user=alice&token={user_token('alice', ttl_s=5, now_s=1000)}", "expired"),
+             (f"#user=carl&token={carl}", "was revoked")]
     for fragment, text in cases:
-        page = browser.new_page(locale="en-US")  # a fresh tab each: sessionStorage is per tab
+        page = open_page(browser, locale="en-US")  # a fresh tab each: sessionStorage is per tab
         page.goto(f"{server.url}/panel{fragment}")
-        page.wait_for_function("!document.getElementById('alert').hidden", timeout=10_000)
+        page.wait_for_function("() => !document.getElementById('alert').hidden", timeout=10_000)
         assert text in page.locator("#alert").inner_text()
-        assert page.locator("#models tbody tr").count() == 0
+        assert page.locator("#models tbody tr").count() == 0 and csp_violations(page) == []
         page.close()
 
 
@@ -222,12 +247,17 @@ def send(page, text: str) -> None:
     turns = int(page.get_attribute("body", "data-turns") or 0)
     page.fill("#message", text)
     page.click("#send")
-    page.wait_for_function(f"Number(document.body.dataset.turns || 0) > {turns}", timeout=10_000)
+    page.wait_for_function("(turns) => Number(document.body.dataset.turns || 0) > turns", arg=turns, timeout=10_000)
+
+
+def demo_stats(server, user):
+    """A demo user's stats: the demo lives under its own key prefix, apart from real users."""
+    return api(server, "GET", f"/demo/users/{user}/token-stats")
 
 
 def test_demo_chat_until_quota_exceeded_then_custom_model_keeps_working(browser, server, shots):
-    api(server, "PUT", "/v1/users/demo-ann/credit", token=ADMIN, credit="0.6")
-    page = browser.new_page(locale="en-US", viewport={"width": 900, "height": 900})
+    server.app.extensions["quota"].demo_meter.set_monthly_credit("demo-ann", "0.6")
+    page = open_page(browser, locale="en-US", viewport={"width": 900, "height": 900})
     page.goto(f"{server.url}/demo#user=demo-ann")
     assert page.input_value("#user") == "demo-ann"
     replies = 0
@@ -241,7 +271,7 @@ def test_demo_chat_until_quota_exceeded_then_custom_model_keeps_working(browser,
     notice = page.locator(".msg.quota-exceeded")
     assert notice.count() == 1 and "custom models keep working" in notice.inner_text()
     assert notice.get_attribute("data-resets-at") == "2026-02-01T00:00:00Z"
-    stats = api(server, "GET", "/v1/users/demo-ann/token-stats")
+    stats = demo_stats(server, "demo-ann")
     assert stats["exceeded"] and stats["monthly_used"] > 0.6  # the reply that crossed the credit finished
     assert stats["models"][SYS]["calls"] == 3 * replies + 1 and replies >= 2
     page.screenshot(path=str(shots / "demo.png"), full_page=True, animations="disabled")
@@ -249,5 +279,55 @@ def test_demo_chat_until_quota_exceeded_then_custom_model_keeps_working(browser,
     page.select_option("#model", "custom_demo")
     send(page, "And on my own model?")
     assert page.locator(".msg").last.get_attribute("class") == "msg assistant"
-    assert api(server, "GET", "/v1/users/demo-ann/token-stats")["models"]["custom_demo"]["calls"] == 3
+    assert demo_stats(server, "demo-ann")["models"]["custom_demo"]["calls"] == 3
+    assert api(server, "GET", "/v1/users/demo-ann/token-stats")["models"] == {}  # no real user was touched
+    assert csp_violations(page) == []
+    page.close()
+
+
+def test_the_panel_follows_the_demo_chat_without_a_token(browser, server):
+    chat = open_page(browser, locale="en-US")
+    chat.goto(f"{server.url}/demo#user=demo-kim")
+    assert chat.get_attribute("#panel-link", "href") == "/panel#demo=1&user=demo-kim"
+    send(chat, "hello")
+    panel = open_page(browser, locale="en-US")
+    panel.goto(f"{server.url}/panel#demo=1&user=demo-kim")
+    panel.wait_for_function("() => Number(document.body.dataset.loaded || 0) > 0", timeout=10_000)
+    assert "demo-kim" in panel.inner_text("#who") and panel.locator("#alert").is_hidden()
+    check_panel_against_api(panel, demo_stats(server, "demo-kim"))
+    send(chat, "and again")
+    stats = demo_stats(server, "demo-kim")
+    assert stats["models"][SYS]["calls"] == 7
+    wait_for_refresh(panel, loads(panel) + 1)  # a load whose request started after this point
+    check_panel_against_api(panel, stats)
+    assert csp_violations(chat) == [] and csp_violations(panel) == []
+    chat.close()
+    panel.close()
+
+
+def test_the_csp_blocks_injected_inline_script_and_the_pages_need_none(browser, server):
+    """The check above can fail: an inline script added to the page is refused and recorded."""
+    page = open_page(browser, locale="en-US")
+    response = page.goto(f"{server.url}/demo#user=demo-eve")
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    assert csp_violations(page) == []
+    page.evaluate("""() => { const s = document.createElement("script");
+                             s.textContent = "window.injected = 1"; document.body.append(s); }""")
+    page.wait_for_function("() => (window.__cspViolations || []).length > 0", timeout=10_000)
+    assert page.evaluate("window.injected") is None
+    assert csp_violations(page)[0].startswith("script-src")
+    page.close()
+
+
+def test_enter_in_the_demo_settings_does_not_reload_the_page(browser, server):
+    """The settings form was kept from submitting by an inline onsubmit, which the CSP now
+    forbids; demo.js does it instead."""
+    page = open_page(browser, locale="en-US")
+    page.goto(f"{server.url}/demo#user=demo-ann")
+    page.evaluate("window.stayed = true")
+    page.fill("#user", "demo-bob")
+    page.press("#user", "Enter")
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.stayed") is True and "?" not in page.url
+    assert csp_violations(page) == []
     page.close()

@@ -4,8 +4,10 @@ writes, reads that create nothing, and the generation merge that get_token_stats
 from __future__ import annotations
 
 import os
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import text
@@ -205,3 +207,62 @@ def test_meters_find_the_history_store_from_the_environment(monkeypatch: pytest.
     assert not (tmp_path / "quota-history.db").exists(), "a read must not create the SQLite file"
     default.close()
     assert os.environ.get("QUOTA_HISTORY_URL") is None
+
+
+PASSWORD = "Pw-s3cret@tail9"  # with an unescaped "@": SQLAlchemy reads "tail9@host" as the host
+
+
+@pytest.mark.parametrize("url", [
+    f"postgresql://u:{PASSWORD}@host:notaport/db", f"u:{PASSWORD}@host/db", f"mysql://u:{PASSWORD}@h/db",
+    f"postgresql+nodriver://u:{PASSWORD}@h/db", f"sqlite://u:{PASSWORD}@h/x",
+    f"postgresql://u:{PASSWORD}@127.0.0.1:1/q", f"postgresql://u:{quote(PASSWORD, safe='')}@127.0.0.1:1/q",
+    f"postgresql://u:{PASSWORD}@127.0.0.1:1/q?sslmode=bogus",
+], ids=["port-not-a-number", "no-scheme", "mysql", "no-driver", "sqlite-with-host", "unreachable", "escaped",
+        "bad-option"])
+def test_a_malformed_or_unreachable_history_url_never_shows_its_password(url: str) -> None:
+    with pytest.raises((ConfigError, StorageUnavailable)) as err:
+        store = HistoryStore(url)
+        assert "s3cret" not in repr(store) and "tail9" not in repr(store)
+        store.ensure_schema()
+    message = str(err.value)
+    assert "s3cret" not in message and "tail9" not in message and "%40" not in message, message
+    assert "history database" in message or "database URL" in message
+
+
+def test_the_dump_command_does_not_echo_a_malformed_history_url(redis_server) -> None:
+    from click.testing import CliRunner
+
+    from quota.cli import main
+
+    out = CliRunner().invoke(main, ["dump", "--url", redis_server.url, "--history-url",
+                                    f"postgresql://quota:{PASSWORD}@db:port/quota"])
+    assert out.exit_code == 2 and "invalid history database URL" in out.output
+    assert "s3cret" not in out.output and "tail9" not in out.output
+
+
+def test_the_sqlite_file_is_created_0600_and_a_symbolic_link_is_refused(tmp_path: Path) -> None:
+    """SQLite made the file 0644 (its -wal and -shm copy that mode) and followed a symlink."""
+    old_umask = os.umask(0o022)
+    try:
+        path = tmp_path / "h.db"
+        store = HistoryStore(f"sqlite:///{path}")
+        assert store.load_months("ann", ["2025-12"]) == [] and not path.exists()  # reads still create nothing
+        store.write_snapshots([snap("ann", "2025-12", 1, 1, usage("2025-12"))], is_system=is_system)
+        with store.engine.connect():
+            files = [path, path.with_name("h.db-wal"), path.with_name("h.db-shm")]
+            assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {f.name: 0o600 for f in files}
+        store.close()
+
+        target = tmp_path / "elsewhere.db"
+        target.write_bytes(b"")
+        link = tmp_path / "link.db"
+        link.symlink_to(target)
+        linked = HistoryStore(f"sqlite:///{link}")
+        with pytest.raises(ConfigError, match="symbolic link"):
+            linked.ensure_schema()
+        with pytest.raises(ConfigError, match="symbolic link"):
+            linked.load_months("ann", ["2025-12"])
+        assert target.read_bytes() == b""
+        linked.close()
+    finally:
+        os.umask(old_umask)

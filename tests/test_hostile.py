@@ -12,8 +12,10 @@ Part (b) adds what tests/test_api.py does not already cover (it has bad bodies, 
 types, 413, bad/expired/forged/tampered tokens per route): ids with braces, colons, newlines,
 NUL, unicode and 129 characters, percent-encoded slashes, huge/negative/float/bool/string/NaN
 numbers, 1000-level and huge JSON bodies, tokens with unicode, another user's token on every
-user route, an expired token on writes. Each case snapshots every Redis key (type, TTL and
-content) before and after: the snapshot must be identical.
+user route, an expired token on writes; amounts whose exponent overflowed or underflowed Python's
+Decimal (``"1e999999999"``, ``"1e-999999999"``); the demo's bounds and its demo-users-only rule;
+revocation by anyone but an admin. Each case snapshots every Redis key (type, TTL and content)
+before and after: the snapshot must be identical. Paths with ``//`` must never redirect.
 """
 
 from __future__ import annotations
@@ -194,11 +196,17 @@ CASES: list[tuple[str, str, str, str, dict[str, Any], int, str]] = [
        {"json": rec(model_id="custom_x", price={"cost_per_1k_input": value, "cost_per_1k_output": 1})},
        400, "invalid_input")
       for name, value in [("NaN", "NaN"), ("Infinity", "Infinity"), ("negative", -1), ("huge", 10**12),
-                          ("1e400", "1e400"), ("bool", True), ("null", None), ("text", "cheap")]],
+                          ("1e400", "1e400"), ("bool", True), ("null", None), ("text", "cheap"),
+                          # decimal.Overflow (a 500) and a silent underflow to 0, before money.py read digits
+                          ("1e999999999", "1e999999999"), ("1e-999999999", "1e-999999999"),
+                          ("29-digits", "0.0010000000000000000000000000001")]],
     *[(f"credit-{name}", "put", "/v1/users/alice/credit", "admin", {"json": {"credit": value}}, 400, "invalid_input")
       for name, value in [("NaN", "NaN"), ("Infinity", "Infinity"), ("-Infinity", "-Infinity"), ("1e30", 1e30),
                           ("2^70", 2**70), ("1e999-text", "1e999"), ("hex", "0x10"), ("object", {"cny": 1}),
-                          ("negative-text", "-0.5"), ("10-decimals", "0.0000000001")]],
+                          ("negative-text", "-0.5"), ("10-decimals", "0.0000000001"),
+                          ("1e999999999", "1e999999999"), ("1e-999999999", "1e-999999999"),
+                          ("-1e-999999999", "-1e-999999999"), ("5000-digits", "9" * 5000),
+                          ("29-digits", "1.00000000000000000000000000001")]],
     *[(f"credit-raw-{name}", "put", "/v1/users/alice/credit", "admin",
        {"data": '{"credit": %s}' % literal, "content_type": "application/json"}, 400, "invalid_input")
       for name, literal in [("NaN", "NaN"), ("Infinity", "Infinity"), ("1e400", "1e400")]],
@@ -274,8 +282,28 @@ CASES: list[tuple[str, str, str, str, dict[str, Any], int, str]] = [
     ("alice-token-lists-models", "get", "/v1/models", "alice", {}, 403, "forbidden"),
     ("service-token-sets-credit", "put", "/v1/users/bob/credit", "service", {"json": {"credit": 99}}, 403,
      "forbidden"),
+    ("alice-token-revokes-own-tokens", "post", "/v1/users/alice/tokens/revoke", "alice", {}, 403, "forbidden"),
+    ("alice-token-revokes-bob", "post", "/v1/users/bob/tokens/revoke", "alice", {}, 403, "forbidden"),
+    ("service-token-revokes", "post", "/v1/users/bob/tokens/revoke", "service", {}, 403, "forbidden"),
+    ("no-token-revokes", "post", "/v1/users/bob/tokens/revoke", "", {}, 401, "unauthorized"),
+    ("expired-token-revokes", "post", "/v1/users/alice/tokens/revoke", f"Bearer {ALICE_EXPIRED}", {}, 401,
+     "token_expired"),
+    *[(f"revoke-user-{name}", "post", f"/v1/users/{user}/tokens/revoke", "admin", {}, 400, "invalid_input")
+      for name, user in [("braces", "al%7Bice%7D"), ("hash-tag", "%7Bbob%7D"), ("colon", "a:b"), ("nul", "a%00b"),
+                         ("129-chars", LONG)]],
     ("bob-token-with-alice-bad-body", "put", "/v1/users/alice/credit", "bob", {"json": {"credit": "NaN"}}, 403,
      "forbidden"),
+    # the demo: no token, bounded conversations, demo users only
+    *[(f"demo-{name}", "post", "/demo/turn", "", {"json": {"user": "demo-x", "model_id": SYS,
+                                                            "conversation_id": "c", "turn": 1, **body}}, 400, code)
+      for name, body, code in [("turn-51", {"turn": 51}, "conversation_too_long"),
+                               ("turn-2^63", {"turn": 2**63}, "conversation_too_long"),
+                               ("message-2001", {"message": "m" * 2001}, "message_too_long"),
+                               ("message-900kb", {"message": "m" * 900_000}, "message_too_long"),
+                               ("real-user", {"user": "alice"}, "invalid_input"),
+                               ("braced-user", {"user": "demo{alice}"}, "invalid_input")]],
+    *[(f"demo-stats-{name}", "get", f"/demo/users/{user}/token-stats", "", {}, 400, "invalid_input")
+      for name, user in [("real-user", "alice"), ("braces", "demo%7Balice%7D"), ("129-chars", "demo" + "x" * 125)]],
 ]
 
 
@@ -300,3 +328,20 @@ def test_hostile_input_gets_the_documented_4xx_and_changes_nothing(seeded, case)
     if status == 401:
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert snapshot(raw) == before
+
+
+# --- paths that start with or contain "//" ------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["//evil.com/x", "//evil.com", "///evil.com/", "//panel", "//healthz",
+                                  "/v1//models", "//v1/models", "/v1/users/alice//quota", "/static//evil.com/x",
+                                  "//static/quota.css", "/demo//turn", "/\\evil.com", "/%2F%2Fevil.com"])
+def test_double_slash_paths_never_redirect_to_another_host(app, path: str) -> None:
+    """werkzeug merged slashes with a 308 to an absolute URL built from the Host header
+    (``/v1//models`` -> ``http://attacker.example/v1/models``). The raw PATH_INFO is set here:
+    the test client would read ``//evil.com/x`` as a host name. (Leading slashes are dropped by
+    werkzeug when it matches, so ``//panel`` is the panel: harmless, it links by absolute path.)"""
+    response = app.test_client().get("/", headers={"Host": "attacker.example"},
+                                     environ_overrides={"PATH_INFO": path})
+    assert not 300 <= response.status_code < 400 and "Location" not in response.headers
+    if "//" in path.lstrip("/") or "evil" in path:
+        assert response.status_code == 404 and response.get_json()["error"]["code"] == "not_found"

@@ -72,3 +72,25 @@ def test_a_million_records_sum_to_the_exact_decimal():
         exact += Decimal(tin) / 1000 * Decimal("0.001") + Decimal(tout) / 1000 * Decimal("0.002")
     assert nano_to_decimal(total_nano) == exact
     assert Decimal(repr(total_float)) != exact  # what the seed's float design would have stored
+
+
+@pytest.mark.parametrize("amount, message", [
+    ("1e999999999", "too large"), ("1E+999999999", "too large"), ("9" * 5000, "too large"), (2**70, "too large"),
+    (1e30, "too large"), ("1e9", "too large"), ("1e-999999999", "finer than 1 nano"),
+    ("1.00000000000000000000000000001", "finer than 1 nano"), ("0." + "0" * 5000 + "1", "finer than 1 nano"),
+    ("-1e-999999999", "negative"),
+])
+def test_extreme_exponents_and_long_digits_are_invalid_input_not_overflow_or_rounding(amount, message):
+    """Decimal arithmetic in the default context overflowed (a 500), underflowed to 0, or rounded
+    past 28 digits; every caller (credit, call price, price file) goes through cny_to_nano."""
+    with pytest.raises(InvalidInput, match=message) as err:
+        cny_to_nano(amount, what="credit")
+    assert len(str(err.value)) < 200  # a 5000-digit amount is not echoed back whole
+
+
+@pytest.mark.parametrize("amount, nano", [
+    ("0e-999999999", 0), ("-0", 0), ("1E+3", 10**12), ("100E-11", 1), ("1.000000000000000", 10**9),
+    ("999999999.999999999", 10**18 - 1), (" 12.5e-1 ", 1_250_000_000), (Decimal("0.000000001"), 1),
+])
+def test_exact_amounts_at_the_edges(amount, nano):
+    assert cny_to_nano(amount) == nano

@@ -114,11 +114,18 @@ def scenario(call) -> None:
     call("get", "/v1/users/alice/quota?model_id=system_nope", headers=svc)
     call("get", "/v1/models", headers=svc)
     call("get", "/v1/models", headers=alice)
+    call("post", "/v1/users/alice/tokens/revoke", headers=svc)  # 403
+    call("post", "/v1/users/al%7Bice%7D/tokens/revoke", headers=adm)  # 400
+    call("post", "/v1/users/alice/tokens/revoke", headers=adm)
+    call("get", "/v1/users/alice/token-stats", headers=alice)  # 401 token_revoked
     call("post", "/demo/turn", json={"user": "demo-x", "model_id": SYS, "conversation_id": "c", "turn": 1,
                                      "message": "hi"})
-    call("put", "/v1/users/demo-x/credit", json={"credit": 0}, headers=adm)
+    call("get", "/demo/users/demo-x/token-stats")
+    call.client.application.extensions["quota"].demo_meter.set_monthly_credit("demo-x", 0)  # the demo's own keys
     call("post", "/demo/turn", json={"user": "demo-x", "model_id": SYS, "conversation_id": "c", "turn": 2})
     call("post", "/demo/turn", json={"user": "alice", "model_id": SYS, "conversation_id": "c", "turn": 1})
+    call("post", "/demo/turn", json={"user": "demo-x", "model_id": SYS, "conversation_id": "c", "turn": 51})
+    call("get", "/demo/users/alice/token-stats")
 
 
 def test_responses_match_the_document(app):
@@ -147,6 +154,9 @@ def test_responses_match_the_document(app):
     for expected in [("/v1/usage", "post", s) for s in (200, 400, 401, 403, 409, 413, 415)] + [
         ("/v1/users/{user}/quota", "get", 200), ("/v1/users/{user}/token-stats", "get", 401),
         ("/v1/users/{user}/credit", "put", 403), ("/demo/turn", "post", 400),
+        ("/demo/users/{user}/token-stats", "get", 200), ("/demo/users/{user}/token-stats", "get", 400),
+        ("/v1/users/{user}/tokens/revoke", "post", 200), ("/v1/users/{user}/tokens/revoke", "post", 403),
+        ("/v1/users/{user}/tokens/revoke", "post", 400),
     ]:
         assert expected in statuses, expected
     denied = [r.get_json() for m, p, b, r in call.seen if p.endswith("/quota") and r.status_code == 200]

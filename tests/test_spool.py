@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from datetime import datetime, timezone
 
 import pytest
 
 from quota import Meter
+from quota.errors import ConfigError
 from quota.spool import Spool, SpoolEntry
 
 from .servers import RedisServer, free_ports
@@ -191,3 +194,108 @@ def test_a_record_refused_for_good_goes_to_the_dead_file(backend, tmp_path, cloc
     assert (report.sent, report.dead) == (2, 1)
     assert b"system_gone" in path.with_name("w.spool.dead").read_bytes()
     assert meter.get_token_stats("dd", months=0)["models"]["system_deepseek"]["input_tokens"] == 4
+
+
+# --- file modes, symbolic links and shared directories --------------------------------------------------
+
+@pytest.fixture
+def umask_022():
+    """The usual umask, so that a mode left to the default would show as 0644/0755."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def test_every_spool_file_is_0600_and_every_directory_0700(tmp_path, umask_022):
+    path = tmp_path / "a" / "b" / "w.spool"
+    spool = Spool(path)
+    assert (mode(tmp_path / "a"), mode(tmp_path / "a" / "b")) == (0o700, 0o700)
+    spool.append(entry(1))
+    with open(path, "ab") as f:
+        f.write(b"0000dead not a record\n")                      # unreadable: .bad
+    spool.append(entry(2))
+    seen = {p.name: mode(p) for p in path.parent.iterdir()}
+    claim = spool.claim()
+    (first, end), = claim.batch(1)
+    claim.dead(first, "refused for good")                        # .dead
+    claim.ack(end, 1)                                            # .replaying.pos
+    claim.release()
+    seen |= {p.name: mode(p) for p in path.parent.iterdir()}
+    assert [e.input_tokens for e in drain(spool)] == [2]
+    seen |= {p.name: mode(p) for p in path.parent.iterdir()}
+    assert set(seen) == {"w.spool", "w.spool.lock", "w.spool.claim", "w.spool.replaying", "w.spool.replaying.pos",
+                         "w.spool.dead", "w.spool.bad"}
+    assert seen == {name: 0o600 for name in seen}
+
+
+def test_a_symbolic_link_at_a_spool_path_is_never_written_through(tmp_path, umask_022):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    (tmp_path / "s").mkdir(mode=0o700)
+    path = tmp_path / "s" / "w.spool"
+    path.symlink_to(victim)
+    spool = Spool(path)
+    assert not spool.has_pending()                               # a link is not a spool with records
+    with pytest.raises(OSError):
+        spool.append(entry(1))
+    path.unlink()
+    spool.append(entry(1))
+    spool.append(entry(2))
+    for name in ("w.spool.bad", "w.spool.replaying.pos.tmp"):
+        path.with_name(name).symlink_to(victim)
+    with open(path, "ab") as f:
+        f.write(b"0000dead not a record\n")
+    assert [e.input_tokens for e in drain(spool)] == [1, 2]      # the links are replaced or refused
+    assert victim.read_bytes() == b"precious\n"
+    assert path.with_name("w.spool.bad").is_symlink()
+
+
+def test_a_quarantine_file_that_cannot_be_written_is_logged_and_the_replay_goes_on(tmp_path, caplog):
+    spool = Spool(tmp_path / "w.spool")
+    spool.append(entry(1))
+    with open(spool.path, "ab") as f:
+        f.write(b"0000dead not a record\n")
+    spool.append(entry(2))
+    spool.bad_path.symlink_to(tmp_path / "victim")
+    assert [e.input_tokens for e in drain(spool)] == [1, 2]
+    assert not (tmp_path / "victim").exists()
+    assert "cannot keep it" in caplog.text and "not a record" in caplog.text
+
+
+@pytest.mark.parametrize("layout, refused", [
+    ("0777", "writable by every user"),                          # /tmp-like without the sticky bit
+    ("1777", "writable by every user"),                          # /tmp itself
+    ("1777/0770", "not private"),                                # a group-writable subdirectory of /tmp
+    ("0777/0700", "without the sticky bit"),                     # private, but its parent can be renamed
+    ("1777/0700", None),                                         # a private subdirectory of /tmp: fine
+    ("1777/new", None),                                          # made by quota: 0700
+    ("0755/0700", None),
+])
+def test_a_spool_directory_other_users_can_write_is_refused(tmp_path, umask_022, layout, refused):
+    directory = tmp_path / "top"
+    modes = layout.split("/")
+    for i, m in enumerate(modes):
+        if m != "new":
+            directory.mkdir()
+            directory.chmod(int(m, 8))
+        if i < len(modes) - 1:
+            directory = directory / "sub"
+    path = directory / "w.spool"
+    if refused:
+        with pytest.raises(ConfigError, match=refused):
+            Spool(path)
+        assert not path.exists()
+    else:
+        Spool(path).append(entry(1))
+        assert mode(directory) == 0o700 and mode(path) == 0o600
+
+
+def test_a_spool_directly_in_tmp_is_refused_with_advice(umask_022):
+    with pytest.raises(ConfigError, match=r"writable by every user: put the spool in a private directory"):
+        Spool(f"/tmp/quota-test-{os.getpid()}.spool")
+    with pytest.raises(ConfigError):
+        Meter.from_url("redis://127.0.0.1:1", spool=f"/tmp/quota-test-{os.getpid()}.spool")

@@ -90,16 +90,21 @@
     turn = 1;
     $("chat").replaceChildren();
     $("usage").textContent = "";
+    $("panel-link").href = "/panel#demo=1&user=" + encodeURIComponent($("user").value);
   }
 
   I.apply();
   document.title = I.t("demoTitle");
   const user = I.fragment().get("user");
   if (user) $("user").value = user;
+  // The settings form is never sent (Enter in the user field would reload the page): it was an
+  // inline onsubmit="return false", which the Content-Security-Policy forbids.
+  $("settings").addEventListener("submit", (e) => e.preventDefault());
   $("composer").addEventListener("submit", send);
   $("message").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("composer").requestSubmit(); }
   });
   $("new-chat").addEventListener("click", restart);
   $("user").addEventListener("change", restart);
+  $("panel-link").href = "/panel#demo=1&user=" + encodeURIComponent($("user").value);
 })();

@@ -6,15 +6,19 @@
   const refreshMs = Math.max(1, Number(document.body.dataset.refreshS) || 5) * 1000;
 
   /* The user and token come from the fragment once, then live in sessionStorage (this tab only),
-     and the fragment is wiped from the address bar so the token is not left in history. */
+     and the fragment is wiped from the address bar so the token is not left in history.
+     #demo=1&user=demo-x follows a user of the demo chat instead: no token, the demo's own stats
+     route (demo users live under their own key prefix, apart from real users). */
   const params = I.fragment();
-  if (params.get("token")) {
+  const demo = params.get("demo") === "1";
+  if (!demo && params.get("token")) {
     sessionStorage.setItem("quota.user", params.get("user") || "");
     sessionStorage.setItem("quota.token", params.get("token"));
     history.replaceState(null, "", location.pathname + location.search);
   }
-  const user = sessionStorage.getItem("quota.user");
-  const token = sessionStorage.getItem("quota.token");
+  const user = demo ? params.get("user") : sessionStorage.getItem("quota.user");
+  const token = demo ? null : sessionStorage.getItem("quota.token");
+  const statsUrl = (demo ? "/demo/users/" : "/v1/users/") + encodeURIComponent(user || "") + "/token-stats";
 
   function alert(text) {
     const box = $("alert");
@@ -150,15 +154,16 @@
 
   async function load() {
     try {
-      const response = await fetch("/v1/users/" + encodeURIComponent(user) + "/token-stats", {
-        headers: { Authorization: "Bearer " + token }, cache: "no-store",
+      const response = await fetch(statsUrl, {
+        headers: token ? { Authorization: "Bearer " + token } : {}, cache: "no-store",
       });
       const data = await response.json();
       if (!response.ok) {
         const code = data && data.error && data.error.code;
-        alert(code === "token_expired" ? I.t("expired") : code === "forbidden" ? I.t("denied")
+        alert(code === "token_expired" ? I.t("expired") : code === "token_revoked" ? I.t("revoked")
+          : code === "forbidden" ? I.t("denied")
           : (data.error && data.error.message) || response.statusText);
-        if (response.status === 401 || response.status === 403) return; // no point polling on
+        if (response.status >= 400 && response.status < 500) return; // no point polling on
       } else {
         alert("");
         renderMonth(data);
@@ -176,10 +181,10 @@
 
   I.apply();
   document.title = I.t("title");
-  if (!user || !token) {
+  if (!user || (!demo && !token)) {
     alert(I.t("noToken"));
     return;
   }
-  $("who").textContent = user;
+  $("who").textContent = demo ? user + " · " + I.t("demoUser") : user;
   load();
 })();
