@@ -44,7 +44,7 @@ class AsyncMeter:
         self.turn_options = TurnOptions(spool, on_unavailable)  # see quota.turn
         self.client = client
         self.history = history
-        self._where = describe_client(client)
+        self.where = describe_client(client)
         self._node_clients: dict[str, aredis.Redis] = {}
         # redis-py's asyncio cluster client, used first by many tasks at once, initializes once per
         # task and closes connections other tasks are writing on ('NoneType' object has no
@@ -86,29 +86,36 @@ class AsyncMeter:
     async def update_token_usage(self, user: str, model_id: str, input_tokens: int, output_tokens: int, *,
                                  request_id: str | None = None, price: Mapping[str, Any] | None = None,
                                  estimated: bool = False) -> UsageResult:
-        return await self._run(self.core.record(user, model_id, input_tokens, output_tokens,
+        return await self.run(self.core.record(user, model_id, input_tokens, output_tokens,
                                                 request_id=request_id, price=price, estimated=estimated))
 
     async def update_token_usage_many(self, records: Iterable[Mapping[str, Any]]) -> list[UsageResult]:
         calls = self.core.record_many(records)
-        replies = await self._run_many(calls)
-        results = [error_of(r, self._where) or c.parse(r) for c, r in zip(calls, replies)]
+        replies = await self.run_many(calls)
+        results = [error_of(r, self.where) or c.parse(r) for c, r in zip(calls, replies)]
         if any(isinstance(r, Exception) for r in results):
             raise BatchError(results)
         return results
 
     async def check_quota_available(self, user: str, model_id: str) -> QuotaCheck:
-        return await self._run(self.core.check(user, model_id))
+        return await self.run(self.core.check(user, model_id))
 
     async def set_monthly_credit(self, user: str, credit: Any, month: str | None = None) -> CreditResult:
-        return await self._run(self.core.set_credit(user, credit, month))
+        return await self.run(self.core.set_credit(user, credit, month))
 
     async def get_token_stats(self, user: str, *, months: int | None = None) -> dict[str, Any]:
-        live = await self._run(self.core.stats(user, months))
+        live = await self.run(self.core.stats(user, months))
         archived = None
         if self.history is not None:
             archived = await asyncio.to_thread(self.history.load_months, user, [m.month for m in live.months[1:]])
         return self.core.token_stats(user, live, archived)
+
+    async def ping(self) -> None:
+        """Raise ``StorageUnavailable`` unless Redis answers."""
+        with storage_errors(self.where):
+            if not self._ready:
+                await self._initialize()
+            await self.client.ping()
 
     def get_model_cost_config(self, model_id: str) -> dict[str, Any]:
         return self.core.prices.get_model_cost_config(model_id)
@@ -125,8 +132,8 @@ class AsyncMeter:
 
     # --- I/O -------------------------------------------------------------------------------------
 
-    async def _run(self, call: ScriptCall) -> Any:
-        with storage_errors(self._where):
+    async def run(self, call: ScriptCall) -> Any:
+        with storage_errors(self.where):
             if not self._ready:
                 await self._initialize()
             return call.parse(await self._evalsha(self.client, call))
@@ -165,17 +172,17 @@ class AsyncMeter:
         except AttributeError as exc:
             raise lost_connection(exc) from exc
 
-    async def _run_many(self, calls: list[ScriptCall]) -> list[Any]:
+    async def run_many(self, calls: list[ScriptCall]) -> list[Any]:
         if not calls:
             return []
         node_of = None
         if isinstance(self.client, AsyncRedisCluster):
-            with storage_errors(self._where):
+            with storage_errors(self.where):
                 await self._initialize()
                 await self.client.initialize()   # cheap once done; after a failover, refreshes the slots
             node_of = lambda key: self.client.get_node_from_key(key).name  # noqa: E731
         plan = plan_batch(calls, node_of)
-        with storage_errors(self._where):
+        with storage_errors(self.where):
             try:
                 step = next(plan)
                 while True:

@@ -229,9 +229,9 @@ def _run_groups(meter: Meter, script: LuaScript, groups: list[list[Any]],
     calls = [ScriptCall(script, tuple(key_of(i) for i in group), tuple(args_of(i) for i in group), _identity)
              for group in groups]
     out: list[tuple[Any, Any]] = []
-    for group, reply in zip(groups, meter._run_many(calls)):
+    for group, reply in zip(groups, meter.run_many(calls)):
         if isinstance(reply, REROUTE):
-            with storage_errors(meter._where):
+            with storage_errors(meter.where):
                 raise reply
         if isinstance(reply, Exception):  # e.g. WRONGTYPE: a key name reused for another type
             out.extend((item, reply) for item in group)

@@ -43,7 +43,7 @@ class Meter:
         self.turn_options = TurnOptions(spool, on_unavailable)  # see quota.turn
         self.client = client
         self.history = history
-        self._where = describe_client(client)
+        self.where = describe_client(client)
 
     @classmethod
     def from_url(cls, url: str | None = None, *, cluster: bool | None = None, **options: Any) -> "Meter":
@@ -81,31 +81,36 @@ class Meter:
                            request_id: str | None = None, price: Mapping[str, Any] | None = None,
                            estimated: bool = False) -> UsageResult:
         """Count one LLM call. Never refuses for the credit; a repeated ``request_id`` counts once."""
-        return self._run(self.core.record(user, model_id, input_tokens, output_tokens,
+        return self.run(self.core.record(user, model_id, input_tokens, output_tokens,
                                           request_id=request_id, price=price, estimated=estimated))
 
     def update_token_usage_many(self, records: Iterable[Mapping[str, Any]]) -> list[UsageResult]:
         """Count many calls in one pipelined round trip per node; one result per record."""
         calls = self.core.record_many(records)
-        replies = self._run_many(calls)
-        results = [error_of(r, self._where) or c.parse(r) for c, r in zip(calls, replies)]
+        replies = self.run_many(calls)
+        results = [error_of(r, self.where) or c.parse(r) for c, r in zip(calls, replies)]
         if any(isinstance(r, Exception) for r in results):
             raise BatchError(results)
         return results
 
     def check_quota_available(self, user: str, model_id: str) -> QuotaCheck:
         """May ``user`` start a new message on ``model_id``? Custom models always may."""
-        return self._run(self.core.check(user, model_id))
+        return self.run(self.core.check(user, model_id))
 
     def set_monthly_credit(self, user: str, credit: Any, month: str | None = None) -> CreditResult:
         """Set ``user``'s credit (CNY) for ``month`` (default: the current UTC month)."""
-        return self._run(self.core.set_credit(user, credit, month))
+        return self.run(self.core.set_credit(user, credit, month))
 
     def get_token_stats(self, user: str, *, months: int | None = None) -> dict[str, Any]:
         """The seed's stats structure: this month, per model, and the history by month."""
-        live = self._run(self.core.stats(user, months))
+        live = self.run(self.core.stats(user, months))
         archived = self.history.load_months(user, [m.month for m in live.months[1:]]) if self.history else None
         return self.core.token_stats(user, live, archived)
+
+    def ping(self) -> None:
+        """Raise ``StorageUnavailable`` unless Redis answers (every node of a cluster)."""
+        with storage_errors(self.where):
+            self.client.ping()
 
     def get_model_cost_config(self, model_id: str) -> dict[str, Any]:
         return self.core.prices.get_model_cost_config(model_id)
@@ -129,8 +134,9 @@ class Meter:
 
     # --- I/O -------------------------------------------------------------------------------------
 
-    def _run(self, call: ScriptCall) -> Any:
-        with storage_errors(self._where):
+    def run(self, call: ScriptCall) -> Any:
+        """Send one prepared call (quota.core) and parse its reply; see quota.runner."""
+        with storage_errors(self.where):
             return call.parse(self._evalsha(self.client, call))
 
     @staticmethod
@@ -155,12 +161,13 @@ class Meter:
             # EVAL carries the source: a flush can not come between loading and running it.
             return client.eval(*eval_args(call))
 
-    def _run_many(self, calls: list[ScriptCall]) -> list[Any]:
+    def run_many(self, calls: list[ScriptCall]) -> list[Any]:
+        """Send calls pipelined, one pipeline per node; one raw reply or exception per call."""
         if not calls:
             return []
         cluster = isinstance(self.client, RedisCluster)
         plan = plan_batch(calls, (lambda key: self.client.get_node_from_key(key).name) if cluster else None)
-        with storage_errors(self._where):
+        with storage_errors(self.where):
             try:
                 step = next(plan)
                 while True:

@@ -39,6 +39,7 @@ from .core import MeterCore, ScriptCall
 from .errors import InvalidInput, QuotaError, QuotaExceeded, RequestConflict, StorageUnavailable
 from .keys import validate_request_id, validate_user
 from .money import nano_to_decimal
+from .runner import AsyncScriptRunner, ScriptRunner
 from .results import QuotaCheck, UsageResult
 from .spool import MemorySpool, Spool, SpoolEntry, open_spool
 from .usage import StreamTally, Usage, estimate_prompt_tokens, usage_from
@@ -461,8 +462,8 @@ class ReplayPlan:
         return sent, dead, error
 
 
-def _errors_of(meter: Any, replies: list[Any]) -> list[QuotaError | None]:
-    return [error_of(reply, meter._where) for reply in replies]
+def _errors_of(meter: ScriptRunner | AsyncScriptRunner, replies: list[Any]) -> list[QuotaError | None]:
+    return [error_of(reply, meter.where) for reply in replies]
 
 
 # --- sync I/O ------------------------------------------------------------------------------------
@@ -470,7 +471,7 @@ def _errors_of(meter: Any, replies: list[Any]) -> list[QuotaError | None]:
 class Turn:
     """``with meter.turn(user, model_id) as turn:`` — see the module docstring."""
 
-    def __init__(self, meter: Any, user: str, model_id: str, *, on_unavailable: str | None = None,
+    def __init__(self, meter: ScriptRunner, user: str, model_id: str, *, on_unavailable: str | None = None,
                  hold: object = None):
         self.meter = meter
         self.rules = TurnRules(meter.core, meter.turn_options, user, model_id, on_unavailable, hold)
@@ -498,7 +499,7 @@ class Turn:
             if begin is None:
                 self.rules.checked(self.meter.check_quota_available(self.rules.user, self.rules.model.model_id))
             else:
-                self.rules.admitted(self.meter._run(begin))
+                self.rules.admitted(self.meter.run(begin))
         except StorageUnavailable as exc:
             self.rules.unavailable(exc)
         return self
@@ -522,7 +523,7 @@ class Turn:
         end = self.rules.end_call()
         if end is not None:
             try:
-                self.meter._run(end)
+                self.meter.run(end)
             except QuotaError as error:
                 self.rules.ended(error)
             else:
@@ -549,10 +550,10 @@ class Turn:
     def _send(self, pending: Pending) -> Recorded:
         try:
             try:
-                result = self.meter._run(pending.call)
+                result = self.meter.run(pending.call)
             except RequestConflict:
                 pending = self.rules.rekeyed(pending)
-                result = self.meter._run(pending.call)
+                result = self.meter.run(pending.call)
         except StorageUnavailable as exc:
             try:
                 self.meter.turn_options.spool.append(pending.entry)
@@ -625,7 +626,7 @@ class MeteredStream:
             self.turn.rules.streams.remove(self)
 
 
-def replay(meter: Any) -> ReplayReport:
+def replay(meter: ScriptRunner) -> ReplayReport:
     """Send spooled records to Redis, oldest first, until none is left or Redis fails again.
 
     One claim covers one file: a replay resumed after an outage first finishes the file claimed
@@ -638,7 +639,7 @@ def replay(meter: Any) -> ReplayReport:
             return ReplayReport(sent, dead, one.pending, one.error)
 
 
-def _replay_claim(meter: Any) -> ReplayReport:
+def _replay_claim(meter: ScriptRunner) -> ReplayReport:
     """Replay one claimed spool file (see :func:`replay`)."""
     options: TurnOptions = meter.turn_options
     claim = options.spool.claim()
@@ -656,7 +657,7 @@ def _replay_claim(meter: Any) -> ReplayReport:
             while plan.sending:
                 calls = plan.calls()
                 try:
-                    replies = meter._run_many(calls)
+                    replies = meter.run_many(calls)
                 except StorageUnavailable as exc:
                     replies = [exc] * len(calls)
                 plan.take(_errors_of(meter, replies))
@@ -683,7 +684,7 @@ class AsyncTurn:
     completes. Streams cut short by a cancellation are counted the same way.
     """
 
-    def __init__(self, meter: Any, user: str, model_id: str, *, on_unavailable: str | None = None,
+    def __init__(self, meter: AsyncScriptRunner, user: str, model_id: str, *, on_unavailable: str | None = None,
                  hold: object = None):
         self.meter = meter
         self.rules = TurnRules(meter.core, meter.turn_options, user, model_id, on_unavailable, hold)
@@ -702,7 +703,7 @@ class AsyncTurn:
             else:
                 # Shielded: a turn cancelled while its hold is being taken still learns the hold,
                 # so that __aexit__ (which runs only if this returns) or its expiry frees it.
-                self.rules.admitted(await asyncio.shield(self.meter._run(begin)))
+                self.rules.admitted(await asyncio.shield(self.meter.run(begin)))
         except StorageUnavailable as exc:
             self.rules.unavailable(exc)
         return self
@@ -724,7 +725,7 @@ class AsyncTurn:
         end = self.rules.end_call()
         if end is not None:
             try:
-                await asyncio.shield(self.meter._run(end))   # a cancelled turn still gives its hold back
+                await asyncio.shield(self.meter.run(end))   # a cancelled turn still gives its hold back
             except QuotaError as error:
                 self.rules.ended(error)
             else:
@@ -748,10 +749,10 @@ class AsyncTurn:
     async def _send(self, pending: Pending) -> Recorded:
         try:
             try:
-                result = await self.meter._run(pending.call)
+                result = await self.meter.run(pending.call)
             except RequestConflict:
                 pending = self.rules.rekeyed(pending)
-                result = await self.meter._run(pending.call)
+                result = await self.meter.run(pending.call)
         except StorageUnavailable as exc:
             spool = self.meter.turn_options.spool
             try:
@@ -831,7 +832,7 @@ class AsyncMeteredStream:
         return self.recorded
 
 
-async def areplay(meter: Any) -> ReplayReport:
+async def areplay(meter: AsyncScriptRunner) -> ReplayReport:
     """The asyncio twin of :func:`replay`; file work runs in a thread, off the event loop."""
     sent = dead = 0
     while True:
@@ -841,7 +842,7 @@ async def areplay(meter: Any) -> ReplayReport:
             return ReplayReport(sent, dead, one.pending, one.error)
 
 
-async def _areplay_claim(meter: Any) -> ReplayReport:
+async def _areplay_claim(meter: AsyncScriptRunner) -> ReplayReport:
     """Replay one claimed spool file (see :func:`areplay`)."""
     options: TurnOptions = meter.turn_options
     claim = await asyncio.to_thread(options.spool.claim)
@@ -859,7 +860,7 @@ async def _areplay_claim(meter: Any) -> ReplayReport:
             while plan.sending:
                 calls = plan.calls()
                 try:
-                    replies = await meter._run_many(calls)
+                    replies = await meter.run_many(calls)
                 except StorageUnavailable as exc:
                     replies = [exc] * len(calls)
                 plan.take(_errors_of(meter, replies))
@@ -877,7 +878,7 @@ async def _areplay_claim(meter: Any) -> ReplayReport:
     return ReplayReport(sent, dead, options.spool.has_pending())
 
 
-async def _replay_quietly(meter: Any) -> None:
+async def _replay_quietly(meter: AsyncScriptRunner) -> None:
     try:
         await areplay(meter)
     except Exception:  # noqa: BLE001
