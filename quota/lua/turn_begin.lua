@@ -13,7 +13,8 @@
 --
 -- available = credit - used - (live holds of other turns). Denied when available <= 0; else the
 -- turn holds min(hold, available) until turn_end.lua, hold_ttl_ms after its last record, or its
--- expiry. Dead holds are deleted here. A repeated turn_id (a retried call) keeps its hold.
+-- expiry. Dead holds are deleted here. A repeated turn_id (a retried call) keeps its hold while
+-- it is live; one whose hold died meanwhile is a new admission.
 -- Returns {admitted (1/0), system_used_nano, credit_nano, held_nano (others), hold_nano (this turn)}
 -- as strings. Amounts are exact below 2^53 nano-CNY (9 million CNY); see docs/INTEGRATION.md.
 
@@ -31,7 +32,8 @@ local now_ms = server_ms()
 local month = redis.call('HMGET', KEYS[1], 'system_used_nano', 'credit_nano', ARGV[3])
 local used, credit = tonumber(month[1] or '0'), tonumber(month[2] or ARGV[4])
 local held, dead = live_holds(KEYS[2], now_ms, ARGV[1])
-local mine = parse_hold(redis.call('HGET', KEYS[2], ARGV[1]))
+local mine, mine_expires = parse_hold(redis.call('HGET', KEYS[2], ARGV[1]))
+if mine and mine_expires <= now_ms then mine = nil end  -- dead (deleted below): admitted anew or not
 local wanted
 if ARGV[2] == 'auto' then
   wanted = tonumber(month[3] or ARGV[6])
