@@ -168,6 +168,56 @@ def test_a_user_at_the_credit_gets_no_hold_and_custom_turns_take_none(meter, raw
     assert holds(raw, "jo") == {}
 
 
+def test_a_retried_turn_begin_keeps_one_hold_and_a_retried_turn_end_changes_nothing(meter, raw):
+    """redis-py resends a script whose reply was lost (docs: 10 retries by default), so turn_begin
+    and turn_end can run twice for one turn: the turn must still hold once and be released once."""
+    meter.set_monthly_credit("pa", "1")
+    model = meter.prices.lookup("system_deepseek")
+    begin = meter.core.turn_begin("pa", model, "turn-retried", meter.core.hold_arg("1"))
+    (first, first_hold), (again, again_hold) = meter.run(begin), meter.run(begin)
+    assert first.allowed and again.allowed                 # the retry is admitted, its own hold aside
+    assert first_hold == again_hold == 1_000_000_000 and again.held_nano == 0
+    assert list(holds(raw, "pa")) == ["turn-retried"]
+    assert meter.check_quota_available("pa", "system_deepseek").held_nano == 1_000_000_000
+    with pytest.raises(QuotaExceeded):                     # the one hold has the whole credit
+        meter.turn("pa", "system_deepseek").__enter__()
+    meter.run(meter.core.record("pa", "system_deepseek", 20_000, 4_000, turn_id="turn-retried"))
+    _, late_hold = meter.run(begin)                       # a late retry does not refill the hold
+    assert late_hold == 1_000_000_000 - CALL_NANO
+    assert meter.check_quota_available("pa", "system_deepseek").held_nano == 1_000_000_000 - CALL_NANO
+    end = meter.core.turn_end("pa", model, "turn-retried", CALL_NANO)
+    assert meter.run(end) is True
+    month_after_end = raw.hgetall("quota:{pa}:2026-01")
+    learned = 100_000_000 - (100_000_000 - CALL_NANO) // 8   # the default 0.1 falls towards 0.028
+    assert month_after_end[b"system_deepseek:hold_est_nano"] == str(learned).encode()
+    assert meter.run(end) is False                   # the retry releases and learns nothing
+    assert raw.hgetall("quota:{pa}:2026-01") == month_after_end
+    assert holds(raw, "pa") == {} and meter.check_quota_available("pa", "system_deepseek").held_nano == 0
+
+
+def test_a_retried_turn_begin_whose_hold_died_meanwhile_is_a_new_admission(meter, raw):
+    """A retry that finds its own hold dead must not answer "admitted, holding X" while it deletes
+    that hold: the turn would run unreserved while other turns are admitted against the same credit."""
+    model = meter.prices.lookup("system_deepseek")
+    begin = meter.core.turn_begin("qi", model, "turn-stalled", meter.core.hold_arg("1"))
+    meter.run(begin)
+    raw.hset("quota:{qi}:holds", "turn-stalled", "1000000000:1")   # its expiry passed (server clock)
+    assert meter.check_quota_available("qi", "system_deepseek").held_nano == 0
+    check, hold = meter.run(begin)
+    assert check.allowed and hold == 1_000_000_000
+    remaining, expires_ms = holds(raw, "qi")["turn-stalled"].split(":")
+    now_s, now_us = raw.time()
+    assert remaining == "1000000000" and int(expires_ms) > now_s * 1000 + now_us // 1000
+    assert meter.check_quota_available("qi", "system_deepseek").held_nano == 1_000_000_000
+    # ... and when the credit went to other turns meanwhile, the retry is refused like a new turn
+    meter.set_monthly_credit("qi", "1")
+    raw.hset("quota:{qi}:holds", "turn-stalled", "1000000000:1")
+    with meter.turn("qi", "system_deepseek", hold="1"):
+        check, hold = meter.run(begin)
+        assert not check.allowed and hold == 0
+        assert meter.check_quota_available("qi", "system_deepseek").held_nano == 1_000_000_000
+
+
 def test_thirty_two_threads_at_the_last_of_the_credit(real_backend, clock):
     """A threaded worker: 32 turns start at once at 4.99 of 5 CNY; only one turn's worth gets past."""
     meter = Meter(real_backend.sync_client(), clock=clock, monthly_credit=5)

@@ -2,9 +2,16 @@
 
 A Hypothesis state machine records on system and custom models (with and without request ids,
 repeating ids with the same or different content), sets credits, moves the pinned clock across
-months and year ends, checks quotas and sends batches. After every step ``get_token_stats`` of
-every user and every check must equal what ``Model`` -- a few lines of plain Python holding the
-rules of docs/OPERATIONS.md -- says.
+months and year ends, checks quotas and sends batches. It also runs turns with holds (issue 9):
+admits them (an explicit hold or "auto"), records within them (drawing the hold down), releases
+them, retries their turn_begin and turn_end (a reply lost, the script resent), and lets holds die
+as a killed worker's would. After every step ``get_token_stats`` of every user and every check
+must equal what ``Model`` -- a few lines of plain Python holding the rules of docs/OPERATIONS.md
+-- says.
+
+A hold dies when the server's clock passes its expiry. The machine cannot move Redis' clock, so it
+writes the expiry into the past with a raw HSET: for every script that is exactly what the time
+passing looks like.
 
 Extension point: the machine asks ``Model`` for the expected stats and never looks at where
 Redis keeps a month, so a ``dump`` rule (issue 3: archive expired months to SQL, remove them from
@@ -23,9 +30,9 @@ import pytest
 import redis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-from quota import Meter
+from quota import Meter, QuotaExceeded
 from quota.config import Settings
 from quota.errors import BatchError, InvalidInput, RequestConflict
 from quota.keys import add_months, month_of
@@ -46,6 +53,12 @@ PRICES = PriceTable(
 )
 MODELS = ("system_deepseek", "system_big", "custom_gpt", "custom_free", "custom_x")
 
+# turn holds: the settings' defaults for "auto" (written out here), and what a turn may ask for
+AUTO_DEFAULT_NANO, AUTO_FLOOR_NANO, AUTO_CAP_NANO = 100_000_000, 10_000_000, 1_000_000_000
+TURN_MODELS = ("system_deepseek", "system_big", "custom_gpt")
+HOLD_ASKS = ("auto", "0", "0.01", "0.1", "1", "3")
+MAX_OPEN_TURNS = 8
+
 users = st.sampled_from(USERS)
 models = st.sampled_from(MODELS)
 tokens = st.integers(0, 3_000) | st.sampled_from([0, 1, 10**9])
@@ -63,6 +76,22 @@ def records(draw) -> dict:
 
 
 @dataclass
+class Hold:
+    remaining_nano: int
+    live: bool = True          # False: past its expiry, but its field is still in the holds hash
+
+
+@dataclass
+class OpenTurn:
+    turn: object               # quota.turn.Turn, entered
+    user: str
+    model_id: str
+    asked: str
+    holding: bool              # a system turn that was admitted with a hold (it sends turn_end)
+    cost_nano: int = 0         # the system cost it recorded
+
+
+@dataclass
 class Month:
     credit_nano: int | None = None
     used_nano: int = 0
@@ -75,6 +104,8 @@ class Model:
     def __init__(self) -> None:
         self.months: dict[tuple[str, str], Month] = {}
         self.seen: dict[tuple[str, str], tuple] = {}  # (user, request id) -> content; kept across months
+        self.holds: dict[str, dict[str, Hold]] = {}   # user -> turn id -> the field in the holds hash
+        self.estimates: dict[tuple[str, str, str], int] = {}  # (user, month, model) -> "auto" estimate
 
     def month(self, user: str, month: str) -> Month:
         return self.months.setdefault((user, month), Month())
@@ -100,12 +131,56 @@ class Model:
             m.used_nano += content[3]
         return "counted"
 
+    def held(self, user: str, skip: str | None = None) -> int:
+        return sum(h.remaining_nano for tid, h in self.holds.get(user, {}).items() if h.live and tid != skip)
+
+    def begin(self, user: str, turn_id: str, model_id: str, asked: str, month: str) -> tuple[bool, int, int]:
+        """turn_begin.lua: (admitted, this turn's hold, what the other turns hold). The user's dead
+        holds are deleted; a live hold of the same turn (a retry) is kept as it is."""
+        holds = self.holds.setdefault(user, {})
+        others = self.held(user, skip=turn_id)
+        for tid in [tid for tid, h in holds.items() if not h.live]:
+            del holds[tid]
+        if turn_id in holds:
+            return True, holds[turn_id].remaining_nano, others
+        used, credit = self.used_and_credit(user, month)
+        available = credit - used - others
+        if available <= 0:
+            return False, 0, others
+        if asked == "auto":
+            estimate = self.estimates.get((user, month, model_id), AUTO_DEFAULT_NANO)
+            wanted = min(max(estimate, AUTO_FLOOR_NANO), AUTO_CAP_NANO)
+        else:
+            wanted = int(Decimal(asked) * 10**9)
+        holds[turn_id] = Hold(min(wanted, available))
+        return True, holds[turn_id].remaining_nano, others
+
+    def draw(self, user: str, turn_id: str, cost: int, is_system: bool) -> int | None:
+        """record.lua within a turn: the hold left after this call (None: no live hold)."""
+        hold = self.holds.get(user, {}).get(turn_id)
+        if hold is None or not hold.live:
+            return None
+        if is_system:
+            hold.remaining_nano = max(hold.remaining_nano - cost, 0)
+        return hold.remaining_nano
+
+    def end(self, user: str, turn_id: str, model_id: str, cost: int, month: str) -> bool:
+        """turn_end.lua: delete the hold's field; the call that deleted it teaches the estimate."""
+        if self.holds.get(user, {}).pop(turn_id, None) is None:
+            return False
+        key = (user, month, model_id)
+        if key in self.estimates or cost > 0:
+            old = self.estimates.get(key, AUTO_DEFAULT_NANO)
+            self.estimates[key] = old + (cost - old) // 2 if cost > old else old - (old - cost) // 8
+        return True
+
     def used_and_credit(self, user: str, month: str) -> tuple[int, int]:
         m = self.months.get((user, month), Month())
         return m.used_nano, CREDIT_NANO if m.credit_nano is None else m.credit_nano
 
     def expected_stats(self, user: str, current: str) -> dict:
         used, credit = self.used_and_credit(user, current)
+        held = self.held(user)
         m = self.months.get((user, current), Month())
         history = {}
         for back in range(1, 13):
@@ -117,6 +192,7 @@ class Model:
         return {
             "current_month": current, "monthly_credit": nano_to_json(credit), "monthly_used": nano_to_json(used),
             "remaining": nano_to_json(max(credit - used, 0)), "exceeded": used >= credit,
+            "held": nano_to_json(held), "available": nano_to_json(max(credit - used - held, 0)),
             "models": {mid: {"input_tokens": c[0], "output_tokens": c[1], "cost": nano_to_json(c[2]), "calls": c[3],
                              "estimated_calls": c[4], "is_system": mid.startswith("system_")}
                        for mid, c in m.models.items()},
@@ -141,6 +217,8 @@ class MeterMachine(RuleBasedStateMachine):
         self.now = datetime(2025, 11, 20, 8, 30, tzinfo=timezone.utc)
         self.meter = self.make_meter()
         self.model = Model()
+        self.turns: list[OpenTurn] = []
+        self.ended: list[tuple[str, str, str, int]] = []   # user, model, turn id, cost: for retries
 
     def make_meter(self) -> Meter:
         settings_ = Settings(prefix="prop", credit_nano=CREDIT_NANO, prices=PRICES)
@@ -206,10 +284,110 @@ class MeterMachine(RuleBasedStateMachine):
     @rule(user=users, model_id=st.sampled_from(MODELS[:4]))
     def check(self, user: str, model_id: str) -> None:
         used, credit = self.model.used_and_credit(user, self.month)
+        held = self.model.held(user)
         got = self.meter.check_quota_available(user, model_id)
-        allowed = not model_id.startswith("system_") or used < credit
-        assert (got.allowed, got.monthly_used_nano, got.monthly_credit_nano, got.month) == (allowed, used, credit, self.month)
+        allowed = not model_id.startswith("system_") or used + held < credit
+        assert (got.allowed, got.monthly_used_nano, got.monthly_credit_nano, got.month, got.held_nano) == (
+            allowed, used, credit, self.month, held)
         assert (got.event is None) == allowed
+
+    # --- turns and their holds ------------------------------------------------------------------
+
+    def holds_key(self, user: str) -> str:
+        return self.meter.core.keys.holds_key(user)
+
+    @precondition(lambda self: len(self.turns) < MAX_OPEN_TURNS)
+    @rule(user=users, model_id=st.sampled_from(TURN_MODELS), asked=st.sampled_from(HOLD_ASKS))
+    def admit(self, user: str, model_id: str, asked: str) -> None:
+        turn = self.meter.turn(user, model_id, hold=asked)
+        if not model_id.startswith("system_"):             # custom: never limited, holds nothing
+            turn.__enter__()
+            assert turn.rules.hold_nano == 0 and turn.check.allowed
+            self.turns.append(OpenTurn(turn, user, model_id, asked, holding=False))
+            return
+        used, credit = self.model.used_and_credit(user, self.month)
+        admitted, hold, others = self.model.begin(user, turn.rules.turn_id, model_id, asked, self.month)
+        if not admitted:
+            with pytest.raises(QuotaExceeded) as refused:
+                turn.__enter__()
+            event = refused.value.event
+            assert (event["held"], event["monthly_used"]) == (nano_to_json(others), nano_to_json(used))
+            return
+        turn.__enter__()
+        assert (turn.rules.hold_nano, turn.check.held_nano, turn.check.monthly_used_nano) == (hold, others, used)
+        assert credit - used - others > 0
+        self.turns.append(OpenTurn(turn, user, model_id, asked, holding=True))
+
+    @precondition(lambda self: self.turns)
+    @rule(index=st.integers(0, MAX_OPEN_TURNS - 1), model_id=st.sampled_from((None,) + MODELS[:4]),
+          input_tokens=st.integers(0, 3_000), output_tokens=st.integers(0, 3_000))
+    def turn_record(self, index: int, model_id: str | None, input_tokens: int, output_tokens: int) -> None:
+        """A call of a turn's reply (the turn's model or another): it draws its system cost down
+        from the turn's live hold, never below 0. Tokens stay small: a turn's cost stays exact in
+        Lua's doubles (see record.lua), which is what the estimate in turn_end.lua is fed."""
+        t = self.turns[index % len(self.turns)]
+        rec = dict(user=t.user, model_id=model_id or t.model_id, input_tokens=input_tokens,
+                   output_tokens=output_tokens, request_id=None, estimated=False)
+        assert self.model.record(rec, self.month) == "counted"
+        cost, is_system = Model.cost(rec), rec["model_id"].startswith("system_")
+        left = self.model.draw(t.user, t.turn.rules.turn_id, cost, is_system) if t.holding else None
+        got = t.turn.record(input_tokens=input_tokens, output_tokens=output_tokens, model_id=model_id)
+        assert (got.status, got.result.cost_nano, got.result.hold_remaining_nano) == ("counted", cost, left)
+        t.cost_nano += cost if is_system else 0
+
+    @precondition(lambda self: self.turns)
+    @rule(index=st.integers(0, MAX_OPEN_TURNS - 1))
+    def release(self, index: int) -> None:
+        t = self.turns.pop(index % len(self.turns))
+        t.turn.__exit__(None, None, None)
+        if not t.holding:
+            return
+        tid = t.turn.rules.turn_id
+        self.model.end(t.user, tid, t.model_id, t.cost_nano, self.month)
+        self.ended.append((t.user, t.model_id, tid, t.cost_nano))
+        estimate = self.client.hget(self.meter.core.keys.month_key(t.user, self.month), f"{t.model_id}:hold_est_nano")
+        want = self.model.estimates.get((t.user, self.month, t.model_id))
+        assert estimate == (None if want is None else str(want).encode())
+        assert not self.client.hexists(self.holds_key(t.user), tid)
+
+    def live_holds(self) -> list[tuple[str, str, Hold]]:
+        return [(user, tid, h) for user, holds in sorted(self.model.holds.items())
+                for tid, h in sorted(holds.items()) if h.live]
+
+    @precondition(lambda self: any(self.live_holds()))
+    @rule(index=st.integers(0, MAX_OPEN_TURNS - 1))
+    def expire(self, index: int) -> None:
+        """A hold's expiry passes (its worker was killed, or stalled for hold_ttl_s): the field
+        stays, with its expiry in the past, until the user's next admission deletes it."""
+        live = self.live_holds()
+        user, tid, hold = live[index % len(live)]
+        self.client.hset(self.holds_key(user), tid, f"{hold.remaining_nano}:1")
+        hold.live = False
+
+    @precondition(lambda self: any(t.holding for t in self.turns))
+    @rule(index=st.integers(0, MAX_OPEN_TURNS - 1))
+    def retry_begin(self, index: int) -> None:
+        """turn_begin.lua sent again for an open turn (redis-py resends when a reply is lost):
+        a live hold is kept as it is (not refilled, not doubled); a dead one is a new admission."""
+        holding = [t for t in self.turns if t.holding]
+        t = holding[index % len(holding)]
+        tid = t.turn.rules.turn_id
+        model = self.meter.prices.lookup(t.model_id)
+        call = self.meter.core.turn_begin(t.user, model, tid, self.meter.core.hold_arg(t.asked))
+        admitted, hold, others = self.model.begin(t.user, tid, t.model_id, t.asked, self.month)
+        check, got_hold = self.meter.run(call)
+        assert (check.allowed, got_hold, check.held_nano) == (admitted, hold, others)
+
+    @precondition(lambda self: self.ended)
+    @rule(index=st.integers(0, 10**6))
+    def retry_end(self, index: int) -> None:
+        """turn_end.lua sent again for a turn that ended: it releases and learns nothing more."""
+        user, model_id, tid, cost = self.ended[index % len(self.ended)]
+        month_before = self.client.hgetall(self.meter.core.keys.month_key(user, self.month))
+        assert self.model.end(user, tid, model_id, cost, self.month) is False
+        call = self.meter.core.turn_end(user, self.meter.prices.lookup(model_id), tid, cost)
+        assert self.meter.run(call) is False
+        assert self.client.hgetall(self.meter.core.keys.month_key(user, self.month)) == month_before
 
     @invariant()
     def stats_agree(self) -> None:
@@ -220,6 +398,14 @@ class MeterMachine(RuleBasedStateMachine):
             for model in got["models"].values():
                 model.pop("name")
             assert got == want, user
+
+    @invariant()
+    def checks_count_the_live_holds(self) -> None:
+        for user in USERS:
+            used, credit = self.model.used_and_credit(user, self.month)
+            held = self.model.held(user)
+            got = self.meter.check_quota_available(user, "system_deepseek")
+            assert (got.held_nano, got.allowed) == (held, used + held < credit), user
 
 
 @pytest.mark.slow
