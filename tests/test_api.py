@@ -159,6 +159,16 @@ def test_quota_check_bad_input(client):
     assert_error(client.get("/v1/users/al%20ice/quota?model_id=x", headers=bearer(SERVICE)), 400, "invalid_input")
 
 
+@pytest.mark.parametrize("model_id", ["System_deepseek", "SYSTEM_DEEPSEEK", "ｓｙｓｔｅｍ_deepseek", "System_gpt5"])
+def test_a_respelled_system_id_is_an_unknown_model_and_records_nothing(client, meter, model_id):
+    """Issue 9: case or Unicode compatibility forms must not turn a system model into a free custom one."""
+    body = {"user": "alice", "model_id": model_id, "input_tokens": 10**6, "output_tokens": 0}
+    assert_error(client.post("/v1/usage", json=body, headers=bearer(SERVICE)), 400, "unknown_model")
+    assert_error(client.get("/v1/users/alice/quota", query_string={"model_id": model_id},
+                            headers=bearer(SERVICE)), 400, "unknown_model")
+    assert meter.get_token_stats("alice")["models"] == {}
+
+
 def test_set_credit(client, meter):
     r = client.put("/v1/users/alice/credit", json={"credit": "0.1"}, headers=bearer(ADMIN))
     assert r.status_code == 200
@@ -571,6 +581,8 @@ def test_demo_turn_is_deterministic_and_a_retry_counts_once(demo_client, demo_me
     ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 0}, "invalid_input"),
     ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": True}, "invalid_input"),
     ({"user": "demo-a", "model_id": "system_x", "conversation_id": "c", "turn": 1}, "unknown_model"),
+    ({"user": "demo-a", "model_id": "System_deepseek", "conversation_id": "c", "turn": 1}, "unknown_model"),
+    ({"user": "demo-a", "model_id": "ＳＹＳＴＥＭ_DEEPSEEK", "conversation_id": "c", "turn": 1}, "unknown_model"),
     ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 1, "message": "x" * 2001}, "message_too_long"),
     ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 51}, "conversation_too_long"),
     ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 10**9}, "conversation_too_long"),
