@@ -134,6 +134,7 @@ def test_a_misspelled_option_is_a_clear_error_at_the_check_and_at_first_use(redi
     ({"MONTHLY_CREDIT": True}, "quota.E002", "must be a string or a number"),
     ({"USER_ID": "nowhere.at_all"}, "quota.E003", "cannot be imported"),
     ({"ON_UNAVAILABLE": "maybe"}, "quota.E005", "on_unavailable must be 'allow' or 'deny'"),
+    ({"SPOOL": "/tmp/quota.spool"}, "quota.E005", "/tmp"),                 # a directory others can write
 ])
 def test_bad_values_are_reported_in_the_settings_terms(redis_server, quota, check_id, says):
     with override_settings(QUOTA={"REDIS_URL": redis_server.url, **quota}):
