@@ -140,6 +140,9 @@ def test_bad_values_are_reported_in_the_settings_terms(redis_server, quota, chec
     with override_settings(QUOTA={"REDIS_URL": redis_server.url, **quota}):
         errors = [m for m in run_checks(tags=["quota"]) if m.id.startswith("quota.E")]
         assert [e.id for e in errors] == [check_id] and says in errors[0].msg
+        with pytest.raises(QuotaSettingsError) as raised:                  # and the same at first use
+            get_meter()
+        assert (raised.value.check_id, str(raised.value)) == (check_id, errors[0].msg)
 
 
 def test_missing_redis_url_and_an_unreachable_redis(tmp_path):
@@ -361,6 +364,20 @@ async def test_a_custom_model_without_a_client_is_refused_without_a_call(chat):
     _, event = await exchange(comm, {"type": "message", "text": "hi", "model_id": CUSTOM_MODEL})
     assert (event["type"], event["code"]) == ("error", "model_unavailable") and stub.requests == []
     await comm.disconnect()
+
+
+async def test_an_unknown_system_model_from_a_resolver_keeps_the_socket_open(chat, redis_server):
+    """A permissive resolver passes "system_gpt5" on: the meter's UnknownModel becomes an event."""
+    stub, llm = chat
+    user = await sync_to_async(make_user)()
+    with override_settings(QUOTA=quota_setting(redis_server.url, MODEL_RESOLVER=lambda u, asked: asked)):
+        comm = WebsocketCommunicator(with_user(ChatConsumer.as_asgi(llm=llm), user), "/ws/chat/")
+        assert (await comm.connect())[0]
+        _, event = await exchange(comm, {"type": "message", "text": "hi", "model_id": "system_gpt5"})
+        assert (event["type"], event["code"]) == ("error", "unknown_model") and "system_gpt5" in event["message"]
+        _, done = await exchange(comm, {"type": "message", "text": "hi", "model_id": SYS})
+        assert done["type"] == "reply_done"                                 # the same socket, still open
+        await comm.disconnect()
 
 
 def test_the_resolver_hook_decides(quota_redis):

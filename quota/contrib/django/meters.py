@@ -23,7 +23,7 @@ import threading
 import weakref
 from typing import Any, AsyncIterator
 
-from quota import AsyncMeter, Meter
+from quota import AsyncMeter, ConfigError, InvalidInput, Meter
 
 from .conf import QuotaSettingsError, quota_settings
 
@@ -46,8 +46,17 @@ def meter_arguments() -> tuple[str, dict[str, Any]]:
 
 def build_meter(**options: Any) -> Meter:
     """A new sync Meter from QUOTA (the caller closes it); ``options`` go to ``Meter.from_url``."""
+    return _from_url(Meter, options)
+
+
+def _from_url(cls: Any, options: dict[str, Any]) -> Any:
+    """``cls.from_url`` on QUOTA; what it refuses (a URL scheme, ON_UNAVAILABLE, a spool directory
+    others can write) is a settings error, check ``quota.E005``."""
     url, arguments = meter_arguments()
-    return Meter.from_url(url, **arguments, **options)
+    try:
+        return cls.from_url(url, **arguments, **options)
+    except (ConfigError, InvalidInput, OSError) as exc:
+        raise QuotaSettingsError(f"quota refuses the options in settings.QUOTA: {exc}", check_id="quota.E005") from exc
 
 
 def get_meter() -> Meter:
@@ -80,8 +89,7 @@ def get_async_meter() -> AsyncMeter:
                 _async_meters.pop(other, None)  # closed without shutdown_asyncgens(): nothing can close them now
             found = _async_meters.get(loop)
             if found is None:
-                url, arguments = meter_arguments()
-                meter = AsyncMeter.from_url(url, **arguments)
+                meter = _from_url(AsyncMeter, {})
                 found = _async_meters[loop] = (meter, _close_at_shutdown(meter))
     return found[0]
 
