@@ -7,16 +7,13 @@ call 0.2 CNY (100k in, 50k out) on system_deepseek (0.001 / 0.002 CNY per 1k tok
 
 from __future__ import annotations
 
-import django
 import openai
 import pytest
 import redis.asyncio as aredis
-from django.conf import settings
 
-if not settings.configured:
-    settings.configure(DEBUG=False, INSTALLED_APPS=["channels"], CHANNEL_LAYERS={}, USE_TZ=True,
-                       SECRET_KEY="test-only")
-    django.setup()
+from .django_settings import configure
+
+configure()  # one Django configuration for the session, shared with tests/test_django.py
 
 from channels.testing import WebsocketCommunicator  # noqa: E402 - needs settings first
 
@@ -32,6 +29,7 @@ class FakeUser:
 
     def __init__(self, username: str):
         self.username = username
+        self.pk = username  # the consumer meters str(user.pk) (QUOTA["USER_ID"]'s default)
 
     def get_username(self) -> str:
         return self.username
@@ -61,7 +59,8 @@ async def setup(redis_server, clock):
     meter = AsyncMeter(aredis.Redis(host="127.0.0.1", port=redis_server.port), clock=clock, monthly_credit=5)
     with StubLLM(pieces=["好的，", "this is ", "the answer."]) as stub:
         llm = openai.AsyncOpenAI(base_url=stub.base_url, api_key="test", max_retries=0)
-        app = with_user(ChatConsumer.as_asgi(meter=meter, llm=llm), FakeUser("alice"))
+        # custom_llm: the client for users' own models (custom_mykey, tests.django_settings.custom_models)
+        app = with_user(ChatConsumer.as_asgi(meter=meter, llm=llm, custom_llm=llm), FakeUser("alice"))
         yield meter, app, stub
     await meter.aclose()
 

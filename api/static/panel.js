@@ -10,15 +10,18 @@
      #demo=1&user=demo-x follows a user of the demo chat instead: no token, the demo's own stats
      route (demo users live under their own key prefix, apart from real users). */
   const params = I.fragment();
-  const demo = params.get("demo") === "1";
-  if (!demo && params.get("token")) {
+  /* A host app serving the panel on its own login (quota.contrib.django) names the stats URL on
+     <body data-stats-url>: its session cookie authenticates, no token is read or kept. */
+  const session = document.body.dataset.statsUrl;
+  const demo = !session && params.get("demo") === "1";
+  if (!session && !demo && params.get("token")) {
     sessionStorage.setItem("quota.user", params.get("user") || "");
     sessionStorage.setItem("quota.token", params.get("token"));
     history.replaceState(null, "", location.pathname + location.search);
   }
-  const user = demo ? params.get("user") : sessionStorage.getItem("quota.user");
-  const token = demo ? null : sessionStorage.getItem("quota.token");
-  const statsUrl = (demo ? "/demo/users/" : "/v1/users/") + encodeURIComponent(user || "") + "/token-stats";
+  const user = session ? document.body.dataset.user : demo ? params.get("user") : sessionStorage.getItem("quota.user");
+  const token = session || demo ? null : sessionStorage.getItem("quota.token");
+  const statsUrl = session || (demo ? "/demo/users/" : "/v1/users/") + encodeURIComponent(user || "") + "/token-stats";
 
   function alert(text) {
     const box = $("alert");
@@ -181,7 +184,7 @@
 
   I.apply();
   document.title = I.t("title");
-  if (!user || (!demo && !token)) {
+  if (!user || (!demo && !session && !token)) {
     alert(I.t("noToken"));
     return;
   }

@@ -1,0 +1,51 @@
+"""``PanelFinder``: the panel's JS and CSS as Django static files ``quota/<name>``.
+
+The files are the service's own (``api/static``): one copy for both panels, so a fix to panel.js
+reaches both. A finder rather than a copy in this app's ``static/`` (two copies drift) or a
+``STATICFILES_DIRS`` entry (a path into site-packages in every project's settings, exposing the
+demo's files too): add it to ``STATICFILES_FINDERS`` and ``runserver``, ``collectstatic``,
+WhiteNoise and ``{% static %}`` treat the three files like any app's. The system check
+``quota.W002`` reports a project that forgot it, ``quota.E006`` files that are missing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import quota
+from django.contrib.staticfiles.finders import BaseFinder
+from django.core.checks import Error
+from django.core.files.storage import FileSystemStorage
+
+PREFIX = "quota"
+PANEL_FILES = ("panel.js", "i18n.js", "quota.css")
+# The service's static directory: ``api`` is installed beside ``quota`` (pyproject's packages).
+PANEL_STATIC_DIR = Path(quota.__file__).resolve().parent.parent / "api" / "static"
+
+
+class PanelFinder(BaseFinder):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.storage = FileSystemStorage(location=PANEL_STATIC_DIR)
+        self.storage.prefix = PREFIX  # type: ignore[attr-defined] - collectstatic puts the files under quota/
+
+    def check(self, **kwargs: Any) -> list[Error]:
+        missing = [name for name in PANEL_FILES if not (PANEL_STATIC_DIR / name).is_file()]
+        if missing:
+            return [Error(f"the quota panel's static files {missing} are not in {PANEL_STATIC_DIR}",
+                          hint="reinstall quota; the panel needs api/static from the same installation",
+                          id="quota.E006")]
+        return []
+
+    def find(self, path: str, find_all: bool = False, **kwargs: Any) -> Any:
+        find_all = find_all or kwargs.get("all", False)  # Django < 5.2 names it ``all``
+        prefix, _, name = path.partition("/")
+        found = str(PANEL_STATIC_DIR / name) if prefix == PREFIX and name in PANEL_FILES else None
+        if find_all:
+            return [found] if found else []
+        return found or []
+
+    def list(self, ignore_patterns: Any) -> Iterator[tuple[str, FileSystemStorage]]:
+        for name in PANEL_FILES:
+            yield name, self.storage
