@@ -216,6 +216,17 @@ def test_panel_shows_the_part_held_by_replies_in_progress(browser, server, redis
         meter.close()
 
 
+@pytest.mark.parametrize("written", ["alice+work@corp.com", "alice%2Bwork%40corp.com"])
+def test_panel_reads_a_plus_in_the_user_id_as_a_plus(browser, server, written):
+    """Issue 15: the fragment was parsed as a query string, so "+" became a space (an invalid id)."""
+    post_usage(server, "alice+work@corp.com", SYS, 1_000_000)
+    page = browser.new_page(locale="en-US")
+    page.goto(f"{server.url}/panel#user={written}&token={user_token('alice+work@corp.com')}")
+    page.wait_for_function("() => Number(document.body.dataset.loaded || 0) > 0", timeout=10_000)
+    assert float(page.get_attribute("#used", "data-value")) == 1.0
+    page.close()
+
+
 def test_panel_in_chinese(browser, server):
     post_usage(server, "bob", CUS, 1000, 1000)
     page = open_page(browser, locale="zh-CN")

@@ -56,7 +56,18 @@ window.QuotaI18n = (function () {
   }
   function money(value, digits) { return Number(value).toFixed(digits === undefined ? 4 : digits); }
   function tokens(value) { return Number(value).toLocaleString("en-US"); }
-  /* Parse "#a=1&b=2" (the fragment never reaches the server, so tokens stay out of its logs). */
-  function fragment() { return new URLSearchParams(location.hash.replace(/^#/, "")); }
+  /* Parse "#a=1&b=2" (the fragment never reaches the server, so tokens stay out of its logs).
+     Percent-escapes are decoded but "+" stays "+": URLSearchParams would read it as a space (the
+     query-string rule), and user ids like "alice+work@corp.com" are valid. */
+  function fragment() {
+    const out = new Map();
+    for (const part of location.hash.replace(/^#/, "").split("&")) {
+      if (!part) continue;
+      const at = part.indexOf("=");
+      const key = at < 0 ? part : part.slice(0, at), value = at < 0 ? "" : part.slice(at + 1);
+      try { out.set(decodeURIComponent(key), decodeURIComponent(value)); } catch (e) { /* a bad escape: skip it */ }
+    }
+    return out;
+  }
   return { lang, t, apply, money, tokens, fragment };
 })();
