@@ -17,7 +17,7 @@ from typing import Callable
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from quota.localserver import LocalServer, redis_url_or_local
+from quota.testing import RedisServer, redis_url_or_local
 from quota.tokens import mint_user_token, parse_ttl
 
 from . import create_app
@@ -29,7 +29,7 @@ from .settings import ApiSettings
 class Service:
     server: BaseWSGIServer
     settings: ApiSettings
-    local: LocalServer | None
+    local: RedisServer | None
     base_url: str
     user: str
     user_token: str | None  # only in development mode: a production banner lands in logs

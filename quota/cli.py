@@ -42,7 +42,7 @@ def demo(users: int, seed: int) -> None:
     Starts a local Redis-compatible server when REDIS_URL is unset.
     """
     from .demo import run_demo, stats_table
-    from .localserver import redis_url_or_local
+    from .testing import redis_url_or_local
     from .meter import Meter
 
     if users < 2:
@@ -209,15 +209,14 @@ def _dump_job(url: str | None, history_url: str | None, *, before: str | None = 
               batch_size: int | None = None, progress=None):  # noqa: ANN001, ANN202 - DumpReport
     """One dump with fresh connections: Redis from ``url``/REDIS_URL, SQL from ``history_url``."""
     from .config import Settings
-    from .dump import DEFAULT_BATCH, dump_expired_months
-    from .history import HistoryStore
+    from .history import DEFAULT_BATCH, HistoryStore, dump_expired_months
     from .meter import Meter
 
     settings = Settings.from_env()
     meter = Meter.from_url(url, history=None, settings=settings)
     store = HistoryStore(history_url or settings.history_url, prefix=settings.prefix)
     try:
-        return dump_expired_months(meter.client, store, before=before, settings=settings, dry_run=dry_run,
+        return dump_expired_months(meter, store, before=before, dry_run=dry_run,
                                    batch_size=batch_size or DEFAULT_BATCH, on_progress=progress)
     finally:
         meter.close()
@@ -304,7 +303,7 @@ def scheduler(at_text: str, run_now: bool, retry_s: int, url: str | None, histor
     import signal
     import time
 
-    from .scheduler import Scheduler, parse_at
+    from .history import Scheduler, parse_at
 
     try:
         at = parse_at(at_text)

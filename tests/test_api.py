@@ -15,8 +15,8 @@ from api import create_app
 from api.settings import ApiSettings
 from quota import Meter
 from quota.errors import ConfigError
+from quota.testing import free_ports
 
-from .servers import free_ports
 from .test_api_support import ADMIN, SECRET, SERVICE, api_settings, bearer, make_meter, user_token
 
 SYS, CUS = "system_deepseek", "custom_llama"

@@ -18,8 +18,7 @@ from quota import Meter
 from quota.cli import main
 from quota.config import Settings
 from quota.errors import InvalidInput, StorageUnavailable
-from quota.history import HistoryStore
-from quota.scheduler import Scheduler, next_run, parse_at
+from quota.history import HistoryStore, Scheduler, next_run, parse_at
 
 from .test_dump_faults import expired_months, fixed
 

@@ -21,8 +21,7 @@ from sqlalchemy import text
 
 from quota import Meter
 from quota.config import Settings
-from quota.dump import dump_expired_months
-from quota.history import HistoryStore
+from quota.history import HistoryStore, dump_expired_months
 from quota.keys import add_months, month_of
 
 from .test_dump import month_hashes, plain
@@ -182,15 +181,16 @@ def test_a_writer_racing_the_dump_loses_nothing(db: str, redis_server, tmp_path)
             late.append((user, month, tokens))
             n += 1
 
+    dumper = Meter(client, settings=SETTINGS)  # the real clock, as the nightly dump's
     thread = threading.Thread(target=writer)
     thread.start()
     try:
         time.sleep(0.05)
-        reports = [dump_expired_months(client, store, settings=SETTINGS, batch_size=100) for _ in range(2)]
+        reports = [dump_expired_months(dumper, store, batch_size=100) for _ in range(2)]
     finally:
         stop.set()
         thread.join()
-    dump_expired_months(client, store, settings=SETTINGS)
+    dump_expired_months(dumper, store)
     assert expired_keys_left(client, months) == 0
     assert len(late) > 100 and sum(r.archived for r in reports) > 0
     for user, month, tokens in late:

@@ -16,8 +16,8 @@ import time
 import pytest
 
 from quota import AsyncMeter, Meter
+from quota.testing import RedisServer, free_ports
 
-from ..servers import RedisServer, free_ports
 from .load import (Tally, expected_totals, join_all, make_records, pinned_clock, read_totals, report,
                    run_async, run_sync, start_threads)
 

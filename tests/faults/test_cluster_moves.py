@@ -19,8 +19,8 @@ import redis
 from redis.crc import key_slot
 
 from quota import AsyncMeter, Meter
+from quota.testing import RedisClusterProc
 
-from ..servers import RedisClusterProc
 from .load import (MONTH, Tally, expected_totals, join_all, make_records, pinned_clock, read_totals,
                    report, run_async, run_sync, start_threads)
 

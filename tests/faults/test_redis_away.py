@@ -40,8 +40,8 @@ from quota.keys import SUFFIX_HOLD_ESTIMATE
 from quota import AsyncMeter, Meter
 from quota.errors import StorageUnavailable
 from quota.spool import Spool, SpoolEntry
+from quota.testing import RedisServer, free_ports
 
-from ..servers import RedisServer, free_ports
 from .load import report
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
