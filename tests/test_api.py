@@ -17,7 +17,7 @@ from quota import Meter
 from quota.errors import ConfigError
 from quota.testing import free_ports
 
-from .test_api_support import ADMIN, SECRET, SERVICE, api_settings, bearer, make_meter, user_token
+from .api_support import ADMIN, SECRET, SERVICE, api_settings, bearer, make_meter, user_token
 
 SYS, CUS = "system_deepseek", "custom_llama"
 

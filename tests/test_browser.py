@@ -16,7 +16,7 @@ import pytest
 
 from api import get_quota
 
-from .test_api_support import ADMIN, SERVICE, bearer, live_server, user_token
+from .api_support import ADMIN, SERVICE, bearer, live_server, user_token
 
 CHROMIUM = os.environ.get("QUOTA_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -9,15 +9,10 @@ import pytest
 from redis.cluster import RedisCluster
 
 from quota import Meter, StorageUnavailable
-from quota.config import Settings
 from quota.errors import InvalidInput
 from quota.history import HistoryStore, dump_expired_months
-from quota.keys import KeySchema
-from quota.stats import MonthUsage
 
-from .test_history_support import history_url, store  # noqa: F401 - fixtures
-
-SETTINGS = Settings(prefix="quota")
+from .history_support import SETTINGS, history_url, month_hashes, plain, store  # noqa: F401 - fixtures
 
 
 def record(meter: Meter, clock: Any, month: str, user: str, model: str = "system_deepseek",
@@ -26,24 +21,6 @@ def record(meter: Meter, clock: Any, month: str, user: str, model: str = "system
     clock.set(year, mon, 10, 12, 0, 0)
     for i in range(n):
         meter.update_token_usage(user, model, tokens + i, 2 * tokens, request_id=None if rid is None else f"{rid}-{i}")
-
-
-def month_hashes(client: Any, prefix: str = "quota") -> dict[tuple[str, str], MonthUsage]:
-    """Every user-month hash in Redis (all masters of a cluster), parsed."""
-    schema = KeySchema(prefix)
-    nodes = ([client.get_redis_connection(n) for n in client.get_primaries()]
-             if isinstance(client, RedisCluster) else [client])
-    out = {}
-    for node in nodes:
-        for raw in node.scan_iter(match=schema.month_pattern(), count=1000, _type="hash"):
-            user, month = schema.parse_month_key(raw.decode())
-            out[(user, month)] = MonthUsage.from_hash(month, node.hgetall(raw))
-    return out
-
-
-def plain(u: MonthUsage) -> tuple:
-    """What must survive the archive: every counter and the credit (not the bookkeeping)."""
-    return (u.credit_nano, u.system_used_nano, sorted((k, vars(v)) for k, v in u.models.items()))
 
 
 def archive(store: HistoryStore, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple]:

@@ -20,7 +20,7 @@ from quota.config import Settings
 from quota.errors import InvalidInput, StorageUnavailable
 from quota.history import HistoryStore, Scheduler, next_run, parse_at
 
-from .test_dump_faults import expired_months, fixed
+from .history_support import expired_months, fixed
 
 ROOT = Path(__file__).resolve().parent.parent
 

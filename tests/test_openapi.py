@@ -18,7 +18,7 @@ from openapi_spec_validator import validate as validate_spec
 from api import create_app, get_quota
 from quota.core import RECORD_FIELDS
 
-from .test_api_support import ADMIN, SERVICE, api_settings, bearer, make_meter, user_token
+from .api_support import ADMIN, SERVICE, api_settings, bearer, make_meter, user_token
 
 SYS = "system_deepseek"
 
