@@ -1,6 +1,6 @@
 """How fast ``quota dump`` moves expired user-months from Redis into SQLite and PostgreSQL.
 
-    .venv/bin/python -m bench.bench_dump [--months 50000] [--pg postgresql://postgres@127.0.0.1:5432/quota_bench_history]
+    .venv/bin/python -m bench dump [--months 50000] [--pg postgresql://postgres@127.0.0.1:5432/quota_bench_history]
 
 Each run fills a private Redis (a server on a free loopback port, see quota.testing) with
 ``--months`` expired user-months shaped like real ones (two models each, a tenth with a credit
@@ -125,11 +125,11 @@ def pg_store(url: str) -> HistoryStore | None:
     return store
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench dump", description=__doc__.split("\n\n")[0])
     parser.add_argument("--months", type=int, default=50_000, help="user-months to dump per run")
     parser.add_argument("--pg", default=os.environ.get("QUOTA_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/quota_bench_history"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     server = RedisServer(extra=["--appendonly", "yes", "--appendfsync", "everysec"]).start()
     client = redis.Redis.from_url(server.url)
     results: list[tuple[str, float, int]] = []
@@ -159,7 +159,4 @@ def main() -> None:
     for name, seconds, n in results:
         rate = n / seconds
         print(f"| {name:36} | {seconds:7.2f} | {rate:13,.0f} | {rate / ceiling:15.2f}x |")
-
-
-if __name__ == "__main__":
-    main()
+    return 0
