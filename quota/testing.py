@@ -234,10 +234,10 @@ def local_server() -> RedisServer:
                        dir=Path(tempfile.mkdtemp(prefix="quota-local-"))).start()
 
 
-def redis_url_or_local(env: dict[str, str] | None = None) -> tuple[str, RedisServer | None]:
-    """``REDIS_URL`` (from ``env``, default the environment) when set, else a freshly started
-    :func:`local_server` and the server (the caller stops it)."""
-    url = (os.environ if env is None else env).get("REDIS_URL")
+def redis_url_or_local() -> tuple[str, RedisServer | None]:
+    """``REDIS_URL`` when set, else a freshly started :func:`local_server` and the server (the
+    caller stops it)."""
+    url = os.environ.get("REDIS_URL")
     if url:
         return url, None
     server = local_server()
