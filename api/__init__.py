@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from flask import Flask, g, request
 
@@ -17,20 +16,13 @@ from quota.errors import ConfigError
 from quota.meter import Meter
 
 from .errors import register_error_handlers
-from .jsonio import QuotaJSONProvider
+from .ext import QuotaExtension, get_quota, init_app
 from .headers import register_security_headers
+from .jsonio import QuotaJSONProvider
 from .metrics import Metrics, method_label, route_label
 from .settings import ApiSettings
 
-
-@dataclass
-class QuotaExtension:
-    """What the views need, kept in ``app.extensions["quota"]``."""
-
-    settings: ApiSettings
-    meter: Meter
-    metrics: Metrics
-    demo_meter: Meter | None = None  # the demo's own key prefix (api.demo_agent); None when it is off
+__all__ = ["QuotaExtension", "create_app", "get_quota"]
 
 
 def create_app(settings: ApiSettings | None = None, meter: Meter | None = None) -> Flask:
@@ -52,7 +44,7 @@ def create_app(settings: ApiSettings | None = None, meter: Meter | None = None) 
         from .demo_agent import demo_meter_for
 
         demo_meter = demo_meter_for(meter)
-    app.extensions["quota"] = QuotaExtension(settings, meter, Metrics(), demo_meter)
+    init_app(app, QuotaExtension(settings, meter, Metrics(), demo_meter))
     register_error_handlers(app)
     register_security_headers(app)
 
@@ -70,7 +62,7 @@ def create_app(settings: ApiSettings | None = None, meter: Meter | None = None) 
 
 
 def _count_requests(app: Flask) -> None:
-    metrics: Metrics = app.extensions["quota"].metrics
+    metrics = get_quota(app).metrics
 
     @app.before_request
     def start_timer() -> None:

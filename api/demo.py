@@ -1,31 +1,28 @@
 """``/demo``, ``POST /demo/turn`` and ``GET /demo/users/<user>/token-stats``: the simulated chat,
 on only when ``QUOTA_DEMO`` is (default: development mode).
 
-None of them needs a token, so they run on the demo's own meter (``ext.demo_meter``, key prefix
-``<prefix>-demo``, see ``api.demo_agent``): the open page can spend and show only demo users'
+None of them needs a token, so they run on the demo's own meter (``get_quota().demo_meter``, key
+prefix ``<prefix>-demo``, see ``api.demo_agent``): the open page can spend and show only demo users'
 credit, never a real user's, whatever the id (``demo.smith@corp.com`` included). The stats route
 lets the panel follow the demo (``/panel#demo=1&user=demo``) without a user token.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, render_template, request
+from flask import Blueprint, jsonify, render_template, request
 
 from quota.errors import InvalidInput
 
 from .demo_agent import DEMO_USER_PREFIX, DemoLimit, run_turn, validate_demo_user
 from .errors import ApiError
+from .ext import get_quota
 
 bp = Blueprint("demo", __name__)
 
 
-def ext():  # noqa: ANN201 - api.QuotaExtension
-    return current_app.extensions["quota"]
-
-
 @bp.get("/demo")
 def page() -> str:
-    return render_template("demo.html", system_models=sorted(ext().meter.prices.system_models),
+    return render_template("demo.html", system_models=sorted(get_quota().meter.prices.system_models),
                            custom_model="custom_demo", user_prefix=DEMO_USER_PREFIX)
 
 
@@ -34,15 +31,15 @@ def turn():  # noqa: ANN201
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "the body must be JSON (Content-Type: application/json)")
     try:
-        result = run_turn(ext().demo_meter, request.get_json())  # InvalidInput -> 400 via the error handler
+        result = run_turn(get_quota().demo_meter, request.get_json())  # InvalidInput -> 400 via the error handler
     except DemoLimit as exc:
         raise ApiError(400, exc.code, str(exc)) from None
     if result["type"] == "quota_exceeded":
-        ext().metrics.record_check(False)
+        get_quota().metrics.record_check(False)
     else:
-        ext().metrics.record_check(True)
+        get_quota().metrics.record_check(True)
         for call in result["calls"]:
-            ext().metrics.record_usage(result["is_system"], call["duplicate"])
+            get_quota().metrics.record_usage(result["is_system"], call["duplicate"])
     return jsonify(result)
 
 
@@ -53,4 +50,4 @@ def token_stats(user: str):  # noqa: ANN201
         user = validate_demo_user(user)
     except InvalidInput as exc:
         raise ApiError(400, "invalid_input", str(exc)) from None
-    return jsonify(ext().demo_meter.get_token_stats(user))
+    return jsonify(get_quota().demo_meter.get_token_stats(user))

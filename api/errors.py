@@ -24,6 +24,8 @@ from werkzeug.exceptions import HTTPException
 
 from quota.errors import InvalidInput, QuotaError, RequestConflict, StorageUnavailable, UnknownModel
 
+from .ext import get_quota
+
 log = logging.getLogger("quota.api")
 
 HTTP_CODES = {
@@ -90,7 +92,7 @@ def register_error_handlers(app: Flask) -> None:
     def quota_error(exc: QuotaError):
         status, code = quota_error_status(exc)
         if status == 503:
-            app.extensions["quota"].metrics.storage_errors.inc()
+            get_quota(app).metrics.storage_errors.inc()
             log.warning("storage unavailable: %s", exc)
             if not shows_storage_details():
                 return respond(status, code, PUBLIC_STORAGE_MESSAGE)

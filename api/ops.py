@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
+
+from .ext import get_quota
 
 from .openapi import openapi_document
 
@@ -15,17 +17,17 @@ def healthz():  # noqa: ANN201
 
     Needs no token, so the answer says only ok or unavailable: where Redis is (host, port) goes
     to the log, never to an anonymous caller."""
-    current_app.extensions["quota"].meter.ping()
+    get_quota().meter.ping()
     return jsonify({"status": "ok", "redis": "ok"})
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
     """Prometheus text format. No user ids in any label, so nothing here is per-user data."""
-    body, content_type = current_app.extensions["quota"].metrics.exposition()
+    body, content_type = get_quota().metrics.exposition()
     return Response(body, content_type=content_type)
 
 
 @bp.get("/openapi.json")
 def openapi():  # noqa: ANN201
-    return jsonify(openapi_document(demo=current_app.extensions["quota"].settings.demo_enabled))
+    return jsonify(openapi_document(demo=get_quota().settings.demo_enabled))

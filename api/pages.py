@@ -4,12 +4,14 @@ server, so the token stays out of every access log, then calls ``/v1`` with it."
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, render_template
+from flask import Blueprint, render_template
+
+from .ext import get_quota
 
 bp = Blueprint("pages", __name__)
 
 
 @bp.get("/panel")
 def panel() -> str:
-    settings = current_app.extensions["quota"].settings
+    settings = get_quota().settings
     return render_template("panel.html", refresh_s=settings.panel_refresh_s)

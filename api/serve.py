@@ -17,7 +17,7 @@ from typing import Callable
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from quota.localserver import LocalServer, redis_url_or_local
+from quota.testing import RedisServer, local_server
 from quota.tokens import mint_user_token, parse_ttl
 
 from . import create_app
@@ -29,7 +29,7 @@ from .settings import ApiSettings
 class Service:
     server: BaseWSGIServer
     settings: ApiSettings
-    local: LocalServer | None
+    local: RedisServer | None
     base_url: str
     user: str
     user_token: str | None  # only in development mode: a production banner lands in logs
@@ -71,8 +71,8 @@ def build(host: str = "127.0.0.1", port: int = 8000, *, dev: bool | None = None,
     ttl_s = parse_ttl(ttl)
     local = None
     if not env.get("REDIS_URL"):
-        url, local = redis_url_or_local()
-        env["REDIS_URL"] = url
+        local = local_server()
+        env["REDIS_URL"] = local.url
     try:
         if dev or (dev is None and (local is not None or env.get("QUOTA_ENV") == "development")):
             env["QUOTA_ENV"] = "development"

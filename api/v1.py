@@ -4,30 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, g, jsonify, request
 
+from quota.core import RECORD_FIELDS
 from quota.errors import BatchError, InvalidInput, RequestConflict, StorageUnavailable
 from quota.keys import validate_user
 from quota.tokens import iso_ms, revoke_user_tokens, tokens_valid_after_ms
 
 from .auth import Action, Principal, authenticate, authorize
 from .errors import ApiError, error_body, quota_error_status
+from .ext import get_quota
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 
-USAGE_FIELDS = {"user", "model_id", "input_tokens", "output_tokens", "request_id", "price", "estimated"}
+USAGE_FIELDS = frozenset(RECORD_FIELDS)  # what Meter.update_token_usage_many takes, from the core
 USAGE_REQUIRED = {"user", "model_id", "input_tokens", "output_tokens"}
-
-
-def ext():  # noqa: ANN201 - api.QuotaExtension
-    return current_app.extensions["quota"]
 
 
 @bp.before_request
 def require_token() -> None:
-    meter = ext().meter
+    ext = get_quota()
+    meter = ext.meter
     g.principal = authenticate(
-        request.headers.get("Authorization"), ext().settings,
+        request.headers.get("Authorization"), ext.settings,
         valid_after_ms=lambda user: tokens_valid_after_ms(meter.client, meter.settings.prefix, user))
 
 
@@ -63,7 +62,7 @@ def token_stats(user: str):  # noqa: ANN201
     authorize(principal(), Action.READ_USER, user)
     user = path_user(user)
     months = int_arg("months", 0, 120)
-    return jsonify(ext().meter.get_token_stats(user, months=months))
+    return jsonify(get_quota().meter.get_token_stats(user, months=months))
 
 
 @bp.get("/users/<user>/quota")
@@ -73,8 +72,9 @@ def quota(user: str):  # noqa: ANN201
     model_id = request.args.get("model_id")
     if not model_id:
         raise ApiError(400, "invalid_input", "the query parameter model_id is required")
-    check = ext().meter.check_quota_available(user, model_id)
-    ext().metrics.record_check(check.allowed)
+    ext = get_quota()
+    check = ext.meter.check_quota_available(user, model_id)
+    ext.metrics.record_check(check.allowed)
     return jsonify(check.as_dict())
 
 
@@ -93,7 +93,8 @@ def record_usage():  # noqa: ANN201
     """One record (object in, result out) or a batch (list in, ``{"results": [...]}`` out)."""
     authorize(principal(), Action.RECORD)
     body = json_body()
-    meter, metrics = ext().meter, ext().metrics
+    ext = get_quota()
+    meter, metrics = ext.meter, ext.metrics
     if isinstance(body, dict):
         record = check_record_keys(body, "the body")
         result = meter.update_token_usage(
@@ -104,8 +105,8 @@ def record_usage():  # noqa: ANN201
         return jsonify(result.as_dict())
     if not isinstance(body, list):
         raise ApiError(400, "invalid_body", f"the body must be a JSON object or a list of them, got {type(body).__name__}")
-    if len(body) > ext().settings.max_batch:
-        raise ApiError(400, "invalid_body", f"at most {ext().settings.max_batch} records per request, got {len(body)}")
+    if len(body) > ext.settings.max_batch:
+        raise ApiError(400, "invalid_body", f"at most {ext.settings.max_batch} records per request, got {len(body)}")
     records = [check_record_keys(r, f"record {i}") for i, r in enumerate(body)]
     try:
         results = meter.update_token_usage_many(records)
@@ -128,10 +129,10 @@ def batch_failure(exc: BatchError):  # noqa: ANN201
             status, code = quota_error_status(item)
             out.append(error_body(code, str(item)))
         else:
-            ext().metrics.record_usage(item.is_system, item.duplicate)
+            get_quota().metrics.record_usage(item.is_system, item.duplicate)
             out.append(item.as_dict())
     if any(isinstance(e, StorageUnavailable) for e in exc.errors.values()):
-        ext().metrics.storage_errors.inc()
+        get_quota().metrics.storage_errors.inc()
     only_conflicts = all(isinstance(e, RequestConflict) for e in exc.errors.values())
     response = jsonify(error_body("batch_failed", str(exc), results=out))
     response.status_code = 409 if only_conflicts else 503
@@ -151,7 +152,7 @@ def set_credit(user: str):  # noqa: ANN201
         raise ApiError(400, "invalid_body", f"the body: {problem}")
     if isinstance(body["credit"], (bool, dict, list)) or body["credit"] is None:
         raise ApiError(400, "invalid_input", "credit must be a number (or a decimal string) of CNY")
-    return jsonify(ext().meter.set_monthly_credit(user, body["credit"], body.get("month")).as_dict())
+    return jsonify(get_quota().meter.set_monthly_credit(user, body["credit"], body.get("month")).as_dict())
 
 
 @bp.post("/users/<user>/tokens/revoke")
@@ -160,7 +161,7 @@ def revoke_tokens(user: str):  # noqa: ANN201
     No body; the key is not rotated, other users' tokens are untouched."""
     authorize(principal(), Action.REVOKE_TOKENS, user)
     user = path_user(user)
-    meter = ext().meter
+    meter = get_quota().meter
     at_ms = revoke_user_tokens(meter.client, meter.settings.prefix, user)
     return jsonify({"user": user, "tokens_valid_after": iso_ms(at_ms), "tokens_valid_after_ms": at_ms})
 
@@ -168,4 +169,4 @@ def revoke_tokens(user: str):  # noqa: ANN201
 @bp.get("/models")
 def models():  # noqa: ANN201
     authorize(principal(), Action.LIST_MODELS)
-    return jsonify(ext().meter.prices.as_json())
+    return jsonify(get_quota().meter.prices.as_json())

@@ -1,10 +1,10 @@
 """Core metering benchmark (issue 2): run everything, print the table, update docs/BENCHMARKS.md.
 
-    .venv/bin/python -m bench.core                 # the full run, about 3-4 minutes on 2 cores
-    .venv/bin/python -m bench.core --quick --no-docs
+    .venv/bin/python -m bench core                 # the full run, about 3-4 minutes on 2 cores
+    .venv/bin/python -m bench core --quick --no-docs
 
 It starts its own redis-server (and a 3-master cluster) on private loopback ports through the
-test harness (``tests/servers.py``); it never touches a Redis on 6379. See ``bench/__init__.py``
+harness quota ships (``quota.testing``); it never touches a Redis on 6379. See ``bench/__init__.py``
 for the modules and ``bench/driver.py`` for how the runs are kept fair on a shared machine.
 """
 
@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from tests.servers import RedisClusterProc, RedisServer, free_ports
+from quota.testing import RedisClusterProc, RedisServer, free_ports, server_binary
 
 from . import scenarios, server_ceiling
 from .report import (PROFILE_NOTES, Measurements, markdown, plain, rows, verdict, where_time_goes,
@@ -36,8 +36,6 @@ def machine_facts() -> dict[str, str]:
             return metadata.version(package)
         except metadata.PackageNotFoundError:
             return "not installed"
-
-    from quota.localserver import server_binary
 
     server = subprocess.run([server_binary(), "--version"], capture_output=True, text=True).stdout.strip()
     return {
@@ -63,7 +61,7 @@ def _cpu_model() -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.core", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench core", description=__doc__.splitlines()[0])
     parser.add_argument("--slice", type=float, default=1.0, help="seconds per timed slice (default 1.0)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved slices per workload, the best is kept (default 5)")
     parser.add_argument("--procs", default="1,4,8", help="process counts for the per-record scenarios")
@@ -105,7 +103,7 @@ def run(args: argparse.Namespace) -> tuple[Measurements, float]:
     if cluster_procs:
         cluster = RedisClusterProc(masters=3).start()
         try:
-            stats = [node.client() for node in cluster.nodes[: cluster.masters]]
+            stats = cluster.master_clients()
             for n in cluster_procs:
                 cluster.flushall()
                 _say(f"cluster, {n} process(es)")
@@ -183,13 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     print(plain(table))
     analysis = where_time_goes(m)
     print("\n" + verdict(table) + "\n\n" + analysis)
-    command = ".venv/bin/python -m bench.core" + ("" if argv is None else " " + " ".join(argv)).rstrip()
+    command = ".venv/bin/python -m bench core" + ("" if argv is None else " " + " ".join(argv)).rstrip()
     if not args.no_docs:
         body = docs_body(markdown(table), facts, command, elapsed, args.rounds, analysis, verdict(table))
         write_section(DOCS, body)
         print(f"\nwrote the section to {DOCS}", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

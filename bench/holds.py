@@ -1,6 +1,6 @@
 """Turn holds (issue 9): what they cost the server, and how far the credit is overshot without them.
 
-    .venv/bin/python -m bench.holds [--calls 20000] [--json]
+    .venv/bin/python -m bench holds [--calls 20000] [--json]
 
 1. **Server time** (INFO commandstats ``usec`` of EVALSHA, reset between phases, one client, one
    private ``redis-server``): a turn's admission and release (turn_begin.lua + turn_end.lua) against
@@ -24,7 +24,7 @@ import redis
 
 from quota import AsyncMeter, Meter, QuotaExceeded
 from quota.money import nano_to_decimal
-from tests.servers import RedisServer, free_ports
+from quota.testing import RedisServer, free_ports
 
 CALL = {"input_tokens": 20_000, "output_tokens": 4_000}   # 0.028 CNY on system_deepseek
 TURN_CALLS = 5
@@ -175,11 +175,12 @@ def markdown(server: dict[str, float], rows: list[dict[str, Any]], command: str)
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench holds", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=20_000, help="script calls per server-time phase")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     server = RedisServer(free_ports(1, start=18500)[0]).start()
     try:
         times = server_time(server.url, args.calls)
@@ -189,8 +190,5 @@ def main() -> None:
     if args.json:
         print(json.dumps({"server_usec": times, "overshoot": rows}, indent=2, default=str))
     else:
-        print(markdown(times, rows, f"python -m bench.holds --calls {args.calls}"))
-
-
-if __name__ == "__main__":
-    main()
+        print(markdown(times, rows, f"python -m bench holds --calls {args.calls}"))
+    return 0

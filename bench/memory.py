@@ -1,5 +1,7 @@
 """Bytes per user-month: what one user's month costs the Redis server.
 
+    .venv/bin/python -m bench memory [--calls 500] [--user-months 100000]
+
 Two figures, as ops would measure them:
 
 - ``MEMORY USAGE`` (SAMPLES 0) of a realistic user-month hash: one user, one system model,
@@ -12,12 +14,14 @@ Two figures, as ops would measure them:
 
 from __future__ import annotations
 
+import argparse
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import redis
 
 from quota import Meter
+from quota.testing import RedisServer
 
 from .workloads import MODEL, sync_client
 
@@ -75,3 +79,19 @@ def measure(url: str, *, calls: int = 500, user_months: int = 100_000, seed: int
     client.flushall()
     client.close()
     return MemoryFacts(calls, len(fields), encoding, usage, copy_usage, user_months, growth, request_usage)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench memory``: these figures alone, on a private server (the core run has them too)."""
+    parser = argparse.ArgumentParser(prog="python -m bench memory", description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=500, help="records written into the realistic hash")
+    parser.add_argument("--user-months", type=int, default=100_000, help="copies for the used_memory growth")
+    args = parser.parse_args(argv)
+    server = RedisServer().start()
+    try:
+        facts = measure(server.url, calls=args.calls, user_months=args.user_months)
+    finally:
+        server.cleanup()
+    for name, value in asdict(facts).items():
+        print(f"{name:<26} {value:,.1f}" if isinstance(value, float) else f"{name:<26} {value}")
+    return 0

@@ -1,23 +1,22 @@
 """Scale figures for docs/SCALING.md: bytes per user-month, request-id key size, records/s.
 
-    .venv/bin/python -m bench.scale                 # the full run (about 3 minutes on 2 cores)
-    .venv/bin/python -m bench.scale --users 100000 --seconds 3   # a quick look
+    .venv/bin/python -m bench scale                 # the full run (about 4 minutes on 2 cores)
+    .venv/bin/python -m bench scale --users 100000 --seconds 1 --rounds 1   # a quick look
 
-Everything runs on private servers started here (a standalone Redis and a 3-master cluster on
-loopback ports, as in the tests); nothing touches 6379. Each rate is measured beside a ceiling in
-the same run: the same processes sending plain HINCRBY (one command per record, the least a
-counter can cost), so the ratio says what the script's extra work (dedupe, five counters, the
-request-id key) costs. On a 2-core machine the clients and the server share the cores: the rates
-are a floor for a real deployment, where the server has its cores to itself.
+Everything runs on private servers started here (quota.testing: a standalone Redis and a 3-master
+cluster on loopback ports); nothing touches 6379. Each rate is measured beside a ceiling in the
+same run by the shared driver (bench/driver.py: the workloads take turns in slices, and the best
+slice of each is kept): the same processes sending plain HINCRBY (one command per record, the
+least a counter can cost), so the ratio says what the script's extra work (dedupe, five counters,
+the request-id key) costs. On a 2-core machine the clients and the server share the cores: the
+rates are a floor for a real deployment, where the server has its cores to itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import random
-import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -25,12 +24,15 @@ import redis
 from redis.cluster import RedisCluster
 
 from quota import Meter
-from tests.servers import RedisClusterProc, RedisServer, free_ports
+from quota.testing import RedisClusterProc, RedisServer, free_ports
 
+from . import driver
+from .workloads import Workload, sync_client
+
+PREFIX = "scale"
 MONTH = "2026-03"
 MODEL = "system_deepseek"
-CTX = mp.get_context("spawn")
-WORKLOADS = ("meter_single", "hincrby_single", "meter_batch100", "hincrby_batch100")
+USERS = 100_000  # users the throughput records are spread over
 
 
 def clock() -> datetime:
@@ -83,132 +85,133 @@ def measure_memory(client: redis.Redis, users: int, request_keys: int) -> dict[s
 
 # --- throughput ------------------------------------------------------------------------------------
 
-def _child(url: str, cluster: bool, workload: str, index: int, seconds: float, go: Any, out: Any) -> None:
-    rng = random.Random(index)
-    meter = Meter.from_url(url, prefix="scale", clock=clock, history=None)
-    raw = RedisCluster.from_url(url.replace("redis+cluster", "redis")) if cluster else redis.Redis.from_url(url)
-    seq = 0
 
-    def batch(n: int) -> list[dict[str, Any]]:
-        nonlocal seq
-        seq += n
-        return [dict(user=f"user{rng.randrange(100_000)}", model_id=MODEL, input_tokens=1200, output_tokens=800,
-                     request_id=f"p{index}-{seq - n + k}") for k in range(n)]
+class ScaleMeter(Workload):
+    """``update_token_usage`` (``batch`` 1) or ``update_token_usage_many`` of ``batch`` records,
+    for users drawn from 100,000, each record with a fresh request id."""
 
-    def step() -> int:
-        if workload == "meter_single":
-            meter.update_token_usage(**batch(1)[0])
+    server_commands = ("evalsha", "eval")
+
+    def __init__(self, url: str, index: int = 0, batch: int = 1):
+        super().__init__(url, index)
+        self.batch = batch
+
+    def open(self) -> None:
+        self.meter = Meter.from_url(self.url, prefix=PREFIX, clock=clock, history=None)
+        self.rng = random.Random(self.index)
+        self.seq = 0
+
+    def records(self) -> list[dict[str, Any]]:
+        self.seq += self.batch
+        return [dict(user=f"user{self.rng.randrange(USERS)}", model_id=MODEL, input_tokens=1200, output_tokens=800,
+                     request_id=f"p{self.index}-{self.seq - self.batch + k}") for k in range(self.batch)]
+
+    def step(self) -> int:
+        if self.batch == 1:
+            self.meter.update_token_usage(**self.records()[0])
+        else:
+            self.meter.update_token_usage_many(self.records())
+        return self.batch
+
+    def close(self) -> dict[str, Any]:
+        self.meter.close()
+        return {}
+
+
+class ScaleHincrby(Workload):
+    """The ceiling: one plain HINCRBY per record (``batch`` > 1: pipelined; on a cluster redis-py's
+    cluster pipeline groups the commands by node itself)."""
+
+    server_commands = ("hincrby",)
+
+    def __init__(self, url: str, index: int = 0, batch: int = 1):
+        super().__init__(url, index)
+        self.batch = batch
+
+    def open(self) -> None:
+        self.client = sync_client(self.url)
+        self.rng = random.Random(self.index)
+
+    def key(self) -> str:
+        return f"{PREFIX}:{{user{self.rng.randrange(USERS)}}}:{MONTH}"
+
+    def step(self) -> int:
+        if self.batch == 1:
+            self.client.hincrby(self.key(), f"{MODEL}:calls", 1)
             return 1
-        if workload == "meter_batch100":
-            meter.update_token_usage_many(batch(100))
-            return 100
-        if workload == "hincrby_single":
-            raw.hincrby(f"scale:{{user{rng.randrange(100_000)}}}:{MONTH}", f"{MODEL}:calls", 1)
-            return 1
-        if workload == "hincrby_batch100":
-            if cluster:  # the cluster pipeline groups by node itself
-                pipe = raw.pipeline()
-            else:
-                pipe = raw.pipeline(transaction=False)
-            for _ in range(100):
-                pipe.hincrby(f"scale:{{user{rng.randrange(100_000)}}}:{MONTH}", f"{MODEL}:calls", 1)
-            pipe.execute()
-            return 100
-        raise ValueError(workload)
+        pipe = self.client.pipeline() if isinstance(self.client, RedisCluster) else self.client.pipeline(transaction=False)
+        for _ in range(self.batch):
+            pipe.hincrby(self.key(), f"{MODEL}:calls", 1)
+        pipe.execute()
+        return self.batch
 
-    for _ in range(3):
-        step()  # connect, load the script
-    out.put(("ready", index))
-    go.wait()
-    done, deadline = 0, time.monotonic() + seconds
-    started = time.monotonic()
-    while time.monotonic() < deadline:
-        done += step()
-    out.put(("done", done / (time.monotonic() - started)))
-    meter.close()
-    raw.close()
+    def close(self) -> dict[str, Any]:
+        self.client.close()
+        return {}
 
 
-COMMANDS = {"meter": ("evalsha", "eval"), "hincrby": ("hincrby",)}
+WORKLOADS = {
+    "meter_single": (ScaleMeter, {}),
+    "hincrby_single": (ScaleHincrby, {}),
+    "meter_batch100": (ScaleMeter, {"batch": 100}),
+    "hincrby_batch100": (ScaleHincrby, {"batch": 100}),
+}
 
 
-def server_usec_per_record(masters: list[redis.Redis], workload: str) -> float:
-    """Server CPU time per record (INFO commandstats ``usec`` since CONFIG RESETSTAT): what a
-    shard spends executing one record, without the client or the network. 1e6 / this is the
-    ceiling of one shard's single command thread."""
-    usec = calls = 0
-    for node in masters:
-        stats = node.info("commandstats")
-        for name in COMMANDS[workload.split("_")[0]]:
-            entry = stats.get(f"cmdstat_{name}", {})
-            usec += entry.get("usec", 0)
-            calls += entry.get("calls", 0)
-    return usec / max(calls, 1)  # every workload sends one command per record
+def rates(url: str, masters: list[redis.Redis], *, processes: int, rounds: int,
+          slice_s: float) -> dict[str, driver.Result]:
+    """Every workload in ``processes`` processes, in interleaved slices, the best slice kept
+    (bench/driver.py); server time per record from the INFO commandstats of ``masters``."""
+    return driver.compare(url, processes, WORKLOADS, rounds=rounds, slice_s=slice_s, stats_clients=masters)
 
 
-def measure_rate(url: str, cluster: bool, workload: str, processes: int, seconds: float,
-                 masters: list[redis.Redis]) -> tuple[float, float]:
-    go, out = CTX.Event(), CTX.Queue()
-    procs = [CTX.Process(target=_child, args=(url, cluster, workload, i, seconds, go, out)) for i in range(processes)]
-    for p in procs:
-        p.start()
-    for _ in procs:
-        assert out.get(timeout=120)[0] == "ready"
-    for node in masters:
-        node.config_resetstat()
-    go.set()
-    rate = sum(out.get(timeout=seconds + 120)[1] for _ in procs)
-    for p in procs:
-        p.join()
-    return rate, server_usec_per_record(masters, workload)
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--users", type=int, default=1_000_000, help="user-months to load (default 1,000,000)")
-    parser.add_argument("--request-keys", type=int, default=200_000, help="request-id keys to load")
-    parser.add_argument("--seconds", type=float, default=8.0, help="seconds per rate measurement")
-    parser.add_argument("--processes", type=int, default=4, help="client processes per rate measurement")
-    parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args(argv)
-
-    figures: dict[str, Any] = {"processes": args.processes, "seconds": args.seconds}
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    figures: dict[str, Any] = {"processes": args.processes, "rounds": args.rounds, "slice_s": args.seconds}
+    timing = dict(processes=args.processes, rounds=args.rounds, slice_s=args.seconds)
     server = RedisServer(free_ports(1, start=33000)[0], ["--appendonly", "yes", "--appendfsync", "everysec"]).start()
     try:
         client = server.client()
         figures["memory"] = measure_memory(client, args.users, args.request_keys)
         print(json.dumps(figures["memory"], indent=2), flush=True)
         client.flushall()
-        figures["standalone"] = {}
-        for workload in WORKLOADS:
-            rate, usec = measure_rate(server.url, False, workload, args.processes, args.seconds, [client])
-            figures["standalone"][workload] = round(rate)
-            figures["standalone"][f"{workload}_server_usec"] = round(usec, 2)
-            print(f"standalone {workload:<18} {rate:>10,.0f} records/s  server {usec:6.2f} us/record", flush=True)
+        figures["standalone"] = _rates_figures("standalone", rates(server.url, [client], **timing))
         client.close()
     finally:
         server.cleanup()
     cluster = RedisClusterProc(masters=3).start()
     try:
-        figures["cluster3"] = {}
-        masters = [n.client() for n in cluster.nodes[: cluster.masters]]
-        for workload in WORKLOADS:
-            rate, usec = measure_rate(cluster.url, True, workload, args.processes, args.seconds, masters)
-            figures["cluster3"][workload] = round(rate)
-            figures["cluster3"][f"{workload}_server_usec"] = round(usec, 2)
-            print(f"cluster3   {workload:<18} {rate:>10,.0f} records/s  server {usec:6.2f} us/record", flush=True)
+        figures["cluster3"] = _rates_figures("cluster3", rates(cluster.url, cluster.master_clients(), **timing))
     finally:
         cluster.cleanup()
     for where in ("standalone", "cluster3"):
         f = figures[where]
         f["ratio_single_vs_hincrby"] = round(f["meter_single"] / f["hincrby_single"], 2)
         f["ratio_batch_vs_hincrby"] = round(f["meter_batch100"] / f["hincrby_batch100"], 2)
+    return figures
+
+
+def _rates_figures(where: str, results: dict[str, driver.Result]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, result in results.items():
+        usec = result.server_usec_per_record or 0.0
+        out[name] = round(result.rate)
+        out[f"{name}_server_usec"] = round(usec, 2)
+        print(f"{where:<10} {name:<18} {result.rate:>10,.0f} records/s  server {usec:6.2f} us/record", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench scale", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=1_000_000, help="user-months to load (default 1,000,000)")
+    parser.add_argument("--request-keys", type=int, default=200_000, help="request-id keys to load")
+    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per timed slice (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved slices per workload, the best is kept")
+    parser.add_argument("--processes", type=int, default=4, help="client processes per rate measurement")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    figures = run(args)
     print(json.dumps(figures, indent=2))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(figures, fh, indent=2)
-    return figures
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -53,7 +53,7 @@ async def worker(meter: AsyncMeter, llm: Any, jobs: "asyncio.Queue[Job | None]",
 
 
 async def main(real: bool) -> None:
-    from quota.localserver import redis_url_or_local
+    from quota.testing import redis_url_or_local
 
     from .stub_llm import StubLLM
 

@@ -1,21 +1,79 @@
-"""The ``quota`` command line (click, like Flask's own CLI)."""
+"""The ``quota`` command line (click, like Flask's own CLI).
+
+The library's commands are here: ``demo``, ``stats``, ``credit``, ``dump``, ``scheduler``. Other
+packages add theirs through the ``quota.commands`` entry point group (the app's ``serve`` and
+``token``, in ``api/cli.py``); they are loaded only when asked for, so ``import quota`` never
+imports the app.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+from importlib import metadata
+from typing import NoReturn
 
 import click
 
 from .errors import QuotaError
 
+COMMAND_GROUP = "quota.commands"
+# The group as pyproject.toml declares it, for when the installed metadata does not list it:
+# entry points are written when the distribution is installed, so an editable install made
+# before the group existed (or a checkout run without installing) has none until the next
+# `pip install -e .`, and `quota serve` would vanish. These names are imported only on use.
+BUILTIN_COMMANDS = {"serve": "api.cli:serve", "token": "api.cli:token"}
 
-def fail(message: str, code: int = 1) -> None:
+
+def fail(message: str, code: int = 1) -> NoReturn:
     click.secho(f"error: {message}", fg="red", err=True)
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def command_entry_points() -> dict[str, metadata.EntryPoint]:
+    """The commands other packages add (``quota.commands``), by name; see BUILTIN_COMMANDS."""
+    found = {ep.name: ep for ep in metadata.entry_points(group=COMMAND_GROUP)}
+    if not found:
+        found = {name: metadata.EntryPoint(name, value, COMMAND_GROUP) for name, value in BUILTIN_COMMANDS.items()}
+    return found
+
+
+def load_command(entry: metadata.EntryPoint) -> click.Command:
+    """The command ``entry`` names; when its package cannot be imported (a missing dependency),
+    a stand-in that says so and exits with status 2."""
+    try:
+        command = entry.load()
+    except ImportError as exc:
+        reason = f"`quota {entry.name}` is unavailable: {entry.value} cannot be imported ({exc})"
+
+        @click.command(entry.name, help=reason, context_settings={"ignore_unknown_options": True})
+        @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+        def unavailable(args: tuple[str, ...]) -> None:
+            fail(reason, 2)
+
+        return unavailable
+    if not isinstance(command, click.Command):
+        raise TypeError(f"entry point {entry.name} = {entry.value} is not a click command")
+    return command
+
+
+class QuotaGroup(click.Group):
+    """A click group that adds the ``quota.commands`` entry points, each loaded on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *command_entry_points()})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None:
+            entry = command_entry_points().get(name)
+            if entry is not None:
+                command = load_command(entry)
+                self.add_command(command, name)
+        return command
+
+
+@click.group(cls=QuotaGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="quota")
 def main() -> None:
     """quota: per-user, per-model LLM token and cost metering on Redis.
@@ -42,8 +100,8 @@ def demo(users: int, seed: int) -> None:
     Starts a local Redis-compatible server when REDIS_URL is unset.
     """
     from .demo import run_demo, stats_table
-    from .localserver import redis_url_or_local
     from .meter import Meter
+    from .testing import redis_url_or_local
 
     if users < 2:
         fail("--users must be at least 2", 2)
@@ -99,109 +157,6 @@ def credit(user: str, credit: str, month: str | None, url: str | None) -> None:
         fail(str(exc))
 
 
-# --- the HTTP service (issue 4): serve, token -----------------------------------------------------
-
-
-@main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
-              help="Port to listen on (0: any free port).")
-@click.option("--dev/--no-dev", default=None,
-              help="Development mode: made-up secrets, demo on. Default: on when REDIS_URL is unset "
-                   "(a throwaway local server is started) or QUOTA_ENV=development.")
-@click.option("--user", default="demo", show_default=True,
-              help="Whose user token to print, with its panel link (development mode only).")
-@click.option("--ttl", default="12h", show_default=True, help="Life of the printed user token (90s, 15m, 1h, 7d).")
-def serve(host: str, port: int, dev: bool | None, user: str, ttl: str) -> None:
-    """Serve the HTTP API, the token statistics panel and the demo chat.
-
-    Prints their URLs, and in development mode a ready-to-use user token (never in production,
-    where the output goes to logs: mint one with `quota token USER`). Outside development mode it
-    refuses to start without QUOTA_ADMIN_TOKEN, QUOTA_SERVICE_TOKEN and QUOTA_SECRET_KEY. For
-    production, run several workers under gunicorn instead: gunicorn 'api:create_app()' -w 4 -b 0.0.0.0:8000
-    """
-    try:
-        from api.serve import build, run
-    except ImportError as exc:  # pragma: no cover - flask is a dependency
-        fail(f"the HTTP service needs Flask: {exc}", 2)
-    try:
-        service = build(host, port, dev=dev, user=user, ttl=ttl)
-    except QuotaError as exc:
-        fail(str(exc), 2)
-    except OSError as exc:
-        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc} (try --port 0 for any free port)", 2)
-    run(service, say=click.echo)
-
-
-@main.command()
-@click.argument("user")
-@click.option("--ttl", default="1h", show_default=True, help="How long the token is valid: 90s, 15m, 1h, 7d.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print {user, token, expires_at} (with --revoke: {user, tokens_valid_after}) as JSON.")
-@click.option("--revoke", is_flag=True,
-              help="Revoke every token of USER issued until now instead (in Redis: REDIS_URL, QUOTA_PREFIX); "
-                   "tokens minted afterwards work, the key is not rotated.")
-@click.option("--url", envvar="REDIS_URL", help="Redis URL for --revoke (default: REDIS_URL).")
-def token(user: str, ttl: str, as_json: bool, revoke: bool, url: str | None) -> None:
-    """Mint a token that lets USER read their own stats and quota (and nothing else).
-
-    Signed with QUOTA_SECRET_KEY (read from the environment only, never from the command line,
-    where other users could see it); the server must run with the same key. With --revoke,
-    USER's tokens issued so far stop working (exit status 1 when Redis does not answer).
-    """
-    import os
-    import time
-    from datetime import datetime, timezone
-
-    from .tokens import mint_user_token, parse_ttl
-
-    if revoke:
-        _revoke_tokens(user, url, as_json)
-        return
-
-    secret = os.environ.get("QUOTA_SECRET_KEY")
-    if not secret:
-        fail("QUOTA_SECRET_KEY is not set: the token must be signed with the server's key", 2)
-    try:
-        ttl_s = parse_ttl(ttl)
-        now = time.time()  # to the millisecond: the issue time a revocation is compared with
-        minted = mint_user_token(secret, user, ttl_s, now_s=now)
-    except QuotaError as exc:
-        fail(str(exc), 2)
-    if as_json:
-        expires = datetime.fromtimestamp(int(now) + ttl_s, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        click.echo(json.dumps({"user": user, "token": minted, "expires_at": expires}))
-    else:
-        click.echo(minted)
-
-
-def _revoke_tokens(user: str, url: str | None, as_json: bool) -> None:
-    from .errors import ConfigError, InvalidInput
-    from .keys import validate_user
-    from .meter import Meter
-    from .tokens import iso_ms, revoke_user_tokens
-
-    try:
-        user = validate_user(user)
-        meter = Meter.from_url(url, history=None)
-    except QuotaError as exc:
-        fail(str(exc), 2)
-    try:
-        at_ms = revoke_user_tokens(meter.client, meter.settings.prefix, user)
-    except (ConfigError, InvalidInput) as exc:
-        fail(str(exc), 2)
-    except QuotaError as exc:
-        fail(str(exc), 1)
-    finally:
-        meter.close()
-    at = iso_ms(at_ms)
-    if as_json:
-        click.echo(json.dumps({"user": user, "tokens_valid_after": at}))
-    else:
-        click.echo(f"revoked every token of {user!r} issued until {at}; tokens minted from now on work")
-
-
-
 # --- the history (issue 3): dump, scheduler --------------------------------------------------------
 
 
@@ -209,15 +164,14 @@ def _dump_job(url: str | None, history_url: str | None, *, before: str | None = 
               batch_size: int | None = None, progress=None):  # noqa: ANN001, ANN202 - DumpReport
     """One dump with fresh connections: Redis from ``url``/REDIS_URL, SQL from ``history_url``."""
     from .config import Settings
-    from .dump import DEFAULT_BATCH, dump_expired_months
-    from .history import HistoryStore
+    from .history import DEFAULT_BATCH, HistoryStore, dump_expired_months
     from .meter import Meter
 
     settings = Settings.from_env()
     meter = Meter.from_url(url, history=None, settings=settings)
     store = HistoryStore(history_url or settings.history_url, prefix=settings.prefix)
     try:
-        return dump_expired_months(meter.client, store, before=before, settings=settings, dry_run=dry_run,
+        return dump_expired_months(meter, store, before=before, dry_run=dry_run,
                                    batch_size=batch_size or DEFAULT_BATCH, on_progress=progress)
     finally:
         meter.close()
@@ -304,7 +258,7 @@ def scheduler(at_text: str, run_now: bool, retry_s: int, url: str | None, histor
     import signal
     import time
 
-    from .scheduler import Scheduler, parse_at
+    from .history import Scheduler, parse_at
 
     try:
         at = parse_at(at_text)

@@ -28,7 +28,7 @@ PREFIX_RE = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
 # Scalar fields of the user-month hash (no colon, so they never collide with model fields).
 FIELD_CREDIT = "credit_nano"          # this month's credit, nano-CNY; absent = the default credit
 FIELD_USED = "system_used_nano"       # spend on system models this month, nano-CNY
-# Bookkeeping of `quota dump` (quota/dump.py, docs/HISTORY.md), written only into expired months:
+# Bookkeeping of `quota dump` (quota/history/dump.py, docs/HISTORY.md), written only into expired months:
 FIELD_DUMP_GEN = "dump_gen"           # id of this incarnation of the hash in the SQL archive
 FIELD_DUMP_SEQ = "dump_seq"           # how many times a dump has read it (newest snapshot wins)
 # Per-model fields are "<model_id>:<suffix>"; parse them with rpartition(":"). The token fields

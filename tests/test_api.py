@@ -11,13 +11,13 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from api import create_app
+from api import create_app, get_quota
 from api.settings import ApiSettings
 from quota import Meter
 from quota.errors import ConfigError
+from quota.testing import free_ports
 
-from .servers import free_ports
-from .test_api_support import ADMIN, SECRET, SERVICE, api_settings, bearer, make_meter, user_token
+from .api_support import ADMIN, SECRET, SERVICE, api_settings, bearer, make_meter, user_token
 
 SYS, CUS = "system_deepseek", "custom_llama"
 
@@ -221,7 +221,7 @@ def test_redis_down_gives_503_and_counts_storage_errors(dead_client):
 
 
 def test_without_an_operator_token_a_503_does_not_say_where_redis_is(dead_client):
-    where = "127.0.0.1:%d" % dead_client.application.extensions["quota"].meter.client.connection_pool \
+    where = "127.0.0.1:%d" % get_quota(dead_client.application).meter.client.connection_pool \
         .connection_kwargs["port"]
     anonymous = [dead_client.get("/healthz"),
                  dead_client.get("/v1/users/alice/token-stats", headers=bearer(user_token("alice"))),
@@ -538,7 +538,7 @@ def demo_client(meter):
 @pytest.fixture
 def demo_meter(demo_client):
     """The demo's own meter: the same Redis, the key prefix ``apitest-demo``."""
-    return demo_client.application.extensions["quota"].demo_meter
+    return get_quota(demo_client.application).demo_meter
 
 
 def turn(client, n, user="demo-a", model=SYS, conversation="c1"):
@@ -640,7 +640,7 @@ def test_demo_is_off_in_production_by_default(client):
     assert_error(client.get("/demo"), 404, "not_found")
     assert_error(client.post("/demo/turn", json={}), 404, "not_found")
     assert_error(client.get("/demo/users/demo/token-stats"), 404, "not_found")
-    assert client.application.extensions["quota"].demo_meter is None
+    assert get_quota(client.application).demo_meter is None
 
 
 # --- settings ----------------------------------------------------------------------------------------------

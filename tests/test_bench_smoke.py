@@ -1,7 +1,7 @@
 """The benchmark code runs: every scenario for a fraction of a second against the harness servers.
 
-Rates are only checked to be positive, never compared: speed is measured by ``python -m
-bench.core``, not by tests. What is checked is that every workload really counted records, that
+Rates are only checked to be positive, never compared: speed is measured by ``python -m bench
+<area>``, not by tests. What is checked is that every workload really counted records, that
 the server-time reading works, and the seed design's loss accounting adds up.
 """
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import report, scenarios, server_ceiling
+from bench import __main__ as bench_main
+from bench import report, scale, scenarios, server_ceiling
 from bench.driver import Result
 
 pytestmark = pytest.mark.slow
@@ -98,3 +99,25 @@ def test_report_table_and_docs_section(redis_server, tmp_path: Path):
     written = docs.read_text(encoding="utf-8")
     assert written.count(report.SECTION) == 1 and "second" in written and "first" not in written
     assert "## Other area\n\nkeep me" in written
+
+
+def test_scale_rates_and_memory(redis_server):
+    client = redis_server.client()
+    client.flushall()
+    results = scale.rates(redis_server.url, [client], processes=1, rounds=1, slice_s=0.2)
+    assert set(results) == set(scale.WORKLOADS)
+    assert_measured(results)
+    memory = scale.measure_memory(client, 2000, 100)  # it samples 1,000 of the user-months
+    assert memory["bytes_per_user_month_memory_usage"] > 0 and memory["hash_encoding"] == "listpack"
+    client.flushall()
+
+
+def test_every_area_answers_help(capsys):
+    """``python -m bench`` lists the areas; each one's module has a main that parses --help."""
+    assert bench_main.main([]) == 2 and "areas:" in capsys.readouterr().out
+    assert bench_main.main(["nope"]) == 2
+    for area in bench_main.AREAS:
+        with pytest.raises(SystemExit) as done:
+            bench_main.main([area, "--help"])
+        assert done.value.code == 0, area
+        assert f"python -m bench {area}" in capsys.readouterr().out

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from .test_api_support import ADMIN, SERVICE, bearer, live_server, user_token
+from api import get_quota
+
+from .api_support import ADMIN, SERVICE, bearer, live_server, user_token
 
 CHROMIUM = os.environ.get("QUOTA_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -267,7 +269,7 @@ def demo_stats(server, user):
 
 
 def test_demo_chat_until_quota_exceeded_then_custom_model_keeps_working(browser, server, shots):
-    server.app.extensions["quota"].demo_meter.set_monthly_credit("demo-ann", "0.6")
+    get_quota(server.app).demo_meter.set_monthly_credit("demo-ann", "0.6")
     page = open_page(browser, locale="en-US", viewport={"width": 900, "height": 900})
     page.goto(f"{server.url}/demo#user=demo-ann")
     assert page.input_value("#user") == "demo-ann"

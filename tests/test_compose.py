@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from quota.scheduler import parse_at
+from quota.history import parse_at
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRETS = ("QUOTA_ADMIN_TOKEN", "QUOTA_SERVICE_TOKEN", "QUOTA_SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD")

@@ -9,16 +9,10 @@ import pytest
 from redis.cluster import RedisCluster
 
 from quota import Meter, StorageUnavailable
-from quota.config import Settings
-from quota.dump import dump_expired_months
 from quota.errors import InvalidInput
-from quota.history import HistoryStore
-from quota.keys import KeySchema
-from quota.stats import MonthUsage
+from quota.history import HistoryStore, dump_expired_months
 
-from .test_history_support import history_url, store  # noqa: F401 - fixtures
-
-SETTINGS = Settings(prefix="quota")
+from .history_support import SETTINGS, history_url, month_hashes, plain, store  # noqa: F401 - fixtures
 
 
 def record(meter: Meter, clock: Any, month: str, user: str, model: str = "system_deepseek",
@@ -27,24 +21,6 @@ def record(meter: Meter, clock: Any, month: str, user: str, model: str = "system
     clock.set(year, mon, 10, 12, 0, 0)
     for i in range(n):
         meter.update_token_usage(user, model, tokens + i, 2 * tokens, request_id=None if rid is None else f"{rid}-{i}")
-
-
-def month_hashes(client: Any, prefix: str = "quota") -> dict[tuple[str, str], MonthUsage]:
-    """Every user-month hash in Redis (all masters of a cluster), parsed."""
-    schema = KeySchema(prefix)
-    nodes = ([client.get_redis_connection(n) for n in client.get_primaries()]
-             if isinstance(client, RedisCluster) else [client])
-    out = {}
-    for node in nodes:
-        for raw in node.scan_iter(match=schema.month_pattern(), count=1000, _type="hash"):
-            user, month = schema.parse_month_key(raw.decode())
-            out[(user, month)] = MonthUsage.from_hash(month, node.hgetall(raw))
-    return out
-
-
-def plain(u: MonthUsage) -> tuple:
-    """What must survive the archive: every counter and the credit (not the bookkeeping)."""
-    return (u.credit_nano, u.system_used_nano, sorted((k, vars(v)) for k, v in u.models.items()))
 
 
 def archive(store: HistoryStore, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple]:
@@ -78,7 +54,7 @@ def test_dump_moves_expired_months_exactly_and_keeps_the_current_one(world, stor
     client, meter = world
     expected = fill(meter, clock)
     stats_before = meter.get_token_stats("ann")
-    report = dump_expired_months(client, store, settings=SETTINGS, clock=clock)
+    report = dump_expired_months(meter, store)
     assert (report.archived, report.skipped, report.models) == (len(expected), 0, len(expected) + 1)
     assert set(month_hashes(client)) == {("ann", "2026-01")}
     assert archive(store, list(expected)) == expected
@@ -90,8 +66,8 @@ def test_dump_moves_expired_months_exactly_and_keeps_the_current_one(world, stor
 def test_running_twice_leaves_the_same_history(world, store, clock) -> None:
     client, meter = world
     expected = fill(meter, clock)
-    dump_expired_months(client, store, settings=SETTINGS, clock=clock)
-    again = dump_expired_months(client, store, settings=SETTINGS, clock=clock)
+    dump_expired_months(meter, store)
+    again = dump_expired_months(meter, store)
     assert (again.archived, again.skipped) == (0, 0)
     assert archive(store, list(expected)) == expected
     assert store.count_months() == len(expected)
@@ -100,21 +76,21 @@ def test_running_twice_leaves_the_same_history(world, store, clock) -> None:
 def test_before_limits_what_is_archived(world, store, clock) -> None:
     client, meter = world
     expected = fill(meter, clock)
-    report = dump_expired_months(client, store, settings=SETTINGS, clock=clock, before="2025-12")
+    report = dump_expired_months(meter, store, before="2025-12")
     assert report.archived == 1
     assert archive(store, list(expected)) == {("ann", "2025-11"): expected[("ann", "2025-11")]}
     assert ("ann", "2025-12") in month_hashes(client)
     with pytest.raises(InvalidInput, match="current month 2026-01"):
-        dump_expired_months(client, store, settings=SETTINGS, clock=clock, before="2026-02")
+        dump_expired_months(meter, store, before="2026-02")
     with pytest.raises(InvalidInput, match="YYYY-MM"):
-        dump_expired_months(client, store, settings=SETTINGS, clock=clock, before="2025-1")
+        dump_expired_months(meter, store, before="2025-1")
 
 
 def test_dry_run_reads_and_changes_nothing(world, store, clock) -> None:
     client, meter = world
     expected = fill(meter, clock)
     before = month_hashes(client)
-    report = dump_expired_months(client, store, settings=SETTINGS, clock=clock, dry_run=True)
+    report = dump_expired_months(meter, store, dry_run=True)
     assert (report.archived, report.dry_run) == (len(expected), True)
     assert report.summary().startswith(f"dry run: would archive {len(expected)} user-months")
     assert month_hashes(client) == before  # not even the bookkeeping fields were written
@@ -142,14 +118,13 @@ def test_a_late_write_between_read_and_delete_is_never_lost(world, store, clock)
                 clock.set(2026, 1, 15, 12)
             return written
 
-    clock_now = clock.now
-    report = dump_expired_months(client, LateWriter(store), settings=SETTINGS, clock=lambda: clock_now)
+    report = dump_expired_months(meter, LateWriter(store))  # reads the meter's clock once, at the start
     assert report.changed == 1 and ("ann", "2025-11") in month_hashes(client)
     expected = {("ann", "2025-11"): plain(month_hashes(client)[("ann", "2025-11")])}
     meter.history = store
     clock.set(2026, 1, 15, 12)
     assert meter.get_token_stats("ann")["history"]["2025-11"]["system_deepseek"]["input"] == 1000 + 1001 + 1_000_000
-    follow_up = dump_expired_months(client, store, settings=SETTINGS, clock=clock)
+    follow_up = dump_expired_months(meter, store)
     assert (follow_up.archived, follow_up.changed) == (1, 0)
     assert archive(store, [("ann", "2025-11")]) == expected
     assert meter.get_token_stats("ann")["history"]["2025-11"]["system_deepseek"]["input"] == 1000 + 1001 + 1_000_000
@@ -158,14 +133,14 @@ def test_a_late_write_between_read_and_delete_is_never_lost(world, store, clock)
 def test_a_late_write_after_the_delete_is_archived_beside_the_first(world, store, clock) -> None:
     client, meter = world
     fill(meter, clock)
-    dump_expired_months(client, store, settings=SETTINGS, clock=clock)
+    dump_expired_months(meter, store)
     first = store.load_totals("ann", ["2025-12"])["2025-12"]
     record(meter, clock, "2025-12", "ann", tokens=100_000, rid="very-late")  # re-creates the hash
     clock.set(2026, 1, 15, 12)
     meter.history = store
     stats = meter.get_token_stats("ann")["history"]["2025-12"]["system_deepseek"]
     assert (stats["input"], stats["calls"]) == (first.models["system_deepseek"].input_tokens + 100_000, 2)
-    dump_expired_months(client, store, settings=SETTINGS, clock=clock)
+    dump_expired_months(meter, store)
     assert len(store.load_months("ann", ["2025-12"])) == 2  # two generations
     total = store.load_totals("ann", ["2025-12"])["2025-12"]
     assert total.models["system_deepseek"].input_tokens == first.models["system_deepseek"].input_tokens + 100_000
@@ -192,11 +167,11 @@ def test_a_second_dump_racing_the_first_never_loses_or_doubles(world, store, clo
                 record(meter, clock, "2025-11", "ann", tokens=50, rid="between")
                 clock.set(2026, 1, 15, 12)
                 expected[("ann", "2025-11")] = plain(month_hashes(client)[("ann", "2025-11")])
-                b = dump_expired_months(client, self.inner, settings=SETTINGS, clock=clock)
+                b = dump_expired_months(meter, self.inner)
                 assert b.archived == len(expected)
             return self.inner.write_snapshots(snapshots, **kwargs)
 
-    dump_expired_months(client, Interleaved(store), settings=SETTINGS, clock=clock)
+    dump_expired_months(meter, Interleaved(store))
     assert month_hashes(client).keys() == {("ann", "2026-01")}
     assert archive(store, list(expected)) == expected
 
@@ -205,7 +180,7 @@ def test_unreadable_hashes_are_left_and_reported(world, store, clock) -> None:
     client, meter = world
     fill(meter, clock)
     client.hset("quota:{odd}:2025-10", mapping={"system_deepseek:input": "not-a-number"})
-    report = dump_expired_months(client, store, settings=SETTINGS, clock=clock)
+    report = dump_expired_months(meter, store)
     assert report.unreadable == 1 and report.skipped == 1
     assert client.hget("quota:{odd}:2025-10", "system_deepseek:input") == b"not-a-number"
 
@@ -215,7 +190,7 @@ def test_unreachable_redis_is_a_storage_error(store, clock) -> None:
 
     dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
     with pytest.raises(StorageUnavailable, match="127.0.0.1:1"):
-        dump_expired_months(dead, store, settings=SETTINGS, clock=clock)
+        dump_expired_months(Meter(dead, settings=SETTINGS, clock=clock), store)
 
 
 def test_unreachable_database_is_a_storage_error_and_redis_is_untouched(world, clock) -> None:
@@ -223,7 +198,7 @@ def test_unreachable_database_is_a_storage_error_and_redis_is_untouched(world, c
     fill(meter, clock)
     before = month_hashes(client)
     with pytest.raises(StorageUnavailable, match="127.0.0.1:1"):
-        dump_expired_months(client, HistoryStore("postgresql://x@127.0.0.1:1/q"), settings=SETTINGS, clock=clock)
+        dump_expired_months(meter, HistoryStore("postgresql://x@127.0.0.1:1/q"))
     assert month_hashes(client) == before
 
 
@@ -236,7 +211,7 @@ def test_every_master_of_the_cluster_is_walked(redis_cluster, store, clock) -> N
     clock.set(2026, 1, 15)
     owners = {client.get_node_from_key(f"quota:{{c{u}}}:2025-12").name for u in range(60)}
     assert len(owners) == 3  # the data really is on every master
-    report = dump_expired_months(client, store, settings=SETTINGS, clock=clock)
+    report = dump_expired_months(meter, store)
     assert report.archived == 60 and month_hashes(client) == {}
     assert store.load_totals("c59", ["2025-12"])["2025-12"].models["system_deepseek"].input_tokens == 60
     client.close()
@@ -249,7 +224,7 @@ async def test_async_meter_merges_the_archive_too(real_backend, store, clock) ->
     meter = Meter(client, clock=clock, settings=SETTINGS)
     record(meter, clock, "2025-12", "amy", tokens=42)
     clock.set(2026, 1, 15)
-    dump_expired_months(client, store, settings=SETTINGS, clock=clock)
+    dump_expired_months(meter, store)
     record(meter, clock, "2025-12", "amy", tokens=8, rid="late")  # a new generation, live in Redis
     clock.set(2026, 1, 15)
     ameter = AsyncMeter(real_backend.async_client(), clock=clock, settings=SETTINGS, history=store)

@@ -18,10 +18,9 @@ from quota import Meter
 from quota.cli import main
 from quota.config import Settings
 from quota.errors import InvalidInput, StorageUnavailable
-from quota.history import HistoryStore
-from quota.scheduler import Scheduler, next_run, parse_at
+from quota.history import HistoryStore, Scheduler, next_run, parse_at
 
-from .test_dump_faults import expired_months, fixed
+from .history_support import expired_months, fixed
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,88 +6,19 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from redis.cluster import RedisCluster
-from sqlalchemy import text
 
 from quota import Meter
-from quota.config import Settings
-from quota.dump import dump_expired_months
-from quota.history import HistoryStore
-from quota.keys import add_months, month_of
+from quota.history import HistoryStore, dump_expired_months
 
-from .test_dump import month_hashes, plain
-from .test_history_support import store_url
-
-SETTINGS = Settings(prefix="quota")
-USERS = 4000
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def expired_months() -> list[str]:
-    """Three months before the real current one: the CLI dump runs on the real clock."""
-    current = month_of(datetime.now(timezone.utc))
-    return [add_months(current, -i) for i in (3, 2, 1)]
-
-
-def fixed(month: str):  # noqa: ANN201 - a clock
-    year, mon = (int(p) for p in month.split("-"))
-    moment = datetime(year, mon, 12, 8, 0, tzinfo=timezone.utc)
-    return lambda: moment
-
-
-def populate(client: Any, months: list[str]) -> None:
-    """USERS x len(months) user-months through the real meter; a third also use a custom model."""
-    for month in months:
-        meter = Meter(client, clock=fixed(month), settings=SETTINGS)
-        records = []
-        for u in range(USERS):
-            records.append({"user": f"u{u}", "model_id": "system_deepseek", "input_tokens": 100 + u,
-                            "output_tokens": 7 * u % 1000})
-            if u % 3 == 0:
-                records.append({"user": f"u{u}", "model_id": "custom_x", "input_tokens": u, "output_tokens": 1})
-        for i in range(0, len(records), 2000):
-            meter.update_token_usage_many(records[i:i + 2000])
-
-
-def archive_from_views(store: HistoryStore) -> dict[tuple[str, str], tuple]:
-    """Every archived user-month, summed over generations, read through the SQL views."""
-    with store.engine.connect() as conn:
-        months = conn.execute(text("SELECT user_id, month, credit_nano, system_used_nano FROM quota_month "
-                                   "WHERE prefix = 'quota'")).all()
-        models = conn.execute(text("SELECT user_id, month, model_id, input_tokens, output_tokens, cost_nano, "
-                                   "calls, estimated_calls FROM quota_month_model WHERE prefix = 'quota'")).all()
-    per: dict[tuple[str, str], list] = {}
-    for user, month, model_id, *counts in models:
-        per.setdefault((user, month), []).append(
-            (model_id, dict(zip(("input_tokens", "output_tokens", "cost_nano", "calls", "estimated_calls"),
-                                (int(c) for c in counts)))))
-    return {(user, month): (None if credit is None else int(credit), int(used), sorted(per.get((user, month), [])))
-            for user, month, credit, used in months}
-
-
-def expired_keys_left(client: Any, months: list[str]) -> int:
-    return sum(1 for (_, month) in month_hashes(client) if month in months)
-
-
-def total_keys(client: Any) -> int:
-    if isinstance(client, RedisCluster):
-        return sum(client.get_redis_connection(n).dbsize() for n in client.get_primaries())
-    return client.dbsize()
-
-
-def run_dump(env: dict[str, str], *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "quota.cli", "dump", "--no-progress", *extra],
-                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+from .history_support import (SETTINGS, USERS, archive_from_views, expired_keys_left, expired_months, fixed,
+                              month_hashes, plain, populate, run_dump, store_url, total_keys)
 
 
 @pytest.mark.slow
@@ -182,15 +113,16 @@ def test_a_writer_racing_the_dump_loses_nothing(db: str, redis_server, tmp_path)
             late.append((user, month, tokens))
             n += 1
 
+    dumper = Meter(client, settings=SETTINGS)  # the real clock, as the nightly dump's
     thread = threading.Thread(target=writer)
     thread.start()
     try:
         time.sleep(0.05)
-        reports = [dump_expired_months(client, store, settings=SETTINGS, batch_size=100) for _ in range(2)]
+        reports = [dump_expired_months(dumper, store, batch_size=100) for _ in range(2)]
     finally:
         stop.set()
         thread.join()
-    dump_expired_months(client, store, settings=SETTINGS)
+    dump_expired_months(dumper, store)
     assert expired_keys_left(client, months) == 0
     assert len(late) > 100 and sum(r.archived for r in reports) > 0
     for user, month, tokens in late:

@@ -17,7 +17,7 @@ from quota.errors import InvalidInput
 from quota.history import SCHEMA_VERSION, HistoryStore, Snapshot, describe_db, normalize_url
 from quota.stats import ModelUsage, MonthUsage, merge_month
 
-from .test_history_support import history_url, store  # noqa: F401 - fixtures
+from .history_support import history_url, pg_url, store  # noqa: F401 - fixtures
 
 SYSTEM = "system_deepseek"
 
@@ -266,3 +266,9 @@ def test_the_sqlite_file_is_created_0600_and_a_symbolic_link_is_refused(tmp_path
         linked.close()
     finally:
         os.umask(old_umask)
+
+
+def test_postgres_is_reachable_when_ci_says_so() -> None:
+    """CI sets QUOTA_REQUIRE_PG=1: there a missing PostgreSQL is a failure, not a skip."""
+    if os.environ.get("QUOTA_REQUIRE_PG") == "1":
+        assert pg_url() is not None, "QUOTA_REQUIRE_PG=1 but no PostgreSQL answers on 127.0.0.1:5432"

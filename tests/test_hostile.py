@@ -37,7 +37,7 @@ from api import create_app
 from api.openapi import openapi_document
 from quota.tokens import mint_user_token
 
-from .test_api_support import ADMIN, SERVICE, api_settings, bearer, make_meter, user_token
+from .api_support import ADMIN, SERVICE, api_settings, bearer, make_meter, user_token
 
 SYS = "system_deepseek"
 EXAMPLES = int(os.environ.get("QUOTA_HOSTILE_EXAMPLES", "200"))

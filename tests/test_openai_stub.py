@@ -138,8 +138,7 @@ async def test_a_worker_task_cancelled_mid_stream_is_still_counted(ameter):
 async def test_redis_away_during_a_stream_spools_it(stub, tmp_path, clock):
     from quota import AsyncMeter
     from quota.spool import Spool
-
-    from .servers import free_ports
+    from quota.testing import free_ports
 
     meter = AsyncMeter.from_url(f"redis://127.0.0.1:{free_ports(1, start=26800)[0]}", clock=clock,
                                 spool=tmp_path / "s.spool")

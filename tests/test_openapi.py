@@ -15,9 +15,10 @@ import pytest
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_spec
 
-from api import create_app
+from api import create_app, get_quota
+from quota.core import RECORD_FIELDS
 
-from .test_api_support import ADMIN, SERVICE, api_settings, bearer, make_meter, user_token
+from .api_support import ADMIN, SERVICE, api_settings, bearer, make_meter, user_token
 
 SYS = "system_deepseek"
 
@@ -51,6 +52,12 @@ def test_document_is_valid_openapi(app):
     validate_spec(doc)
     for schema in doc["components"]["schemas"].values():
         Draft202012Validator.check_schema(schema)
+
+
+def test_the_documented_usage_record_has_the_core_fields(app):
+    """POST /v1/usage takes what the core takes (quota.core.RECORD_FIELDS), and says so."""
+    record = app.test_client().get("/openapi.json").get_json()["components"]["schemas"]["UsageRecord"]
+    assert set(record["properties"]) == set(RECORD_FIELDS)
 
 
 @pytest.mark.parametrize("demo", ["0", "1"])
@@ -121,7 +128,7 @@ def scenario(call) -> None:
     call("post", "/demo/turn", json={"user": "demo-x", "model_id": SYS, "conversation_id": "c", "turn": 1,
                                      "message": "hi"})
     call("get", "/demo/users/demo-x/token-stats")
-    call.client.application.extensions["quota"].demo_meter.set_monthly_credit("demo-x", 0)  # the demo's own keys
+    get_quota(call.client.application).demo_meter.set_monthly_credit("demo-x", 0)  # the demo's own keys
     call("post", "/demo/turn", json={"user": "demo-x", "model_id": SYS, "conversation_id": "c", "turn": 2})
     call("post", "/demo/turn", json={"user": "alice", "model_id": SYS, "conversation_id": "c", "turn": 1})
     call("post", "/demo/turn", json={"user": "demo-x", "model_id": SYS, "conversation_id": "c", "turn": 51})

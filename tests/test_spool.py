@@ -11,8 +11,7 @@ import pytest
 from quota import Meter
 from quota.errors import ConfigError
 from quota.spool import Spool, SpoolEntry
-
-from .servers import RedisServer, free_ports
+from quota.testing import RedisServer, free_ports
 
 AT = datetime(2026, 1, 20, 8, 30, tzinfo=timezone.utc)
 

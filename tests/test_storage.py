@@ -9,8 +9,7 @@ import redis
 
 from quota import AsyncMeter, ConfigError, Meter, StorageUnavailable
 from quota.scripts import ALL
-
-from .servers import RedisServer, free_ports
+from quota.testing import RedisServer, free_ports
 
 
 def test_unreachable_redis_is_a_storage_error_naming_the_host_not_the_password():

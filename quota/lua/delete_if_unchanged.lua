@@ -9,18 +9,7 @@
 -- after the snapshots are committed to the SQL history, so a deleted hash is always in the
 -- archive exactly as it was.
 
--- The fingerprint is the whole hash in HGETALL order, each field and value length-prefixed
--- (so no two different hashes share one). It is order-sensitive on purpose: sorting cost a
--- quarter of the dump's server time, and an order change without a content change (possible
--- only for a hash too big for the compact listpack encoding) merely keeps the hash for the
--- next run, which is safe; equal fingerprints always mean equal contents.
-local function fingerprint(flat)
-  local parts = {}
-  for i = 1, #flat do
-    parts[i] = #flat[i] .. ':' .. flat[i]
-  end
-  return table.concat(parts, ',')
-end
+-- @include fingerprint
 
 if #ARGV ~= #KEYS then
   return redis.error_reply('QUOTA_INVALID one fingerprint per key')

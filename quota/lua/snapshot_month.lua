@@ -15,18 +15,7 @@
 --   dump_seq  counts reads. The archive keeps, per generation, the snapshot with the highest
 --             dump_seq, so a slow dump never overwrites a newer snapshot with an older one.
 
--- The fingerprint is the whole hash in HGETALL order, each field and value length-prefixed
--- (so no two different hashes share one). It is order-sensitive on purpose: sorting cost a
--- quarter of the dump's server time, and an order change without a content change (possible
--- only for a hash too big for the compact listpack encoding) merely keeps the hash for the
--- next run, which is safe; equal fingerprints always mean equal contents.
-local function fingerprint(flat)
-  local parts = {}
-  for i = 1, #flat do
-    parts[i] = #flat[i] .. ':' .. flat[i]
-  end
-  return table.concat(parts, ',')
-end
+-- @include fingerprint
 
 -- 1. validate every argument before the first write (no rollback in Redis)
 if #ARGV ~= #KEYS then

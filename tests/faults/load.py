@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from quota import AsyncMeter, Meter
 from quota.errors import BatchError, StorageUnavailable
@@ -189,6 +189,82 @@ def run_async(make_meter: Callable[[], AsyncMeter], records: list[dict[str, Any]
             await meter.aclose()
 
     asyncio.run(main())
+
+
+def start_mixed(url: str, prefix: str, work: list[list[dict[str, Any]]], tally: Tally, *, batches: Sequence[int],
+                retry: bool, **meter_options: Any) -> list[threading.Thread]:
+    """The scenarios' mixed load: ``len(batches)`` sync workers (a Meter each), then as many asyncio
+    ones (an AsyncMeter each), worker i of each kind sending its list of ``work`` in batches of
+    ``batches[i]`` (0: one by one), all on ``url`` with ``prefix`` and the pinned clock."""
+    if len(work) != 2 * len(batches):
+        raise ValueError("one list of records per worker: two workers per batch size")
+
+    def sync_meter() -> Meter:
+        return Meter.from_url(url, prefix=prefix, clock=pinned_clock, **meter_options)
+
+    def async_meter() -> AsyncMeter:
+        return AsyncMeter.from_url(url, prefix=prefix, clock=pinned_clock, **meter_options)
+
+    n = len(batches)
+    return start_threads(
+        [(run_sync, (sync_meter, work[i], tally), dict(retry=retry, batch=b)) for i, b in enumerate(batches)]
+        + [(run_async, (async_meter, work[n + i], tally), dict(retry=retry, batch=b)) for i, b in enumerate(batches)])
+
+
+class Repeat:
+    """The injected fault: ``action(client)`` every ``every_s`` on a connection of its own, in a
+    thread, for as long as the ``with`` block runs. ``count`` is how many times it ran, ``total``
+    the sum of its results that are integers (CLIENT KILL's: the connections it closed)."""
+
+    def __init__(self, make_client: Callable[[], Any], action: Callable[[Any], Any], every_s: float):
+        self.make_client, self.action, self.every_s = make_client, action, every_s
+        self.count = self.total = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        client = self.make_client()
+        try:
+            while not self._stop.is_set():
+                result = self.action(client)
+                self.total += result if type(result) is int else 0
+                self.count += 1
+                time.sleep(self.every_s)
+        finally:
+            client.close()
+
+    def __enter__(self) -> "Repeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def read_back(make_client: Callable[[], Any], prefix: str,
+              records: list[dict[str, Any]]) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
+    """``(want, got)``: the totals ``records`` make, and the totals Redis holds for their users."""
+    want = expected_totals(records)
+    client = make_client()
+    try:
+        return want, read_totals(client, prefix, want)
+    finally:
+        client.close()
+
+
+def counted(got: dict[str, dict[str, int]], want: dict[str, dict[str, int]]) -> dict[str, int]:
+    """The report's lines on what Redis counted against what was sent."""
+    return {"calls counted": sum(t["calls"] for t in got.values()),
+            "cost counted (nano-CNY)": sum(t["cost_nano"] for t in got.values()),
+            "cost expected (nano-CNY)": sum(t["cost_nano"] for t in want.values())}
+
+
+def assert_exact(tally: Tally, records: list[dict[str, Any]], got: dict, want: dict) -> None:
+    """Every record acknowledged once, no error reached a caller, and Redis holds the sums."""
+    assert tally.errors == []
+    assert tally.sent == tally.acked == len(records)
+    assert got == want
 
 
 def start_threads(targets: list[tuple[Callable[..., None], tuple, dict]]) -> list[threading.Thread]:

@@ -13,8 +13,8 @@ Pass: the history (read through the SQL views) equals, user-month by user-month,
 before the first dump (every counter, the credit; nothing lost, nothing counted twice), Redis
 holds no expired month any more, ``get_token_stats`` answers what it answered before, on SQLite
 and on PostgreSQL (127.0.0.1:5432; skipped with the reason when none answers, as in
-tests/test_history_support.py). The helpers are shared with tests/test_dump_faults.py (the single
-kill and the racing writer).
+tests/history_support.py, which also holds the helpers shared with tests/test_dump_faults.py,
+the single kill and the racing writer).
 """
 
 from __future__ import annotations
@@ -31,10 +31,8 @@ import redis
 from quota import Meter
 from quota.history import HistoryStore
 
-from ..test_dump import month_hashes, plain
-from ..test_dump_faults import (SETTINGS, USERS, archive_from_views, expired_keys_left, expired_months, fixed,
-                                populate, run_dump, total_keys)
-from ..test_history_support import store_url
+from ..history_support import (SETTINGS, USERS, archive_from_views, expired_keys_left, expired_months, fixed,
+                               month_hashes, plain, populate, run_dump, store_url, total_keys)
 from .load import report
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]

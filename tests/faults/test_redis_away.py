@@ -30,41 +30,28 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from quota.keys import SUFFIX_HOLD_ESTIMATE
 from quota import AsyncMeter, Meter
 from quota.errors import StorageUnavailable
+from quota.keys import SUFFIX_HOLD_ESTIMATE
 from quota.spool import Spool, SpoolEntry
+from quota.testing import RedisServer, free_ports
 
-from ..servers import RedisServer, free_ports
-from .load import report
+from .load import MONTH, pinned_clock, report
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 PREFIX = "f5"
 SYSTEM, CUSTOM = "system_deepseek", "custom_f5"   # 1,000 / 2,000 nano-CNY per token; custom: free
-MONTH = "2026-03"
 USERS = ("a", "b", "c", "d", "e")
 OUTAGE_S = 30.0
 BEFORE_S = 3.0
 AFTER_S = 8.0                                     # > the 5 s a meter waits after a failed replay
 PACE_S = 0.01                                     # a pause between messages while Redis is up
-
-
-def pinned_clock() -> datetime:
-    return datetime(2026, 3, 15, 12, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture
-def aof_server():
-    server = RedisServer(free_ports(1, start=31000)[0], ["--appendonly", "yes", "--appendfsync", "always"]).start()
-    yield server
-    server.cleanup()
 
 
 @dataclass

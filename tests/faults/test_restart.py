@@ -14,24 +14,14 @@ import time
 
 import pytest
 
-from quota import AsyncMeter, Meter
+from quota.testing import RedisServer
 
-from ..servers import RedisServer, free_ports
-from .load import (Tally, expected_totals, join_all, make_records, pinned_clock, read_totals, report,
-                   run_async, run_sync, start_threads)
+from .load import Tally, assert_exact, counted, join_all, make_records, read_back, report, start_mixed
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 PREFIX = "f1"
 PER_WORKER = 2500
-
-
-@pytest.fixture
-def aof_server():
-    server = RedisServer(free_ports(1, start=30000)[0],
-                         ["--appendonly", "yes", "--appendfsync", "always"]).start()
-    yield server
-    server.cleanup()
 
 
 def wait_for(condition, timeout_s: float = 60.0) -> None:
@@ -42,23 +32,10 @@ def wait_for(condition, timeout_s: float = 60.0) -> None:
 
 
 def test_restart_under_load_loses_no_acknowledged_record(aof_server: RedisServer):
-    url = aof_server.url
-
-    def sync_meter() -> Meter:
-        return Meter.from_url(url, prefix=PREFIX, clock=pinned_clock)
-
-    def async_meter() -> AsyncMeter:
-        return AsyncMeter.from_url(url, prefix=PREFIX, clock=pinned_clock)
-
     work = [make_records("restart", w, PER_WORKER) for w in range(4)]
     tally = Tally()
     started = time.monotonic()
-    threads = start_threads([
-        (run_sync, (sync_meter, work[0], tally), dict(retry=True)),
-        (run_sync, (sync_meter, work[1], tally), dict(retry=True, batch=25)),
-        (run_async, (async_meter, work[2], tally), dict(retry=True)),
-        (run_async, (async_meter, work[3], tally), dict(retry=True, batch=25)),
-    ])
+    threads = start_mixed(aof_server.url, PREFIX, work, tally, batches=(0, 25), retry=True)
     stops = []
     for kill, at in ((True, len(work) * PER_WORKER // 4), (False, len(work) * PER_WORKER // 2)):
         wait_for(lambda: tally.acked >= at)
@@ -82,19 +59,12 @@ def test_restart_under_load_loses_no_acknowledged_record(aof_server: RedisServer
     duration = time.monotonic() - started
 
     records = [r for w in work for r in w]
-    want = expected_totals(records)
-    client = aof_server.client()
-    got = read_totals(client, PREFIX, want)
-    client.close()
+    want, got = read_back(aof_server.client, PREFIX, records)
     report("1. Redis restarted under load (AOF, appendfsync always)", {
         **tally.figures(),
         "stops (signal, acked before, missing after, down s)": stops,
-        "calls counted": sum(t["calls"] for t in got.values()),
-        "cost counted (nano-CNY)": sum(t["cost_nano"] for t in got.values()),
-        "cost expected (nano-CNY)": sum(t["cost_nano"] for t in want.values()),
+        **counted(got, want),
         "duration s": round(duration, 1),
     })
-    assert tally.errors == []
-    assert tally.sent == tally.acked == len(records)
     assert tally.failed_attempts > 0, "the restarts should have failed some attempts"
-    assert got == want
+    assert_exact(tally, records, got, want)

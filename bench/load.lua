@@ -1,4 +1,4 @@
--- wrk script for bench/load_api.py: a mix of usage records and reads, every record with a unique id.
+-- wrk script for bench/load.py (python -m bench load): a mix of usage records and reads, every record with a unique id.
 --
 -- args (after `--`): duration_s, users, service_token, quiet_s
 -- Mix per request: 60% POST /v1/usage with one record, 20% POST /v1/usage with a batch of 10,

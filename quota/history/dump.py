@@ -34,21 +34,24 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 from redis.cluster import RedisCluster
 
-from .batch import REROUTE
-from .config import Settings
-from .connect import describe_client, storage_errors
-from .core import Clock, ScriptCall, utc_now
-from .errors import InvalidInput, StorageUnavailable
-from .history import HistoryStore, Snapshot
-from .keys import FIELD_DUMP_SEQ, KeySchema, month_of, validate_month
-from .meter import Meter
-from .scripts import LuaScript
-from .stats import MonthUsage
+from ..batch import REROUTE
+from ..connect import describe_client, storage_errors
+from ..core import ScriptCall
+from ..errors import InvalidInput, StorageUnavailable
+from ..keys import FIELD_DUMP_SEQ, KeySchema, month_of, validate_month
+from ..scripts import LuaScript
+from ..stats import MonthUsage
+from .store import HistoryStore, Snapshot
 
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..core import MeterCore
+
+# TODO(scripts.py): load these two with the others in quota/scripts.py (another branch owns it).
 SNAPSHOT = LuaScript.load("snapshot_month")
 DELETE_IF_UNCHANGED = LuaScript.load("delete_if_unchanged")
 
@@ -88,26 +91,41 @@ class DumpReport:
                 f"skipped {self.skipped}, in {self.seconds:.1f} s")
 
 
+class DumpMeter(Protocol):
+    """What the dump needs of a meter (:class:`quota.Meter` is one): its settings and clock
+    (``core``), its client (SCAN and DBSIZE go to each primary), where it points, and its batch
+    path, which sends the dump's script calls (quota.batch: one pipeline per node, scripts
+    reloaded after NOSCRIPT, redirected calls resent through the cluster client)."""
+
+    core: MeterCore
+    client: Any
+    where: str
+
+    @property
+    def settings(self) -> Settings: ...
+
+    def run_many(self, calls: list[ScriptCall]) -> list[Any]: ...
+
+
 def dump_expired_months(
-    client: Any,
+    meter: DumpMeter,
     store: HistoryStore,
     *,
     before: str | None = None,
-    settings: Settings | None = None,
-    clock: Clock | None = None,
     dry_run: bool = False,
     batch_size: int = DEFAULT_BATCH,
     on_progress: Callable[[DumpReport], None] | None = None,
 ) -> DumpReport:
-    """Archive every user-month older than ``before`` (default: the current UTC month) from
-    Redis (``redis.Redis`` or ``RedisCluster``) into ``store``, then remove it from Redis.
+    """Archive every user-month older than ``before`` (default: the current UTC month, by the
+    meter's clock) from the meter's Redis (``redis.Redis`` or ``RedisCluster``) into ``store``,
+    then remove it from Redis. The key prefix and the system models are the meter's settings.
 
     Idempotent and safe to kill at any point and run again. ``dry_run`` reads and counts, and
     writes nothing anywhere. Raises ``StorageUnavailable`` when Redis or the database is away,
     ``InvalidInput`` for a bad ``before``.
     """
-    settings = settings or Settings.from_env()
-    now = (clock or utc_now)()
+    settings = meter.settings
+    now = meter.core.clock()
     current = month_of(now)
     before = current if before is None else validate_month(before)
     if before > current:
@@ -123,7 +141,7 @@ def dump_expired_months(
         store.ping()
     else:
         store.ensure_schema()
-    meter = Meter(client, settings=settings)  # its batch path sends the scripts
+    client = meter.client
     nodes = _primaries(client)
     for where, node in nodes:
         with storage_errors(where):
@@ -221,7 +239,7 @@ def _new_generation() -> str:
     return str(_random.randrange(1, 10**18))
 
 
-def _run_groups(meter: Meter, script: LuaScript, groups: list[list[Any]],
+def _run_groups(meter: DumpMeter, script: LuaScript, groups: list[list[Any]],
                 args_of: Callable[[Any], Any], key_of: Callable[[Any], str]) -> list[tuple[Any, Any]]:
     """Run ``script`` once per group through the meter's batch path (quota.batch: one pipeline
     per node, scripts reloaded after NOSCRIPT, redirected calls resent through the cluster
@@ -240,7 +258,7 @@ def _run_groups(meter: Meter, script: LuaScript, groups: list[list[Any]],
     return out
 
 
-def _read(meter: Meter, node: Any, where: str, batch: list[Key], slot_of: Callable[[str], int] | None,
+def _read(meter: DumpMeter, node: Any, where: str, batch: list[Key], slot_of: Callable[[str], int] | None,
           dry_run: bool) -> tuple[list[tuple[str, Snapshot]], int]:
     """``(key, snapshot)`` for each hash of ``batch`` that still exists and parses, and how
     many could not be read (left in Redis, logged)."""
@@ -328,7 +346,7 @@ def _dry_reply(reply: Any) -> Any:
     return [None, [x for pair in reply.items() for x in pair]]
 
 
-def _delete_unchanged(meter: Meter, written: list[tuple[str, Snapshot]], slot_of: Callable[[str], int] | None,
+def _delete_unchanged(meter: DumpMeter, written: list[tuple[str, Snapshot]], slot_of: Callable[[str], int] | None,
                       report: DumpReport) -> None:
     """Step 4, after the commit: delete each hash that is still exactly what was archived."""
     groups = _groups(written, _first, slot_of)

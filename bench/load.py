@@ -1,9 +1,9 @@
 """The API under load: 200 concurrent clients for 60 s recording usage and reading stats, with
 exact totals afterwards.
 
-One gunicorn (``-w 4`` sync workers by default, started by bench/bench_api.py's ``gunicorn_api``)
+One gunicorn (``-w 4`` sync workers by default, started by bench/api.py's ``gunicorn_api``)
 on a loopback port, a private redis-server (never the machine's 6379), and ``wrk`` with
-bench/load_api.lua: 60% single records, 20% batches of 10, 20% reads (token-stats, quota), every
+bench/load.lua: 60% single records, 20% batches of 10, 20% reads (token-stats, quota), every
 record with a unique request id. The last ``--quiet`` seconds send reads only, so every POST has
 its answer when wrk stops.
 
@@ -16,7 +16,7 @@ request bodies, and the answers read back to count the acknowledged records.
 Pass: no non-2xx answer and no socket error; Redis holds exactly the records acknowledged (calls,
 tokens, cost and request-id keys all equal the count from the 2xx answers, none a duplicate).
 
-Run:  .venv/bin/python bench/load_api.py [--clients 200] [--duration 60] [--workers 4] [--json]
+Run:  .venv/bin/python -m bench load [--clients 200] [--duration 60] [--workers 4] [--json]
 Needs: apt-get install -y wrk, and the test extra (gunicorn).
 """
 
@@ -27,17 +27,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from quota.testing import RedisServer, free_ports
 
-from bench.bench_api import SERVICE, gunicorn_api, wrk  # noqa: E402
-from tests.servers import RedisServer, free_ports  # noqa: E402
+from .api import SERVICE, gunicorn_api, wrk
 
-SCRIPT = Path(__file__).with_name("load_api.lua")
+SCRIPT = Path(__file__).with_name("load.lua")
 INPUT, OUTPUT, COST_NANO = 100, 10, 100 * 1000 + 10 * 2000   # per record (system_deepseek prices)
 MODEL = "system_deepseek"
 
@@ -110,8 +107,8 @@ def run(*, clients: int = 200, duration_s: int = 60, workers: int = 4, threads: 
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench load", description=__doc__.split("\n")[0])
     ap.add_argument("--clients", type=int, default=200)
     ap.add_argument("--duration", type=int, default=60, help="seconds")
     ap.add_argument("--workers", type=int, default=4, help="gunicorn sync workers")
@@ -120,7 +117,7 @@ def main() -> None:
     ap.add_argument("--quiet", type=int, default=3, help="last seconds with reads only")
     ap.add_argument("--ceiling", type=int, default=10, help="seconds of wrk on /healthz first (0: skip)")
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     result = run(clients=args.clients, duration_s=args.duration, workers=args.workers, threads=args.threads,
                  users=args.users, quiet_s=args.quiet, ceiling_s=args.ceiling)
     if args.json:
@@ -133,8 +130,4 @@ def main() -> None:
             print(f"  {name:<22} {result[name]}")
         print(f"  {'redis':<22} {result['redis']}")
         print(f"  {'exact':<22} {result['exact']}    no errors: {result['no_errors']}")
-    sys.exit(0 if result["exact"] and result["no_errors"] else 1)
-
-
-if __name__ == "__main__":
-    main()
+    return 0 if result["exact"] and result["no_errors"] else 1

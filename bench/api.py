@@ -1,7 +1,7 @@
 """Requests per second of GET /v1/users/<u>/token-stats under gunicorn, beside cheaper routes.
 
 One gunicorn (``-w 4`` sync workers by default) on a loopback port, against a private
-redis-server started by the test harness (never the machine's 6379), loaded by ``wrk`` (Debian's
+redis-server started by quota.testing (never the machine's 6379), loaded by ``wrk`` (Debian's
 package: a C load generator, so the client costs far less CPU than the server it measures; a
 Python client would be the bottleneck on a small machine). In the same run, on the same server:
 
@@ -11,7 +11,7 @@ Python client would be the bottleneck on a small machine). In the same run, on t
   13 month hashes (this month + 12 of history), JSON of the seed's structure
 * ``token-stats`` with a user token - the same plus an HMAC-SHA256 signature check (itsdangerous)
 
-Run:  .venv/bin/python bench/bench_api.py [--workers 4] [--duration 10] [--rounds 3] [--connections 16]
+Run:  .venv/bin/python -m bench api [--workers 4] [--duration 10] [--rounds 3] [--connections 16]
 Needs: apt-get install -y wrk, and the test extra (gunicorn).
 """
 
@@ -32,12 +32,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from quota import Meter
+from quota.testing import RedisServer, free_ports
+from quota.tokens import mint_user_token
 
-from quota import Meter  # noqa: E402
-from quota.tokens import mint_user_token  # noqa: E402
-from tests.servers import RedisServer, free_ports  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ADMIN, SERVICE, SECRET = "bench-admin-token-0123456789", "bench-service-token-0123456789", "bench-secret-key-0123456789abcdef"
 USER = "bench-user"
@@ -90,7 +89,7 @@ def gunicorn_api(redis_url: str, *, workers: int, extra_args: tuple[str, ...] = 
     """``gunicorn 'api:create_app()' -w workers`` on a free loopback port, with the bench secrets,
     Redis at ``redis_url`` and a fresh PROMETHEUS_MULTIPROC_DIR; yields its base URL once
     /healthz answers, stops it (and removes the metrics directory) on exit.
-    Shared by bench/load_api.py."""
+    Shared by bench/load.py."""
     port = free_ports(1, start=28500)[0]
     metrics_dir = tempfile.mkdtemp(prefix="quota-bench-prom-")
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTA_")} | {
@@ -112,17 +111,18 @@ def gunicorn_api(redis_url: str, *, workers: int, extra_args: tuple[str, ...] = 
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench api", description=__doc__.split("\n")[0])
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--duration", type=int, default=10, help="seconds per route")
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2, help="wrk threads")
     ap.add_argument("--rounds", type=int, default=3, help="routes are run in turn, this many times; median kept")
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if not shutil.which("wrk"):
-        sys.exit("wrk is not installed: apt-get install -y wrk")
+        print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
+        return 2
 
     redis = RedisServer(free_ports(1, start=18500)[0]).start()
     try:
@@ -134,7 +134,7 @@ def main() -> None:
 
     if args.json:
         print(json.dumps(results, indent=2))
-        return
+        return 0
     ceiling = results["/panel (template, no Redis)"]["rps"]
     health = results["/healthz (one Redis PING)"]["rps"]
     print(f"gunicorn -w {args.workers} (sync), wrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
@@ -145,6 +145,7 @@ def main() -> None:
     for name, r in results.items():
         print(f"| {name} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
               f"{r['rps'] / ceiling:.2f} | {r['rps'] / health:.2f} |")
+    return 0
 
 
 def _measure(base: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -163,7 +164,3 @@ def _measure(base: str, args: argparse.Namespace) -> dict[str, dict[str, float]]
             runs[name].append(wrk(base + path, seconds=args.duration, connections=args.connections,
                                   threads=args.threads, token=token))
     return {name: sorted(r, key=lambda x: x["rps"])[len(r) // 2] for name, r in runs.items()}
-
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,8 @@
 """How fast ``quota dump`` moves expired user-months from Redis into SQLite and PostgreSQL.
 
-    .venv/bin/python -m bench.bench_dump [--months 50000] [--pg postgresql://postgres@127.0.0.1:5432/quota_bench_history]
+    .venv/bin/python -m bench dump [--months 50000] [--pg postgresql://postgres@127.0.0.1:5432/quota_bench_history]
 
-Each run fills a private Redis (a local server on a free port, see quota.localserver) with
+Each run fills a private Redis (a server on a free loopback port, see quota.testing) with
 ``--months`` expired user-months shaped like real ones (two models each, a tenth with a credit
 set), then measures, in the same run and on the same data:
 
@@ -28,10 +28,10 @@ from datetime import datetime, timezone
 
 import redis
 
-from quota.config import Settings
-from quota.dump import DEFAULT_BATCH, SCAN_COUNT, dump_expired_months
-from quota.history import HistoryStore
-from quota.localserver import LocalServer
+from quota import Meter, Settings
+from quota.history import DEFAULT_BATCH, HistoryStore, dump_expired_months
+from quota.history.dump import SCAN_COUNT
+from quota.testing import RedisServer
 
 NOW = datetime(2026, 2, 10, tzinfo=timezone.utc)
 MONTHS = ("2025-11", "2025-12", "2026-01")
@@ -98,7 +98,7 @@ def sqlite_ceiling(rows: list[tuple[str, dict]], path: str) -> float:
 
 def timed_dump(client: redis.Redis, store: HistoryStore) -> tuple[float, int]:
     started = time.perf_counter()
-    report = dump_expired_months(client, store, settings=Settings(prefix="quota"), clock=lambda: NOW)
+    report = dump_expired_months(Meter(client, settings=Settings(prefix="quota"), clock=lambda: NOW), store)
     elapsed = time.perf_counter() - started
     assert report.skipped == 0 and client.dbsize() == 0, report
     return elapsed, report.archived
@@ -125,12 +125,12 @@ def pg_store(url: str) -> HistoryStore | None:
     return store
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench dump", description=__doc__.split("\n\n")[0])
     parser.add_argument("--months", type=int, default=50_000, help="user-months to dump per run")
     parser.add_argument("--pg", default=os.environ.get("QUOTA_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/quota_bench_history"))
-    args = parser.parse_args()
-    server = LocalServer().start()
+    args = parser.parse_args(argv)
+    server = RedisServer(extra=["--appendonly", "yes", "--appendfsync", "everysec"]).start()
     client = redis.Redis.from_url(server.url)
     results: list[tuple[str, float, int]] = []
     try:
@@ -151,7 +151,7 @@ def main() -> None:
             store.close()
     finally:
         client.close()
-        server.stop()
+        server.cleanup()
     ceiling = results[0][2] / results[0][1]
     print(f"\n{args.months} user-months (2 models each), {server.kind}, batch {DEFAULT_BATCH}, SCAN COUNT {SCAN_COUNT}\n")
     print(f"| {'run':36} | {'seconds':>7} | {'user-months/s':>13} | {'vs Redis ceiling':>16} |")
@@ -159,7 +159,4 @@ def main() -> None:
     for name, seconds, n in results:
         rate = n / seconds
         print(f"| {name:36} | {seconds:7.2f} | {rate:13,.0f} | {rate / ceiling:15.2f}x |")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

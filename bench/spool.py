@@ -1,9 +1,9 @@
 """Spool costs against their peers in the same run: append+fsync vs. a direct Redis record,
 and replay rate vs. a direct pipelined batch of the same records.
 
-    .venv/bin/python bench/spool_bench.py [--records 2000]
+    .venv/bin/python -m bench spool [--records 2000]
 
-Starts its own local Redis (quota.localserver) unless REDIS_URL is set; writes the spool in a
+Starts its own local Redis (quota.testing) unless REDIS_URL is set (that one is flushed!); writes the spool in a
 temporary directory (the disk that TMPDIR is on: point TMPDIR at the worker's real disk).
 """
 
@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from quota import Meter
-from quota.localserver import redis_url_or_local
 from quota.spool import Spool, SpoolEntry
+from quota.testing import redis_url_or_local
 
 
 def entry(i: int, user: str) -> SpoolEntry:
@@ -25,10 +25,10 @@ def entry(i: int, user: str) -> SpoolEntry:
                       datetime.now(timezone.utc), (1000 + i) * 1000 + 200 * 2000)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench spool", description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=2000)
-    n = parser.parse_args().records
+    n = parser.parse_args(argv).records
     url, local = redis_url_or_local()
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -71,7 +71,7 @@ def main() -> None:
             meter.close()
     finally:
         if local is not None:
-            local.stop()
+            local.cleanup()
 
     us = 1e6 / n
     print(f"records: {n}  (Redis at {url.split('@')[-1]})")
@@ -80,7 +80,4 @@ def main() -> None:
     print(f"spool append, no fsync         {nosync_s * us:8.1f} us/record   (fsync share {1 - nosync_s / append_s:.0%})")
     print(f"replay (batches of 500)        {n / replay_s:8.0f} records/s  ({replay_s * us:.1f} us/record)")
     print(f"update_token_usage_many (500)  {n / batch_s:8.0f} records/s  (replay at {batch_s / replay_s:.2f}x its rate)")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,0 +1,43 @@
+"""``python -m bench <area> [options]``: run one area's benchmark (``python -m bench`` lists them).
+
+Each area is a module of this package with a ``main(argv)``; ``python -m bench <area> --help``
+shows its options.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+AREAS = {
+    "core": "the meter beside raw EVALSHA, limits, the seed design, redis-benchmark; writes docs/BENCHMARKS.md",
+    "holds": "turn holds: server time of admission and release, and the credit overshoot with and without",
+    "dump": "quota dump into SQLite and PostgreSQL beside the Redis and sqlite3 ceilings",
+    "api": "requests/s of the HTTP API under gunicorn and wrk, beside cheaper routes",
+    "load": "the API under 200 clients for 60 s, with exact totals afterwards",
+    "spool": "the spool's append and replay beside direct records",
+    "scale": "bytes per user-month at a million, records/s on one Redis and a 3-master cluster",
+    "memory": "bytes per user-month of a realistic hash (MEMORY USAGE, used_memory growth)",
+}
+
+
+def usage() -> str:
+    width = max(map(len, AREAS))
+    lines = [f"  {name:<{width}}  {what}" for name, what in AREAS.items()]
+    return "usage: python -m bench <area> [options]   (python -m bench <area> --help)\n\nareas:\n" + "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if args else 2
+    area, rest = args[0], args[1:]
+    if area not in AREAS:
+        print(f"unknown area {area!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    return importlib.import_module(f"bench.{area}").main(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
