@@ -10,10 +10,10 @@ from ._common import quota_failure
 
 def dump(meter: Meter, *, before: str | None, dry_run: bool) -> Any:
     """The library's dump, on the meter's Redis and history store (QUOTA's REDIS_URL, HISTORY_URL).
-    The one call into quota.dump: if its signature changes, only this function follows."""
-    from quota.dump import dump_expired_months
+    The one call into quota.history's dump: if its signature changes, only this function follows."""
+    from quota.history import dump_expired_months
 
-    return dump_expired_months(meter.client, meter.history, settings=meter.settings, before=before, dry_run=dry_run)
+    return dump_expired_months(meter, meter.history, before=before, dry_run=dry_run)
 
 
 class Command(BaseCommand):
