@@ -2,8 +2,9 @@
 
 Each operation is split in two pure halves: *prepare* validates the arguments, prices the call
 and builds a :class:`ScriptCall` (which script, KEYS, ARGV); *parse* turns the script's reply into
-a result. The clients in ``meter.py`` and ``aio.py`` only send the call and await the reply, so
-every rule lives here once, and tests and benchmarks can exercise it without Redis.
+a result. The clients (``quota/_async/meter.py``, and ``quota/_sync/meter.py`` generated from it)
+only send the call and await the reply, so every rule lives here once, and tests and benchmarks
+can exercise it without Redis.
 """
 
 from __future__ import annotations
