@@ -13,6 +13,8 @@ from quota.replay import ClaimFile, Commit, Finish, ReadBatch, SendRecords, plan
 from quota.spool import MemorySpool, SpoolEntry
 from quota.turn_rules import TurnOptions
 
+from .test_core_pure import drive as drive_plan
+
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 JAN = datetime(2026, 1, 31, 23, 59, 59, tzinfo=timezone.utc)
 OK = [1, b"0", b"5000000000", b""]   # record.lua: counted
@@ -33,14 +35,7 @@ def setup(*entries: SpoolEntry, batch: int = 500) -> tuple[MeterCore, TurnOption
 
 def drive(plan, send):
     """Run the plan: file steps for real (on the memory spool), ``send(calls)`` for Redis."""
-    steps = []
-    try:
-        step = next(plan)
-        while True:
-            steps.append(step)
-            step = plan.send(send(step.calls) if isinstance(step, SendRecords) else step.run())
-    except StopIteration as done:
-        return steps, done.value
+    return drive_plan(plan, lambda step: send(step.calls) if isinstance(step, SendRecords) else step.run())
 
 
 def test_records_are_made_at_their_instant_and_acknowledged_in_one_commit():
