@@ -78,15 +78,15 @@ def unasync(text: str, source_name: str) -> str:
     row_seen = 0
     for tok in tokenize.generate_tokens(io.StringIO(text).readline):
         row = tok.start[0]
-        if row > row_seen and opened and opened[-1][0] < row:
+        if row > row_seen:             # the first token of a line
             row_seen = row
-            (at_row, at_col), line = opened[-1], lines[row - 1]
-            indent = len(line) - len(line.lstrip(" "))
-            if indent == at_col + 1:   # aligned with the bracket: follow it
-                wanted = len(convert(lines[at_row - 1][:at_col])) + shift[at_row - 1] + 1
-                shift[row - 1] = wanted - indent
-                out[row - 1] = " " * wanted + out[row - 1].lstrip(" ")
-        row_seen = max(row_seen, row)
+            if opened and opened[-1][0] < row:
+                (at_row, at_col), line = opened[-1], lines[row - 1]
+                indent = len(line) - len(line.lstrip(" "))
+                if indent == at_col + 1:   # aligned with the bracket: follow it
+                    wanted = len(convert(lines[at_row - 1][:at_col])) + shift[at_row - 1] + 1
+                    shift[row - 1] = wanted - indent
+                    out[row - 1] = " " * wanted + out[row - 1].lstrip(" ")
         if tok.type == tokenize.OP and tok.string in "([{":
             opened.append(tok.start)
         elif tok.type == tokenize.OP and tok.string in ")]}":
