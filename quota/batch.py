@@ -3,7 +3,8 @@
 ``plan_batch`` is a generator: it yields the I/O steps a batch needs (send a pipeline of EVALSHA
 to a node, load scripts on a node, send one call through the main client) and receives each
 step's outcome. The plan holds every rule (group by node, resend with EVAL after NOSCRIPT, reroute what a
-cluster redirected); the clients in ``meter.py`` and ``aio.py`` only perform the steps.
+cluster redirected); the clients (``quota/_async/meter.py`` and the generated ``quota/_sync/``)
+only perform the steps.
 """
 
 from __future__ import annotations

@@ -307,6 +307,15 @@ class QueueingAsyncCluster(AsyncRedisCluster):
 # connected") outside the RedisError tree; both mean the storage is unavailable.
 REDIS_ERRORS = (RedisError, RedisClusterException)
 
+def lost_connection(exc: Exception) -> RedisConnectionError:
+    """redis-py's asyncio client can fail with AttributeError ("'NoneType' object has no attribute
+    'writelines'") when a connection is closed under a command, as the cluster client does to
+    every connection while a failover refreshes its topology (tests/faults, scenario 4; see also
+    redis/redis-py#3835). It is a lost connection: say so, so that it is retried or reported as
+    StorageUnavailable like any other, never leaked to the caller as an AttributeError."""
+    return RedisConnectionError(f"connection lost mid-command ({exc})")
+
+
 # While a cluster slot is being migrated, a script whose keys are split between the two nodes
 # gets TRYAGAIN; while a shard changes master it may get CLUSTERDOWN. redis-py follows for about
 # 0.4 s and then gives up ("TTL exhausted"). Moving a slot with many keys takes longer, so the

@@ -2,8 +2,9 @@
 
 Each operation is split in two pure halves: *prepare* validates the arguments, prices the call
 and builds a :class:`ScriptCall` (which script, KEYS, ARGV); *parse* turns the script's reply into
-a result. The clients in ``meter.py`` and ``aio.py`` only send the call and await the reply, so
-every rule lives here once, and tests and benchmarks can exercise it without Redis.
+a result. The clients (``quota/_async/meter.py``, and ``quota/_sync/meter.py`` generated from it)
+only send the call and await the reply, so every rule lives here once, and tests and benchmarks
+can exercise it without Redis.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from .prices import ModelPrice
 from .results import CreditResult, QuotaCheck, UsageResult
 from .scripts import LuaScript
 from .stats import MonthUsage, build_token_stats, flat_pairs_to_dict, merge_month
+from .usage import MAX_TOKENS, validate_tokens  # noqa: F401 - MAX_TOKENS: quota.core's public name (api/)
 
-MAX_TOKENS = 10**9
 Clock = Callable[[], datetime]
 
 RECORD_FIELDS = ("user", "model_id", "input_tokens", "output_tokens", "request_id", "price", "estimated")
@@ -75,6 +76,8 @@ class LiveMonths(NamedTuple):
 class ScriptCall(NamedTuple):
     """One script invocation, ready to send: ``EVALSHA script.sha len(keys) *keys *args``.
 
+    A record's call also carries what it was priced as: the model (its canonical id, whether it is
+    a system model) and the cost, so that nothing reads them back out of ``args`` by position.
     A NamedTuple: one is built per record on the hot path, and it is the cheapest record type.
     """
 
@@ -82,14 +85,8 @@ class ScriptCall(NamedTuple):
     keys: tuple[str, ...]
     args: tuple[str, ...]
     parse: Callable[[Any], Any]
-
-
-def validate_tokens(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"{what} must be an int from 0 to {MAX_TOKENS}, got {type(value).__name__}")
-    if not 0 <= value <= MAX_TOKENS:
-        raise InvalidInput(f"{what} must be from 0 to {MAX_TOKENS}, got {value}")
-    return value
+    model: ModelPrice | None = None   # record calls: the priced model
+    cost_nano: int = 0                # record calls: what the call costs
 
 
 def _text(value: Any) -> str:
@@ -122,9 +119,12 @@ class MeterCore:
     # --- helpers ---------------------------------------------------------------------------------
 
     def current_month(self) -> str:
-        """The UTC month of ``clock()``; the bounds of the last month seen are cached, so most
-        calls pay two datetime comparisons instead of a conversion and a format."""
-        now = self.clock()
+        """The UTC month of ``clock()``."""
+        return self.month_at(self.clock())
+
+    def month_at(self, now: datetime) -> str:
+        """The UTC month of the instant ``now``; the bounds of the last month seen are cached, so
+        most calls pay two datetime comparisons instead of a conversion and a format."""
         cached = self._month_cache
         if cached is not None and now.tzinfo is not None and cached[0] <= now < cached[1]:
             return cached[2]
@@ -150,8 +150,11 @@ class MeterCore:
         price: Mapping[str, Any] | None = None,
         estimated: bool = False,
         turn_id: str | None = None,
+        at: datetime | None = None,
     ) -> ScriptCall:
-        """``turn_id``: the turn whose hold this call's system cost is drawn from (quota.turn)."""
+        """``turn_id``: the turn whose hold this call's system cost is drawn from (quota.turn).
+        ``at``: the instant the call was made (default: ``clock()``), which fixes its month; a
+        record replayed from the spool passes the instant it was spooled with."""
         user = validate_user(user)
         model = self.price_for(model_id, price)
         tokens_in = validate_tokens(input_tokens, "input_tokens")
@@ -160,7 +163,7 @@ class MeterCore:
             raise InvalidInput("estimated must be True or False")
         auto_id = request_id is None
         rid = auto_request_id() if auto_id else validate_request_id(request_id)
-        month = self.current_month()
+        month = self.month_at(self.clock() if at is None else at)
         cost = model.cost_nano(tokens_in, tokens_out)
         is_system = model.is_system
 
@@ -201,7 +204,7 @@ class MeterCore:
         if turn_id is not None:
             keys += (self.keys.holds_key(user),)
             args += (turn_id, self._hold_ttl_ms_arg)
-        return ScriptCall(scripts.RECORD, keys, args, parse)
+        return ScriptCall(scripts.RECORD, keys, args, parse, model, cost)
 
     def record_many(self, records: object) -> list[ScriptCall]:
         """Validate every record before any is sent: one bad record changes nothing."""

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 if TYPE_CHECKING:
     from .core import MeterCore, ScriptCall
-    from .turn import TurnOptions
+    from .turn_rules import TurnOptions
 
 
 class ScriptRunner(Protocol):

@@ -1,4 +1,4 @@
-"""The Lua scripts in ``quota/lua/``, loaded once, each with its SHA1 for EVALSHA.
+"""The Lua scripts in ``quota/lua/``, all loaded here, once, each with its SHA1 for EVALSHA.
 
 A line ``-- @include NAME`` in a script is replaced by ``lua/lib/NAME.lua`` when it is loaded, so a
 rule that several scripts need (how a turn hold is read, say) is written once. The SHA is taken of
@@ -37,5 +37,7 @@ SET_CREDIT = LuaScript.load("set_credit")
 STATS = LuaScript.load("stats")
 TURN_BEGIN = LuaScript.load("turn_begin")
 TURN_END = LuaScript.load("turn_end")
+SNAPSHOT_MONTH = LuaScript.load("snapshot_month")            # the dump (quota.dump)
+DELETE_IF_UNCHANGED = LuaScript.load("delete_if_unchanged")  # the dump (quota.dump)
 
-ALL = (RECORD, CHECK, SET_CREDIT, STATS, TURN_BEGIN, TURN_END)
+ALL = (RECORD, CHECK, SET_CREDIT, STATS, TURN_BEGIN, TURN_END, SNAPSHOT_MONTH, DELETE_IF_UNCHANGED)

@@ -6,7 +6,7 @@ the record again exactly as it was made: the user, the model, the tokens, the re
 per-call price if any, and the instant (``at``), which fixes the UTC month it counts in even if it
 is replayed in the next month.
 
-Replay (driven by ``quota.turn``, which owns the I/O to Redis) works on a claimed file:
+Replay (planned by ``quota.replay``, driven by the clients, which own the I/O) works on a claimed file:
 
 1. under the lock, ``<spool>`` is renamed to ``<spool>.replaying``; new records go to a fresh
    ``<spool>`` meanwhile, so the replay never races an append;

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping, NamedTuple
 from .errors import InvalidInput
 from .keys import REQUEST_ID_RE
 
-MAX_TOKENS = 10**9
+MAX_TOKENS = 10**9   # the most tokens one call may count, in or out
 # Scripts that tokenise close to one token per character (CJK ideographs, kana, hangul).
 _DENSE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 CHARS_PER_TOKEN = 4          # the usual rule of thumb for English and code
@@ -47,14 +47,18 @@ def _get(obj: Any, name: str) -> Any:
     return getattr(obj, name, None)
 
 
-def _count(value: Any, what: str) -> int | None:
-    if value is None:
-        return None
+def validate_tokens(value: object, what: str) -> int:
+    """A token count: an int (not a bool) from 0 to ``MAX_TOKENS``; InvalidInput otherwise. The
+    one token rule, for counts a caller passes (``quota.core``) and counts a provider returned."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"{what} must be an int, got {type(value).__name__}")
+        raise InvalidInput(f"{what} must be an int from 0 to {MAX_TOKENS}, got {type(value).__name__}")
     if not 0 <= value <= MAX_TOKENS:
         raise InvalidInput(f"{what} must be from 0 to {MAX_TOKENS}, got {value}")
     return value
+
+
+def _count(value: Any, what: str) -> int | None:
+    return None if value is None else validate_tokens(value, what)
 
 
 def request_id_from(provider_id: Any) -> str | None:

@@ -128,39 +128,135 @@ async def ameter(backend: Backend, clock: Clock):
 
 
 class AsyncAsSync:
-    """Drives an AsyncMeter from sync test code on a private event loop, so that one test body
-    checks both clients: the behaviour must be the same, only the I/O differs."""
+    """Drives an asyncio object from sync test code on a private event loop, so that one test body
+    checks both clients: the behaviour must be the same, only the I/O differs.
 
-    def __init__(self, make_client: Callable[[], Any], **kwargs: Any):
-        self._loop = asyncio.new_event_loop()
-        self._meter = self._loop.run_until_complete(self._make(make_client, kwargs))
+    Wraps an AsyncMeter and what it hands out: coroutine methods run to their end; a turn
+    (``async with``) is entered with ``with`` (and, as a sync turn does, its exit finishes the
+    spool replay it started, here in the background); a metered stream (``async for``) is
+    iterated with ``for`` and closed with ``close()``, its source given as a plain iterable.
+    """
 
-    @staticmethod
-    async def _make(make_client: Callable[[], Any], kwargs: dict[str, Any]) -> AsyncMeter:
-        return AsyncMeter(make_client(), **kwargs)
+    def __init__(self, target: Any, loop: asyncio.AbstractEventLoop):
+        self.target = target
+        self._loop = loop
+
+    @classmethod
+    def meter(cls, make_client: Callable[[], Any] | None = None, *, url: str | None = None,
+              **kwargs: Any) -> "AsyncAsSync":
+        """An AsyncMeter on the client ``make_client`` makes (inside the loop), or on ``url``."""
+        loop = asyncio.new_event_loop()
+
+        async def make() -> AsyncMeter:
+            if url is not None:
+                return AsyncMeter.from_url(url, **kwargs)
+            return AsyncMeter(make_client(), **kwargs)  # type: ignore[misc]
+
+        return cls(loop.run_until_complete(make()), loop)
+
+    def _run(self, awaitable: Any) -> Any:
+        return self._loop.run_until_complete(awaitable)
 
     def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._meter, name)
+        attr = getattr(self.target, name)
+        if name == "turn":
+            return lambda *args, **kwargs: AsyncAsSync(attr(*args, **kwargs), self._loop)
+        if name == "stream":
+            return lambda source, **kwargs: AsyncAsSync(attr(AsyncSource(source), **kwargs), self._loop)
         if not asyncio.iscoroutinefunction(attr):
             return attr
+        return lambda *args, **kwargs: self._run(attr(*args, **kwargs))
 
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return self._loop.run_until_complete(attr(*args, **kwargs))
+    def __enter__(self) -> "AsyncAsSync":
+        self._run(self.target.__aenter__())
+        return self
 
-        return call
+    def __exit__(self, *exc: Any) -> None:
+        self._run(self.target.__aexit__(*exc))
+        options = getattr(getattr(self.target, "meter", None), "turn_options", None)
+        if options is not None:
+            self._run(options.wait_background())
+
+    def __iter__(self) -> "AsyncAsSync":
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return self._run(self.target.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
 
     def close(self) -> None:
-        self._loop.run_until_complete(self._meter.aclose())
-        self._loop.close()
+        if self._loop.is_closed():   # a meter closed by the test, then by its fixture
+            return
+        self._run(self.target.aclose())
+        if isinstance(self.target, AsyncMeter):
+            self._loop.close()
 
 
-@pytest.fixture(params=["sync", "async"])
-def any_meter(request: pytest.FixtureRequest, backend: Backend, clock: Clock):
+class AsyncSource:
+    """A plain iterable as an async stream source (for ``AsyncAsSync`` streams); ``close()`` is
+    passed on."""
+
+    def __init__(self, source: Any):
+        self.source = source
+        self._iter = iter(source)
+
+    def __aiter__(self) -> "AsyncSource":
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return next(self._iter)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    def close(self) -> None:
+        closer = getattr(self.source, "close", None)
+        if callable(closer):
+            closer()
+
+
+SIDES = ["sync", "async"]
+
+
+@pytest.fixture(params=SIDES)
+def side(request: pytest.FixtureRequest) -> str:
+    """The client a test runs on: ``sync`` (Meter) or ``async`` (AsyncMeter, driven by AsyncAsSync)."""
+    return request.param
+
+
+@pytest.fixture
+def make_meter(side: str, clock: Clock):
+    """``make_meter(backend, **options)`` or ``make_meter(url=..., **options)``: a meter of the
+    test's side (``clock`` defaults to the test's clock); all are closed after the test."""
+    made: list[Any] = []
+
+    def make(backend: Backend | None = None, *, url: str | None = None, **kwargs: Any) -> Any:
+        kwargs.setdefault("clock", clock)
+        if side == "sync":
+            meter = Meter.from_url(url, **kwargs) if url is not None else Meter(backend.sync_client(), **kwargs)
+        else:
+            meter = AsyncAsSync.meter(backend.async_client if backend is not None else None, url=url, **kwargs)
+        made.append(meter)
+        return meter
+
+    yield make
+    for meter in made:
+        meter.close()
+
+
+@pytest.fixture
+def any_meter(backend: Backend, make_meter: Callable[..., Any]):
     """A Meter or an AsyncMeter (driven synchronously) on every backend: 6 combinations."""
-    kwargs = dict(clock=clock, prefix="quota", monthly_credit=5)
-    m = Meter(backend.sync_client(), **kwargs) if request.param == "sync" else AsyncAsSync(backend.async_client, **kwargs)
-    yield m
-    m.close()
+    return make_meter(backend, prefix="quota", monthly_credit=5)
+
+
+@pytest.fixture
+def any_turn(any_meter: Any):
+    """A meter for turn tests, as ``any_meter`` (sync and async x three backends): its turns run in
+    sync test code, ``with any_turn.turn(user, model) as turn: turn.record(...)``, whichever the side."""
+    return any_meter
 
 
 @pytest.fixture

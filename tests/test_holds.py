@@ -1,5 +1,8 @@
 """Turn holds (issue 9): admission reserves part of the credit, records draw it down, the turn's end
-gives the rest back, and a hold whose worker died expires. The credit then holds under bursts."""
+gives the rest back, and a hold whose worker died expires. The credit then holds under bursts.
+
+The bodies run on the sync Turn and the AsyncTurn (``any_turn``, ``make_meter``); the bursts are
+a threaded worker (sync) and an event loop (async), as they happen."""
 
 from __future__ import annotations
 
@@ -22,12 +25,13 @@ def holds(raw, user: str) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.hgetall(f"quota:{{{user}}}:holds").items()}
 
 
-def spend(meter: Meter, user: str, nano: int) -> None:
+def spend(meter, user: str, nano: int) -> None:
     """Spend exactly ``nano`` on system_deepseek (1 nano-CNY per input token)."""
     meter.update_token_usage(user, "system_deepseek", nano // 1000, 0)
 
 
-def test_a_hold_is_taken_drawn_down_and_given_back(meter, raw):
+def test_a_hold_is_taken_drawn_down_and_given_back(any_turn, raw):
+    meter = any_turn
     with meter.turn("ann", "system_deepseek", hold="0.1") as turn:
         assert turn.hold == Decimal("0.1")
         [(field, value)] = holds(raw, "ann").items()
@@ -50,7 +54,8 @@ def test_a_hold_is_taken_drawn_down_and_given_back(meter, raw):
     assert (stats["held"], stats["monthly_used"], stats["available"]) == (0.0, 0.14, 4.86)
 
 
-def test_the_last_of_the_credit_is_held_by_one_turn_only(meter):
+def test_the_last_of_the_credit_is_held_by_one_turn_only(any_turn):
+    meter = any_turn
     spend(meter, "bo", 4_990_000_000)
     with meter.turn("bo", "system_deepseek") as first:
         assert first.hold == Decimal("0.01")                  # min(hold, what is left)
@@ -66,7 +71,8 @@ def test_the_last_of_the_credit_is_held_by_one_turn_only(meter):
     assert meter.check_quota_available("bo", "system_deepseek").monthly_used_nano == 4_990_000_000 + TURN_NANO
 
 
-def test_n_turns_start_together_while_the_credit_covers_n_holds(meter):
+def test_n_turns_start_together_while_the_credit_covers_n_holds(any_turn):
+    meter = any_turn
     meter.set_monthly_credit("cy", "1")
     turns = [meter.turn("cy", "system_deepseek", hold="0.1") for _ in range(10)]
     for turn in turns:
@@ -79,7 +85,8 @@ def test_n_turns_start_together_while_the_credit_covers_n_holds(meter):
         assert again.hold == Decimal("0.1")
 
 
-def test_sequential_turns_well_under_the_credit_are_never_refused(meter):
+def test_sequential_turns_well_under_the_credit_are_never_refused(any_turn):
+    meter = any_turn
     for _ in range(30):                                        # 30 x 0.14 = 4.2 of 5 CNY
         with meter.turn("di", "system_deepseek") as turn:
             for _ in range(TURN_CALLS):
@@ -87,7 +94,8 @@ def test_sequential_turns_well_under_the_credit_are_never_refused(meter):
     assert meter.check_quota_available("di", "system_deepseek").monthly_used_nano == 30 * TURN_NANO
 
 
-def test_a_turn_that_raises_gives_its_hold_back(meter, raw):
+def test_a_turn_that_raises_gives_its_hold_back(any_turn, raw):
+    meter = any_turn
     with pytest.raises(RuntimeError):
         with meter.turn("ed", "system_deepseek", hold="2"):
             assert meter.check_quota_available("ed", "system_deepseek").held_nano == 2_000_000_000
@@ -96,36 +104,32 @@ def test_a_turn_that_raises_gives_its_hold_back(meter, raw):
     assert meter.check_quota_available("ed", "system_deepseek").held_nano == 0
 
 
-def test_a_dead_workers_hold_expires_and_the_user_is_admitted_again(backend, clock, raw):
-    meter = Meter(backend.sync_client(), clock=clock, monthly_credit=1, hold_ttl_s=1)
-    try:
-        crashed = meter.turn("fa", "system_deepseek", hold="1")
-        crashed.__enter__()                                   # the worker dies: no __exit__
-        with pytest.raises(QuotaExceeded):
-            meter.turn("fa", "system_deepseek").__enter__()
-        time.sleep(1.1)
-        assert meter.check_quota_available("fa", "system_deepseek").held_nano == 0
-        with meter.turn("fa", "system_deepseek", hold="0.5") as turn:
-            assert list(holds(raw, "fa")) == [turn.rules.turn_id]   # the dead hold was deleted
-        time.sleep(1.1)
-        assert not raw.exists("quota:{fa}:holds")          # and the hash goes with its holds
-    finally:
-        meter.close()
+@pytest.mark.parametrize("side", ["sync"])   # the expiry is the scripts' (2.2 s of waiting): one client is enough
+def test_a_dead_workers_hold_expires_and_the_user_is_admitted_again(backend, make_meter, raw):
+    meter = make_meter(backend, monthly_credit=1, hold_ttl_s=1)
+    crashed = meter.turn("fa", "system_deepseek", hold="1")
+    crashed.__enter__()                                       # the worker dies: no __exit__
+    with pytest.raises(QuotaExceeded):
+        meter.turn("fa", "system_deepseek").__enter__()
+    time.sleep(1.1)
+    assert meter.check_quota_available("fa", "system_deepseek").held_nano == 0
+    with meter.turn("fa", "system_deepseek", hold="0.5") as turn:
+        assert list(holds(raw, "fa")) == [turn.rules.turn_id]       # the dead hold was deleted
+    time.sleep(1.1)
+    assert not raw.exists("quota:{fa}:holds")              # and the hash goes with its holds
 
 
-def test_a_live_turn_keeps_its_hold_while_it_records(backend, clock, raw):
-    meter = Meter(backend.sync_client(), clock=clock, monthly_credit=1, hold_ttl_s=1)
-    try:
-        with meter.turn("gu", "system_deepseek", hold="0.5") as turn:
-            for _ in range(4):                                # 1.6 s in all, each step inside 1 s
-                time.sleep(0.4)
-                turn.record(input_tokens=1000, output_tokens=0)
-            assert meter.check_quota_available("gu", "system_deepseek").held_nano == 500_000_000 - 4 * 1_000_000
-    finally:
-        meter.close()
+def test_a_live_turn_keeps_its_hold_while_it_records(backend, make_meter):
+    meter = make_meter(backend, monthly_credit=1, hold_ttl_s=1)
+    with meter.turn("gu", "system_deepseek", hold="0.5") as turn:
+        for _ in range(4):                                    # 1.6 s in all, each step inside 1 s
+            time.sleep(0.4)
+            turn.record(input_tokens=1000, output_tokens=0)
+        assert meter.check_quota_available("gu", "system_deepseek").held_nano == 500_000_000 - 4 * 1_000_000
 
 
-def test_can_continue_is_true_while_the_hold_or_the_credit_lasts(meter):
+def test_can_continue_is_true_while_the_hold_or_the_credit_lasts(any_turn):
+    meter = any_turn
     meter.set_monthly_credit("hu", "0.1")
     with meter.turn("hu", "system_deepseek", hold="0.05") as turn:
         assert turn.can_continue()                            # the hold has money left
@@ -140,7 +144,8 @@ def test_can_continue_is_true_while_the_hold_or_the_credit_lasts(meter):
         assert custom.can_continue()
 
 
-def test_the_auto_hold_learns_the_users_turns(meter, clock):
+def test_the_auto_hold_learns_the_users_turns(any_turn, clock):
+    meter = any_turn
     sizes = []
     for calls in (1, 1, 10, 10, 1):
         with meter.turn("iv", "system_deepseek") as turn:
@@ -157,7 +162,8 @@ def test_the_auto_hold_learns_the_users_turns(meter, clock):
         assert 10_000_000 <= turn.rules.hold_nano <= 1_000_000_000   # within floor and cap
 
 
-def test_a_user_at_the_credit_gets_no_hold_and_custom_turns_take_none(meter, raw):
+def test_a_user_at_the_credit_gets_no_hold_and_custom_turns_take_none(any_turn, raw):
+    meter = any_turn
     spend(meter, "jo", 5_000_000_000)
     with pytest.raises(QuotaExceeded):
         with meter.turn("jo", "system_deepseek"):

@@ -108,11 +108,11 @@ def test_one_replayer_at_a_time(tmp_path):
     taken.release()
 
 
-def test_an_unwritable_spool_reports_the_record_lost_and_does_not_raise(tmp_path, clock):
+def test_an_unwritable_spool_reports_the_record_lost_and_does_not_raise(tmp_path, make_meter):
     path = tmp_path / "w.spool"
     spool = Spool(path)
     path.mkdir()                              # the spool file cannot be opened for writing
-    meter = Meter.from_url(f"redis://127.0.0.1:{free_ports(1, start=26500)[0]}", clock=clock, spool=spool)
+    meter = make_meter(url=f"redis://127.0.0.1:{free_ports(1, start=26500)[0]}", spool=spool)
     with meter.turn("u", "system_deepseek") as turn:
         rec = turn.record(input_tokens=1, output_tokens=1)
     assert rec.status == "lost" and "spool" in rec.error
@@ -129,11 +129,11 @@ def own_redis():
 
 
 @pytest.mark.slow
-def test_outage_spool_restart_replay_exact_totals(own_redis, tmp_path, clock):
+def test_outage_spool_restart_replay_exact_totals(own_redis, tmp_path, clock, make_meter):
     """Redis goes away mid-run; the worker spools, restarts, Redis returns, replay is exact."""
     path = tmp_path / "worker.spool"
     clock.set(2026, 1, 31, 23, 0, 0)
-    worker = Meter.from_url(own_redis.url, clock=clock, spool=path)
+    worker = make_meter(url=own_redis.url, spool=path)
     with worker.turn("ops", "system_deepseek") as turn:                 # Redis up: counted
         for n in range(1, 4):
             assert turn.record({"id": f"chatcmpl-{n}", "usage": {"prompt_tokens": 1000 * n,
@@ -154,7 +154,7 @@ def test_outage_spool_restart_replay_exact_totals(own_redis, tmp_path, clock):
 
     own_redis.start()                                                    # the same port, AOF kept the data
     clock.set(2026, 2, 1, 0, 5, 0)
-    restarted = Meter.from_url(own_redis.url, clock=clock, spool=path)   # a new worker process
+    restarted = make_meter(url=own_redis.url, spool=path)                # a new worker process
     report = restarted.replay_spool()
     assert (report.sent, report.dead, report.pending) == (52, 0, False)
     jan = restarted.get_token_stats("ops", months=1)["history"]["2026-01"]["system_deepseek"]
@@ -165,30 +165,28 @@ def test_outage_spool_restart_replay_exact_totals(own_redis, tmp_path, clock):
     assert int(raw[b"system_deepseek:calls"]) == 53
     assert int(raw[b"system_used_nano"]) == 1_000_000 * sum(range(1, 54)) + 200_000 * 53
     assert restarted.replay_spool().sent == 0 and not Spool(path).has_pending()
-    restarted.close()
 
 
 @pytest.mark.slow
-def test_a_record_that_landed_and_was_spooled_counts_once(own_redis, tmp_path, clock):
+def test_a_record_that_landed_and_was_spooled_counts_once(own_redis, tmp_path, clock, make_meter):
     """The reply was lost on the way back, so the worker spooled a record Redis already had."""
     path = tmp_path / "w.spool"
-    meter = Meter.from_url(own_redis.url, clock=clock, spool=path)
+    meter = make_meter(url=own_redis.url, spool=path)
     landed = meter.update_token_usage("amb", "system_deepseek", 500, 50, request_id="chatcmpl-amb")
     assert not landed.duplicate
     Spool(path).append(SpoolEntry("amb", "system_deepseek", 500, 50, "chatcmpl-amb", False, clock(),
                                   landed.cost_nano))
     assert meter.replay_spool().sent == 1
     assert meter.check_quota_available("amb", "system_deepseek").monthly_used_nano == landed.cost_nano
-    meter.close()
 
 
-def test_a_record_refused_for_good_goes_to_the_dead_file(backend, tmp_path, clock):
+def test_a_record_refused_for_good_goes_to_the_dead_file(backend, tmp_path, make_meter):
     path = tmp_path / "w.spool"
     spool = Spool(path)
     spool.append(entry(1, user="dd"))
     spool.append(entry(2, user="dd", model_id="system_gone"))    # removed from the price table since
     spool.append(entry(3, user="dd"))
-    meter = Meter(backend.sync_client(), clock=clock, spool=spool)
+    meter = make_meter(backend, spool=spool)
     report = meter.replay_spool()
     assert (report.sent, report.dead) == (2, 1)
     assert b"system_gone" in path.with_name("w.spool.dead").read_bytes()

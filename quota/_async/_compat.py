@@ -1,0 +1,118 @@
+"""What the asyncio client does differently from the sync one, written by hand, in one place.
+
+``quota/_async/meter.py`` and ``turn.py`` import these names from ``._compat``; the generated
+``quota/_sync/`` modules import the same names from ``quota/_sync/_compat.py``, the sync twin of
+this module. Keep the two in step: same names, same meaning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Coroutine
+
+import redis.asyncio as aredis
+from redis.asyncio.cluster import RedisCluster
+
+from ..config import Settings
+from ..connect import node_client
+
+USE_ASYNCIO = True              # quota.connect.open_client builds redis.asyncio clients
+ClusterClient = RedisCluster    # the cluster client class
+
+# redis-py's asyncio client can fail with AttributeError when a connection is closed under a
+# command: a lost connection (see quota.connect.lost_connection).
+LOST_CONNECTION: tuple[type[Exception], ...] = (AttributeError,)
+
+shield = asyncio.shield         # a record, a hold taken or given back completes even if the task is cancelled
+sleep = asyncio.sleep
+to_thread = asyncio.to_thread   # blocking file and SQL work runs off the event loop
+
+
+def start_task(coroutine: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
+    """Run ``coroutine`` as a task of its own; whoever awaits the task later gets its outcome."""
+    return asyncio.ensure_future(coroutine)
+
+
+def in_background(options: Any, replay: Callable[[Any], Coroutine[Any, Any, None]], meter: Any) -> None:
+    """Start a spool replay after a turn, without making the reply wait for it (``options`` keeps
+    the task until it is done: ``AsyncMeter.aclose`` waits for it)."""
+    options.track(asyncio.ensure_future(replay(meter)))
+
+
+async def wait_background(options: Any) -> None:
+    """Let background replays started by turns finish."""
+    await options.wait_background()
+
+
+async def close_source(source: Any) -> None:
+    """Close a stream's source: its ``close()`` (plain or a coroutine, as openai's AsyncStream
+    has) or its ``aclose()`` (an async generator)."""
+    closer = getattr(source, "close", None) or getattr(source, "aclose", None)
+    if callable(closer):
+        result = closer()
+        if asyncio.iscoroutine(result):
+            await result
+
+
+class ClusterStart:
+    """The one-time start of redis-py's asyncio cluster client.
+
+    Used first by many tasks at once, it initializes once per task and closes connections other
+    tasks are writing on ('NoneType' object has no attribute 'writelines': 10 of 30 tasks failed
+    in a test). So the meter initializes it once, up front, whoever comes first; the others wait.
+    ``ready`` is all a call checks on the hot path.
+    """
+
+    __slots__ = ("ready", "_client", "_lock")
+
+    def __init__(self, client: Any):
+        self.ready = not isinstance(client, RedisCluster)
+        self._client = client
+        self._lock: asyncio.Lock | None = None
+
+    async def wait(self) -> None:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if not self.ready:
+                await self._client.initialize()
+                self.ready = True
+
+    async def before_batch(self) -> None:
+        """Before a batch's pipelines are grouped by node: started, and the slots fresh (cheap once
+        done; after a failover, the client refreshes its slot map here)."""
+        await self.wait()
+        await self._client.initialize()
+
+
+class NodeClients:
+    """Plain clients on single cluster nodes, for batches: the async cluster pipeline refuses
+    EVALSHA. One client per node, made on first use (with a pool that queues like the others),
+    closed with the meter."""
+
+    def __init__(self, client: Any, settings: Settings):
+        self._client = client
+        self._settings = settings
+        self._made: dict[str, aredis.Redis] = {}
+
+    def get(self, node_name: Any) -> Any:
+        """The standalone client itself (``node_name`` None), or a client on that node."""
+        if node_name is None:
+            return self._client
+        found = self._made.get(node_name)
+        if found is None:
+            node = self._client.get_node(node_name=node_name)
+            kwargs = {k: v for k, v in node.connection_kwargs.items() if k in _NODE_KWARGS}
+            found = self._made[node_name] = node_client(node.host, node.port, self._settings, **kwargs)
+        return found
+
+    async def aclose(self) -> None:
+        for made in self._made.values():
+            await made.aclose()
+
+
+_NODE_KWARGS = {
+    "username", "password", "db", "socket_timeout", "socket_connect_timeout", "socket_keepalive",
+    "ssl", "ssl_keyfile", "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs", "ssl_check_hostname",
+    "decode_responses", "encoding", "encoding_errors", "client_name", "protocol", "retry",
+}

@@ -1,0 +1,232 @@
+"""``AsyncMeter``: the client. Only I/O lives here; the rules are in ``quota.core``.
+
+Hand-written for asyncio; ``quota/_sync/meter.py`` (``Meter``) is generated from it by
+``scripts/unasync.py``. What differs beyond ``async``/``await`` is in ``._compat``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any, Iterable, Mapping
+
+from redis.exceptions import NoScriptError
+
+from ..batch import SendOne, Step, eval_args, evalsha_args, plan_batch
+from ..config import Settings
+from ..connect import (
+    HISTORY_FROM_ENV,
+    describe_client,
+    error_of,
+    history_from_settings,
+    lost_connection,
+    open_client,
+    REDIS_ERRORS,
+    settings_with,
+    slot_busy_pause,
+    storage_errors,
+)
+from ..core import Clock, MeterCore, ScriptCall
+from ..errors import BatchError
+from ..replay import ReplayReport
+from ..results import CreditResult, QuotaCheck, UsageResult
+from ..turn_rules import TurnOptions
+from ._compat import (
+    ClusterClient,
+    ClusterStart,
+    LOST_CONNECTION,
+    NodeClients,
+    sleep,
+    to_thread,
+    USE_ASYNCIO,
+    wait_background,
+)
+from .turn import AsyncTurn, replay
+
+
+class AsyncMeter:
+    """Counts LLM calls per user and model in Redis and checks the monthly credit.
+
+    ``client`` is a ``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster``. Settings come
+    from the environment (see ``quota.config``) unless given; keyword options override single
+    settings (``prefix=``, ``monthly_credit=`` in CNY, ``dedupe_ttl_s=``, ``prices=``,
+    ``history_months=``). ``clock`` returns an aware datetime; tests pin it to any instant.
+    History reads (``get_token_stats`` with an archive) go to the blocking SQL store through
+    ``_compat.to_thread``: in a thread for the asyncio client, in the caller's for the sync one.
+    """
+
+    def __init__(self, client: Any, *, settings: Settings | None = None, clock: Clock | None = None,
+                 history: Any = None, spool: Any = None, on_unavailable: str = "allow", **overrides: Any):
+        self.core = MeterCore(settings_with(settings, overrides), clock)
+        self.turn_options = TurnOptions(spool, on_unavailable)  # see quota.turn_rules
+        self.client = client
+        self.history = history
+        self.where = describe_client(client)
+        self._start = ClusterStart(client)
+        self._nodes = NodeClients(client, self.core.settings)
+
+    @classmethod
+    def from_url(cls, url: str | None = None, *, cluster: bool | None = None, **options: Any) -> "AsyncMeter":
+        """Make one on ``url`` (default ``REDIS_URL``): ``redis://``, ``rediss://``, ``unix://``,
+        or ``redis+cluster://host:port`` for a cluster. Other options go to redis-py. The history
+        store comes from ``QUOTA_HISTORY_URL`` unless ``history=`` is given (None: no history).
+        Callers beyond ``max_connections`` busy connections (per node) queue for one, up to
+        ``pool_timeout_s`` (see quota.connect)."""
+        history = options.pop("history", HISTORY_FROM_ENV)
+        client, settings, own = open_client(url, cluster, options, use_asyncio=USE_ASYNCIO)
+        meter = cls(client, settings=settings, **own)
+        meter.history = history_from_settings(meter.settings) if history is HISTORY_FROM_ENV else history
+        return meter
+
+    @property
+    def settings(self) -> Settings:
+        return self.core.settings
+
+    @property
+    def prices(self):  # noqa: ANN201 - PriceTable
+        return self.core.prices
+
+    async def aclose(self) -> None:
+        """Close the client (after any spool replay a turn started in the background)."""
+        await wait_background(self.turn_options)
+        await self._nodes.aclose()
+        await self.client.aclose()
+
+    async def __aenter__(self) -> "AsyncMeter":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # --- operations ------------------------------------------------------------------------------
+
+    async def update_token_usage(self, user: str, model_id: str, input_tokens: int, output_tokens: int, *,
+                                 request_id: str | None = None, price: Mapping[str, Any] | None = None,
+                                 estimated: bool = False) -> UsageResult:
+        """Count one LLM call. Never refuses for the credit; a repeated ``request_id`` counts once."""
+        return await self.run(self.core.record(user, model_id, input_tokens, output_tokens,
+                                                request_id=request_id, price=price, estimated=estimated))
+
+    async def update_token_usage_many(self, records: Iterable[Mapping[str, Any]]) -> list[UsageResult]:
+        """Count many calls in one pipelined round trip per node; one result per record."""
+        calls = self.core.record_many(records)
+        replies = await self.run_many(calls)
+        results = [error_of(r, self.where) or c.parse(r) for c, r in zip(calls, replies)]
+        if any(isinstance(r, Exception) for r in results):
+            raise BatchError(results)
+        return results
+
+    async def check_quota_available(self, user: str, model_id: str) -> QuotaCheck:
+        """May ``user`` start a new message on ``model_id``? Custom models always may."""
+        return await self.run(self.core.check(user, model_id))
+
+    async def set_monthly_credit(self, user: str, credit: Any, month: str | None = None) -> CreditResult:
+        """Set ``user``'s credit (CNY) for ``month`` (default: the current UTC month)."""
+        return await self.run(self.core.set_credit(user, credit, month))
+
+    async def get_token_stats(self, user: str, *, months: int | None = None) -> dict[str, Any]:
+        """The seed's stats structure: this month, per model, and the history by month."""
+        live = await self.run(self.core.stats(user, months))
+        archived = None
+        if self.history is not None:
+            archived = await to_thread(self.history.load_months, user, [m.month for m in live.months[1:]])
+        return self.core.token_stats(user, live, archived)
+
+    async def ping(self) -> None:
+        """Raise ``StorageUnavailable`` unless Redis answers (every node of a cluster)."""
+        with storage_errors(self.where):
+            if not self._start.ready:
+                await self._start.wait()
+            await self.client.ping()
+
+    def get_model_cost_config(self, model_id: str) -> dict[str, Any]:
+        return self.core.prices.get_model_cost_config(model_id)
+
+    # --- agent-worker integration (quota.turn) --------------------------------------------------
+
+    def turn(self, user: str, model_id: str, *, hold: Any = None,
+             on_unavailable: str | None = None) -> AsyncTurn:
+        """``async with ameter.turn(user, model_id) as turn:`` admits the turn (QuotaExceeded when
+        over) and counts every call of the reply with ``turn.record(...)`` / ``turn.stream(...)``.
+
+        On a system model the admission reserves ``hold`` CNY of the credit for this turn (default
+        ``QUOTA_TURN_HOLD``: ``auto``, learned from the user's recent turns on the model), so that
+        many turns started at once cannot all spend the same remaining credit; the turn's records
+        draw it down and its end gives back the rest (docs/INTEGRATION.md, "Turn holds")."""
+        return AsyncTurn(self, user, model_id, on_unavailable=on_unavailable, hold=hold)
+
+    async def replay_spool(self) -> ReplayReport:
+        """Send records spooled while Redis was away (also done after each turn, when due)."""
+        return await replay(self)
+
+    # --- I/O -------------------------------------------------------------------------------------
+
+    async def run(self, call: ScriptCall) -> Any:
+        """Send one prepared call (quota.core) and parse its reply; see quota.runner."""
+        with storage_errors(self.where):
+            if not self._start.ready:
+                await self._start.wait()
+            return call.parse(await self._evalsha(self.client, call))
+
+    @staticmethod
+    async def _evalsha(client: Any, call: ScriptCall) -> Any:
+        """Run ``call``; on a cluster, resend it while its slot is busy (see slot_busy_pause)."""
+        started = time.monotonic()
+        for attempt in itertools.count():
+            try:
+                return await AsyncMeter._evalsha_once(client, call)
+            except REDIS_ERRORS as exc:
+                pause = slot_busy_pause(exc, attempt, time.monotonic() - started)
+                if pause is None:
+                    raise
+                await sleep(pause)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    async def _evalsha_once(client: Any, call: ScriptCall) -> Any:
+        try:
+            try:
+                return await client.evalsha(*evalsha_args(call))
+            except NoScriptError:  # restart, failover or SCRIPT FLUSH emptied the script cache
+                # EVAL carries the source: a flush can not come between loading and running it.
+                return await client.eval(*eval_args(call))
+        except LOST_CONNECTION as exc:
+            raise lost_connection(exc) from exc
+
+    async def run_many(self, calls: list[ScriptCall]) -> list[Any]:
+        """Send calls pipelined, one pipeline per node; one raw reply or exception per call."""
+        if not calls:
+            return []
+        node_of = None
+        if isinstance(self.client, ClusterClient):
+            with storage_errors(self.where):
+                await self._start.before_batch()
+            node_of = lambda key: self.client.get_node_from_key(key).name  # noqa: E731
+        plan = plan_batch(calls, node_of)
+        with storage_errors(self.where):
+            try:
+                step = next(plan)
+                while True:
+                    step = plan.send(await self._perform(step))
+            except StopIteration as done:
+                return done.value
+
+    async def _perform(self, step: Step) -> Any:
+        """Do one I/O step of a batch plan (see quota.batch); errors are outcomes, not raised."""
+        if isinstance(step, SendOne):
+            try:
+                return await self._evalsha(self.client, step.call)
+            except REDIS_ERRORS as exc:
+                return exc
+        pipe = self._nodes.get(step.node).pipeline(transaction=False)
+        for call in step.calls:
+            if step.with_source:
+                pipe.eval(*eval_args(call))
+            else:
+                pipe.evalsha(*evalsha_args(call))
+        try:
+            return await pipe.execute(raise_on_error=False)
+        except REDIS_ERRORS as exc:
+            return exc
+        except LOST_CONNECTION as exc:
+            return lost_connection(exc)

@@ -1,0 +1,89 @@
+"""What the sync client does differently from the asyncio one, written by hand, in one place.
+
+The twin of ``quota/_async/_compat.py`` (same names, same meaning); the generated
+``quota/_sync/meter.py`` and ``turn.py`` import these names from ``._compat``. Most are the
+identity here: a sync call can not be cancelled half-way, blocks its own thread anyway, and has
+no event loop to give work to.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, TypeVar
+
+from redis.cluster import RedisCluster
+
+from ..config import Settings
+
+T = TypeVar("T")
+
+USE_ASYNCIO = False             # quota.connect.open_client builds redis clients
+ClusterClient = RedisCluster    # the cluster client class
+
+LOST_CONNECTION: tuple[type[Exception], ...] = ()   # the sync client reports a lost connection as such
+
+sleep = time.sleep
+
+
+def shield(result: T) -> T:
+    """Nothing to shield: a sync call runs to its end."""
+    return result
+
+
+def to_thread(function: Callable[..., T], *args: Any) -> T:
+    """Blocking work runs in the caller's thread."""
+    return function(*args)
+
+
+def start_task(result: T) -> T:
+    """The outcome itself: it was computed when the call was made."""
+    return result
+
+
+def in_background(options: Any, replay: Callable[[Any], None], meter: Any) -> None:
+    """A spool replay after a turn runs at once, in the turn's thread (the reply is done)."""
+    replay(meter)
+
+
+def wait_background(options: Any) -> None:
+    """Nothing runs in the background."""
+
+
+def close_source(source: Any) -> None:
+    """Close a stream's source (its ``close()``, if it has one)."""
+    closer = getattr(source, "close", None)
+    if callable(closer):
+        closer()
+
+
+class ClusterStart:
+    """The sync cluster client needs no start of the meter's own (see the asyncio twin)."""
+
+    __slots__ = ()
+    ready = True
+
+    def __init__(self, client: Any):
+        pass
+
+    def wait(self) -> None:
+        pass
+
+    def before_batch(self) -> None:
+        pass
+
+
+class NodeClients:
+    """Plain clients on single cluster nodes, for batches: redis-py's cluster pipeline refuses
+    EVALSHA. The cluster client keeps one per node already (``get_redis_connection``)."""
+
+    def __init__(self, client: Any, settings: Settings):
+        self._client = client
+
+    def get(self, node_name: Any) -> Any:
+        """The standalone client itself (``node_name`` None), or the client on that node."""
+        if node_name is None:
+            return self._client
+        return self._client.get_redis_connection(self._client.get_node(node_name=node_name))
+
+    def close(self) -> None:
+        pass   # the cluster client owns them
