@@ -11,7 +11,7 @@ Three kinds of caller:
 
 No or an invalid token gives 401 (``token_expired``, ``token_revoked`` when that is why); a
 valid token asking for more than its role allows gives 403. A user token is checked against its
-user's revocation instant in Redis (one GET; see ``quota.tokens``).
+user's revocation instant in Redis (one GET; see ``quota._tokens``).
 Static tokens are compared with ``hmac.compare_digest`` (constant time); tokens are never logged
 and never accepted in a URL, so they cannot end up in an access log.
 """
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Callable
 
-from quota.tokens import InvalidToken, check_not_revoked, verify_user_token
+from quota._tokens import InvalidToken, check_not_revoked, verify_user_token
 
 from .errors import ApiError
 from .settings import ApiSettings

@@ -15,10 +15,10 @@ from datetime import datetime, timezone
 import click
 
 from quota.cli import fail
-from quota.errors import ConfigError, InvalidInput, QuotaError
-from quota.keys import validate_user
-from quota.meter import Meter
-from quota.tokens import iso_ms, mint_user_token, parse_ttl, revoke_user_tokens
+from quota import ConfigError, InvalidInput, QuotaError
+from quota._keys import validate_user
+from quota import Meter
+from quota._tokens import iso_ms, mint_user_token, parse_ttl, revoke_user_tokens
 
 
 @click.command()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, render_template, request
 
-from quota.errors import InvalidInput
+from quota import InvalidInput
 
 from .demo_agent import DEMO_USER_PREFIX, DemoLimit, run_turn, validate_demo_user
 from .errors import ApiError

@@ -23,10 +23,10 @@ import re
 from dataclasses import replace
 from typing import Any
 
-from quota.demo import fake_tokens
-from quota.errors import ConfigError, InvalidInput, QuotaExceeded, StorageUnavailable
-from quota.keys import validate_prefix, validate_user
-from quota.meter import Meter
+from quota._demo import fake_tokens
+from quota import ConfigError, InvalidInput, QuotaExceeded, StorageUnavailable
+from quota._keys import validate_prefix, validate_user
+from quota import Meter
 
 DEMO_USER_PREFIX = "demo"  # the demo page only runs for users whose id starts with this
 DEMO_KEY_SUFFIX = "-demo"  # the demo's Redis keys: <prefix>-demo:{<user>}:...
@@ -112,7 +112,7 @@ def run_turn(meter: Meter, body: Any) -> dict[str, Any]:
     calls = []
     result = None
     try:
-        # A turn, as a worker runs one: admission reserves a hold on the credit (quota.turn), so
+        # A turn, as a worker runs one: admission reserves a hold on the credit (quota.Turn), so
         # that several tabs sending at once cannot all spend the same last yuan.
         with meter.turn(user, model_id) as metered:
             for purpose in purposes:

@@ -22,7 +22,7 @@ from typing import Any
 from flask import Flask, g, jsonify
 from werkzeug.exceptions import HTTPException
 
-from quota.errors import InvalidInput, QuotaError, RequestConflict, StorageUnavailable, UnknownModel
+from quota import InvalidInput, QuotaError, RequestConflict, StorageUnavailable, UnknownModel
 
 from .ext import get_quota
 

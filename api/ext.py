@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app
 
-from quota.meter import Meter
+from quota import Meter
 
 from .metrics import Metrics
 from .settings import ApiSettings

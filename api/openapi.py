@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import quota
-from quota.core import MAX_TOKENS
-from quota.keys import MODEL_RE, MONTH_RE, REQUEST_ID_RE, USER_RE
+from quota._core import MAX_TOKENS
+from quota._keys import MODEL_RE, MONTH_RE, REQUEST_ID_RE, USER_RE
 
 from .demo_agent import CONVERSATION_RE, DEMO_USER_PREFIX, MAX_MESSAGE_CHARS, MAX_TURNS
 

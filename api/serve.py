@@ -18,7 +18,7 @@ from typing import Callable
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from quota.testing import RedisServer, local_server
-from quota.tokens import mint_user_token, parse_ttl
+from quota._tokens import mint_user_token, parse_ttl
 
 from . import create_app
 from .demo_agent import DEMO_USER_PREFIX

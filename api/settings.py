@@ -12,7 +12,7 @@
 | QUOTA_PANEL_REFRESH_S  | 5                  | how often the panel polls the API                         |
 
 plus the library's own (``REDIS_URL``, ``QUOTA_PREFIX``, ``QUOTA_MONTHLY_CREDIT``, ... see
-``quota.config``). Outside development mode a missing or short secret is a ``ConfigError``: the
+``quota._config``). Outside development mode a missing or short secret is a ``ConfigError``: the
 server refuses to start rather than run with a guessable token.
 """
 
@@ -23,9 +23,10 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from quota.config import Settings, int_env
-from quota.errors import ConfigError
-from quota.tokens import MIN_SECRET_CHARS
+from quota import Settings
+from quota._config import int_env
+from quota import ConfigError
+from quota._tokens import MIN_SECRET_CHARS
 
 SECRET_NAMES = ("QUOTA_ADMIN_TOKEN", "QUOTA_SERVICE_TOKEN", "QUOTA_SECRET_KEY")
 

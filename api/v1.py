@@ -6,10 +6,10 @@ from typing import Any
 
 from flask import Blueprint, g, jsonify, request
 
-from quota.core import RECORD_FIELDS
-from quota.errors import BatchError, InvalidInput, RequestConflict, StorageUnavailable
-from quota.keys import validate_user
-from quota.tokens import iso_ms, revoke_user_tokens, tokens_valid_after_ms
+from quota._core import RECORD_FIELDS, RECORD_REQUIRED
+from quota import BatchError, InvalidInput, RequestConflict, StorageUnavailable
+from quota._keys import validate_user
+from quota._tokens import iso_ms, revoke_user_tokens, tokens_valid_after_ms
 
 from .auth import Action, Principal, authenticate, authorize
 from .errors import ApiError, error_body, quota_error_status
@@ -18,7 +18,7 @@ from .ext import get_quota
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 
 USAGE_FIELDS = frozenset(RECORD_FIELDS)  # what Meter.update_token_usage_many takes, from the core
-USAGE_REQUIRED = {"user", "model_id", "input_tokens", "output_tokens"}
+USAGE_REQUIRED = RECORD_REQUIRED
 
 
 @bp.before_request

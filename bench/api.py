@@ -34,7 +34,7 @@ from typing import Iterator
 
 from quota import Meter
 from quota.testing import RedisServer, free_ports
-from quota.tokens import mint_user_token
+from quota._tokens import mint_user_token
 
 ROOT = Path(__file__).resolve().parents[1]
 

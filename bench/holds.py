@@ -23,7 +23,7 @@ from typing import Any
 import redis
 
 from quota import AsyncMeter, Meter, QuotaExceeded
-from quota.money import nano_to_decimal
+from quota._money import nano_to_decimal
 from quota.testing import RedisServer, free_ports
 
 CALL = {"input_tokens": 20_000, "output_tokens": 4_000}   # 0.028 CNY on system_deepseek

@@ -208,8 +208,8 @@ twice that in the real loop, where every call waits on a socket and runs with co
 the UTC month from the clock, a 16-byte random request id, key names, 8 ARGV strings, the
 `ScriptCall`), parsing the reply into the frozen `UsageResult` about 1.5 µs, the slot-busy retry
 loop and argument tuple about 0.5 µs. Two cheap fixes were made while measuring:
-`quota.connect.storage_errors` (wrapped around every call) was a `@contextmanager` generator and is
-now a small class, 2-3 µs less client CPU per call; `quota.keys.month_of` skips the UTC
+`quota._connect.storage_errors` (wrapped around every call) was a `@contextmanager` generator and is
+now a small class, 2-3 µs less client CPU per call; `quota._keys.month_of` skips the UTC
 conversion when the clock already returns UTC, about 0.5 µs less per record.
 redis-py itself spends about 22 µs of CPU per EVALSHA here (about 6 µs per call inside a
 pipeline), so per call the wrapper is still about half as much again as redis-py's own work.

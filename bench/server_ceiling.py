@@ -18,8 +18,8 @@ import shutil
 import subprocess
 import redis
 
-from quota.core import MeterCore
-from quota.scripts import RECORD
+from quota._core import MeterCore
+from quota._scripts import RECORD
 
 from .driver import Result, Slice, median, reset_stats, server_usec
 from .workloads import INPUT_TOKENS, MODEL, OUTPUT_TOKENS

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from quota import Meter
-from quota.spool import Spool, SpoolEntry
+from quota._spool import Spool, SpoolEntry
 from quota.testing import redis_url_or_local
 
 

@@ -32,9 +32,9 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from quota import AsyncMeter, Meter
-from quota.connect import split_url
-from quota.core import MeterCore
-from quota.scripts import RECORD
+from quota._connect import split_url
+from quota._core import MeterCore
+from quota._scripts import RECORD
 
 MODEL = "system_deepseek"
 INPUT_TOKENS = 1200

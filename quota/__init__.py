@@ -1,8 +1,14 @@
-"""quota: a Redis-native, atomic token and cost meter for LLM agent platforms."""
+"""quota: a Redis-native, atomic token and cost meter for LLM agent platforms.
 
-from .aio import AsyncMeter
-from .config import Settings
-from .errors import (
+This module is the whole public surface. Modules whose names start with an underscore are internal:
+their names may change in any release. ``quota.testing`` (real servers for tests), ``quota.history``
+(the SQL archive and ``quota dump``) and ``quota.contrib.django`` are public packages of their own.
+"""
+
+from ._async.meter import AsyncMeter
+from ._async.turn import AsyncMeteredStream, AsyncTurn
+from ._config import Settings
+from ._errors import (
     BatchError,
     ConfigError,
     InvalidInput,
@@ -12,13 +18,21 @@ from .errors import (
     StorageUnavailable,
     UnknownModel,
 )
-from .meter import Meter
-from .prices import ModelPrice, PriceTable
-from .results import CreditResult, QuotaCheck, UsageResult
+from ._prices import ModelPrice, PriceTable
+from ._replay import ReplayReport
+from ._results import CreditResult, QuotaCheck, UsageResult
+from ._runner import AsyncScriptRunner, ScriptRunner
+from ._sync.meter import Meter
+from ._sync.turn import MeteredStream, Turn
+from ._tokens import InvalidToken, mint_user_token, revoke_user_tokens, verify_user_token
+from ._turn_rules import Recorded, TurnMetrics
+from ._usage import Usage
 
 __all__ = [
-    "AsyncMeter", "BatchError", "ConfigError", "CreditResult", "InvalidInput", "Meter", "ModelPrice",
-    "PriceTable", "QuotaCheck", "QuotaError", "QuotaExceeded", "RequestConflict", "Settings",
-    "StorageUnavailable", "UnknownModel", "UsageResult",
+    "AsyncMeter", "AsyncMeteredStream", "AsyncScriptRunner", "AsyncTurn", "BatchError", "ConfigError",
+    "CreditResult", "InvalidInput", "InvalidToken", "Meter", "MeteredStream", "ModelPrice", "PriceTable",
+    "QuotaCheck", "QuotaError", "QuotaExceeded", "Recorded", "ReplayReport", "RequestConflict", "ScriptRunner",
+    "Settings", "StorageUnavailable", "Turn", "TurnMetrics", "UnknownModel", "Usage", "UsageResult",
+    "mint_user_token", "revoke_user_tokens", "verify_user_token",
 ]
 __version__ = "0.1.0"

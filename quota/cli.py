@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import click
 
-from .errors import QuotaError
+from ._errors import QuotaError
 
 COMMAND_GROUP = "quota.commands"
 # The group as pyproject.toml declares it, for when the installed metadata does not list it:
@@ -83,7 +83,7 @@ def main() -> None:
 
 
 def open_meter(url: str | None):  # noqa: ANN201 - Meter
-    from .meter import Meter
+    from ._sync.meter import Meter
 
     try:
         return Meter.from_url(url)
@@ -99,8 +99,8 @@ def demo(users: int, seed: int) -> None:
 
     Starts a local Redis-compatible server when REDIS_URL is unset.
     """
-    from .demo import run_demo, stats_table
-    from .meter import Meter
+    from ._demo import run_demo, stats_table
+    from ._sync.meter import Meter
     from .testing import redis_url_or_local
 
     if users < 2:
@@ -163,9 +163,9 @@ def credit(user: str, credit: str, month: str | None, url: str | None) -> None:
 def _dump_job(url: str | None, history_url: str | None, *, before: str | None = None, dry_run: bool = False,
               batch_size: int | None = None, progress=None):  # noqa: ANN001, ANN202 - DumpReport
     """One dump with fresh connections: Redis from ``url``/REDIS_URL, SQL from ``history_url``."""
-    from .config import Settings
+    from ._config import Settings
     from .history import DEFAULT_BATCH, HistoryStore, dump_expired_months
-    from .meter import Meter
+    from ._sync.meter import Meter
 
     settings = Settings.from_env()
     meter = Meter.from_url(url, history=None, settings=settings)
@@ -223,7 +223,7 @@ def dump(before: str | None, dry_run: bool, url: str | None, history_url: str | 
     """
     import logging
 
-    from .errors import ConfigError, InvalidInput
+    from ._errors import ConfigError, InvalidInput
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     show = sys.stderr.isatty() if progress is None else progress

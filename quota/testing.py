@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import redis
 
-from .errors import ConfigError
+from ._errors import ConfigError
 
 __all__ = ["SLOTS", "RedisClusterProc", "RedisServer", "free_port", "free_ports", "local_server",
            "redis_url_or_local", "server_binary"]

@@ -11,7 +11,7 @@ from werkzeug.serving import make_server
 from api import create_app
 from api.settings import ApiSettings
 from quota import Meter
-from quota.tokens import mint_user_token
+from quota._tokens import mint_user_token
 
 ADMIN = "admin-token-for-tests-0123456789"
 SERVICE = "service-token-for-tests-012345678"

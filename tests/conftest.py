@@ -1,7 +1,7 @@
 """Fixtures: one ``backend`` parametrized over fakeredis, a real Redis and a real Redis Cluster.
 
 The real servers are started once per test session on their own loopback ports (see
-``servers.py``). A failure names its backend in the test id: ``test_x[redis]``.
+``quota.testing``). A failure names its backend in the test id: ``test_x[redis]``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from redis.cluster import RedisCluster
 
 from quota import AsyncMeter, Meter
 
-from .servers import RedisClusterProc, RedisServer, free_ports
+from quota.testing import RedisClusterProc, RedisServer, free_ports
 
 BACKENDS = ["fake", "redis", "cluster"]
 

@@ -23,10 +23,10 @@ from redis.cluster import RedisCluster
 from sqlalchemy import create_engine, text
 
 from quota import Meter
-from quota.config import Settings
+from quota._config import Settings
 from quota.history import HistoryStore
-from quota.keys import KeySchema, add_months, month_of
-from quota.stats import MonthUsage
+from quota._keys import KeySchema, add_months, month_of
+from quota._stats import MonthUsage
 
 PG_DB = "quota_test_history"
 SETTINGS = Settings(prefix="quota")

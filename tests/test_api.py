@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api import create_app, get_quota
 from api.settings import ApiSettings
 from quota import Meter
-from quota.errors import ConfigError
+from quota._errors import ConfigError
 from quota.testing import free_ports
 
 from .api_support import ADMIN, SECRET, SERVICE, api_settings, bearer, make_meter, user_token
@@ -353,7 +353,7 @@ def test_no_or_invalid_token_is_401(client, meter, route, headers):
 def test_expired_and_foreign_user_tokens(client):
     expired = user_token("alice", ttl_s=60, now_s=1_000_000)
     assert_error(client.get("/v1/users/alice/token-stats", headers=bearer(expired)), 401, "token_expired")
-    from quota.tokens import mint_user_token
+    from quota._tokens import mint_user_token
     forged = mint_user_token("another-secret-key-0123456789", "alice", 3600)
     assert_error(client.get("/v1/users/alice/token-stats", headers=bearer(forged)), 401, "unauthorized")
 

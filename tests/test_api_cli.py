@@ -19,9 +19,9 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from quota.cli import main
-from quota.errors import InvalidInput
+from quota._errors import InvalidInput
 from quota.testing import free_ports
-from quota.tokens import (InvalidToken, UserToken, check_not_revoked, mint_user_token, parse_ttl,
+from quota._tokens import (InvalidToken, UserToken, check_not_revoked, mint_user_token, parse_ttl,
                           tokens_valid_after_ms, verify_user_token)
 
 from .api_support import BASE_ENV, SECRET, SERVICE

@@ -7,8 +7,8 @@ from redis.exceptions import (ClusterDownError, ClusterError, ConnectionError, R
                               SlotNotCoveredError, TryAgainError)
 
 from quota import AsyncMeter, Meter
-from quota.connect import SLOT_BUSY_BUDGET_S, slot_busy_pause
-from quota.errors import StorageUnavailable
+from quota._connect import SLOT_BUSY_BUDGET_S, slot_busy_pause
+from quota._errors import StorageUnavailable
 
 
 @pytest.mark.parametrize("exc", [TryAgainError("TRYAGAIN"), ClusterDownError("CLUSTERDOWN"),

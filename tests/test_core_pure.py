@@ -5,8 +5,8 @@ from datetime import datetime, timezone
 import pytest
 
 from quota import InvalidInput, RequestConflict, Settings
-from quota.core import MeterCore, translate_script_error
-from quota.scripts import CHECK, RECORD
+from quota._core import MeterCore, translate_script_error
+from quota._scripts import CHECK, RECORD
 
 
 def core(**kw):
@@ -69,7 +69,7 @@ def drive(plan, outcomes):
 def test_batch_plan_resends_only_missing_scripts_with_their_source():
     from redis.exceptions import NoScriptError
 
-    from quota.batch import SendPipeline, plan_batch
+    from quota._batch import SendPipeline, plan_batch
 
     calls = [core().record("alice", "custom_x", i, 0) for i in range(4)]
     sent = []
@@ -92,7 +92,7 @@ def test_batch_plan_reroutes_redirected_calls_on_a_cluster_only():
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import MovedError
 
-    from quota.batch import SendOne, SendPipeline, plan_batch
+    from quota._batch import SendOne, SendPipeline, plan_batch
 
     calls = [core().record(f"u{i}", "custom_x", 1, 0) for i in range(6)]
     node_of = lambda key: int(key.split("{u")[1][0]) % 2  # noqa: E731
@@ -116,7 +116,7 @@ def test_batch_plan_reroutes_redirected_calls_on_a_cluster_only():
 def test_auto_request_ids_differ_across_a_fork():
     import os
 
-    from quota.core import auto_request_id
+    from quota._core import auto_request_id
 
     parent = {auto_request_id() for _ in range(3)}
     read, write = os.pipe()

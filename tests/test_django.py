@@ -148,7 +148,7 @@ def test_bad_values_are_reported_in_the_settings_terms(redis_server, quota, chec
 def test_missing_redis_url_and_an_unreachable_redis(tmp_path):
     with override_settings(QUOTA={}):
         assert [m.id for m in run_checks(tags=["quota"])] == ["quota.E004"]
-    from .servers import free_ports
+    from quota.testing import free_ports
 
     closed = free_ports(1, start=19500)[0]
     with override_settings(QUOTA={"REDIS_URL": f"redis://127.0.0.1:{closed}/0"}):
@@ -493,7 +493,7 @@ def test_quota_stats_and_quota_credit(quota_redis):
 
 
 def test_quota_replay_spool(quota_redis, tmp_path):
-    from .servers import free_ports
+    from quota.testing import free_ports
 
     spool = tmp_path / "worker" / "quota.spool"
     with pytest.raises(CommandError, match="SPOOL"):

@@ -29,7 +29,7 @@ import pytest
 
 from examples.stub_llm import StubLLM
 
-from .servers import free_ports
+from quota.testing import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "examples" / "django_site"

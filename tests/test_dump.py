@@ -9,7 +9,7 @@ import pytest
 from redis.cluster import RedisCluster
 
 from quota import Meter, StorageUnavailable
-from quota.errors import InvalidInput
+from quota._errors import InvalidInput
 from quota.history import HistoryStore, dump_expired_months
 
 from .history_support import SETTINGS, history_url, month_hashes, plain, store  # noqa: F401 - fixtures

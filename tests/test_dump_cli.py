@@ -16,8 +16,8 @@ from click.testing import CliRunner
 
 from quota import Meter
 from quota.cli import main
-from quota.config import Settings
-from quota.errors import InvalidInput, StorageUnavailable
+from quota._config import Settings
+from quota._errors import InvalidInput, StorageUnavailable
 from quota.history import HistoryStore, Scheduler, next_run, parse_at
 
 from .history_support import expired_months, fixed

@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import text
 
 from quota import AsyncMeter, ConfigError, Meter, StorageUnavailable
-from quota.errors import InvalidInput
+from quota._errors import InvalidInput
 from quota.history import SCHEMA_VERSION, HistoryStore, Snapshot, describe_db, normalize_url
-from quota.stats import ModelUsage, MonthUsage, merge_month
+from quota._stats import ModelUsage, MonthUsage, merge_month
 
 from .history_support import history_url, pg_url, store  # noqa: F401 - fixtures
 

@@ -35,7 +35,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, negativ
 
 from api import create_app
 from api.openapi import openapi_document
-from quota.tokens import mint_user_token
+from quota._tokens import mint_user_token
 
 from .api_support import ADMIN, SERVICE, api_settings, bearer, make_meter, user_token
 

@@ -6,9 +6,9 @@ from decimal import Decimal
 import pytest
 
 from quota import InvalidInput
-from quota.keys import KeySchema, add_months, month_of, next_month_start, validate_user
-from quota.money import cny_to_nano, nano_to_decimal, nano_to_json
-from quota.prices import PriceTable
+from quota._keys import KeySchema, add_months, month_of, next_month_start, validate_user
+from quota._money import cny_to_nano, nano_to_decimal, nano_to_json
+from quota._prices import PriceTable
 
 
 @pytest.mark.parametrize("user", ["a", "alice", "A.b_c-d@e+f", "u" * 128, "42"])

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from examples.stub_llm import StubLLM
-from quota.usage import estimate_prompt_tokens, estimate_tokens
+from quota._usage import estimate_prompt_tokens, estimate_tokens
 
 MESSAGES = [{"role": "user", "content": "请介绍一下你自己 please"}]
 PIECES = ["你好，", "this is ", "a stub ", "reply."]
@@ -137,7 +137,7 @@ async def test_a_worker_task_cancelled_mid_stream_is_still_counted(ameter):
 
 async def test_redis_away_during_a_stream_spools_it(stub, tmp_path, clock):
     from quota import AsyncMeter
-    from quota.spool import Spool
+    from quota._spool import Spool
     from quota.testing import free_ports
 
     meter = AsyncMeter.from_url(f"redis://127.0.0.1:{free_ports(1, start=26800)[0]}", clock=clock,

@@ -16,7 +16,7 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_spec
 
 from api import create_app, get_quota
-from quota.core import RECORD_FIELDS
+from quota._core import RECORD_FIELDS
 
 from .api_support import ADMIN, SERVICE, api_settings, bearer, make_meter, user_token
 
@@ -55,7 +55,7 @@ def test_document_is_valid_openapi(app):
 
 
 def test_the_documented_usage_record_has_the_core_fields(app):
-    """POST /v1/usage takes what the core takes (quota.core.RECORD_FIELDS), and says so."""
+    """POST /v1/usage takes what the core takes (quota._core.RECORD_FIELDS), and says so."""
     record = app.test_client().get("/openapi.json").get_json()["components"]["schemas"]["UsageRecord"]
     assert set(record["properties"]) == set(RECORD_FIELDS)
 

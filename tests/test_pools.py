@@ -24,7 +24,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import MaxConnectionsError
 
 from quota import AsyncMeter, ConfigError, Meter, Settings, StorageUnavailable
-from quota.config import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S
+from quota._config import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S
 
 from .conftest import Backend
 

@@ -33,11 +33,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from quota import Meter, QuotaExceeded
-from quota.config import Settings
-from quota.errors import BatchError, InvalidInput, RequestConflict
-from quota.keys import add_months, month_of
-from quota.money import nano_to_json
-from quota.prices import PriceTable
+from quota._config import Settings
+from quota._errors import BatchError, InvalidInput, RequestConflict
+from quota._keys import add_months, month_of
+from quota._money import nano_to_json
+from quota._prices import PriceTable
 
 USERS = ("alice", "bob", "carol")
 CREDIT_NANO = 5_000_000_000

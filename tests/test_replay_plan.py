@@ -8,10 +8,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from quota import Settings, StorageUnavailable
-from quota.core import MeterCore
-from quota.replay import ClaimFile, Commit, Finish, ReadBatch, SendRecords, plan_replay
-from quota.spool import MemorySpool, SpoolEntry
-from quota.turn_rules import TurnOptions
+from quota._core import MeterCore
+from quota._replay import ClaimFile, Commit, Finish, ReadBatch, SendRecords, plan_replay
+from quota._spool import MemorySpool, SpoolEntry
+from quota._turn_rules import TurnOptions
 
 from .test_core_pure import drive as drive_plan
 

@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 import pytest
 
 from quota import Meter
-from quota.errors import ConfigError
-from quota.spool import Spool, SpoolEntry
+from quota._errors import ConfigError
+from quota._spool import Spool, SpoolEntry
 from quota.testing import RedisServer, free_ports
 
 AT = datetime(2026, 1, 20, 8, 30, tzinfo=timezone.utc)

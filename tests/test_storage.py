@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from quota import AsyncMeter, ConfigError, Meter, StorageUnavailable
-from quota.scripts import ALL
+from quota._scripts import ALL
 from quota.testing import RedisServer, free_ports
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 
 from quota import AsyncMeter, InvalidInput, QuotaExceeded, StorageUnavailable
-from quota.spool import MemorySpool
+from quota._spool import MemorySpool
 
-from .servers import free_ports
+from quota.testing import free_ports
 
 
 def used_nano(meter, user: str) -> int:

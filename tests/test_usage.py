@@ -7,7 +7,7 @@ from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from quota import InvalidInput
-from quota.usage import (
+from quota._usage import (
     StreamTally,
     Usage,
     estimate_prompt_tokens,

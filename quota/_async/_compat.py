@@ -13,14 +13,14 @@ from typing import Any, Callable, Coroutine
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster
 
-from ..config import Settings
-from ..connect import node_client
+from .._config import Settings
+from .._connect import node_client
 
-USE_ASYNCIO = True              # quota.connect.open_client builds redis.asyncio clients
+USE_ASYNCIO = True              # quota._connect.open_client builds redis.asyncio clients
 ClusterClient = RedisCluster    # the cluster client class
 
 # redis-py's asyncio client can fail with AttributeError when a connection is closed under a
-# command: a lost connection (see quota.connect.lost_connection).
+# command: a lost connection (see quota._connect.lost_connection).
 LOST_CONNECTION: tuple[type[Exception], ...] = (AttributeError,)
 
 shield = asyncio.shield         # a record, a hold taken or given back completes even if the task is cancelled

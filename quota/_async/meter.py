@@ -1,4 +1,4 @@
-"""``AsyncMeter``: the client. Only I/O lives here; the rules are in ``quota.core``.
+"""``AsyncMeter``: the client. Only I/O lives here; the rules are in ``quota._core``.
 
 Hand-written for asyncio; ``quota/_sync/meter.py`` (``Meter``) is generated from it by
 ``scripts/unasync.py``. What differs beyond ``async``/``await`` is in ``._compat``.
@@ -12,9 +12,9 @@ from typing import Any, Iterable, Mapping
 
 from redis.exceptions import NoScriptError
 
-from ..batch import SendOne, Step, eval_args, evalsha_args, plan_batch
-from ..config import Settings
-from ..connect import (
+from .._batch import SendOne, Step, eval_args, evalsha_args, plan_batch
+from .._config import Settings
+from .._connect import (
     HISTORY_FROM_ENV,
     describe_client,
     error_of,
@@ -26,11 +26,11 @@ from ..connect import (
     slot_busy_pause,
     storage_errors,
 )
-from ..core import Clock, MeterCore, ScriptCall
-from ..errors import BatchError
-from ..replay import ReplayReport
-from ..results import CreditResult, QuotaCheck, UsageResult
-from ..turn_rules import TurnOptions
+from .._core import Clock, MeterCore, ScriptCall
+from .._errors import BatchError
+from .._replay import ReplayReport
+from .._results import CreditResult, QuotaCheck, UsageResult
+from .._turn_rules import TurnOptions
 from ._compat import (
     ClusterClient,
     ClusterStart,
@@ -48,7 +48,7 @@ class AsyncMeter:
     """Counts LLM calls per user and model in Redis and checks the monthly credit.
 
     ``client`` is a ``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster``. Settings come
-    from the environment (see ``quota.config``) unless given; keyword options override single
+    from the environment (see ``quota._config``) unless given; keyword options override single
     settings (``prefix=``, ``monthly_credit=`` in CNY, ``dedupe_ttl_s=``, ``prices=``,
     ``history_months=``). ``clock`` returns an aware datetime; tests pin it to any instant.
     History reads (``get_token_stats`` with an archive) go to the blocking SQL store through
@@ -58,7 +58,7 @@ class AsyncMeter:
     def __init__(self, client: Any, *, settings: Settings | None = None, clock: Clock | None = None,
                  history: Any = None, spool: Any = None, on_unavailable: str = "allow", **overrides: Any):
         self.core = MeterCore(settings_with(settings, overrides), clock)
-        self.turn_options = TurnOptions(spool, on_unavailable)  # see quota.turn_rules
+        self.turn_options = TurnOptions(spool, on_unavailable)  # see quota._turn_rules
         self.client = client
         self.history = history
         self.where = describe_client(client)
@@ -71,7 +71,7 @@ class AsyncMeter:
         or ``redis+cluster://host:port`` for a cluster. Other options go to redis-py. The history
         store comes from ``QUOTA_HISTORY_URL`` unless ``history=`` is given (None: no history).
         Callers beyond ``max_connections`` busy connections (per node) queue for one, up to
-        ``pool_timeout_s`` (see quota.connect)."""
+        ``pool_timeout_s`` (see quota._connect)."""
         history = options.pop("history", HISTORY_FROM_ENV)
         client, settings, own = open_client(url, cluster, options, use_asyncio=USE_ASYNCIO)
         meter = cls(client, settings=settings, **own)
@@ -142,7 +142,7 @@ class AsyncMeter:
     def get_model_cost_config(self, model_id: str) -> dict[str, Any]:
         return self.core.prices.get_model_cost_config(model_id)
 
-    # --- agent-worker integration (quota.turn) --------------------------------------------------
+    # --- agent-worker integration (quota.Turn) --------------------------------------------------
 
     def turn(self, user: str, model_id: str, *, hold: Any = None,
              on_unavailable: str | None = None) -> AsyncTurn:
@@ -162,7 +162,7 @@ class AsyncMeter:
     # --- I/O -------------------------------------------------------------------------------------
 
     async def run(self, call: ScriptCall) -> Any:
-        """Send one prepared call (quota.core) and parse its reply; see quota.runner."""
+        """Send one prepared call (quota._core) and parse its reply; see quota._runner."""
         with storage_errors(self.where):
             if not self._start.ready:
                 await self._start.wait()
@@ -212,7 +212,7 @@ class AsyncMeter:
                 return done.value
 
     async def _perform(self, step: Step) -> Any:
-        """Do one I/O step of a batch plan (see quota.batch); errors are outcomes, not raised."""
+        """Do one I/O step of a batch plan (see quota._batch); errors are outcomes, not raised."""
         if isinstance(step, SendOne):
             try:
                 return await self._evalsha(self.client, step.call)

@@ -2,7 +2,7 @@
 
 Hand-written for asyncio; ``quota/_sync/turn.py`` (``Turn``, ``MeteredStream``) is generated from
 it by ``scripts/unasync.py``. Every rule is elsewhere: what a turn decides in
-``quota.turn_rules.TurnRules``, how the spool is replayed in ``quota.replay``; what differs beyond
+``quota._turn_rules.TurnRules``, how the spool is replayed in ``quota._replay``; what differs beyond
 ``async``/``await`` (shielding from cancellation, threads, the background replay) in ``._compat``.
 """
 
@@ -12,20 +12,20 @@ import logging
 from decimal import Decimal
 from typing import Any, Awaitable, Mapping
 
-from ..errors import QuotaError, RequestConflict, StorageUnavailable
-from ..money import nano_to_decimal
-from ..replay import ReplayReport, SendRecords, plan_replay
-from ..results import QuotaCheck
-from ..runner import AsyncScriptRunner
-from ..turn_rules import Pending, Recorded, TurnRules
-from ..usage import StreamTally, estimate_prompt_tokens
+from .._errors import QuotaError, RequestConflict, StorageUnavailable
+from .._money import nano_to_decimal
+from .._replay import ReplayReport, SendRecords, plan_replay
+from .._results import QuotaCheck
+from .._runner import AsyncScriptRunner
+from .._turn_rules import Pending, Recorded, TurnRules
+from .._usage import StreamTally, estimate_prompt_tokens
 from ._compat import close_source, in_background, shield, start_task, to_thread
 
 log = logging.getLogger("quota.turn")
 
 
 class AsyncTurn:
-    """``async with ameter.turn(user, model_id) as turn:`` — see ``quota.turn``.
+    """``async with ameter.turn(user, model_id) as turn:`` — see :class:`quota.Turn` and docs/INTEGRATION.md.
 
     Under asyncio a record runs shielded: if the task is cancelled while a record is on its way,
     the record still completes. Streams cut short by a cancellation are counted the same way.
@@ -99,7 +99,7 @@ class AsyncTurn:
                      estimated: bool | None = None) -> Recorded:
         """Count one LLM call of this turn (any model; default the turn's). Never raises for the credit.
 
-        ``usage`` is a response, a usage object/dict or a :class:`~quota.usage.Usage`; or pass
+        ``usage`` is a response, a usage object/dict or a :class:`~quota._usage.Usage`; or pass
         ``input_tokens`` and ``output_tokens``. Bad input raises ``InvalidInput`` and changes nothing.
         """
         pending = self.rules.prepare(usage, model_id=model_id, input_tokens=input_tokens,
@@ -199,7 +199,7 @@ class AsyncMeteredStream:
 async def replay(meter: AsyncScriptRunner) -> ReplayReport:
     """Send spooled records to Redis, oldest first, until none is left or Redis fails again.
 
-    Drives the plan of ``quota.replay``: records go through ``run_many``, file steps run through
+    Drives the plan of ``quota._replay``: records go through ``run_many``, file steps run through
     ``_compat.to_thread``. A replay stopped by an error closes the plan, which releases its claim."""
     plan = plan_replay(meter.core, meter.turn_options, meter.where)
     try:

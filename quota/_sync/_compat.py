@@ -13,11 +13,11 @@ from typing import Any, Callable, TypeVar
 
 from redis.cluster import RedisCluster
 
-from ..config import Settings
+from .._config import Settings
 
 T = TypeVar("T")
 
-USE_ASYNCIO = False             # quota.connect.open_client builds redis clients
+USE_ASYNCIO = False             # quota._connect.open_client builds redis clients
 ClusterClient = RedisCluster    # the cluster client class
 
 LOST_CONNECTION: tuple[type[Exception], ...] = ()   # the sync client reports a lost connection as such

@@ -38,22 +38,20 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 from redis.cluster import RedisCluster
 
-from ..batch import REROUTE
-from ..connect import describe_client, storage_errors
-from ..core import ScriptCall
-from ..errors import InvalidInput, StorageUnavailable
-from ..keys import FIELD_DUMP_SEQ, KeySchema, month_of, validate_month
-from ..scripts import LuaScript
-from ..stats import MonthUsage
+from .._batch import REROUTE
+from .._connect import describe_client, storage_errors
+from .._core import ScriptCall
+from .._errors import InvalidInput, StorageUnavailable
+from .._keys import FIELD_DUMP_SEQ, KeySchema, month_of, validate_month
+from .. import _scripts as scripts
+from .._scripts import LuaScript
+from .._stats import MonthUsage
 from .store import HistoryStore, Snapshot
 
 if TYPE_CHECKING:
-    from ..config import Settings
-    from ..core import MeterCore
+    from .._config import Settings
+    from .._core import MeterCore
 
-# TODO(scripts.py): load these two with the others in quota/scripts.py (another branch owns it).
-SNAPSHOT = LuaScript.load("snapshot_month")
-DELETE_IF_UNCHANGED = LuaScript.load("delete_if_unchanged")
 
 SCAN_COUNT = 1000
 DEFAULT_BATCH = 5000        # user-months per SQL transaction
@@ -94,7 +92,7 @@ class DumpReport:
 class DumpMeter(Protocol):
     """What the dump needs of a meter (:class:`quota.Meter` is one): its settings and clock
     (``core``), its client (SCAN and DBSIZE go to each primary), where it points, and its batch
-    path, which sends the dump's script calls (quota.batch: one pipeline per node, scripts
+    path, which sends the dump's script calls (quota._batch: one pipeline per node, scripts
     reloaded after NOSCRIPT, redirected calls resent through the cluster client)."""
 
     core: MeterCore
@@ -241,7 +239,7 @@ def _new_generation() -> str:
 
 def _run_groups(meter: DumpMeter, script: LuaScript, groups: list[list[Any]],
                 args_of: Callable[[Any], Any], key_of: Callable[[Any], str]) -> list[tuple[Any, Any]]:
-    """Run ``script`` once per group through the meter's batch path (quota.batch: one pipeline
+    """Run ``script`` once per group through the meter's batch path (quota._batch: one pipeline
     per node, scripts reloaded after NOSCRIPT, redirected calls resent through the cluster
     client); ``(item, reply for that item)`` pairs. A node that stays away fails the run."""
     calls = [ScriptCall(script, tuple(key_of(i) for i in group), tuple(args_of(i) for i in group), _identity)
@@ -269,7 +267,7 @@ def _read(meter: DumpMeter, node: Any, where: str, batch: list[Key], slot_of: Ca
                 pipe.hgetall(key)
             replies = list(zip(batch, (_dry_reply(r) for r in pipe.execute(raise_on_error=False))))
     else:
-        replies = _run_groups(meter, SNAPSHOT, _groups(batch, _first, slot_of),
+        replies = _run_groups(meter, scripts.SNAPSHOT_MONTH, _groups(batch, _first, slot_of),
                               lambda _: _new_generation(), _first)
     snapshots: list[tuple[str, Snapshot]] = []
     unreadable = 0
@@ -350,7 +348,7 @@ def _delete_unchanged(meter: DumpMeter, written: list[tuple[str, Snapshot]], slo
                       report: DumpReport) -> None:
     """Step 4, after the commit: delete each hash that is still exactly what was archived."""
     groups = _groups(written, _first, slot_of)
-    for (key, snap), reply in _run_groups(meter, DELETE_IF_UNCHANGED, groups, lambda w: w[1].fingerprint, _first):
+    for (key, snap), reply in _run_groups(meter, scripts.DELETE_IF_UNCHANGED, groups, lambda w: w[1].fingerprint, _first):
         if isinstance(reply, Exception):
             raise StorageUnavailable(f"Redis: cannot delete the archived month {key}: {reply}")
         if int(reply) == CHANGED:

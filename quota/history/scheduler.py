@@ -17,8 +17,8 @@ import threading
 from datetime import datetime, time, timedelta, timezone
 from typing import Callable
 
-from ..core import Clock, utc_now
-from ..errors import InvalidInput, QuotaError
+from .._core import Clock, utc_now
+from .._errors import InvalidInput, QuotaError
 
 log = logging.getLogger("quota.scheduler")
 

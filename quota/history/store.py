@@ -52,10 +52,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
-from ..config import DEFAULT_HISTORY_URL, Settings
-from ..errors import ConfigError, StorageUnavailable
-from ..keys import validate_month, validate_prefix, validate_user
-from ..stats import ModelUsage, MonthUsage, merge_month
+from .._config import DEFAULT_HISTORY_URL, Settings
+from .._errors import ConfigError, StorageUnavailable
+from .._keys import validate_month, validate_prefix, validate_user
+from .._stats import ModelUsage, MonthUsage, merge_month
 
 SCHEMA_VERSION = 1
 _LOCK_KEY = 0x71756F7461  # "quota": the PostgreSQL advisory lock taken while creating/migrating

@@ -10,7 +10,7 @@
 -- ARGV[6]  default_credit_nano  the month's credit when none is set (credit_nano absent)
 -- ARGV[7]  dedupe_ttl_s         seconds the request id is remembered
 -- ARGV[8]  estimated            "1" when the tokens are an estimate (a stream cut short), else "0"
--- With a turn hold (quota.turn), also:
+-- With a turn hold (quota.Turn), also:
 -- KEYS[3]  holds hash           <prefix>:{<user>}:holds
 -- ARGV[9]  turn_id              the hold this call draws its system cost from (never below 0)
 -- ARGV[10] hold_ttl_ms          the hold lives this long after this call

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
 from quota import AsyncMeter, Meter
-from quota.errors import BatchError, StorageUnavailable
+from quota._errors import BatchError, StorageUnavailable
 
 MODEL = "system_deepseek"                      # 1,000 nano-CNY per input token, 2,000 per output token
 USERS = ("hot", "u1", "u2", "u3")              # half of all records go to "hot"

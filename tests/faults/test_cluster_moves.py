@@ -175,7 +175,7 @@ def test_records_wait_out_a_slot_held_half_migrated(small_cluster: RedisClusterP
     """The hot user's keys all moved to the importing node, but the slot is not handed over for
     one second: every record of that user gets ASK, then TRYAGAIN (its new request-id key is
     missing there), for longer than redis-py follows on its own (about 0.4 s). Single records and
-    batches, sync and asyncio, must wait it out and count once (quota.connect.slot_busy_pause)."""
+    batches, sync and asyncio, must wait it out and count once (quota._connect.slot_busy_pause)."""
     import asyncio
     import threading
 

@@ -36,9 +36,9 @@ from typing import Any
 import pytest
 
 from quota import AsyncMeter, Meter
-from quota.errors import StorageUnavailable
-from quota.keys import SUFFIX_HOLD_ESTIMATE
-from quota.spool import Spool, SpoolEntry
+from quota._errors import StorageUnavailable
+from quota._keys import SUFFIX_HOLD_ESTIMATE
+from quota._spool import Spool, SpoolEntry
 from quota.testing import RedisServer, free_ports
 
 from .load import MONTH, pinned_clock, report

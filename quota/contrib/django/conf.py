@@ -13,7 +13,7 @@
 
 Three kinds of keys:
 
-- **Library settings**: the environment variables of ``quota.config`` without ``QUOTA_``
+- **Library settings**: the environment variables of ``quota._config`` without ``QUOTA_``
   (``REDIS_URL`` keeps its name): ``PREFIX``, ``MONTHLY_CREDIT``, ``HOLD_TTL_S``, ``TURN_HOLD``,
   ``MAX_CONNECTIONS``, ... The list is read from ``quota.Settings.from_env`` itself (the names it
   looks up, :data:`ENV_NAMES`), so it cannot drift from the library; the values are parsed and

@@ -3,7 +3,7 @@
 ``usage_recorded``: once per LLM call counted in a turn, when the turn ends (a stream is counted
 when it ends, so this is the first moment every record of the turn is known). Arguments:
 ``user`` (the Django user), ``user_id`` (the quota id), ``model_id``, ``recorded`` (a
-``quota.turn.Recorded``: ``status`` counted/duplicate/spooled/lost, ``usage``, ``result``).
+``quota.Recorded``: ``status`` counted/duplicate/spooled/lost, ``usage``, ``result``).
 
 ``quota_exceeded``: a new message was refused because the monthly credit is used up. Arguments:
 ``user``, ``user_id``, ``model_id``, ``event`` (the ``quota_exceeded`` dict sent to the browser).

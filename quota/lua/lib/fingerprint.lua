@@ -1,6 +1,6 @@
 -- lib/fingerprint.lua: what the dump compares before it deletes an archived month, shared by
 -- snapshot_month.lua (which returns it) and delete_if_unchanged.lua (which checks it); included,
--- see quota/scripts.py: a line "-- @include fingerprint" is replaced by this file.
+-- see quota/_scripts.py: a line "-- @include fingerprint" is replaced by this file.
 --
 -- The fingerprint is the whole hash in HGETALL order, each field and value length-prefixed
 -- (so no two different hashes share one). It is order-sensitive on purpose: sorting cost a

@@ -1,5 +1,5 @@
 -- lib/holds.lua: turn holds, shared by the scripts that read or write them (included, see
--- quota/scripts.py: a line "-- @include holds" is replaced by this file).
+-- quota/_scripts.py: a line "-- @include holds" is replaced by this file).
 --
 -- A hold is one field of the user's holds hash  <prefix>:{<user>}:holds
 --   field  <turn_id>

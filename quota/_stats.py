@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Iterable, Mapping
 
-from .keys import (
+from ._keys import (
     FIELD_CREDIT,
     FIELD_DUMP_GEN,
     FIELD_USED,
@@ -20,8 +20,8 @@ from .keys import (
     month_start,
     next_month_start,
 )
-from .money import nano_to_json
-from .prices import PriceTable
+from ._money import nano_to_json
+from ._prices import PriceTable
 
 
 @dataclass

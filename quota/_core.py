@@ -15,10 +15,10 @@ import secrets
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, NamedTuple
 
-from . import scripts
-from .config import Settings
-from .errors import InvalidInput, QuotaError, RequestConflict
-from .keys import (
+from . import _scripts as scripts
+from ._config import Settings
+from ._errors import InvalidInput, QuotaError, RequestConflict
+from ._keys import (
     SUFFIX_HOLD_ESTIMATE,
     KeySchema,
     add_months,
@@ -30,17 +30,18 @@ from .keys import (
     validate_request_id,
     validate_user,
 )
-from .config import MAX_HOLD_NANO
-from .money import cny_to_nano, nano_to_decimal, nano_to_json
-from .prices import ModelPrice
-from .results import CreditResult, QuotaCheck, UsageResult
-from .scripts import LuaScript
-from .stats import MonthUsage, build_token_stats, flat_pairs_to_dict, merge_month
-from .usage import MAX_TOKENS, validate_tokens  # noqa: F401 - MAX_TOKENS: quota.core's public name (api/)
+from ._config import MAX_HOLD_NANO
+from ._money import cny_to_nano, nano_to_decimal, nano_to_json
+from ._prices import ModelPrice
+from ._results import CreditResult, QuotaCheck, UsageResult
+from ._scripts import LuaScript
+from ._stats import MonthUsage, build_token_stats, flat_pairs_to_dict, merge_month
+from ._usage import MAX_TOKENS, validate_tokens  # noqa: F401 - MAX_TOKENS: quota.core's public name (api/)
 
 Clock = Callable[[], datetime]
 
 RECORD_FIELDS = ("user", "model_id", "input_tokens", "output_tokens", "request_id", "price", "estimated")
+RECORD_REQUIRED = frozenset(RECORD_FIELDS[:4])  # the rest are optional
 
 
 def utc_now() -> datetime:
@@ -152,7 +153,7 @@ class MeterCore:
         turn_id: str | None = None,
         at: datetime | None = None,
     ) -> ScriptCall:
-        """``turn_id``: the turn whose hold this call's system cost is drawn from (quota.turn).
+        """``turn_id``: the turn whose hold this call's system cost is drawn from (quota.Turn).
         ``at``: the instant the call was made (default: ``clock()``), which fixes its month; a
         record replayed from the spool passes the instant it was spooled with."""
         user = validate_user(user)
@@ -215,7 +216,7 @@ class MeterCore:
             if not isinstance(rec, Mapping):
                 raise InvalidInput(f"record {index} must be a dict, got {type(rec).__name__}")
             unknown = set(rec) - set(RECORD_FIELDS)
-            missing = {"user", "model_id", "input_tokens", "output_tokens"} - set(rec)
+            missing = RECORD_REQUIRED - set(rec)
             if unknown or missing:
                 problem = f"unknown keys {sorted(unknown)}" if unknown else f"missing keys {sorted(missing)}"
                 raise InvalidInput(f"record {index}: {problem}")
@@ -255,7 +256,7 @@ class MeterCore:
         return QuotaCheck(user, model.model_id, month, model.is_system, allowed, used, credit, resets_at,
                           event, held)
 
-    # --- turn holds (quota.turn; the scripts are turn_begin.lua and turn_end.lua) -----------------
+    # --- turn holds (quota.Turn; the scripts are turn_begin.lua and turn_end.lua) -----------------
 
     def hold_arg(self, hold: object) -> str:
         """The ``hold_nano`` argument of turn_begin.lua: ``hold`` in CNY, or the setting's default

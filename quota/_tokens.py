@@ -35,8 +35,8 @@ from typing import Any
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from .errors import InvalidInput
-from .keys import KeySchema, validate_user
+from ._errors import InvalidInput
+from ._keys import KeySchema, validate_user
 
 SALT = "quota.user-token.v1"
 MIN_SECRET_CHARS = 16
@@ -140,7 +140,7 @@ def revoke_user_tokens(client: Any, prefix: str, user: str, *, now_s: float | No
     ``client`` is a sync redis-py client (standalone or cluster). Tokens minted afterwards work.
     Raises ``StorageUnavailable`` when Redis does not answer.
     """
-    from .connect import describe_client, storage_errors  # redis-py only when revoking
+    from ._connect import describe_client, storage_errors  # redis-py only when revoking
 
     key = valid_after_key(prefix, user)
     at_ms = int((time.time() if now_s is None else now_s) * 1000)
@@ -159,7 +159,7 @@ def tokens_valid_after_ms(client: Any, prefix: str, user: str) -> int | None:
     """The user's revocation instant (Unix ms), or None when their tokens were never revoked.
 
     One GET per request made with a user token; admin and service tokens never read it."""
-    from .connect import describe_client, storage_errors
+    from ._connect import describe_client, storage_errors
 
     with storage_errors(describe_client(client)):
         raw = client.get(valid_after_key(prefix, user))

@@ -2,9 +2,9 @@
 call gets, what a record's outcome is, what goes to the spool.
 
 :class:`TurnRules` decides; the turns in ``quota/_async/turn.py`` (and the generated
-``quota/_sync/turn.py``) only do the I/O, as the meters do for ``quota.core``. :class:`TurnOptions`
+``quota/_sync/turn.py``) only do the I/O, as the meters do for ``quota._core``. :class:`TurnOptions`
 is what a meter keeps for its turns (the spool, the policy, the metrics). The replay of the spool
-is planned in ``quota.replay``.
+is planned in ``quota._replay``.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-from .core import MeterCore, ScriptCall
-from .errors import InvalidInput, QuotaExceeded, StorageUnavailable
-from .keys import validate_request_id, validate_user
-from .results import QuotaCheck, UsageResult
-from .spool import MemorySpool, Spool, SpoolEntry, open_spool
-from .usage import StreamTally, Usage, usage_from
+from ._core import MeterCore, ScriptCall
+from ._errors import InvalidInput, QuotaExceeded, StorageUnavailable
+from ._keys import validate_request_id, validate_user
+from ._results import QuotaCheck, UsageResult
+from ._spool import MemorySpool, Spool, SpoolEntry, open_spool
+from ._usage import StreamTally, Usage, usage_from
 
 log = logging.getLogger("quota.turn")
 

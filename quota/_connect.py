@@ -35,10 +35,10 @@ from redis.exceptions import (ClusterDownError, ClusterError, MaxConnectionsErro
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from .config import DEFAULT_POOL_TIMEOUT_S, Settings
-from .core import translate_script_error
-from .errors import ConfigError, QuotaError, StorageUnavailable
-from .money import cny_to_nano
+from ._config import DEFAULT_POOL_TIMEOUT_S, Settings
+from ._core import translate_script_error
+from ._errors import ConfigError, QuotaError, StorageUnavailable
+from ._money import cny_to_nano
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 SETTING_NAMES = {f.name for f in fields(Settings)}

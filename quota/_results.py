@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from .money import nano_to_decimal, nano_to_json
+from ._money import nano_to_decimal, nano_to_json
 
 
 class _MonthTotals:

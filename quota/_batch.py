@@ -16,7 +16,7 @@ from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptErr
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .core import ScriptCall
+from ._core import ScriptCall
 
 # Replies that mean "this call did not run there; send it again through the cluster client".
 REROUTE = (MovedError, AskError, TryAgainError, ClusterDownError, RedisConnectionError, RedisTimeoutError)

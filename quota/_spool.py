@@ -6,7 +6,7 @@ the record again exactly as it was made: the user, the model, the tokens, the re
 per-call price if any, and the instant (``at``), which fixes the UTC month it counts in even if it
 is replayed in the next month.
 
-Replay (planned by ``quota.replay``, driven by the clients, which own the I/O) works on a claimed file:
+Replay (planned by ``quota._replay``, driven by the clients, which own the I/O) works on a claimed file:
 
 1. under the lock, ``<spool>`` is renamed to ``<spool>.replaying``; new records go to a fresh
    ``<spool>`` meanwhile, so the replay never races an append;
@@ -43,7 +43,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from ._errors import ConfigError
 
 log = logging.getLogger("quota.spool")
 
@@ -353,7 +353,7 @@ def open_spool(spool: Any) -> Spool | MemorySpool:
         return spool
     if isinstance(spool, (str, os.PathLike)):
         return Spool(spool)
-    raise TypeError(f"spool must be a path, a quota.spool.Spool or None, got {type(spool).__name__}")
+    raise TypeError(f"spool must be a path, a quota._spool.Spool or None, got {type(spool).__name__}")
 
 
 class _Nothing(Exception):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 
-from .errors import InvalidInput
+from ._errors import InvalidInput
 
 NANO_PER_CNY = 1_000_000_000
 NANO_DIGITS = 9
@@ -42,7 +42,7 @@ def nano_to_json(nano: int) -> float:
 def cny_to_nano(amount: object, *, what: str = "amount") -> int:
     """Parse a CNY amount (Decimal, int, str, or float via its repr) into exact nano-CNY.
 
-    Raises :class:`~quota.errors.InvalidInput` (a ``ValueError``) when the amount is negative, not
+    Raises :class:`~quota._errors.InvalidInput` (a ``ValueError``) when the amount is negative, not
     finite, finer than 1 nano-CNY, or :data:`MAX_CNY` or more.
 
     Why no ``Decimal`` arithmetic: multiplying by 10^9 runs in the default context, so

@@ -22,8 +22,8 @@ import math
 import re
 from typing import Any, Iterable, Mapping, NamedTuple
 
-from .errors import InvalidInput
-from .keys import REQUEST_ID_RE
+from ._errors import InvalidInput
+from ._keys import REQUEST_ID_RE
 
 MAX_TOKENS = 10**9   # the most tokens one call may count, in or out
 # Scripts that tokenise close to one token per character (CJK ideographs, kana, hangul).
@@ -49,7 +49,7 @@ def _get(obj: Any, name: str) -> Any:
 
 def validate_tokens(value: object, what: str) -> int:
     """A token count: an int (not a bool) from 0 to ``MAX_TOKENS``; InvalidInput otherwise. The
-    one token rule, for counts a caller passes (``quota.core``) and counts a provider returned."""
+    one token rule, for counts a caller passes (``quota._core``) and counts a provider returned."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput(f"{what} must be an int from 0 to {MAX_TOKENS}, got {type(value).__name__}")
     if not 0 <= value <= MAX_TOKENS:

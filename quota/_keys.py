@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
-from .errors import InvalidInput
+from ._errors import InvalidInput
 
 USER_RE = re.compile(r"[A-Za-z0-9_.@+\-]{1,128}")
 # Model ids end up inside hash field names; a hash stays a compact listpack only while every

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 if TYPE_CHECKING:
-    from .core import MeterCore, ScriptCall
-    from .turn_rules import TurnOptions
+    from ._core import MeterCore, ScriptCall
+    from ._turn_rules import TurnOptions
 
 
 class ScriptRunner(Protocol):
@@ -24,7 +24,7 @@ class ScriptRunner(Protocol):
     def run(self, call: ScriptCall) -> Any:
         """Send one call and return its parsed result; errors are ``QuotaError``."""
 
-    def run_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
+    def run_many(self, calls: list[ScriptCall]) -> list[Any]:
         """Send calls pipelined (one pipeline per node); one raw reply or exception per call."""
 
 
@@ -38,5 +38,5 @@ class AsyncScriptRunner(Protocol):
     async def run(self, call: ScriptCall) -> Any:
         """Send one call and return its parsed result; errors are ``QuotaError``."""
 
-    async def run_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
+    async def run_many(self, calls: list[ScriptCall]) -> list[Any]:
         """Send calls pipelined (one pipeline per node); one raw reply or exception per call."""

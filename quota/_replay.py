@@ -1,6 +1,6 @@
 """The spool replay as a sans-I/O plan, driven by the sync and the async client alike.
 
-``plan_replay`` is a generator, like ``quota.batch``'s plan: it yields the steps a replay needs
+``plan_replay`` is a generator, like ``quota._batch``'s plan: it yields the steps a replay needs
 and receives each step's outcome. File steps (:class:`ClaimFile`, :class:`ReadBatch`,
 :class:`Commit`, :class:`Finish`) carry a ``run()`` that does them (they read, write and fsync: the
 asyncio client runs them in a thread); the one Redis step, :class:`SendRecords`, is sent by the
@@ -28,11 +28,11 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Generator
 
-from .connect import error_of
-from .core import MeterCore, ScriptCall
-from .errors import InvalidInput, RequestConflict, StorageUnavailable
-from .spool import SpoolEntry
-from .turn_rules import TurnOptions, call_for, rekeyed_id
+from ._connect import error_of
+from ._core import MeterCore, ScriptCall
+from ._errors import InvalidInput, RequestConflict, StorageUnavailable
+from ._spool import SpoolEntry
+from ._turn_rules import TurnOptions, call_for, rekeyed_id
 
 log = logging.getLogger("quota.turn")
 

@@ -33,9 +33,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import ConfigError, InvalidInput, UnknownModel
-from .keys import MODEL_RE, validate_model_id
-from .money import cny_to_nano, nano_to_decimal, nano_to_json
+from ._errors import ConfigError, InvalidInput, UnknownModel
+from ._keys import MODEL_RE, validate_model_id
+from ._money import cny_to_nano, nano_to_decimal, nano_to_json
 
 SYSTEM_PREFIX = "system_"
 MAX_PRICE_NANO_PER_TOKEN = 10**7  # 10 CNY per 1k tokens: far above any real price, and keeps cost_nano < 1e17

@@ -6,7 +6,7 @@
 | QUOTA_PREFIX             | quota                            | key prefix                               |
 | QUOTA_MONTHLY_CREDIT     | 5                                | default monthly credit, CNY              |
 | QUOTA_DEDUPE_TTL_S       | 86400                            | how long a request_id is remembered      |
-| QUOTA_PRICES_FILE        | (built-in table)                 | TOML price file, see quota.prices        |
+| QUOTA_PRICES_FILE        | (built-in table)                 | TOML price file, see quota._prices        |
 | QUOTA_HISTORY_URL        | sqlite:///quota-history.db       | SQL history store                        |
 | QUOTA_HISTORY_MONTHS     | 12                               | months of history in get_token_stats     |
 | QUOTA_HOLD_TTL_S         | 600                              | a turn hold dies this long after its last use |
@@ -24,10 +24,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from .errors import ConfigError
-from .keys import validate_prefix
-from .money import cny_to_nano
-from .prices import PriceTable
+from ._errors import ConfigError
+from ._keys import validate_prefix
+from ._money import cny_to_nano
+from ._prices import PriceTable
 
 DEFAULT_CREDIT_NANO = 5_000_000_000
 DEFAULT_DEDUPE_TTL_S = 24 * 3600
@@ -38,7 +38,7 @@ DEFAULT_TURN_HOLD_FLOOR_NANO = 10_000_000   # 0.01 CNY
 DEFAULT_TURN_HOLD_CAP_NANO = 1_000_000_000  # 1 CNY
 MAX_HOLD_NANO = 10**16                      # 10 million CNY; holds stay exact below 2^53 in Lua
 
-# Connection pools (see quota.connect): a caller beyond MAX_CONNECTIONS busy connections waits up
+# Connection pools (see quota._connect): a caller beyond MAX_CONNECTIONS busy connections waits up
 # to POOL_TIMEOUT_S for one instead of failing. 50 per node is half of redis-py's own default (100,
 # which it fails past): an event loop or a worker seldom gains from more than a few dozen
 # concurrent commands on one node, and a fleet of workers must stay under Redis's maxclients.

@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .meter import Meter
+from ._sync.meter import Meter
 
 PURPOSES = ("chat", "tool", "summary", "naming")
 
