@@ -12,8 +12,7 @@ import time
 
 from flask import Flask, g, request
 
-from quota import ConfigError
-from quota import Meter
+from quota import ConfigError, Meter
 
 from .errors import register_error_handlers
 from .ext import QuotaExtension, get_quota, init_app

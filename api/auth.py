@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
-from typing import Callable
+from enum import StrEnum
 
 from quota._tokens import InvalidToken, check_not_revoked, verify_user_token
 
@@ -30,13 +30,13 @@ from .errors import ApiError
 from .settings import ApiSettings
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     ADMIN = "admin"
     SERVICE = "service"
     USER = "user"
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     READ_USER = "read_user"  # token-stats and quota of one user
     RECORD = "record"
     SET_CREDIT = "set_credit"
@@ -68,18 +68,31 @@ def _same(given: bytes, expected: str) -> bool:
 
 def bearer_token(header: str | None) -> str:
     if not header:
-        raise ApiError(401, "unauthorized", "this route needs a bearer token (Authorization: Bearer <token>)",
-                       headers={"WWW-Authenticate": 'Bearer realm="quota"'})
+        raise ApiError(
+            401,
+            "unauthorized",
+            "this route needs a bearer token (Authorization: Bearer <token>)",
+            headers={"WWW-Authenticate": 'Bearer realm="quota"'},
+        )
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
-        raise ApiError(401, "unauthorized", "the Authorization header must be 'Bearer <token>'",
-                       headers={"WWW-Authenticate": 'Bearer realm="quota", error="invalid_request"'})
+        raise ApiError(
+            401,
+            "unauthorized",
+            "the Authorization header must be 'Bearer <token>'",
+            headers={"WWW-Authenticate": 'Bearer realm="quota", error="invalid_request"'},
+        )
     return token
 
 
-def authenticate(header: str | None, settings: ApiSettings, *, now_s: float | None = None,
-                 valid_after_ms: Callable[[str], int | None] | None = None) -> Principal:
+def authenticate(
+    header: str | None,
+    settings: ApiSettings,
+    *,
+    now_s: float | None = None,
+    valid_after_ms: Callable[[str], int | None] | None = None,
+) -> Principal:
     """The caller behind an ``Authorization`` header, or ApiError(401).
 
     ``valid_after_ms(user)`` gives a user's revocation instant (Unix ms, or None); it is asked
@@ -100,8 +113,12 @@ def authenticate(header: str | None, settings: ApiSettings, *, now_s: float | No
             check_not_revoked(user_token, valid_after_ms(user_token.user))
     except InvalidToken as exc:
         code = "token_expired" if exc.expired else "token_revoked" if exc.revoked else "unauthorized"
-        raise ApiError(401, code, str(exc) if exc.expired or exc.revoked else "the token is not valid",
-                       headers={"WWW-Authenticate": 'Bearer realm="quota", error="invalid_token"'}) from None
+        raise ApiError(
+            401,
+            code,
+            str(exc) if exc.expired or exc.revoked else "the token is not valid",
+            headers={"WWW-Authenticate": 'Bearer realm="quota", error="invalid_token"'},
+        ) from None
     return Principal(Role.USER, user_token.user)
 
 

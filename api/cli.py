@@ -10,26 +10,37 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import click
 
-from quota.cli import fail
-from quota import ConfigError, InvalidInput, QuotaError
+from quota import ConfigError, InvalidInput, Meter, QuotaError
 from quota._keys import validate_user
-from quota import Meter
 from quota._tokens import iso_ms, mint_user_token, parse_ttl, revoke_user_tokens
+from quota.cli import fail
 
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
-              help="Port to listen on (0: any free port).")
-@click.option("--dev/--no-dev", default=None,
-              help="Development mode: made-up secrets, demo on. Default: on when REDIS_URL is unset "
-                   "(a throwaway local server is started) or QUOTA_ENV=development.")
-@click.option("--user", default="demo", show_default=True,
-              help="Whose user token to print, with its panel link (development mode only).")
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on (0: any free port).",
+)
+@click.option(
+    "--dev/--no-dev",
+    default=None,
+    help="Development mode: made-up secrets, demo on. Default: on when REDIS_URL is unset "
+    "(a throwaway local server is started) or QUOTA_ENV=development.",
+)
+@click.option(
+    "--user",
+    default="demo",
+    show_default=True,
+    help="Whose user token to print, with its panel link (development mode only).",
+)
 @click.option("--ttl", default="12h", show_default=True, help="Life of the printed user token (90s, 15m, 1h, 7d).")
 def serve(host: str, port: int, dev: bool | None, user: str, ttl: str) -> None:
     """Serve the HTTP API, the token statistics panel and the demo chat.
@@ -53,11 +64,18 @@ def serve(host: str, port: int, dev: bool | None, user: str, ttl: str) -> None:
 @click.command()
 @click.argument("user")
 @click.option("--ttl", default="1h", show_default=True, help="How long the token is valid: 90s, 15m, 1h, 7d.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print {user, token, expires_at} (with --revoke: {user, tokens_valid_after}) as JSON.")
-@click.option("--revoke", is_flag=True,
-              help="Revoke every token of USER issued until now instead (in Redis: REDIS_URL, QUOTA_PREFIX); "
-                   "tokens minted afterwards work, the key is not rotated.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print {user, token, expires_at} (with --revoke: {user, tokens_valid_after}) as JSON.",
+)
+@click.option(
+    "--revoke",
+    is_flag=True,
+    help="Revoke every token of USER issued until now instead (in Redis: REDIS_URL, QUOTA_PREFIX); "
+    "tokens minted afterwards work, the key is not rotated.",
+)
 @click.option("--url", envvar="REDIS_URL", help="Redis URL for --revoke (default: REDIS_URL).")
 def token(user: str, ttl: str, as_json: bool, revoke: bool, url: str | None) -> None:
     """Mint a token that lets USER read their own stats and quota (and nothing else).
@@ -80,7 +98,7 @@ def token(user: str, ttl: str, as_json: bool, revoke: bool, url: str | None) -> 
     except QuotaError as exc:
         fail(str(exc), 2)
     if as_json:
-        expires = datetime.fromtimestamp(int(now) + ttl_s, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        expires = datetime.fromtimestamp(int(now) + ttl_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         click.echo(json.dumps({"user": user, "token": minted, "expires_at": expires}))
     else:
         click.echo(minted)

@@ -22,8 +22,12 @@ bp = Blueprint("demo", __name__)
 
 @bp.get("/demo")
 def page() -> str:
-    return render_template("demo.html", system_models=sorted(get_quota().meter.prices.system_models),
-                           custom_model="custom_demo", user_prefix=DEMO_USER_PREFIX)
+    return render_template(
+        "demo.html",
+        system_models=sorted(get_quota().meter.prices.system_models),
+        custom_model="custom_demo",
+        user_prefix=DEMO_USER_PREFIX,
+    )
 
 
 @bp.post("/demo/turn")

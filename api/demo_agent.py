@@ -23,10 +23,9 @@ import re
 from dataclasses import replace
 from typing import Any
 
+from quota import ConfigError, InvalidInput, Meter, QuotaExceeded, StorageUnavailable
 from quota._demo import fake_tokens
-from quota import ConfigError, InvalidInput, QuotaExceeded, StorageUnavailable
 from quota._keys import validate_prefix, validate_user
-from quota import Meter
 
 DEMO_USER_PREFIX = "demo"  # the demo page only runs for users whose id starts with this
 DEMO_KEY_SUFFIX = "-demo"  # the demo's Redis keys: <prefix>-demo:{<user>}:...
@@ -38,7 +37,7 @@ MAX_MESSAGE_CHARS = 2000
 class DemoLimit(InvalidInput):
     """A demo conversation or message over its bound: a 400 with its own ``code``."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
 
@@ -48,8 +47,10 @@ def demo_prefix(prefix: str) -> str:
     try:
         return validate_prefix(prefix + DEMO_KEY_SUFFIX)
     except InvalidInput:
-        raise ConfigError(f"QUOTA_PREFIX {prefix!r} is too long for the demo's prefix {prefix + DEMO_KEY_SUFFIX!r} "
-                          "(at most 32 characters): shorten it or turn the demo off (QUOTA_DEMO=0)") from None
+        raise ConfigError(
+            f"QUOTA_PREFIX {prefix!r} is too long for the demo's prefix {prefix + DEMO_KEY_SUFFIX!r} "
+            "(at most 32 characters): shorten it or turn the demo off (QUOTA_DEMO=0)"
+        ) from None
 
 
 def demo_meter_for(meter: Meter) -> Meter:
@@ -86,22 +87,27 @@ def validate_turn_request(body: Any) -> tuple[str, str, str, int, str]:
     if isinstance(turn, bool) or not isinstance(turn, int) or turn < 1:
         raise InvalidInput(f"turn must be an int from 1 to {MAX_TURNS}")
     if turn > MAX_TURNS:
-        raise DemoLimit("conversation_too_long", f"a demo conversation holds at most {MAX_TURNS} messages: "
-                                                 "start a new conversation")
+        raise DemoLimit(
+            "conversation_too_long", f"a demo conversation holds at most {MAX_TURNS} messages: start a new conversation"
+        )
     message = body.get("message", "")
     if not isinstance(message, str):
         raise InvalidInput("message must be a string")
     if len(message) > MAX_MESSAGE_CHARS:
-        raise DemoLimit("message_too_long", f"a demo message has at most {MAX_MESSAGE_CHARS} characters, "
-                                            f"this one has {len(message)}")
+        raise DemoLimit(
+            "message_too_long",
+            f"a demo message has at most {MAX_MESSAGE_CHARS} characters, this one has {len(message)}",
+        )
     return user, model_id, conversation, turn, message  # model_id is validated by the meter
 
 
 def fake_reply(message: str, turn: int) -> str:
     topic = message.strip()[:60] or "…"
-    return (f"(simulated agent, turn {turn}) I looked up “{topic}” with a tool, summarised the "
-            "conversation so far and wrote this reply. No real model was called; the token counts are made up "
-            "but every call was metered for real.")
+    return (
+        f"(simulated agent, turn {turn}) I looked up “{topic}” with a tool, summarised the "
+        "conversation so far and wrote this reply. No real model was called; the token counts are made up "
+        "but every call was metered for real."
+    )
 
 
 def run_turn(meter: Meter, body: Any) -> dict[str, Any]:
@@ -120,10 +126,18 @@ def run_turn(meter: Meter, body: Any) -> dict[str, Any]:
                 tokens_in, tokens_out = fake_tokens(random.Random(request_id), purpose)
                 recorded = metered.record(input_tokens=tokens_in, output_tokens=tokens_out, request_id=request_id)
                 result = recorded.result
-                if result is None:        # Redis away: spooled, counted when it is back
+                if result is None:  # Redis away: spooled, counted when it is back
                     raise StorageUnavailable(recorded.error or "Redis is unavailable")
-                calls.append({"purpose": purpose, **{k: v for k, v in result.as_dict().items() if k in (
-                    "input_tokens", "output_tokens", "cost", "duplicate", "request_id")}})
+                calls.append(
+                    {
+                        "purpose": purpose,
+                        **{
+                            k: v
+                            for k, v in result.as_dict().items()
+                            if k in ("input_tokens", "output_tokens", "cost", "duplicate", "request_id")
+                        },
+                    }
+                )
     except QuotaExceeded as exc:
         check = meter.check_quota_available(user, model_id)
         return {"type": "quota_exceeded", "event": exc.event, "check": check.as_dict()}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, g, jsonify
+from flask import Flask, Response, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 from quota import InvalidInput, QuotaError, RequestConflict, StorageUnavailable, UnknownModel
@@ -29,16 +29,30 @@ from .ext import get_quota
 log = logging.getLogger("quota.api")
 
 HTTP_CODES = {
-    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-    409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 503: "storage_unavailable",
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    503: "storage_unavailable",
 }
 
 
 class ApiError(Exception):
     """An error with its HTTP status and machine-readable code, raised by views."""
 
-    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
-                 extra: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.headers = headers or {}
@@ -77,19 +91,20 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
 
 
 def register_error_handlers(app: Flask) -> None:
-    def respond(status: int, code: str, message: str, headers: dict[str, str] | None = None,
-                extra: dict[str, Any] | None = None):
+    def respond(
+        status: int, code: str, message: str, headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None
+    ) -> Response:
         response = jsonify(error_body(code, message, **(extra or {})))
         response.status_code = status
         response.headers.update(headers or {})
         return response
 
     @app.errorhandler(ApiError)
-    def api_error(exc: ApiError):
+    def api_error(exc: ApiError) -> Response:
         return respond(exc.status, exc.code, exc.message, exc.headers, exc.extra)
 
     @app.errorhandler(QuotaError)
-    def quota_error(exc: QuotaError):
+    def quota_error(exc: QuotaError) -> Response:
         status, code = quota_error_status(exc)
         if status == 503:
             get_quota(app).metrics.storage_errors.inc()
@@ -102,7 +117,7 @@ def register_error_handlers(app: Flask) -> None:
         return respond(status, code, str(exc))
 
     @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException):
+    def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         headers = {"Allow": ", ".join(exc.valid_methods)} if getattr(exc, "valid_methods", None) else None
         message = exc.description or exc.name
@@ -111,6 +126,6 @@ def register_error_handlers(app: Flask) -> None:
         return respond(status, HTTP_CODES.get(status, "http_error"), message, headers)
 
     @app.errorhandler(Exception)
-    def unexpected(exc: Exception):
+    def unexpected(exc: Exception) -> Response:
         log.exception("unhandled error")
         return respond(500, "internal", "internal error")

@@ -15,16 +15,18 @@ from __future__ import annotations
 from flask import Flask, Response, request
 
 # default-src 'none': anything not listed below (objects, frames, fonts, workers) is refused.
-PAGE_CSP = "; ".join([
-    "default-src 'none'",
-    "script-src 'self'",
-    "style-src 'self'",
-    "img-src 'self'",
-    "connect-src 'self'",
-    "base-uri 'none'",
-    "form-action 'self'",
-    "frame-ancestors 'none'",
-])
+PAGE_CSP = "; ".join(
+    [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self'",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
 PAGE_HEADERS = {
     "Content-Security-Policy": PAGE_CSP,
     "X-Frame-Options": "DENY",  # frame-ancestors for browsers that predate CSP 2

@@ -42,16 +42,25 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("quota_http_requests", "HTTP requests answered.",
-                                ["route", "method", "status"], registry=r)
-        self.latency = Histogram("quota_http_request_duration_seconds", "Time to answer an HTTP request.",
-                                 ["route"], buckets=LATENCY_BUCKETS_S, registry=r)
-        self.records = Counter("quota_usage_records", "LLM calls recorded through the API.",
-                               ["kind", "duplicate"], registry=r)
-        self.checks = Counter("quota_checks", "Quota checks, by outcome (denied = quota_exceeded).",
-                              ["outcome"], registry=r)
-        self.storage_errors = Counter("quota_storage_errors", "Requests that failed because Redis was unavailable.",
-                                      registry=r)
+        self.requests = Counter(
+            "quota_http_requests", "HTTP requests answered.", ["route", "method", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "quota_http_request_duration_seconds",
+            "Time to answer an HTTP request.",
+            ["route"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.records = Counter(
+            "quota_usage_records", "LLM calls recorded through the API.", ["kind", "duplicate"], registry=r
+        )
+        self.checks = Counter(
+            "quota_checks", "Quota checks, by outcome (denied = quota_exceeded).", ["outcome"], registry=r
+        )
+        self.storage_errors = Counter(
+            "quota_storage_errors", "Requests that failed because Redis was unavailable.", registry=r
+        )
 
     def record_usage(self, is_system: bool, duplicate: bool) -> None:
         self.records.labels("system" if is_system else "custom", "true" if duplicate else "false").inc()

@@ -40,133 +40,266 @@ MONTH = {"type": "string", "pattern": _pattern(MONTH_RE)}
 TIMESTAMP = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T00:00:00Z$"}
 PRICE_VALUE = {"type": ["number", "string"], "description": "CNY per 1k tokens"}
 # USER_RE's characters, starting with the demo prefix (api.demo_agent.validate_demo_user)
-DEMO_USER = {"type": "string", "pattern": rf"^{DEMO_USER_PREFIX}[A-Za-z0-9_.@+\-]{{0,{128 - len(DEMO_USER_PREFIX)}}}$",
-             "description": f"a demo user: starts with {DEMO_USER_PREFIX!r}, lives under the demo's own key prefix"}
+DEMO_USER = {
+    "type": "string",
+    "pattern": rf"^{DEMO_USER_PREFIX}[A-Za-z0-9_.@+\-]{{0,{128 - len(DEMO_USER_PREFIX)}}}$",
+    "description": f"a demo user: starts with {DEMO_USER_PREFIX!r}, lives under the demo's own key prefix",
+}
 
 
-def _object(properties: dict[str, Any], required: list[str] | None = None, *,
-            extra: bool = False, **more: Any) -> dict[str, Any]:
-    return {"type": "object", "properties": properties,
-            "required": list(properties) if required is None else required,
-            "additionalProperties": extra, **more}
+def _object(
+    properties: dict[str, Any], required: list[str] | None = None, *, extra: bool = False, **more: Any
+) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required is None else required,
+        "additionalProperties": extra,
+        **more,
+    }
 
 
 SCHEMAS: dict[str, Any] = {
-    "Error": _object({
-        "error": _object({
-            "code": {"type": "string", "examples": ["invalid_input", "forbidden"]},
-            "message": {"type": "string"},
-            "results": {"type": "array", "description": "batch_failed only: per record, its result or error",
-                        "items": {"anyOf": [_ref("UsageResult"), _ref("Error")]}},
-        }, ["code", "message"]),
-    }),
-    "UsageRecord": _object({
-        "user": USER, "model_id": MODEL, "input_tokens": TOKENS, "output_tokens": TOKENS,
-        "request_id": {"type": ["string", "null"], "pattern": _pattern(REQUEST_ID_RE),
-                       "description": "idempotency key: a repeated id counts once (within QUOTA_DEDUPE_TTL_S); "
-                                      "null is the same as leaving it out"},
-        "price": _object({"cost_per_1k_input": PRICE_VALUE, "cost_per_1k_output": PRICE_VALUE},
-                         description="custom models only: the price of this call; null is the same as "
-                                     "leaving it out") | {"type": ["object", "null"]},
-        "estimated": {"type": "boolean", "description": "the token counts are estimates"},
-    }, ["user", "model_id", "input_tokens", "output_tokens"]),
-    "UsageResult": _object({
-        "user": USER, "model_id": MODEL, "month": MONTH, "input_tokens": TOKENS, "output_tokens": TOKENS,
-        "cost": MONEY, "monthly_used": MONEY, "monthly_credit": MONEY, "remaining": MONEY,
-        "exceeded": {"type": "boolean"}, "duplicate": {"type": "boolean"}, "is_system": {"type": "boolean"},
-        "estimated": {"type": "boolean"}, "request_id": {"type": "string"},
-    }),
+    "Error": _object(
+        {
+            "error": _object(
+                {
+                    "code": {"type": "string", "examples": ["invalid_input", "forbidden"]},
+                    "message": {"type": "string"},
+                    "results": {
+                        "type": "array",
+                        "description": "batch_failed only: per record, its result or error",
+                        "items": {"anyOf": [_ref("UsageResult"), _ref("Error")]},
+                    },
+                },
+                ["code", "message"],
+            ),
+        }
+    ),
+    "UsageRecord": _object(
+        {
+            "user": USER,
+            "model_id": MODEL,
+            "input_tokens": TOKENS,
+            "output_tokens": TOKENS,
+            "request_id": {
+                "type": ["string", "null"],
+                "pattern": _pattern(REQUEST_ID_RE),
+                "description": "idempotency key: a repeated id counts once (within QUOTA_DEDUPE_TTL_S); "
+                "null is the same as leaving it out",
+            },
+            "price": _object(
+                {"cost_per_1k_input": PRICE_VALUE, "cost_per_1k_output": PRICE_VALUE},
+                description="custom models only: the price of this call; null is the same as leaving it out",
+            )
+            | {"type": ["object", "null"]},
+            "estimated": {"type": "boolean", "description": "the token counts are estimates"},
+        },
+        ["user", "model_id", "input_tokens", "output_tokens"],
+    ),
+    "UsageResult": _object(
+        {
+            "user": USER,
+            "model_id": MODEL,
+            "month": MONTH,
+            "input_tokens": TOKENS,
+            "output_tokens": TOKENS,
+            "cost": MONEY,
+            "monthly_used": MONEY,
+            "monthly_credit": MONEY,
+            "remaining": MONEY,
+            "exceeded": {"type": "boolean"},
+            "duplicate": {"type": "boolean"},
+            "is_system": {"type": "boolean"},
+            "estimated": {"type": "boolean"},
+            "request_id": {"type": "string"},
+        }
+    ),
     "UsageBatchResult": _object({"results": {"type": "array", "items": _ref("UsageResult")}}),
-    "QuotaExceededEvent": _object({
-        "type": {"const": "quota_exceeded"}, "model_id": MODEL, "monthly_used": MONEY,
-        "monthly_credit": MONEY, "resets_at": TIMESTAMP,
-        "held": MONEY | {"description": "CNY reserved by replies in progress (turn holds)"},
-        "message": {"type": "string", "description": "a friendly notice, Chinese then English"},
-    }),
-    "QuotaCheck": _object({
-        "user": USER, "model_id": MODEL, "month": MONTH, "is_system": {"type": "boolean"},
-        "allowed": {"type": "boolean"}, "monthly_used": MONEY, "monthly_credit": MONEY, "remaining": MONEY,
-        "held": HELD, "available": AVAILABLE,
-        "resets_at": TIMESTAMP, "event": _ref("QuotaExceededEvent"),
-    }, ["user", "model_id", "month", "is_system", "allowed", "monthly_used", "monthly_credit", "remaining",
-        "resets_at"]),
-    "CreditRequest": _object({
-        "credit": {"type": ["number", "string"], "description": "CNY, at most 9 decimals; a string keeps it exact"},
-        "month": MONTH | {"type": ["string", "null"], "description": "default (or null): the current UTC month"},
-    }, ["credit"]),
-    "CreditResult": _object({"user": USER, "month": MONTH, "monthly_credit": MONEY, "monthly_used": MONEY,
-                             "remaining": MONEY}),
-    "ModelStats": _object({
-        "input_tokens": TOKENS | {"maximum": 2**63 - 1}, "output_tokens": TOKENS | {"maximum": 2**63 - 1},
-        "cost": MONEY, "calls": {"type": "integer", "minimum": 0},
-        "estimated_calls": {"type": "integer", "minimum": 0}, "is_system": {"type": "boolean"},
-        "name": {"type": "string"},
-    }),
-    "HistoryModelStats": _object({
-        "input": {"type": "integer", "minimum": 0}, "output": {"type": "integer", "minimum": 0},
-        "cost": MONEY, "calls": {"type": "integer", "minimum": 0}, "is_system": {"type": "boolean"},
-    }),
-    "TokenStats": _object({
-        "user": USER, "current_month": MONTH, "monthly_credit": MONEY, "monthly_used": MONEY,
-        "last_reset": TIMESTAMP, "remaining": MONEY, "percent_used": {"type": "number", "minimum": 0},
-        "held": HELD, "available": AVAILABLE,
-        "exceeded": {"type": "boolean"}, "resets_at": TIMESTAMP, "currency": {"const": "CNY"},
-        "models": {"type": "object", "propertyNames": {"pattern": _pattern(MODEL_RE)},
-                   "additionalProperties": _ref("ModelStats")},
-        "history": {"type": "object", "propertyNames": {"pattern": _pattern(MONTH_RE)},
-                    "additionalProperties": {"type": "object", "additionalProperties": _ref("HistoryModelStats")},
-                    "description": "earlier months, newest first; empty months are left out"},
-    }),
-    "ModelPrice": _object({
-        "model_id": MODEL, "name": {"type": "string"}, "cost_per_1k_input": MONEY,
-        "cost_per_1k_output": MONEY, "is_system": {"type": "boolean"},
-    }),
-    "PriceTable": _object({
-        "currency": {"const": "CNY"}, "unit": {"const": "per 1k tokens"},
-        "system": {"type": "object", "additionalProperties": _ref("ModelPrice")},
-        "custom": {"type": "object", "additionalProperties": _ref("ModelPrice")},
-    }),
+    "QuotaExceededEvent": _object(
+        {
+            "type": {"const": "quota_exceeded"},
+            "model_id": MODEL,
+            "monthly_used": MONEY,
+            "monthly_credit": MONEY,
+            "resets_at": TIMESTAMP,
+            "held": MONEY | {"description": "CNY reserved by replies in progress (turn holds)"},
+            "message": {"type": "string", "description": "a friendly notice, Chinese then English"},
+        }
+    ),
+    "QuotaCheck": _object(
+        {
+            "user": USER,
+            "model_id": MODEL,
+            "month": MONTH,
+            "is_system": {"type": "boolean"},
+            "allowed": {"type": "boolean"},
+            "monthly_used": MONEY,
+            "monthly_credit": MONEY,
+            "remaining": MONEY,
+            "held": HELD,
+            "available": AVAILABLE,
+            "resets_at": TIMESTAMP,
+            "event": _ref("QuotaExceededEvent"),
+        },
+        [
+            "user",
+            "model_id",
+            "month",
+            "is_system",
+            "allowed",
+            "monthly_used",
+            "monthly_credit",
+            "remaining",
+            "resets_at",
+        ],
+    ),
+    "CreditRequest": _object(
+        {
+            "credit": {"type": ["number", "string"], "description": "CNY, at most 9 decimals; a string keeps it exact"},
+            "month": MONTH | {"type": ["string", "null"], "description": "default (or null): the current UTC month"},
+        },
+        ["credit"],
+    ),
+    "CreditResult": _object(
+        {"user": USER, "month": MONTH, "monthly_credit": MONEY, "monthly_used": MONEY, "remaining": MONEY}
+    ),
+    "ModelStats": _object(
+        {
+            "input_tokens": TOKENS | {"maximum": 2**63 - 1},
+            "output_tokens": TOKENS | {"maximum": 2**63 - 1},
+            "cost": MONEY,
+            "calls": {"type": "integer", "minimum": 0},
+            "estimated_calls": {"type": "integer", "minimum": 0},
+            "is_system": {"type": "boolean"},
+            "name": {"type": "string"},
+        }
+    ),
+    "HistoryModelStats": _object(
+        {
+            "input": {"type": "integer", "minimum": 0},
+            "output": {"type": "integer", "minimum": 0},
+            "cost": MONEY,
+            "calls": {"type": "integer", "minimum": 0},
+            "is_system": {"type": "boolean"},
+        }
+    ),
+    "TokenStats": _object(
+        {
+            "user": USER,
+            "current_month": MONTH,
+            "monthly_credit": MONEY,
+            "monthly_used": MONEY,
+            "last_reset": TIMESTAMP,
+            "remaining": MONEY,
+            "percent_used": {"type": "number", "minimum": 0},
+            "held": HELD,
+            "available": AVAILABLE,
+            "exceeded": {"type": "boolean"},
+            "resets_at": TIMESTAMP,
+            "currency": {"const": "CNY"},
+            "models": {
+                "type": "object",
+                "propertyNames": {"pattern": _pattern(MODEL_RE)},
+                "additionalProperties": _ref("ModelStats"),
+            },
+            "history": {
+                "type": "object",
+                "propertyNames": {"pattern": _pattern(MONTH_RE)},
+                "additionalProperties": {"type": "object", "additionalProperties": _ref("HistoryModelStats")},
+                "description": "earlier months, newest first; empty months are left out",
+            },
+        }
+    ),
+    "ModelPrice": _object(
+        {
+            "model_id": MODEL,
+            "name": {"type": "string"},
+            "cost_per_1k_input": MONEY,
+            "cost_per_1k_output": MONEY,
+            "is_system": {"type": "boolean"},
+        }
+    ),
+    "PriceTable": _object(
+        {
+            "currency": {"const": "CNY"},
+            "unit": {"const": "per 1k tokens"},
+            "system": {"type": "object", "additionalProperties": _ref("ModelPrice")},
+            "custom": {"type": "object", "additionalProperties": _ref("ModelPrice")},
+        }
+    ),
     "Health": _object({"status": {"const": "ok"}, "redis": {"const": "ok"}}),
-    "TokenRevocation": _object({
-        "user": USER,
-        "tokens_valid_after": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$",
-                               "description": "UTC: tokens issued at or before this instant are refused"},
-        "tokens_valid_after_ms": {"type": "integer", "minimum": 0, "description": "the same, Unix milliseconds"},
-    }),
-    "DemoTurnRequest": _object({
-        "user": DEMO_USER, "model_id": MODEL,
-        "conversation_id": {"type": "string", "pattern": _pattern(CONVERSATION_RE)},
-        "turn": {"type": "integer", "minimum": 1, "maximum": MAX_TURNS,
-                 "description": f"the message's number in the conversation; past {MAX_TURNS}: 400 "
-                                "conversation_too_long"},
-        "message": {"type": "string", "maxLength": MAX_MESSAGE_CHARS,
-                    "description": "longer: 400 message_too_long"},
-    }, ["user", "model_id", "conversation_id", "turn"]),
-    "DemoCall": _object({
-        "purpose": {"enum": ["chat", "tool", "summary", "naming"]}, "input_tokens": TOKENS,
-        "output_tokens": TOKENS, "cost": MONEY, "duplicate": {"type": "boolean"}, "request_id": {"type": "string"},
-    }),
-    "DemoTurnResult": {"oneOf": [
-        _object({
-            "type": {"const": "reply"}, "reply": {"type": "string"},
-            "calls": {"type": "array", "items": _ref("DemoCall"), "minItems": 3, "maxItems": 4},
-            "model_id": MODEL, "is_system": {"type": "boolean"}, "monthly_used": MONEY,
-            "monthly_credit": MONEY, "remaining": MONEY, "exceeded": {"type": "boolean"},
-        }),
-        _object({"type": {"const": "quota_exceeded"}, "event": _ref("QuotaExceededEvent"),
-                 "check": _ref("QuotaCheck")}),
-    ]},
+    "TokenRevocation": _object(
+        {
+            "user": USER,
+            "tokens_valid_after": {
+                "type": "string",
+                "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$",
+                "description": "UTC: tokens issued at or before this instant are refused",
+            },
+            "tokens_valid_after_ms": {"type": "integer", "minimum": 0, "description": "the same, Unix milliseconds"},
+        }
+    ),
+    "DemoTurnRequest": _object(
+        {
+            "user": DEMO_USER,
+            "model_id": MODEL,
+            "conversation_id": {"type": "string", "pattern": _pattern(CONVERSATION_RE)},
+            "turn": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_TURNS,
+                "description": f"the message's number in the conversation; past {MAX_TURNS}: 400 conversation_too_long",
+            },
+            "message": {
+                "type": "string",
+                "maxLength": MAX_MESSAGE_CHARS,
+                "description": "longer: 400 message_too_long",
+            },
+        },
+        ["user", "model_id", "conversation_id", "turn"],
+    ),
+    "DemoCall": _object(
+        {
+            "purpose": {"enum": ["chat", "tool", "summary", "naming"]},
+            "input_tokens": TOKENS,
+            "output_tokens": TOKENS,
+            "cost": MONEY,
+            "duplicate": {"type": "boolean"},
+            "request_id": {"type": "string"},
+        }
+    ),
+    "DemoTurnResult": {
+        "oneOf": [
+            _object(
+                {
+                    "type": {"const": "reply"},
+                    "reply": {"type": "string"},
+                    "calls": {"type": "array", "items": _ref("DemoCall"), "minItems": 3, "maxItems": 4},
+                    "model_id": MODEL,
+                    "is_system": {"type": "boolean"},
+                    "monthly_used": MONEY,
+                    "monthly_credit": MONEY,
+                    "remaining": MONEY,
+                    "exceeded": {"type": "boolean"},
+                }
+            ),
+            _object(
+                {"type": {"const": "quota_exceeded"}, "event": _ref("QuotaExceededEvent"), "check": _ref("QuotaCheck")}
+            ),
+        ]
+    },
 }
 
 ERRORS = {
     400: "bad input: malformed JSON (bad_request), wrong shape (invalid_body), a bad value "
-         "(invalid_input), an unknown system model (unknown_model), or in the demo a conversation or "
-         "message over its bound (conversation_too_long, message_too_long); nothing was changed",
+    "(invalid_input), an unknown system model (unknown_model), or in the demo a conversation or "
+    "message over its bound (conversation_too_long, message_too_long); nothing was changed",
     401: "no token, or a token that is not valid (unauthorized), has expired (token_expired) or was "
-         "revoked (token_revoked)",
+    "revoked (token_revoked)",
     403: "the token may not do this (forbidden)",
     409: "a request_id was reused with other content (request_conflict); in a batch, batch_failed "
-         "with per-record results",
+    "with per-record results",
     413: "the body is larger than QUOTA_MAX_BODY_BYTES (payload_too_large)",
     415: "the body is not application/json (unsupported_media_type)",
     503: "Redis is unavailable (storage_unavailable); in a batch, batch_failed with per-record results",
@@ -186,102 +319,188 @@ BEARER = [{"bearerAuth": []}]
 
 def _paths(demo: bool) -> dict[str, Any]:
     paths: dict[str, Any] = {
-        "/v1/users/{user}/token-stats": {"get": {
-            "operationId": "getTokenStats", "tags": ["stats"], "security": BEARER,
-            "summary": "A user's token statistics: this month, per model, and the history by month",
-            "description": "Admin, service, or the user's own token.",
-            "parameters": [_user_param(), {"name": "months", "in": "query", "required": False,
-                                           "schema": {"type": "integer", "minimum": 0, "maximum": 120},
-                                           "description": "months of history (default QUOTA_HISTORY_MONTHS)"}],
-            "responses": {"200": _json(_ref("TokenStats"), "the seed's structure"), **_errors(400, 401, 403, 503)},
-        }},
-        "/v1/users/{user}/quota": {"get": {
-            "operationId": "checkQuota", "tags": ["stats"], "security": BEARER,
-            "summary": "May the user start a new message on this model? 200 either way",
-            "description": "Admin, service, or the user's own token. When denied, `event` is the "
-                           "quota_exceeded event for the chat front end.",
-            "parameters": [_user_param(), {"name": "model_id", "in": "query", "required": True, "schema": MODEL}],
-            "responses": {"200": _json(_ref("QuotaCheck"), "the check"), **_errors(400, 401, 403, 503)},
-        }},
-        "/v1/usage": {"post": {
-            "operationId": "recordUsage", "tags": ["usage"], "security": BEARER,
-            "summary": "Record one LLM call, or a batch of them",
-            "description": "Admin or service token. An object gives one result; a list (at most "
-                         "QUOTA_MAX_BATCH records, all validated before any is sent) gives {results}. "
-                         "Recording never refuses for the credit: the check is GET .../quota.",
-            "requestBody": {"required": True, "content": {JSON: {"schema": {"oneOf": [
-                _ref("UsageRecord"), {"type": "array", "items": _ref("UsageRecord")}]}}}},
-            "responses": {"200": _json({"oneOf": [_ref("UsageResult"), _ref("UsageBatchResult")]},
-                                       "the result, or {results} for a list"),
-                          **_errors(400, 401, 403, 409, 413, 415, 503)},
-        }},
-        "/v1/users/{user}/credit": {"put": {
-            "operationId": "setCredit", "tags": ["admin"], "security": BEARER,
-            "summary": "Set a user's credit (CNY) for a month (default: this UTC month)",
-            "description": "Admin token only.",
-            "parameters": [_user_param()],
-            "requestBody": {"required": True, "content": {JSON: {"schema": _ref("CreditRequest")}}},
-            "responses": {"200": _json(_ref("CreditResult"), "the month's credit and use"),
-                          **_errors(400, 401, 403, 413, 415, 503)},
-        }},
-        "/v1/users/{user}/tokens/revoke": {"post": {
-            "operationId": "revokeUserTokens", "tags": ["admin"], "security": BEARER,
-            "summary": "Revoke every token of a user issued until now, without rotating QUOTA_SECRET_KEY",
-            "description": "Admin token only. No body. Tokens minted afterwards (quota token USER) work; "
-                           "other users' tokens are untouched. Same as `quota token --revoke USER`.",
-            "parameters": [_user_param()],
-            "responses": {"200": _json(_ref("TokenRevocation"), "the user's new revocation instant"),
-                          **_errors(400, 401, 403, 503)},
-        }},
-        "/v1/models": {"get": {
-            "operationId": "listModels", "tags": ["stats"], "security": BEARER,
-            "summary": "The price table", "description": "Admin or service token.",
-            "responses": {"200": _json(_ref("PriceTable"), "system and custom models"), **_errors(401, 403)},
-        }},
-        "/healthz": {"get": {
-            "operationId": "health", "tags": ["ops"], "security": [], "summary": "Is Redis reachable?",
-            "responses": {"200": _json(_ref("Health"), "Redis answers"), **_errors(503)},
-        }},
-        "/metrics": {"get": {
-            "operationId": "metrics", "tags": ["ops"], "security": [],
-            "summary": "Prometheus metrics: requests, latency, records, checks and denials, storage errors",
-            "responses": {"200": {"description": "Prometheus text format",
-                                  "content": {"text/plain": {"schema": {"type": "string"}}}}},
-        }},
-        "/openapi.json": {"get": {
-            "operationId": "openapi", "tags": ["ops"], "security": [], "summary": "This document",
-            "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
-        }},
-        "/panel": {"get": {
-            "operationId": "panel", "tags": ["pages"], "security": [],
-            "summary": "The token statistics panel; open it as /panel#user=<user>&token=<token>",
-            "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}},
-        }},
+        "/v1/users/{user}/token-stats": {
+            "get": {
+                "operationId": "getTokenStats",
+                "tags": ["stats"],
+                "security": BEARER,
+                "summary": "A user's token statistics: this month, per model, and the history by month",
+                "description": "Admin, service, or the user's own token.",
+                "parameters": [
+                    _user_param(),
+                    {
+                        "name": "months",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 120},
+                        "description": "months of history (default QUOTA_HISTORY_MONTHS)",
+                    },
+                ],
+                "responses": {"200": _json(_ref("TokenStats"), "the seed's structure"), **_errors(400, 401, 403, 503)},
+            }
+        },
+        "/v1/users/{user}/quota": {
+            "get": {
+                "operationId": "checkQuota",
+                "tags": ["stats"],
+                "security": BEARER,
+                "summary": "May the user start a new message on this model? 200 either way",
+                "description": "Admin, service, or the user's own token. When denied, `event` is the "
+                "quota_exceeded event for the chat front end.",
+                "parameters": [_user_param(), {"name": "model_id", "in": "query", "required": True, "schema": MODEL}],
+                "responses": {"200": _json(_ref("QuotaCheck"), "the check"), **_errors(400, 401, 403, 503)},
+            }
+        },
+        "/v1/usage": {
+            "post": {
+                "operationId": "recordUsage",
+                "tags": ["usage"],
+                "security": BEARER,
+                "summary": "Record one LLM call, or a batch of them",
+                "description": "Admin or service token. An object gives one result; a list (at most "
+                "QUOTA_MAX_BATCH records, all validated before any is sent) gives {results}. "
+                "Recording never refuses for the credit: the check is GET .../quota.",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        JSON: {
+                            "schema": {"oneOf": [_ref("UsageRecord"), {"type": "array", "items": _ref("UsageRecord")}]}
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(
+                        {"oneOf": [_ref("UsageResult"), _ref("UsageBatchResult")]},
+                        "the result, or {results} for a list",
+                    ),
+                    **_errors(400, 401, 403, 409, 413, 415, 503),
+                },
+            }
+        },
+        "/v1/users/{user}/credit": {
+            "put": {
+                "operationId": "setCredit",
+                "tags": ["admin"],
+                "security": BEARER,
+                "summary": "Set a user's credit (CNY) for a month (default: this UTC month)",
+                "description": "Admin token only.",
+                "parameters": [_user_param()],
+                "requestBody": {"required": True, "content": {JSON: {"schema": _ref("CreditRequest")}}},
+                "responses": {
+                    "200": _json(_ref("CreditResult"), "the month's credit and use"),
+                    **_errors(400, 401, 403, 413, 415, 503),
+                },
+            }
+        },
+        "/v1/users/{user}/tokens/revoke": {
+            "post": {
+                "operationId": "revokeUserTokens",
+                "tags": ["admin"],
+                "security": BEARER,
+                "summary": "Revoke every token of a user issued until now, without rotating QUOTA_SECRET_KEY",
+                "description": "Admin token only. No body. Tokens minted afterwards (quota token USER) work; "
+                "other users' tokens are untouched. Same as `quota token --revoke USER`.",
+                "parameters": [_user_param()],
+                "responses": {
+                    "200": _json(_ref("TokenRevocation"), "the user's new revocation instant"),
+                    **_errors(400, 401, 403, 503),
+                },
+            }
+        },
+        "/v1/models": {
+            "get": {
+                "operationId": "listModels",
+                "tags": ["stats"],
+                "security": BEARER,
+                "summary": "The price table",
+                "description": "Admin or service token.",
+                "responses": {"200": _json(_ref("PriceTable"), "system and custom models"), **_errors(401, 403)},
+            }
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "health",
+                "tags": ["ops"],
+                "security": [],
+                "summary": "Is Redis reachable?",
+                "responses": {"200": _json(_ref("Health"), "Redis answers"), **_errors(503)},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "tags": ["ops"],
+                "security": [],
+                "summary": "Prometheus metrics: requests, latency, records, checks and denials, storage errors",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "tags": ["ops"],
+                "security": [],
+                "summary": "This document",
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
+            }
+        },
+        "/panel": {
+            "get": {
+                "operationId": "panel",
+                "tags": ["pages"],
+                "security": [],
+                "summary": "The token statistics panel; open it as /panel#user=<user>&token=<token>",
+                "responses": {
+                    "200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
+                },
+            }
+        },
     }
     if demo:
-        paths["/demo"] = {"get": {
-            "operationId": "demoPage", "tags": ["demo"], "security": [],
-            "summary": "The demo chat (only when QUOTA_DEMO is on)",
-            "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}},
-        }}
-        paths["/demo/turn"] = {"post": {
-            "operationId": "demoTurn", "tags": ["demo"], "security": [],
-            "summary": "One turn of the simulated agent: check, then record its calls",
-            "description": "Only for users whose id starts with 'demo', on the demo's own key prefix "
-                           "(<prefix>-demo): never a real user's credit. A refused turn records nothing. "
-                           f"At most {MAX_TURNS} messages per conversation (400 conversation_too_long) "
-                           f"of at most {MAX_MESSAGE_CHARS} characters (400 message_too_long).",
-            "requestBody": {"required": True, "content": {JSON: {"schema": _ref("DemoTurnRequest")}}},
-            "responses": {"200": _json(_ref("DemoTurnResult"), "the reply, or the quota_exceeded event"),
-                          **_errors(400, 409, 413, 415, 503)},  # 409: a turn number reused with other content
-        }}
-        paths["/demo/users/{user}/token-stats"] = {"get": {
-            "operationId": "getDemoTokenStats", "tags": ["demo"], "security": [],
-            "summary": "A demo user's token statistics (the panel opened as /panel#demo=1&user=<user>)",
-            "description": "No token: only demo users, on the demo's own key prefix.",
-            "parameters": [{"name": "user", "in": "path", "required": True, "schema": DEMO_USER}],
-            "responses": {"200": _json(_ref("TokenStats"), "the seed's structure"), **_errors(400, 503)},
-        }}
+        paths["/demo"] = {
+            "get": {
+                "operationId": "demoPage",
+                "tags": ["demo"],
+                "security": [],
+                "summary": "The demo chat (only when QUOTA_DEMO is on)",
+                "responses": {
+                    "200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
+                },
+            }
+        }
+        paths["/demo/turn"] = {
+            "post": {
+                "operationId": "demoTurn",
+                "tags": ["demo"],
+                "security": [],
+                "summary": "One turn of the simulated agent: check, then record its calls",
+                "description": "Only for users whose id starts with 'demo', on the demo's own key prefix "
+                "(<prefix>-demo): never a real user's credit. A refused turn records nothing. "
+                f"At most {MAX_TURNS} messages per conversation (400 conversation_too_long) "
+                f"of at most {MAX_MESSAGE_CHARS} characters (400 message_too_long).",
+                "requestBody": {"required": True, "content": {JSON: {"schema": _ref("DemoTurnRequest")}}},
+                "responses": {
+                    "200": _json(_ref("DemoTurnResult"), "the reply, or the quota_exceeded event"),
+                    **_errors(400, 409, 413, 415, 503),
+                },  # 409: a turn number reused with other content
+            }
+        }
+        paths["/demo/users/{user}/token-stats"] = {
+            "get": {
+                "operationId": "getDemoTokenStats",
+                "tags": ["demo"],
+                "security": [],
+                "summary": "A demo user's token statistics (the panel opened as /panel#demo=1&user=<user>)",
+                "description": "No token: only demo users, on the demo's own key prefix.",
+                "parameters": [{"name": "user", "in": "path", "required": True, "schema": DEMO_USER}],
+                "responses": {"200": _json(_ref("TokenStats"), "the seed's structure"), **_errors(400, 503)},
+            }
+        }
     return paths
 
 
@@ -289,15 +508,20 @@ def openapi_document(*, demo: bool = False) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
-            "title": "quota", "version": quota.__version__,
+            "title": "quota",
+            "version": quota.__version__,
             "description": "Per-user, per-model LLM token and cost metering on Redis. Amounts are CNY. "
-                           "Every error is {\"error\": {\"code\", \"message\"}}.",
+            'Every error is {"error": {"code", "message"}}.',
         },
         "paths": _paths(demo),
         "components": {
             "schemas": SCHEMAS,
-            "securitySchemes": {"bearerAuth": {
-                "type": "http", "scheme": "bearer",
-                "description": "QUOTA_ADMIN_TOKEN, QUOTA_SERVICE_TOKEN, or a user token from `quota token USER`"}},
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "QUOTA_ADMIN_TOKEN, QUOTA_SERVICE_TOKEN, or a user token from `quota token USER`",
+                }
+            },
         },
     }

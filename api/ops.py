@@ -5,7 +5,6 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from .ext import get_quota
-
 from .openapi import openapi_document
 
 bp = Blueprint("ops", __name__)

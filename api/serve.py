@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from quota.testing import RedisServer, local_server
 from quota._tokens import mint_user_token, parse_ttl
+from quota.testing import RedisServer, local_server
 
 from . import create_app
 from .demo_agent import DEMO_USER_PREFIX
@@ -37,10 +37,16 @@ class Service:
 
     def banner(self) -> list[str]:
         b, mode = self.base_url, "development" if self.settings.development else "production"
-        where = f"a local {self.local.kind} at {self.settings.quota.redis_url} (data in {self.local.dir})" \
-            if self.local else "REDIS_URL"
-        lines = [f"quota serve: {mode} mode, Redis: {where}", "",
-                 f"  API      {b}/v1/   (OpenAPI: {b}/openapi.json, health: {b}/healthz, metrics: {b}/metrics)"]
+        where = (
+            f"a local {self.local.kind} at {self.settings.quota.redis_url} (data in {self.local.dir})"
+            if self.local
+            else "REDIS_URL"
+        )
+        lines = [
+            f"quota serve: {mode} mode, Redis: {where}",
+            "",
+            f"  API      {b}/v1/   (OpenAPI: {b}/openapi.json, health: {b}/healthz, metrics: {b}/metrics)",
+        ]
         if self.user_token:
             lines.append(f"  panel    {b}/panel#user={self.user}&token={self.user_token}")
         else:
@@ -49,23 +55,40 @@ class Service:
             demo_user = self.user if self.user.startswith(DEMO_USER_PREFIX) else DEMO_USER_PREFIX
             lines.append(f"  demo     {b}/demo#user={demo_user}   (its panel: {b}/panel#demo=1&user={demo_user})")
         if self.user_token:
-            lines += ["", f"  user token for {self.user!r} (reads only its own stats, valid {self.ttl_s // 3600} h "
-                          f"{self.ttl_s % 3600 // 60} min):", f"    {self.user_token}"]
+            lines += [
+                "",
+                f"  user token for {self.user!r} (reads only its own stats, valid {self.ttl_s // 3600} h "
+                f"{self.ttl_s % 3600 // 60} min):",
+                f"    {self.user_token}",
+            ]
         names = {"QUOTA_ADMIN_TOKEN": self.settings.admin_token, "QUOTA_SERVICE_TOKEN": self.settings.service_token}
         made_up = [n for n in self.settings.generated if n in names]
         if made_up:
-            lines += ["", "  development secrets, made up for this run only (set them in the environment to keep them):"]
+            lines += [
+                "",
+                "  development secrets, made up for this run only (set them in the environment to keep them):",
+            ]
             lines += [f"    {n}={names[n]}" for n in made_up]
-            lines += ["", f"  try: curl -H 'Authorization: Bearer {names['QUOTA_SERVICE_TOKEN']}' "
-                          f"{b}/v1/users/{self.user}/token-stats"]
+            lines += [
+                "",
+                f"  try: curl -H 'Authorization: Bearer {names['QUOTA_SERVICE_TOKEN']}' "
+                f"{b}/v1/users/{self.user}/token-stats",
+            ]
         if not self.settings.development:
             lines += ["", "  for production, run several workers: gunicorn 'api:create_app()' -w 4 -b 0.0.0.0:8000"]
         lines += ["", "Press Ctrl+C to stop."]
         return lines
 
 
-def build(host: str = "127.0.0.1", port: int = 8000, *, dev: bool | None = None, user: str = "demo",
-          ttl: str = "12h", env: dict[str, str] | None = None) -> Service:
+def build(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    dev: bool | None = None,
+    user: str = "demo",
+    ttl: str = "12h",
+    env: dict[str, str] | None = None,
+) -> Service:
     """Start the local Redis if needed, build the app and bind the port (not yet serving)."""
     env = dict(os.environ if env is None else env)
     ttl_s = parse_ttl(ttl)

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
-from quota import Settings
+from quota import ConfigError, Settings
 from quota._config import int_env
-from quota import ConfigError
 from quota._tokens import MIN_SECRET_CHARS
 
 SECRET_NAMES = ("QUOTA_ADMIN_TOKEN", "QUOTA_SERVICE_TOKEN", "QUOTA_SECRET_KEY")
@@ -56,11 +55,13 @@ class ApiSettings:
     generated: tuple[str, ...] = ()  # names of secrets made up in development mode
 
     def __repr__(self) -> str:  # never print secrets, even in a traceback
-        return (f"ApiSettings(development={self.development}, demo_enabled={self.demo_enabled}, "
-                f"max_body_bytes={self.max_body_bytes}, max_batch={self.max_batch}, secrets=<hidden>)")
+        return (
+            f"ApiSettings(development={self.development}, demo_enabled={self.demo_enabled}, "
+            f"max_body_bytes={self.max_body_bytes}, max_batch={self.max_batch}, secrets=<hidden>)"
+        )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "ApiSettings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
         env = os.environ if env is None else env
         mode = (env.get("QUOTA_ENV") or "production").strip().lower()
         if mode not in ("production", "development"):
@@ -77,7 +78,8 @@ class ApiSettings:
                 raise ConfigError(
                     f"{name} {problem}: set {', '.join(SECRET_NAMES)} (e.g. `python -c 'import secrets; "
                     "print(secrets.token_urlsafe(32))'`), or run in development mode (QUOTA_ENV=development "
-                    "or `quota serve --dev`)")
+                    "or `quota serve --dev`)"
+                )
             values[name] = value
         if values["QUOTA_ADMIN_TOKEN"] == values["QUOTA_SERVICE_TOKEN"]:
             raise ConfigError("QUOTA_ADMIN_TOKEN and QUOTA_SERVICE_TOKEN must differ")

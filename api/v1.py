@@ -6,8 +6,8 @@ from typing import Any
 
 from flask import Blueprint, g, jsonify, request
 
-from quota._core import RECORD_FIELDS, RECORD_REQUIRED
 from quota import BatchError, InvalidInput, RequestConflict, StorageUnavailable
+from quota._core import RECORD_FIELDS, RECORD_REQUIRED
 from quota._keys import validate_user
 from quota._tokens import iso_ms, revoke_user_tokens, tokens_valid_after_ms
 
@@ -26,8 +26,10 @@ def require_token() -> None:
     ext = get_quota()
     meter = ext.meter
     g.principal = authenticate(
-        request.headers.get("Authorization"), ext.settings,
-        valid_after_ms=lambda user: tokens_valid_after_ms(meter.client, meter.settings.prefix, user))
+        request.headers.get("Authorization"),
+        ext.settings,
+        valid_after_ms=lambda user: tokens_valid_after_ms(meter.client, meter.settings.prefix, user),
+    )
 
 
 def principal() -> Principal:
@@ -98,13 +100,20 @@ def record_usage():  # noqa: ANN201
     if isinstance(body, dict):
         record = check_record_keys(body, "the body")
         result = meter.update_token_usage(
-            record["user"], record["model_id"], record["input_tokens"], record["output_tokens"],
-            request_id=record.get("request_id"), price=record.get("price"),
-            estimated=record.get("estimated", False))
+            record["user"],
+            record["model_id"],
+            record["input_tokens"],
+            record["output_tokens"],
+            request_id=record.get("request_id"),
+            price=record.get("price"),
+            estimated=record.get("estimated", False),
+        )
         metrics.record_usage(result.is_system, result.duplicate)
         return jsonify(result.as_dict())
     if not isinstance(body, list):
-        raise ApiError(400, "invalid_body", f"the body must be a JSON object or a list of them, got {type(body).__name__}")
+        raise ApiError(
+            400, "invalid_body", f"the body must be a JSON object or a list of them, got {type(body).__name__}"
+        )
     if len(body) > ext.settings.max_batch:
         raise ApiError(400, "invalid_body", f"at most {ext.settings.max_batch} records per request, got {len(body)}")
     records = [check_record_keys(r, f"record {i}") for i, r in enumerate(body)]

@@ -28,26 +28,30 @@ import sys
 import tempfile
 import time
 import urllib.request
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 from quota import Meter
-from quota.testing import RedisServer, free_ports
 from quota._tokens import mint_user_token
+from quota.testing import RedisServer, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 
-ADMIN, SERVICE, SECRET = "bench-admin-token-0123456789", "bench-service-token-0123456789", "bench-secret-key-0123456789abcdef"
+ADMIN, SERVICE, SECRET = (
+    "bench-admin-token-0123456789",
+    "bench-service-token-0123456789",
+    "bench-secret-key-0123456789abcdef",
+)
 USER = "bench-user"
 
 
 def seed(url: str) -> None:
     """This month and 12 months of history, three models each: what a busy user's stats read."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for back in range(13):
         year, month = divmod(now.year * 12 + now.month - 1 - back, 12)
-        moment = datetime(year, month + 1, 10, tzinfo=timezone.utc)
+        moment = datetime(year, month + 1, 10, tzinfo=UTC)
         with Meter.from_url(url, clock=lambda m=moment: m) as meter:
             for model, tokens in (("system_deepseek", 40_000), ("custom_llama", 9_000), ("custom_gpt", 3_000)):
                 meter.update_token_usage(USER, model, tokens, tokens // 4)
@@ -65,8 +69,11 @@ def wrk(url: str, *, seconds: int, connections: int, threads: int, token: str | 
     p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-    return {"rps": rps, "p50_ms": float(p50.group(1)) * scale[p50.group(2)],
-            "p99_ms": float(p99.group(1)) * scale[p99.group(2)]}
+    return {
+        "rps": rps,
+        "p50_ms": float(p50.group(1)) * scale[p50.group(2)],
+        "p99_ms": float(p99.group(1)) * scale[p99.group(2)],
+    }
 
 
 def wait_ready(base: str, proc: subprocess.Popen) -> None:
@@ -84,19 +91,43 @@ def wait_ready(base: str, proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def gunicorn_api(redis_url: str, *, workers: int, extra_args: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None) -> Iterator[str]:
+def gunicorn_api(
+    redis_url: str, *, workers: int, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> Iterator[str]:
     """``gunicorn 'api:create_app()' -w workers`` on a free loopback port, with the bench secrets,
     Redis at ``redis_url`` and a fresh PROMETHEUS_MULTIPROC_DIR; yields its base URL once
     /healthz answers, stops it (and removes the metrics directory) on exit.
     Shared by bench/load.py."""
     port = free_ports(1, start=28500)[0]
     metrics_dir = tempfile.mkdtemp(prefix="quota-bench-prom-")
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTA_")} | {
-        "REDIS_URL": redis_url, "QUOTA_ADMIN_TOKEN": ADMIN, "QUOTA_SERVICE_TOKEN": SERVICE,
-        "QUOTA_SECRET_KEY": SECRET, "PROMETHEUS_MULTIPROC_DIR": metrics_dir} | (env or {})
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "api:create_app()", "-w", str(workers),
-                             "-b", f"127.0.0.1:{port}", "--log-level", "warning", *extra_args], env=full_env, cwd=ROOT)
+    full_env = (
+        {k: v for k, v in os.environ.items() if not k.startswith("QUOTA_")}
+        | {
+            "REDIS_URL": redis_url,
+            "QUOTA_ADMIN_TOKEN": ADMIN,
+            "QUOTA_SERVICE_TOKEN": SERVICE,
+            "QUOTA_SECRET_KEY": SECRET,
+            "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+        }
+        | (env or {})
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "api:create_app()",
+            "-w",
+            str(workers),
+            "-b",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            *extra_args,
+        ],
+        env=full_env,
+        cwd=ROOT,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_ready(base, proc)
@@ -137,14 +168,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ceiling = results["/panel (template, no Redis)"]["rps"]
     health = results["/healthz (one Redis PING)"]["rps"]
-    print(f"gunicorn -w {args.workers} (sync), wrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
-          f"median of {args.rounds} interleaved rounds, "
-          f"{os.cpu_count()} CPUs shared by wrk, gunicorn and redis-server\n")
+    print(
+        f"gunicorn -w {args.workers} (sync), wrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
+        f"median of {args.rounds} interleaved rounds, "
+        f"{os.cpu_count()} CPUs shared by wrk, gunicorn and redis-server\n"
+    )
     print("| route | requests/s | p50 ms | p99 ms | vs /panel | vs /healthz |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, r in results.items():
-        print(f"| {name} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-              f"{r['rps'] / ceiling:.2f} | {r['rps'] / health:.2f} |")
+        print(
+            f"| {name} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r['rps'] / ceiling:.2f} | {r['rps'] / health:.2f} |"
+        )
     return 0
 
 
@@ -161,6 +196,7 @@ def _measure(base: str, args: argparse.Namespace) -> dict[str, dict[str, float]]
     runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in routes}
     for _ in range(args.rounds):  # interleaved, so drift of the machine hits every route alike
         for name, path, token in routes:
-            runs[name].append(wrk(base + path, seconds=args.duration, connections=args.connections,
-                                  threads=args.threads, token=token))
+            runs[name].append(
+                wrk(base + path, seconds=args.duration, connections=args.connections, threads=args.threads, token=token)
+            )
     return {name: sorted(r, key=lambda x: x["rps"])[len(r) // 2] for name, r in runs.items()}

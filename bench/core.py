@@ -16,15 +16,14 @@ import platform
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
 from quota.testing import RedisClusterProc, RedisServer, free_ports, server_binary
 
 from . import scenarios, server_ceiling
-from .report import (PROFILE_NOTES, Measurements, markdown, plain, rows, verdict, where_time_goes,
-                     write_section)
+from .report import PROFILE_NOTES, Measurements, markdown, plain, rows, verdict, where_time_goes, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "BENCHMARKS.md"
@@ -39,7 +38,7 @@ def machine_facts() -> dict[str, str]:
 
     server = subprocess.run([server_binary(), "--version"], capture_output=True, text=True).stdout.strip()
     return {
-        "date (UTC)": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "date (UTC)": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
         "nproc": str(os.cpu_count()),
         "cpu": _cpu_model(),
         "redis-server --version": server,
@@ -63,7 +62,9 @@ def _cpu_model() -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench core", description=__doc__.splitlines()[0])
     parser.add_argument("--slice", type=float, default=1.0, help="seconds per timed slice (default 1.0)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved slices per workload, the best is kept (default 5)")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="interleaved slices per workload, the best is kept (default 5)"
+    )
     parser.add_argument("--procs", default="1,4,8", help="process counts for the per-record scenarios")
     parser.add_argument("--cluster-procs", default="1,4", help="process counts on the cluster ('' to skip)")
     parser.add_argument("--user-months", type=int, default=100_000, help="user-months for the memory growth")
@@ -117,8 +118,9 @@ def _say(what: str) -> None:
     print(f"... {what}", file=sys.stderr, flush=True)
 
 
-def docs_body(table: str, facts: dict[str, str], command: str, elapsed_s: float, rounds: int,
-              analysis: str, summary: str) -> str:
+def docs_body(
+    table: str, facts: dict[str, str], command: str, elapsed_s: float, rounds: int, analysis: str, summary: str
+) -> str:
     facts_md = "\n".join(f"- {k}: {v}" for k, v in facts.items())
     return f"""\
 Reproduce (from the repository root, after `pip install -e '.[test,bench]'`):

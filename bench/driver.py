@@ -22,8 +22,9 @@ import statistics
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import redis
 
@@ -39,9 +40,9 @@ class Slice:
     """One timed slice of one workload."""
 
     records: int
-    rate: float                          # records per second, all processes together
+    rate: float  # records per second, all processes together
     server_usec_per_record: float | None
-    client_cpu_usec_per_record: float | None = None   # CPU time of the benchmark processes
+    client_cpu_usec_per_record: float | None = None  # CPU time of the benchmark processes
 
 
 @dataclass
@@ -50,14 +51,21 @@ class Result:
 
     name: str
     rate: float
-    server_usec_per_record: float | None      # median over the slices
+    server_usec_per_record: float | None  # median over the slices
     slices: list[Slice] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
-    client_cpu_usec_per_record: float | None = None   # median over the slices
+    client_cpu_usec_per_record: float | None = None  # median over the slices
 
 
-def _child(url: str, index: int, specs: dict[str, tuple[type[Workload], dict[str, Any]]], warmup_s: float,
-           commands: Any, replies: Any, barrier: Any) -> None:
+def _child(
+    url: str,
+    index: int,
+    specs: dict[str, tuple[type[Workload], dict[str, Any]]],
+    warmup_s: float,
+    commands: Any,
+    replies: Any,
+    barrier: Any,
+) -> None:
     """A benchmark process: open every workload, then run the slices the parent asks for."""
     try:
         works = {}
@@ -103,19 +111,28 @@ class Pool:
     clients on every server (every master of a cluster) whose commandstats are read.
     """
 
-    def __init__(self, url: str, processes: int, specs: dict[str, tuple[type[Workload], dict[str, Any]]],
-                 stats_clients: Sequence[redis.Redis] = (), warmup_s: float = 0.3):
+    def __init__(
+        self,
+        url: str,
+        processes: int,
+        specs: dict[str, tuple[type[Workload], dict[str, Any]]],
+        stats_clients: Sequence[redis.Redis] = (),
+        warmup_s: float = 0.3,
+    ):
         self.url = url
         self.specs = specs
         self.stats_clients = list(stats_clients)
         self.barrier = CTX.Barrier(processes + 1)
         self.replies = CTX.Queue()
         self.commands = [CTX.Queue() for _ in range(processes)]
-        self.procs = [CTX.Process(target=_child, daemon=True,
-                                  args=(url, i, specs, warmup_s, self.commands[i], self.replies, self.barrier))
-                      for i in range(processes)]
+        self.procs = [
+            CTX.Process(
+                target=_child, daemon=True, args=(url, i, specs, warmup_s, self.commands[i], self.replies, self.barrier)
+            )
+            for i in range(processes)
+        ]
 
-    def __enter__(self) -> "Pool":
+    def __enter__(self) -> Pool:
         for proc in self.procs:
             proc.start()
         try:
@@ -143,8 +160,12 @@ class Pool:
         rate = sum(r[2] / r[3] for r in rows if r[3] > 0)
         usec = server_usec(self.stats_clients, self.specs[name][0].server_commands) if self.stats_clients else None
         cpu_usec = sum(r[4] for r in rows) * 1e6
-        return Slice(records, rate, usec / records if usec is not None and records else None,
-                     cpu_usec / records if records else None)
+        return Slice(
+            records,
+            rate,
+            usec / records if usec is not None and records else None,
+            cpu_usec / records if records else None,
+        )
 
     def close(self) -> dict[str, Any]:
         """Stop the processes; return each workload's :meth:`Workload.summarize` facts."""
@@ -181,8 +202,15 @@ class Pool:
                 proc.join(timeout=5)
 
 
-def compare(url: str, processes: int, specs: dict[str, tuple[type[Workload], dict[str, Any]]], *,
-            rounds: int = 3, slice_s: float = 1.5, stats_clients: Sequence[redis.Redis] = ()) -> dict[str, Result]:
+def compare(
+    url: str,
+    processes: int,
+    specs: dict[str, tuple[type[Workload], dict[str, Any]]],
+    *,
+    rounds: int = 3,
+    slice_s: float = 1.5,
+    stats_clients: Sequence[redis.Redis] = (),
+) -> dict[str, Result]:
     """Run every workload in ``specs`` for ``rounds`` interleaved slices; keep each one's best."""
     slices: dict[str, list[Slice]] = {name: [] for name in specs}
     with Pool(url, processes, specs, stats_clients) as pool:
@@ -193,8 +221,14 @@ def compare(url: str, processes: int, specs: dict[str, tuple[type[Workload], dic
     results = {}
     for name, runs in slices.items():
         best = max(runs, key=lambda s: s.rate)
-        results[name] = Result(name, best.rate, median(s.server_usec_per_record for s in runs), runs, facts[name],
-                               client_cpu_usec_per_record=median(s.client_cpu_usec_per_record for s in runs))
+        results[name] = Result(
+            name,
+            best.rate,
+            median(s.server_usec_per_record for s in runs),
+            runs,
+            facts[name],
+            client_cpu_usec_per_record=median(s.client_cpu_usec_per_record for s in runs),
+        )
     return results
 
 

@@ -24,7 +24,7 @@ import os
 import sqlite3
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import redis
 
@@ -33,7 +33,7 @@ from quota.history import DEFAULT_BATCH, HistoryStore, dump_expired_months
 from quota.history.dump import SCAN_COUNT
 from quota.testing import RedisServer
 
-NOW = datetime(2026, 2, 10, tzinfo=timezone.utc)
+NOW = datetime(2026, 2, 10, tzinfo=UTC)
 MONTHS = ("2025-11", "2025-12", "2026-01")
 
 
@@ -44,9 +44,14 @@ def fill(client: redis.Redis, count: int) -> None:
     for i in range(count):
         month = MONTHS[i % len(MONTHS)]
         fields = {
-            "system_deepseek:input": 1000 + i, "system_deepseek:output": 2000 + i,
-            "system_deepseek:cost_nano": 5_000_000 + i, "system_deepseek:calls": 3,
-            "custom_x:input": 10 + i, "custom_x:output": 20, "custom_x:cost_nano": 0, "custom_x:calls": 1,
+            "system_deepseek:input": 1000 + i,
+            "system_deepseek:output": 2000 + i,
+            "system_deepseek:cost_nano": 5_000_000 + i,
+            "system_deepseek:calls": 3,
+            "custom_x:input": 10 + i,
+            "custom_x:output": 20,
+            "custom_x:cost_nano": 0,
+            "custom_x:calls": 1,
             "system_used_nano": 5_000_000 + i,
         }
         if i % 10 == 0:
@@ -84,13 +89,26 @@ def redis_ceiling(client: redis.Redis) -> tuple[int, list[tuple[str, dict]]]:
 
 def sqlite_ceiling(rows: list[tuple[str, dict]], path: str) -> float:
     conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE m (key TEXT, model TEXT, input INT, output INT, cost INT, calls INT, PRIMARY KEY (key, model))")
+    conn.execute(
+        "CREATE TABLE m (key TEXT, model TEXT, input INT, output INT, cost INT, calls INT, PRIMARY KEY (key, model))"
+    )
     started = time.perf_counter()
     with conn:
-        conn.executemany("INSERT INTO m VALUES (?, ?, ?, ?, ?, ?)", (
-            (key, model, int(h[f"{model}:input".encode()]), int(h[f"{model}:output".encode()]),
-             int(h[f"{model}:cost_nano".encode()]), int(h[f"{model}:calls".encode()]))
-            for key, h in rows for model in ("system_deepseek", "custom_x")))
+        conn.executemany(
+            "INSERT INTO m VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                (
+                    key,
+                    model,
+                    int(h[f"{model}:input".encode()]),
+                    int(h[f"{model}:output".encode()]),
+                    int(h[f"{model}:cost_nano".encode()]),
+                    int(h[f"{model}:calls".encode()]),
+                )
+                for key, h in rows
+                for model in ("system_deepseek", "custom_x")
+            ),
+        )
     elapsed = time.perf_counter() - started
     conn.close()
     return elapsed
@@ -128,7 +146,9 @@ def pg_store(url: str) -> HistoryStore | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench dump", description=__doc__.split("\n\n")[0])
     parser.add_argument("--months", type=int, default=50_000, help="user-months to dump per run")
-    parser.add_argument("--pg", default=os.environ.get("QUOTA_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/quota_bench_history"))
+    parser.add_argument(
+        "--pg", default=os.environ.get("QUOTA_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/quota_bench_history")
+    )
     args = parser.parse_args(argv)
     server = RedisServer(extra=["--appendonly", "yes", "--appendfsync", "everysec"]).start()
     client = redis.Redis.from_url(server.url)
@@ -153,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         client.close()
         server.cleanup()
     ceiling = results[0][2] / results[0][1]
-    print(f"\n{args.months} user-months (2 models each), {server.kind}, batch {DEFAULT_BATCH}, SCAN COUNT {SCAN_COUNT}\n")
+    print(
+        f"\n{args.months} user-months (2 models each), {server.kind}, batch {DEFAULT_BATCH}, SCAN COUNT {SCAN_COUNT}\n"
+    )
     print(f"| {'run':36} | {'seconds':>7} | {'user-months/s':>13} | {'vs Redis ceiling':>16} |")
     print(f"|{'-' * 38}|{'-' * 9}|{'-' * 15}|{'-' * 18}|")
     for name, seconds, n in results:

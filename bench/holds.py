@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -26,7 +26,7 @@ from quota import AsyncMeter, Meter, QuotaExceeded
 from quota._money import nano_to_decimal
 from quota.testing import RedisServer, free_ports
 
-CALL = {"input_tokens": 20_000, "output_tokens": 4_000}   # 0.028 CNY on system_deepseek
+CALL = {"input_tokens": 20_000, "output_tokens": 4_000}  # 0.028 CNY on system_deepseek
 TURN_CALLS = 5
 CREDIT_NANO = 5_000_000_000
 # check.lua as landed before turn holds (e5b558c): one HMGET. "Today's plain check" in the issue.
@@ -52,7 +52,7 @@ def server_time(url: str, calls: int) -> dict[str, float]:
     client = redis.Redis.from_url(url)
     meter = Meter.from_url(url, prefix="bh", history=None)
     client.flushall()
-    meter.update_token_usage("u", "system_deepseek", 1000, 1000)        # the month exists
+    meter.update_token_usage("u", "system_deepseek", 1000, 1000)  # the month exists
     out: dict[str, float] = {}
     out["check"] = per_call_usec(client, lambda i: meter.check_quota_available("u", "system_deepseek"), calls)
     landed = client.register_script(LANDED_CHECK)
@@ -75,8 +75,12 @@ def server_time(url: str, calls: int) -> dict[str, float]:
     for other in others:
         other.__enter__()
     out["turn_begin_end_10_live"] = 2 * per_call_usec(
-        client, lambda i: (lambda t: (t.__enter__(), t.__exit__(None, None, None)))(
-            meter.turn("busy", "system_deepseek", hold="0.001")), calls // 2)
+        client,
+        lambda i: (lambda t: (t.__enter__(), t.__exit__(None, None, None)))(
+            meter.turn("busy", "system_deepseek", hold="0.001")
+        ),
+        calls // 2,
+    )
     for other in others:
         other.__exit__(None, None, None)
     meter.close()
@@ -84,8 +88,9 @@ def server_time(url: str, calls: int) -> dict[str, float]:
     return out
 
 
-async def burst(url: str, user: str, turns: int, start_nano: int, holds: bool,
-                hold: str | None = None) -> dict[str, Any]:
+async def burst(
+    url: str, user: str, turns: int, start_nano: int, holds: bool, hold: str | None = None
+) -> dict[str, Any]:
     meter = AsyncMeter.from_url(url, prefix="bo", history=None, monthly_credit=5)
     if start_nano:
         await meter.update_token_usage(user, "system_deepseek", start_nano // 1000, 0)
@@ -105,7 +110,7 @@ async def burst(url: str, user: str, turns: int, start_nano: int, holds: bool,
         except QuotaExceeded:
             return None
 
-    async def check_then_record() -> int | None:      # the landed main's admission: nothing reserved
+    async def check_then_record() -> int | None:  # the landed main's admission: nothing reserved
         await go.wait()
         if not (await meter.check_quota_available(user, "system_deepseek")).allowed:
             return None
@@ -127,8 +132,11 @@ async def burst(url: str, user: str, turns: int, start_nano: int, holds: bool,
 
 def overshoot(url: str) -> list[dict[str, Any]]:
     rows = []
-    cases = [(4_990_000_000, "4.99 of 5 used", None, (1, 10, 100)), (0, "0 of 5 used", None, (1, 10, 100)),
-             (0, "0 of 5 used, hold=0.14", "0.14", (100,))]
+    cases = [
+        (4_990_000_000, "4.99 of 5 used", None, (1, 10, 100)),
+        (0, "0 of 5 used", None, (1, 10, 100)),
+        (0, "0 of 5 used, hold=0.14", "0.14", (100,)),
+    ]
     for start_nano, label, hold, sizes in cases:
         for turns in sizes:
             row: dict[str, Any] = {"start": label, "turns": turns}
@@ -145,7 +153,7 @@ def cny(nano: int) -> str:
 
 
 def markdown(server: dict[str, float], rows: list[dict[str, Any]], command: str) -> str:
-    lines = [f"Command: `{command}` ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", ""]
+    lines = [f"Command: `{command}` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)", ""]
     check, turn, landed = server["check"], server["turn_begin_end_per_turn"], server["landed_check"]
     record, with_hold = server["record"], server["record_with_hold"]
     lines += [
@@ -168,16 +176,19 @@ def markdown(server: dict[str, float], rows: list[dict[str, Any]], command: str)
     ]
     for row in rows:
         before, after = row["before"], row["after"]
-        lines.append(f"| {row['start']} | {row['turns']} | {before['admitted']} | {cny(before['used_nano'])} "
-                     f"({before['used_nano'] / CREDIT_NANO:.2f}x) | {after['admitted']} | "
-                     f"{cny(after['used_nano'])} ({after['used_nano'] / CREDIT_NANO:.2f}x) | "
-                     f"{cny(after['bound_nano'])} |")
+        lines.append(
+            f"| {row['start']} | {row['turns']} | {before['admitted']} | {cny(before['used_nano'])} "
+            f"({before['used_nano'] / CREDIT_NANO:.2f}x) | {after['admitted']} | "
+            f"{cny(after['used_nano'])} ({after['used_nano'] / CREDIT_NANO:.2f}x) | "
+            f"{cny(after['bound_nano'])} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench holds", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench holds", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--calls", type=int, default=20_000, help="script calls per server-time phase")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)

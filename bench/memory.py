@@ -33,11 +33,11 @@ class MemoryFacts:
     calls: int
     fields: int
     encoding: str
-    memory_usage_bytes: int          # MEMORY USAGE of the realistic hash
-    copy_memory_usage_bytes: int     # MEMORY USAGE of one HSET copy: must equal the above
+    memory_usage_bytes: int  # MEMORY USAGE of the realistic hash
+    copy_memory_usage_bytes: int  # MEMORY USAGE of one HSET copy: must equal the above
     user_months: int
-    growth_per_user_month: float     # used_memory growth / user_months
-    request_key_bytes: int           # MEMORY USAGE of one request-id (dedupe) key
+    growth_per_user_month: float  # used_memory growth / user_months
+    request_key_bytes: int  # MEMORY USAGE of one request-id (dedupe) key
 
 
 def user(i: int) -> str:
@@ -53,11 +53,18 @@ def measure(url: str, *, calls: int = 500, user_months: int = 100_000, seed: int
     client.flushall()
     rng = random.Random(seed)
     meter = Meter.from_url(url)
-    records = [{"user": user(0), "model_id": MODEL, "input_tokens": rng.randint(300, 6000),
-                "output_tokens": rng.randint(50, 1500)} for _ in range(calls)]
+    records = [
+        {
+            "user": user(0),
+            "model_id": MODEL,
+            "input_tokens": rng.randint(300, 6000),
+            "output_tokens": rng.randint(50, 1500),
+        }
+        for _ in range(calls)
+    ]
     results = []
     for start in range(0, calls, 100):
-        results += meter.update_token_usage_many(records[start:start + 100])
+        results += meter.update_token_usage_many(records[start : start + 100])
     meter.close()
     key = meter.core.keys.month_key(user(0), results[0].month)
     request_key = meter.core.keys.request_key(user(0), results[0].request_id)

@@ -10,16 +10,16 @@ from .driver import Result
 from .memory import MemoryFacts
 
 SECTION = "## Core metering (issue 2)"
-WRAPPER_TARGET = 0.90      # the wrapper costs at most 10% against raw EVALSHA
-LIMITS_TARGET = 1.0        # at least as fast as limits' fixed-window hit() at equal processes
-PIPELINE_TARGET = 0.5      # pipelined batches reach half the redis-benchmark pipelined ceiling
-MEMORY_TARGET_B = 256      # bytes per user-month with one model
+WRAPPER_TARGET = 0.90  # the wrapper costs at most 10% against raw EVALSHA
+LIMITS_TARGET = 1.0  # at least as fast as limits' fixed-window hit() at equal processes
+PIPELINE_TARGET = 0.5  # pipelined batches reach half the redis-benchmark pipelined ceiling
+MEMORY_TARGET_B = 256  # bytes per user-month with one model
 
 
 @dataclass
 class Row:
     scenario: str
-    value: str                          # "12,345" records/s, or "232 B"
+    value: str  # "12,345" records/s, or "232 B"
     server_usec: float | None = None
     client_usec: float | None = None
     ratio: float | None = None
@@ -38,9 +38,9 @@ def measured(scenario: str, res: Result, **more) -> Row:
 class Measurements:
     """Everything one run measured, by scenario."""
 
-    per_record: dict[int, dict[str, Result]] = field(default_factory=dict)    # processes -> results
+    per_record: dict[int, dict[str, Result]] = field(default_factory=dict)  # processes -> results
     batches: dict[str, Result] = field(default_factory=dict)
-    ceilings: dict[int, Result | None] = field(default_factory=dict)          # pipeline depth -> result
+    ceilings: dict[int, Result | None] = field(default_factory=dict)  # pipeline depth -> result
     async_tasks: dict[str, Result] = field(default_factory=dict)
     tasks: int = 100
     memory: MemoryFacts | None = None
@@ -65,8 +65,16 @@ def rows(m: Measurements) -> list[Row]:
     for n, res in sorted(m.per_record.items()):
         meter, raw, limits = res["meter"], res["raw"], res["limits"]
         ratio, target, ok = check(meter, raw, WRAPPER_TARGET)
-        out.append(measured(f"Meter.update_token_usage, {procs(n)}", meter, ratio=ratio,
-                            peer=f"raw EVALSHA, {procs(n)}", target=target, passed=ok))
+        out.append(
+            measured(
+                f"Meter.update_token_usage, {procs(n)}",
+                meter,
+                ratio=ratio,
+                peer=f"raw EVALSHA, {procs(n)}",
+                target=target,
+                passed=ok,
+            )
+        )
         ratio, target, ok = check(meter, limits, LIMITS_TARGET)
         out.append(Row("", "", ratio=ratio, peer=f"limits hit(), {procs(n)}", target=target, passed=ok))
         out.append(measured(f"raw redis-py EVALSHA record.lua (client ceiling), {procs(n)}", raw))
@@ -75,9 +83,15 @@ def rows(m: Measurements) -> list[Row]:
             if name in res:
                 seed = res[name]
                 lost = seed.facts.get("lost_share", 0.0)
-                out.append(measured(f"seed JSON GET/modify/SET, {what}, {procs(n)}", seed,
-                                    ratio=seed.rate / meter.rate, peer="Meter (same procs)",
-                                    note=f"lost {lost:.2%} of tokens"))
+                out.append(
+                    measured(
+                        f"seed JSON GET/modify/SET, {what}, {procs(n)}",
+                        seed,
+                        ratio=seed.rate / meter.rate,
+                        peer="Meter (same procs)",
+                        note=f"lost {lost:.2%} of tokens",
+                    )
+                )
     rb_pipe = m.ceilings.get(100)
     for name, res in sorted(m.batches.items(), key=lambda kv: (int(kv[0].split("_")[1]), kv[0])):
         kind, size = name.split("_")
@@ -101,30 +115,72 @@ def rows(m: Measurements) -> list[Row]:
     if m.async_tasks:
         meter, raw = m.async_tasks["meter"], m.async_tasks["raw"]
         ratio, target, ok = check(meter, raw, WRAPPER_TARGET)
-        out.append(measured(f"AsyncMeter.update_token_usage, {m.tasks} tasks, 1 proc", meter, ratio=ratio,
-                            peer=f"raw redis.asyncio EVALSHA, {m.tasks} tasks", target=target, passed=ok))
+        out.append(
+            measured(
+                f"AsyncMeter.update_token_usage, {m.tasks} tasks, 1 proc",
+                meter,
+                ratio=ratio,
+                peer=f"raw redis.asyncio EVALSHA, {m.tasks} tasks",
+                target=target,
+                passed=ok,
+            )
+        )
         out.append(measured(f"raw redis.asyncio EVALSHA, {m.tasks} tasks, 1 proc", raw))
     for n, res in sorted(m.cluster.items()):
         meter, raw = res["meter"], res["raw"]
         ratio, target, ok = check(meter, raw, WRAPPER_TARGET)
-        out.append(measured(f"cluster (3 masters): Meter.update_token_usage, {procs(n)}", meter, ratio=ratio,
-                            peer=f"raw RedisCluster EVALSHA, {procs(n)}", target=target, passed=ok))
+        out.append(
+            measured(
+                f"cluster (3 masters): Meter.update_token_usage, {procs(n)}",
+                meter,
+                ratio=ratio,
+                peer=f"raw RedisCluster EVALSHA, {procs(n)}",
+                target=target,
+                passed=ok,
+            )
+        )
         out.append(measured(f"cluster (3 masters): raw RedisCluster EVALSHA, {procs(n)}", raw))
     if m.memory is not None:
         mem = m.memory
-        out.append(Row(f"MEMORY USAGE, one user-month, 1 model, {mem.calls} calls", f"{mem.memory_usage_bytes} B",
-                       target=f"<= {MEMORY_TARGET_B} B", passed=mem.memory_usage_bytes <= MEMORY_TARGET_B,
-                       note=f"{mem.fields} fields, {mem.encoding}"))
-        out.append(Row(f"used_memory growth per user-month, {mem.user_months:,} user-months",
-                       f"{mem.growth_per_user_month:.0f} B", target=f"<= {MEMORY_TARGET_B} B",
-                       passed=mem.growth_per_user_month <= MEMORY_TARGET_B, note="key + dict entry included"))
-        out.append(Row("MEMORY USAGE, one request-id (dedupe) key", f"{mem.request_key_bytes} B",
-                       note="one per record while its TTL lasts (24 h default)"))
+        out.append(
+            Row(
+                f"MEMORY USAGE, one user-month, 1 model, {mem.calls} calls",
+                f"{mem.memory_usage_bytes} B",
+                target=f"<= {MEMORY_TARGET_B} B",
+                passed=mem.memory_usage_bytes <= MEMORY_TARGET_B,
+                note=f"{mem.fields} fields, {mem.encoding}",
+            )
+        )
+        out.append(
+            Row(
+                f"used_memory growth per user-month, {mem.user_months:,} user-months",
+                f"{mem.growth_per_user_month:.0f} B",
+                target=f"<= {MEMORY_TARGET_B} B",
+                passed=mem.growth_per_user_month <= MEMORY_TARGET_B,
+                note="key + dict entry included",
+            )
+        )
+        out.append(
+            Row(
+                "MEMORY USAGE, one request-id (dedupe) key",
+                f"{mem.request_key_bytes} B",
+                note="one per record while its TTL lasts (24 h default)",
+            )
+        )
     return out
 
 
-HEADER = ("scenario", "ops/s (or bytes)", "server µs/rec", "client CPU µs/rec", "ratio", "vs peer / ceiling",
-          "target", "pass/fail", "note")
+HEADER = (
+    "scenario",
+    "ops/s (or bytes)",
+    "server µs/rec",
+    "client CPU µs/rec",
+    "ratio",
+    "vs peer / ceiling",
+    "target",
+    "pass/fail",
+    "note",
+)
 
 
 def cells(row: Row) -> tuple[str, ...]:
@@ -185,12 +241,18 @@ def where_time_goes(m: Measurements) -> str:
     if 1 in m.per_record:
         res = m.per_record[1]
         pair("`update_token_usage`, 1 process", res["meter"], res["raw"], "raw EVALSHA")
-        lines.append(f"- `limits` spends {fmt(res['limits'].server_usec_per_record)} µs of server time per hit "
-                     f"(INCRBY + EXPIRE) against {fmt(res['meter'].server_usec_per_record)} µs for record.lua "
-                     f"(validate, GET the request id, HMGET, 4-5 HINCRBY, SET the request id with a TTL, HMGET).")
-    for size in sorted({int(n.split('_')[1]) for n in m.batches}):
-        pair(f"`update_token_usage_many`, batch {size}", m.batches[f"meter_{size}"], m.batches[f"raw_{size}"],
-             "a raw pipeline")
+        lines.append(
+            f"- `limits` spends {fmt(res['limits'].server_usec_per_record)} µs of server time per hit "
+            f"(INCRBY + EXPIRE) against {fmt(res['meter'].server_usec_per_record)} µs for record.lua "
+            f"(validate, GET the request id, HMGET, 4-5 HINCRBY, SET the request id with a TTL, HMGET)."
+        )
+    for size in sorted({int(n.split("_")[1]) for n in m.batches}):
+        pair(
+            f"`update_token_usage_many`, batch {size}",
+            m.batches[f"meter_{size}"],
+            m.batches[f"raw_{size}"],
+            "a raw pipeline",
+        )
     if m.async_tasks:
         pair(f"`AsyncMeter`, {m.tasks} tasks", m.async_tasks["meter"], m.async_tasks["raw"], "raw redis.asyncio")
     return "\n".join(lines)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -36,18 +36,24 @@ USERS = 100_000  # users the throughput records are spread over
 
 
 def clock() -> datetime:
-    return datetime(2026, 3, 15, tzinfo=timezone.utc)
+    return datetime(2026, 3, 15, tzinfo=UTC)
 
 
 # --- memory ----------------------------------------------------------------------------------------
+
 
 def month_hash(i: int) -> dict[str, int]:
     """A realistic one-model user-month: the fields record.lua writes for one system model."""
     calls = 20 + i % 200
     tin, tout = calls * 1_200, calls * 800
     cost = tin * 1_000 + tout * 2_000
-    return {f"{MODEL}:input": tin, f"{MODEL}:output": tout, f"{MODEL}:cost_nano": cost,
-            f"{MODEL}:calls": calls, "system_used_nano": cost}
+    return {
+        f"{MODEL}:input": tin,
+        f"{MODEL}:output": tout,
+        f"{MODEL}:cost_nano": cost,
+        f"{MODEL}:calls": calls,
+        "system_used_nano": cost,
+    }
 
 
 def measure_memory(client: redis.Redis, users: int, request_keys: int) -> dict[str, Any]:
@@ -68,8 +74,9 @@ def measure_memory(client: redis.Redis, users: int, request_keys: int) -> dict[s
             pipe.execute()
     pipe.execute()
     after_req = client.info("memory")["used_memory"]
-    req_usage = [client.memory_usage(f"quota:{{user{i}}}:req:{i:016x}-{i:016x}", samples=0)
-                 for i in sample if i < request_keys]
+    req_usage = [
+        client.memory_usage(f"quota:{{user{i}}}:req:{i:016x}-{i:016x}", samples=0) for i in sample if i < request_keys
+    ]
     encoding = client.object("encoding", f"quota:{{user0}}:{MONTH}")
     return {
         "user_months": users,
@@ -103,8 +110,16 @@ class ScaleMeter(Workload):
 
     def records(self) -> list[dict[str, Any]]:
         self.seq += self.batch
-        return [dict(user=f"user{self.rng.randrange(USERS)}", model_id=MODEL, input_tokens=1200, output_tokens=800,
-                     request_id=f"p{self.index}-{self.seq - self.batch + k}") for k in range(self.batch)]
+        return [
+            dict(
+                user=f"user{self.rng.randrange(USERS)}",
+                model_id=MODEL,
+                input_tokens=1200,
+                output_tokens=800,
+                request_id=f"p{self.index}-{self.seq - self.batch + k}",
+            )
+            for k in range(self.batch)
+        ]
 
     def step(self) -> int:
         if self.batch == 1:
@@ -139,7 +154,9 @@ class ScaleHincrby(Workload):
         if self.batch == 1:
             self.client.hincrby(self.key(), f"{MODEL}:calls", 1)
             return 1
-        pipe = self.client.pipeline() if isinstance(self.client, RedisCluster) else self.client.pipeline(transaction=False)
+        pipe = (
+            self.client.pipeline() if isinstance(self.client, RedisCluster) else self.client.pipeline(transaction=False)
+        )
         for _ in range(self.batch):
             pipe.hincrby(self.key(), f"{MODEL}:calls", 1)
         pipe.execute()
@@ -158,8 +175,9 @@ WORKLOADS = {
 }
 
 
-def rates(url: str, masters: list[redis.Redis], *, processes: int, rounds: int,
-          slice_s: float) -> dict[str, driver.Result]:
+def rates(
+    url: str, masters: list[redis.Redis], *, processes: int, rounds: int, slice_s: float
+) -> dict[str, driver.Result]:
     """Every workload in ``processes`` processes, in interleaved slices, the best slice kept
     (bench/driver.py); server time per record from the INFO commandstats of ``masters``."""
     return driver.compare(url, processes, WORKLOADS, rounds=rounds, slice_s=slice_s, stats_clients=masters)

@@ -16,6 +16,7 @@ import resource
 import shlex
 import shutil
 import subprocess
+
 import redis
 
 from quota._core import MeterCore
@@ -46,8 +47,23 @@ def evalsha_args(run: str = "0") -> list[str]:
 
 def command(port: int, requests: int, pipeline: int, run: str = "0") -> list[str]:
     exe = binary() or "redis-benchmark"
-    return [exe, "-h", "127.0.0.1", "-p", str(port), "-c", str(CLIENTS), "-n", str(requests),
-            "-P", str(pipeline), "-r", str(KEYSPACE), "--csv", *evalsha_args(run)]
+    return [
+        exe,
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-c",
+        str(CLIENTS),
+        "-n",
+        str(requests),
+        "-P",
+        str(pipeline),
+        "-r",
+        str(KEYSPACE),
+        "--csv",
+        *evalsha_args(run),
+    ]
 
 
 def run_once(port: int, requests: int, pipeline: int, stats_client: redis.Redis) -> Slice:
@@ -57,8 +73,13 @@ def run_once(port: int, requests: int, pipeline: int, stats_client: redis.Redis)
     reset_stats([stats_client])
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     run = next(_runs)
-    out = subprocess.run(command(port, requests, pipeline, f"{os.getpid()}x{run}"), capture_output=True, text=True,
-                         timeout=300, check=True)
+    out = subprocess.run(
+        command(port, requests, pipeline, f"{os.getpid()}x{run}"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     rows = [r for r in csv.reader(io.StringIO(out.stdout)) if r and r[0] != "test"]
@@ -73,8 +94,9 @@ def run_once(port: int, requests: int, pipeline: int, stats_client: redis.Redis)
     return Slice(requests, rate, usec / requests, cpu_s * 1e6 / requests)
 
 
-def ceiling(port: int, pipeline: int, stats_client: redis.Redis, *, rounds: int = 3,
-            slice_s: float = 1.5) -> Result | None:
+def ceiling(
+    port: int, pipeline: int, stats_client: redis.Redis, *, rounds: int = 3, slice_s: float = 1.5
+) -> Result | None:
     """redis-benchmark's best rate over ``rounds`` runs of about ``slice_s`` seconds; None if absent."""
     if binary() is None:
         return None
@@ -83,8 +105,13 @@ def ceiling(port: int, pipeline: int, stats_client: redis.Redis, *, rounds: int 
     slices = [run_once(port, requests, pipeline, stats_client) for _ in range(rounds)]
     stats_client.flushall()
     best = max(slices, key=lambda s: s.rate)
-    return Result(f"redis-benchmark -P {pipeline}", best.rate, median(s.server_usec_per_record for s in slices),
-                  slices, client_cpu_usec_per_record=median(s.client_cpu_usec_per_record for s in slices))
+    return Result(
+        f"redis-benchmark -P {pipeline}",
+        best.rate,
+        median(s.server_usec_per_record for s in slices),
+        slices,
+        client_cpu_usec_per_record=median(s.client_cpu_usec_per_record for s in slices),
+    )
 
 
 def shown_command(pipeline: int, requests: int = 100_000, port: int = 6379) -> str:

@@ -145,7 +145,7 @@ class LimitsHit(Workload):
 
         plain, is_cluster = split_url(self.url, None)
         scheme = "redis+cluster" if is_cluster else "redis"
-        self.storage = storage_from_string(scheme + plain[plain.index("://"):])
+        self.storage = storage_from_string(scheme + plain[plain.index("://") :])
         self.limiter = FixedWindowRateLimiter(self.storage)
         self.item = RateLimitItemPerMinute(10**9)
 
@@ -178,10 +178,18 @@ class SeedJson(Workload):
         self.i += 1
         key = self.keys[self.i % len(self.keys)]
         raw = self.client.get(key)
-        doc = json.loads(raw) if raw else {
-            "current_month": "2026-01", "monthly_credit": 5.0, "monthly_used": 0.0,
-            "last_reset": "2026-01-01T00:00:00Z", "models": {}, "history": {},
-        }
+        doc = (
+            json.loads(raw)
+            if raw
+            else {
+                "current_month": "2026-01",
+                "monthly_credit": 5.0,
+                "monthly_used": 0.0,
+                "last_reset": "2026-01-01T00:00:00Z",
+                "models": {},
+                "history": {},
+            }
+        )
         model = doc["models"].setdefault(MODEL, {"input_tokens": 0, "output_tokens": 0, "cost": 0.0})
         model["input_tokens"] += INPUT_TOKENS
         model["output_tokens"] += OUTPUT_TOKENS
@@ -207,8 +215,7 @@ class SeedJson(Workload):
                 model = json.loads(raw)["models"][MODEL]
                 stored += model["input_tokens"] + model["output_tokens"]
         client.close()
-        return {"sent_tokens": sent, "stored_tokens": stored,
-                "lost_share": (sent - stored) / sent if sent else 0.0}
+        return {"sent_tokens": sent, "stored_tokens": stored, "lost_share": (sent - stored) / sent if sent else 0.0}
 
 
 class MeterBatch(Workload):
@@ -220,8 +227,15 @@ class MeterBatch(Workload):
 
     def open(self) -> None:
         self.meter = Meter.from_url(self.url)
-        self.records = [{"user": user_name(self.i + j), "model_id": MODEL, "input_tokens": INPUT_TOKENS,
-                         "output_tokens": OUTPUT_TOKENS} for j in range(self.batch)]
+        self.records = [
+            {
+                "user": user_name(self.i + j),
+                "model_id": MODEL,
+                "input_tokens": INPUT_TOKENS,
+                "output_tokens": OUTPUT_TOKENS,
+            }
+            for j in range(self.batch)
+        ]
 
     def step(self) -> int:
         self.meter.update_token_usage_many(self.records)

@@ -35,7 +35,9 @@ async def handle(meter: AsyncMeter, llm: Any, job: Job, provider_model: str = "d
     try:
         async with meter.turn(job.user, job.model_id) as turn:
             stream = await llm.chat.completions.create(
-                model=provider_model, messages=job.messages, stream=True,
+                model=provider_model,
+                messages=job.messages,
+                stream=True,
                 stream_options={"include_usage": True},
             )
             text = []
@@ -46,8 +48,9 @@ async def handle(meter: AsyncMeter, llm: Any, job: Job, provider_model: str = "d
     return {"type": "reply", "text": "".join(text), "record": turn.records[-1].as_dict()}
 
 
-async def worker(meter: AsyncMeter, llm: Any, jobs: "asyncio.Queue[Job | None]",
-                 results: "asyncio.Queue[dict[str, Any]]") -> None:
+async def worker(
+    meter: AsyncMeter, llm: Any, jobs: asyncio.Queue[Job | None], results: asyncio.Queue[dict[str, Any]]
+) -> None:
     while (job := await jobs.get()) is not None:
         await results.put(await handle(meter, llm, job))
 
@@ -62,8 +65,10 @@ async def main(real: bool) -> None:
     try:
         spool = os.path.join(tempfile.gettempdir(), "quota-example-worker.spool")
         meter = AsyncMeter.from_url(url, spool=spool)
-        llm = openai.AsyncOpenAI(base_url=os.environ.get("OPENAI_BASE_URL") if real else stub.base_url,
-                                 api_key=os.environ.get("OPENAI_API_KEY", "stub"))
+        llm = openai.AsyncOpenAI(
+            base_url=os.environ.get("OPENAI_BASE_URL") if real else stub.base_url,
+            api_key=os.environ.get("OPENAI_API_KEY", "stub"),
+        )
         jobs: asyncio.Queue[Job | None] = asyncio.Queue()
         results: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         for i in range(3):

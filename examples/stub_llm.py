@@ -24,12 +24,12 @@ from typing import Any
 @dataclass
 class StubLLM:
     pieces: list[str] = field(default_factory=lambda: ["你好，", "this is ", "a stub ", "reply."])
-    stream_usage: tuple[int, int] = (300_000, 200_000)   # prompt, completion tokens of a stream
-    plain_usage: tuple[int, int] = (100_000, 50_000)     # of a non-streaming call
+    stream_usage: tuple[int, int] = (300_000, 200_000)  # prompt, completion tokens of a stream
+    plain_usage: tuple[int, int] = (100_000, 50_000)  # of a non-streaming call
     chunk_delay_s: float = 0.0
     id_prefix: str = "chatcmpl-stub"
     requests: list[dict[str, Any]] = field(default_factory=list)
-    streams_cut: int = 0                                 # streams the client left early
+    streams_cut: int = 0  # streams the client left early
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(1)
@@ -40,7 +40,7 @@ class StubLLM:
         assert self._server is not None, "start() first"
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
 
-    def start(self) -> "StubLLM":
+    def start(self) -> StubLLM:
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -69,7 +69,7 @@ class StubLLM:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "StubLLM":
+    def __enter__(self) -> StubLLM:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -82,10 +82,13 @@ class StubLLM:
 
     def _plain(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         reply = {
-            "id": f"{self.id_prefix}-{next(self._ids)}", "object": "chat.completion", "created": int(time.time()),
+            "id": f"{self.id_prefix}-{next(self._ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
             "model": body.get("model", "stub"),
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": "".join(self.pieces)}}],
+            "choices": [
+                {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "".join(self.pieces)}}
+            ],
             "usage": self._usage(self.plain_usage),
         }
         data = json.dumps(reply).encode()
@@ -98,12 +101,19 @@ class StubLLM:
     def _stream(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         rid = f"{self.id_prefix}-{next(self._ids)}"
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        base = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": body.get("model", "stub")}
-        chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                        "finish_reason": None}]}]
-        chunks += [{**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
-                   for piece in self.pieces]
+        base = {
+            "id": rid,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body.get("model", "stub"),
+        }
+        chunks = [
+            {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+        ]
+        chunks += [
+            {**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+            for piece in self.pieces
+        ]
         chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         if include_usage:
             chunks.append({**base, "choices": [], "usage": self._usage(self.stream_usage)})

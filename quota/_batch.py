@@ -9,8 +9,9 @@ only perform the steps.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, Hashable, Sequence
+from typing import Any
 
 from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError

@@ -9,8 +9,8 @@
 | QUOTA_PRICES_FILE        | (built-in table)                 | TOML price file, see quota._prices        |
 | QUOTA_HISTORY_URL        | sqlite:///quota-history.db       | SQL history store                        |
 | QUOTA_HISTORY_MONTHS     | 12                               | months of history in get_token_stats     |
-| QUOTA_HOLD_TTL_S         | 600                              | a turn hold dies this long after its last use |
-| QUOTA_TURN_HOLD          | auto                             | a turn's hold, CNY, or `auto` (learned per user and model) |
+| QUOTA_HOLD_TTL_S         | 600                              | a turn hold dies this long after last use |
+| QUOTA_TURN_HOLD          | auto                             | a turn's hold, CNY, or `auto` (learned)  |
 | QUOTA_TURN_HOLD_DEFAULT  | 0.1                              | `auto` before a user's first turn on a model, CNY |
 | QUOTA_TURN_HOLD_FLOOR    | 0.01                             | `auto` never holds less, CNY             |
 | QUOTA_TURN_HOLD_CAP      | 1                                | `auto` never holds more, CNY             |
@@ -21,8 +21,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from ._errors import ConfigError
 from ._keys import validate_prefix
@@ -33,10 +33,10 @@ DEFAULT_CREDIT_NANO = 5_000_000_000
 DEFAULT_DEDUPE_TTL_S = 24 * 3600
 DEFAULT_HISTORY_URL = "sqlite:///quota-history.db"
 DEFAULT_HOLD_TTL_S = 600
-DEFAULT_TURN_HOLD_NANO = 100_000_000        # 0.1 CNY: about 5 large DeepSeek calls
-DEFAULT_TURN_HOLD_FLOOR_NANO = 10_000_000   # 0.01 CNY
+DEFAULT_TURN_HOLD_NANO = 100_000_000  # 0.1 CNY: about 5 large DeepSeek calls
+DEFAULT_TURN_HOLD_FLOOR_NANO = 10_000_000  # 0.01 CNY
 DEFAULT_TURN_HOLD_CAP_NANO = 1_000_000_000  # 1 CNY
-MAX_HOLD_NANO = 10**16                      # 10 million CNY; holds stay exact below 2^53 in Lua
+MAX_HOLD_NANO = 10**16  # 10 million CNY; holds stay exact below 2^53 in Lua
 
 # Connection pools (see quota._connect): a caller beyond MAX_CONNECTIONS busy connections waits up
 # to POOL_TIMEOUT_S for one instead of failing. 50 per node is half of redis-py's own default (100,
@@ -84,10 +84,14 @@ def check_pool_settings(max_connections: object, pool_timeout_s: object) -> None
     if isinstance(max_connections, bool) or not isinstance(max_connections, int) or not low <= max_connections <= high:
         raise ConfigError(f"max_connections must be a whole number between {low} and {high}, got {max_connections!r}")
     low_s, high_s = POOL_TIMEOUT_S_RANGE
-    if (isinstance(pool_timeout_s, bool) or not isinstance(pool_timeout_s, (int, float))
-            or not low_s <= pool_timeout_s <= high_s):
-        raise ConfigError(f"pool_timeout_s must be a number of seconds between {low_s:g} and {high_s:g}, "
-                          f"got {pool_timeout_s!r}")
+    if (
+        isinstance(pool_timeout_s, bool)
+        or not isinstance(pool_timeout_s, (int, float))
+        or not low_s <= pool_timeout_s <= high_s
+    ):
+        raise ConfigError(
+            f"pool_timeout_s must be a number of seconds between {low_s:g} and {high_s:g}, got {pool_timeout_s!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,7 @@ class Settings:
     redis_url: str | None = None
     history_url: str = DEFAULT_HISTORY_URL
     hold_ttl_s: int = DEFAULT_HOLD_TTL_S
-    turn_hold_nano: int | None = None          # None: "auto"
+    turn_hold_nano: int | None = None  # None: "auto"
     turn_hold_default_nano: int = DEFAULT_TURN_HOLD_NANO
     turn_hold_floor_nano: int = DEFAULT_TURN_HOLD_FLOOR_NANO
     turn_hold_cap_nano: int = DEFAULT_TURN_HOLD_CAP_NANO
@@ -119,7 +123,7 @@ class Settings:
             raise ConfigError("the turn hold floor (QUOTA_TURN_HOLD_FLOOR) is above its cap (QUOTA_TURN_HOLD_CAP)")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         prefix = env.get("QUOTA_PREFIX") or "quota"
         try:
@@ -145,10 +149,20 @@ class Settings:
             turn_hold_default_nano=cny_env(env, "QUOTA_TURN_HOLD_DEFAULT", DEFAULT_TURN_HOLD_NANO),
             turn_hold_floor_nano=cny_env(env, "QUOTA_TURN_HOLD_FLOOR", DEFAULT_TURN_HOLD_FLOOR_NANO),
             turn_hold_cap_nano=cny_env(env, "QUOTA_TURN_HOLD_CAP", DEFAULT_TURN_HOLD_CAP_NANO),
-            max_connections=int_env(env, "QUOTA_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS,
-                                    low=MAX_CONNECTIONS_RANGE[0], high=MAX_CONNECTIONS_RANGE[1]),
-            pool_timeout_s=float_env(env, "QUOTA_POOL_TIMEOUT_S", DEFAULT_POOL_TIMEOUT_S,
-                                     low=POOL_TIMEOUT_S_RANGE[0], high=POOL_TIMEOUT_S_RANGE[1]),
+            max_connections=int_env(
+                env,
+                "QUOTA_MAX_CONNECTIONS",
+                DEFAULT_MAX_CONNECTIONS,
+                low=MAX_CONNECTIONS_RANGE[0],
+                high=MAX_CONNECTIONS_RANGE[1],
+            ),
+            pool_timeout_s=float_env(
+                env,
+                "QUOTA_POOL_TIMEOUT_S",
+                DEFAULT_POOL_TIMEOUT_S,
+                low=POOL_TIMEOUT_S_RANGE[0],
+                high=POOL_TIMEOUT_S_RANGE[1],
+            ),
         )
 
 

@@ -29,9 +29,17 @@ import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
+from redis.exceptions import (
+    ClusterDownError,
+    ClusterError,
+    MaxConnectionsError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import (ClusterDownError, ClusterError, MaxConnectionsError, RedisClusterException, RedisError,
-                              ResponseError, SlotNotCoveredError, TryAgainError)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -128,12 +136,17 @@ def history_from_settings(settings: Settings) -> Any:
 
 def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Separate quota's own options from the ones meant for the redis-py client."""
-    own = {k: options.pop(k) for k in list(options) if k in SETTING_NAMES | {"monthly_credit", "settings", "clock", "spool", "on_unavailable"}}
+    own = {
+        k: options.pop(k)
+        for k in list(options)
+        if k in SETTING_NAMES | {"monthly_credit", "settings", "clock", "spool", "on_unavailable"}
+    }
     return own, {**default_options(), **options}
 
 
-def open_client(url: str | None, cluster: bool | None, options: dict[str, Any], *,
-                use_asyncio: bool) -> tuple[Any, Settings, dict[str, Any]]:
+def open_client(
+    url: str | None, cluster: bool | None, options: dict[str, Any], *, use_asyncio: bool
+) -> tuple[Any, Settings, dict[str, Any]]:
     """What ``Meter.from_url`` / ``AsyncMeter.from_url`` need: the client, the settings (the
     pool's size and wait are settings, so they are resolved before the client is built) and
     the meter's other keyword arguments (clock, spool, on_unavailable)."""
@@ -153,8 +166,9 @@ def open_client(url: str | None, cluster: bool | None, options: dict[str, Any], 
         client.auto_close_connection_pool = True  # closing the client closes its pool, as from_url does
     elif is_cluster:
         # The sync cluster client builds one pool per node from this class and these options.
-        client = RedisCluster.from_url(url, connection_pool_class=QueueingPool, timeout=wait_s, **limits,
-                                       **client_options)
+        client = RedisCluster.from_url(
+            url, connection_pool_class=QueueingPool, timeout=wait_s, **limits, **client_options
+        )
     else:
         single = client_options.pop("single_connection_client", False)
         pool = QueueingPool.from_url(url, timeout=wait_s, **limits, **client_options)
@@ -166,8 +180,13 @@ def open_client(url: str | None, cluster: bool | None, options: dict[str, Any], 
 def node_client(host: str, port: int, settings: Settings, **connection_kwargs: Any) -> aredis.Redis:
     """A plain asyncio client on one cluster node (``AsyncMeter`` pipelines batches through it,
     as the cluster pipeline refuses EVALSHA), with a pool that queues like the others."""
-    pool = AsyncQueueingPool(host=host, port=port, max_connections=settings.max_connections,
-                             timeout=settings.pool_timeout_s, **connection_kwargs)
+    pool = AsyncQueueingPool(
+        host=host,
+        port=port,
+        max_connections=settings.max_connections,
+        timeout=settings.pool_timeout_s,
+        **connection_kwargs,
+    )
     return aredis.Redis.from_pool(pool)
 
 
@@ -188,7 +207,8 @@ def pool_exhausted(max_connections: int, timeout_s: float, per: str = "per node"
     return PoolExhausted(
         f"the connection pool was exhausted for {timeout_s:g} s (max_connections={max_connections} {per}, all busy): "
         "raise QUOTA_MAX_CONNECTIONS (max_connections=) if Redis can take more clients, or QUOTA_POOL_TIMEOUT_S "
-        "(pool_timeout_s=) to queue longer, or send fewer concurrent calls per process")
+        "(pool_timeout_s=) to queue longer, or send fewer concurrent calls per process"
+    )
 
 
 class QueueingPool(redis.BlockingConnectionPool):
@@ -307,6 +327,7 @@ class QueueingAsyncCluster(AsyncRedisCluster):
 # connected") outside the RedisError tree; both mean the storage is unavailable.
 REDIS_ERRORS = (RedisError, RedisClusterException)
 
+
 def lost_connection(exc: Exception) -> RedisConnectionError:
     """redis-py's asyncio client can fail with AttributeError ("'NoneType' object has no attribute
     'writelines'") when a connection is closed under a command, as the cluster client does to
@@ -329,7 +350,8 @@ def slot_busy_pause(exc: BaseException, attempt: int, elapsed_s: float) -> float
     """How long to wait before resending a call that failed with ``exc`` on a cluster (the
     ``attempt``-th failure, ``elapsed_s`` after the first try); None: do not resend."""
     busy = isinstance(exc, (TryAgainError, ClusterDownError, SlotNotCoveredError)) or (
-        type(exc) is ClusterError and "TTL exhausted" in str(exc))
+        type(exc) is ClusterError and "TTL exhausted" in str(exc)
+    )
     if not busy or elapsed_s >= SLOT_BUSY_BUDGET_S:
         return None
     return SLOT_BUSY_PAUSES_S[attempt] if attempt < len(SLOT_BUSY_PAUSES_S) else 0.25
@@ -345,7 +367,7 @@ class storage_errors:  # noqa: N801 - used like the function it replaced: ``with
 
     __slots__ = ("where",)
 
-    def __init__(self, where: str):
+    def __init__(self, where: str) -> None:
         self.where = where
 
     def __enter__(self) -> None:
@@ -355,9 +377,14 @@ class storage_errors:  # noqa: N801 - used like the function it replaced: ``with
         if exc is None or isinstance(exc, QuotaError) or not isinstance(exc, REDIS_ERRORS):
             return False  # nothing to translate: the exception (if any) goes on as it is
         if isinstance(exc, MaxConnectionsError):
-            detail = str(exc) if isinstance(exc, PoolExhausted) else (
-                f"its client's connection pool is full ({exc}); a client from Meter.from_url or "
-                "AsyncMeter.from_url queues for a connection instead")
+            detail = (
+                str(exc)
+                if isinstance(exc, PoolExhausted)
+                else (
+                    f"its client's connection pool is full ({exc}); a client from Meter.from_url or "
+                    "AsyncMeter.from_url queues for a connection instead"
+                )
+            )
             raise StorageUnavailable(f"Redis at {self.where}: {detail}") from exc
         if isinstance(exc, ResponseError):
             mapped = translate_script_error(str(exc))
@@ -379,5 +406,5 @@ def error_of(reply: Any, where: str) -> QuotaError | None:
             raise reply
     except QuotaError as exc:
         return exc
-    except Exception as exc:  # not a redis error at all: surface it as storage trouble
+    except Exception as exc:  # noqa: BLE001 - not a redis error at all: surface it as storage trouble
         return StorageUnavailable(f"Redis at {where}: {exc}")

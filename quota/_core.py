@@ -12,11 +12,12 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
-from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 from . import _scripts as scripts
-from ._config import Settings
+from ._config import MAX_HOLD_NANO, Settings
 from ._errors import InvalidInput, QuotaError, RequestConflict
 from ._keys import (
     SUFFIX_HOLD_ESTIMATE,
@@ -30,7 +31,6 @@ from ._keys import (
     validate_request_id,
     validate_user,
 )
-from ._config import MAX_HOLD_NANO
 from ._money import cny_to_nano, nano_to_decimal, nano_to_json
 from ._prices import ModelPrice
 from ._results import CreditResult, QuotaCheck, UsageResult
@@ -45,7 +45,7 @@ RECORD_REQUIRED = frozenset(RECORD_FIELDS[:4])  # the rest are optional
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _new_id_prefix() -> None:
@@ -86,8 +86,8 @@ class ScriptCall(NamedTuple):
     keys: tuple[str, ...]
     args: tuple[str, ...]
     parse: Callable[[Any], Any]
-    model: ModelPrice | None = None   # record calls: the priced model
-    cost_nano: int = 0                # record calls: what the call costs
+    model: ModelPrice | None = None  # record calls: the priced model
+    cost_nano: int = 0  # record calls: what the call costs
 
 
 def _text(value: Any) -> str:
@@ -96,18 +96,21 @@ def _text(value: Any) -> str:
 
 def translate_script_error(message: str) -> QuotaError | None:
     """Map a script's ``QUOTA_*`` error reply to the library's error; None for anything else."""
-    for code, cls in (("QUOTA_CONFLICT", RequestConflict), ("QUOTA_INVALID", InvalidInput),
-                      ("QUOTA_OVERFLOW", InvalidInput)):
+    for code, cls in (
+        ("QUOTA_CONFLICT", RequestConflict),
+        ("QUOTA_INVALID", InvalidInput),
+        ("QUOTA_OVERFLOW", InvalidInput),
+    ):
         at = message.find(code)
         if at >= 0:
-            return cls(message[at + len(code):].strip() or code)
+            return cls(message[at + len(code) :].strip() or code)
     return None
 
 
 class MeterCore:
     """Validation, pricing, key building and reply parsing for one configuration."""
 
-    def __init__(self, settings: Settings | None = None, clock: Clock | None = None):
+    def __init__(self, settings: Settings | None = None, clock: Clock | None = None) -> None:
         self.settings = settings or Settings.from_env()
         self.clock: Clock = clock or utc_now
         self.keys = KeySchema(self.settings.prefix)
@@ -221,11 +224,17 @@ class MeterCore:
                 problem = f"unknown keys {sorted(unknown)}" if unknown else f"missing keys {sorted(missing)}"
                 raise InvalidInput(f"record {index}: {problem}")
             try:
-                calls.append(self.record(
-                    rec["user"], rec["model_id"], rec["input_tokens"], rec["output_tokens"],
-                    request_id=rec.get("request_id"), price=rec.get("price"),
-                    estimated=rec.get("estimated", False),
-                ))
+                calls.append(
+                    self.record(
+                        rec["user"],
+                        rec["model_id"],
+                        rec["input_tokens"],
+                        rec["output_tokens"],
+                        request_id=rec.get("request_id"),
+                        price=rec.get("price"),
+                        estimated=rec.get("estimated", False),
+                    )
+                )
             except InvalidInput as exc:
                 raise type(exc)(f"record {index}: {exc}") from None
         ids = [c.keys[1] for c in calls]
@@ -244,17 +253,18 @@ class MeterCore:
             used, credit, held = (int(v) for v in reply)
             return self._admission(user, model, month, used, credit, held, used + held < credit)
 
-        return ScriptCall(scripts.CHECK, (self.keys.month_key(user, month), self.keys.holds_key(user)),
-                          (self._credit_arg,), parse)
+        return ScriptCall(
+            scripts.CHECK, (self.keys.month_key(user, month), self.keys.holds_key(user)), (self._credit_arg,), parse
+        )
 
-    def _admission(self, user: str, model: ModelPrice, month: str, used: int, credit: int, held: int,
-                   room: bool) -> QuotaCheck:
+    def _admission(
+        self, user: str, model: ModelPrice, month: str, used: int, credit: int, held: int, room: bool
+    ) -> QuotaCheck:
         """The check's outcome: custom models always pass; system models when there is ``room``."""
         allowed = (not model.is_system) or room
         resets_at = iso_z(next_month_start(month))
         event = None if allowed else quota_exceeded_event(model.model_id, used, credit, resets_at, held)
-        return QuotaCheck(user, model.model_id, month, model.is_system, allowed, used, credit, resets_at,
-                          event, held)
+        return QuotaCheck(user, model.model_id, month, model.is_system, allowed, used, credit, resets_at, event, held)
 
     # --- turn holds (quota.Turn; the scripts are turn_begin.lua and turn_end.lua) -----------------
 
@@ -286,9 +296,16 @@ class MeterCore:
         return ScriptCall(
             scripts.TURN_BEGIN,
             (self.keys.month_key(user, month), self.keys.holds_key(user)),
-            (turn_id, hold_arg, f"{model.model_id}:{SUFFIX_HOLD_ESTIMATE}", self._credit_arg,
-             self._hold_ttl_ms_arg, str(settings.turn_hold_default_nano),
-             str(settings.turn_hold_floor_nano), str(settings.turn_hold_cap_nano)),
+            (
+                turn_id,
+                hold_arg,
+                f"{model.model_id}:{SUFFIX_HOLD_ESTIMATE}",
+                self._credit_arg,
+                self._hold_ttl_ms_arg,
+                str(settings.turn_hold_default_nano),
+                str(settings.turn_hold_floor_nano),
+                str(settings.turn_hold_cap_nano),
+            ),
             parse,
         )
 
@@ -302,8 +319,12 @@ class MeterCore:
         return ScriptCall(
             scripts.TURN_END,
             (self.keys.holds_key(user), self.keys.month_key(user, self.current_month())),
-            (turn_id, f"{model.model_id}:{SUFFIX_HOLD_ESTIMATE}", str(min(cost_nano, 10**17 - 1)),
-             str(self.settings.turn_hold_default_nano)),
+            (
+                turn_id,
+                f"{model.model_id}:{SUFFIX_HOLD_ESTIMATE}",
+                str(min(cost_nano, 10**17 - 1)),
+                str(self.settings.turn_hold_default_nano),
+            ),
             parse,
         )
 
@@ -339,15 +360,14 @@ class MeterCore:
 
         def parse(reply: Any) -> LiveMonths:
             held, *months = reply
-            return LiveMonths(int(held), [MonthUsage.from_hash(m, flat_pairs_to_dict(list(r)))
-                                          for m, r in zip(wanted, months)])
+            return LiveMonths(
+                int(held), [MonthUsage.from_hash(m, flat_pairs_to_dict(list(r))) for m, r in zip(wanted, months)]
+            )
 
         keys = (self.keys.holds_key(user), *(self.keys.month_key(user, m) for m in wanted))
         return ScriptCall(scripts.STATS, keys, (), parse)
 
-    def token_stats(
-        self, user: str, live: LiveMonths, archived: list[MonthUsage] | None = None
-    ) -> dict[str, Any]:
+    def token_stats(self, user: str, live: LiveMonths, archived: list[MonthUsage] | None = None) -> dict[str, Any]:
         """Merge live months (Redis) with archived ones (SQL): each month once, newest first.
 
         Nothing is counted twice: the archive holds a full snapshot per generation of a hash,
@@ -361,16 +381,19 @@ class MeterCore:
         for part in archived or []:
             parts.setdefault(part.month, []).append(part)
         by_month = {m.month: m for m in expired}
-        merged = {month: merge_month(month, by_month.get(month), parts.get(month, []))
-                  for month in set(parts) | set(by_month)}
+        merged = {
+            month: merge_month(month, by_month.get(month), parts.get(month, [])) for month in set(parts) | set(by_month)
+        }
         limit = len(live.months) - 1
         history = [merged[m] for m in sorted(merged, reverse=True) if m < current.month][:limit]
-        return build_token_stats(user, current, history, self.prices, self.settings.credit_nano,
-                                 held_nano=live.held_nano)
+        return build_token_stats(
+            user, current, history, self.prices, self.settings.credit_nano, held_nano=live.held_nano
+        )
 
 
-def quota_exceeded_event(model_id: str, used_nano: int, credit_nano: int, resets_at: str,
-                         held_nano: int = 0) -> dict[str, Any]:
+def quota_exceeded_event(
+    model_id: str, used_nano: int, credit_nano: int, resets_at: str, held_nano: int = 0
+) -> dict[str, Any]:
     """The ``quota_exceeded`` event a chat front end shows when a new message is refused.
 
     ``held`` is what replies in progress have reserved (turn holds): a user under the credit can

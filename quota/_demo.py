@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ._sync.meter import Meter
 
@@ -33,16 +33,25 @@ def fake_tokens(rng: random.Random, purpose: str) -> tuple[int, int]:
     return tin + rng.randrange(tin // 2), tout + rng.randrange(max(tout // 2, 1))
 
 
-def run_user(meter: Meter, user: str, model_id: str, report: DemoReport, rng: random.Random,
-             max_messages: int, say: Callable[[str], None]) -> None:
+def run_user(
+    meter: Meter,
+    user: str,
+    model_id: str,
+    report: DemoReport,
+    rng: random.Random,
+    max_messages: int,
+    say: Callable[[str], None],
+) -> None:
     for number in range(max_messages):
         check = meter.check_quota_available(user, model_id)
         if not check.allowed:
             assert check.event is not None
             with report.lock:
                 report.refused[user] = check.event["message"]
-            say(f"  {user:<8} refused on message {number + 1}: quota_exceeded "
-                f"(used {check.monthly_used} of {check.monthly_credit} CNY)")
+            say(
+                f"  {user:<8} refused on message {number + 1}: quota_exceeded "
+                f"(used {check.monthly_used} of {check.monthly_credit} CNY)"
+            )
             return
         purposes = ["chat", "tool", "summary"] + (["naming"] if number == 0 else [])
         for purpose in purposes:  # the reply in progress always finishes, and is always counted
@@ -53,8 +62,9 @@ def run_user(meter: Meter, user: str, model_id: str, report: DemoReport, rng: ra
             report.calls += len(purposes)
 
 
-def run_demo(meter: Meter, *, users: int = 5, seed: int = 7, max_messages: int = 400,
-             say: Callable[[str], None] = print) -> DemoReport:
+def run_demo(
+    meter: Meter, *, users: int = 5, seed: int = 7, max_messages: int = 400, say: Callable[[str], None] = print
+) -> DemoReport:
     """Workers for ``users`` users; user0 and user1 chat a lot on the system model, the last one
     uses a custom model (counted, never limited)."""
     report = DemoReport()
@@ -82,9 +92,18 @@ def stats_table(meter: Meter, users: list[str]) -> str:
     for user in users:
         stats = meter.get_token_stats(user)
         for model_id, m in stats["models"].items():
-            rows.append((user, model_id, "system" if m["is_system"] else "custom", str(m["calls"]),
-                         f"{m['input_tokens']:,}", f"{m['output_tokens']:,}", f"{m['cost']}",
-                         f"{stats['monthly_used']}/{stats['monthly_credit']} ({stats['percent_used']}%)"))
+            rows.append(
+                (
+                    user,
+                    model_id,
+                    "system" if m["is_system"] else "custom",
+                    str(m["calls"]),
+                    f"{m['input_tokens']:,}",
+                    f"{m['output_tokens']:,}",
+                    f"{m['cost']}",
+                    f"{stats['monthly_used']}/{stats['monthly_credit']} ({stats['percent_used']}%)",
+                )
+            )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -42,7 +42,7 @@ class QuotaExceeded(QuotaError):
     ``event`` is the ``quota_exceeded`` dict, ready to send to a chat front end.
     """
 
-    def __init__(self, event: dict[str, Any]):
+    def __init__(self, event: dict[str, Any]) -> None:
         super().__init__(event.get("message", "monthly credit exceeded"))
         self.event = event
 
@@ -54,7 +54,7 @@ class BatchError(QuotaError):
     Records carry request ids, so sending the failed ones again (with the same ids) is safe.
     """
 
-    def __init__(self, results: list[Any]):
+    def __init__(self, results: list[Any]) -> None:
         self.results = results
         failed = [(i, r) for i, r in enumerate(results) if isinstance(r, Exception)]
         self.errors = dict(failed)

@@ -13,7 +13,7 @@ can touch all of them. Identifiers are validated here before they can reach a ke
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ._errors import InvalidInput
 
@@ -26,16 +26,16 @@ MONTH_RE = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
 PREFIX_RE = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
 
 # Scalar fields of the user-month hash (no colon, so they never collide with model fields).
-FIELD_CREDIT = "credit_nano"          # this month's credit, nano-CNY; absent = the default credit
-FIELD_USED = "system_used_nano"       # spend on system models this month, nano-CNY
+FIELD_CREDIT = "credit_nano"  # this month's credit, nano-CNY; absent = the default credit
+FIELD_USED = "system_used_nano"  # spend on system models this month, nano-CNY
 # Bookkeeping of `quota dump` (quota/history/dump.py, docs/HISTORY.md), written only into expired months:
-FIELD_DUMP_GEN = "dump_gen"           # id of this incarnation of the hash in the SQL archive
-FIELD_DUMP_SEQ = "dump_seq"           # how many times a dump has read it (newest snapshot wins)
+FIELD_DUMP_GEN = "dump_gen"  # id of this incarnation of the hash in the SQL archive
+FIELD_DUMP_SEQ = "dump_seq"  # how many times a dump has read it (newest snapshot wins)
 # Per-model fields are "<model_id>:<suffix>"; parse them with rpartition(":"). The token fields
 # are named "input"/"output" as in the seed's history: one user-month with one model then fits
 # in 232 bytes (MEMORY USAGE), where "input_tokens"/"output_tokens" took 264.
-SUFFIX_INPUT = "input"                # input tokens
-SUFFIX_OUTPUT = "output"              # output tokens
+SUFFIX_INPUT = "input"  # input tokens
+SUFFIX_OUTPUT = "output"  # output tokens
 SUFFIX_COST = "cost_nano"
 SUFFIX_CALLS = "calls"
 SUFFIX_ESTIMATED = "estimated_calls"  # calls whose tokens were estimated (stream cut short)
@@ -62,9 +62,7 @@ def validate_model_id(model_id: object) -> str:
 
 
 def validate_request_id(request_id: object) -> str:
-    return _check(
-        request_id, REQUEST_ID_RE, "request_id", "use 1 to 128 characters of A-Z a-z 0-9 _ . : / @ + = -"
-    )
+    return _check(request_id, REQUEST_ID_RE, "request_id", "use 1 to 128 characters of A-Z a-z 0-9 _ . : / @ + = -")
 
 
 def validate_prefix(prefix: object) -> str:
@@ -79,24 +77,25 @@ def validate_month(month: object) -> str:
 
 # --- the UTC month -------------------------------------------------------------------------------
 
+
 def utc(moment: datetime) -> datetime:
     """``moment`` in UTC; a naive datetime is refused (it would silently use local time)."""
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise InvalidInput("the clock must return an aware datetime (e.g. datetime.now(timezone.utc))")
-    return moment.astimezone(timezone.utc)
+    return moment.astimezone(UTC)
 
 
 def month_of(moment: datetime) -> str:
     """The UTC month of ``moment`` as ``YYYY-MM``."""
     # Fast path for the usual clock (datetime.now(timezone.utc)): it is already UTC, so skip the
     # conversion; this runs once per record (about 0.5 µs less per record, bench/ issue 2).
-    m = moment if moment.tzinfo is timezone.utc else utc(moment)
+    m = moment if moment.tzinfo is UTC else utc(moment)
     return f"{m.year:04d}-{m.month:02d}"
 
 
 def month_start(month: str) -> datetime:
     year, mon = (int(p) for p in validate_month(month).split("-"))
-    return datetime(year, mon, 1, tzinfo=timezone.utc)
+    return datetime(year, mon, 1, tzinfo=UTC)
 
 
 def add_months(month: str, delta: int) -> str:
@@ -116,10 +115,11 @@ def iso_z(moment: datetime) -> str:
 
 # --- key names -----------------------------------------------------------------------------------
 
+
 class KeySchema:
     """Builds key names for one prefix. All inputs must be validated already."""
 
-    def __init__(self, prefix: str = "quota"):
+    def __init__(self, prefix: str = "quota") -> None:
         self.prefix = validate_prefix(prefix)
 
     def month_key(self, user: str, month: str) -> str:
@@ -140,7 +140,7 @@ class KeySchema:
         head = f"{self.prefix}:{{"
         if not key.startswith(head) or not key.endswith("}:" + key[-7:]):
             return None
-        user, month = key[len(head):-9], key[-7:]
+        user, month = key[len(head) : -9], key[-7:]
         if USER_RE.fullmatch(user) and MONTH_RE.fullmatch(month):
             return user, month
         return None

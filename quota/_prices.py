@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import tomllib
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ._errors import ConfigError, InvalidInput, UnknownModel
 from ._keys import MODEL_RE, validate_model_id
@@ -47,6 +47,7 @@ DEFAULT_SYSTEM_MODELS: dict[str, dict[str, Any]] = {
         "cost_per_1k_output": "0.002",
     },
 }
+
 
 def fold_model_id(model_id: str) -> str:
     """The form two ids are compared in to tell whether one poses as a system id: Unicode NFKC
@@ -69,6 +70,7 @@ def per_1k_to_nano_per_token(price: object, *, what: str) -> int:
     if per_token > MAX_PRICE_NANO_PER_TOKEN:
         raise InvalidInput(f"{what} {price!r} is above the limit of 10 CNY per 1k tokens")
     return per_token
+
 
 @dataclass(frozen=True)
 class ModelPrice:
@@ -99,6 +101,7 @@ class ModelPrice:
         data["cost_per_1k_output"] = nano_to_json(self.output_nano_per_token * 1000)
         return data
 
+
 def _parse_entry(model_id: str, entry: Any, *, is_system: bool) -> ModelPrice:
     if not isinstance(entry, Mapping):
         raise ConfigError(f"price of {model_id!r} must be a table with cost_per_1k_input/output")
@@ -127,6 +130,7 @@ def _parse_entry(model_id: str, entry: Any, *, is_system: bool) -> ModelPrice:
     except InvalidInput as exc:
         raise ConfigError(f"price table: {exc}") from None
 
+
 class PriceTable:
     """The system and custom price tables. Immutable once built."""
 
@@ -134,13 +138,13 @@ class PriceTable:
         self,
         system: Mapping[str, Any] | None = None,
         custom: Mapping[str, Any] | None = None,
-    ):
+    ) -> None:
         system = DEFAULT_SYSTEM_MODELS if system is None else system
         self._system = {mid: _parse_entry(mid, e, is_system=True) for mid, e in system.items()}
         self._custom = {mid: _parse_entry(mid, e, is_system=False) for mid, e in (custom or {}).items()}
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> "PriceTable":
+    def from_toml(cls, path: str | Path) -> PriceTable:
         try:
             with open(path, "rb") as fh:
                 data = tomllib.load(fh)
@@ -151,7 +155,7 @@ class PriceTable:
         return cls.from_mapping(data, source=str(path))
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "prices") -> "PriceTable":
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "prices") -> PriceTable:
         unknown = set(data) - {"replace_defaults", "system", "custom"}
         if unknown:
             raise ConfigError(f"{source}: unknown top-level keys {sorted(unknown)}")

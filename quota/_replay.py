@@ -24,9 +24,10 @@ the plan (``plan.close()``) when a step fails, and the claim is released then.
 from __future__ import annotations
 
 import logging
+from collections.abc import Generator
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Any, Generator
+from typing import Any
 
 from ._connect import error_of
 from ._core import MeterCore, ScriptCall
@@ -50,13 +51,14 @@ class ReplayReport:
 class RecordState(Enum):
     """Where one spooled record of a batch stands."""
 
-    SENDING = "sending"   # its call is to be sent (again, when rekeyed)
-    SENT = "sent"         # Redis has it (counted now, or before: a duplicate)
-    DEAD = "dead"         # refused for good: put aside in the dead file
-    FAILED = "failed"     # storage trouble: it and the records after it wait for the next replay
+    SENDING = "sending"  # its call is to be sent (again, when rekeyed)
+    SENT = "sent"  # Redis has it (counted now, or before: a duplicate)
+    DEAD = "dead"  # refused for good: put aside in the dead file
+    FAILED = "failed"  # storage trouble: it and the records after it wait for the next replay
 
 
 # --- the steps -----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ClaimFile:
@@ -120,6 +122,7 @@ Step = FileStep | SendRecords
 
 # --- the plan ------------------------------------------------------------------------------------
 
+
 def plan_replay(core: MeterCore, options: TurnOptions, where: str) -> Generator[Step, Any, ReplayReport]:
     """The steps of one replay of ``options.spool``; returns what it sent. ``where`` names the
     Redis the records go to, in errors."""
@@ -166,11 +169,12 @@ class _Record:
     offset: int
     state: RecordState
     call: ScriptCall | None = None
-    error: Exception | None = None   # DEAD: why Redis refused it; FAILED: the storage error
+    error: Exception | None = None  # DEAD: why Redis refused it; FAILED: the storage error
 
 
-def _replay_batch(core: MeterCore, options: TurnOptions, where: str, claim: Any,
-                  batch: list[tuple[SpoolEntry, int]]) -> Generator[Step, Any, tuple[int, int, Exception | None]]:
+def _replay_batch(
+    core: MeterCore, options: TurnOptions, where: str, claim: Any, batch: list[tuple[SpoolEntry, int]]
+) -> Generator[Step, Any, tuple[int, int, Exception | None]]:
     """Send one batch and acknowledge what landed; returns (sent, dead, the error that stopped it
     or None)."""
     metrics = options.metrics
@@ -178,7 +182,7 @@ def _replay_batch(core: MeterCore, options: TurnOptions, where: str, claim: Any,
     for entry, offset in batch:
         try:
             records.append(_Record(entry, offset, RecordState.SENDING, call_for(core, entry)))
-        except InvalidInput as exc:   # a model removed from the price table since, say
+        except InvalidInput as exc:  # a model removed from the price table since, say
             records.append(_Record(entry, offset, RecordState.DEAD, error=exc))
     sending = [r for r in records if r.state is RecordState.SENDING]
     while sending:
@@ -198,14 +202,14 @@ def _replay_batch(core: MeterCore, options: TurnOptions, where: str, claim: Any,
             elif isinstance(error, InvalidInput):
                 record.state, record.error = RecordState.DEAD, error
             else:
-                record.state, record.error = RecordState.FAILED, error   # send again later
+                record.state, record.error = RecordState.FAILED, error  # send again later
         sending = again
 
     sent = dead = 0
     last = None
     stopped: Exception | None = None
     buried = []
-    for record in records:   # in order, up to the first record not done
+    for record in records:  # in order, up to the first record not done
         if record.state is RecordState.SENT:
             sent += 1
         elif record.state is RecordState.DEAD:

@@ -104,7 +104,7 @@ class QuotaCheck(_MonthTotals):
     monthly_credit_nano: int
     resets_at: str
     event: dict[str, Any] | None = None  # the quota_exceeded event when denied
-    held_nano: int = 0                   # live turn holds (reserved by replies in progress)
+    held_nano: int = 0  # live turn holds (reserved by replies in progress)
 
     def __bool__(self) -> bool:
         return self.allowed

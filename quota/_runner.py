@@ -7,7 +7,7 @@ protocols; nothing outside them reaches into a meter's private members.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ._core import MeterCore, ScriptCall

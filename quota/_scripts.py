@@ -26,7 +26,7 @@ class LuaScript:
     sha: str
 
     @classmethod
-    def load(cls, name: str) -> "LuaScript":
+    def load(cls, name: str) -> LuaScript:
         source = _INCLUDE.sub(lambda m: _read("lib", f"{m.group(1)}.lua").rstrip("\n"), _read(f"{name}.lua"))
         return cls(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
 
@@ -37,7 +37,7 @@ SET_CREDIT = LuaScript.load("set_credit")
 STATS = LuaScript.load("stats")
 TURN_BEGIN = LuaScript.load("turn_begin")
 TURN_END = LuaScript.load("turn_end")
-SNAPSHOT_MONTH = LuaScript.load("snapshot_month")            # the dump (quota.dump)
+SNAPSHOT_MONTH = LuaScript.load("snapshot_month")  # the dump (quota.dump)
 DELETE_IF_UNCHANGED = LuaScript.load("delete_if_unchanged")  # the dump (quota.dump)
 
 ALL = (RECORD, CHECK, SET_CREDIT, STATS, TURN_BEGIN, TURN_END, SNAPSHOT_MONTH, DELETE_IF_UNCHANGED)

@@ -38,10 +38,11 @@ import os
 import stat
 import threading
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ._errors import ConfigError
 
@@ -65,16 +66,27 @@ class SpoolEntry:
     price: Mapping[str, str] | None = None
 
     def to_line(self) -> bytes:
-        body = json.dumps({
-            "v": FORMAT_VERSION, "rid": self.request_id, "user": self.user, "model": self.model_id,
-            "in": self.input_tokens, "out": self.output_tokens, "est": self.estimated,
-            "at": self.at.isoformat(), "cost_nano": self.cost_nano,
-            "price": dict(self.price) if self.price is not None else None,
-        }, separators=(",", ":"), sort_keys=True, ensure_ascii=True).encode("ascii")
+        body = json.dumps(
+            {
+                "v": FORMAT_VERSION,
+                "rid": self.request_id,
+                "user": self.user,
+                "model": self.model_id,
+                "in": self.input_tokens,
+                "out": self.output_tokens,
+                "est": self.estimated,
+                "at": self.at.isoformat(),
+                "cost_nano": self.cost_nano,
+                "price": dict(self.price) if self.price is not None else None,
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+            ensure_ascii=True,
+        ).encode("ascii")
         return b"%08x %s\n" % (zlib.crc32(body), body)
 
     @classmethod
-    def from_line(cls, line: bytes) -> "SpoolEntry":
+    def from_line(cls, line: bytes) -> SpoolEntry:
         """Parse one line (with its newline); ValueError when it is torn or corrupt."""
         if not line.endswith(b"\n"):
             raise ValueError("torn line (no newline)")
@@ -87,14 +99,23 @@ class SpoolEntry:
         at = datetime.fromisoformat(data["at"])
         if at.tzinfo is None:
             raise ValueError("naive timestamp")
-        return cls(data["user"], data["model"], int(data["in"]), int(data["out"]), data["rid"],
-                   bool(data["est"]), at, int(data["cost_nano"]), data.get("price"))
+        return cls(
+            data["user"],
+            data["model"],
+            int(data["in"]),
+            int(data["out"]),
+            data["rid"],
+            bool(data["est"]),
+            at,
+            int(data["cost_nano"]),
+            data.get("price"),
+        )
 
 
 class Claim:
     """A claimed batch of spooled records being replayed, in order. Not thread-safe; one replayer."""
 
-    def __init__(self, spool: "Spool", lock_fd: int):
+    def __init__(self, spool: Spool, lock_fd: int) -> None:
         self.spool = spool
         self._lock_fd = lock_fd
         self.path = spool.replaying_path
@@ -156,7 +177,7 @@ class Spool:
 
     durable = True
 
-    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True):
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.path = Path(path)
         make_private_dirs(self.path.parent)
         check_spool_directory(self.path.parent)
@@ -276,8 +297,9 @@ class Spool:
                 if self.fsync:
                     os.fsync(f.fileno())
         except OSError as exc:
-            log.error("spool %s: %s; cannot keep it in %s (%s), the line was: %r", self.path, reason, path,
-                      exc.strerror, line)
+            log.error(
+                "spool %s: %s; cannot keep it in %s (%s), the line was: %r", self.path, reason, path, exc.strerror, line
+            )
             return
         log.error("spool %s: %s; kept in %s", self.path, reason, path)
 
@@ -309,14 +331,14 @@ class MemorySpool:
     def pending_count(self) -> int:
         return len(self._entries)
 
-    def claim(self) -> "_MemoryClaim | None":
+    def claim(self) -> _MemoryClaim | None:
         if not self._entries or not self._replaying.acquire(blocking=False):
             return None
         return _MemoryClaim(self)
 
 
 class _MemoryClaim:
-    def __init__(self, spool: MemorySpool):
+    def __init__(self, spool: MemorySpool) -> None:
         self.spool = spool
         self.offset = 0
         self.sent = 0
@@ -324,7 +346,9 @@ class _MemoryClaim:
 
     def batch(self, size: int) -> list[tuple[SpoolEntry, int]]:
         with self.spool._lock:
-            return [(e, self.offset + i + 1) for i, e in enumerate(self.spool._entries[self.offset:self.offset + size])]
+            return [
+                (e, self.offset + i + 1) for i, e in enumerate(self.spool._entries[self.offset : self.offset + size])
+            ]
 
     def ack(self, offset: int, count: int = 0) -> None:
         self.offset = max(self.offset, offset)
@@ -339,7 +363,7 @@ class _MemoryClaim:
 
     def release(self) -> None:
         with self.spool._lock:
-            del self.spool._entries[:self.offset]
+            del self.spool._entries[: self.offset]
             self.offset = 0
         if self.spool._replaying.locked():
             self.spool._replaying.release()
@@ -360,8 +384,8 @@ class _Nothing(Exception):
     pass
 
 
-class _flocked:
-    def __init__(self, path: Path):
+class _flocked:  # noqa: N801 - used like a function: ``with _flocked(path):``
+    def __init__(self, path: Path) -> None:
         self.path = path
         self.fd = -1
 
@@ -428,12 +452,16 @@ def check_spool_directory(directory: Path) -> None:
         if not mode & stat.S_IWOTH:
             continue
         if not mode & stat.S_ISVTX:
-            raise ConfigError(f"{ancestor}, above the spool directory {real}, is writable by every user "
-                              "without the sticky bit: anyone could rename the spool away")
+            raise ConfigError(
+                f"{ancestor}, above the spool directory {real}, is writable by every user "
+                "without the sticky bit: anyone could rename the spool away"
+            )
         if i == 0 and (info.st_uid != me or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
-            raise ConfigError(f"the spool directory {real} is inside {ancestor}, which every user may write, "
-                              "and is not private: it must be ours and not group- or world-writable "
-                              f"(chmod 700 {real}), or {fix}")
+            raise ConfigError(
+                f"the spool directory {real} is inside {ancestor}, which every user may write, "
+                "and is not private: it must be ours and not group- or world-writable "
+                f"(chmod 700 {real}), or {fix}"
+            )
 
 
 def _fsync_dir(path: Path) -> None:

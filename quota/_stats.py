@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from ._keys import (
     FIELD_CREDIT,
@@ -32,7 +33,7 @@ class ModelUsage:
     calls: int = 0
     estimated_calls: int = 0
 
-    def add(self, other: "ModelUsage") -> None:
+    def add(self, other: ModelUsage) -> None:
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
         self.cost_nano += other.cost_nano
@@ -55,7 +56,7 @@ class MonthUsage:
     archive_gen: int | None = None
 
     @classmethod
-    def from_hash(cls, month: str, raw: Mapping[Any, Any]) -> "MonthUsage":
+    def from_hash(cls, month: str, raw: Mapping[Any, Any]) -> MonthUsage:
         usage = cls(month)
         for key, value in raw.items():
             name = key.decode() if isinstance(key, bytes) else str(key)
@@ -77,7 +78,7 @@ class MonthUsage:
     def is_empty(self) -> bool:
         return not self.models and self.system_used_nano == 0
 
-    def add(self, other: "MonthUsage") -> None:
+    def add(self, other: MonthUsage) -> None:
         """Add ``other``'s counters; its credit, when set, replaces this one (a credit is set, not added)."""
         if other.credit_nano is not None:
             self.credit_nano = other.credit_nano

@@ -29,7 +29,7 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -56,7 +56,7 @@ class InvalidToken(InvalidInput):
     """The token is malformed, not signed with our secret, expired or revoked (``expired`` and
     ``revoked`` say which)."""
 
-    def __init__(self, message: str, *, expired: bool = False, revoked: bool = False):
+    def __init__(self, message: str, *, expired: bool = False, revoked: bool = False) -> None:
         super().__init__(message)
         self.expired = expired
         self.revoked = revoked
@@ -105,8 +105,12 @@ def verify_user_token(secret_key: str, token: str, *, now_s: float | None = None
         payload = _serializer(secret_key).loads(token)
     except BadSignature:
         raise InvalidToken("the token is not valid") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("u"), str) \
-            or not _is_int(payload.get("exp")) or not (payload.get("iat_ms") is None or _is_int(payload["iat_ms"])):
+    if (
+        not isinstance(payload, dict)
+        or not isinstance(payload.get("u"), str)
+        or not _is_int(payload.get("exp"))
+        or not (payload.get("iat_ms") is None or _is_int(payload["iat_ms"]))
+    ):
         raise InvalidToken("the token is not valid")
     now = time.time() if now_s is None else now_s
     if now >= payload["exp"]:
@@ -119,6 +123,7 @@ def _is_int(value: Any) -> bool:
 
 
 # --- revocation -------------------------------------------------------------------------------------
+
 
 def valid_after_key(prefix: str, user: str) -> str:
     """``<prefix>:{<user>}:tokens_valid_after``: the user's hash tag, so it lives with their keys."""
@@ -151,7 +156,7 @@ def revoke_user_tokens(client: Any, prefix: str, user: str, *, now_s: float | No
 
 def iso_ms(at_ms: int) -> str:
     """``2026-01-15T12:00:00.123Z``: a revocation instant as the API and the CLI show it."""
-    at = datetime.fromtimestamp(at_ms // 1000, timezone.utc)
+    at = datetime.fromtimestamp(at_ms // 1000, UTC)
     return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at_ms % 1000:03d}Z"
 
 

@@ -14,8 +14,9 @@ import hashlib
 import logging
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 from ._core import MeterCore, ScriptCall
 from ._errors import InvalidInput, QuotaExceeded, StorageUnavailable
@@ -33,25 +34,26 @@ REPLAY_RETRY_S = 5.0
 
 # --- options and metrics -------------------------------------------------------------------------
 
+
 @dataclass
 class TurnMetrics:
     """Counters a worker can export (e.g. as Prometheus counters). Monotonic, per process."""
 
-    checks_unavailable_allowed: int = 0   # Redis away, system model, policy "allow": let through
-    checks_unavailable_denied: int = 0    # Redis away, system model, policy "deny": refused
-    checks_unavailable_custom: int = 0    # Redis away, custom model: always allowed
+    checks_unavailable_allowed: int = 0  # Redis away, system model, policy "allow": let through
+    checks_unavailable_denied: int = 0  # Redis away, system model, policy "deny": refused
+    checks_unavailable_custom: int = 0  # Redis away, custom model: always allowed
     records_counted: int = 0
     records_duplicate: int = 0
-    records_estimated: int = 0            # counted (or spooled) from an estimate
+    records_estimated: int = 0  # counted (or spooled) from an estimate
     records_spooled: int = 0
-    records_lost: int = 0                 # Redis away AND the spool refused the write (disk full)
-    records_rekeyed: int = 0              # a provider id reused for a different call
+    records_lost: int = 0  # Redis away AND the spool refused the write (disk full)
+    records_rekeyed: int = 0  # a provider id reused for a different call
     records_replayed: int = 0
-    records_dead: int = 0                 # spooled records Redis refuses for good
+    records_dead: int = 0  # spooled records Redis refuses for good
     replay_failures: int = 0
-    holds_taken: int = 0                  # turns admitted with a hold (turn_begin.lua)
-    holds_released: int = 0               # holds given back at the turn's end
-    holds_release_failed: int = 0         # Redis away at the turn's end: the hold dies at its expiry
+    holds_taken: int = 0  # turns admitted with a hold (turn_begin.lua)
+    holds_released: int = 0  # holds given back at the turn's end
+    holds_release_failed: int = 0  # Redis away at the turn's end: the hold dies at its expiry
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -65,8 +67,14 @@ class TurnOptions:
     ``StorageUnavailable`` instead. Custom models are never limited, so they always pass.
     """
 
-    def __init__(self, spool: Any = None, on_unavailable: str = "allow", *,
-                 replay_batch: int = REPLAY_BATCH, replay_retry_s: float = REPLAY_RETRY_S):
+    def __init__(
+        self,
+        spool: Any = None,
+        on_unavailable: str = "allow",
+        *,
+        replay_batch: int = REPLAY_BATCH,
+        replay_retry_s: float = REPLAY_RETRY_S,
+    ) -> None:
         if on_unavailable not in ON_UNAVAILABLE:
             raise InvalidInput(f"on_unavailable must be 'allow' or 'deny', got {on_unavailable!r}")
         self.spool: Spool | MemorySpool = open_spool(spool)
@@ -77,8 +85,10 @@ class TurnOptions:
         self._next_replay = 0.0
         self._background: set[asyncio.Task[Any]] = set()
         if not self.spool.durable:
-            log.info("quota: no spool file configured; records made while Redis is away are kept in "
-                     "memory only (pass spool=PATH for a durable spool)")
+            log.info(
+                "quota: no spool file configured; records made while Redis is away are kept in "
+                "memory only (pass spool=PATH for a durable spool)"
+            )
 
     def track(self, task: asyncio.Task[Any]) -> None:
         """Keep a replay a turn started in the background until it is done (see wait_background)."""
@@ -99,6 +109,7 @@ class TurnOptions:
 
 
 # --- results -------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Recorded:
@@ -126,8 +137,11 @@ class Recorded:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "status": self.status, "request_id": self.request_id, "model_id": self.model_id,
-            "input_tokens": self.usage.input_tokens, "output_tokens": self.usage.output_tokens,
+            "status": self.status,
+            "request_id": self.request_id,
+            "model_id": self.model_id,
+            "input_tokens": self.usage.input_tokens,
+            "output_tokens": self.usage.output_tokens,
             "estimated": self.usage.estimated,
             "result": self.result.as_dict() if self.result is not None else None,
             "error": self.error,
@@ -145,15 +159,24 @@ class Pending:
 
 # --- the shared rules ----------------------------------------------------------------------------
 
+
 def call_for(core: MeterCore, entry: SpoolEntry, turn_id: str | None = None) -> ScriptCall:
     """The script call for ``entry`` (a rekeyed record, or one replayed from the spool), made at
     ``entry.at`` as a live record is made at the instant it is spooled with: a replayed record
     lands in the month it was made in, with the same request id, whatever the clock says now.
     ``turn_id`` draws a live record's cost from its turn's hold; a replayed record has none (its
     turn is over)."""
-    return core.record(entry.user, entry.model_id, entry.input_tokens, entry.output_tokens,
-                       request_id=entry.request_id, price=entry.price, estimated=entry.estimated,
-                       turn_id=turn_id, at=entry.at)
+    return core.record(
+        entry.user,
+        entry.model_id,
+        entry.input_tokens,
+        entry.output_tokens,
+        request_id=entry.request_id,
+        price=entry.price,
+        estimated=entry.estimated,
+        turn_id=turn_id,
+        at=entry.at,
+    )
 
 
 def rekeyed_id(request_id: str, entry: SpoolEntry) -> str:
@@ -177,20 +200,27 @@ def _price_text(price: Mapping[str, Any] | None) -> dict[str, str] | None:
 class TurnRules:
     """Everything a turn decides, with no I/O: shared by ``Turn`` and ``AsyncTurn``."""
 
-    def __init__(self, core: MeterCore, options: TurnOptions, user: object, model_id: object,
-                 on_unavailable: str | None = None, hold: object = None):
+    def __init__(
+        self,
+        core: MeterCore,
+        options: TurnOptions,
+        user: object,
+        model_id: object,
+        on_unavailable: str | None = None,
+        hold: object = None,
+    ) -> None:
         self.core = core
         self.options = options
         self.user = validate_user(user)
-        self.model = core.prices.lookup(model_id)      # UnknownModel before anything happens
+        self.model = core.prices.lookup(model_id)  # UnknownModel before anything happens
         policy = options.on_unavailable if on_unavailable is None else on_unavailable
         if policy not in ON_UNAVAILABLE:
             raise InvalidInput(f"on_unavailable must be 'allow' or 'deny', got {policy!r}")
         self.policy = policy
-        self.hold_arg = core.hold_arg(hold)            # InvalidInput before anything happens
+        self.hold_arg = core.hold_arg(hold)  # InvalidInput before anything happens
         self.turn_id = "turn-" + secrets.token_urlsafe(12)
         self.check: QuotaCheck | None = None
-        self.degraded = False                           # the check could not reach Redis
+        self.degraded = False  # the check could not reach Redis
         self.records: list[Recorded] = []
         self.streams: list[Any] = []
         self._seq = 0
@@ -244,8 +274,13 @@ class TurnRules:
             self.metrics.holds_released += 1
             return
         self.metrics.holds_release_failed += 1
-        log.warning("could not release the hold of turn %s for %s (it expires in %d s): %s",
-                    self.turn_id, self.user, self.core.settings.hold_ttl_s, exc)
+        log.warning(
+            "could not release the hold of turn %s for %s (it expires in %d s): %s",
+            self.turn_id,
+            self.user,
+            self.core.settings.hold_ttl_s,
+            exc,
+        )
 
     def can_continue_locally(self) -> bool | None:
         """``can_continue`` when no I/O is needed: True for a custom model or while this turn's
@@ -279,8 +314,9 @@ class TurnRules:
         self._seq += 1
         return f"{self.turn_id}.{self._seq}"
 
-    def usage_of(self, usage: Any, input_tokens: int | None, output_tokens: int | None,
-                 estimated: bool | None) -> Usage:
+    def usage_of(
+        self, usage: Any, input_tokens: int | None, output_tokens: int | None, estimated: bool | None
+    ) -> Usage:
         if usage is None:
             if input_tokens is None or output_tokens is None:
                 raise InvalidInput("record needs a response, a usage, or input_tokens and output_tokens")
@@ -297,9 +333,17 @@ class TurnRules:
             found = found._replace(estimated=estimated)
         return found
 
-    def prepare(self, usage: Any = None, *, model_id: object = None, input_tokens: int | None = None,
-                output_tokens: int | None = None, request_id: object = None,
-                price: Mapping[str, Any] | None = None, estimated: bool | None = None) -> Pending:
+    def prepare(
+        self,
+        usage: Any = None,
+        *,
+        model_id: object = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        request_id: object = None,
+        price: Mapping[str, Any] | None = None,
+        estimated: bool | None = None,
+    ) -> Pending:
         """Validate and price one call (InvalidInput here changes nothing) and build its call."""
         found = self.usage_of(usage, input_tokens, output_tokens, estimated)
         if request_id is not None:
@@ -309,22 +353,45 @@ class TurnRules:
         model = self.model.model_id if model_id is None else model_id
         price_text = _price_text(price)
         at = self.core.clock()
-        call = self.core.record(self.user, model, found.input_tokens, found.output_tokens, request_id=rid,
-                                price=price_text, estimated=found.estimated,
-                                turn_id=self.turn_id if self.holding else None, at=at)
+        call = self.core.record(
+            self.user,
+            model,
+            found.input_tokens,
+            found.output_tokens,
+            request_id=rid,
+            price=price_text,
+            estimated=found.estimated,
+            turn_id=self.turn_id if self.holding else None,
+            at=at,
+        )
         # The spool keeps what the call was priced as: the canonical model id, and its cost.
-        entry = SpoolEntry(self.user, call.model.model_id, found.input_tokens, found.output_tokens,  # type: ignore[union-attr]
-                           rid, found.estimated, at, call.cost_nano, price_text)
+        entry = SpoolEntry(
+            self.user,
+            call.model.model_id,
+            found.input_tokens,
+            found.output_tokens,  # type: ignore[union-attr]
+            rid,
+            found.estimated,
+            at,
+            call.cost_nano,
+            price_text,
+        )
         return Pending(entry, call, found._replace(request_id=rid))
 
     def rekeyed(self, pending: Pending) -> Pending:
         rid = rekeyed_id(pending.entry.request_id, pending.entry)
-        log.warning("request id %s was already counted for a different call; counting this one as %s",
-                    pending.entry.request_id, rid)
+        log.warning(
+            "request id %s was already counted for a different call; counting this one as %s",
+            pending.entry.request_id,
+            rid,
+        )
         self.metrics.records_rekeyed += 1
         entry = replace(pending.entry, request_id=rid)
-        return Pending(entry, call_for(self.core, entry, self.turn_id if self.holding else None),
-                       pending.usage._replace(request_id=rid))
+        return Pending(
+            entry,
+            call_for(self.core, entry, self.turn_id if self.holding else None),
+            pending.usage._replace(request_id=rid),
+        )
 
     def counted(self, pending: Pending, result: UsageResult) -> Recorded:
         if result.duplicate:
@@ -336,24 +403,44 @@ class TurnRules:
                 self.cost_nano += result.cost_nano
         if result.hold_remaining_nano is not None:
             self.hold_remaining_nano = result.hold_remaining_nano
-        return self._done(Recorded("duplicate" if result.duplicate else "counted", pending.entry.request_id,
-                                   pending.entry.model_id, pending.usage, result))
+        return self._done(
+            Recorded(
+                "duplicate" if result.duplicate else "counted",
+                pending.entry.request_id,
+                pending.entry.model_id,
+                pending.usage,
+                result,
+            )
+        )
 
     def spooled(self, pending: Pending, exc: Exception) -> Recorded:
         self.metrics.records_spooled += 1
         self.cost_nano += pending.call.cost_nano if pending.call.model.is_system else 0  # type: ignore[union-attr]
         self.metrics.records_estimated += pending.usage.estimated
-        log.warning("Redis unavailable, record %s spooled to %r: %s", pending.entry.request_id,
-                    self.options.spool, exc)
-        return self._done(Recorded("spooled", pending.entry.request_id, pending.entry.model_id,
-                                   pending.usage, None, str(exc)))
+        log.warning("Redis unavailable, record %s spooled to %r: %s", pending.entry.request_id, self.options.spool, exc)
+        return self._done(
+            Recorded("spooled", pending.entry.request_id, pending.entry.model_id, pending.usage, None, str(exc))
+        )
 
     def lost(self, pending: Pending, exc: Exception, spool_error: Exception) -> Recorded:
         self.metrics.records_lost += 1
-        log.error("record LOST: Redis unavailable (%s) and the spool %r refused it (%s): %s",
-                  exc, self.options.spool, spool_error, pending.entry.to_line().decode().strip())
-        return self._done(Recorded("lost", pending.entry.request_id, pending.entry.model_id, pending.usage,
-                                   None, f"{exc}; spool: {spool_error}"))
+        log.error(
+            "record LOST: Redis unavailable (%s) and the spool %r refused it (%s): %s",
+            exc,
+            self.options.spool,
+            spool_error,
+            pending.entry.to_line().decode().strip(),
+        )
+        return self._done(
+            Recorded(
+                "lost",
+                pending.entry.request_id,
+                pending.entry.model_id,
+                pending.usage,
+                None,
+                f"{exc}; spool: {spool_error}",
+            )
+        )
 
     def _done(self, recorded: Recorded) -> Recorded:
         self.records.append(recorded)

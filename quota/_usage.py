@@ -20,16 +20,17 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from typing import Any, Iterable, Mapping, NamedTuple
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
 from ._errors import InvalidInput
 from ._keys import REQUEST_ID_RE
 
-MAX_TOKENS = 10**9   # the most tokens one call may count, in or out
+MAX_TOKENS = 10**9  # the most tokens one call may count, in or out
 # Scripts that tokenise close to one token per character (CJK ideographs, kana, hangul).
 _DENSE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
-CHARS_PER_TOKEN = 4          # the usual rule of thumb for English and code
-TOKENS_PER_MESSAGE = 4       # role and separators around each chat message
+CHARS_PER_TOKEN = 4  # the usual rule of thumb for English and code
+TOKENS_PER_MESSAGE = 4  # role and separators around each chat message
 
 
 class Usage(NamedTuple):
@@ -113,6 +114,7 @@ def usage_from(obj: Any) -> Usage:
 
 # --- estimates -----------------------------------------------------------------------------------
 
+
 class TextCounter:
     """Counts characters as they stream in, for :func:`estimate_tokens` without keeping the text."""
 
@@ -161,6 +163,7 @@ def estimate_prompt_tokens(prompt: Any) -> int:
 
 # --- streams -------------------------------------------------------------------------------------
 
+
 class StreamTally:
     """Follows a stream chunk by chunk and says what it used, even if it stopped early.
 
@@ -170,12 +173,12 @@ class StreamTally:
     Unknown shapes are ignored: a tally never raises while the reply is streaming.
     """
 
-    def __init__(self, prompt_tokens: int = 0):
+    def __init__(self, prompt_tokens: int = 0) -> None:
         self.prompt_tokens = prompt_tokens
         self.provider_id: Any = None
         self.text = TextCounter()
         self.chunks = 0
-        self.finished = False          # a finish_reason / message_stop was seen
+        self.finished = False  # a finish_reason / message_stop was seen
         self._input: int | None = None
         self._output: int | None = None
         self._complete = False
@@ -224,7 +227,7 @@ class StreamTally:
         if tokens is None:
             return
         if _get(usage, "prompt_tokens") is not None or _get(usage, "completion_tokens") is not None:
-            self._input, self._output = tokens   # OpenAI style: whole, on one chunk
+            self._input, self._output = tokens  # OpenAI style: whole, on one chunk
             self._complete = True
             return
         # Anthropic: message_start carries the input (its output_tokens is a placeholder), and

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from importlib import metadata
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from ._errors import QuotaError
+
+if TYPE_CHECKING:
+    from .history import DumpReport
 
 COMMAND_GROUP = "quota.commands"
 # The group as pyproject.toml declares it, for when the installed metadata does not list it:
@@ -117,8 +121,9 @@ def demo(users: int, seed: int) -> None:
             for key in meter.client.scan_iter(match=f"{meter.settings.prefix}:{{{user}}}:*"):
                 meter.client.delete(key)
         report = run_demo(meter, users=users, seed=seed, say=click.echo)
-        click.echo(f"\n{report.messages} messages, {report.calls} LLM calls recorded, "
-                   f"{len(report.refused)} user(s) refused\n")
+        click.echo(
+            f"\n{report.messages} messages, {report.calls} LLM calls recorded, {len(report.refused)} user(s) refused\n"
+        )
         click.echo(stats_table(meter, [f"user{i}" for i in range(users)]))
         if report.refused:
             user, message = next(iter(sorted(report.refused.items())))
@@ -160,19 +165,27 @@ def credit(user: str, credit: str, month: str | None, url: str | None) -> None:
 # --- the history (issue 3): dump, scheduler --------------------------------------------------------
 
 
-def _dump_job(url: str | None, history_url: str | None, *, before: str | None = None, dry_run: bool = False,
-              batch_size: int | None = None, progress=None):  # noqa: ANN001, ANN202 - DumpReport
+def _dump_job(
+    url: str | None,
+    history_url: str | None,
+    *,
+    before: str | None = None,
+    dry_run: bool = False,
+    batch_size: int | None = None,
+    progress: Callable[[DumpReport], None] | None = None,
+) -> DumpReport:
     """One dump with fresh connections: Redis from ``url``/REDIS_URL, SQL from ``history_url``."""
     from ._config import Settings
-    from .history import DEFAULT_BATCH, HistoryStore, dump_expired_months
     from ._sync.meter import Meter
+    from .history import DEFAULT_BATCH, HistoryStore, dump_expired_months
 
     settings = Settings.from_env()
     meter = Meter.from_url(url, history=None, settings=settings)
     store = HistoryStore(history_url or settings.history_url, prefix=settings.prefix)
     try:
-        return dump_expired_months(meter, store, before=before, dry_run=dry_run,
-                                   batch_size=batch_size or DEFAULT_BATCH, on_progress=progress)
+        return dump_expired_months(
+            meter, store, before=before, dry_run=dry_run, batch_size=batch_size or DEFAULT_BATCH, on_progress=progress
+        )
     finally:
         meter.close()
         store.close()
@@ -193,8 +206,12 @@ class _Progress:
             return
         self.shown = now
         rate = report.seen / report.seconds if report.seconds else 0.0
-        click.echo(f"\rquota dump: {report.seen:,} user-months read of at most {report.estimate:,} keys, "
-                   f"{report.archived:,} archived, {rate:,.0f}/s ", nl=False, err=True)
+        click.echo(
+            f"\rquota dump: {report.seen:,} user-months read of at most {report.estimate:,} keys, "
+            f"{report.archived:,} archived, {rate:,.0f}/s ",
+            nl=False,
+            err=True,
+        )
 
     def done(self) -> None:
         if self.shown:
@@ -202,18 +219,34 @@ class _Progress:
 
 
 @main.command()
-@click.option("--before", metavar="YYYY-MM",
-              help="Archive the months before this one (default: the current UTC month, never archived).")
+@click.option(
+    "--before",
+    metavar="YYYY-MM",
+    help="Archive the months before this one (default: the current UTC month, never archived).",
+)
 @click.option("--dry-run", is_flag=True, help="Read and report what would be archived; write and delete nothing.")
 @click.option("--url", envvar="REDIS_URL", help="Redis URL, redis+cluster:// for a cluster (default: REDIS_URL).")
-@click.option("--history-url", envvar="QUOTA_HISTORY_URL",
-              help="History database: sqlite:///file.db or postgresql://... "
-                   "(default: QUOTA_HISTORY_URL, else sqlite:///quota-history.db).")
-@click.option("--batch-size", type=click.IntRange(1, 100_000), default=None,
-              help="User-months per SQL transaction (default 5000).")
+@click.option(
+    "--history-url",
+    envvar="QUOTA_HISTORY_URL",
+    help="History database: sqlite:///file.db or postgresql://... "
+    "(default: QUOTA_HISTORY_URL, else sqlite:///quota-history.db).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 100_000),
+    default=None,
+    help="User-months per SQL transaction (default 5000).",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress line on stderr (default: on a terminal).")
-def dump(before: str | None, dry_run: bool, url: str | None, history_url: str | None, batch_size: int | None,
-         progress: bool | None) -> None:
+def dump(
+    before: str | None,
+    dry_run: bool,
+    url: str | None,
+    history_url: str | None,
+    batch_size: int | None,
+    progress: bool | None,
+) -> None:
     """Move expired months from Redis to the SQL history, then delete them from Redis.
 
     Safe to run twice, and to kill at any moment and run again: the history stays exact.
@@ -244,8 +277,14 @@ def dump(before: str | None, dry_run: bool, url: str | None, history_url: str | 
 @main.command()
 @click.option("--at", "at_text", default="00:10", show_default=True, help="UTC time of the daily dump, HH:MM.")
 @click.option("--now", "run_now", is_flag=True, help="Also dump once right away (e.g. after downtime).")
-@click.option("--retry", "retry_s", default=600, show_default=True, type=click.IntRange(1, 86_400),
-              help="Seconds between retries of a failed dump (until the next daily run).")
+@click.option(
+    "--retry",
+    "retry_s",
+    default=600,
+    show_default=True,
+    type=click.IntRange(1, 86_400),
+    help="Seconds between retries of a failed dump (until the next daily run).",
+)
 @click.option("--url", envvar="REDIS_URL", help="Redis URL (default: REDIS_URL).")
 @click.option("--history-url", envvar="QUOTA_HISTORY_URL", help="History database (default: QUOTA_HISTORY_URL).")
 def scheduler(at_text: str, run_now: bool, retry_s: int, url: str | None, history_url: str | None) -> None:

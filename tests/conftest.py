@@ -7,9 +7,10 @@ The real servers are started once per test session on their own loopback ports (
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import fakeredis
 import pytest
@@ -19,7 +20,6 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from quota import AsyncMeter, Meter
-
 from quota.testing import RedisClusterProc, RedisServer, free_ports
 
 BACKENDS = ["fake", "redis", "cluster"]
@@ -29,10 +29,10 @@ class Clock:
     """A settable clock: ``clock.set(2026, 1, 31, 23, 59, 59)``."""
 
     def __init__(self, moment: datetime | None = None):
-        self.now = moment or datetime(2026, 1, 15, 12, 0, tzinfo=timezone.utc)
+        self.now = moment or datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 
     def set(self, *parts: int, microsecond: int = 0) -> None:
-        self.now = datetime(*parts, microsecond=microsecond, tzinfo=timezone.utc)
+        self.now = datetime(*parts, microsecond=microsecond, tzinfo=UTC)
 
     def __call__(self) -> datetime:
         return self.now
@@ -142,8 +142,9 @@ class AsyncAsSync:
         self._loop = loop
 
     @classmethod
-    def meter(cls, make_client: Callable[[], Any] | None = None, *, url: str | None = None,
-              **kwargs: Any) -> "AsyncAsSync":
+    def meter(
+        cls, make_client: Callable[[], Any] | None = None, *, url: str | None = None, **kwargs: Any
+    ) -> AsyncAsSync:
         """An AsyncMeter on the client ``make_client`` makes (inside the loop), or on ``url``."""
         loop = asyncio.new_event_loop()
 
@@ -167,7 +168,7 @@ class AsyncAsSync:
             return attr
         return lambda *args, **kwargs: self._run(attr(*args, **kwargs))
 
-    def __enter__(self) -> "AsyncAsSync":
+    def __enter__(self) -> AsyncAsSync:
         self._run(self.target.__aenter__())
         return self
 
@@ -177,7 +178,7 @@ class AsyncAsSync:
         if options is not None:
             self._run(options.wait_background())
 
-    def __iter__(self) -> "AsyncAsSync":
+    def __iter__(self) -> AsyncAsSync:
         return self
 
     def __next__(self) -> Any:
@@ -187,7 +188,7 @@ class AsyncAsSync:
             raise StopIteration from None
 
     def close(self) -> None:
-        if self._loop.is_closed():   # a meter closed by the test, then by its fixture
+        if self._loop.is_closed():  # a meter closed by the test, then by its fixture
             return
         self._run(self.target.aclose())
         if isinstance(self.target, AsyncMeter):
@@ -202,7 +203,7 @@ class AsyncSource:
         self.source = source
         self._iter = iter(source)
 
-    def __aiter__(self) -> "AsyncSource":
+    def __aiter__(self) -> AsyncSource:
         return self
 
     async def __anext__(self) -> Any:

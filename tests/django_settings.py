@@ -20,8 +20,11 @@ def custom_models(user: Any) -> list[str]:
 
 
 def quota_setting(redis_url: str | None = None, **more: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"MONTHLY_CREDIT": "5", "CUSTOM_MODELS": "tests.django_settings.custom_models",
-                            "HISTORY_URL": "sqlite:////nonexistent/quota-tests-history.db"}
+    base: dict[str, Any] = {
+        "MONTHLY_CREDIT": "5",
+        "CUSTOM_MODELS": "tests.django_settings.custom_models",
+        "HISTORY_URL": "sqlite:////nonexistent/quota-tests-history.db",
+    }
     if redis_url:
         base["REDIS_URL"] = redis_url
     return {**base, **more}
@@ -36,9 +39,14 @@ def configure() -> None:
         USE_TZ=True,
         ALLOWED_HOSTS=["testserver", "127.0.0.1", "localhost"],
         INSTALLED_APPS=[
-            "django.contrib.admin", "django.contrib.auth", "django.contrib.contenttypes",
-            "django.contrib.sessions", "django.contrib.messages", "django.contrib.staticfiles",
-            "channels", "quota.contrib.django",
+            "django.contrib.admin",
+            "django.contrib.auth",
+            "django.contrib.contenttypes",
+            "django.contrib.sessions",
+            "django.contrib.messages",
+            "django.contrib.staticfiles",
+            "channels",
+            "quota.contrib.django",
         ],
         MIDDLEWARE=[
             "django.contrib.sessions.middleware.SessionMiddleware",
@@ -48,13 +56,20 @@ def configure() -> None:
             "django.contrib.messages.middleware.MessageMiddleware",
         ],
         ROOT_URLCONF="tests.django_urls",
-        TEMPLATES=[{
-            "BACKEND": "django.template.backends.django.DjangoTemplates", "DIRS": [], "APP_DIRS": True,
-            "OPTIONS": {"context_processors": [
-                "django.template.context_processors.request", "django.contrib.auth.context_processors.auth",
-                "django.contrib.messages.context_processors.messages",
-            ]},
-        }],
+        TEMPLATES=[
+            {
+                "BACKEND": "django.template.backends.django.DjangoTemplates",
+                "DIRS": [],
+                "APP_DIRS": True,
+                "OPTIONS": {
+                    "context_processors": [
+                        "django.template.context_processors.request",
+                        "django.contrib.auth.context_processors.auth",
+                        "django.contrib.messages.context_processors.messages",
+                    ]
+                },
+            }
+        ],
         DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
         DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
         PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],  # fast; tests only

@@ -9,15 +9,17 @@ from quota.contrib.django import require_quota
 
 @require_quota("system_deepseek")
 def sync_chat(request):
-    recorded = request.quota_turn.record(input_tokens=int(request.GET.get("in", 1000)),
-                                         output_tokens=int(request.GET.get("out", 1000)))
+    recorded = request.quota_turn.record(
+        input_tokens=int(request.GET.get("in", 1000)), output_tokens=int(request.GET.get("out", 1000))
+    )
     return JsonResponse({"type": "reply", "record": recorded.as_dict()})
 
 
 @require_quota(lambda request: request.GET.get("model_id"))
 async def async_chat(request):
-    recorded = await request.quota_turn.record(input_tokens=int(request.GET.get("in", 1000)),
-                                               output_tokens=int(request.GET.get("out", 1000)))
+    recorded = await request.quota_turn.record(
+        input_tokens=int(request.GET.get("in", 1000)), output_tokens=int(request.GET.get("out", 1000))
+    )
     return JsonResponse({"type": "reply", "record": recorded.as_dict()})
 
 

@@ -14,7 +14,7 @@ import atexit
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,9 @@ from sqlalchemy import create_engine, text
 
 from quota import Meter
 from quota._config import Settings
-from quota.history import HistoryStore
 from quota._keys import KeySchema, add_months, month_of
 from quota._stats import MonthUsage
+from quota.history import HistoryStore
 
 PG_DB = "quota_test_history"
 SETTINGS = Settings(prefix="quota")
@@ -39,12 +39,16 @@ def pg_url() -> str | None:
     """A URL of the test database on a reachable PostgreSQL, created if needed; None if none."""
     if "url" in _pg_cache:
         return _pg_cache["url"]
-    candidates = [os.environ["QUOTA_TEST_PG_URL"]] if os.environ.get("QUOTA_TEST_PG_URL") else [
-        f"postgresql+psycopg://{user}@127.0.0.1:5432/{PG_DB}" for user in ("postgres", "root")]
+    candidates = (
+        [os.environ["QUOTA_TEST_PG_URL"]]
+        if os.environ.get("QUOTA_TEST_PG_URL")
+        else [f"postgresql+psycopg://{user}@127.0.0.1:5432/{PG_DB}" for user in ("postgres", "root")]
+    )
     found = None
     for url in candidates:
-        admin = create_engine(url.rsplit("/", 1)[0] + "/postgres", connect_args={"connect_timeout": 3},
-                              isolation_level="AUTOCOMMIT")
+        admin = create_engine(
+            url.rsplit("/", 1)[0] + "/postgres", connect_args={"connect_timeout": 3}, isolation_level="AUTOCOMMIT"
+        )
         try:
             with admin.connect() as conn:
                 name = url.rsplit("/", 1)[1]
@@ -91,8 +95,10 @@ def store_url(kind: str, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path}/history.db"
     url = pg_url()
     if url is None:
-        pytest.skip("no PostgreSQL on 127.0.0.1:5432 (trust auth, user postgres or root) and "
-                    "QUOTA_TEST_PG_URL unset: the PostgreSQL history cases need one")
+        pytest.skip(
+            "no PostgreSQL on 127.0.0.1:5432 (trust auth, user postgres or root) and "
+            "QUOTA_TEST_PG_URL unset: the PostgreSQL history cases need one"
+        )
     reset_pg(url)
     return url
 
@@ -112,11 +118,15 @@ def store(history_url: str):
 
 # --- the Redis side of the dump tests ----------------------------------------------------------------
 
+
 def month_hashes(client: Any, prefix: str = "quota") -> dict[tuple[str, str], MonthUsage]:
     """Every user-month hash in Redis (all masters of a cluster), parsed."""
     schema = KeySchema(prefix)
-    nodes = ([client.get_redis_connection(n) for n in client.get_primaries()]
-             if isinstance(client, RedisCluster) else [client])
+    nodes = (
+        [client.get_redis_connection(n) for n in client.get_primaries()]
+        if isinstance(client, RedisCluster)
+        else [client]
+    )
     out = {}
     for node in nodes:
         for raw in node.scan_iter(match=schema.month_pattern(), count=1000, _type="hash"):
@@ -130,16 +140,15 @@ def plain(u: MonthUsage) -> tuple:
     return (u.credit_nano, u.system_used_nano, sorted((k, vars(v)) for k, v in u.models.items()))
 
 
-
 def expired_months() -> list[str]:
     """Three months before the real current one: the CLI dump runs on the real clock."""
-    current = month_of(datetime.now(timezone.utc))
+    current = month_of(datetime.now(UTC))
     return [add_months(current, -i) for i in (3, 2, 1)]
 
 
 def fixed(month: str):  # noqa: ANN201 - a clock
     year, mon = (int(p) for p in month.split("-"))
-    moment = datetime(year, mon, 12, 8, 0, tzinfo=timezone.utc)
+    moment = datetime(year, mon, 12, 8, 0, tzinfo=UTC)
     return lambda: moment
 
 
@@ -149,28 +158,44 @@ def populate(client: Any, months: list[str]) -> None:
         meter = Meter(client, clock=fixed(month), settings=SETTINGS)
         records = []
         for u in range(USERS):
-            records.append({"user": f"u{u}", "model_id": "system_deepseek", "input_tokens": 100 + u,
-                            "output_tokens": 7 * u % 1000})
+            records.append(
+                {"user": f"u{u}", "model_id": "system_deepseek", "input_tokens": 100 + u, "output_tokens": 7 * u % 1000}
+            )
             if u % 3 == 0:
                 records.append({"user": f"u{u}", "model_id": "custom_x", "input_tokens": u, "output_tokens": 1})
         for i in range(0, len(records), 2000):
-            meter.update_token_usage_many(records[i:i + 2000])
+            meter.update_token_usage_many(records[i : i + 2000])
 
 
 def archive_from_views(store: HistoryStore) -> dict[tuple[str, str], tuple]:
     """Every archived user-month, summed over generations, read through the SQL views."""
     with store.engine.connect() as conn:
-        months = conn.execute(text("SELECT user_id, month, credit_nano, system_used_nano FROM quota_month "
-                                   "WHERE prefix = 'quota'")).all()
-        models = conn.execute(text("SELECT user_id, month, model_id, input_tokens, output_tokens, cost_nano, "
-                                   "calls, estimated_calls FROM quota_month_model WHERE prefix = 'quota'")).all()
+        months = conn.execute(
+            text("SELECT user_id, month, credit_nano, system_used_nano FROM quota_month WHERE prefix = 'quota'")
+        ).all()
+        models = conn.execute(
+            text(
+                "SELECT user_id, month, model_id, input_tokens, output_tokens, cost_nano, "
+                "calls, estimated_calls FROM quota_month_model WHERE prefix = 'quota'"
+            )
+        ).all()
     per: dict[tuple[str, str], list] = {}
     for user, month, model_id, *counts in models:
         per.setdefault((user, month), []).append(
-            (model_id, dict(zip(("input_tokens", "output_tokens", "cost_nano", "calls", "estimated_calls"),
-                                (int(c) for c in counts)))))
-    return {(user, month): (None if credit is None else int(credit), int(used), sorted(per.get((user, month), [])))
-            for user, month, credit, used in months}
+            (
+                model_id,
+                dict(
+                    zip(
+                        ("input_tokens", "output_tokens", "cost_nano", "calls", "estimated_calls"),
+                        (int(c) for c in counts),
+                    )
+                ),
+            )
+        )
+    return {
+        (user, month): (None if credit is None else int(credit), int(used), sorted(per.get((user, month), [])))
+        for user, month, credit, used in months
+    }
 
 
 def expired_keys_left(client: Any, months: list[str]) -> int:
@@ -184,5 +209,11 @@ def total_keys(client: Any) -> int:
 
 
 def run_dump(env: dict[str, str], *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "quota.cli", "dump", "--no-progress", *extra],
-                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "quota.cli", "dump", "--no-progress", *extra],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

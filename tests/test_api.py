@@ -66,9 +66,21 @@ def test_record_then_stats_match_the_library(client, meter):
     r = record(client, input_tokens=12000, output_tokens=8000, request_id="r1")
     assert r.status_code == 200
     assert r.get_json() == {
-        "user": "alice", "model_id": SYS, "month": "2026-01", "input_tokens": 12000, "output_tokens": 8000,
-        "cost": 0.028, "monthly_used": 0.028, "monthly_credit": 5.0, "remaining": 4.972, "exceeded": False,
-        "duplicate": False, "is_system": True, "estimated": False, "request_id": "r1"}
+        "user": "alice",
+        "model_id": SYS,
+        "month": "2026-01",
+        "input_tokens": 12000,
+        "output_tokens": 8000,
+        "cost": 0.028,
+        "monthly_used": 0.028,
+        "monthly_credit": 5.0,
+        "remaining": 4.972,
+        "exceeded": False,
+        "duplicate": False,
+        "is_system": True,
+        "estimated": False,
+        "request_id": "r1",
+    }
     record(client, model_id=CUS, input_tokens=5000, output_tokens=3000)
     stats = client.get("/v1/users/alice/token-stats", headers=bearer(SERVICE))
     assert stats.status_code == 200
@@ -87,8 +99,9 @@ def test_stats_months_parameter_and_history(client, clock):
     one = client.get("/v1/users/alice/token-stats?months=1", headers=bearer(ADMIN)).get_json()
     assert one["history"] == {}
     for bad in ("-1", "x", "121", "1.5"):
-        assert_error(client.get(f"/v1/users/alice/token-stats?months={bad}", headers=bearer(ADMIN)),
-                     400, "invalid_input")
+        assert_error(
+            client.get(f"/v1/users/alice/token-stats?months={bad}", headers=bearer(ADMIN)), 400, "invalid_input"
+        )
 
 
 def test_duplicate_request_id_counts_once_and_conflict_is_409(client, meter):
@@ -101,9 +114,18 @@ def test_duplicate_request_id_counts_once_and_conflict_is_409(client, meter):
 
 
 def test_batch_records_and_returns_results(client, meter):
-    body = [{"user": "alice", "model_id": SYS, "input_tokens": 1000, "output_tokens": 0},
-            {"user": "bob", "model_id": CUS, "input_tokens": 7, "output_tokens": 8, "request_id": "b1",
-             "price": {"cost_per_1k_input": "0.01", "cost_per_1k_output": 0.02}, "estimated": True}]
+    body = [
+        {"user": "alice", "model_id": SYS, "input_tokens": 1000, "output_tokens": 0},
+        {
+            "user": "bob",
+            "model_id": CUS,
+            "input_tokens": 7,
+            "output_tokens": 8,
+            "request_id": "b1",
+            "price": {"cost_per_1k_input": "0.01", "cost_per_1k_output": 0.02},
+            "estimated": True,
+        },
+    ]
     r = client.post("/v1/usage", json=body, headers=bearer(SERVICE))
     assert r.status_code == 200
     results = r.get_json()["results"]
@@ -115,8 +137,10 @@ def test_batch_records_and_returns_results(client, meter):
 
 
 def test_a_bad_record_in_a_batch_changes_nothing(client, meter):
-    body = [{"user": "alice", "model_id": SYS, "input_tokens": 1, "output_tokens": 1},
-            {"user": "alice", "model_id": SYS, "input_tokens": -1, "output_tokens": 1}]
+    body = [
+        {"user": "alice", "model_id": SYS, "input_tokens": 1, "output_tokens": 1},
+        {"user": "alice", "model_id": SYS, "input_tokens": -1, "output_tokens": 1},
+    ]
     err = assert_error(client.post("/v1/usage", json=body, headers=bearer(SERVICE)), 400, "invalid_input")
     assert "record 1" in err["message"]
     assert meter.get_token_stats("alice")["models"] == {}
@@ -124,8 +148,10 @@ def test_a_bad_record_in_a_batch_changes_nothing(client, meter):
 
 def test_batch_with_a_conflict_reports_per_record_results(client, meter):
     record(client, request_id="taken")
-    body = [{"user": "alice", "model_id": SYS, "input_tokens": 1000, "output_tokens": 0, "request_id": "new"},
-            {"user": "alice", "model_id": SYS, "input_tokens": 5, "output_tokens": 5, "request_id": "taken"}]
+    body = [
+        {"user": "alice", "model_id": SYS, "input_tokens": 1000, "output_tokens": 0, "request_id": "new"},
+        {"user": "alice", "model_id": SYS, "input_tokens": 5, "output_tokens": 5, "request_id": "taken"},
+    ]
     r = client.post("/v1/usage", json=body, headers=bearer(SERVICE))
     err = assert_error(r, 409, "batch_failed")
     assert err["results"][0]["request_id"] == "new"
@@ -154,8 +180,9 @@ def test_quota_check_allowed_then_denied_with_event_custom_still_allowed(client,
 
 def test_quota_check_bad_input(client):
     assert_error(client.get("/v1/users/alice/quota", headers=bearer(SERVICE)), 400, "invalid_input")
-    assert_error(client.get("/v1/users/alice/quota?model_id=system_nope", headers=bearer(SERVICE)),
-                 400, "unknown_model")
+    assert_error(
+        client.get("/v1/users/alice/quota?model_id=system_nope", headers=bearer(SERVICE)), 400, "unknown_model"
+    )
     assert_error(client.get("/v1/users/al%20ice/quota?model_id=x", headers=bearer(SERVICE)), 400, "invalid_input")
 
 
@@ -164,27 +191,45 @@ def test_a_respelled_system_id_is_an_unknown_model_and_records_nothing(client, m
     """Issue 9: case or Unicode compatibility forms must not turn a system model into a free custom one."""
     body = {"user": "alice", "model_id": model_id, "input_tokens": 10**6, "output_tokens": 0}
     assert_error(client.post("/v1/usage", json=body, headers=bearer(SERVICE)), 400, "unknown_model")
-    assert_error(client.get("/v1/users/alice/quota", query_string={"model_id": model_id},
-                            headers=bearer(SERVICE)), 400, "unknown_model")
+    assert_error(
+        client.get("/v1/users/alice/quota", query_string={"model_id": model_id}, headers=bearer(SERVICE)),
+        400,
+        "unknown_model",
+    )
     assert meter.get_token_stats("alice")["models"] == {}
 
 
 def test_set_credit(client, meter):
     r = client.put("/v1/users/alice/credit", json={"credit": "0.1"}, headers=bearer(ADMIN))
     assert r.status_code == 200
-    assert r.get_json() == {"user": "alice", "month": "2026-01", "monthly_credit": 0.1, "monthly_used": 0.0,
-                            "remaining": 0.1}
+    assert r.get_json() == {
+        "user": "alice",
+        "month": "2026-01",
+        "monthly_credit": 0.1,
+        "monthly_used": 0.0,
+        "remaining": 0.1,
+    }
     feb = client.put("/v1/users/alice/credit", json={"credit": 12.5, "month": "2026-02"}, headers=bearer(ADMIN))
     assert feb.get_json()["month"] == "2026-02" and feb.get_json()["monthly_credit"] == 12.5
     assert meter.get_token_stats("alice")["monthly_credit"] == 0.1
 
 
-@pytest.mark.parametrize("body, code", [
-    ({"credit": -1}, "invalid_input"), ({"credit": "abc"}, "invalid_input"), ({"credit": True}, "invalid_input"),
-    ({"credit": None}, "invalid_input"), ({"credit": [1]}, "invalid_input"), ({"credit": 1e-12}, "invalid_input"),
-    ({"credit": 1, "month": "2026-13"}, "invalid_input"), ({"credit": 1, "month": 202601}, "invalid_input"),
-    ({}, "invalid_body"), ({"credit": 1, "extra": 1}, "invalid_body"), ([1], "invalid_body"),
-])
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ({"credit": -1}, "invalid_input"),
+        ({"credit": "abc"}, "invalid_input"),
+        ({"credit": True}, "invalid_input"),
+        ({"credit": None}, "invalid_input"),
+        ({"credit": [1]}, "invalid_input"),
+        ({"credit": 1e-12}, "invalid_input"),
+        ({"credit": 1, "month": "2026-13"}, "invalid_input"),
+        ({"credit": 1, "month": 202601}, "invalid_input"),
+        ({}, "invalid_body"),
+        ({"credit": 1, "extra": 1}, "invalid_body"),
+        ([1], "invalid_body"),
+    ],
+)
 def test_set_credit_bad_input_changes_nothing(client, meter, body, code):
     assert_error(client.put("/v1/users/alice/credit", json=body, headers=bearer(ADMIN)), 400, code)
     assert meter.get_token_stats("alice")["monthly_credit"] == 5.0
@@ -214,60 +259,101 @@ def test_redis_down_gives_503_and_counts_storage_errors(dead_client):
     assert_error(dead_client.get("/healthz"), 503, "storage_unavailable")
     assert_error(dead_client.get("/v1/users/alice/token-stats", headers=bearer(SERVICE)), 503, "storage_unavailable")
     assert_error(record(dead_client), 503, "storage_unavailable")
-    batch = dead_client.post("/v1/usage", headers=bearer(SERVICE),
-                             json=[{"user": "a", "model_id": SYS, "input_tokens": 1, "output_tokens": 1}])
+    batch = dead_client.post(
+        "/v1/usage",
+        headers=bearer(SERVICE),
+        json=[{"user": "a", "model_id": SYS, "input_tokens": 1, "output_tokens": 1}],
+    )
     assert batch.status_code == 503 and batch.get_json()["error"]["code"] in ("storage_unavailable", "batch_failed")
     assert metric(dead_client, "quota_storage_errors_total") == 4
 
 
 def test_without_an_operator_token_a_503_does_not_say_where_redis_is(dead_client):
-    where = "127.0.0.1:%d" % get_quota(dead_client.application).meter.client.connection_pool \
-        .connection_kwargs["port"]
-    anonymous = [dead_client.get("/healthz"),
-                 dead_client.get("/v1/users/alice/token-stats", headers=bearer(user_token("alice"))),
-                 dead_client.post("/demo/turn", json={"user": "demo-a", "model_id": SYS, "conversation_id": "c",
-                                                      "turn": 1})]
+    port = get_quota(dead_client.application).meter.client.connection_pool.connection_kwargs["port"]
+    where = f"127.0.0.1:{port}"
+    anonymous = [
+        dead_client.get("/healthz"),
+        dead_client.get("/v1/users/alice/token-stats", headers=bearer(user_token("alice"))),
+        dead_client.post("/demo/turn", json={"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 1}),
+    ]
     for response in anonymous:
         err = assert_error(response, 503, "storage_unavailable")
         assert err["message"] == "the storage is unavailable; try again later"
         assert where.split(":")[1] not in response.get_data(as_text=True)
     for token in (SERVICE, ADMIN):  # operators and workers get the detail they need
-        err = assert_error(dead_client.get("/v1/users/alice/token-stats", headers=bearer(token)), 503,
-                           "storage_unavailable")
+        err = assert_error(
+            dead_client.get("/v1/users/alice/token-stats", headers=bearer(token)), 503, "storage_unavailable"
+        )
         assert where in err["message"]
 
 
 # --- bodies that are not what they should be ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("data, content_type, status, code", [
-    ("{", "application/json", 400, "bad_request"),
-    ("", "application/json", 400, "bad_request"),
-    ("5", "application/json", 400, "invalid_body"),
-    ("null", "application/json", 400, "invalid_body"),
-    ('"text"', "application/json", 400, "invalid_body"),
-    ("[1, 2]", "application/json", 400, "invalid_body"),
-    ('{"user": "alice"}', "application/json", 400, "invalid_body"),
-    ('{"user": "alice", "model_id": "system_deepseek", "input_tokens": 1, "output_tokens": 1, "x": 1}',
-     "application/json", 400, "invalid_body"),
-    ('{"user": "alice", "model_id": "system_deepseek", "input_tokens": true, "output_tokens": 1}',
-     "application/json", 400, "invalid_input"),
-    ('{"user": "alice", "model_id": "system_deepseek", "input_tokens": 1.0, "output_tokens": 1}',
-     "application/json", 400, "invalid_input"),
-    ('{"user": "alice", "model_id": "system_deepseek", "input_tokens": NaN, "output_tokens": 1}',
-     "application/json", 400, "invalid_input"),
-    ('{"user": "alice", "model_id": "system_deepseek", "input_tokens": 1e999, "output_tokens": 1}',
-     "application/json", 400, "invalid_input"),
-    ('{"user": "alice", "model_id": "system_typo", "input_tokens": 1, "output_tokens": 1}',
-     "application/json", 400, "unknown_model"),
-    ('{"user": "alice", "model_id": "system_deepseek", "input_tokens": 1, "output_tokens": 1,'
-     ' "price": {"cost_per_1k_input": 1, "cost_per_1k_output": 1}}', "application/json", 400, "invalid_input"),
-    ('{"user": "a b", "model_id": "m", "input_tokens": 1, "output_tokens": 1}', "application/json", 400,
-     "invalid_input"),
-    ('{"user": "alice"}', "text/plain", 415, "unsupported_media_type"),
-    ("user=alice", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
-    ('{"user": "alice"}', None, 415, "unsupported_media_type"),
-])
+@pytest.mark.parametrize(
+    "data, content_type, status, code",
+    [
+        ("{", "application/json", 400, "bad_request"),
+        ("", "application/json", 400, "bad_request"),
+        ("5", "application/json", 400, "invalid_body"),
+        ("null", "application/json", 400, "invalid_body"),
+        ('"text"', "application/json", 400, "invalid_body"),
+        ("[1, 2]", "application/json", 400, "invalid_body"),
+        ('{"user": "alice"}', "application/json", 400, "invalid_body"),
+        (
+            '{"user": "alice", "model_id": "system_deepseek", "input_tokens": 1, "output_tokens": 1, "x": 1}',
+            "application/json",
+            400,
+            "invalid_body",
+        ),
+        (
+            '{"user": "alice", "model_id": "system_deepseek", "input_tokens": true, "output_tokens": 1}',
+            "application/json",
+            400,
+            "invalid_input",
+        ),
+        (
+            '{"user": "alice", "model_id": "system_deepseek", "input_tokens": 1.0, "output_tokens": 1}',
+            "application/json",
+            400,
+            "invalid_input",
+        ),
+        (
+            '{"user": "alice", "model_id": "system_deepseek", "input_tokens": NaN, "output_tokens": 1}',
+            "application/json",
+            400,
+            "invalid_input",
+        ),
+        (
+            '{"user": "alice", "model_id": "system_deepseek", "input_tokens": 1e999, "output_tokens": 1}',
+            "application/json",
+            400,
+            "invalid_input",
+        ),
+        (
+            '{"user": "alice", "model_id": "system_typo", "input_tokens": 1, "output_tokens": 1}',
+            "application/json",
+            400,
+            "unknown_model",
+        ),
+        (
+            '{"user": "alice", "model_id": "system_deepseek", "input_tokens": 1, "output_tokens": 1,'
+            ' "price": {"cost_per_1k_input": 1, "cost_per_1k_output": 1}}',
+            "application/json",
+            400,
+            "invalid_input",
+        ),
+        (
+            '{"user": "a b", "model_id": "m", "input_tokens": 1, "output_tokens": 1}',
+            "application/json",
+            400,
+            "invalid_input",
+        ),
+        ('{"user": "alice"}', "text/plain", 415, "unsupported_media_type"),
+        ("user=alice", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+        ('{"user": "alice"}', None, 415, "unsupported_media_type"),
+    ],
+)
 def test_bad_bodies_get_a_clear_4xx_and_change_nothing(client, meter, data, content_type, status, code):
     headers = bearer(SERVICE) | ({"Content-Type": content_type} if content_type else {})
     assert_error(client.post("/v1/usage", data=data, headers=headers), status, code)
@@ -277,11 +363,17 @@ def test_bad_bodies_get_a_clear_4xx_and_change_nothing(client, meter, data, cont
 def test_huge_body_is_413(meter):
     client = create_app(api_settings(QUOTA_MAX_BODY_BYTES="2048"), meter=meter).test_client()
     big = json.dumps([{"user": "alice", "model_id": SYS, "input_tokens": 1, "output_tokens": 1}] * 100)
-    err = assert_error(client.post("/v1/usage", data=big, content_type="application/json",
-                                   headers=bearer(SERVICE)), 413, "payload_too_large")
+    err = assert_error(
+        client.post("/v1/usage", data=big, content_type="application/json", headers=bearer(SERVICE)),
+        413,
+        "payload_too_large",
+    )
     assert "2048" in err["message"]
-    assert_error(client.put("/v1/users/alice/credit", data="1" * 5000, content_type="application/json",
-                            headers=bearer(ADMIN)), 413, "payload_too_large")
+    assert_error(
+        client.put("/v1/users/alice/credit", data="1" * 5000, content_type="application/json", headers=bearer(ADMIN)),
+        413,
+        "payload_too_large",
+    )
 
 
 def test_unknown_route_404_and_wrong_method_405_are_json(client):
@@ -296,6 +388,7 @@ def test_unknown_route_404_and_wrong_method_405_are_json(client):
 def test_an_unexpected_error_is_a_json_500_without_details(app, meter, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("secret detail")
+
     monkeypatch.setattr(meter, "get_token_stats", boom)
     err = assert_error(app.test_client().get("/v1/users/alice/token-stats", headers=bearer(ADMIN)), 500, "internal")
     assert "secret" not in err["message"]
@@ -337,11 +430,20 @@ def test_access_rules(client, role, route):
 
 
 @pytest.mark.parametrize("route", sorted(ROUTES))
-@pytest.mark.parametrize("headers", [
-    {}, {"Authorization": ""}, {"Authorization": "Bearer"}, {"Authorization": f"Basic {ADMIN}"},
-    {"Authorization": f"Bearer {ADMIN}x"}, {"Authorization": f"Bearer {ADMIN[:-1]}"},
-    {"Authorization": "Bearer not-a-token"}, {"Authorization": f"Bearer {user_token('alice')}tampered"},
-], ids=["none", "empty", "no-token", "basic", "longer", "shorter", "garbage", "tampered"])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": ""},
+        {"Authorization": "Bearer"},
+        {"Authorization": f"Basic {ADMIN}"},
+        {"Authorization": f"Bearer {ADMIN}x"},
+        {"Authorization": f"Bearer {ADMIN[:-1]}"},
+        {"Authorization": "Bearer not-a-token"},
+        {"Authorization": f"Bearer {user_token('alice')}tampered"},
+    ],
+    ids=["none", "empty", "no-token", "basic", "longer", "shorter", "garbage", "tampered"],
+)
 def test_no_or_invalid_token_is_401(client, meter, route, headers):
     method, path, body = ROUTES[route]
     r = getattr(client, method)(path, json=body, headers=headers)
@@ -354,6 +456,7 @@ def test_expired_and_foreign_user_tokens(client):
     expired = user_token("alice", ttl_s=60, now_s=1_000_000)
     assert_error(client.get("/v1/users/alice/token-stats", headers=bearer(expired)), 401, "token_expired")
     from quota._tokens import mint_user_token
+
     forged = mint_user_token("another-secret-key-0123456789", "alice", 3600)
     assert_error(client.get("/v1/users/alice/token-stats", headers=bearer(forged)), 401, "unauthorized")
 
@@ -370,7 +473,8 @@ def test_revoking_a_users_tokens_refuses_the_old_ones_and_accepts_new_ones(clien
     body = r.get_json()
     assert body["user"] == "alice" and abs(body["tokens_valid_after_ms"] / 1000 - now) < 5
     assert body["tokens_valid_after"].endswith("Z") and body["tokens_valid_after"][:10] == time.strftime(
-        "%Y-%m-%d", time.gmtime(body["tokens_valid_after_ms"] / 1000))
+        "%Y-%m-%d", time.gmtime(body["tokens_valid_after_ms"] / 1000)
+    )
     raw = redis_server.client()
     key = "apitest:{alice}:tokens_valid_after"  # under alice's hash tag, with the meter's prefix
     assert int(raw.get(key)) == body["tokens_valid_after_ms"] and 400 * 86400 < raw.ttl(key) <= 401 * 86400
@@ -387,8 +491,9 @@ def test_revoking_a_users_tokens_refuses_the_old_ones_and_accepts_new_ones(clien
 def test_a_token_minted_before_tokens_carried_their_issue_time_is_revoked_too(client):
     from itsdangerous import URLSafeSerializer
 
-    legacy = URLSafeSerializer(SECRET, salt="quota.user-token.v1", signer_kwargs={"digest_method": hashlib.sha256}) \
-        .dumps({"u": "alice", "exp": int(time.time()) + 3600})
+    legacy = URLSafeSerializer(
+        SECRET, salt="quota.user-token.v1", signer_kwargs={"digest_method": hashlib.sha256}
+    ).dumps({"u": "alice", "exp": int(time.time()) + 3600})
     assert client.get("/v1/users/alice/token-stats", headers=bearer(legacy)).status_code == 200
     client.post("/v1/users/alice/tokens/revoke", headers=bearer(ADMIN))
     assert_error(client.get("/v1/users/alice/token-stats", headers=bearer(legacy)), 401, "token_revoked")
@@ -404,8 +509,9 @@ def test_only_an_admin_may_revoke_and_bad_users_are_400(client, redis_server):
 
 
 def test_a_user_token_is_refused_while_its_revocation_can_not_be_read(dead_client):
-    err = assert_error(dead_client.get("/v1/users/alice/token-stats", headers=bearer(user_token("alice"))), 503,
-                       "storage_unavailable")
+    err = assert_error(
+        dead_client.get("/v1/users/alice/token-stats", headers=bearer(user_token("alice"))), 503, "storage_unavailable"
+    )
     assert err["message"] == "the storage is unavailable; try again later"
 
 
@@ -450,10 +556,12 @@ def test_pages_send_a_strict_content_security_policy_and_have_no_inline_script(m
 
 
 def test_v1_answers_are_never_cached_errors_included(client):
-    answers = [client.get("/v1/users/alice/token-stats", headers=bearer(SERVICE)),
-               client.get("/v1/users/alice/token-stats"),
-               client.get("/v1/models", headers=bearer(user_token("alice"))),
-               client.get("/v1/nope", headers=bearer(ADMIN))]
+    answers = [
+        client.get("/v1/users/alice/token-stats", headers=bearer(SERVICE)),
+        client.get("/v1/users/alice/token-stats"),
+        client.get("/v1/models", headers=bearer(user_token("alice"))),
+        client.get("/v1/nope", headers=bearer(ADMIN)),
+    ]
     assert [a.status_code for a in answers] == [200, 401, 403, 404]
     for answer in answers:
         assert answer.headers["Cache-Control"] == "no-store"
@@ -497,7 +605,7 @@ def test_metrics_labels_come_from_fixed_sets_whatever_the_request_says(client, a
     `curl -X XMETHOD<n>` added one for good."""
     for n in range(25):
         client.open("/healthz", method=f"XMETHOD{n}")
-        client.open(f"/v1/users/alice/token-stats", method=f"LOCK{n}")
+        client.open("/v1/users/alice/token-stats", method=f"LOCK{n}")
         client.get(f"/made-up-{n}")
         client.get(f"/v1/made-up/{n}", headers=bearer(SERVICE))
     client.get("/healthz")
@@ -542,8 +650,10 @@ def demo_meter(demo_client):
 
 
 def turn(client, n, user="demo-a", model=SYS, conversation="c1"):
-    return client.post("/demo/turn", json={"user": user, "model_id": model, "conversation_id": conversation,
-                                           "turn": n, "message": f"hello {n}"})
+    return client.post(
+        "/demo/turn",
+        json={"user": user, "model_id": model, "conversation_id": conversation, "turn": n, "message": f"hello {n}"},
+    )
 
 
 def test_demo_turns_record_every_call_then_refuse_and_custom_keeps_working(demo_client, demo_meter):
@@ -575,21 +685,27 @@ def test_demo_turn_is_deterministic_and_a_retry_counts_once(demo_client, demo_me
     assert demo_meter.get_token_stats("demo-a")["models"][SYS]["calls"] == 4
 
 
-@pytest.mark.parametrize("body, code", [
-    ({"user": "alice", "model_id": SYS, "conversation_id": "c", "turn": 1}, "invalid_input"),
-    ({"user": "demo-a", "model_id": SYS, "conversation_id": "c c", "turn": 1}, "invalid_input"),
-    ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 0}, "invalid_input"),
-    ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": True}, "invalid_input"),
-    ({"user": "demo-a", "model_id": "system_x", "conversation_id": "c", "turn": 1}, "unknown_model"),
-    ({"user": "demo-a", "model_id": "System_deepseek", "conversation_id": "c", "turn": 1}, "unknown_model"),
-    ({"user": "demo-a", "model_id": "ＳＹＳＴＥＭ_DEEPSEEK", "conversation_id": "c", "turn": 1}, "unknown_model"),
-    ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 1, "message": "x" * 2001}, "message_too_long"),
-    ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 51}, "conversation_too_long"),
-    ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 10**9}, "conversation_too_long"),
-    ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 1, "message": 5}, "invalid_input"),
-    ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 1, "extra": 1}, "invalid_input"),
-    ([1], "invalid_input"),
-])
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ({"user": "alice", "model_id": SYS, "conversation_id": "c", "turn": 1}, "invalid_input"),
+        ({"user": "demo-a", "model_id": SYS, "conversation_id": "c c", "turn": 1}, "invalid_input"),
+        ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 0}, "invalid_input"),
+        ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": True}, "invalid_input"),
+        ({"user": "demo-a", "model_id": "system_x", "conversation_id": "c", "turn": 1}, "unknown_model"),
+        ({"user": "demo-a", "model_id": "System_deepseek", "conversation_id": "c", "turn": 1}, "unknown_model"),
+        ({"user": "demo-a", "model_id": "ＳＹＳＴＥＭ_DEEPSEEK", "conversation_id": "c", "turn": 1}, "unknown_model"),
+        (
+            {"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 1, "message": "x" * 2001},
+            "message_too_long",
+        ),
+        ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 51}, "conversation_too_long"),
+        ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 10**9}, "conversation_too_long"),
+        ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 1, "message": 5}, "invalid_input"),
+        ({"user": "demo-a", "model_id": SYS, "conversation_id": "c", "turn": 1, "extra": 1}, "invalid_input"),
+        ([1], "invalid_input"),
+    ],
+)
 def test_demo_turn_bad_input_is_400_and_records_nothing(demo_client, meter, demo_meter, body, code):
     r = demo_client.post("/demo/turn", json=body)
     assert_error(r, 400, code)

@@ -9,20 +9,27 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from quota.cli import main
 from quota._errors import InvalidInput
+from quota._tokens import (
+    InvalidToken,
+    UserToken,
+    check_not_revoked,
+    mint_user_token,
+    parse_ttl,
+    tokens_valid_after_ms,
+    verify_user_token,
+)
+from quota.cli import main
 from quota.testing import free_ports
-from quota._tokens import (InvalidToken, UserToken, check_not_revoked, mint_user_token, parse_ttl,
-                          tokens_valid_after_ms, verify_user_token)
 
 from .api_support import BASE_ENV, SECRET, SERVICE
 
@@ -52,19 +59,21 @@ def test_tokens_carry_their_issue_time_and_a_revocation_refuses_the_older_ones()
     token = verify_user_token(SECRET, mint_user_token(SECRET, "alice", 3600, now_s=1000.1234), now_s=2000)
     assert token.issued_at_ms == 1_000_123
     check_not_revoked(token, None)
-    check_not_revoked(token, 1_000_122)                      # revoked a moment before it was minted: valid
-    for valid_after_ms in (1_000_123, 1_000_124, 5_000_000):   # at or after its issue: revoked
+    check_not_revoked(token, 1_000_122)  # revoked a moment before it was minted: valid
+    for valid_after_ms in (1_000_123, 1_000_124, 5_000_000):  # at or after its issue: revoked
         with pytest.raises(InvalidToken) as err:
             check_not_revoked(token, valid_after_ms)
         assert err.value.revoked and not err.value.expired
-    with pytest.raises(InvalidToken) as err:                    # no issue time: revoked by any revocation
+    with pytest.raises(InvalidToken) as err:  # no issue time: revoked by any revocation
         check_not_revoked(UserToken("alice", 4600), 1)
     assert err.value.revoked
 
 
 def test_a_tampered_issue_time_is_refused():
-    from itsdangerous import URLSafeSerializer
     import hashlib
+
+    from itsdangerous import URLSafeSerializer
+
     forge = URLSafeSerializer(SECRET, salt="quota.user-token.v1", signer_kwargs={"digest_method": hashlib.sha256})
     for bad in ("soon", True, 1.5, [1]):
         with pytest.raises(InvalidToken):
@@ -79,8 +88,9 @@ def test_mint_rejects_bad_input():
         mint_user_token("short", "alice", 60)
 
 
-@pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("15m", 900), ("1h", 3600), ("7d", 604800),
-                                           (" 2H ", 7200)])
+@pytest.mark.parametrize(
+    "text, seconds", [("90", 90), ("90s", 90), ("15m", 900), ("1h", 3600), ("7d", 604800), (" 2H ", 7200)]
+)
 def test_parse_ttl(text, seconds):
     assert parse_ttl(text) == seconds
 
@@ -101,11 +111,14 @@ def test_token_command():
     assert verify_user_token(SECRET, as_json["token"]).user == "bob" and as_json["expires_at"].endswith("Z")
 
 
-@pytest.mark.parametrize("args, env, message", [
-    (["token", "alice"], {"QUOTA_SECRET_KEY": ""}, "QUOTA_SECRET_KEY is not set"),
-    (["token", "alice", "--ttl", "forever"], {"QUOTA_SECRET_KEY": SECRET}, "ttl"),
-    (["token", "al ice"], {"QUOTA_SECRET_KEY": SECRET}, "user id"),
-])
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["token", "alice"], {"QUOTA_SECRET_KEY": ""}, "QUOTA_SECRET_KEY is not set"),
+        (["token", "alice", "--ttl", "forever"], {"QUOTA_SECRET_KEY": SECRET}, "ttl"),
+        (["token", "al ice"], {"QUOTA_SECRET_KEY": SECRET}, "user id"),
+    ],
+)
 def test_token_command_errors_exit_2(args, env, message):
     out = CliRunner().invoke(main, args, env=env)
     assert out.exit_code == 2 and message in out.output
@@ -130,11 +143,14 @@ def test_token_revoke_command(redis_server):
     assert verify_user_token(SECRET, minted).issued_at_ms > at_ms  # minted afterwards: valid
 
 
-@pytest.mark.parametrize("args, env, code, message", [
-    (["token", "--revoke", "al ice"], {"REDIS_URL": "redis://127.0.0.1:1"}, 2, "user id"),
-    (["token", "--revoke", "alice"], {"REDIS_URL": ""}, 2, "REDIS_URL"),
-    (["token", "--revoke", "alice"], {"REDIS_URL": "redis://127.0.0.1:1"}, 1, "unavailable"),
-])
+@pytest.mark.parametrize(
+    "args, env, code, message",
+    [
+        (["token", "--revoke", "al ice"], {"REDIS_URL": "redis://127.0.0.1:1"}, 2, "user id"),
+        (["token", "--revoke", "alice"], {"REDIS_URL": ""}, 2, "REDIS_URL"),
+        (["token", "--revoke", "alice"], {"REDIS_URL": "redis://127.0.0.1:1"}, 1, "unavailable"),
+    ],
+)
 def test_token_revoke_errors(args, env, code, message):
     out = CliRunner().invoke(main, args, env=env)
     assert out.exit_code == code and message in out.output, out.output
@@ -159,8 +175,14 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def start_serve(env: dict[str, str], *args: str) -> tuple[subprocess.Popen, list[str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "quota.cli", "serve", "--port", "0", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quota.cli", "serve", "--port", "0", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
     lines: list[str] = []
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -198,14 +220,21 @@ def test_quota_serve_with_nothing_set_starts_a_local_redis_and_prints_working_ur
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     import socket
+
     with pytest.raises(OSError):  # the local Redis went away with the service
         socket.create_connection(("127.0.0.1", redis_port), timeout=1).close()
 
 
 def test_quota_serve_refuses_to_start_in_production_without_secrets(redis_server):
     env = clean_env(REDIS_URL=redis_server.url)
-    out = subprocess.run([sys.executable, "-m", "quota.cli", "serve", "--port", "0"], env=env,
-                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "quota.cli", "serve", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert out.returncode == 2 and "QUOTA_ADMIN_TOKEN is not set" in out.stderr
 
 
@@ -237,9 +266,14 @@ def test_gunicorn_workers_serve_the_app_and_metrics_add_up_across_workers(redis_
     metrics_dir = tmp_path / "prom"
     metrics_dir.mkdir()
     env = clean_env(REDIS_URL=redis_server.url, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), **BASE_ENV)
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "api:create_app()", "-w", "3",
-                             "-b", f"127.0.0.1:{port}"], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "api:create_app()", "-w", "3", "-b", f"127.0.0.1:{port}"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -260,8 +294,12 @@ def test_gunicorn_workers_serve_the_app_and_metrics_add_up_across_workers(redis_
         assert len(list(metrics_dir.glob("counter_*.db"))) > 1  # several workers answered
         with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
             text = r.read().decode()
-        total = sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-                    if s.name == "quota_http_requests_total" and s.labels.get("route") == "/healthz")
+        total = sum(
+            s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "quota_http_requests_total" and s.labels.get("route") == "/healthz"
+        )
         assert total == sent  # every worker's answers, whichever worker serves the scrape
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -90,7 +90,7 @@ def test_report_table_and_docs_section(redis_server, tmp_path: Path):
     assert "Meter.update_token_usage, 1 proc" in text and "MEMORY USAGE" in text
     assert all(r.passed in (True, False) for r in table if r.target)
     checked = sum(r.passed is not None for r in table)
-    assert report.verdict(table).startswith(f"Targets met in this run: ") and f"of {checked}." in report.verdict(table)
+    assert report.verdict(table).startswith("Targets met in this run: ") and f"of {checked}." in report.verdict(table)
 
     docs = tmp_path / "BENCHMARKS.md"
     docs.write_text("# Benchmarks\n\n## Other area\n\nkeep me\n", encoding="utf-8")

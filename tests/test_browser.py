@@ -19,8 +19,15 @@ from api import get_quota
 from .api_support import ADMIN, SERVICE, bearer, live_server, user_token
 
 CHROMIUM = os.environ.get("QUOTA_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SYS, CUS = "system_deepseek", "custom_llama"
 
 HAVE_CHROMIUM = os.path.exists(CHROMIUM) or shutil.which(CHROMIUM) is not None
@@ -63,8 +70,13 @@ def shots(tmp_path) -> Path:
 def api(server, method, path, token=SERVICE, **body):
     import json
     import urllib.request
-    request = urllib.request.Request(server.url + path, method=method, headers=bearer(token) | {
-        "Content-Type": "application/json"}, data=json.dumps(body).encode() if body else None)
+
+    request = urllib.request.Request(
+        server.url + path,
+        method=method,
+        headers=bearer(token) | {"Content-Type": "application/json"},
+        data=json.dumps(body).encode() if body else None,
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
@@ -74,8 +86,16 @@ CUSTOM_PRICE = {"cost_per_1k_input": "0.004", "cost_per_1k_output": "0.008"}
 
 def post_usage(server, user, model, tokens_in, tokens_out=0):
     price = {"price": CUSTOM_PRICE} if model.startswith("custom") else {}
-    return api(server, "POST", "/v1/usage", user=user, model_id=model, input_tokens=tokens_in,
-               output_tokens=tokens_out, **price)
+    return api(
+        server,
+        "POST",
+        "/v1/usage",
+        user=user,
+        model_id=model,
+        input_tokens=tokens_in,
+        output_tokens=tokens_out,
+        **price,
+    )
 
 
 # Recorded before any page script runs (an init script is injected by the browser, not by the page,
@@ -128,10 +148,13 @@ def check_panel_against_api(page, stats) -> None:
     for month, models in stats["history"].items():
         cells = page.locator(f'#history tbody tr[data-month="{month}"] td[data-value]')
         got = [float(v) for v in cells.evaluate_all("cs => cs.map(c => c.dataset.value)")]
-        want = [sum(m["input"] for m in models.values()), sum(m["output"] for m in models.values()),
-                sum(m["calls"] for m in models.values()),
-                sum(m["cost"] for m in models.values() if m["is_system"]),
-                sum(m["cost"] for m in models.values() if not m["is_system"])]
+        want = [
+            sum(m["input"] for m in models.values()),
+            sum(m["output"] for m in models.values()),
+            sum(m["calls"] for m in models.values()),
+            sum(m["cost"] for m in models.values() if m["is_system"]),
+            sum(m["cost"] for m in models.values() if not m["is_system"]),
+        ]
         assert got == pytest.approx(want, abs=1e-9)
     assert page.locator("#chart g.bar-group").count() == len(stats["history"])
 
@@ -142,8 +165,11 @@ def bar_level(page) -> str:
 
 def wait_for_fill_colour(page, rgb: str) -> None:
     """The bar's computed colour (after its CSS transition): green, amber or red."""
-    page.wait_for_function("(rgb) => getComputedStyle(document.getElementById('bar-fill')).backgroundColor === rgb",
-                           arg=rgb, timeout=10_000)
+    page.wait_for_function(
+        "(rgb) => getComputedStyle(document.getElementById('bar-fill')).backgroundColor === rgb",
+        arg=rgb,
+        timeout=10_000,
+    )
 
 
 def test_panel_matches_the_api_and_follows_it_without_reloading(browser, server, clock, shots):
@@ -193,9 +219,9 @@ def test_panel_shows_the_part_held_by_replies_in_progress(browser, server, redis
     """Turn holds (issue 9): the bar shows the held part after the spent part, and both figures."""
     from quota import Meter
 
-    post_usage(server, "hana", SYS, 1_000_000)                     # 1 of 5 CNY spent: 20 %
+    post_usage(server, "hana", SYS, 1_000_000)  # 1 of 5 CNY spent: 20 %
     meter = Meter.from_url(redis_server.url, clock=clock, history=None, prefix="apitest")  # the app's prefix
-    turn = meter.turn("hana", SYS, hold="1.5")                     # a reply in progress holds 1.5
+    turn = meter.turn("hana", SYS, hold="1.5")  # a reply in progress holds 1.5
     turn.__enter__()
     try:
         page = browser.new_page(locale="en-US")
@@ -208,7 +234,7 @@ def test_panel_shows_the_part_held_by_replies_in_progress(browser, server, redis
         assert "1.5" in page.locator("#held").inner_text()
         page.screenshot(path=str(shots / "panel-held.png"), animations="disabled")
         seen = loads(page)
-        turn.__exit__(None, None, None)                            # the reply ends: the hold is given back
+        turn.__exit__(None, None, None)  # the reply ends: the hold is given back
         wait_for_refresh(page, seen)
         page.wait_for_function("document.getElementById('bar-held').style.width === '0%'", timeout=10_000)
         assert float(page.get_attribute("#held", "data-value")) == 0
@@ -244,9 +270,12 @@ def test_panel_in_chinese(browser, server):
 def test_panel_explains_a_missing_foreign_expired_or_revoked_token(browser, server):
     carl = user_token("carl")
     api(server, "POST", "/v1/users/carl/tokens/revoke", token=ADMIN)
-    cases = [("", "quota serve"), (f"#user=bob&token={user_token('alice')}", "may not read"),
-             (f"#user=alice&token={user_token('alice', ttl_s=5, now_s=1000)}", "expired"),
-             (f"#user=carl&token={carl}", "was revoked")]
+    cases = [
+        ("", "quota serve"),
+        (f"#user=bob&token={user_token('alice')}", "may not read"),
+        (f"#user=alice&token={user_token('alice', ttl_s=5, now_s=1000)}", "expired"),
+        (f"#user=carl&token={carl}", "was revoked"),
+    ]
     for fragment, text in cases:
         page = open_page(browser, locale="en-US")  # a fresh tab each: sessionStorage is per tab
         page.goto(f"{server.url}/panel{fragment}")

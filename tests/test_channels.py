@@ -37,8 +37,10 @@ class FakeUser:
 
 def with_user(app, user):
     """What AuthMiddlewareStack does in production: put the user in the scope."""
+
     async def wrapped(scope, receive, send):
         return await app({**scope, "user": user}, receive, send)
+
     return wrapped
 
 
@@ -73,18 +75,24 @@ async def test_a_whole_month_through_the_consumer(setup, clock):
     assert connected
 
     # (calls made by the turn, monthly_used after it) — summaries at 6+ messages, a name once
-    expected = [(["chat", "name"], 0.9), (["chat"], 1.6), (["chat", "summary"], 2.5), (["chat"], 3.2),
-                (["chat", "summary"], 4.1), (["chat"], 4.8),
-                (["chat", "summary"], 5.7)]       # starts at 4.8 < 5: allowed, and finishes past 5
+    expected = [
+        (["chat", "name"], 0.9),
+        (["chat"], 1.6),
+        (["chat", "summary"], 2.5),
+        (["chat"], 3.2),
+        (["chat", "summary"], 4.1),
+        (["chat"], 4.8),
+        (["chat", "summary"], 5.7),
+    ]  # starts at 4.8 < 5: allowed, and finishes past 5
     for day, (calls, used) in enumerate(expected, start=4):
         clock.set(2026, 1, day, 12, 0, 0)
         deltas, done = await send_message(comm, f"question {day}")
-        assert "".join(deltas) == "好的，this is the answer."      # the reply always streams whole
+        assert "".join(deltas) == "好的，this is the answer."  # the reply always streams whole
         assert (done["type"], done["calls"], done["monthly_used"]) == ("reply_done", calls, used)
     assert done["title"] == "好的，this is the answer."
 
     clock.set(2026, 1, 20)
-    deltas, refused = await send_message(comm, "one more")          # the next message is refused
+    deltas, refused = await send_message(comm, "one more")  # the next message is refused
     assert deltas == []
     assert refused["type"] == "quota_exceeded"
     assert (refused["monthly_used"], refused["monthly_credit"]) == (5.7, 5.0)
@@ -93,18 +101,21 @@ async def test_a_whole_month_through_the_consumer(setup, clock):
 
     _, custom = await send_message(comm, "with my own key", model_id="custom_mykey")
     assert custom["type"] == "reply_done" and custom["calls"] == ["chat"]
-    assert len(stub.requests) == requests_before + 1                # the refused turn called no LLM
+    assert len(stub.requests) == requests_before + 1  # the refused turn called no LLM
 
     stats = await meter.get_token_stats("alice")
     sysm = stats["models"]["system_deepseek"]
-    assert (sysm["calls"], sysm["input_tokens"], sysm["output_tokens"]) == (7 + 3 + 1, 7 * 300_000 + 4 * 100_000,
-                                                                            7 * 200_000 + 4 * 50_000)
+    assert (sysm["calls"], sysm["input_tokens"], sysm["output_tokens"]) == (
+        7 + 3 + 1,
+        7 * 300_000 + 4 * 100_000,
+        7 * 200_000 + 4 * 50_000,
+    )
     assert sysm["cost"] == 5.7 and stats["monthly_used"] == 5.7 and stats["exceeded"]
-    assert stats["models"]["custom_mykey"]["input_tokens"] == 300_000     # counted, never limited
+    assert stats["models"]["custom_mykey"]["input_tokens"] == 300_000  # counted, never limited
 
-    clock.set(2026, 2, 1, 0, 0, 0)                                      # the next UTC month
+    clock.set(2026, 2, 1, 0, 0, 0)  # the next UTC month
     _, feb = await send_message(comm, "new month")
-    assert feb["type"] == "reply_done" and feb["monthly_used"] == 0.9   # chat + the due summary
+    assert feb["type"] == "reply_done" and feb["monthly_used"] == 0.9  # chat + the due summary
     stats = await meter.get_token_stats("alice")
     assert stats["current_month"] == "2026-02" and stats["monthly_used"] == 0.9
     assert stats["history"]["2026-01"]["system_deepseek"]["cost"] == 5.7

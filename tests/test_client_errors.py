@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import pytest
-from redis.exceptions import (ClusterDownError, ClusterError, ConnectionError, RedisClusterException, ResponseError,
-                              SlotNotCoveredError, TryAgainError)
+from redis.exceptions import (
+    ClusterDownError,
+    ClusterError,
+    ConnectionError,
+    RedisClusterException,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 
 from quota import AsyncMeter, Meter
 from quota._connect import SLOT_BUSY_BUDGET_S, slot_busy_pause
 from quota._errors import StorageUnavailable
 
 
-@pytest.mark.parametrize("exc", [TryAgainError("TRYAGAIN"), ClusterDownError("CLUSTERDOWN"),
-                                 ClusterError("TTL exhausted."), SlotNotCoveredError("slot 1 not covered")])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        TryAgainError("TRYAGAIN"),
+        ClusterDownError("CLUSTERDOWN"),
+        ClusterError("TTL exhausted."),
+        SlotNotCoveredError("slot 1 not covered"),
+    ],
+)
 def test_busy_slot_errors_are_resent_with_growing_pauses_within_the_budget(exc):
     pauses = [slot_busy_pause(exc, attempt, 0.0) for attempt in range(8)]
     assert pauses == sorted(pauses) and 0 < pauses[0] <= pauses[-1] <= 0.25

@@ -14,10 +14,18 @@ def worker(url: str, worker_id: int, batch: bool) -> None:
     meter = Meter.from_url(url, prefix="conc")
     if batch:
         for start in range(0, RECORDS, 250):
-            meter.update_token_usage_many([
-                dict(user="hot", model_id="system_deepseek", input_tokens=1 + (i % 7), output_tokens=i % 3,
-                     request_id=f"w{worker_id}-{i}")
-                for i in range(start, start + 250)])
+            meter.update_token_usage_many(
+                [
+                    dict(
+                        user="hot",
+                        model_id="system_deepseek",
+                        input_tokens=1 + (i % 7),
+                        output_tokens=i % 3,
+                        request_id=f"w{worker_id}-{i}",
+                    )
+                    for i in range(start, start + 250)
+                ]
+            )
     else:
         for i in range(RECORDS):
             meter.update_token_usage("hot", "system_deepseek", 1 + (i % 7), i % 3, request_id=f"w{worker_id}-{i}")
@@ -46,7 +54,11 @@ def test_eight_processes_on_one_user_are_exact(real_backend, batch):
     month = meter.run(stats).months[0]
     model = month.models["system_deepseek"]
     assert (model.input_tokens, model.output_tokens, model.cost_nano, model.calls) == (
-        tin, tout, cost, PROCESSES * RECORDS)
+        tin,
+        tout,
+        cost,
+        PROCESSES * RECORDS,
+    )
     assert month.system_used_nano == cost
     # a second pass with the same request ids counts nothing more
     worker(real_backend.url, 0, batch)

@@ -1,6 +1,6 @@
 """The sans-I/O core on its own: what it sends and how it reads replies, with no Redis at all."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -10,7 +10,7 @@ from quota._scripts import CHECK, RECORD
 
 
 def core(**kw):
-    return MeterCore(Settings(**kw), clock=lambda: datetime(2026, 3, 31, 23, 59, 59, tzinfo=timezone.utc))
+    return MeterCore(Settings(**kw), clock=lambda: datetime(2026, 3, 31, 23, 59, 59, tzinfo=UTC))
 
 
 def test_record_call_carries_every_key_and_time_in_its_arguments():

@@ -12,7 +12,7 @@ import itertools
 import json
 import re
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -58,6 +58,7 @@ names = itertools.count(1)
 
 
 # --- fixtures -------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module", autouse=True)
 def django_db():
@@ -109,10 +110,18 @@ def clients_connected(redis_server) -> int:
 
 # --- settings and the system check ----------------------------------------------------------------
 
+
 def test_the_quota_keys_are_the_librarys_environment_names():
     assert ENV_NAMES["MONTHLY_CREDIT"] == "QUOTA_MONTHLY_CREDIT" and ENV_NAMES["REDIS_URL"] == "REDIS_URL"
-    assert {"PREFIX", "PRICES_FILE", "HISTORY_URL", "HOLD_TTL_S", "TURN_HOLD", "MAX_CONNECTIONS",
-            "POOL_TIMEOUT_S"} <= set(ENV_NAMES)
+    assert {
+        "PREFIX",
+        "PRICES_FILE",
+        "HISTORY_URL",
+        "HOLD_TTL_S",
+        "TURN_HOLD",
+        "MAX_CONNECTIONS",
+        "POOL_TIMEOUT_S",
+    } <= set(ENV_NAMES)
     assert {"SPOOL", "ON_UNAVAILABLE", "USER_ID", "MODEL_RESOLVER", "CUSTOM_MODELS"} <= set(known_keys())
 
 
@@ -122,25 +131,28 @@ def test_a_misspelled_option_is_a_clear_error_at_the_check_and_at_first_use(redi
         [error] = [m for m in run_checks(tags=["quota"]) if m.id.startswith("quota.E")]
         assert error.id == "quota.E001"
         assert "'CREDIT' (did you mean 'MONTHLY_CREDIT'?)" in error.msg
-        assert "MONTHLY_CREDIT" in error.msg.split("known keys are")[1]      # the known ones are named
+        assert "MONTHLY_CREDIT" in error.msg.split("known keys are")[1]  # the known ones are named
         with pytest.raises(QuotaSettingsError, match="CREDIT") as raised:
             get_meter()
         assert isinstance(raised.value, ImproperlyConfigured) and isinstance(raised.value, ConfigError)
 
 
-@pytest.mark.parametrize(("quota", "check_id", "says"), [
-    ({"MONTHLY_CREDIT": "-1"}, "quota.E002", "QUOTA['MONTHLY_CREDIT']"),
-    ({"HOLD_TTL_S": "soon"}, "quota.E002", "QUOTA['HOLD_TTL_S'] must be a whole number"),
-    ({"MONTHLY_CREDIT": True}, "quota.E002", "must be a string or a number"),
-    ({"USER_ID": "nowhere.at_all"}, "quota.E003", "cannot be imported"),
-    ({"ON_UNAVAILABLE": "maybe"}, "quota.E005", "on_unavailable must be 'allow' or 'deny'"),
-    ({"SPOOL": "/tmp/quota.spool"}, "quota.E005", "/tmp"),                 # a directory others can write
-])
+@pytest.mark.parametrize(
+    ("quota", "check_id", "says"),
+    [
+        ({"MONTHLY_CREDIT": "-1"}, "quota.E002", "QUOTA['MONTHLY_CREDIT']"),
+        ({"HOLD_TTL_S": "soon"}, "quota.E002", "QUOTA['HOLD_TTL_S'] must be a whole number"),
+        ({"MONTHLY_CREDIT": True}, "quota.E002", "must be a string or a number"),
+        ({"USER_ID": "nowhere.at_all"}, "quota.E003", "cannot be imported"),
+        ({"ON_UNAVAILABLE": "maybe"}, "quota.E005", "on_unavailable must be 'allow' or 'deny'"),
+        ({"SPOOL": "/tmp/quota.spool"}, "quota.E005", "/tmp"),  # a directory others can write
+    ],
+)
 def test_bad_values_are_reported_in_the_settings_terms(redis_server, quota, check_id, says):
     with override_settings(QUOTA={"REDIS_URL": redis_server.url, **quota}):
         errors = [m for m in run_checks(tags=["quota"]) if m.id.startswith("quota.E")]
         assert [e.id for e in errors] == [check_id] and says in errors[0].msg
-        with pytest.raises(QuotaSettingsError) as raised:                  # and the same at first use
+        with pytest.raises(QuotaSettingsError) as raised:  # and the same at first use
             get_meter()
         assert (raised.value.check_id, str(raised.value)) == (check_id, errors[0].msg)
 
@@ -160,11 +172,22 @@ def test_missing_redis_url_and_an_unreachable_redis(tmp_path):
 
 def test_the_settings_reach_the_meters(redis_server, tmp_path):
     spool = tmp_path / "worker" / "quota.spool"
-    quota = {"REDIS_URL": redis_server.url, "MONTHLY_CREDIT": Decimal("7.5"), "PREFIX": "dj", "HOLD_TTL_S": 60,
-             "TURN_HOLD": "0.2", "ON_UNAVAILABLE": "deny", "SPOOL": spool}
+    quota = {
+        "REDIS_URL": redis_server.url,
+        "MONTHLY_CREDIT": Decimal("7.5"),
+        "PREFIX": "dj",
+        "HOLD_TTL_S": 60,
+        "TURN_HOLD": "0.2",
+        "ON_UNAVAILABLE": "deny",
+        "SPOOL": spool,
+    }
     with override_settings(QUOTA=quota):
         meter = get_meter()
-        assert (meter.settings.credit_nano, meter.settings.prefix, meter.settings.hold_ttl_s) == (7_500_000_000, "dj", 60)
+        assert (meter.settings.credit_nano, meter.settings.prefix, meter.settings.hold_ttl_s) == (
+            7_500_000_000,
+            "dj",
+            60,
+        )
         assert meter.settings.turn_hold_nano == 200_000_000 and meter.turn_options.on_unavailable == "deny"
         assert Path(meter.turn_options.spool.path) == spool
         seen = []
@@ -173,25 +196,26 @@ def test_the_settings_reach_the_meters(redis_server, tmp_path):
             t.start()
         for t in threads:
             t.join()
-        assert all(m is meter for m in seen)                 # one per process, shared by threads
+        assert all(m is meter for m in seen)  # one per process, shared by threads
     with override_settings(QUOTA=quota_setting(redis_server.url)):
         assert get_meter() is not meter and get_meter().settings.credit_nano == 5_000_000_000
 
 
 # --- finding 3: one AsyncMeter per event loop -----------------------------------------------------
 
+
 def test_get_async_meter_survives_a_second_asyncio_run_and_closes_with_each_loop(quota_redis):
     async def one_call():
         meter = get_async_meter()
-        assert get_async_meter() is meter                    # one per loop
+        assert get_async_meter() is meter  # one per loop
         result = await meter.update_token_usage("7", SYS, 1000, 1000)
         return meter, result
 
     baseline = clients_connected(quota_redis)
     first, r1 = asyncio.run(one_call())
-    second, r2 = asyncio.run(one_call())                    # "Event loop is closed" before
+    second, r2 = asyncio.run(one_call())  # "Event loop is closed" before
     assert first is not second and (r1.monthly_used, r2.monthly_used) == (Decimal("0.003"), Decimal("0.006"))
-    assert clients_connected(quota_redis) == baseline        # each meter was closed with its loop
+    assert clients_connected(quota_redis) == baseline  # each meter was closed with its loop
 
 
 def test_get_async_meter_wants_a_running_loop(quota_redis):
@@ -225,21 +249,26 @@ def test_an_async_view_in_the_sync_client_gets_a_new_loop_each_request(quota_red
 
 # --- the decorator --------------------------------------------------------------------------------
 
+
 def test_over_the_credit_the_decorator_answers_402_with_the_event(quota_redis, signals):
     user = make_user()
     client = Client()
     client.force_login(user)
     assert client.get("/chat/sync/", {"in": 1000, "out": 1000}).status_code == 200
-    get_meter().set_monthly_credit(quota_user_id(user), "0.003")         # used up by that call
+    get_meter().set_monthly_credit(quota_user_id(user), "0.003")  # used up by that call
     refused = client.get("/chat/sync/")
     assert refused.status_code == 402
     event = refused.json()
-    assert (event["type"], event["model_id"], event["monthly_used"], event["monthly_credit"]) == \
-        ("quota_exceeded", SYS, 0.003, 0.003)
+    assert (event["type"], event["model_id"], event["monthly_used"], event["monthly_credit"]) == (
+        "quota_exceeded",
+        SYS,
+        0.003,
+        0.003,
+    )
     [exceeded] = signals["exceeded"]
     assert (exceeded["user"], exceeded["user_id"], exceeded["event"]) == (user, str(user.pk), event)
     assert exceeded["sender"].__name__ == "sync_chat"
-    assert len(signals["usage"]) == 1                                    # the refused view never ran
+    assert len(signals["usage"]) == 1  # the refused view never ran
 
 
 def test_the_decorator_meters_only_models_the_user_may_use(quota_redis):
@@ -253,22 +282,23 @@ def test_the_decorator_meters_only_models_the_user_may_use(quota_redis):
     custom = client.get("/chat/async/", {"model_id": CUSTOM_MODEL})
     assert custom.status_code == 200 and custom.json()["record"]["result"]["is_system"] is False
     stats = get_meter().get_token_stats(str(user.pk))
-    assert list(stats["models"]) == [CUSTOM_MODEL]                       # nothing else was metered
+    assert list(stats["models"]) == [CUSTOM_MODEL]  # nothing else was metered
     assert Client().get("/chat/sync/").status_code == 401
 
 
 # --- finding 2: Unicode usernames -----------------------------------------------------------------
 
+
 def test_a_unicode_username_is_metered_by_its_pk(quota_redis):
     with pytest.raises(InvalidInput, match="invalid user id"):
-        get_meter().update_token_usage("张三", SYS, 1, 1)                 # why the username can't be the id
+        get_meter().update_token_usage("张三", SYS, 1, 1)  # why the username can't be the id
     user = make_user("张三")
     assert quota_user_id(user) == str(user.pk)
     client = Client()
     client.force_login(user)
     assert client.get("/chat/sync/").status_code == 200
     assert get_meter().get_token_stats(str(user.pk))["models"][SYS]["calls"] == 1
-    call_command("quota_credit", "张三", "9")                              # the commands find users by username
+    call_command("quota_credit", "张三", "9")  # the commands find users by username
     assert get_meter().get_token_stats(str(user.pk))["monthly_credit"] == 9
 
 
@@ -283,9 +313,11 @@ def test_a_user_id_hook(quota_redis):
 
 # --- finding 1: the credit bypass through the browser's model id ----------------------------------
 
+
 def with_user(app, user):
     async def wrapped(scope, receive, send):
         return await app({**scope, "user": user}, receive, send)
+
     return wrapped
 
 
@@ -312,8 +344,8 @@ async def chat(quota_redis):
 async def test_an_over_credit_user_cannot_choose_an_unpriced_model(chat, signals):
     stub, llm = chat
     user = await sync_to_async(make_user)()
-    await get_async_meter().set_monthly_credit(str(user.pk), "0")          # over the credit
-    app = ChatConsumer.as_asgi(llm=llm, custom_llm=llm)                   # custom_llm: the user's own endpoint
+    await get_async_meter().set_monthly_credit(str(user.pk), "0")  # over the credit
+    app = ChatConsumer.as_asgi(llm=llm, custom_llm=llm)  # custom_llm: the user's own endpoint
     comm = WebsocketCommunicator(with_user(app, user), "/ws/chat/")
     assert (await comm.connect())[0]
 
@@ -323,9 +355,9 @@ async def test_an_over_credit_user_cannot_choose_an_unpriced_model(chat, signals
         assert event["model_id"] == asked and event["allowed"] == [SYS, CUSTOM_MODEL]
     _, event = await exchange(comm, {"type": "message", "text": "hi", "model_id": SYS})
     assert event["type"] == "quota_exceeded"
-    _, event = await exchange(comm, {"type": "message", "text": "hi"})     # the default model: the same
+    _, event = await exchange(comm, {"type": "message", "text": "hi"})  # the default model: the same
     assert event["type"] == "quota_exceeded"
-    assert stub.requests == []                                              # no LLM call at all
+    assert stub.requests == []  # no LLM call at all
     assert [e["model_id"] for e in signals["exceeded"]] == [SYS, SYS] and signals["usage"] == []
 
     # bad input keeps the socket open
@@ -351,8 +383,8 @@ async def test_under_the_credit_the_platform_model_is_metered_and_routed_on_the_
     _, refused = await exchange(comm, {"type": "message", "text": "hi", "model_id": "deepseek-chat"})
     assert refused["code"] == "model_not_allowed" and stub.requests == []
     deltas, done = await exchange(comm, {"type": "message", "text": "hi"})
-    assert done["type"] == "reply_done" and done["monthly_used"] == 0.9     # chat 0.7 + naming 0.2
-    assert {r["model"] for r in stub.requests} == {"deepseek-chat"}         # the provider name: server side
+    assert done["type"] == "reply_done" and done["monthly_used"] == 0.9  # chat 0.7 + naming 0.2
+    assert {r["model"] for r in stub.requests} == {"deepseek-chat"}  # the provider name: server side
     await comm.disconnect()
 
 
@@ -376,7 +408,7 @@ async def test_an_unknown_system_model_from_a_resolver_keeps_the_socket_open(cha
         _, event = await exchange(comm, {"type": "message", "text": "hi", "model_id": "system_gpt5"})
         assert (event["type"], event["code"]) == ("error", "unknown_model") and "system_gpt5" in event["message"]
         _, done = await exchange(comm, {"type": "message", "text": "hi", "model_id": SYS})
-        assert done["type"] == "reply_done"                                 # the same socket, still open
+        assert done["type"] == "reply_done"  # the same socket, still open
         await comm.disconnect()
 
 
@@ -386,10 +418,11 @@ def test_the_resolver_hook_decides(quota_redis):
     with pytest.raises(ModelNotAllowed, match="'deepseek-chat' is not available"):
         resolve_model(user, "deepseek-chat")
     with override_settings(QUOTA=quota_setting(quota_redis.url, MODEL_RESOLVER=lambda u, asked: SYS)):
-        assert resolve_model(user, "anything") == SYS                     # e.g. one model for everyone
+        assert resolve_model(user, "anything") == SYS  # e.g. one model for everyone
 
 
 # --- finding 5: the panel on the project's own login ----------------------------------------------
+
 
 def test_the_panel_is_served_on_the_django_login(quota_redis):
     alice, bob = make_user(), make_user()
@@ -407,7 +440,7 @@ def test_the_panel_is_served_on_the_django_login(quota_redis):
     html = client.get("/quota/panel/").content.decode()
     assert 'data-stats-url="/quota/stats/"' in html and f'data-user="{alice.username}"' in html
     assert 'src="/static/quota/panel.js"' in html and 'href="/static/quota/quota.css"' in html
-    assert "token=" not in html and "#user=" not in html                  # no token in any URL
+    assert "token=" not in html and "#user=" not in html  # no token in any URL
     mine = client.get("/quota/stats/")
     assert mine["Cache-Control"].startswith("max-age=0") and "no-store" in mine["Cache-Control"]
     assert (mine.json()["user"], mine.json()["monthly_used"]) == (str(alice.pk), 0.02)
@@ -420,7 +453,7 @@ def test_the_panel_is_served_on_the_django_login(quota_redis):
 def test_the_panel_static_files_are_the_services_own():
     for name in ("panel.js", "i18n.js", "quota.css"):
         assert Path(finders.find(f"quota/{name}")) == PANEL_STATIC_DIR / name == ROOT / "api" / "static" / name
-    assert finders.find("quota/demo.js") in (None, [])                    # only the panel's files
+    assert finders.find("quota/demo.js") in (None, [])  # only the panel's files
     assert run_checks(tags=["staticfiles"]) == []
     with override_settings(STATICFILES_FINDERS=["django.contrib.staticfiles.finders.AppDirectoriesFinder"]):
         assert [m.id for m in run_checks(tags=["staticfiles"])] == ["quota.W002"]
@@ -435,10 +468,11 @@ def test_the_django_panel_page_has_every_element_panel_js_uses():
 
 # --- the admin --------------------------------------------------------------------------------------
 
+
 def test_the_admin_lists_usage_and_tops_up_credit(quota_redis):
     staff = make_user(is_staff=True, is_superuser=True)
     user = make_user()
-    get_meter().update_token_usage(str(user.pk), SYS, 1_000_000, 0)        # 1 CNY
+    get_meter().update_token_usage(str(user.pk), SYS, 1_000_000, 0)  # 1 CNY
     client = Client()
     client.force_login(staff)
     assert "/admin/quota/usage/" in client.get("/admin/").content.decode()
@@ -471,6 +505,7 @@ def test_the_admin_pages_need_their_permissions(quota_redis):
 
 # --- management commands ------------------------------------------------------------------------------
 
+
 def run(*args) -> str:
     from io import StringIO
 
@@ -499,7 +534,7 @@ def test_quota_replay_spool(quota_redis, tmp_path):
     with pytest.raises(CommandError, match="SPOOL"):
         run("quota_replay_spool")
     down = Meter.from_url(f"redis://127.0.0.1:{free_ports(1, start=19600)[0]}/0", spool=spool, history=None)
-    with down.turn("42", SYS) as turn:                                     # Redis away: allowed, spooled
+    with down.turn("42", SYS) as turn:  # Redis away: allowed, spooled
         assert turn.record(input_tokens=1000, output_tokens=1000).status == "spooled"
     down.close()
     with override_settings(QUOTA=quota_setting(quota_redis.url, SPOOL=str(spool))):
@@ -509,14 +544,14 @@ def test_quota_replay_spool(quota_redis, tmp_path):
 
 def test_quota_dump_moves_old_months_to_the_history(quota_redis, tmp_path):
     history_url = f"sqlite:///{tmp_path / 'history.db'}"
-    now = datetime.now(timezone.utc)
-    last_year = datetime(now.year - 1, 3, 10, tzinfo=timezone.utc)
+    now = datetime.now(UTC)
+    last_year = datetime(now.year - 1, 3, 10, tzinfo=UTC)
     with override_settings(QUOTA=quota_setting(quota_redis.url, HISTORY_URL=history_url)):
         old = Meter.from_url(quota_redis.url, clock=lambda: last_year, history=None)
         old.update_token_usage("42", SYS, 1000, 1000)
         old.close()
         assert run("quota_dump", "--dry-run").startswith("dry run: would archive 1 user-months")
         assert run("quota_dump").startswith("archived 1 user-months")
-        assert quota_redis.client().keys("quota:{42}:????-??") == []        # the month left Redis
+        assert quota_redis.client().keys("quota:{42}:????-??") == []  # the month left Redis
         stats = json.loads(run("quota_stats", "42", "--id", "--months", "24"))
-        assert stats["history"][f"{last_year.year}-03"][SYS]["calls"] == 1     # read back from SQL
+        assert stats["history"][f"{last_year.year}-03"][SYS]["calls"] == 1  # read back from SQL

@@ -28,7 +28,6 @@ from urllib.parse import urlencode
 import pytest
 
 from examples.stub_llm import StubLLM
-
 from quota.testing import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,13 +42,20 @@ class Site:
     stub: StubLLM
 
     def manage(self, *args: str) -> str:
-        done = subprocess.run([sys.executable, "manage.py", *args], cwd=SITE, env=self.env, capture_output=True,
-                              text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=SITE, env=self.env, capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    def request(self, method: str, path: str, *, cookies: dict[str, str] | None = None, form: dict | None = None,
-                ) -> tuple[int, dict[str, str], str, dict[str, str]]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        cookies: dict[str, str] | None = None,
+        form: dict | None = None,
+    ) -> tuple[int, dict[str, str], str, dict[str, str]]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in (cookies or {}).items())}
         body = None
@@ -72,21 +78,32 @@ class Site:
 def site(redis_server, tmp_path_factory):
     redis_server.client().flushall()
     tmp = tmp_path_factory.mktemp("django-site")
-    path_dir = tmp / "path"            # what a plain install puts on the path: quota and api only
+    path_dir = tmp / "path"  # what a plain install puts on the path: quota and api only
     path_dir.mkdir()
     for package in ("quota", "api"):
         (path_dir / package).symlink_to(ROOT / package)
     port = free_ports(1, start=21000)[0]
     with StubLLM(pieces=["你好，", "daphne."]) as stub:
-        env = {**os.environ, "PYTHONPATH": str(path_dir), "REDIS_URL": redis_server.url,
-               "EXAMPLE_DB": str(tmp / "site.db"), "LLM_BASE_URL": stub.base_url, "DJANGO_SUPERUSER_PASSWORD": PASSWORD,
-               "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(path_dir),
+            "REDIS_URL": redis_server.url,
+            "EXAMPLE_DB": str(tmp / "site.db"),
+            "LLM_BASE_URL": stub.base_url,
+            "DJANGO_SUPERUSER_PASSWORD": PASSWORD,
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
         site = Site(port, env, stub)
         site.manage("migrate", "--noinput")
         site.manage("createsuperuser", "--noinput", "--username", USER, "--email", "zhang@example.com")
         log = open(tmp / "daphne.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                                 "site_config.asgi:application"], cwd=SITE, env=env, stdout=log, stderr=log)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "site_config.asgi:application"],
+            cwd=SITE,
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
         try:
             deadline = time.monotonic() + 30
             while True:
@@ -108,13 +125,18 @@ def log_in(site: Site) -> dict[str, str]:
     status, _, page, cookies = site.request("GET", "/accounts/login/")
     assert status == 200
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
-    status, headers, _, more = site.request("POST", "/accounts/login/", cookies=cookies, form={
-        "username": USER, "password": PASSWORD, "csrfmiddlewaretoken": token, "next": "/quota/panel/"})
+    status, headers, _, more = site.request(
+        "POST",
+        "/accounts/login/",
+        cookies=cookies,
+        form={"username": USER, "password": PASSWORD, "csrfmiddlewaretoken": token, "next": "/quota/panel/"},
+    )
     assert status == 302 and headers["location"] == "/quota/panel/", status
     return {**cookies, **more}
 
 
 # --- a minimal WebSocket client (RFC 6455): text frames, masked, one message per frame -----------------
+
 
 class WebSocket:
     GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -123,16 +145,22 @@ class WebSocket:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         key = base64.b64encode(os.urandom(16)).decode()
         cookie = "; ".join(f"{k}={v}" for k, v in cookies.items())
-        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                           f"Origin: http://127.0.0.1:{port}\r\nCookie: {cookie}\r\n\r\n").encode())
+        self.sock.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                f"Origin: http://127.0.0.1:{port}\r\nCookie: {cookie}\r\n\r\n"
+            ).encode()
+        )
         head = b""
         while b"\r\n\r\n" not in head:
             head += self.sock.recv(1)
         lines = head.decode("latin1").split("\r\n")
         assert lines[0].split()[1] == "101", lines[0]
         accept = base64.b64encode(hashlib.sha1((key + self.GUID).encode()).digest()).decode()
-        headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+        headers = {
+            name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])
+        }
         assert headers.get("sec-websocket-accept") == accept
 
     def _exact(self, n: int) -> bytes:
@@ -187,17 +215,22 @@ def test_the_example_site_under_daphne(site):
     status, _, page, _ = site.request("GET", "/quota/panel/", cookies=cookies)
     assert status == 200 and 'data-stats-url="/quota/stats/"' in page and f'data-user="{USER}"' in page
     status, _, _, _ = site.request("GET", "/quota/panel/")
-    assert status == 302                                               # anonymous: to the login
+    assert status == 302  # anonymous: to the login
     status, _, body, _ = site.request("GET", "/static/quota/panel.js", cookies=cookies)
-    assert status == 200 and "dataset.statsUrl" in body                 # the service's panel.js
+    assert status == 200 and "dataset.statsUrl" in body  # the service's panel.js
     status, _, body, _ = site.request("GET", "/quota/stats/", cookies=cookies)
     stats = json.loads(body)
     user_id = stats["user"]
-    assert status == 200 and user_id.isdigit() and stats["monthly_used"] == 0   # 张三 is metered as str(pk)
+    assert status == 200 and user_id.isdigit() and stats["monthly_used"] == 0  # 张三 is metered as str(pk)
 
     ws = WebSocket(site.port, "/ws/chat/", cookies)
     text, done = ws.exchange({"type": "message", "text": "你好"})
-    assert (text, done["type"], done["calls"], done["monthly_used"]) == ("你好，daphne.", "reply_done", ["chat", "name"], 0.9)
+    assert (text, done["type"], done["calls"], done["monthly_used"]) == (
+        "你好，daphne.",
+        "reply_done",
+        ["chat", "name"],
+        0.9,
+    )
     calls = len(site.stub.requests)
 
     # over the credit (set with the site's own command): nothing gets through, the socket stays open
@@ -209,7 +242,7 @@ def test_the_example_site_under_daphne(site):
     assert event["type"] == "quota_exceeded" and event["monthly_used"] == 0.9
     ws.send(b"not json")
     assert ws.receive_json()["code"] == "bad_request"
-    assert len(site.stub.requests) == calls                             # no LLM call since
+    assert len(site.stub.requests) == calls  # no LLM call since
 
     # a top-up, and the next message goes through on the same socket
     site.manage("quota_credit", user_id, "5", "--id")
@@ -220,8 +253,9 @@ def test_the_example_site_under_daphne(site):
     status, _, body, _ = site.request("GET", "/quota/stats/", cookies=cookies)
     assert json.loads(body)["monthly_used"] == 1.6
     assert json.loads(site.manage("quota_stats", USER))["models"]["system_deepseek"]["calls"] == 3
-    check = subprocess.run([sys.executable, "manage.py", "check"], cwd=SITE, env=site.env, capture_output=True,
-                           text=True, timeout=60)
+    check = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=SITE, env=site.env, capture_output=True, text=True, timeout=60
+    )
     assert check.returncode == 0 and "no issues" in check.stdout, check.stdout + check.stderr
 
 
@@ -236,8 +270,9 @@ def test_the_panel_renders_in_a_browser_on_the_session(site):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
         try:
             context = browser.new_context()
-            context.add_cookies([{"name": k, "value": v, "url": f"http://127.0.0.1:{site.port}"}
-                                 for k, v in cookies.items()])
+            context.add_cookies(
+                [{"name": k, "value": v, "url": f"http://127.0.0.1:{site.port}"} for k, v in cookies.items()]
+            )
             page = context.new_page()
             page.goto(f"http://127.0.0.1:{site.port}/quota/panel/")
             page.wait_for_selector("body[data-loaded]", timeout=10_000)

@@ -15,8 +15,16 @@ from quota.history import HistoryStore, dump_expired_months
 from .history_support import SETTINGS, history_url, month_hashes, plain, store  # noqa: F401 - fixtures
 
 
-def record(meter: Meter, clock: Any, month: str, user: str, model: str = "system_deepseek",
-           tokens: int = 1000, n: int = 1, rid: str | None = None) -> None:
+def record(
+    meter: Meter,
+    clock: Any,
+    month: str,
+    user: str,
+    model: str = "system_deepseek",
+    tokens: int = 1000,
+    n: int = 1,
+    rid: str | None = None,
+) -> None:
     year, mon = (int(p) for p in month.split("-"))
     clock.set(year, mon, 10, 12, 0, 0)
     for i in range(n):

@@ -8,16 +8,17 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, time as dtime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from datetime import time as dtime
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from quota import Meter
-from quota.cli import main
 from quota._config import Settings
 from quota._errors import InvalidInput, StorageUnavailable
+from quota.cli import main
 from quota.history import HistoryStore, Scheduler, next_run, parse_at
 
 from .history_support import expired_months, fixed
@@ -32,8 +33,7 @@ def env(redis_server, tmp_path, monkeypatch):
     meter = Meter(redis_server.client(), clock=fixed(month), settings=Settings(prefix="quota"))
     for u in range(25):
         meter.update_token_usage(f"cli{u}", "system_deepseek", 100 + u, 10)
-    values = {"REDIS_URL": redis_server.url, "QUOTA_HISTORY_URL": f"sqlite:///{tmp_path}/h.db",
-              "QUOTA_PREFIX": "quota"}
+    values = {"REDIS_URL": redis_server.url, "QUOTA_HISTORY_URL": f"sqlite:///{tmp_path}/h.db", "QUOTA_PREFIX": "quota"}
     for k, v in values.items():
         monkeypatch.setenv(k, v)
     return values
@@ -86,8 +86,9 @@ def test_bad_usage_exits_2(env, monkeypatch) -> None:
 
 # --- the scheduler --------------------------------------------------------------------------------
 
+
 def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=timezone.utc)
+    return datetime(*parts, tzinfo=UTC)
 
 
 def test_parse_at_and_next_run() -> None:
@@ -150,9 +151,14 @@ def test_scheduler_survives_an_unexpected_error(caplog) -> None:
 
 @pytest.mark.slow
 def test_scheduler_process_dumps_now_logs_and_stops_on_sigterm(env) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "quota.cli", "scheduler", "--now", "--at", "00:10"],
-                            env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quota.cli", "scheduler", "--now", "--at", "00:10"],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     lines = []
     while time.monotonic() < deadline:

@@ -17,8 +17,20 @@ from redis.cluster import RedisCluster
 from quota import Meter
 from quota.history import HistoryStore, dump_expired_months
 
-from .history_support import (SETTINGS, USERS, archive_from_views, expired_keys_left, expired_months, fixed,
-                              month_hashes, plain, populate, run_dump, store_url, total_keys)
+from .history_support import (
+    SETTINGS,
+    USERS,
+    archive_from_views,
+    expired_keys_left,
+    expired_months,
+    fixed,
+    month_hashes,
+    plain,
+    populate,
+    run_dump,
+    store_url,
+    total_keys,
+)
 
 
 @pytest.mark.slow
@@ -92,8 +104,12 @@ def test_a_writer_racing_the_dump_loses_nothing(db: str, redis_server, tmp_path)
     months = expired_months()[:2]
     for month in months:
         meter = Meter(client, clock=fixed(month), settings=SETTINGS)
-        meter.update_token_usage_many([{"user": f"w{u}", "model_id": "system_deepseek", "input_tokens": u + 1,
-                                        "output_tokens": 1} for u in range(3000)])
+        meter.update_token_usage_many(
+            [
+                {"user": f"w{u}", "model_id": "system_deepseek", "input_tokens": u + 1, "output_tokens": 1}
+                for u in range(3000)
+            ]
+        )
     expected_in = {k: v.models["system_deepseek"].input_tokens for k, v in month_hashes(client).items()}
     expected_calls = {k: v.models["system_deepseek"].calls for k, v in month_hashes(client).items()}
     store = HistoryStore(store_url(db, tmp_path))
@@ -102,8 +118,10 @@ def test_a_writer_racing_the_dump_loses_nothing(db: str, redis_server, tmp_path)
 
     def writer() -> None:
         rng = random.Random(3)
-        meters = {m: Meter(redis.Redis(host="127.0.0.1", port=redis_server.port), clock=fixed(m), settings=SETTINGS)
-                  for m in months}
+        meters = {
+            m: Meter(redis.Redis(host="127.0.0.1", port=redis_server.port), clock=fixed(m), settings=SETTINGS)
+            for m in months
+        }
         n = 0
         while not stop.is_set():
             month = rng.choice(months)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -14,8 +14,8 @@ from sqlalchemy import text
 
 from quota import AsyncMeter, ConfigError, Meter, StorageUnavailable
 from quota._errors import InvalidInput
-from quota.history import SCHEMA_VERSION, HistoryStore, Snapshot, describe_db, normalize_url
 from quota._stats import ModelUsage, MonthUsage, merge_month
+from quota.history import SCHEMA_VERSION, HistoryStore, Snapshot, describe_db, normalize_url
 
 from .history_support import history_url, pg_url, store  # noqa: F401 - fixtures
 
@@ -26,8 +26,16 @@ def is_system(model_id: str) -> bool:
     return model_id.startswith("system_")
 
 
-def usage(month: str, *, tokens: int = 10, cost: int = 1_000, calls: int = 1, credit: int | None = None,
-          gen: int | None = None, models: tuple[str, ...] = (SYSTEM,)) -> MonthUsage:
+def usage(
+    month: str,
+    *,
+    tokens: int = 10,
+    cost: int = 1_000,
+    calls: int = 1,
+    credit: int | None = None,
+    gen: int | None = None,
+    models: tuple[str, ...] = (SYSTEM,),
+) -> MonthUsage:
     u = MonthUsage(month, credit_nano=credit, archive_gen=gen)
     for model_id in models:
         u.models[model_id] = ModelUsage(tokens, 2 * tokens, cost, calls, 0)
@@ -41,6 +49,7 @@ def snap(user: str, month: str, gen: int, seq: int, u: MonthUsage) -> Snapshot:
 
 
 # --- schema -----------------------------------------------------------------------------------------
+
 
 def test_schema_is_created_on_first_write_and_versioned(store: HistoryStore) -> None:
     assert store.load_months("ann", ["2025-12"]) == []  # nothing yet, and nothing created
@@ -76,12 +85,16 @@ def test_reading_never_creates_an_sqlite_file(tmp_path: Path) -> None:
 
 # --- writes: replace, never add ----------------------------------------------------------------------
 
+
 def test_writing_the_same_snapshot_twice_changes_nothing(store: HistoryStore) -> None:
     s1 = snap("bo", "2025-11", 5, 1, usage("2025-11", tokens=100, cost=7, credit=9_000))
     store.write_snapshots([s1], is_system=is_system)
     store.write_snapshots([s1], is_system=is_system)
-    assert store.load_totals("bo", ["2025-11"]) == {"2025-11": MonthUsage(
-        "2025-11", credit_nano=9_000, system_used_nano=7, models={SYSTEM: ModelUsage(100, 200, 7, 1, 0)})}
+    assert store.load_totals("bo", ["2025-11"]) == {
+        "2025-11": MonthUsage(
+            "2025-11", credit_nano=9_000, system_used_nano=7, models={SYSTEM: ModelUsage(100, 200, 7, 1, 0)}
+        )
+    }
     assert store.count_months() == 1
 
 
@@ -98,29 +111,33 @@ def test_a_newer_snapshot_replaces_and_an_older_one_never_does(store: HistorySto
 def test_generations_are_kept_apart_and_summed_in_totals_and_views(store: HistoryStore) -> None:
     first = snap("di", "2025-10", 11, 1, usage("2025-10", tokens=5, cost=50, credit=8_000))
     late = snap("di", "2025-10", 22, 1, usage("2025-10", tokens=1, cost=10))
-    store.write_snapshots([first], is_system=is_system, now=datetime(2025, 11, 1, tzinfo=timezone.utc))
-    store.write_snapshots([late], is_system=is_system, now=datetime(2025, 11, 2, tzinfo=timezone.utc))
+    store.write_snapshots([first], is_system=is_system, now=datetime(2025, 11, 1, tzinfo=UTC))
+    store.write_snapshots([late], is_system=is_system, now=datetime(2025, 11, 2, tzinfo=UTC))
     parts = store.load_months("di", ["2025-10"])
     assert [p.archive_gen for p in parts] == [11, 22]  # oldest archive first
     total = store.load_totals("di", ["2025-10"])["2025-10"]
     assert total.models[SYSTEM] == ModelUsage(6, 12, 60, 2, 0)
     assert total.system_used_nano == 60 and total.credit_nano == 8_000
     with store.engine.connect() as conn:
-        row = conn.execute(text("SELECT input_tokens, cost_nano, calls, is_system FROM quota_month_model "
-                                "WHERE user_id = 'di'")).one()
-        month = conn.execute(text("SELECT credit_nano, system_used_nano, generations FROM quota_month "
-                                  "WHERE user_id = 'di'")).one()
+        row = conn.execute(
+            text("SELECT input_tokens, cost_nano, calls, is_system FROM quota_month_model WHERE user_id = 'di'")
+        ).one()
+        month = conn.execute(
+            text("SELECT credit_nano, system_used_nano, generations FROM quota_month WHERE user_id = 'di'")
+        ).one()
     assert (int(row[0]), int(row[1]), int(row[2]), bool(row[3])) == (6, 60, 2, True)
     assert (int(month[0]), int(month[1]), int(month[2])) == (8_000, 60, 2)
 
 
 def test_large_exact_integers_survive(store: HistoryStore) -> None:
     big = 9_000_000_000_000_000_000  # above 2^53, below 2^63
-    u = MonthUsage("2025-09", credit_nano=big, system_used_nano=big,
-                   models={SYSTEM: ModelUsage(10**9, 10**9, big, 10**12, 3)})
+    u = MonthUsage(
+        "2025-09", credit_nano=big, system_used_nano=big, models={SYSTEM: ModelUsage(10**9, 10**9, big, 10**12, 3)}
+    )
     store.write_snapshots([snap("ed", "2025-09", 999_999_999_999_999_999, 1, u)], is_system=is_system)
     assert store.load_totals("ed", ["2025-09"])["2025-09"] == u.__class__(
-        "2025-09", credit_nano=big, system_used_nano=big, models={SYSTEM: ModelUsage(10**9, 10**9, big, 10**12, 3)})
+        "2025-09", credit_nano=big, system_used_nano=big, models={SYSTEM: ModelUsage(10**9, 10**9, big, 10**12, 3)}
+    )
 
 
 def test_prefixes_do_not_mix(store: HistoryStore) -> None:
@@ -139,6 +156,7 @@ def test_bad_arguments_are_refused(store: HistoryStore) -> None:
 
 
 # --- URLs and errors ----------------------------------------------------------------------------------
+
 
 def test_urls_are_normalised_and_described_without_passwords() -> None:
     assert normalize_url("postgresql://u:secret@db:5433/q") == "postgresql+psycopg://u:secret@db:5433/q"
@@ -161,6 +179,7 @@ def test_an_unreachable_database_is_a_storage_error_naming_it() -> None:
 
 
 # --- the merge get_token_stats relies on (pure) --------------------------------------------------------
+
 
 def test_merge_counts_each_generation_once() -> None:
     archived_g1 = usage("2025-12", tokens=10, cost=100, gen=1)
@@ -188,8 +207,10 @@ def test_merge_keeps_the_newest_credit() -> None:
 
 # --- finding the store from the environment ---------------------------------------------------------
 
-def test_meters_find_the_history_store_from_the_environment(monkeypatch: pytest.MonkeyPatch,
-                                                            tmp_path: Path, redis_server) -> None:
+
+def test_meters_find_the_history_store_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_server
+) -> None:
     url = f"sqlite:///{tmp_path}/env.db"
     monkeypatch.setenv("QUOTA_HISTORY_URL", url)
     monkeypatch.setenv("QUOTA_PREFIX", "envp")
@@ -212,13 +233,29 @@ def test_meters_find_the_history_store_from_the_environment(monkeypatch: pytest.
 PASSWORD = "Pw-s3cret@tail9"  # with an unescaped "@": SQLAlchemy reads "tail9@host" as the host
 
 
-@pytest.mark.parametrize("url", [
-    f"postgresql://u:{PASSWORD}@host:notaport/db", f"u:{PASSWORD}@host/db", f"mysql://u:{PASSWORD}@h/db",
-    f"postgresql+nodriver://u:{PASSWORD}@h/db", f"sqlite://u:{PASSWORD}@h/x",
-    f"postgresql://u:{PASSWORD}@127.0.0.1:1/q", f"postgresql://u:{quote(PASSWORD, safe='')}@127.0.0.1:1/q",
-    f"postgresql://u:{PASSWORD}@127.0.0.1:1/q?sslmode=bogus",
-], ids=["port-not-a-number", "no-scheme", "mysql", "no-driver", "sqlite-with-host", "unreachable", "escaped",
-        "bad-option"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://u:{PASSWORD}@host:notaport/db",
+        f"u:{PASSWORD}@host/db",
+        f"mysql://u:{PASSWORD}@h/db",
+        f"postgresql+nodriver://u:{PASSWORD}@h/db",
+        f"sqlite://u:{PASSWORD}@h/x",
+        f"postgresql://u:{PASSWORD}@127.0.0.1:1/q",
+        f"postgresql://u:{quote(PASSWORD, safe='')}@127.0.0.1:1/q",
+        f"postgresql://u:{PASSWORD}@127.0.0.1:1/q?sslmode=bogus",
+    ],
+    ids=[
+        "port-not-a-number",
+        "no-scheme",
+        "mysql",
+        "no-driver",
+        "sqlite-with-host",
+        "unreachable",
+        "escaped",
+        "bad-option",
+    ],
+)
 def test_a_malformed_or_unreachable_history_url_never_shows_its_password(url: str) -> None:
     with pytest.raises((ConfigError, StorageUnavailable)) as err:
         store = HistoryStore(url)
@@ -234,8 +271,9 @@ def test_the_dump_command_does_not_echo_a_malformed_history_url(redis_server) ->
 
     from quota.cli import main
 
-    out = CliRunner().invoke(main, ["dump", "--url", redis_server.url, "--history-url",
-                                    f"postgresql://quota:{PASSWORD}@db:port/quota"])
+    out = CliRunner().invoke(
+        main, ["dump", "--url", redis_server.url, "--history-url", f"postgresql://quota:{PASSWORD}@db:port/quota"]
+    )
     assert out.exit_code == 2 and "invalid history database URL" in out.output
     assert "s3cret" not in out.output and "tail9" not in out.output
 

@@ -15,10 +15,10 @@ import pytest
 
 from quota import AsyncMeter, Meter, QuotaExceeded
 
-CALL = {"input_tokens": 20_000, "output_tokens": 4_000}     # 0.028 CNY on system_deepseek
+CALL = {"input_tokens": 20_000, "output_tokens": 4_000}  # 0.028 CNY on system_deepseek
 CALL_NANO = 28_000_000
 TURN_CALLS = 5
-TURN_NANO = TURN_CALLS * CALL_NANO                         # 0.14 CNY
+TURN_NANO = TURN_CALLS * CALL_NANO  # 0.14 CNY
 
 
 def holds(raw, user: str) -> dict[str, str]:
@@ -46,7 +46,7 @@ def test_a_hold_is_taken_drawn_down_and_given_back(any_turn, raw):
         assert holds(raw, "ann")[turn.rules.turn_id].startswith(f"{100_000_000 - CALL_NANO}:")
         for _ in range(TURN_CALLS - 1):
             last = turn.record(**CALL)
-        assert last.result.hold_remaining_nano == 0            # never below 0
+        assert last.result.hold_remaining_nano == 0  # never below 0
         assert turn.record(input_tokens=1, output_tokens=1, model_id="custom_x").status == "counted"
     assert holds(raw, "ann") == {}
     assert meter.turn_options.metrics.holds_taken == meter.turn_options.metrics.holds_released == 1
@@ -58,7 +58,7 @@ def test_the_last_of_the_credit_is_held_by_one_turn_only(any_turn):
     meter = any_turn
     spend(meter, "bo", 4_990_000_000)
     with meter.turn("bo", "system_deepseek") as first:
-        assert first.hold == Decimal("0.01")                  # min(hold, what is left)
+        assert first.hold == Decimal("0.01")  # min(hold, what is left)
         with pytest.raises(QuotaExceeded) as refused:
             with meter.turn("bo", "system_deepseek"):
                 pytest.fail("the rest of the credit is held by the first turn")
@@ -81,13 +81,13 @@ def test_n_turns_start_together_while_the_credit_covers_n_holds(any_turn):
         meter.turn("cy", "system_deepseek", hold="0.1").__enter__()
     for turn in turns:
         turn.__exit__(None, None, None)
-    with meter.turn("cy", "system_deepseek", hold="0.1") as again:   # all given back
+    with meter.turn("cy", "system_deepseek", hold="0.1") as again:  # all given back
         assert again.hold == Decimal("0.1")
 
 
 def test_sequential_turns_well_under_the_credit_are_never_refused(any_turn):
     meter = any_turn
-    for _ in range(30):                                        # 30 x 0.14 = 4.2 of 5 CNY
+    for _ in range(30):  # 30 x 0.14 = 4.2 of 5 CNY
         with meter.turn("di", "system_deepseek") as turn:
             for _ in range(TURN_CALLS):
                 turn.record(**CALL)
@@ -104,25 +104,25 @@ def test_a_turn_that_raises_gives_its_hold_back(any_turn, raw):
     assert meter.check_quota_available("ed", "system_deepseek").held_nano == 0
 
 
-@pytest.mark.parametrize("side", ["sync"])   # the expiry is the scripts' (2.2 s of waiting): one client is enough
+@pytest.mark.parametrize("side", ["sync"])  # the expiry is the scripts' (2.2 s of waiting): one client is enough
 def test_a_dead_workers_hold_expires_and_the_user_is_admitted_again(backend, make_meter, raw):
     meter = make_meter(backend, monthly_credit=1, hold_ttl_s=1)
     crashed = meter.turn("fa", "system_deepseek", hold="1")
-    crashed.__enter__()                                       # the worker dies: no __exit__
+    crashed.__enter__()  # the worker dies: no __exit__
     with pytest.raises(QuotaExceeded):
         meter.turn("fa", "system_deepseek").__enter__()
     time.sleep(1.1)
     assert meter.check_quota_available("fa", "system_deepseek").held_nano == 0
     with meter.turn("fa", "system_deepseek", hold="0.5") as turn:
-        assert list(holds(raw, "fa")) == [turn.rules.turn_id]       # the dead hold was deleted
+        assert list(holds(raw, "fa")) == [turn.rules.turn_id]  # the dead hold was deleted
     time.sleep(1.1)
-    assert not raw.exists("quota:{fa}:holds")              # and the hash goes with its holds
+    assert not raw.exists("quota:{fa}:holds")  # and the hash goes with its holds
 
 
 def test_a_live_turn_keeps_its_hold_while_it_records(backend, make_meter):
     meter = make_meter(backend, monthly_credit=1, hold_ttl_s=1)
     with meter.turn("gu", "system_deepseek", hold="0.5") as turn:
-        for _ in range(4):                                    # 1.6 s in all, each step inside 1 s
+        for _ in range(4):  # 1.6 s in all, each step inside 1 s
             time.sleep(0.4)
             turn.record(input_tokens=1000, output_tokens=0)
         assert meter.check_quota_available("gu", "system_deepseek").held_nano == 500_000_000 - 4 * 1_000_000
@@ -132,13 +132,13 @@ def test_can_continue_is_true_while_the_hold_or_the_credit_lasts(any_turn):
     meter = any_turn
     meter.set_monthly_credit("hu", "0.1")
     with meter.turn("hu", "system_deepseek", hold="0.05") as turn:
-        assert turn.can_continue()                            # the hold has money left
+        assert turn.can_continue()  # the hold has money left
         turn.record(**CALL)
-        turn.record(**CALL)                                   # 0.056 > 0.05: the hold is spent
+        turn.record(**CALL)  # 0.056 > 0.05: the hold is spent
         assert turn.rules.hold_remaining_nano == 0
-        assert turn.can_continue()                            # but the credit is not used up
+        assert turn.can_continue()  # but the credit is not used up
         turn.record(**CALL)
-        turn.record(**CALL)                                   # 0.112 > 0.1
+        turn.record(**CALL)  # 0.112 > 0.1
         assert not turn.can_continue()
     with meter.turn("hu", "custom_x") as custom:
         assert custom.can_continue()
@@ -159,7 +159,7 @@ def test_the_auto_hold_learns_the_users_turns(any_turn, clock):
     assert sizes[3] == sizes[2] + (10 * CALL_NANO - sizes[2]) // 2  # rises fast: halfway at once
     assert sizes[4] > sizes[3]
     with meter.turn("iv", "system_deepseek") as turn:
-        assert 10_000_000 <= turn.rules.hold_nano <= 1_000_000_000   # within floor and cap
+        assert 10_000_000 <= turn.rules.hold_nano <= 1_000_000_000  # within floor and cap
 
 
 def test_a_user_at_the_credit_gets_no_hold_and_custom_turns_take_none(any_turn, raw):
@@ -181,22 +181,22 @@ def test_a_retried_turn_begin_keeps_one_hold_and_a_retried_turn_end_changes_noth
     model = meter.prices.lookup("system_deepseek")
     begin = meter.core.turn_begin("pa", model, "turn-retried", meter.core.hold_arg("1"))
     (first, first_hold), (again, again_hold) = meter.run(begin), meter.run(begin)
-    assert first.allowed and again.allowed                 # the retry is admitted, its own hold aside
+    assert first.allowed and again.allowed  # the retry is admitted, its own hold aside
     assert first_hold == again_hold == 1_000_000_000 and again.held_nano == 0
     assert list(holds(raw, "pa")) == ["turn-retried"]
     assert meter.check_quota_available("pa", "system_deepseek").held_nano == 1_000_000_000
-    with pytest.raises(QuotaExceeded):                     # the one hold has the whole credit
+    with pytest.raises(QuotaExceeded):  # the one hold has the whole credit
         meter.turn("pa", "system_deepseek").__enter__()
     meter.run(meter.core.record("pa", "system_deepseek", 20_000, 4_000, turn_id="turn-retried"))
-    _, late_hold = meter.run(begin)                       # a late retry does not refill the hold
+    _, late_hold = meter.run(begin)  # a late retry does not refill the hold
     assert late_hold == 1_000_000_000 - CALL_NANO
     assert meter.check_quota_available("pa", "system_deepseek").held_nano == 1_000_000_000 - CALL_NANO
     end = meter.core.turn_end("pa", model, "turn-retried", CALL_NANO)
     assert meter.run(end) is True
     month_after_end = raw.hgetall("quota:{pa}:2026-01")
-    learned = 100_000_000 - (100_000_000 - CALL_NANO) // 8   # the default 0.1 falls towards 0.028
+    learned = 100_000_000 - (100_000_000 - CALL_NANO) // 8  # the default 0.1 falls towards 0.028
     assert month_after_end[b"system_deepseek:hold_est_nano"] == str(learned).encode()
-    assert meter.run(end) is False                   # the retry releases and learns nothing
+    assert meter.run(end) is False  # the retry releases and learns nothing
     assert raw.hgetall("quota:{pa}:2026-01") == month_after_end
     assert holds(raw, "pa") == {} and meter.check_quota_available("pa", "system_deepseek").held_nano == 0
 
@@ -207,7 +207,7 @@ def test_a_retried_turn_begin_whose_hold_died_meanwhile_is_a_new_admission(meter
     model = meter.prices.lookup("system_deepseek")
     begin = meter.core.turn_begin("qi", model, "turn-stalled", meter.core.hold_arg("1"))
     meter.run(begin)
-    raw.hset("quota:{qi}:holds", "turn-stalled", "1000000000:1")   # its expiry passed (server clock)
+    raw.hset("quota:{qi}:holds", "turn-stalled", "1000000000:1")  # its expiry passed (server clock)
     assert meter.check_quota_available("qi", "system_deepseek").held_nano == 0
     check, hold = meter.run(begin)
     assert check.allowed and hold == 1_000_000_000
@@ -244,7 +244,7 @@ def test_thirty_two_threads_at_the_last_of_the_credit(real_backend, clock):
     for t in threads:
         t.join()
     used = meter.check_quota_available("ka", "system_deepseek").monthly_used_nano
-    assert admitted == [["counted"] * TURN_CALLS]             # one turn, recorded in full
+    assert admitted == [["counted"] * TURN_CALLS]  # one turn, recorded in full
     assert used == 4_990_000_000 + TURN_NANO <= 5_000_000_000 + TURN_NANO
     meter.close()
 
@@ -280,7 +280,7 @@ async def test_parallel_async_turns_well_under_the_credit_are_all_admitted(real_
     meter = AsyncMeter(real_backend.async_client(), clock=clock, monthly_credit=5)
 
     async def one_turn() -> None:
-        async with meter.turn("mo", "system_deepseek") as turn:   # auto: 0.1 each, 40 fit in 5
+        async with meter.turn("mo", "system_deepseek") as turn:  # auto: 0.1 each, 40 fit in 5
             await asyncio.sleep(0.05)
             for _ in range(TURN_CALLS):
                 await turn.record(**CALL)
@@ -318,7 +318,6 @@ async def test_an_async_cluster_meter_used_first_by_many_tasks_at_once(redis_clu
     host, port = redis_cluster.startup
     redis_cluster.flushall()
     meter = AsyncMeter(AsyncRedisCluster(host=host, port=port), clock=clock)
-    results = await asyncio.gather(*(meter.update_token_usage(f"u{i}", "system_deepseek", 1000, 0)
-                                     for i in range(30)))
+    results = await asyncio.gather(*(meter.update_token_usage(f"u{i}", "system_deepseek", 1000, 0) for i in range(30)))
     assert [r.duplicate for r in results] == [False] * 30
     await meter.aclose()

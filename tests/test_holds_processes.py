@@ -18,20 +18,20 @@ import multiprocessing as mp
 import os
 import random
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from quota import AsyncMeter, Meter, QuotaExceeded
 
-AT = datetime(2026, 1, 15, 12, 0, tzinfo=timezone.utc)   # every process pins the same month
+AT = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)  # every process pins the same month
 MONTH = "2026-01"
 MODEL = "system_deepseek"
-CALL = {"input_tokens": 20_000, "output_tokens": 4_000}   # 0.028 CNY on system_deepseek
+CALL = {"input_tokens": 20_000, "output_tokens": 4_000}  # 0.028 CNY on system_deepseek
 CALL_NANO = 28_000_000
 TURN_CALLS = 5
-TURN_NANO = TURN_CALLS * CALL_NANO                        # 0.14 CNY
+TURN_NANO = TURN_CALLS * CALL_NANO  # 0.14 CNY
 CREDIT_NANO = 5_000_000_000
 
 PROCESSES = 4
@@ -39,11 +39,15 @@ TURNS_PER_PROCESS = 25
 
 
 def month_fields(raw, prefix: str, user: str) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in raw.hgetall(f"{prefix}:{{{user}}}:{MONTH}").items()
-            if not k.endswith(b":hold_est_nano")}
+    return {
+        k.decode(): int(v)
+        for k, v in raw.hgetall(f"{prefix}:{{{user}}}:{MONTH}").items()
+        if not k.endswith(b":hold_est_nano")
+    }
 
 
 # --- 1. the burst ------------------------------------------------------------------------------
+
 
 def burst_worker(url: str, prefix: str, user: str, start, results) -> None:
     asyncio.run(_burst(url, prefix, user, start, results))
@@ -58,18 +62,18 @@ async def _burst(url: str, prefix: str, user: str, start, results) -> None:
     async def one_turn() -> tuple[int, list[str]] | None:
         await go.wait()
         try:
-            async with meter.turn(user, MODEL) as turn:   # the default hold: auto
+            async with meter.turn(user, MODEL) as turn:  # the default hold: auto
                 statuses = []
                 for _ in range(TURN_CALLS):
-                    await asyncio.sleep(0.02)             # the LLM call
+                    await asyncio.sleep(0.02)  # the LLM call
                     statuses.append((await turn.record(**CALL)).status)
                 return turn.rules.hold_nano, statuses
         except QuotaExceeded:
             return None
 
     tasks = [asyncio.ensure_future(one_turn()) for _ in range(TURNS_PER_PROCESS)]
-    await asyncio.sleep(0)                                # every task waits on `go`
-    await asyncio.to_thread(start.wait, 60)               # ... and every process is ready
+    await asyncio.sleep(0)  # every task waits on `go`
+    await asyncio.to_thread(start.wait, 60)  # ... and every process is ready
     go.set()
     admitted = [t for t in await asyncio.gather(*tasks) if t is not None]
     await meter.aclose()
@@ -81,11 +85,13 @@ async def _burst(url: str, prefix: str, user: str, start, results) -> None:
 def test_four_processes_start_a_hundred_turns_at_once(real_backend, spent_nano):
     prefix, user = "hp", "burst"
     meter = Meter(real_backend.sync_client(), prefix=prefix, monthly_credit=5, clock=lambda: AT)
-    meter.update_token_usage(user, MODEL, spent_nano // 1000, 0)   # 1 nano-CNY per input token
+    meter.update_token_usage(user, MODEL, spent_nano // 1000, 0)  # 1 nano-CNY per input token
     ctx = mp.get_context("spawn")
     start, results = ctx.Barrier(PROCESSES), ctx.Queue()
-    procs = [ctx.Process(target=burst_worker, args=(real_backend.url, prefix, user, start, results))
-             for _ in range(PROCESSES)]
+    procs = [
+        ctx.Process(target=burst_worker, args=(real_backend.url, prefix, user, start, results))
+        for _ in range(PROCESSES)
+    ]
     try:
         for p in procs:
             p.start()
@@ -102,7 +108,7 @@ def test_four_processes_start_a_hundred_turns_at_once(real_backend, spent_nano):
     assert turns, "no turn was admitted"
     assert all(statuses == ["counted"] * TURN_CALLS for _, statuses in turns)
     fields = month_fields(meter.client, prefix, user)
-    assert fields[f"{MODEL}:calls"] == 1 + len(turns) * TURN_CALLS     # every admitted turn in full
+    assert fields[f"{MODEL}:calls"] == 1 + len(turns) * TURN_CALLS  # every admitted turn in full
     used = fields["system_used_nano"]
     assert used == spent_nano + len(turns) * TURN_NANO
     # the promise: the credit, plus what each turn spent beyond its hold
@@ -123,8 +129,8 @@ HOLD_TTL_S = 2
 LEAK_USERS = ("lk0", "lk1", "lk2")
 HOLDS = ("0.3", "auto", "0.05")
 SOAK_TURNS = int(os.environ.get("QUOTA_HOLD_SOAK_TURNS", "1000"))
-LEAK_CREDIT_CNY = max(1, SOAK_TURNS // 1000)     # about a third of it is spent: users stay admissible
-WORKER_LIFETIME_S = 120 + SOAK_TURNS // 10       # a worker left behind stops by itself
+LEAK_CREDIT_CNY = max(1, SOAK_TURNS // 1000)  # about a third of it is spent: users stay admissible
+WORKER_LIFETIME_S = 120 + SOAK_TURNS // 10  # a worker left behind stops by itself
 
 
 def leak_worker(url: str, prefix: str, log_path: str, seed: int) -> None:
@@ -136,14 +142,16 @@ def leak_worker(url: str, prefix: str, log_path: str, seed: int) -> None:
     request status`` once it is acknowledged, ``E turn`` after the turn's end."""
     rng = random.Random(seed)
     parent, stop_at = os.getppid(), time.monotonic() + WORKER_LIFETIME_S
-    meter = Meter.from_url(url, prefix=prefix, monthly_credit=LEAK_CREDIT_CNY, hold_ttl_s=HOLD_TTL_S,
-                           clock=lambda: AT, history=None)
+    meter = Meter.from_url(
+        url, prefix=prefix, monthly_credit=LEAK_CREDIT_CNY, hold_ttl_s=HOLD_TTL_S, clock=lambda: AT, history=None
+    )
     with open(log_path, "a", encoding="utf-8") as log:
+
         def note(line: str) -> None:
             log.write(line + "\n")
             log.flush()
 
-        while os.getppid() == parent and time.monotonic() < stop_at:   # orphaned: stop
+        while os.getppid() == parent and time.monotonic() < stop_at:  # orphaned: stop
             user = rng.choice(LEAK_USERS)
             turn = meter.turn(user, MODEL, hold=rng.choice(HOLDS))
             tid = turn.rules.turn_id
@@ -190,7 +198,7 @@ def kill_workers_until(turns: int, url: str, prefix: str, logs: Path, rng: rando
     def kill(proc: mp.Process) -> None:
         proc.kill()
         proc.join()
-        assert proc.exitcode == -9            # it was running: SIGKILL ended it, nothing else did
+        assert proc.exitcode == -9  # it was running: SIGKILL ended it, nothing else did
 
     try:
         while True:
@@ -211,10 +219,10 @@ def kill_workers_until(turns: int, url: str, prefix: str, logs: Path, rng: rando
                 alive.remove(victim)
                 kill(victim[0])
                 kills += 1
-        while alive:                          # the last workers die mid-turn too
+        while alive:  # the last workers die mid-turn too
             kill(alive.pop()[0])
     finally:
-        for proc, _ in alive:                 # a failed assertion must not leave workers running
+        for proc, _ in alive:  # a failed assertion must not leave workers running
             proc.kill()
             proc.join()
     return paths, kills
@@ -230,7 +238,7 @@ def test_workers_killed_mid_turn_leave_no_hold_and_lose_no_record(real_backend, 
     ended = {line[1] for line in lines if line[0] == "E"}
     leaked = [line[1] for line in lines if line[0] == "H" and line[1] not in ended]
     assert sum(line[0] == "B" for line in lines) >= SOAK_TURNS
-    assert kills >= 5 and len(leaked) >= 3, (kills, len(leaked), seed)   # it did kill mid-turn
+    assert kills >= 5 and len(leaked) >= 3, (kills, len(leaked), seed)  # it did kill mid-turn
 
     raw = real_backend.sync_client()
     meter = Meter(raw, prefix=prefix, monthly_credit=LEAK_CREDIT_CNY, hold_ttl_s=HOLD_TTL_S, clock=lambda: AT)
@@ -243,13 +251,13 @@ def test_workers_killed_mid_turn_leave_no_hold_and_lose_no_record(real_backend, 
 
     dead_fields = {user: raw.hlen(holds_key(user)) for user in LEAK_USERS}
     assert dead_fields["lk0"] == 0 and not raw.exists(holds_key("lk0"))
-    assert dead_fields["lk1"] + dead_fields["lk2"] > 0, (dead_fields, seed)   # leaks were left behind
+    assert dead_fields["lk1"] + dead_fields["lk2"] > 0, (dead_fields, seed)  # leaks were left behind
     for user in LEAK_USERS:
         check = meter.check_quota_available(user, MODEL)
         assert check.held_nano == 0 and check.allowed, (user, check, seed)
-        with meter.turn(user, MODEL, hold="0.2") as turn:          # admitted again, a full hold
+        with meter.turn(user, MODEL, hold="0.2") as turn:  # admitted again, a full hold
             assert turn.rules.hold_nano == min(200_000_000, check.monthly_credit_nano - check.monthly_used_nano)
-            assert raw.hkeys(holds_key(user)) == [turn.rules.turn_id.encode()], seed   # the dead deleted
+            assert raw.hkeys(holds_key(user)) == [turn.rules.turn_id.encode()], seed  # the dead deleted
         assert raw.hlen(holds_key(user)) == 0
 
     # every acknowledged record is counted, and nothing is counted that was not sent

@@ -1,6 +1,6 @@
 import json
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -16,8 +16,9 @@ def test_valid_user_ids(user):
     assert validate_user(user) == user
 
 
-@pytest.mark.parametrize("user", ["", "u" * 129, "a{b", "a}b", "a:b", "a b", "a\nb", "a\tb", "用户", "a*",
-                                  None, 42, b"alice", ["a"]])
+@pytest.mark.parametrize(
+    "user", ["", "u" * 129, "a{b", "a}b", "a:b", "a b", "a\nb", "a\tb", "用户", "a*", None, 42, b"alice", ["a"]]
+)
 def test_invalid_user_ids_never_reach_a_key(user):
     with pytest.raises(InvalidInput):
         validate_user(user)
@@ -36,12 +37,12 @@ def test_key_schema_is_the_public_contract():
 
 
 def test_utc_month_boundaries():
-    assert month_of(datetime(2026, 1, 31, 23, 59, 59, 999000, tzinfo=timezone.utc)) == "2026-01"
-    assert month_of(datetime(2026, 2, 1, 0, 0, 0, tzinfo=timezone.utc)) == "2026-02"
+    assert month_of(datetime(2026, 1, 31, 23, 59, 59, 999000, tzinfo=UTC)) == "2026-01"
+    assert month_of(datetime(2026, 2, 1, 0, 0, 0, tzinfo=UTC)) == "2026-02"
     # 2026-02-01 07:00 in UTC+8 is still January in UTC
     assert month_of(datetime(2026, 2, 1, 7, 0, tzinfo=timezone(timedelta(hours=8)))) == "2026-01"
     assert add_months("2026-01", -1) == "2025-12" and add_months("2025-12", 1) == "2026-01"
-    assert next_month_start("2026-12") == datetime(2027, 1, 1, tzinfo=timezone.utc)
+    assert next_month_start("2026-12") == datetime(2027, 1, 1, tzinfo=UTC)
     with pytest.raises(InvalidInput, match="aware"):
         month_of(datetime(2026, 1, 1))
 
@@ -74,12 +75,21 @@ def test_a_million_records_sum_to_the_exact_decimal():
     assert Decimal(repr(total_float)) != exact  # what the seed's float design would have stored
 
 
-@pytest.mark.parametrize("amount, message", [
-    ("1e999999999", "too large"), ("1E+999999999", "too large"), ("9" * 5000, "too large"), (2**70, "too large"),
-    (1e30, "too large"), ("1e9", "too large"), ("1e-999999999", "finer than 1 nano"),
-    ("1.00000000000000000000000000001", "finer than 1 nano"), ("0." + "0" * 5000 + "1", "finer than 1 nano"),
-    ("-1e-999999999", "negative"),
-])
+@pytest.mark.parametrize(
+    "amount, message",
+    [
+        ("1e999999999", "too large"),
+        ("1E+999999999", "too large"),
+        ("9" * 5000, "too large"),
+        (2**70, "too large"),
+        (1e30, "too large"),
+        ("1e9", "too large"),
+        ("1e-999999999", "finer than 1 nano"),
+        ("1.00000000000000000000000000001", "finer than 1 nano"),
+        ("0." + "0" * 5000 + "1", "finer than 1 nano"),
+        ("-1e-999999999", "negative"),
+    ],
+)
 def test_extreme_exponents_and_long_digits_are_invalid_input_not_overflow_or_rounding(amount, message):
     """Decimal arithmetic in the default context overflowed (a 500), underflowed to 0, or rounded
     past 28 digits; every caller (credit, call price, price file) goes through cny_to_nano."""
@@ -88,9 +98,18 @@ def test_extreme_exponents_and_long_digits_are_invalid_input_not_overflow_or_rou
     assert len(str(err.value)) < 200  # a 5000-digit amount is not echoed back whole
 
 
-@pytest.mark.parametrize("amount, nano", [
-    ("0e-999999999", 0), ("-0", 0), ("1E+3", 10**12), ("100E-11", 1), ("1.000000000000000", 10**9),
-    ("999999999.999999999", 10**18 - 1), (" 12.5e-1 ", 1_250_000_000), (Decimal("0.000000001"), 1),
-])
+@pytest.mark.parametrize(
+    "amount, nano",
+    [
+        ("0e-999999999", 0),
+        ("-0", 0),
+        ("1E+3", 10**12),
+        ("100E-11", 1),
+        ("1.000000000000000", 10**9),
+        ("999999999.999999999", 10**18 - 1),
+        (" 12.5e-1 ", 1_250_000_000),
+        (Decimal("0.000000001"), 1),
+    ],
+)
 def test_exact_amounts_at_the_edges(amount, nano):
     assert cny_to_nano(amount) == nano

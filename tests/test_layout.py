@@ -34,7 +34,8 @@ def test_importing_every_quota_module_never_imports_the_app():
         "from tests.django_settings import configure; configure()\n"
         "names = [m.name for m in pkgutil.walk_packages(quota.__path__, 'quota.')]\n"
         "for name in names: importlib.import_module(name)\n"
-        "print(json.dumps({'modules': names, 'app': sorted(m for m in sys.modules if m.split('.')[0] == 'api')}))")
+        "print(json.dumps({'modules': names, 'app': sorted(m for m in sys.modules if m.split('.')[0] == 'api')}))"
+    )
     assert {"quota.cli", "quota.testing", "quota.history.dump", "quota.contrib.django.views"} <= set(seen["modules"])
     assert seen["app"] == []
 
@@ -57,7 +58,8 @@ def test_no_benchmark_imports_the_tests():
     seen = run_python(
         "import importlib, json, sys\n"
         f"for name in {bench_modules()!r}: importlib.import_module(name)\n"
-        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'tests')))")
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'tests')))"
+    )
     assert seen == []
 
 

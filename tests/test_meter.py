@@ -31,11 +31,15 @@ def test_the_hash_is_readable_by_ops(any_meter, raw):
     any_meter.update_token_usage("alice", "system_deepseek", 12000, 8000)
     any_meter.update_token_usage("alice", "custom_xxx", 5000, 3000)
     assert raw.hgetall("quota:{alice}:2026-01") == {
-        b"system_deepseek:input": b"12000", b"system_deepseek:output": b"8000",
-        b"system_deepseek:cost_nano": b"28000000", b"system_deepseek:calls": b"1",
+        b"system_deepseek:input": b"12000",
+        b"system_deepseek:output": b"8000",
+        b"system_deepseek:cost_nano": b"28000000",
+        b"system_deepseek:calls": b"1",
         b"system_used_nano": b"28000000",
-        b"custom_xxx:input": b"5000", b"custom_xxx:output": b"3000",
-        b"custom_xxx:cost_nano": b"0", b"custom_xxx:calls": b"1",
+        b"custom_xxx:input": b"5000",
+        b"custom_xxx:output": b"3000",
+        b"custom_xxx:cost_nano": b"0",
+        b"custom_xxx:calls": b"1",
     }
 
 
@@ -106,10 +110,12 @@ def test_token_limits_are_inclusive(any_meter):
 @pytest.mark.parametrize("user", ["", "a{b}", "a:b", "a b", "a\nb", "x" * 129, None, 7])
 def test_bad_user_ids_change_nothing(any_meter, raw, user):
     before = snapshot(raw)
-    for call in (lambda: any_meter.update_token_usage(user, "custom_x", 1, 1),
-                 lambda: any_meter.check_quota_available(user, "custom_x"),
-                 lambda: any_meter.set_monthly_credit(user, 1),
-                 lambda: any_meter.get_token_stats(user)):
+    for call in (
+        lambda: any_meter.update_token_usage(user, "custom_x", 1, 1),
+        lambda: any_meter.check_quota_available(user, "custom_x"),
+        lambda: any_meter.set_monthly_credit(user, 1),
+        lambda: any_meter.get_token_stats(user),
+    ):
         with pytest.raises(InvalidInput):
             call()
     assert snapshot(raw) == before
@@ -136,8 +142,13 @@ def test_check_denies_system_models_only(any_meter):
     denied = any_meter.check_quota_available("jo", "system_deepseek")
     assert not denied.allowed
     assert denied.event == {
-        "type": "quota_exceeded", "model_id": "system_deepseek", "monthly_used": 5.0, "monthly_credit": 5.0,
-        "held": 0.0, "resets_at": "2026-02-01T00:00:00Z", "message": denied.event["message"],
+        "type": "quota_exceeded",
+        "model_id": "system_deepseek",
+        "monthly_used": 5.0,
+        "monthly_credit": 5.0,
+        "held": 0.0,
+        "resets_at": "2026-02-01T00:00:00Z",
+        "message": denied.event["message"],
     }
     assert "额度" in denied.event["message"] and "credit" in denied.event["message"]
     custom = any_meter.check_quota_available("jo", "custom_anything")
@@ -166,8 +177,15 @@ def test_set_credit_for_a_named_month_and_bad_credits(any_meter, raw):
     any_meter.set_monthly_credit("lee", 20, month="2026-03")
     assert raw.hget("quota:{lee}:2026-03", "credit_nano") == b"20000000000"
     before = snapshot(raw)
-    for credit, month in [(-1, None), ("abc", None), (1, "2026-13"), (1, "26-01"), (True, None), ("1e-10", None),
-                          (10**9, None)]:
+    for credit, month in [
+        (-1, None),
+        ("abc", None),
+        (1, "2026-13"),
+        (1, "26-01"),
+        (True, None),
+        ("1e-10", None),
+        (10**9, None),
+    ]:
         with pytest.raises(InvalidInput):
             any_meter.set_monthly_credit("lee", credit, month=month)
     assert snapshot(raw) == before
@@ -200,13 +218,21 @@ def test_stats_have_the_seeds_structure(any_meter, clock):
     assert stats["remaining"] == 4.972 and stats["percent_used"] == 0.56
     assert stats["resets_at"] == "2026-02-01T00:00:00Z"
     assert stats["models"]["system_deepseek"] == {
-        "input_tokens": 12000, "output_tokens": 8000, "cost": 0.028, "calls": 1, "estimated_calls": 0,
-        "is_system": True, "name": "DeepSeek Chat（系统提供）"}
+        "input_tokens": 12000,
+        "output_tokens": 8000,
+        "cost": 0.028,
+        "calls": 1,
+        "estimated_calls": 0,
+        "is_system": True,
+        "name": "DeepSeek Chat（系统提供）",
+    }
     assert stats["models"]["custom_xxx"]["cost"] == 0.0 and not stats["models"]["custom_xxx"]["is_system"]
-    assert stats["history"] == {"2025-12": {
-        "custom_xxx": {"input": 1000, "output": 1000, "cost": 0.0, "calls": 1, "is_system": False},
-        "system_deepseek": {"input": 50000, "output": 30000, "cost": 0.11, "calls": 1, "is_system": True},
-    }}
+    assert stats["history"] == {
+        "2025-12": {
+            "custom_xxx": {"input": 1000, "output": 1000, "cost": 0.0, "calls": 1, "is_system": False},
+            "system_deepseek": {"input": 50000, "output": 30000, "cost": 0.11, "calls": 1, "is_system": True},
+        }
+    }
 
 
 def test_stats_history_window_and_order(any_meter, clock):
@@ -225,15 +251,23 @@ def test_stats_of_an_unknown_user_are_empty(any_meter):
 
 
 def test_many_records_in_one_round_trip(any_meter):
-    records = [dict(user=f"u{i % 7}", model_id="system_deepseek" if i % 2 else "custom_x",
-                    input_tokens=1000 * i, output_tokens=i) for i in range(200)]
+    records = [
+        dict(
+            user=f"u{i % 7}",
+            model_id="system_deepseek" if i % 2 else "custom_x",
+            input_tokens=1000 * i,
+            output_tokens=i,
+        )
+        for i in range(200)
+    ]
     results = any_meter.update_token_usage_many(records)
     assert len(results) == 200 and all(not r.duplicate for r in results)
     for user in {r["user"] for r in records}:
         mine = [r for r in records if r["user"] == user]
         stats = any_meter.get_token_stats(user)
         assert stats["models"]["custom_x"]["input_tokens"] == sum(
-            r["input_tokens"] for r in mine if r["model_id"] == "custom_x")
+            r["input_tokens"] for r in mine if r["model_id"] == "custom_x"
+        )
         sys_calls = [r for r in mine if r["model_id"] == "system_deepseek"]
         expected_nano = sum(r["input_tokens"] * 1000 + r["output_tokens"] * 2000 for r in sys_calls)
         assert Decimal(str(stats["monthly_used"])) == Decimal(expected_nano) / 10**9
@@ -241,27 +275,40 @@ def test_many_records_in_one_round_trip(any_meter):
 
 def test_many_with_request_ids_and_a_conflict(any_meter, raw):
     any_meter.update_token_usage("pam", "custom_x", 1, 1, request_id="seen")
-    records = [dict(user="pam", model_id="custom_x", input_tokens=1, output_tokens=1, request_id="seen"),
-               dict(user="pam", model_id="custom_x", input_tokens=2, output_tokens=2, request_id="new"),
-               dict(user="quinn", model_id="custom_x", input_tokens=9, output_tokens=9, request_id="seen")]
+    records = [
+        dict(user="pam", model_id="custom_x", input_tokens=1, output_tokens=1, request_id="seen"),
+        dict(user="pam", model_id="custom_x", input_tokens=2, output_tokens=2, request_id="new"),
+        dict(user="quinn", model_id="custom_x", input_tokens=9, output_tokens=9, request_id="seen"),
+    ]
     results = any_meter.update_token_usage_many(records)
     assert [r.duplicate for r in results] == [True, False, False]
     with pytest.raises(BatchError) as info:
-        any_meter.update_token_usage_many([
-            dict(user="pam", model_id="custom_x", input_tokens=5, output_tokens=5, request_id="seen"),
-            dict(user="pam", model_id="custom_x", input_tokens=3, output_tokens=3, request_id="third")])
+        any_meter.update_token_usage_many(
+            [
+                dict(user="pam", model_id="custom_x", input_tokens=5, output_tokens=5, request_id="seen"),
+                dict(user="pam", model_id="custom_x", input_tokens=3, output_tokens=3, request_id="third"),
+            ]
+        )
     assert isinstance(info.value.errors[0], RequestConflict) and list(info.value.errors) == [0]
     assert not info.value.results[1].duplicate
     assert any_meter.get_token_stats("pam")["models"]["custom_x"]["calls"] == 3
 
 
-@pytest.mark.parametrize("records", [
-    "nope", {"user": "a"}, [{"user": "a"}], [1],
-    [dict(user="a", model_id="custom_x", input_tokens=1, output_tokens=1, colour="red")],
-    [dict(user="a", model_id="custom_x", input_tokens=1, output_tokens=1),
-     dict(user="a{", model_id="custom_x", input_tokens=1, output_tokens=1)],
-    [dict(user="a", model_id="custom_x", input_tokens=1, output_tokens=1, request_id="x")] * 2,
-])
+@pytest.mark.parametrize(
+    "records",
+    [
+        "nope",
+        {"user": "a"},
+        [{"user": "a"}],
+        [1],
+        [dict(user="a", model_id="custom_x", input_tokens=1, output_tokens=1, colour="red")],
+        [
+            dict(user="a", model_id="custom_x", input_tokens=1, output_tokens=1),
+            dict(user="a{", model_id="custom_x", input_tokens=1, output_tokens=1),
+        ],
+        [dict(user="a", model_id="custom_x", input_tokens=1, output_tokens=1, request_id="x")] * 2,
+    ],
+)
 def test_one_bad_record_in_a_batch_changes_nothing(any_meter, raw, records):
     with pytest.raises(InvalidInput):
         any_meter.update_token_usage_many(records)
@@ -289,8 +336,9 @@ def test_a_counter_near_the_int64_limit_is_refused_and_changes_nothing(any_meter
 
 
 def test_custom_model_price_from_the_call(any_meter):
-    r = any_meter.update_token_usage("tia", "custom_gpt", 1000, 1000,
-                                     price={"cost_per_1k_input": "0.0175", "cost_per_1k_output": "0.07"})
+    r = any_meter.update_token_usage(
+        "tia", "custom_gpt", 1000, 1000, price={"cost_per_1k_input": "0.0175", "cost_per_1k_output": "0.07"}
+    )
     assert r.cost == Decimal("0.0875") and r.monthly_used == 0  # counted, never limited
 
 
@@ -299,8 +347,9 @@ def test_script_cache_flush_is_recovered(any_meter, raw):
     raw.script_flush()  # on a cluster, redis-py sends it to every primary
     any_meter.update_token_usage("uma", "custom_x", 1, 1)
     raw.script_flush()
-    any_meter.update_token_usage_many([dict(user=f"v{i}", model_id="custom_x", input_tokens=1, output_tokens=1)
-                                       for i in range(20)])
+    any_meter.update_token_usage_many(
+        [dict(user=f"v{i}", model_id="custom_x", input_tokens=1, output_tokens=1) for i in range(20)]
+    )
     raw.script_flush()
     assert any_meter.check_quota_available("uma", "system_deepseek").allowed
     raw.script_flush()

@@ -66,8 +66,12 @@ def test_every_route_is_documented_and_every_documented_route_exists(redis_serve
     meter = make_meter(redis_server.url, clock, settings)
     app = create_app(settings, meter=meter)
     doc = app.test_client().get("/openapi.json").get_json()
-    served = {(rule_to_path(r.rule), m.lower()) for r in app.url_map.iter_rules() if r.endpoint != "static"
-              for m in r.methods - {"HEAD", "OPTIONS"}}
+    served = {
+        (rule_to_path(r.rule), m.lower())
+        for r in app.url_map.iter_rules()
+        if r.endpoint != "static"
+        for m in r.methods - {"HEAD", "OPTIONS"}
+    }
     documented = {(p, m) for p, ops in doc["paths"].items() for m in ops}
     assert served == documented
     meter.close()
@@ -96,11 +100,26 @@ def scenario(call) -> None:
     call("post", "/v1/usage", json=rec | {"request_id": "r1"}, headers=svc)
     call("post", "/v1/usage", json=rec | {"request_id": "r1"}, headers=svc)
     call("post", "/v1/usage", json=rec | {"request_id": "r1", "input_tokens": 1}, headers=svc)  # 409
-    call("post", "/v1/usage", json=[rec, rec | {"model_id": "custom_x", "estimated": True,
-                                                "price": {"cost_per_1k_input": "0.5", "cost_per_1k_output": 1}}],
-         headers=svc)
-    call("post", "/v1/usage", json=[rec | {"request_id": "new"}, rec | {"request_id": "r1", "input_tokens": 2}],
-         headers=svc)  # batch 409
+    call(
+        "post",
+        "/v1/usage",
+        json=[
+            rec,
+            rec
+            | {
+                "model_id": "custom_x",
+                "estimated": True,
+                "price": {"cost_per_1k_input": "0.5", "cost_per_1k_output": 1},
+            },
+        ],
+        headers=svc,
+    )
+    call(
+        "post",
+        "/v1/usage",
+        json=[rec | {"request_id": "new"}, rec | {"request_id": "r1", "input_tokens": 2}],
+        headers=svc,
+    )  # batch 409
     call("post", "/v1/usage", json=rec | {"input_tokens": -1}, headers=svc)
     call("post", "/v1/usage", data="{", content_type="application/json", headers=svc)
     call("post", "/v1/usage", data="x", content_type="text/plain", headers=svc)
@@ -125,8 +144,11 @@ def scenario(call) -> None:
     call("post", "/v1/users/al%7Bice%7D/tokens/revoke", headers=adm)  # 400
     call("post", "/v1/users/alice/tokens/revoke", headers=adm)
     call("get", "/v1/users/alice/token-stats", headers=alice)  # 401 token_revoked
-    call("post", "/demo/turn", json={"user": "demo-x", "model_id": SYS, "conversation_id": "c", "turn": 1,
-                                     "message": "hi"})
+    call(
+        "post",
+        "/demo/turn",
+        json={"user": "demo-x", "model_id": SYS, "conversation_id": "c", "turn": 1, "message": "hi"},
+    )
     call("get", "/demo/users/demo-x/token-stats")
     get_quota(call.client.application).demo_meter.set_monthly_credit("demo-x", 0)  # the demo's own keys
     call("post", "/demo/turn", json={"user": "demo-x", "model_id": SYS, "conversation_id": "c", "turn": 2})
@@ -148,28 +170,38 @@ def test_responses_match_the_document(app):
         documented = operation["responses"].get(str(response.status_code))
         assert documented, f"{method.upper()} {path} answered {response.status_code}, which is not documented"
         statuses.add((template, method, response.status_code))
-        (content_type, media), = documented["content"].items()
+        ((content_type, media),) = documented["content"].items()
         assert response.mimetype == content_type, (path, response.mimetype)
         if content_type == "application/json":
-            errors = sorted(Draft202012Validator(schema_with_components(media["schema"], doc))
-                            .iter_errors(response.get_json()), key=str)
+            errors = sorted(
+                Draft202012Validator(schema_with_components(media["schema"], doc)).iter_errors(response.get_json()),
+                key=str,
+            )
             assert not errors, f"{method.upper()} {path} {response.status_code}: {errors[0].message}"
         if response.status_code == 200 and body is not None:
             schema = operation["requestBody"]["content"]["application/json"]["schema"]
             assert Draft202012Validator(schema_with_components(schema, doc)).is_valid(body), (path, body)
     # the scenario really covered the interesting answers
     for expected in [("/v1/usage", "post", s) for s in (200, 400, 401, 403, 409, 413, 415)] + [
-        ("/v1/users/{user}/quota", "get", 200), ("/v1/users/{user}/token-stats", "get", 401),
-        ("/v1/users/{user}/credit", "put", 403), ("/demo/turn", "post", 400),
-        ("/demo/users/{user}/token-stats", "get", 200), ("/demo/users/{user}/token-stats", "get", 400),
-        ("/v1/users/{user}/tokens/revoke", "post", 200), ("/v1/users/{user}/tokens/revoke", "post", 403),
+        ("/v1/users/{user}/quota", "get", 200),
+        ("/v1/users/{user}/token-stats", "get", 401),
+        ("/v1/users/{user}/credit", "put", 403),
+        ("/demo/turn", "post", 400),
+        ("/demo/users/{user}/token-stats", "get", 200),
+        ("/demo/users/{user}/token-stats", "get", 400),
+        ("/v1/users/{user}/tokens/revoke", "post", 200),
+        ("/v1/users/{user}/tokens/revoke", "post", 403),
         ("/v1/users/{user}/tokens/revoke", "post", 400),
     ]:
         assert expected in statuses, expected
     denied = [r.get_json() for m, p, b, r in call.seen if p.endswith("/quota") and r.status_code == 200]
-    assert any("event" in d for d in denied) and any(d["type"] == "quota_exceeded"
-                                                     for m, p, b, r in call.seen if p == "/demo/turn"
-                                                     for d in [r.get_json()] if "type" in d)
+    assert any("event" in d for d in denied) and any(
+        d["type"] == "quota_exceeded"
+        for m, p, b, r in call.seen
+        if p == "/demo/turn"
+        for d in [r.get_json()]
+        if "type" in d
+    )
 
 
 def test_error_bodies_of_unrouted_requests_match_the_error_schema(app):

@@ -13,7 +13,8 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis
@@ -114,8 +115,12 @@ async def test_one_async_meter_serves_1000_concurrent_records_exactly(real_backe
     await meter.check_quota_available("warm", MODEL)  # a running worker's client, as in the control
     records = [record_args(i) for i in range(CALLS)]
     started = time.perf_counter()
-    results = await asyncio.gather(*(meter.update_token_usage(user, MODEL, tin, tout, request_id=f"a{i}")
-                                     for i, (user, tin, tout) in enumerate(records)))
+    results = await asyncio.gather(
+        *(
+            meter.update_token_usage(user, MODEL, tin, tout, request_id=f"a{i}")
+            for i, (user, tin, tout) in enumerate(records)
+        )
+    )
     elapsed = time.perf_counter() - started
     assert all(not r.duplicate for r in results)
     opened = named_connections(real_backend, "pools-async")
@@ -129,14 +134,19 @@ async def test_one_async_meter_serves_1000_concurrent_records_exactly(real_backe
 
 
 async def test_control_a_plain_redis_py_async_client_fails_at_that_concurrency(real_backend: Backend):
-    client = AsyncRedisCluster.from_url(real_backend.url.replace("redis+cluster", "redis")) \
-        if real_backend.is_cluster else aredis.Redis.from_url(real_backend.url)
+    client = (
+        AsyncRedisCluster.from_url(real_backend.url.replace("redis+cluster", "redis"))
+        if real_backend.is_cluster
+        else aredis.Redis.from_url(real_backend.url)
+    )
     meter = AsyncMeter(client, prefix="pools")
     # Warm, as a running worker's client is. (A cold cluster client lets its first commands through
     # one by one, behind the lock it learns the slots under, and would not show the limit.)
     await meter.check_quota_available("warm", MODEL)
-    results = await asyncio.gather(*(meter.update_token_usage(user, MODEL, tin, tout)
-                                     for user, tin, tout in map(record_args, range(CALLS))), return_exceptions=True)
+    results = await asyncio.gather(
+        *(meter.update_token_usage(user, MODEL, tin, tout) for user, tin, tout in map(record_args, range(CALLS))),
+        return_exceptions=True,
+    )
     await meter.aclose()
     failed = pool_errors(results)
     assert failed, Counter(type(r).__name__ for r in results)
@@ -148,11 +158,17 @@ async def test_concurrent_batches_queue_for_the_node_pipelines(real_backend: Bac
     ask a node for up to 300 connections. (On a cluster a pipeline that fails is resent record
     by record through the cluster client, which hid a full node pool: the connection count shows
     it.)"""
-    meter = AsyncMeter.from_url(real_backend.url, history=None, prefix="pools", max_connections=5,
-                                client_name="pools-batch")
+    meter = AsyncMeter.from_url(
+        real_backend.url, history=None, prefix="pools", max_connections=5, client_name="pools-batch"
+    )
     await meter.check_quota_available("warm", MODEL)
-    batches = [[dict(user=user, model_id=MODEL, input_tokens=tin, output_tokens=tout, request_id=f"b{b}-{k}")
-                for k, (user, tin, tout) in enumerate(map(record_args, (b, b + 3, b + 7)))] for b in range(300)]
+    batches = [
+        [
+            dict(user=user, model_id=MODEL, input_tokens=tin, output_tokens=tout, request_id=f"b{b}-{k}")
+            for k, (user, tin, tout) in enumerate(map(record_args, (b, b + 3, b + 7)))
+        ]
+        for b in range(300)
+    ]
     await asyncio.gather(*(meter.update_token_usage_many(batch) for batch in batches))
     # 5 for the node's pipelines, 5 for commands through the cluster client and 1 to learn the
     # topology with (standalone: 5 in all)
@@ -176,8 +192,12 @@ def test_one_meter_serves_200_threads_exactly(real_backend: Backend):
         for k, (user, tin, tout) in enumerate(mine):
             meter.update_token_usage(user, MODEL, tin, tout, request_id=f"t{i}-{k}")
         batch = [("hot", 2, 1), record_args(i + 5)]
-        meter.update_token_usage_many([dict(user=u, model_id=MODEL, input_tokens=a, output_tokens=b,
-                                            request_id=f"t{i}-b{k}") for k, (u, a, b) in enumerate(batch)])
+        meter.update_token_usage_many(
+            [
+                dict(user=u, model_id=MODEL, input_tokens=a, output_tokens=b, request_id=f"t{i}-b{k}")
+                for k, (u, a, b) in enumerate(batch)
+            ]
+        )
         with lock:
             records.extend(mine + batch)
 
@@ -194,11 +214,17 @@ def test_one_meter_serves_200_threads_exactly(real_backend: Backend):
 
 
 def test_control_a_plain_redis_py_client_fails_with_200_threads(real_backend: Backend):
-    client = RedisCluster.from_url(real_backend.url.replace("redis+cluster", "redis")) \
-        if real_backend.is_cluster else redis.Redis.from_url(real_backend.url)
+    client = (
+        RedisCluster.from_url(real_backend.url.replace("redis+cluster", "redis"))
+        if real_backend.is_cluster
+        else redis.Redis.from_url(real_backend.url)
+    )
     meter = Meter(client, prefix="pools")
-    errors = in_threads(THREADS, lambda i: meter.update_token_usage("hot", MODEL, 1, 1),
-                        before=lambda: pause_writes(real_backend, PAUSE_MS))
+    errors = in_threads(
+        THREADS,
+        lambda i: meter.update_token_usage("hot", MODEL, 1, 1),
+        before=lambda: pause_writes(real_backend, PAUSE_MS),
+    )
     meter.close()
     assert pool_errors(errors), Counter(type(e).__name__ for e in errors)
 
@@ -225,6 +251,7 @@ def test_an_exhausted_pool_fails_within_its_bound_and_says_why(real_backend: Bac
         after = meter.update_token_usage("alice", MODEL, 1, 1)  # the connection is back: served
         meter.close()
     else:
+
         async def scenario() -> tuple[Any, float, Any]:
             ameter = AsyncMeter.from_url(real_backend.url, **options)
             holder = asyncio.create_task(ameter.client.blpop([hold_key], timeout=1))
@@ -332,44 +359,53 @@ def test_a_full_pool_in_a_client_of_ones_own_is_reported_as_such():
 # --- settings --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("env, expected", [
-    ({}, (DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S)),
-    ({"QUOTA_MAX_CONNECTIONS": "", "QUOTA_POOL_TIMEOUT_S": ""}, (50, 5.0)),
-    ({"QUOTA_MAX_CONNECTIONS": "8", "QUOTA_POOL_TIMEOUT_S": "0.25"}, (8, 0.25)),
-    ({"QUOTA_MAX_CONNECTIONS": "10000", "QUOTA_POOL_TIMEOUT_S": "600"}, (10_000, 600.0)),
-])
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, (DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT_S)),
+        ({"QUOTA_MAX_CONNECTIONS": "", "QUOTA_POOL_TIMEOUT_S": ""}, (50, 5.0)),
+        ({"QUOTA_MAX_CONNECTIONS": "8", "QUOTA_POOL_TIMEOUT_S": "0.25"}, (8, 0.25)),
+        ({"QUOTA_MAX_CONNECTIONS": "10000", "QUOTA_POOL_TIMEOUT_S": "600"}, (10_000, 600.0)),
+    ],
+)
 def test_pool_settings_from_the_environment(env, expected):
     settings = Settings.from_env(env)
     assert (settings.max_connections, settings.pool_timeout_s) == expected
 
 
-@pytest.mark.parametrize("name, raw, says", [
-    ("QUOTA_MAX_CONNECTIONS", "many", "QUOTA_MAX_CONNECTIONS must be a whole number, got 'many'"),
-    ("QUOTA_MAX_CONNECTIONS", "2.5", "must be a whole number"),
-    ("QUOTA_MAX_CONNECTIONS", "0", "QUOTA_MAX_CONNECTIONS must be between 1 and 10000, got 0"),
-    ("QUOTA_MAX_CONNECTIONS", "-3", "between 1 and 10000"),
-    ("QUOTA_MAX_CONNECTIONS", "10001", "between 1 and 10000"),
-    ("QUOTA_POOL_TIMEOUT_S", "soon", "QUOTA_POOL_TIMEOUT_S must be a number, got 'soon'"),
-    ("QUOTA_POOL_TIMEOUT_S", "0", "QUOTA_POOL_TIMEOUT_S must be between 0.01 and 600, got '0'"),
-    ("QUOTA_POOL_TIMEOUT_S", "-1", "between 0.01 and 600"),
-    ("QUOTA_POOL_TIMEOUT_S", "601", "between 0.01 and 600"),
-    ("QUOTA_POOL_TIMEOUT_S", "nan", "between 0.01 and 600, got 'nan'"),
-    ("QUOTA_POOL_TIMEOUT_S", "inf", "between 0.01 and 600, got 'inf'"),
-])
+@pytest.mark.parametrize(
+    "name, raw, says",
+    [
+        ("QUOTA_MAX_CONNECTIONS", "many", "QUOTA_MAX_CONNECTIONS must be a whole number, got 'many'"),
+        ("QUOTA_MAX_CONNECTIONS", "2.5", "must be a whole number"),
+        ("QUOTA_MAX_CONNECTIONS", "0", "QUOTA_MAX_CONNECTIONS must be between 1 and 10000, got 0"),
+        ("QUOTA_MAX_CONNECTIONS", "-3", "between 1 and 10000"),
+        ("QUOTA_MAX_CONNECTIONS", "10001", "between 1 and 10000"),
+        ("QUOTA_POOL_TIMEOUT_S", "soon", "QUOTA_POOL_TIMEOUT_S must be a number, got 'soon'"),
+        ("QUOTA_POOL_TIMEOUT_S", "0", "QUOTA_POOL_TIMEOUT_S must be between 0.01 and 600, got '0'"),
+        ("QUOTA_POOL_TIMEOUT_S", "-1", "between 0.01 and 600"),
+        ("QUOTA_POOL_TIMEOUT_S", "601", "between 0.01 and 600"),
+        ("QUOTA_POOL_TIMEOUT_S", "nan", "between 0.01 and 600, got 'nan'"),
+        ("QUOTA_POOL_TIMEOUT_S", "inf", "between 0.01 and 600, got 'inf'"),
+    ],
+)
 def test_bad_pool_settings_in_the_environment_are_config_errors(name, raw, says):
     with pytest.raises(ConfigError) as info:
         Settings.from_env({name: raw})
     assert says in str(info.value)
 
 
-@pytest.mark.parametrize("option, says", [
-    (dict(max_connections=0), "max_connections must be a whole number between 1 and 10000, got 0"),
-    (dict(max_connections=True), "got True"),
-    (dict(max_connections=2.0), "got 2.0"),
-    (dict(pool_timeout_s=None), "pool_timeout_s must be a number of seconds between 0.01 and 600, got None"),
-    (dict(pool_timeout_s=0), "got 0"),
-    (dict(pool_timeout_s=float("inf")), "got inf"),
-])
+@pytest.mark.parametrize(
+    "option, says",
+    [
+        (dict(max_connections=0), "max_connections must be a whole number between 1 and 10000, got 0"),
+        (dict(max_connections=True), "got True"),
+        (dict(max_connections=2.0), "got 2.0"),
+        (dict(pool_timeout_s=None), "pool_timeout_s must be a number of seconds between 0.01 and 600, got None"),
+        (dict(pool_timeout_s=0), "got 0"),
+        (dict(pool_timeout_s=float("inf")), "got inf"),
+    ],
+)
 def test_bad_pool_options_are_config_errors(option, says):
     with pytest.raises(ConfigError) as info:
         Meter.from_url("redis://127.0.0.1:1/0", history=None, **option)

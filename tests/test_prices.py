@@ -48,26 +48,31 @@ def test_toml_extends_and_replaces(tmp_path):
     assert table.lookup("custom_gpt").cost_nano(1000, 1000) == 87_500_000
     assert not table.lookup("custom_gpt").is_system
 
-    path.write_text('replace_defaults = true\n[system.system_qwen]\ncost_per_1k_input = "0.0005"\n'
-                    'cost_per_1k_output = "0.001"\n', encoding="utf-8")
+    path.write_text(
+        'replace_defaults = true\n[system.system_qwen]\ncost_per_1k_input = "0.0005"\ncost_per_1k_output = "0.001"\n',
+        encoding="utf-8",
+    )
     table = PriceTable.from_toml(path)
     assert set(table.system_models) == {"system_qwen"}
     with pytest.raises(UnknownModel):
         table.lookup("system_deepseek")
 
 
-@pytest.mark.parametrize("body, message", [
-    ('[system.custom_x]\ncost_per_1k_input = 1\ncost_per_1k_output = 1\n', "must start with"),
-    ('[custom.system_x]\ncost_per_1k_input = 1\ncost_per_1k_output = 1\n', "must not start with"),
-    ('[system.system_x]\ncost_per_1k_input = "0.0000001"\ncost_per_1k_output = 1\n', "multiple of 0.000001"),
-    ('[system.system_x]\ncost_per_1k_input = "-1"\ncost_per_1k_output = 1\n', "negative"),
-    ('[system.system_x]\ncost_per_1k_input = "10.001"\ncost_per_1k_output = 1\n', "above the limit of 10 CNY"),
-    ('[system.system_x]\ncost_per_1k_input = "abc"\ncost_per_1k_output = 1\n', "number"),
-    ('[system.system_x]\ncost_per_1k_input = 1\n', "needs cost_per_1k_output"),
-    ('[system.system_x]\ncost_per_1k_input = 1\ncost_per_1k_output = 1\ncolour = 1\n', "unknown keys"),
-    ('oops = 1\n', "unknown top-level"),
-    ('[system\n', "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("[system.custom_x]\ncost_per_1k_input = 1\ncost_per_1k_output = 1\n", "must start with"),
+        ("[custom.system_x]\ncost_per_1k_input = 1\ncost_per_1k_output = 1\n", "must not start with"),
+        ('[system.system_x]\ncost_per_1k_input = "0.0000001"\ncost_per_1k_output = 1\n', "multiple of 0.000001"),
+        ('[system.system_x]\ncost_per_1k_input = "-1"\ncost_per_1k_output = 1\n', "negative"),
+        ('[system.system_x]\ncost_per_1k_input = "10.001"\ncost_per_1k_output = 1\n', "above the limit of 10 CNY"),
+        ('[system.system_x]\ncost_per_1k_input = "abc"\ncost_per_1k_output = 1\n', "number"),
+        ("[system.system_x]\ncost_per_1k_input = 1\n", "needs cost_per_1k_output"),
+        ("[system.system_x]\ncost_per_1k_input = 1\ncost_per_1k_output = 1\ncolour = 1\n", "unknown keys"),
+        ("oops = 1\n", "unknown top-level"),
+        ("[system\n", "not valid TOML"),
+    ],
+)
 def test_bad_price_files_are_clear_errors(tmp_path, body, message):
     path = tmp_path / "prices.toml"
     path.write_text(body, encoding="utf-8")
@@ -110,12 +115,18 @@ def test_settings_read_the_price_file_from_the_environment(tmp_path):
 # case) to a system id, or to something starting with ``system_``, and is not exactly in the
 # system table is UnknownModel in the library, the API and the demo; it is never a free custom model.
 RESPELLINGS = [
-    "System_deepseek", "SYSTEM_DEEPSEEK", "system_DeepSeek", "sYsTeM_deepseek",
-    "ｓｙｓｔｅｍ_deepseek",          # fullwidth letters (NFKC folds them to ASCII)
-    "system＿deepseek",               # fullwidth low line
+    "System_deepseek",
+    "SYSTEM_DEEPSEEK",
+    "system_DeepSeek",
+    "sYsTeM_deepseek",
+    "ｓｙｓｔｅｍ_deepseek",  # fullwidth letters (NFKC folds them to ASCII)
+    "system＿deepseek",  # fullwidth low line
     "ＳＹＳＴＥＭ_ＤＥＥＰＳＥＥＫ",
-    "System_gpt5", "SYSTEM_x", "ſystem_deepseek",  # long s case-folds to s
-    "System_deepseek\u200b"[:-1], "Ｓystem_deepseek",
+    "System_gpt5",
+    "SYSTEM_x",
+    "ſystem_deepseek",  # long s case-folds to s
+    "System_deepseek\u200b"[:-1],
+    "Ｓystem_deepseek",
 ]
 
 

@@ -23,7 +23,7 @@ what ``get_token_stats`` returns.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -42,13 +42,21 @@ from quota._prices import PriceTable
 USERS = ("alice", "bob", "carol")
 CREDIT_NANO = 5_000_000_000
 # nano-CNY per input and output token, written out here independently of the price table below
-PER_TOKEN = {"system_deepseek": (1_000, 2_000), "system_big": (6_000_000, 9_000_000),
-             "custom_gpt": (17_500, 70_000), "custom_free": (0, 0)}
-CALL_PRICES = {"cheap": ({"cost_per_1k_input": "0.002", "cost_per_1k_output": "0.004"}, (2_000, 4_000)),
-               "dear": ({"cost_per_1k_input": "0.003", "cost_per_1k_output": "0.001"}, (3_000, 1_000))}
+PER_TOKEN = {
+    "system_deepseek": (1_000, 2_000),
+    "system_big": (6_000_000, 9_000_000),
+    "custom_gpt": (17_500, 70_000),
+    "custom_free": (0, 0),
+}
+CALL_PRICES = {
+    "cheap": ({"cost_per_1k_input": "0.002", "cost_per_1k_output": "0.004"}, (2_000, 4_000)),
+    "dear": ({"cost_per_1k_input": "0.003", "cost_per_1k_output": "0.001"}, (3_000, 1_000)),
+}
 PRICES = PriceTable(
-    system={"system_deepseek": {"cost_per_1k_input": "0.001", "cost_per_1k_output": "0.002"},
-            "system_big": {"cost_per_1k_input": "6", "cost_per_1k_output": "9"}},
+    system={
+        "system_deepseek": {"cost_per_1k_input": "0.001", "cost_per_1k_output": "0.002"},
+        "system_big": {"cost_per_1k_input": "6", "cost_per_1k_output": "9"},
+    },
     custom={"custom_gpt": {"cost_per_1k_input": "0.0175", "cost_per_1k_output": "0.07"}},
 )
 MODELS = ("system_deepseek", "system_big", "custom_gpt", "custom_free", "custom_x")
@@ -68,8 +76,14 @@ request_ids = st.none() | st.sampled_from(["r1", "r2", "r3", "r4"])
 @st.composite
 def records(draw) -> dict:
     model = draw(models)
-    rec = dict(user=draw(users), model_id=model, input_tokens=draw(tokens), output_tokens=draw(tokens),
-               request_id=draw(request_ids), estimated=draw(st.booleans()))
+    rec = dict(
+        user=draw(users),
+        model_id=model,
+        input_tokens=draw(tokens),
+        output_tokens=draw(tokens),
+        request_id=draw(request_ids),
+        estimated=draw(st.booleans()),
+    )
     if model == "custom_x":
         rec["price"] = draw(st.sampled_from(sorted(CALL_PRICES)))
     return rec
@@ -78,17 +92,17 @@ def records(draw) -> dict:
 @dataclass
 class Hold:
     remaining_nano: int
-    live: bool = True          # False: past its expiry, but its field is still in the holds hash
+    live: bool = True  # False: past its expiry, but its field is still in the holds hash
 
 
 @dataclass
 class OpenTurn:
-    turn: object               # quota.turn.Turn, entered
+    turn: object  # quota.turn.Turn, entered
     user: str
     model_id: str
     asked: str
-    holding: bool              # a system turn that was admitted with a hold (it sends turn_end)
-    cost_nano: int = 0         # the system cost it recorded
+    holding: bool  # a system turn that was admitted with a hold (it sends turn_end)
+    cost_nano: int = 0  # the system cost it recorded
 
 
 @dataclass
@@ -104,7 +118,7 @@ class Model:
     def __init__(self) -> None:
         self.months: dict[tuple[str, str], Month] = {}
         self.seen: dict[tuple[str, str], tuple] = {}  # (user, request id) -> content; kept across months
-        self.holds: dict[str, dict[str, Hold]] = {}   # user -> turn id -> the field in the holds hash
+        self.holds: dict[str, dict[str, Hold]] = {}  # user -> turn id -> the field in the holds hash
         self.estimates: dict[tuple[str, str, str], int] = {}  # (user, month, model) -> "auto" estimate
 
     def month(self, user: str, month: str) -> Month:
@@ -187,15 +201,35 @@ class Model:
             month = add_months(current, -back)
             old = self.months.get((user, month))
             if old and old.models:
-                history[month] = {mid: {"input": c[0], "output": c[1], "cost": nano_to_json(c[2]), "calls": c[3],
-                                        "is_system": mid.startswith("system_")} for mid, c in old.models.items()}
+                history[month] = {
+                    mid: {
+                        "input": c[0],
+                        "output": c[1],
+                        "cost": nano_to_json(c[2]),
+                        "calls": c[3],
+                        "is_system": mid.startswith("system_"),
+                    }
+                    for mid, c in old.models.items()
+                }
         return {
-            "current_month": current, "monthly_credit": nano_to_json(credit), "monthly_used": nano_to_json(used),
-            "remaining": nano_to_json(max(credit - used, 0)), "exceeded": used >= credit,
-            "held": nano_to_json(held), "available": nano_to_json(max(credit - used - held, 0)),
-            "models": {mid: {"input_tokens": c[0], "output_tokens": c[1], "cost": nano_to_json(c[2]), "calls": c[3],
-                             "estimated_calls": c[4], "is_system": mid.startswith("system_")}
-                       for mid, c in m.models.items()},
+            "current_month": current,
+            "monthly_credit": nano_to_json(credit),
+            "monthly_used": nano_to_json(used),
+            "remaining": nano_to_json(max(credit - used, 0)),
+            "exceeded": used >= credit,
+            "held": nano_to_json(held),
+            "available": nano_to_json(max(credit - used - held, 0)),
+            "models": {
+                mid: {
+                    "input_tokens": c[0],
+                    "output_tokens": c[1],
+                    "cost": nano_to_json(c[2]),
+                    "calls": c[3],
+                    "estimated_calls": c[4],
+                    "is_system": mid.startswith("system_"),
+                }
+                for mid, c in m.models.items()
+            },
             "history": history,
         }
 
@@ -214,11 +248,11 @@ class MeterMachine(RuleBasedStateMachine):
         super().__init__()
         self.client = redis.Redis.from_url(self.redis_url)
         self.client.flushall()
-        self.now = datetime(2025, 11, 20, 8, 30, tzinfo=timezone.utc)
+        self.now = datetime(2025, 11, 20, 8, 30, tzinfo=UTC)
         self.meter = self.make_meter()
         self.model = Model()
         self.turns: list[OpenTurn] = []
-        self.ended: list[tuple[str, str, str, int]] = []   # user, model, turn id, cost: for retries
+        self.ended: list[tuple[str, str, str, int]] = []  # user, model, turn id, cost: for retries
 
     def make_meter(self) -> Meter:
         settings_ = Settings(prefix="prop", credit_nano=CREDIT_NANO, prices=PRICES)
@@ -261,8 +295,7 @@ class MeterMachine(RuleBasedStateMachine):
             else:
                 assert result.duplicate == (outcome == "duplicate")
 
-    @rule(user=users, credit=st.sampled_from([0, 1, 5, "0.5", "12.345678901"]),
-          shift=st.sampled_from([None, 0, -1, 1]))
+    @rule(user=users, credit=st.sampled_from([0, 1, 5, "0.5", "12.345678901"]), shift=st.sampled_from([None, 0, -1, 1]))
     def set_credit(self, user: str, credit: object, shift: int | None) -> None:
         month = None if shift is None else add_months(self.month, shift)
         result = self.meter.set_monthly_credit(user, credit, month)
@@ -275,10 +308,10 @@ class MeterMachine(RuleBasedStateMachine):
         """Move forward to the first or the last microsecond of a later (or this) month."""
         target = add_months(self.month, months)
         year, mon = (int(p) for p in target.split("-"))
-        start = datetime(year, mon, 1, tzinfo=timezone.utc)
+        start = datetime(year, mon, 1, tzinfo=UTC)
         if to_month_end or months == 0:
             nxt = add_months(target, 1).split("-")
-            start = datetime(int(nxt[0]), int(nxt[1]), 1, tzinfo=timezone.utc) - timedelta(microseconds=1)
+            start = datetime(int(nxt[0]), int(nxt[1]), 1, tzinfo=UTC) - timedelta(microseconds=1)
         self.now = max(self.now, start)
 
     @rule(user=users, model_id=st.sampled_from(MODELS[:4]))
@@ -288,7 +321,12 @@ class MeterMachine(RuleBasedStateMachine):
         got = self.meter.check_quota_available(user, model_id)
         allowed = not model_id.startswith("system_") or used + held < credit
         assert (got.allowed, got.monthly_used_nano, got.monthly_credit_nano, got.month, got.held_nano) == (
-            allowed, used, credit, self.month, held)
+            allowed,
+            used,
+            credit,
+            self.month,
+            held,
+        )
         assert (got.event is None) == allowed
 
     # --- turns and their holds ------------------------------------------------------------------
@@ -300,7 +338,7 @@ class MeterMachine(RuleBasedStateMachine):
     @rule(user=users, model_id=st.sampled_from(TURN_MODELS), asked=st.sampled_from(HOLD_ASKS))
     def admit(self, user: str, model_id: str, asked: str) -> None:
         turn = self.meter.turn(user, model_id, hold=asked)
-        if not model_id.startswith("system_"):             # custom: never limited, holds nothing
+        if not model_id.startswith("system_"):  # custom: never limited, holds nothing
             turn.__enter__()
             assert turn.rules.hold_nano == 0 and turn.check.allowed
             self.turns.append(OpenTurn(turn, user, model_id, asked, holding=False))
@@ -319,15 +357,25 @@ class MeterMachine(RuleBasedStateMachine):
         self.turns.append(OpenTurn(turn, user, model_id, asked, holding=True))
 
     @precondition(lambda self: self.turns)
-    @rule(index=st.integers(0, MAX_OPEN_TURNS - 1), model_id=st.sampled_from((None,) + MODELS[:4]),
-          input_tokens=st.integers(0, 3_000), output_tokens=st.integers(0, 3_000))
+    @rule(
+        index=st.integers(0, MAX_OPEN_TURNS - 1),
+        model_id=st.sampled_from((None,) + MODELS[:4]),
+        input_tokens=st.integers(0, 3_000),
+        output_tokens=st.integers(0, 3_000),
+    )
     def turn_record(self, index: int, model_id: str | None, input_tokens: int, output_tokens: int) -> None:
         """A call of a turn's reply (the turn's model or another): it draws its system cost down
         from the turn's live hold, never below 0. Tokens stay small: a turn's cost stays exact in
         Lua's doubles (see record.lua), which is what the estimate in turn_end.lua is fed."""
         t = self.turns[index % len(self.turns)]
-        rec = dict(user=t.user, model_id=model_id or t.model_id, input_tokens=input_tokens,
-                   output_tokens=output_tokens, request_id=None, estimated=False)
+        rec = dict(
+            user=t.user,
+            model_id=model_id or t.model_id,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            request_id=None,
+            estimated=False,
+        )
         assert self.model.record(rec, self.month) == "counted"
         cost, is_system = Model.cost(rec), rec["model_id"].startswith("system_")
         left = self.model.draw(t.user, t.turn.rules.turn_id, cost, is_system) if t.holding else None
@@ -351,8 +399,12 @@ class MeterMachine(RuleBasedStateMachine):
         assert not self.client.hexists(self.holds_key(t.user), tid)
 
     def live_holds(self) -> list[tuple[str, str, Hold]]:
-        return [(user, tid, h) for user, holds in sorted(self.model.holds.items())
-                for tid, h in sorted(holds.items()) if h.live]
+        return [
+            (user, tid, h)
+            for user, holds in sorted(self.model.holds.items())
+            for tid, h in sorted(holds.items())
+            if h.live
+        ]
 
     @precondition(lambda self: any(self.live_holds()))
     @rule(index=st.integers(0, MAX_OPEN_TURNS - 1))
@@ -411,6 +463,12 @@ class MeterMachine(RuleBasedStateMachine):
 @pytest.mark.slow
 def test_meter_follows_the_model(redis_server) -> None:
     MeterMachine.redis_url = redis_server.url
-    run_state_machine_as_test(MeterMachine, settings=settings(
-        max_examples=200, stateful_step_count=30, deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]))
+    run_state_machine_as_test(
+        MeterMachine,
+        settings=settings(
+            max_examples=200,
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        ),
+    )

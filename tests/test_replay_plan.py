@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -15,14 +15,23 @@ from quota._turn_rules import TurnOptions
 
 from .test_core_pure import drive as drive_plan
 
-NOW = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
-JAN = datetime(2026, 1, 31, 23, 59, 59, tzinfo=timezone.utc)
-OK = [1, b"0", b"5000000000", b""]   # record.lua: counted
+NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+JAN = datetime(2026, 1, 31, 23, 59, 59, tzinfo=UTC)
+OK = [1, b"0", b"5000000000", b""]  # record.lua: counted
 
 
 def entry(n: int, **changes) -> SpoolEntry:
-    fields = dict(user="u1", model_id="system_deepseek", input_tokens=n, output_tokens=0, request_id=f"r-{n}",
-                  estimated=False, at=JAN, cost_nano=1000 * n, price=None)
+    fields = dict(
+        user="u1",
+        model_id="system_deepseek",
+        input_tokens=n,
+        output_tokens=0,
+        request_id=f"r-{n}",
+        estimated=False,
+        at=JAN,
+        cost_nano=1000 * n,
+        price=None,
+    )
     return SpoolEntry(**{**fields, **changes})
 
 
@@ -43,7 +52,7 @@ def test_records_are_made_at_their_instant_and_acknowledged_in_one_commit():
     steps, report = drive(plan_replay(core, options, "here"), lambda calls: [OK] * len(calls))
     assert [type(s) for s in steps] == [ClaimFile, ReadBatch, SendRecords, Commit, ReadBatch, Finish]
     sent = steps[2].calls
-    assert [c.keys[0] for c in sent] == ["q:{u1}:2026-01"] * 2             # the month they were made in
+    assert [c.keys[0] for c in sent] == ["q:{u1}:2026-01"] * 2  # the month they were made in
     assert [c.keys[1] for c in sent] == ["q:{u1}:req:r-1", "q:{u1}:req:r-2"]
     assert (steps[3].offset, steps[3].sent, steps[3].dead) == (2, 2, [])
     assert (report.sent, report.dead, report.pending, report.error) == (2, 0, False, None)
@@ -55,8 +64,8 @@ def test_a_conflict_is_sent_again_rekeyed_and_a_refusal_is_put_aside():
     replies = iter([[ResponseError("QUOTA_CONFLICT request_id was already used"), OK], [OK]])
     steps, report = drive(plan_replay(core, options, "here"), lambda calls: next(replies))
     sends = [s for s in steps if isinstance(s, SendRecords)]
-    assert [len(s.calls) for s in sends] == [2, 1]                          # r-2 is dead before sending
-    assert sends[1].calls[0].keys[1].startswith("q:{u1}:req:r-1.c")         # rekeyed, deterministically
+    assert [len(s.calls) for s in sends] == [2, 1]  # r-2 is dead before sending
+    assert sends[1].calls[0].keys[1].startswith("q:{u1}:req:r-1.c")  # rekeyed, deterministically
     [commit] = [s for s in steps if isinstance(s, Commit)]
     [(dead, why)] = commit.dead
     assert dead.request_id == "r-2" and why.startswith("record r-2 refused: unknown system model 'system_gone'")
@@ -69,10 +78,10 @@ def test_redis_failing_stops_the_replay_after_the_last_record_that_landed():
     lost = RedisConnectionError("gone")
     steps, report = drive(plan_replay(core, options, "here"), lambda calls: [OK, lost, OK])
     [commit] = [s for s in steps if isinstance(s, Commit)]
-    assert (commit.offset, commit.sent) == (1, 1)                           # r-3 landed, but after r-2
+    assert (commit.offset, commit.sent) == (1, 1)  # r-3 landed, but after r-2
     assert report.sent == 1 and report.pending and "gone" in report.error
     assert options.metrics.replay_failures == 1 and options.spool.pending_count() == 2
-    assert not options.replay_due()                                         # it waits before trying again
+    assert not options.replay_due()  # it waits before trying again
 
 
 def test_a_batch_that_could_not_be_sent_at_all_acknowledges_nothing():
@@ -88,8 +97,8 @@ def test_a_plan_closed_mid_way_releases_its_claim():
     plan = plan_replay(core, options, "here")
     claim = next(plan).run()
     assert isinstance(plan.send(claim), ReadBatch)
-    assert options.spool.claim() is None                                    # claimed
-    plan.close()                                                            # a step failed: the client closes it
+    assert options.spool.claim() is None  # claimed
+    plan.close()  # a step failed: the client closes it
     again = options.spool.claim()
     assert again is not None
     again.release()

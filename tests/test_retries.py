@@ -44,7 +44,8 @@ def test_lost_pipeline_reply_is_retried_and_counted_once(redis_server, lose_next
     meter = Meter.from_url(redis_server.url)
     lose_next_replies["left"] = 1
     results = meter.update_token_usage_many(
-        [dict(user=f"u{i % 3}", model_id="system_deepseek", input_tokens=1000, output_tokens=0) for i in range(30)])
+        [dict(user=f"u{i % 3}", model_id="system_deepseek", input_tokens=1000, output_tokens=0) for i in range(30)]
+    )
     assert lose_next_replies["left"] == 0
     assert [r.duplicate for r in results] == [False] * 30
     assert sum(meter.get_token_stats(f"u{i}")["models"]["system_deepseek"]["calls"] for i in range(3)) == 30
@@ -53,8 +54,9 @@ def test_lost_pipeline_reply_is_retried_and_counted_once(redis_server, lose_next
 def test_without_request_ids_a_retry_would_double_count(redis_server, lose_next_replies):
     """The control: the same lost reply with a plain HINCRBY (no id) counts twice. This is the
     failure the request id prevents, shown on the same server."""
-    client = redis.Redis.from_url(redis_server.url, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 2),
-                                  retry_on_error=[redis.ConnectionError])
+    client = redis.Redis.from_url(
+        redis_server.url, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 2), retry_on_error=[redis.ConnectionError]
+    )
     client.delete("control")
     lose_next_replies["left"] = 1
     client.hincrby("control", "calls", 1)

@@ -5,7 +5,6 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 
 from quota import AsyncMeter, ConfigError, Meter, StorageUnavailable
 from quota._scripts import ALL
@@ -50,10 +49,15 @@ def test_a_silent_server_times_out_instead_of_hanging():
 
 def test_url_forms():
     with pytest.raises(ConfigError, match="REDIS_URL"):
-        Meter.from_url("", )
+        Meter.from_url(
+            "",
+        )
     with pytest.raises(ConfigError, match="scheme"):
         Meter.from_url("http://localhost:6379")
-    assert Meter.from_url("unix:///tmp/nowhere.sock").client.connection_pool.connection_kwargs["path"] == "/tmp/nowhere.sock"
+    assert (
+        Meter.from_url("unix:///tmp/nowhere.sock").client.connection_pool.connection_kwargs["path"]
+        == "/tmp/nowhere.sock"
+    )
     assert Meter.from_url("rediss://h:6380/0").client.connection_pool.connection_kwargs["host"] == "h"
 
 
@@ -70,7 +74,8 @@ def test_restart_empties_the_script_cache_and_the_client_reloads():
         assert again.duplicate and again.monthly_used_nano == 2_000_000  # the AOF kept the request id
         server.restart()
         results = meter.update_token_usage_many(
-            [dict(user="alice", model_id="system_deepseek", input_tokens=1000, output_tokens=0)] * 3)
+            [dict(user="alice", model_id="system_deepseek", input_tokens=1000, output_tokens=0)] * 3
+        )
         assert results[-1].monthly_used_nano == 5_000_000
     finally:
         server.cleanup()

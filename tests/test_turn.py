@@ -9,7 +9,6 @@ import pytest
 
 from quota import AsyncMeter, InvalidInput, QuotaExceeded, StorageUnavailable
 from quota._spool import MemorySpool
-
 from quota.testing import free_ports
 
 
@@ -23,7 +22,7 @@ def models(meter, user: str) -> dict:
 
 @pytest.fixture
 def dead_url() -> str:
-    return f"redis://127.0.0.1:{free_ports(1, start=26000)[0]}/0"   # nothing listens there
+    return f"redis://127.0.0.1:{free_ports(1, start=26000)[0]}/0"  # nothing listens there
 
 
 def test_turn_counts_every_call_and_the_credit_never_stops_the_reply(any_turn):
@@ -46,7 +45,7 @@ def test_turn_counts_every_call_and_the_credit_never_stops_the_reply(any_turn):
     event = refused.value.event
     assert event["type"] == "quota_exceeded" and event["monthly_used"] == 1.2 and event["monthly_credit"] == 1.0
     assert event["resets_at"] == "2026-02-01T00:00:00Z"
-    with meter.turn("ann", "custom_mine") as turn:       # custom models are never limited
+    with meter.turn("ann", "custom_mine") as turn:  # custom models are never limited
         assert turn.record(input_tokens=5, output_tokens=6).status == "counted"
     assert used_nano(meter, "ann") == 1_200_000_000
 
@@ -56,7 +55,7 @@ def test_a_retried_call_is_counted_once(any_turn):
     response = {"id": "chatcmpl-retry", "usage": {"prompt_tokens": 1000, "completion_tokens": 1000}}
     with meter.turn("bob", "system_deepseek") as turn:
         first = turn.record(response)
-    with meter.turn("bob", "system_deepseek") as turn:   # the worker retried the whole job
+    with meter.turn("bob", "system_deepseek") as turn:  # the worker retried the whole job
         again = turn.record(response)
     assert (first.status, again.status) == ("counted", "duplicate")
     assert used_nano(meter, "bob") == 3_000_000
@@ -85,10 +84,13 @@ def test_a_provider_id_reused_for_another_call_is_counted_under_a_derived_id(any
 def test_bad_input_raises_and_changes_nothing(any_turn):
     meter = any_turn
     with meter.turn("dan", "system_deepseek") as turn:
-        for call in (lambda: turn.record("oops"), lambda: turn.record(input_tokens=-1, output_tokens=1),
-                     lambda: turn.record(input_tokens=1, output_tokens=1, model_id="system_typo"),
-                     lambda: turn.record({"prompt_tokens": 1, "completion_tokens": 1}, input_tokens=1),
-                     lambda: turn.record(input_tokens=1, output_tokens=1, request_id="bad id")):
+        for call in (
+            lambda: turn.record("oops"),
+            lambda: turn.record(input_tokens=-1, output_tokens=1),
+            lambda: turn.record(input_tokens=1, output_tokens=1, model_id="system_typo"),
+            lambda: turn.record({"prompt_tokens": 1, "completion_tokens": 1}, input_tokens=1),
+            lambda: turn.record(input_tokens=1, output_tokens=1, request_id="bad id"),
+        ):
             with pytest.raises(InvalidInput):
                 call()
     assert models(meter, "dan") == {}
@@ -101,6 +103,7 @@ def test_bad_input_raises_and_changes_nothing(any_turn):
 
 
 # --- streams -------------------------------------------------------------------------------------
+
 
 class Source:
     """A provider's stream: OpenAI-style chunks, the last one with the usage when ``usage`` is
@@ -116,8 +119,11 @@ class Source:
                 raise ConnectionResetError("the provider went away")
             yield {"id": "chatcmpl-s", "choices": [{"delta": {"content": piece}}]}
         if self.usage is not None:
-            yield {"id": "chatcmpl-s", "choices": [], "usage": {"prompt_tokens": self.usage[0],
-                                                                "completion_tokens": self.usage[1]}}
+            yield {
+                "id": "chatcmpl-s",
+                "choices": [],
+                "usage": {"prompt_tokens": self.usage[0], "completion_tokens": self.usage[1]},
+            }
 
     def close(self) -> None:
         self.closed = True
@@ -128,8 +134,8 @@ def test_a_stream_is_counted_once_when_it_ends(any_turn):
         source = Source(["hello ", "there"], usage=(300, 20))
         metered = turn.stream(source, prompt=[{"role": "user", "content": "hi"}])
         chunks = list(metered)
-        assert len(chunks) == 3 and metered.recorded is not None    # counted as soon as it ended
-        assert list(metered) == []                                  # and done: no second count
+        assert len(chunks) == 3 and metered.recorded is not None  # counted as soon as it ended
+        assert list(metered) == []  # and done: no second count
     assert metered.recorded.usage == (300, 20, "chatcmpl-s", False) and metered.recorded.status == "counted"
     assert [r.status for r in turn.records] == ["counted"] and not source.closed
     stats = models(any_turn, "sam")["system_deepseek"]
@@ -141,11 +147,11 @@ def test_a_stream_left_early_is_counted_at_the_turns_end_and_closed(any_turn):
         source = Source(["one ", "two ", "three ", "four"], usage=(300, 20))
         for n, _ in enumerate(turn.stream(source, prompt=[{"role": "user", "content": "hi"}])):
             if n == 1:
-                break                                               # the browser went away
+                break  # the browser went away
         assert turn.records == []
     [rec] = turn.records
     assert rec.status == "counted" and rec.estimated and rec.request_id == "chatcmpl-s"
-    assert rec.usage.output_tokens == 2 and source.closed          # "one two " estimated; the response closed
+    assert rec.usage.output_tokens == 2 and source.closed  # "one two " estimated; the response closed
     assert models(any_turn, "sue")["system_deepseek"]["estimated_calls"] == 1
 
 
@@ -156,7 +162,7 @@ def test_a_broken_stream_is_counted_and_the_error_goes_on(any_turn):
             for _ in metered:
                 pass
         assert metered.recorded is not None and metered.recorded.estimated
-        metered.close()                                             # closing after the count: nothing more
+        metered.close()  # closing after the count: nothing more
     assert len(turn.records) == 1
     assert models(any_turn, "sid")["system_deepseek"]["calls"] == 1
 
@@ -169,6 +175,7 @@ def test_a_stream_of_an_unknown_model_is_refused_before_it_starts(any_turn):
 
 
 # --- Redis away ----------------------------------------------------------------------------------
+
 
 def test_check_policy_allow_is_the_default_and_is_counted(dead_url, make_meter):
     meter = make_meter(url=dead_url)
@@ -186,9 +193,9 @@ def test_check_policy_deny_refuses_system_models_only(dead_url, make_meter):
     with pytest.raises(StorageUnavailable):
         with meter.turn("gus", "system_deepseek"):
             pytest.fail("denied")
-    with meter.turn("gus", "custom_mine") as turn:        # custom models are never limited
+    with meter.turn("gus", "custom_mine") as turn:  # custom models are never limited
         assert turn.degraded
-    allow = meter.turn("gus", "system_deepseek", on_unavailable="allow")   # per-turn override
+    allow = meter.turn("gus", "system_deepseek", on_unavailable="allow")  # per-turn override
     with allow:
         pass
     m = meter.turn_options.metrics
@@ -211,7 +218,7 @@ def test_spooled_records_replay_into_the_month_they_were_made(backend, clock, de
     stats = back.get_token_stats("hal", months=1)
     assert stats["models"]["system_deepseek"]["input_tokens"] == 2000
     assert stats["history"]["2026-01"]["system_deepseek"]["input"] == 1000
-    assert back.replay_spool().sent == 0                       # nothing left, nothing twice
+    assert back.replay_spool().sent == 0  # nothing left, nothing twice
 
 
 def test_a_turns_end_replays_the_spool_when_redis_is_back(backend, dead_url, make_meter):
@@ -219,9 +226,9 @@ def test_a_turns_end_replays_the_spool_when_redis_is_back(backend, dead_url, mak
     away = make_meter(url=dead_url, spool=spool)
     with away.turn("ivo", "system_deepseek") as turn:
         assert turn.record(input_tokens=100, output_tokens=100).spooled
-    assert away.turn_options.metrics.replay_failures == 1 and spool.pending_count() == 1   # its own try failed
+    assert away.turn_options.metrics.replay_failures == 1 and spool.pending_count() == 1  # its own try failed
     back = make_meter(backend, spool=spool)
-    with back.turn("ivo", "custom_x") as turn:                # any turn's end replays, when due
+    with back.turn("ivo", "custom_x") as turn:  # any turn's end replays, when due
         turn.record(input_tokens=1, output_tokens=1)
     assert spool.pending_count() == 0 and back.turn_options.metrics.records_replayed == 1
     assert back.check_quota_available("ivo", "system_deepseek").monthly_used_nano == 300_000
@@ -233,16 +240,15 @@ async def test_async_spool_and_replay_after_the_turn(backend, clock, dead_url):
     async with away.turn("ivy", "system_deepseek") as turn:
         rec = await turn.record(input_tokens=100, output_tokens=100)
     assert rec.spooled and spool.pending_count() == 1
-    for task in list(away.turn_options._background):       # its own replay attempt fails: Redis is away
+    for task in list(away.turn_options._background):  # its own replay attempt fails: Redis is away
         await task
     assert away.turn_options.metrics.replay_failures == 1 and spool.pending_count() == 1
     await away.aclose()
     back = AsyncMeter(backend.async_client(), clock=clock, spool=spool)
-    async with back.turn("ivy", "custom_x") as turn:          # a turn's end replays, off the reply's path
+    async with back.turn("ivy", "custom_x") as turn:  # a turn's end replays, off the reply's path
         await turn.record(input_tokens=1, output_tokens=1)
     for task in list(back.turn_options._background):
         await task
     assert spool.pending_count() == 0
     assert (await back.check_quota_available("ivy", "system_deepseek")).monthly_used_nano == 300_000
     await back.aclose()
-

@@ -19,20 +19,35 @@ from quota._usage import (
 
 
 def completion(usage: dict | None, rid: str = "chatcmpl-abc") -> ChatCompletion:
-    return ChatCompletion.model_validate({
-        "id": rid, "object": "chat.completion", "created": 0, "model": "deepseek-chat",
-        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi"}}],
-        "usage": usage,
-    })
+    return ChatCompletion.model_validate(
+        {
+            "id": rid,
+            "object": "chat.completion",
+            "created": 0,
+            "model": "deepseek-chat",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi"}}],
+            "usage": usage,
+        }
+    )
 
 
-def chunk(rid: str = "chatcmpl-s", content: str | None = None, finish: str | None = None,
-          usage: dict | None = None, choices: bool = True) -> ChatCompletionChunk:
-    return ChatCompletionChunk.model_validate({
-        "id": rid, "object": "chat.completion.chunk", "created": 0, "model": "m",
-        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}] if choices else [],
-        "usage": usage,
-    })
+def chunk(
+    rid: str = "chatcmpl-s",
+    content: str | None = None,
+    finish: str | None = None,
+    usage: dict | None = None,
+    choices: bool = True,
+) -> ChatCompletionChunk:
+    return ChatCompletionChunk.model_validate(
+        {
+            "id": rid,
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "m",
+            "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}] if choices else [],
+            "usage": usage,
+        }
+    )
 
 
 def test_openai_usage_object_and_dict():
@@ -42,14 +57,19 @@ def test_openai_usage_object_and_dict():
 
 def test_deepseek_usage_with_cache_fields_counts_prompt_tokens_once():
     # DeepSeek: prompt_tokens = prompt_cache_hit_tokens + prompt_cache_miss_tokens
-    usage = {"prompt_tokens": 100, "completion_tokens": 5, "prompt_cache_hit_tokens": 60,
-             "prompt_cache_miss_tokens": 40}
+    usage = {
+        "prompt_tokens": 100,
+        "completion_tokens": 5,
+        "prompt_cache_hit_tokens": 60,
+        "prompt_cache_miss_tokens": 40,
+    }
     assert tokens_of_usage(usage) == (100, 5)
 
 
 def test_whole_response_gives_its_id_as_request_id():
-    assert usage_from(completion({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7})) == \
-        Usage(3, 4, "chatcmpl-abc", False)
+    assert usage_from(completion({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7})) == Usage(
+        3, 4, "chatcmpl-abc", False
+    )
     assert usage_from({"id": "msg_01X", "usage": {"input_tokens": 10, "output_tokens": 2}}) == Usage(10, 2, "msg_01X")
 
 
@@ -60,16 +80,29 @@ def test_zero_is_a_real_value_not_a_missing_one():
 
 
 def test_anthropic_cache_tokens_are_added_to_the_input():
-    usage = {"input_tokens": 10, "output_tokens": 3, "cache_creation_input_tokens": 100,
-             "cache_read_input_tokens": 1000}
+    usage = {
+        "input_tokens": 10,
+        "output_tokens": 3,
+        "cache_creation_input_tokens": 100,
+        "cache_read_input_tokens": 1000,
+    }
     assert usage_from(usage) == Usage(1110, 3)
 
 
-@pytest.mark.parametrize("bad", [
-    None, "text", 5, {"nothing": 1}, {"prompt_tokens": -1, "completion_tokens": 0},
-    {"prompt_tokens": True, "completion_tokens": 0}, {"prompt_tokens": 1.5, "completion_tokens": 0},
-    {"prompt_tokens": 10**9 + 1, "completion_tokens": 0}, {"id": "x", "usage": {"foo": 1}},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        None,
+        "text",
+        5,
+        {"nothing": 1},
+        {"prompt_tokens": -1, "completion_tokens": 0},
+        {"prompt_tokens": True, "completion_tokens": 0},
+        {"prompt_tokens": 1.5, "completion_tokens": 0},
+        {"prompt_tokens": 10**9 + 1, "completion_tokens": 0},
+        {"id": "x", "usage": {"foo": 1}},
+    ],
+)
 def test_garbage_is_refused_clearly(bad):
     with pytest.raises(InvalidInput):
         usage_from(bad)
@@ -86,24 +119,31 @@ def test_request_ids_keep_good_ids_and_hash_the_rest():
     for odd in ("has space", "x" * 129, "ünïcode", "a\nb"):
         rid = request_id_from(odd)
         assert rid.startswith("sha256:") and len(rid) == 47
-        assert rid == request_id_from(odd)            # stable: a retry maps to the same id
+        assert rid == request_id_from(odd)  # stable: a retry maps to the same id
     assert request_id_from("has space") != request_id_from("has  space")
 
 
 def test_estimates():
     assert estimate_tokens("") == 0
     assert estimate_tokens("abcd") == 1 and estimate_tokens("abcde") == 2
-    assert estimate_tokens("你好世界") == 4                  # one per CJK character
-    assert estimate_tokens("你好 abcd") == 2 + 2             # 2 dense + ceil(5 / 4)
-    messages = [{"role": "user", "content": "abcdefgh"}, {"role": "assistant", "content": [{"type": "text", "text": "你好"}]}]
+    assert estimate_tokens("你好世界") == 4  # one per CJK character
+    assert estimate_tokens("你好 abcd") == 2 + 2  # 2 dense + ceil(5 / 4)
+    messages = [
+        {"role": "user", "content": "abcdefgh"},
+        {"role": "assistant", "content": [{"type": "text", "text": "你好"}]},
+    ]
     assert estimate_prompt_tokens(messages) == 2 + 2 + 2 * 4  # text + 4 per message
     assert estimate_prompt_tokens(None) == 0 and estimate_prompt_tokens("abcd") == 1
 
 
 def test_stream_with_usage_chunk_is_exact():
     tally = StreamTally(prompt_tokens=999)
-    for c in [chunk(content="Hel"), chunk(content="lo"), chunk(finish="stop"),
-              chunk(choices=False, usage={"prompt_tokens": 21, "completion_tokens": 2, "total_tokens": 23})]:
+    for c in [
+        chunk(content="Hel"),
+        chunk(content="lo"),
+        chunk(finish="stop"),
+        chunk(choices=False, usage={"prompt_tokens": 21, "completion_tokens": 2, "total_tokens": 23}),
+    ]:
         tally.feed(c)
     assert tally.has_usage and tally.finished
     assert tally.usage() == Usage(21, 2, "chatcmpl-s", False)
@@ -129,8 +169,21 @@ def test_stream_of_nothing_is_still_a_record():
 
 def test_tool_calls_and_reasoning_count_towards_the_estimate():
     tally = StreamTally()
-    tally.feed({"id": "c1", "choices": [{"index": 0, "delta": {"reasoning_content": "abcd", "tool_calls": [
-        {"index": 0, "function": {"name": "get_x", "arguments": "{\"a\":1}"}}]}, "finish_reason": None}]})
+    tally.feed(
+        {
+            "id": "c1",
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {
+                        "reasoning_content": "abcd",
+                        "tool_calls": [{"index": 0, "function": {"name": "get_x", "arguments": '{"a":1}'}}],
+                    },
+                    "finish_reason": None,
+                }
+            ],
+        }
+    )
     assert tally.usage() == Usage(0, (4 + 5 + 7) // 4, "c1", True)  # 16 characters in all
 
 

@@ -45,13 +45,13 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from quota.contrib.django import QuotaConsumerMixin
 
-SUMMARIZE_AT = 6          # messages of history before they are summarised into one
-KEEP_AFTER_SUMMARY = 2    # the latest messages kept word for word
+SUMMARIZE_AT = 6  # messages of history before they are summarised into one
+KEEP_AFTER_SUMMARY = 2  # the latest messages kept word for word
 
 
 class ChatConsumer(QuotaConsumerMixin, AsyncJsonWebsocketConsumer):
-    llm: Any = None                         # the platform's openai.AsyncOpenAI, for system models
-    custom_llm: Any = None                  # the client for users' own models (None: refused)
+    llm: Any = None  # the platform's openai.AsyncOpenAI, for system models
+    custom_llm: Any = None  # the client for users' own models (None: refused)
     # quota's system model id -> the provider's model name. The browser never names a provider model.
     provider_models: dict[str, str] = {"system_deepseek": "deepseek-chat"}
     quota_default_model_id = "system_deepseek"
@@ -75,17 +75,19 @@ class ChatConsumer(QuotaConsumerMixin, AsyncJsonWebsocketConsumer):
         if isinstance(content, dict) and content.get("type") == "message" and isinstance(content.get("text"), str):
             await self.process_message(content["text"], content.get("model_id"))
         else:
-            await self.send_json({"type": "error", "code": "bad_request",
-                                  "message": 'Send {"type": "message", "text": "..."}.'})
+            await self.send_json(
+                {"type": "error", "code": "bad_request", "message": 'Send {"type": "message", "text": "..."}.'}
+            )
 
     async def process_message(self, text: str, requested_model_id: Any) -> None:
         calls: list[str] = []
 
-        async def reply(turn: Any, model_id: str) -> str | None:   # model_id: resolved on the server
+        async def reply(turn: Any, model_id: str) -> str | None:  # model_id: resolved on the server
             client, provider_model = self.route(model_id)
             if client is None:
-                await self.send_json({"type": "error", "code": "model_unavailable",
-                                      "message": f"{model_id} cannot be served right now."})
+                await self.send_json(
+                    {"type": "error", "code": "model_unavailable", "message": f"{model_id} cannot be served right now."}
+                )
                 return None
             answer = await self.stream_reply(turn, text, client, provider_model)
             calls.append("chat")
@@ -97,12 +99,17 @@ class ChatConsumer(QuotaConsumerMixin, AsyncJsonWebsocketConsumer):
 
         done = await self.quota_reply(requested_model_id, reply)
         if done is None or done.result is None:
-            return                                      # refused: the browser got the event, no LLM call
+            return  # refused: the browser got the event, no LLM call
         last = done.turn.records[-1].result if done.turn.records and done.turn.records[-1].result else None
-        await self.send_json({
-            "type": "reply_done", "text": done.result, "title": self.title, "calls": calls,
-            "monthly_used": last.as_dict()["monthly_used"] if last else None,
-        })
+        await self.send_json(
+            {
+                "type": "reply_done",
+                "text": done.result,
+                "title": self.title,
+                "calls": calls,
+                "monthly_used": last.as_dict()["monthly_used"] if last else None,
+            }
+        )
 
     def route(self, model_id: str) -> tuple[Any, str]:
         """The client and the provider's model name for a metered id: the platform's LLM for a
@@ -114,11 +121,13 @@ class ChatConsumer(QuotaConsumerMixin, AsyncJsonWebsocketConsumer):
     async def stream_reply(self, turn: Any, text: str, client: Any, provider_model: str) -> str:
         self.history.append({"role": "user", "content": text})
         stream = await client.chat.completions.create(
-            model=provider_model, messages=self.history, stream=True,
+            model=provider_model,
+            messages=self.history,
+            stream=True,
             stream_options={"include_usage": True},
         )
         parts = []
-        async for chunk in turn.stream(stream, prompt=self.history):   # counted however it ends
+        async for chunk in turn.stream(stream, prompt=self.history):  # counted however it ends
             for choice in chunk.choices:
                 if choice.delta.content:
                     parts.append(choice.delta.content)
@@ -147,8 +156,7 @@ class ChatConsumer(QuotaConsumerMixin, AsyncJsonWebsocketConsumer):
             return False
         response = await client.chat.completions.create(
             model=provider_model,
-            messages=[{"role": "system", "content": "Name this conversation in a few words."},
-                      *self.history[-2:]],
+            messages=[{"role": "system", "content": "Name this conversation in a few words."}, *self.history[-2:]],
         )
         await turn.record(response)
         self.title = (response.choices[0].message.content or "").strip()[:60] or "Chat"

@@ -8,7 +8,8 @@ this module. Keep the two in step: same names, same meaning.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Coroutine
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster
@@ -16,16 +17,16 @@ from redis.asyncio.cluster import RedisCluster
 from .._config import Settings
 from .._connect import node_client
 
-USE_ASYNCIO = True              # quota._connect.open_client builds redis.asyncio clients
-ClusterClient = RedisCluster    # the cluster client class
+USE_ASYNCIO = True  # quota._connect.open_client builds redis.asyncio clients
+ClusterClient = RedisCluster  # the cluster client class
 
 # redis-py's asyncio client can fail with AttributeError when a connection is closed under a
 # command: a lost connection (see quota._connect.lost_connection).
 LOST_CONNECTION: tuple[type[Exception], ...] = (AttributeError,)
 
-shield = asyncio.shield         # a record, a hold taken or given back completes even if the task is cancelled
+shield = asyncio.shield  # a record, a hold taken or given back completes even if the task is cancelled
 sleep = asyncio.sleep
-to_thread = asyncio.to_thread   # blocking file and SQL work runs off the event loop
+to_thread = asyncio.to_thread  # blocking file and SQL work runs off the event loop
 
 
 def start_task(coroutine: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
@@ -65,7 +66,7 @@ class ClusterStart:
 
     __slots__ = ("ready", "_client", "_lock")
 
-    def __init__(self, client: Any):
+    def __init__(self, client: Any) -> None:
         self.ready = not isinstance(client, RedisCluster)
         self._client = client
         self._lock: asyncio.Lock | None = None
@@ -90,7 +91,7 @@ class NodeClients:
     EVALSHA. One client per node, made on first use (with a pool that queues like the others),
     closed with the meter."""
 
-    def __init__(self, client: Any, settings: Settings):
+    def __init__(self, client: Any, settings: Settings) -> None:
         self._client = client
         self._settings = settings
         self._made: dict[str, aredis.Redis] = {}
@@ -112,7 +113,22 @@ class NodeClients:
 
 
 _NODE_KWARGS = {
-    "username", "password", "db", "socket_timeout", "socket_connect_timeout", "socket_keepalive",
-    "ssl", "ssl_keyfile", "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs", "ssl_check_hostname",
-    "decode_responses", "encoding", "encoding_errors", "client_name", "protocol", "retry",
+    "username",
+    "password",
+    "db",
+    "socket_timeout",
+    "socket_connect_timeout",
+    "socket_keepalive",
+    "ssl",
+    "ssl_keyfile",
+    "ssl_certfile",
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_check_hostname",
+    "decode_responses",
+    "encoding",
+    "encoding_errors",
+    "client_name",
+    "protocol",
+    "retry",
 }

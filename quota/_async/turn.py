@@ -9,8 +9,9 @@ it by ``scripts/unasync.py``. Every rule is elsewhere: what a turn decides in
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Mapping
 from decimal import Decimal
-from typing import Any, Awaitable, Mapping
+from typing import Any
 
 from .._errors import QuotaError, RequestConflict, StorageUnavailable
 from .._money import nano_to_decimal
@@ -31,8 +32,15 @@ class AsyncTurn:
     the record still completes. Streams cut short by a cancellation are counted the same way.
     """
 
-    def __init__(self, meter: AsyncScriptRunner, user: str, model_id: str, *, on_unavailable: str | None = None,
-                 hold: object = None):
+    def __init__(
+        self,
+        meter: AsyncScriptRunner,
+        user: str,
+        model_id: str,
+        *,
+        on_unavailable: str | None = None,
+        hold: object = None,
+    ) -> None:
         self.meter = meter
         self.rules = TurnRules(meter.core, meter.turn_options, user, model_id, on_unavailable, hold)
 
@@ -53,7 +61,7 @@ class AsyncTurn:
         """The part of the credit this turn reserved when it started (0 for custom models)."""
         return nano_to_decimal(self.rules.hold_nano)
 
-    async def __aenter__(self) -> "AsyncTurn":
+    async def __aenter__(self) -> AsyncTurn:
         begin = self.rules.begin_call()
         try:
             if begin is None:
@@ -85,7 +93,7 @@ class AsyncTurn:
         end = self.rules.end_call()
         if end is not None:
             try:
-                await shield(self.meter.run(end))   # a cancelled turn still gives its hold back
+                await shield(self.meter.run(end))  # a cancelled turn still gives its hold back
             except QuotaError as error:
                 self.rules.ended(error)
             else:
@@ -93,18 +101,32 @@ class AsyncTurn:
         if self.meter.turn_options.replay_due():
             in_background(self.meter.turn_options, _replay_quietly, self.meter)  # the reply is done
 
-    async def record(self, usage: Any = None, /, *, model_id: str | None = None,
-                     input_tokens: int | None = None, output_tokens: int | None = None,
-                     request_id: str | None = None, price: Mapping[str, Any] | None = None,
-                     estimated: bool | None = None) -> Recorded:
+    async def record(
+        self,
+        usage: Any = None,
+        /,
+        *,
+        model_id: str | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        request_id: str | None = None,
+        price: Mapping[str, Any] | None = None,
+        estimated: bool | None = None,
+    ) -> Recorded:
         """Count one LLM call of this turn (any model; default the turn's). Never raises for the credit.
 
         ``usage`` is a response, a usage object/dict or a :class:`~quota._usage.Usage`; or pass
         ``input_tokens`` and ``output_tokens``. Bad input raises ``InvalidInput`` and changes nothing.
         """
-        pending = self.rules.prepare(usage, model_id=model_id, input_tokens=input_tokens,
-                                     output_tokens=output_tokens, request_id=request_id, price=price,
-                                     estimated=estimated)
+        pending = self.rules.prepare(
+            usage,
+            model_id=model_id,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            request_id=request_id,
+            price=price,
+            estimated=estimated,
+        )
         return await shield(self._send(pending))
 
     async def _send(self, pending: Pending) -> Recorded:
@@ -118,7 +140,7 @@ class AsyncTurn:
             spool = self.meter.turn_options.spool
             try:
                 if spool.durable:
-                    await to_thread(spool.append, pending.entry)   # it fsyncs: under asyncio, in a thread
+                    await to_thread(spool.append, pending.entry)  # it fsyncs: under asyncio, in a thread
                 else:
                     spool.append(pending.entry)
             except OSError as spool_error:
@@ -126,8 +148,9 @@ class AsyncTurn:
             return self.rules.spooled(pending, exc)
         return self.rules.counted(pending, result)
 
-    def stream(self, stream: Any, *, prompt: Any = None, model_id: str | None = None,
-               price: Mapping[str, Any] | None = None) -> "AsyncMeteredStream":
+    def stream(
+        self, stream: Any, *, prompt: Any = None, model_id: str | None = None, price: Mapping[str, Any] | None = None
+    ) -> AsyncMeteredStream:
         """Wrap a streaming response: chunks pass through, and the call is counted when the stream
         ends, fails, is closed, or is left behind when the turn ends (estimated if no usage came).
 
@@ -143,7 +166,7 @@ class AsyncTurn:
 class AsyncMeteredStream:
     """A stream that counts itself once. ``recorded`` holds the outcome once it is counted."""
 
-    def __init__(self, turn: AsyncTurn, source: Any, tally: StreamTally, model_id: str, price: Any):
+    def __init__(self, turn: AsyncTurn, source: Any, tally: StreamTally, model_id: str, price: Any) -> None:
         self.turn = turn
         self.source = source
         self.tally = tally
@@ -151,9 +174,9 @@ class AsyncMeteredStream:
         self.price = price
         self.recorded: Recorded | None = None
         self._iter = aiter(source)
-        self._recording: Any = None   # the count, started once (under asyncio, a task)
+        self._recording: Any = None  # the count, started once (under asyncio, a task)
 
-    def __aiter__(self) -> "AsyncMeteredStream":
+    def __aiter__(self) -> AsyncMeteredStream:
         return self
 
     async def __anext__(self) -> Any:
@@ -167,7 +190,7 @@ class AsyncMeteredStream:
         self.tally.feed(chunk)
         return chunk
 
-    async def __aenter__(self) -> "AsyncMeteredStream":
+    async def __aenter__(self) -> AsyncMeteredStream:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -9,7 +9,8 @@ no event loop to give work to.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from redis.cluster import RedisCluster
 
@@ -17,10 +18,10 @@ from .._config import Settings
 
 T = TypeVar("T")
 
-USE_ASYNCIO = False             # quota._connect.open_client builds redis clients
-ClusterClient = RedisCluster    # the cluster client class
+USE_ASYNCIO = False  # quota._connect.open_client builds redis clients
+ClusterClient = RedisCluster  # the cluster client class
 
-LOST_CONNECTION: tuple[type[Exception], ...] = ()   # the sync client reports a lost connection as such
+LOST_CONNECTION: tuple[type[Exception], ...] = ()  # the sync client reports a lost connection as such
 
 sleep = time.sleep
 
@@ -62,7 +63,7 @@ class ClusterStart:
     __slots__ = ()
     ready = True
 
-    def __init__(self, client: Any):
+    def __init__(self, client: Any) -> None:
         pass
 
     def wait(self) -> None:
@@ -76,7 +77,7 @@ class NodeClients:
     """Plain clients on single cluster nodes, for batches: redis-py's cluster pipeline refuses
     EVALSHA. The cluster client keeps one per node already (``get_redis_connection``)."""
 
-    def __init__(self, client: Any, settings: Settings):
+    def __init__(self, client: Any, settings: Settings) -> None:
         self._client = client
 
     def get(self, node_name: Any) -> Any:
@@ -86,4 +87,4 @@ class NodeClients:
         return self._client.get_redis_connection(self._client.get_node(node_name=node_name))
 
     def close(self) -> None:
-        pass   # the cluster client owns them
+        pass  # the cluster client owns them

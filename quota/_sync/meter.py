@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from redis.exceptions import NoScriptError
 
@@ -18,29 +19,30 @@ from .._batch import SendOne, Step, eval_args, evalsha_args, plan_batch
 from .._config import Settings
 from .._connect import (
     HISTORY_FROM_ENV,
+    REDIS_ERRORS,
     describe_client,
     error_of,
     history_from_settings,
     lost_connection,
     open_client,
-    REDIS_ERRORS,
     settings_with,
     slot_busy_pause,
     storage_errors,
 )
 from .._core import Clock, MeterCore, ScriptCall
 from .._errors import BatchError
+from .._prices import PriceTable
 from .._replay import ReplayReport
 from .._results import CreditResult, QuotaCheck, UsageResult
 from .._turn_rules import TurnOptions
 from ._compat import (
+    LOST_CONNECTION,
+    USE_ASYNCIO,
     ClusterClient,
     ClusterStart,
-    LOST_CONNECTION,
     NodeClients,
     sleep,
     to_thread,
-    USE_ASYNCIO,
     wait_background,
 )
 from .turn import Turn, replay
@@ -57,8 +59,17 @@ class Meter:
     ``_compat.to_thread``: in a thread for the asyncio client, in the caller's for the sync one.
     """
 
-    def __init__(self, client: Any, *, settings: Settings | None = None, clock: Clock | None = None,
-                 history: Any = None, spool: Any = None, on_unavailable: str = "allow", **overrides: Any):
+    def __init__(
+        self,
+        client: Any,
+        *,
+        settings: Settings | None = None,
+        clock: Clock | None = None,
+        history: Any = None,
+        spool: Any = None,
+        on_unavailable: str = "allow",
+        **overrides: Any,
+    ) -> None:
         self.core = MeterCore(settings_with(settings, overrides), clock)
         self.turn_options = TurnOptions(spool, on_unavailable)  # see quota._turn_rules
         self.client = client
@@ -68,7 +79,7 @@ class Meter:
         self._nodes = NodeClients(client, self.core.settings)
 
     @classmethod
-    def from_url(cls, url: str | None = None, *, cluster: bool | None = None, **options: Any) -> "Meter":
+    def from_url(cls, url: str | None = None, *, cluster: bool | None = None, **options: Any) -> Meter:
         """Make one on ``url`` (default ``REDIS_URL``): ``redis://``, ``rediss://``, ``unix://``,
         or ``redis+cluster://host:port`` for a cluster. Other options go to redis-py. The history
         store comes from ``QUOTA_HISTORY_URL`` unless ``history=`` is given (None: no history).
@@ -85,7 +96,7 @@ class Meter:
         return self.core.settings
 
     @property
-    def prices(self):  # noqa: ANN201 - PriceTable
+    def prices(self) -> PriceTable:
         return self.core.prices
 
     def close(self) -> None:
@@ -94,7 +105,7 @@ class Meter:
         self._nodes.close()
         self.client.close()
 
-    def __enter__(self) -> "Meter":
+    def __enter__(self) -> Meter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -102,12 +113,23 @@ class Meter:
 
     # --- operations ------------------------------------------------------------------------------
 
-    def update_token_usage(self, user: str, model_id: str, input_tokens: int, output_tokens: int, *,
-                           request_id: str | None = None, price: Mapping[str, Any] | None = None,
-                           estimated: bool = False) -> UsageResult:
+    def update_token_usage(
+        self,
+        user: str,
+        model_id: str,
+        input_tokens: int,
+        output_tokens: int,
+        *,
+        request_id: str | None = None,
+        price: Mapping[str, Any] | None = None,
+        estimated: bool = False,
+    ) -> UsageResult:
         """Count one LLM call. Never refuses for the credit; a repeated ``request_id`` counts once."""
-        return self.run(self.core.record(user, model_id, input_tokens, output_tokens,
-                                                request_id=request_id, price=price, estimated=estimated))
+        return self.run(
+            self.core.record(
+                user, model_id, input_tokens, output_tokens, request_id=request_id, price=price, estimated=estimated
+            )
+        )
 
     def update_token_usage_many(self, records: Iterable[Mapping[str, Any]]) -> list[UsageResult]:
         """Count many calls in one pipelined round trip per node; one result per record."""
@@ -146,8 +168,7 @@ class Meter:
 
     # --- agent-worker integration (quota.Turn) --------------------------------------------------
 
-    def turn(self, user: str, model_id: str, *, hold: Any = None,
-             on_unavailable: str | None = None) -> Turn:
+    def turn(self, user: str, model_id: str, *, hold: Any = None, on_unavailable: str | None = None) -> Turn:
         """``with meter.turn(user, model_id) as turn:`` admits the turn (QuotaExceeded when
         over) and counts every call of the reply with ``turn.record(...)`` / ``turn.stream(...)``.
 

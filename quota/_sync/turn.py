@@ -11,8 +11,9 @@ it by ``scripts/unasync.py``. Every rule is elsewhere: what a turn decides in
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, Mapping
+from typing import Any
 
 from .._errors import QuotaError, RequestConflict, StorageUnavailable
 from .._money import nano_to_decimal
@@ -33,8 +34,15 @@ class Turn:
     the record still completes. Streams cut short by a cancellation are counted the same way.
     """
 
-    def __init__(self, meter: ScriptRunner, user: str, model_id: str, *, on_unavailable: str | None = None,
-                 hold: object = None):
+    def __init__(
+        self,
+        meter: ScriptRunner,
+        user: str,
+        model_id: str,
+        *,
+        on_unavailable: str | None = None,
+        hold: object = None,
+    ) -> None:
         self.meter = meter
         self.rules = TurnRules(meter.core, meter.turn_options, user, model_id, on_unavailable, hold)
 
@@ -55,7 +63,7 @@ class Turn:
         """The part of the credit this turn reserved when it started (0 for custom models)."""
         return nano_to_decimal(self.rules.hold_nano)
 
-    def __enter__(self) -> "Turn":
+    def __enter__(self) -> Turn:
         begin = self.rules.begin_call()
         try:
             if begin is None:
@@ -87,7 +95,7 @@ class Turn:
         end = self.rules.end_call()
         if end is not None:
             try:
-                shield(self.meter.run(end))   # a cancelled turn still gives its hold back
+                shield(self.meter.run(end))  # a cancelled turn still gives its hold back
             except QuotaError as error:
                 self.rules.ended(error)
             else:
@@ -95,18 +103,32 @@ class Turn:
         if self.meter.turn_options.replay_due():
             in_background(self.meter.turn_options, _replay_quietly, self.meter)  # the reply is done
 
-    def record(self, usage: Any = None, /, *, model_id: str | None = None,
-               input_tokens: int | None = None, output_tokens: int | None = None,
-               request_id: str | None = None, price: Mapping[str, Any] | None = None,
-               estimated: bool | None = None) -> Recorded:
+    def record(
+        self,
+        usage: Any = None,
+        /,
+        *,
+        model_id: str | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        request_id: str | None = None,
+        price: Mapping[str, Any] | None = None,
+        estimated: bool | None = None,
+    ) -> Recorded:
         """Count one LLM call of this turn (any model; default the turn's). Never raises for the credit.
 
         ``usage`` is a response, a usage object/dict or a :class:`~quota._usage.Usage`; or pass
         ``input_tokens`` and ``output_tokens``. Bad input raises ``InvalidInput`` and changes nothing.
         """
-        pending = self.rules.prepare(usage, model_id=model_id, input_tokens=input_tokens,
-                                     output_tokens=output_tokens, request_id=request_id, price=price,
-                                     estimated=estimated)
+        pending = self.rules.prepare(
+            usage,
+            model_id=model_id,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            request_id=request_id,
+            price=price,
+            estimated=estimated,
+        )
         return shield(self._send(pending))
 
     def _send(self, pending: Pending) -> Recorded:
@@ -120,7 +142,7 @@ class Turn:
             spool = self.meter.turn_options.spool
             try:
                 if spool.durable:
-                    to_thread(spool.append, pending.entry)   # it fsyncs: under asyncio, in a thread
+                    to_thread(spool.append, pending.entry)  # it fsyncs: under asyncio, in a thread
                 else:
                     spool.append(pending.entry)
             except OSError as spool_error:
@@ -128,8 +150,9 @@ class Turn:
             return self.rules.spooled(pending, exc)
         return self.rules.counted(pending, result)
 
-    def stream(self, stream: Any, *, prompt: Any = None, model_id: str | None = None,
-               price: Mapping[str, Any] | None = None) -> "MeteredStream":
+    def stream(
+        self, stream: Any, *, prompt: Any = None, model_id: str | None = None, price: Mapping[str, Any] | None = None
+    ) -> MeteredStream:
         """Wrap a streaming response: chunks pass through, and the call is counted when the stream
         ends, fails, is closed, or is left behind when the turn ends (estimated if no usage came).
 
@@ -145,7 +168,7 @@ class Turn:
 class MeteredStream:
     """A stream that counts itself once. ``recorded`` holds the outcome once it is counted."""
 
-    def __init__(self, turn: Turn, source: Any, tally: StreamTally, model_id: str, price: Any):
+    def __init__(self, turn: Turn, source: Any, tally: StreamTally, model_id: str, price: Any) -> None:
         self.turn = turn
         self.source = source
         self.tally = tally
@@ -153,9 +176,9 @@ class MeteredStream:
         self.price = price
         self.recorded: Recorded | None = None
         self._iter = iter(source)
-        self._recording: Any = None   # the count, started once (under asyncio, a task)
+        self._recording: Any = None  # the count, started once (under asyncio, a task)
 
-    def __iter__(self) -> "MeteredStream":
+    def __iter__(self) -> MeteredStream:
         return self
 
     def __next__(self) -> Any:
@@ -169,7 +192,7 @@ class MeteredStream:
         self.tally.feed(chunk)
         return chunk
 
-    def __enter__(self) -> "MeteredStream":
+    def __enter__(self) -> MeteredStream:
         return self
 
     def __exit__(self, *exc: object) -> None:

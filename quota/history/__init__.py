@@ -13,6 +13,16 @@ from .scheduler import Scheduler, next_run, parse_at
 from .store import SCHEMA_VERSION, HistoryStore, Snapshot, describe_db, normalize_url
 
 __all__ = [
-    "DEFAULT_BATCH", "DumpMeter", "DumpReport", "HistoryStore", "SCHEMA_VERSION", "Scheduler", "Snapshot",
-    "describe_db", "dump_expired_months", "next_run", "normalize_url", "parse_at",
+    "DEFAULT_BATCH",
+    "DumpMeter",
+    "DumpReport",
+    "HistoryStore",
+    "SCHEMA_VERSION",
+    "Scheduler",
+    "Snapshot",
+    "describe_db",
+    "dump_expired_months",
+    "next_run",
+    "normalize_url",
+    "parse_at",
 ]

@@ -33,17 +33,18 @@ import random
 import secrets
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.cluster import RedisCluster
 
+from .. import _scripts as scripts
 from .._batch import REROUTE
 from .._connect import describe_client, storage_errors
 from .._core import ScriptCall
 from .._errors import InvalidInput, StorageUnavailable
 from .._keys import FIELD_DUMP_SEQ, KeySchema, month_of, validate_month
-from .. import _scripts as scripts
 from .._scripts import LuaScript
 from .._stats import MonthUsage
 from .store import HistoryStore, Snapshot
@@ -54,8 +55,8 @@ if TYPE_CHECKING:
 
 
 SCAN_COUNT = 1000
-DEFAULT_BATCH = 5000        # user-months per SQL transaction
-GROUP_KEYS = 100            # user-months per script call (one slot on a cluster)
+DEFAULT_BATCH = 5000  # user-months per SQL transaction
+GROUP_KEYS = 100  # user-months per script call (one slot on a cluster)
 DELETED, CHANGED, GONE = 1, 0, -1
 
 log = logging.getLogger("quota.dump")
@@ -73,8 +74,8 @@ class DumpReport:
     models: int = 0
     changed: int = 0
     unreadable: int = 0
-    seen: int = 0            # expired user-months read so far
-    estimate: int = 0        # keys in Redis when the run started (DBSIZE): a progress bound
+    seen: int = 0  # expired user-months read so far
+    estimate: int = 0  # keys in Redis when the run started (DBSIZE): a progress bound
     seconds: float = 0.0
 
     @property
@@ -83,10 +84,14 @@ class DumpReport:
 
     def summary(self) -> str:
         if self.dry_run:
-            return (f"dry run: would archive {self.archived} user-months ({self.models} models) "
-                    f"before {self.before}, skipped {self.skipped}, in {self.seconds:.1f} s")
-        return (f"archived {self.archived} user-months ({self.models} models), "
-                f"skipped {self.skipped}, in {self.seconds:.1f} s")
+            return (
+                f"dry run: would archive {self.archived} user-months ({self.models} models) "
+                f"before {self.before}, skipped {self.skipped}, in {self.seconds:.1f} s"
+            )
+        return (
+            f"archived {self.archived} user-months ({self.models} models), "
+            f"skipped {self.skipped}, in {self.seconds:.1f} s"
+        )
 
 
 class DumpMeter(Protocol):
@@ -127,8 +132,9 @@ def dump_expired_months(
     current = month_of(now)
     before = current if before is None else validate_month(before)
     if before > current:
-        raise InvalidInput(f"before must not be after the current month {current}: "
-                           "the live month is still being written")
+        raise InvalidInput(
+            f"before must not be after the current month {current}: the live month is still being written"
+        )
     if not 1 <= batch_size <= 100_000:
         raise InvalidInput("batch_size must be from 1 to 100000")
     schema = KeySchema(settings.prefix)
@@ -161,8 +167,9 @@ def dump_expired_months(
             report.archived += len(read)
             report.models += sum(len(snap.usage.models) for _, snap in read)
         elif read:
-            store.write_snapshots([snap for _, snap in read], is_system=settings.prices.is_system,
-                                  prefix=settings.prefix, now=now)
+            store.write_snapshots(
+                [snap for _, snap in read], is_system=settings.prices.is_system, prefix=settings.prefix, now=now
+            )
             _delete_unchanged(meter, read, slot_of, report)
         report.seconds = time.perf_counter() - started
         if on_progress is not None:
@@ -174,7 +181,7 @@ def dump_expired_months(
 
 # --- Redis side -----------------------------------------------------------------------------------
 
-Key = tuple[str, str, str]   # (key, user, month)
+Key = tuple[str, str, str]  # (key, user, month)
 
 
 def _primaries(client: Any) -> list[tuple[str, Any]]:
@@ -200,11 +207,11 @@ def _groups(items: list[Any], key_of: Callable[[Any], str], slot_of: Callable[[s
     server, was the limit at one key per call. GROUP_KEYS bounds how long one call holds the
     server (about 1 ms)."""
     if slot_of is None:
-        return [items[i:i + GROUP_KEYS] for i in range(0, len(items), GROUP_KEYS)]
+        return [items[i : i + GROUP_KEYS] for i in range(0, len(items), GROUP_KEYS)]
     by_slot: dict[int, list[Any]] = {}
     for item in items:
         by_slot.setdefault(slot_of(key_of(item)), []).append(item)
-    return [group[i:i + GROUP_KEYS] for group in by_slot.values() for i in range(0, len(group), GROUP_KEYS)]
+    return [group[i : i + GROUP_KEYS] for group in by_slot.values() for i in range(0, len(group), GROUP_KEYS)]
 
 
 def _expired_keys(node: Any, where: str, schema: KeySchema, before: str, batch_size: int) -> Iterator[list[Key]]:
@@ -237,13 +244,20 @@ def _new_generation() -> str:
     return str(_random.randrange(1, 10**18))
 
 
-def _run_groups(meter: DumpMeter, script: LuaScript, groups: list[list[Any]],
-                args_of: Callable[[Any], Any], key_of: Callable[[Any], str]) -> list[tuple[Any, Any]]:
+def _run_groups(
+    meter: DumpMeter,
+    script: LuaScript,
+    groups: list[list[Any]],
+    args_of: Callable[[Any], Any],
+    key_of: Callable[[Any], str],
+) -> list[tuple[Any, Any]]:
     """Run ``script`` once per group through the meter's batch path (quota._batch: one pipeline
     per node, scripts reloaded after NOSCRIPT, redirected calls resent through the cluster
     client); ``(item, reply for that item)`` pairs. A node that stays away fails the run."""
-    calls = [ScriptCall(script, tuple(key_of(i) for i in group), tuple(args_of(i) for i in group), _identity)
-             for group in groups]
+    calls = [
+        ScriptCall(script, tuple(key_of(i) for i in group), tuple(args_of(i) for i in group), _identity)
+        for group in groups
+    ]
     out: list[tuple[Any, Any]] = []
     for group, reply in zip(groups, meter.run_many(calls)):
         if isinstance(reply, REROUTE):
@@ -256,8 +270,9 @@ def _run_groups(meter: DumpMeter, script: LuaScript, groups: list[list[Any]],
     return out
 
 
-def _read(meter: DumpMeter, node: Any, where: str, batch: list[Key], slot_of: Callable[[str], int] | None,
-          dry_run: bool) -> tuple[list[tuple[str, Snapshot]], int]:
+def _read(
+    meter: DumpMeter, node: Any, where: str, batch: list[Key], slot_of: Callable[[str], int] | None, dry_run: bool
+) -> tuple[list[tuple[str, Snapshot]], int]:
     """``(key, snapshot)`` for each hash of ``batch`` that still exists and parses, and how
     many could not be read (left in Redis, logged)."""
     if dry_run:
@@ -267,8 +282,9 @@ def _read(meter: DumpMeter, node: Any, where: str, batch: list[Key], slot_of: Ca
                 pipe.hgetall(key)
             replies = list(zip(batch, (_dry_reply(r) for r in pipe.execute(raise_on_error=False))))
     else:
-        replies = _run_groups(meter, scripts.SNAPSHOT_MONTH, _groups(batch, _first, slot_of),
-                              lambda _: _new_generation(), _first)
+        replies = _run_groups(
+            meter, scripts.SNAPSHOT_MONTH, _groups(batch, _first, slot_of), lambda _: _new_generation(), _first
+        )
     snapshots: list[tuple[str, Snapshot]] = []
     unreadable = 0
     seq_field = FIELD_DUMP_SEQ.encode()
@@ -344,11 +360,14 @@ def _dry_reply(reply: Any) -> Any:
     return [None, [x for pair in reply.items() for x in pair]]
 
 
-def _delete_unchanged(meter: DumpMeter, written: list[tuple[str, Snapshot]], slot_of: Callable[[str], int] | None,
-                      report: DumpReport) -> None:
+def _delete_unchanged(
+    meter: DumpMeter, written: list[tuple[str, Snapshot]], slot_of: Callable[[str], int] | None, report: DumpReport
+) -> None:
     """Step 4, after the commit: delete each hash that is still exactly what was archived."""
     groups = _groups(written, _first, slot_of)
-    for (key, snap), reply in _run_groups(meter, scripts.DELETE_IF_UNCHANGED, groups, lambda w: w[1].fingerprint, _first):
+    for (key, snap), reply in _run_groups(
+        meter, scripts.DELETE_IF_UNCHANGED, groups, lambda w: w[1].fingerprint, _first
+    ):
         if isinstance(reply, Exception):
             raise StorageUnavailable(f"Redis: cannot delete the archived month {key}: {reply}")
         if int(reply) == CHANGED:

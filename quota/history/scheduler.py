@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from datetime import datetime, time, timedelta, timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC, datetime, time, timedelta
 
 from .._core import Clock, utc_now
 from .._errors import InvalidInput, QuotaError
@@ -36,8 +36,8 @@ def parse_at(text: str) -> time:
 
 def next_run(now: datetime, at: time) -> datetime:
     """The first ``at`` (UTC) strictly after ``now``."""
-    now = now.astimezone(timezone.utc)
-    candidate = datetime.combine(now.date(), at, tzinfo=timezone.utc)
+    now = now.astimezone(UTC)
+    candidate = datetime.combine(now.date(), at, tzinfo=UTC)
     return candidate if candidate > now else candidate + timedelta(days=1)
 
 
@@ -48,8 +48,15 @@ class Scheduler:
     returns True when the scheduler should stop.
     """
 
-    def __init__(self, job: Callable[[], str], *, at: time, clock: Clock | None = None,
-                 sleep: Callable[[float], bool] | None = None, retry_s: float = 600.0):
+    def __init__(
+        self,
+        job: Callable[[], str],
+        *,
+        at: time,
+        clock: Clock | None = None,
+        sleep: Callable[[float], bool] | None = None,
+        retry_s: float = 600.0,
+    ) -> None:
         self.job = job
         self.at = at
         self.clock = clock or utc_now
@@ -105,4 +112,4 @@ class Scheduler:
 
 
 def _iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 from urllib.parse import unquote
 
 from sqlalchemy import (
@@ -50,7 +51,14 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    OperationalError,
+    ProgrammingError,
+    SQLAlchemyError,
+)
 
 from .._config import DEFAULT_HISTORY_URL, Settings
 from .._errors import ConfigError, StorageUnavailable
@@ -63,27 +71,30 @@ _LOCK_KEY = 0x71756F7461  # "quota": the PostgreSQL advisory lock taken while cr
 metadata = MetaData()
 
 schema_version = Table(
-    "quota_schema_version", metadata,
+    "quota_schema_version",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),  # always 1: a single row
     Column("version", Integer, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 month_snapshot = Table(
-    "quota_month_snapshot", metadata,
+    "quota_month_snapshot",
+    metadata,
     Column("prefix", String(32), primary_key=True),
     Column("user_id", String(128), primary_key=True),
-    Column("month", String(7), primary_key=True),                   # YYYY-MM, UTC
+    Column("month", String(7), primary_key=True),  # YYYY-MM, UTC
     Column("generation", BigInteger, primary_key=True, autoincrement=False),
-    Column("seq", BigInteger, nullable=False),                      # dump_seq of this snapshot
-    Column("credit_nano", BigInteger, nullable=True),               # NULL: the default credit applied
+    Column("seq", BigInteger, nullable=False),  # dump_seq of this snapshot
+    Column("credit_nano", BigInteger, nullable=True),  # NULL: the default credit applied
     Column("system_used_nano", BigInteger, nullable=False),
     Column("first_archived_at", DateTime(timezone=True), nullable=False),
     Column("archived_at", DateTime(timezone=True), nullable=False),
 )
 
 model_snapshot = Table(
-    "quota_model_snapshot", metadata,
+    "quota_model_snapshot",
+    metadata,
     Column("prefix", String(32), primary_key=True),
     Column("user_id", String(128), primary_key=True),
     Column("month", String(7), primary_key=True),
@@ -182,8 +193,9 @@ class Snapshot:
 
     __slots__ = ("user", "month", "generation", "seq", "usage", "fingerprint")
 
-    def __init__(self, user: str, month: str, generation: int, seq: int, usage: MonthUsage,
-                 fingerprint: Any = None):
+    def __init__(
+        self, user: str, month: str, generation: int, seq: int, usage: MonthUsage, fingerprint: Any = None
+    ) -> None:
         self.user, self.month, self.generation, self.seq = user, month, generation, seq
         self.usage, self.fingerprint = usage, fingerprint
 
@@ -196,7 +208,7 @@ class HistoryStore:
     several prefixes (a demo and production) can share one database without mixing.
     """
 
-    def __init__(self, url: str = DEFAULT_HISTORY_URL, *, prefix: str = "quota", **engine_options: Any):
+    def __init__(self, url: str = DEFAULT_HISTORY_URL, *, prefix: str = "quota", **engine_options: Any) -> None:
         self.url = normalize_url(url)
         self.prefix = validate_prefix(prefix)
         self.where = describe_db(self.url)
@@ -204,10 +216,17 @@ class HistoryStore:
             parsed = make_url(self.url)
             parsed.port  # noqa: B018 - a port that is not a number raises here (ValueError)
         except (ArgumentError, ValueError) as exc:
-            raise ConfigError(redact(f"invalid history database URL ({exc}): use sqlite:///file.db or "
-                                     "postgresql://user:password@host:port/db", url)) from None
+            raise ConfigError(
+                redact(
+                    f"invalid history database URL ({exc}): use sqlite:///file.db or "
+                    "postgresql://user:password@host:port/db",
+                    url,
+                )
+            ) from None
         self.dialect = parsed.get_backend_name()
-        self._sqlite_file = parsed.database if self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:") else None
+        self._sqlite_file = (
+            parsed.database if self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:") else None
+        )
         options: dict[str, Any] = {}
         if self.dialect == "postgresql":
             options = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}}
@@ -223,14 +242,17 @@ class HistoryStore:
         self._model_upsert = self._upsert(model_snapshot)
 
     @classmethod
-    def from_url(cls, url: str | None = None, *, prefix: str | None = None, **engine_options: Any) -> "HistoryStore":
+    def from_url(cls, url: str | None = None, *, prefix: str | None = None, **engine_options: Any) -> HistoryStore:
         """A store on ``url`` (default: ``QUOTA_HISTORY_URL``, else ``sqlite:///quota-history.db``)."""
         settings = Settings.from_env() if url is None or prefix is None else None
-        return cls(url or settings.history_url, prefix=prefix or settings.prefix,  # type: ignore[union-attr]
-                   **engine_options)
+        return cls(
+            url or settings.history_url,
+            prefix=prefix or settings.prefix,  # type: ignore[union-attr]
+            **engine_options,
+        )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "HistoryStore":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> HistoryStore:
         settings = Settings.from_env(env)
         return cls(settings.history_url, prefix=settings.prefix)
 
@@ -240,7 +262,7 @@ class HistoryStore:
     def close(self) -> None:
         self.engine.dispose()
 
-    def __enter__(self) -> "HistoryStore":
+    def __enter__(self) -> HistoryStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -269,7 +291,7 @@ class HistoryStore:
 
     def _create_or_migrate(self, conn: Connection) -> None:
         version = _read_version(conn)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         if version is None:
             metadata.create_all(conn)
             for ddl in VIEWS.values():
@@ -296,15 +318,23 @@ class HistoryStore:
             return False
         _refuse_newer(version, self.where)
         if version < SCHEMA_VERSION:
-            raise ConfigError(f"the history database at {self.where} has schema version {version}; "
-                              f"run `quota dump` once to migrate it to {SCHEMA_VERSION}")
+            raise ConfigError(
+                f"the history database at {self.where} has schema version {version}; "
+                f"run `quota dump` once to migrate it to {SCHEMA_VERSION}"
+            )
         self._schema_ready = True
         return True
 
     # --- writes ----------------------------------------------------------------------------------
 
-    def write_snapshots(self, snapshots: Sequence[Snapshot], *, is_system: Callable[[str], bool],
-                        prefix: str | None = None, now: datetime | None = None) -> int:
+    def write_snapshots(
+        self,
+        snapshots: Sequence[Snapshot],
+        *,
+        is_system: Callable[[str], bool],
+        prefix: str | None = None,
+        now: datetime | None = None,
+    ) -> int:
         """Write ``snapshots`` in one transaction; the number of model rows written.
 
         Each snapshot replaces the stored one of the same generation when its ``seq`` is not
@@ -314,7 +344,7 @@ class HistoryStore:
             return 0
         self.ensure_schema()
         prefix = validate_prefix(prefix or self.prefix)
-        at = self._month_upsert.bind_value("archived_at", now or datetime.now(timezone.utc))
+        at = self._month_upsert.bind_value("archived_at", now or datetime.now(UTC))
         months: list[tuple[Any, ...]] = []
         models: list[tuple[Any, ...]] = []
         system: dict[str, bool] = {}
@@ -328,25 +358,37 @@ class HistoryStore:
                 flag = system.get(model_id)
                 if flag is None:
                     flag = system[model_id] = bool(is_system(model_id))
-                models.append((prefix, user, month, gen, model_id, seq, m.input_tokens, m.output_tokens,
-                               m.cost_nano, m.calls, m.estimated_calls, flag))
+                models.append(
+                    (
+                        prefix,
+                        user,
+                        month,
+                        gen,
+                        model_id,
+                        seq,
+                        m.input_tokens,
+                        m.output_tokens,
+                        m.cost_nano,
+                        m.calls,
+                        m.estimated_calls,
+                        flag,
+                    )
+                )
         with self.errors(), self.engine.begin() as conn:
             self._month_upsert.execute(conn, months)
             if models:
                 self._model_upsert.execute(conn, models)
         return len(models)
 
-    def _upsert(self, table: Table, keep: tuple[str, ...] = ()) -> "_BulkUpsert":
+    def _upsert(self, table: Table, keep: tuple[str, ...] = ()) -> _BulkUpsert:
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         else:
             from sqlalchemy.dialects.sqlite import insert
         stmt = insert(table)
         keys = [c.name for c in table.primary_key.columns]
-        changes = {c.name: stmt.excluded[c.name] for c in table.columns
-                   if not c.primary_key and c.name not in keep}
-        upsert = stmt.on_conflict_do_update(index_elements=keys, set_=changes,
-                                            where=stmt.excluded.seq >= table.c.seq)
+        changes = {c.name: stmt.excluded[c.name] for c in table.columns if not c.primary_key and c.name not in keep}
+        upsert = stmt.on_conflict_do_update(index_elements=keys, set_=changes, where=stmt.excluded.seq >= table.c.seq)
         return _BulkUpsert(upsert, table, self.engine)
 
     # --- reads -----------------------------------------------------------------------------------
@@ -368,17 +410,26 @@ class HistoryStore:
             where = lambda t: (t.c.prefix == self.prefix) & (t.c.user_id == user) & t.c.month.in_(wanted)  # noqa: E731
             with self.engine.connect() as conn:
                 rows = conn.execute(
-                    select(month_snapshot.c.month, month_snapshot.c.generation, month_snapshot.c.credit_nano,
-                           month_snapshot.c.system_used_nano)
+                    select(
+                        month_snapshot.c.month,
+                        month_snapshot.c.generation,
+                        month_snapshot.c.credit_nano,
+                        month_snapshot.c.system_used_nano,
+                    )
                     .where(where(month_snapshot))
-                    .order_by(month_snapshot.c.month, month_snapshot.c.first_archived_at,
-                              month_snapshot.c.generation)
+                    .order_by(month_snapshot.c.month, month_snapshot.c.first_archived_at, month_snapshot.c.generation)
                 ).all()
                 model_rows = conn.execute(
-                    select(model_snapshot.c.month, model_snapshot.c.generation, model_snapshot.c.model_id,
-                           model_snapshot.c.input_tokens, model_snapshot.c.output_tokens,
-                           model_snapshot.c.cost_nano, model_snapshot.c.calls, model_snapshot.c.estimated_calls)
-                    .where(where(model_snapshot))
+                    select(
+                        model_snapshot.c.month,
+                        model_snapshot.c.generation,
+                        model_snapshot.c.model_id,
+                        model_snapshot.c.input_tokens,
+                        model_snapshot.c.output_tokens,
+                        model_snapshot.c.cost_nano,
+                        model_snapshot.c.calls,
+                        model_snapshot.c.estimated_calls,
+                    ).where(where(model_snapshot))
                 ).all()
         parts: dict[tuple[str, int], MonthUsage] = {}
         for month, gen, credit, used in rows:
@@ -435,7 +486,7 @@ class _BulkUpsert:
     itself (it halved the dump's throughput). Rows are tuples in table column order; the only
     value that needs a type conversion (the archive time) is converted once per batch."""
 
-    def __init__(self, statement: Any, table: Table, engine: Engine):
+    def __init__(self, statement: Any, table: Table, engine: Engine) -> None:
         compiled = statement.compile(dialect=engine.dialect)
         self.sql = str(compiled)
         self.table = table
@@ -468,8 +519,10 @@ def _read_version(conn: Connection) -> int | None:
 
 def _refuse_newer(version: int, where: str) -> None:
     if version > SCHEMA_VERSION:
-        raise ConfigError(f"the history database at {where} has schema version {version}, newer than this "
-                          f"quota ({SCHEMA_VERSION}): upgrade quota")
+        raise ConfigError(
+            f"the history database at {where} has schema version {version}, newer than this "
+            f"quota ({SCHEMA_VERSION}): upgrade quota"
+        )
 
 
 def create_private_file(path: str, what: str) -> None:
@@ -498,6 +551,7 @@ def _sqlite_setup(engine: Engine, path: str | None) -> None:
     private (:func:`create_private_file`); reads never get here for a file that does not exist."""
 
     if path is not None:
+
         @event.listens_for(engine, "do_connect")
         def _private_file(*_args: Any) -> None:
             create_private_file(path, "history database")

@@ -12,30 +12,38 @@ import asyncio
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from quota import AsyncMeter, Meter
 from quota._errors import BatchError, StorageUnavailable
 
-MODEL = "system_deepseek"                      # 1,000 nano-CNY per input token, 2,000 per output token
-USERS = ("hot", "u1", "u2", "u3")              # half of all records go to "hot"
+MODEL = "system_deepseek"  # 1,000 nano-CNY per input token, 2,000 per output token
+USERS = ("hot", "u1", "u2", "u3")  # half of all records go to "hot"
 MONTH = "2026-03"
-GIVE_UP_S = 90.0                               # a record still failing after this is an error
+GIVE_UP_S = 90.0  # a record still failing after this is an error
 
 
 def pinned_clock() -> datetime:
     """Every scenario records into one month, whatever the wall clock says."""
-    return datetime(2026, 3, 15, 12, 0, tzinfo=timezone.utc)
+    return datetime(2026, 3, 15, 12, 0, tzinfo=UTC)
 
 
 def make_records(tag: str, worker: int, count: int) -> list[dict[str, Any]]:
     records = []
     for i in range(count):
         user = "hot" if i % 2 == 0 else USERS[1 + (i // 2) % (len(USERS) - 1)]
-        records.append(dict(user=user, model_id=MODEL, input_tokens=1 + (i % 7), output_tokens=i % 3,
-                            request_id=f"{tag}-w{worker}-{i}"))
+        records.append(
+            dict(
+                user=user,
+                model_id=MODEL,
+                input_tokens=1 + (i % 7),
+                output_tokens=i % 3,
+                request_id=f"{tag}-w{worker}-{i}",
+            )
+        )
     return records
 
 
@@ -66,12 +74,12 @@ def read_totals(client: Any, prefix: str, users: set[str] | list[str]) -> dict[s
 class Tally:
     """What the callers saw, added up over all workers (thread-safe)."""
 
-    sent: int = 0                  # distinct records handed to the meter
-    acked: int = 0                 # records acknowledged (counted, or found counted already)
-    retried_records: int = 0       # records that needed more than one attempt
-    failed_attempts: int = 0       # attempts that ended in StorageUnavailable
-    duplicate_acks: int = 0        # acknowledged as "already counted": an earlier attempt had run
-    errors: list[BaseException] = field(default_factory=list)   # errors that reached a caller
+    sent: int = 0  # distinct records handed to the meter
+    acked: int = 0  # records acknowledged (counted, or found counted already)
+    retried_records: int = 0  # records that needed more than one attempt
+    failed_attempts: int = 0  # attempts that ended in StorageUnavailable
+    duplicate_acks: int = 0  # acknowledged as "already counted": an earlier attempt had run
+    errors: list[BaseException] = field(default_factory=list)  # errors that reached a caller
     acked_ids: list[str] = field(default_factory=list)
     failure_kinds: Counter = field(default_factory=Counter)  # why attempts failed, for the report
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -84,12 +92,19 @@ class Tally:
             return list(self.acked_ids)
 
     def figures(self) -> dict[str, int]:
-        return dict(sent=self.sent, acknowledged=self.acked, retried_records=self.retried_records,
-                    failed_attempts=self.failed_attempts, duplicate_acks=self.duplicate_acks,
-                    errors=len(self.errors), failure_kinds=dict(self.failure_kinds.most_common(4)))
+        return dict(
+            sent=self.sent,
+            acknowledged=self.acked,
+            retried_records=self.retried_records,
+            failed_attempts=self.failed_attempts,
+            duplicate_acks=self.duplicate_acks,
+            errors=len(self.errors),
+            failure_kinds=dict(self.failure_kinds.most_common(4)),
+        )
 
-    def _outcome(self, pending: list[dict[str, Any]], results: list[Any], retry: bool,
-                 tried: set[str]) -> list[dict[str, Any]]:
+    def _outcome(
+        self, pending: list[dict[str, Any]], results: list[Any], retry: bool, tried: set[str]
+    ) -> list[dict[str, Any]]:
         """Book one attempt's results; return the records to send again."""
         again = []
         with self.lock:
@@ -113,11 +128,18 @@ class Tally:
 
 
 def _chunks(records: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
-    return [records[i:i + size] for i in range(0, len(records), size)]
+    return [records[i : i + size] for i in range(0, len(records), size)]
 
 
-def run_sync(make_meter: Callable[[], Meter], records: list[dict[str, Any]], tally: Tally, *,
-             batch: int = 0, retry: bool = False, pause_s: float = 0.0) -> None:
+def run_sync(
+    make_meter: Callable[[], Meter],
+    records: list[dict[str, Any]],
+    tally: Tally,
+    *,
+    batch: int = 0,
+    retry: bool = False,
+    pause_s: float = 0.0,
+) -> None:
     """Send ``records`` one by one (``batch=0``) or ``batch`` at a time."""
     meter = make_meter()
     tried: set[str] = set()
@@ -150,8 +172,15 @@ def run_sync(make_meter: Callable[[], Meter], records: list[dict[str, Any]], tal
         meter.close()
 
 
-def run_async(make_meter: Callable[[], AsyncMeter], records: list[dict[str, Any]], tally: Tally, *,
-              batch: int = 0, retry: bool = False, concurrency: int = 4) -> None:
+def run_async(
+    make_meter: Callable[[], AsyncMeter],
+    records: list[dict[str, Any]],
+    tally: Tally,
+    *,
+    batch: int = 0,
+    retry: bool = False,
+    concurrency: int = 4,
+) -> None:
     """The asyncio twin of ``run_sync``: ``concurrency`` tasks on one AsyncMeter, in this thread."""
 
     async def main() -> None:
@@ -191,8 +220,16 @@ def run_async(make_meter: Callable[[], AsyncMeter], records: list[dict[str, Any]
     asyncio.run(main())
 
 
-def start_mixed(url: str, prefix: str, work: list[list[dict[str, Any]]], tally: Tally, *, batches: Sequence[int],
-                retry: bool, **meter_options: Any) -> list[threading.Thread]:
+def start_mixed(
+    url: str,
+    prefix: str,
+    work: list[list[dict[str, Any]]],
+    tally: Tally,
+    *,
+    batches: Sequence[int],
+    retry: bool,
+    **meter_options: Any,
+) -> list[threading.Thread]:
     """The scenarios' mixed load: ``len(batches)`` sync workers (a Meter each), then as many asyncio
     ones (an AsyncMeter each), worker i of each kind sending its list of ``work`` in batches of
     ``batches[i]`` (0: one by one), all on ``url`` with ``prefix`` and the pinned clock."""
@@ -208,7 +245,8 @@ def start_mixed(url: str, prefix: str, work: list[list[dict[str, Any]]], tally: 
     n = len(batches)
     return start_threads(
         [(run_sync, (sync_meter, work[i], tally), dict(retry=retry, batch=b)) for i, b in enumerate(batches)]
-        + [(run_async, (async_meter, work[n + i], tally), dict(retry=retry, batch=b)) for i, b in enumerate(batches)])
+        + [(run_async, (async_meter, work[n + i], tally), dict(retry=retry, batch=b)) for i, b in enumerate(batches)]
+    )
 
 
 class Repeat:
@@ -233,7 +271,7 @@ class Repeat:
         finally:
             client.close()
 
-    def __enter__(self) -> "Repeat":
+    def __enter__(self) -> Repeat:
         self._thread.start()
         return self
 
@@ -242,8 +280,9 @@ class Repeat:
         self._thread.join()
 
 
-def read_back(make_client: Callable[[], Any], prefix: str,
-              records: list[dict[str, Any]]) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
+def read_back(
+    make_client: Callable[[], Any], prefix: str, records: list[dict[str, Any]]
+) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
     """``(want, got)``: the totals ``records`` make, and the totals Redis holds for their users."""
     want = expected_totals(records)
     client = make_client()
@@ -255,9 +294,11 @@ def read_back(make_client: Callable[[], Any], prefix: str,
 
 def counted(got: dict[str, dict[str, int]], want: dict[str, dict[str, int]]) -> dict[str, int]:
     """The report's lines on what Redis counted against what was sent."""
-    return {"calls counted": sum(t["calls"] for t in got.values()),
-            "cost counted (nano-CNY)": sum(t["cost_nano"] for t in got.values()),
-            "cost expected (nano-CNY)": sum(t["cost_nano"] for t in want.values())}
+    return {
+        "calls counted": sum(t["calls"] for t in got.values()),
+        "cost counted (nano-CNY)": sum(t["cost_nano"] for t in got.values()),
+        "cost expected (nano-CNY)": sum(t["cost_nano"] for t in want.values()),
+    }
 
 
 def assert_exact(tally: Tally, records: list[dict[str, Any]], got: dict, want: dict) -> None:

@@ -39,13 +39,16 @@ def test_client_kill_loop_loses_nothing_and_counts_nothing_twice(server: RedisSe
 
     records = [r for w in work for r in w]
     want, got = read_back(server.client, PREFIX, records)
-    report("3. CLIENT KILL TYPE normal every 10 ms under load", {
-        **tally.figures(),
-        "CLIENT KILL sent": killer.count,
-        "connections killed": killer.total,
-        **counted(got, want),
-        "duration s": round(duration, 1),
-        "first errors": [repr(e) for e in tally.errors[:3]],
-    })
+    report(
+        "3. CLIENT KILL TYPE normal every 10 ms under load",
+        {
+            **tally.figures(),
+            "CLIENT KILL sent": killer.count,
+            "connections killed": killer.total,
+            **counted(got, want),
+            "duration s": round(duration, 1),
+            "first errors": [repr(e) for e in tally.errors[:3]],
+        },
+    )
     assert killer.total > 100, "the killer should have closed many connections"
     assert_exact(tally, records, got, want)

@@ -21,16 +21,26 @@ from redis.crc import key_slot
 from quota import AsyncMeter, Meter
 from quota.testing import RedisClusterProc
 
-from .load import (MONTH, Tally, assert_exact, counted, join_all, make_records, pinned_clock, read_back, report,
-                   start_mixed)
+from .load import (
+    MONTH,
+    Tally,
+    assert_exact,
+    counted,
+    join_all,
+    make_records,
+    pinned_clock,
+    read_back,
+    report,
+    start_mixed,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 PREFIX = "f4"
-PER_WORKER = 60_000        # an upper bound: the load runs until both events are over, then stops
-LOAD_STEP = 4000           # records acknowledged before, between and after the two events
-MIGRATE_STEP = 50          # keys per MIGRATE
-MIGRATE_PAUSE_S = 0.01     # between MIGRATE steps, so that the load meets the half-moved slot
+PER_WORKER = 60_000  # an upper bound: the load runs until both events are over, then stops
+LOAD_STEP = 4000  # records acknowledged before, between and after the two events
+MIGRATE_STEP = 50  # keys per MIGRATE
+MIGRATE_PAUSE_S = 0.01  # between MIGRATE steps, so that the load meets the half-moved slot
 
 
 def nodes_view(node: redis.Redis) -> list[dict]:
@@ -38,10 +48,20 @@ def nodes_view(node: redis.Redis) -> list[dict]:
     out = []
     for line in node.execute_command("CLUSTER", "NODES").decode().splitlines():
         parts = line.split()
-        slots = [tuple(int(x) for x in p.split("-")) if "-" in p else (int(p), int(p))
-                 for p in parts[8:] if not p.startswith("[")]
-        out.append(dict(id=parts[0], port=int(parts[1].split(":")[1].split("@")[0]),
-                        flags=parts[2].split(","), master=parts[3], slots=slots))
+        slots = [
+            tuple(int(x) for x in p.split("-")) if "-" in p else (int(p), int(p))
+            for p in parts[8:]
+            if not p.startswith("[")
+        ]
+        out.append(
+            dict(
+                id=parts[0],
+                port=int(parts[1].split(":")[1].split("@")[0]),
+                flags=parts[2].split(","),
+                master=parts[3],
+                slots=slots,
+            )
+        )
     return out
 
 
@@ -61,7 +81,8 @@ def wait_until(condition, what: str, timeout_s: float = 30.0, tally: Tally | Non
         except redis.RedisError:
             pass
         assert time.monotonic() - started < timeout_s, (
-            f"timed out waiting for {what}; {tally.figures() if tally else ''}")
+            f"timed out waiting for {what}; {tally.figures() if tally else ''}"
+        )
         time.sleep(0.05)
 
 
@@ -95,8 +116,11 @@ def failover(cluster: RedisClusterProc, slot: int) -> tuple[int, int, float]:
         # acknowledged writes that had not reached the replica yet.
         clients[replica["port"]].execute_command("CLUSTER", "FAILOVER")
         try:
-            wait_until(lambda: all(owner_port(c, slot) == replica["port"] for c in clients.values()),
-                       "every node to see the failover", timeout_s=12.0)
+            wait_until(
+                lambda: all(owner_port(c, slot) == replica["port"] for c in clients.values()),
+                "every node to see the failover",
+                timeout_s=12.0,
+            )
             break
         except AssertionError:
             if attempt == 2:
@@ -127,8 +151,9 @@ def migrate_slot(cluster: RedisClusterProc, slot: int) -> tuple[int, int, int, f
     for port in [dst_port, src_port] + [p for p in masters if p not in (src_port, dst_port)]:
         clients[port].execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[dst_port])
     took = time.monotonic() - started
-    wait_until(lambda: all(owner_port(c, slot) == dst_port for c in clients.values()),
-               "every node to see the slot's new owner")
+    wait_until(
+        lambda: all(owner_port(c, slot) == dst_port for c in clients.values()), "every node to see the slot's new owner"
+    )
     return src_port, dst_port, moved, took
 
 
@@ -145,8 +170,7 @@ def test_failover_and_slot_migration_under_load_keep_totals_exact(cluster: Redis
     src, dst, keys_moved, migrate_s = migrate_slot(cluster, hot_slot)
     acked_at_migration = tally.acked
     # The load must outlast both events, however long the failover took on a busy machine.
-    wait_until(lambda: tally.acked >= acked_at_migration + LOAD_STEP // 4, "the load after the migration",
-               tally=tally)
+    wait_until(lambda: tally.acked >= acked_at_migration + LOAD_STEP // 4, "the load after the migration", tally=tally)
     tally.stop.set()
     join_all(threads)
     duration = time.monotonic() - started
@@ -155,16 +179,19 @@ def test_failover_and_slot_migration_under_load_keep_totals_exact(cluster: Redis
     records = [r for w in work for r in w if r["request_id"] in acked]
     want, got = read_back(lambda: redis.cluster.RedisCluster(*cluster.startup), PREFIX, records)
     seen = errorstats(cluster)
-    report("4. Cluster failover and slot migration under load (3 masters + 3 replicas)", {
-        **tally.figures(),
-        "failover (old, new master port, s)": (old_port, new_port, round(failover_s, 2)),
-        "migration (slot, from, to, keys, s)": (hot_slot, src, dst, keys_moved, round(migrate_s, 2)),
-        "acked at failover / migration end": (acked_at_failover, acked_at_migration),
-        "server replies MOVED/ASK/TRYAGAIN": (seen.get("MOVED", 0), seen.get("ASK", 0), seen.get("TRYAGAIN", 0)),
-        **counted(got, want),
-        "duration s": round(duration, 1),
-        "first errors": [repr(e) for e in tally.errors[:3]],
-    })
+    report(
+        "4. Cluster failover and slot migration under load (3 masters + 3 replicas)",
+        {
+            **tally.figures(),
+            "failover (old, new master port, s)": (old_port, new_port, round(failover_s, 2)),
+            "migration (slot, from, to, keys, s)": (hot_slot, src, dst, keys_moved, round(migrate_s, 2)),
+            "acked at failover / migration end": (acked_at_failover, acked_at_migration),
+            "server replies MOVED/ASK/TRYAGAIN": (seen.get("MOVED", 0), seen.get("ASK", 0), seen.get("TRYAGAIN", 0)),
+            **counted(got, want),
+            "duration s": round(duration, 1),
+            "first errors": [repr(e) for e in tally.errors[:3]],
+        },
+    )
     assert len(acked) == len(records)  # each record acknowledged once
     assert acked_at_failover < acked_at_migration < tally.acked  # both events happened under load
     assert seen.get("MOVED", 0) > 0 and seen.get("ASK", 0) + seen.get("TRYAGAIN", 0) > 0
@@ -203,17 +230,23 @@ def test_records_wait_out_a_slot_held_half_migrated(small_cluster: RedisClusterP
     threading.Thread(target=hand_over, daemon=True).start()
     single = meter.update_token_usage("hot", "system_deepseek", 10, 0, request_id="single")
     waited_s = time.monotonic() - started
-    batch = meter.update_token_usage_many([
-        dict(user="hot", model_id="system_deepseek", input_tokens=100, output_tokens=0, request_id=f"b{i}")
-        for i in range(3)] + [dict(user="u1", model_id="system_deepseek", input_tokens=1000, output_tokens=0)])
+    batch = meter.update_token_usage_many(
+        [
+            dict(user="hot", model_id="system_deepseek", input_tokens=100, output_tokens=0, request_id=f"b{i}")
+            for i in range(3)
+        ]
+        + [dict(user="u1", model_id="system_deepseek", input_tokens=1000, output_tokens=0)]
+    )
 
     async def async_side() -> None:
         await ameter.update_token_usage("hot", "system_deepseek", 1000, 0, request_id="async")
         await ameter.aclose()
 
     asyncio.run(async_side())
-    report("4b. Records during a slot held half-migrated for 1 s", {
-        "keys moved before the hand-over": len(keys), "first record waited s": round(waited_s, 2)})
+    report(
+        "4b. Records during a slot held half-migrated for 1 s",
+        {"keys moved before the hand-over": len(keys), "first record waited s": round(waited_s, 2)},
+    )
     assert waited_s >= 0.9, "the record should have met the half-moved slot"
     assert not single.duplicate and not any(r.duplicate for r in batch)
     reader = redis.cluster.RedisCluster(*small_cluster.startup)

@@ -31,8 +31,20 @@ import redis
 from quota import Meter
 from quota.history import HistoryStore
 
-from ..history_support import (SETTINGS, USERS, archive_from_views, expired_keys_left, expired_months, fixed,
-                               month_hashes, plain, populate, run_dump, store_url, total_keys)
+from ..history_support import (
+    SETTINGS,
+    USERS,
+    archive_from_views,
+    expired_keys_left,
+    expired_months,
+    fixed,
+    month_hashes,
+    plain,
+    populate,
+    run_dump,
+    store_url,
+    total_keys,
+)
 from .load import report
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
@@ -55,8 +67,9 @@ def commands_processed(client: Any) -> int:
     return int(client.info("stats")["total_commands_processed"])
 
 
-def kill_once(env: dict[str, str], client: Any, months: list[str], rng: random.Random, n: int,
-              others: int) -> dict[str, Any]:
+def kill_once(
+    env: dict[str, str], client: Any, months: list[str], rng: random.Random, n: int, others: int
+) -> dict[str, Any]:
     """Start a dump and SIGKILL it at a random point; what happened, for the report.
 
     The points are chosen by the dump's progress, not by the clock (a dump of 12,000 user-months
@@ -75,7 +88,7 @@ def kill_once(env: dict[str, str], client: Any, months: list[str], rng: random.R
         how, target = "commands", rng.randint(3, 80)
         while proc.poll() is None and time.monotonic() < deadline:
             polls += 1
-            if commands_processed(client) - before - polls >= target:   # less our own INFO calls
+            if commands_processed(client) - before - polls >= target:  # less our own INFO calls
                 break
             time.sleep(0.0005)
     else:
@@ -89,13 +102,21 @@ def kill_once(env: dict[str, str], client: Any, months: list[str], rng: random.R
     at_s = time.monotonic() - started
     proc.communicate(timeout=30)
     after = expired_keys_left(client, months)
-    return {"kill": n + 1, "how": f"{how}>={target}", "batch": batch, "at_s": round(at_s, 3),
-            "killed": alive, "rc": proc.returncode, "left_before": left, "left_after": after}
+    return {
+        "kill": n + 1,
+        "how": f"{how}>={target}",
+        "batch": batch,
+        "at_s": round(at_s, 3),
+        "killed": alive,
+        "rc": proc.returncode,
+        "left_before": left,
+        "left_after": after,
+    }
 
 
 @pytest.mark.parametrize("db", ["sqlite", "postgresql"])
 def test_dump_killed_ten_times_then_completed_history_is_exact(db: str, redis_server, tmp_path) -> None:
-    history_url = store_url(db, tmp_path)        # skips the PostgreSQL case when none answers
+    history_url = store_url(db, tmp_path)  # skips the PostgreSQL case when none answers
     redis_server.client().flushall()
     client = redis.Redis(host="127.0.0.1", port=redis_server.port)
     months = expired_months()
@@ -121,27 +142,33 @@ def test_dump_killed_ten_times_then_completed_history_is_exact(db: str, redis_se
     meter = Meter(client, settings=SETTINGS, history=store)
     stats_after = {u: meter.get_token_stats(u) for u in sample}
     left = expired_keys_left(client, months)
-    report(f"6. Dump killed ten times ({db})", {
-        "seed (QUOTA_TEST_SEED)": seed,
-        "user-months": len(expected),
-        "credit overrides": credits,
-        **{f"kill {k['kill']:>2}": f"{k['how']:<14} batch {k['batch']:>4}  at {k['at_s']:>5} s  "
-                                   f"killed={k['killed']}  expired left {k['left_before']} -> {k['left_after']}"
-           for k in kills},
-        "archived before the final run": len(expected) - kills[-1]["left_after"],
-        "final run": out.strip(),
-        "final run s (process)": round(final_s, 2),
-        "user-months in SQL": len(archived),
-        "expired months left in Redis": left,
-    })
+    report(
+        f"6. Dump killed ten times ({db})",
+        {
+            "seed (QUOTA_TEST_SEED)": seed,
+            "user-months": len(expected),
+            "credit overrides": credits,
+            **{
+                f"kill {k['kill']:>2}": f"{k['how']:<14} batch {k['batch']:>4}  at {k['at_s']:>5} s  "
+                f"killed={k['killed']}  expired left {k['left_before']} -> {k['left_after']}"
+                for k in kills
+            },
+            "archived before the final run": len(expected) - kills[-1]["left_after"],
+            "final run": out.strip(),
+            "final run s (process)": round(final_s, 2),
+            "user-months in SQL": len(archived),
+            "expired months left in Redis": left,
+        },
+    )
     assert final.returncode == 0, err
     assert out.startswith("archived ") and ", skipped 0, in " in out
     assert all(k["killed"] for k in kills), "a dump finished before its kill: the kills must all land mid-run"
     assert all(k["left_after"] > 0 for k in kills), "a dump got to the end before its kill"
-    assert sum(k["left_before"] > k["left_after"] for k in kills) >= KILLS // 2, \
+    assert sum(k["left_before"] > k["left_after"] for k in kills) >= KILLS // 2, (
         "too few kills landed after some deletes"
+    )
     assert left == 0
-    assert archived == expected                    # nothing lost, nothing counted twice, credits kept
+    assert archived == expected  # nothing lost, nothing counted twice, credits kept
     assert stats_after == stats_before
     store.close()
     client.close()

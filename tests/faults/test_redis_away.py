@@ -46,12 +46,12 @@ from .load import MONTH, pinned_clock, report
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 PREFIX = "f5"
-SYSTEM, CUSTOM = "system_deepseek", "custom_f5"   # 1,000 / 2,000 nano-CNY per token; custom: free
+SYSTEM, CUSTOM = "system_deepseek", "custom_f5"  # 1,000 / 2,000 nano-CNY per token; custom: free
 USERS = ("a", "b", "c", "d", "e")
 OUTAGE_S = 30.0
 BEFORE_S = 3.0
-AFTER_S = 8.0                                     # > the 5 s a meter waits after a failed replay
-PACE_S = 0.01                                     # a pause between messages while Redis is up
+AFTER_S = 8.0  # > the 5 s a meter waits after a failed replay
+PACE_S = 0.01  # a pause between messages while Redis is up
 
 
 @dataclass
@@ -59,8 +59,8 @@ class Ledger:
     """What the workers did, added up (thread-safe). ``sent`` holds every record handed over."""
 
     sent: list[dict[str, Any]] = field(default_factory=list)
-    statuses: Counter = field(default_factory=Counter)        # counted / duplicate / spooled / lost
-    turns: Counter = field(default_factory=Counter)           # ok / degraded / denied
+    statuses: Counter = field(default_factory=Counter)  # counted / duplicate / spooled / lost
+    turns: Counter = field(default_factory=Counter)  # ok / degraded / denied
     errors: list[BaseException] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -91,15 +91,22 @@ class Phase:
 
 
 def record_args(name: str, n: int, model: str) -> dict[str, Any]:
-    return dict(user=USERS[n % len(USERS)], model_id=model, input_tokens=1 + n % 11, output_tokens=n % 5,
-                request_id=f"{name}-{n}")
+    return dict(
+        user=USERS[n % len(USERS)],
+        model_id=model,
+        input_tokens=1 + n % 11,
+        output_tokens=n % 5,
+        request_id=f"{name}-{n}",
+    )
 
 
-def turn_worker(name: str, url: str, spool: Path, policy: str, phase: Phase, ledger: Ledger,
-                meters: dict[str, Any]) -> None:
+def turn_worker(
+    name: str, url: str, spool: Path, policy: str, phase: Phase, ledger: Ledger, meters: dict[str, Any]
+) -> None:
     """Messages of three LLM calls each; under "deny" every third message is on the custom model."""
-    meter = Meter.from_url(url, prefix=PREFIX, clock=pinned_clock, spool=spool, on_unavailable=policy,
-                           monthly_credit=1_000_000)
+    meter = Meter.from_url(
+        url, prefix=PREFIX, clock=pinned_clock, spool=spool, on_unavailable=policy, monthly_credit=1_000_000
+    )
     meters[name] = meter
     n = msg = 0
     try:
@@ -114,8 +121,12 @@ def turn_worker(name: str, url: str, spool: Path, policy: str, phase: Phase, led
                     for _ in range(3):
                         rec = record_args(name, n, model)
                         n += 1
-                        got = turn.record(input_tokens=rec["input_tokens"], output_tokens=rec["output_tokens"],
-                                          request_id=rec["request_id"], model_id=model)
+                        got = turn.record(
+                            input_tokens=rec["input_tokens"],
+                            output_tokens=rec["output_tokens"],
+                            request_id=rec["request_id"],
+                            model_id=model,
+                        )
                         ledger.add({**rec, "user": turn.rules.user}, got.status)
             except StorageUnavailable:
                 with ledger.lock:
@@ -125,15 +136,14 @@ def turn_worker(name: str, url: str, spool: Path, policy: str, phase: Phase, led
         ledger.errors.append(exc)
 
 
-def async_turn_worker(name: str, url: str, spool: Path, phase: Phase, ledger: Ledger,
-                      meters: dict[str, Any]) -> None:
+def async_turn_worker(name: str, url: str, spool: Path, phase: Phase, ledger: Ledger, meters: dict[str, Any]) -> None:
     async def main() -> None:
         meter = AsyncMeter.from_url(url, prefix=PREFIX, clock=pinned_clock, spool=spool, monthly_credit=1_000_000)
         n = msg = 0
         try:
             while not phase.stop.is_set():
                 if not phase.running.is_set():
-                    await meter.turn_options.wait_background()   # no replay may run while held
+                    await meter.turn_options.wait_background()  # no replay may run while held
                     await asyncio.to_thread(phase.pause_point, name)
                 msg += 1
                 async with meter.turn(USERS[msg % len(USERS)], SYSTEM) as turn:
@@ -142,8 +152,11 @@ def async_turn_worker(name: str, url: str, spool: Path, phase: Phase, ledger: Le
                     for _ in range(3):
                         rec = record_args(name, n, SYSTEM)
                         n += 1
-                        got = await turn.record(input_tokens=rec["input_tokens"], output_tokens=rec["output_tokens"],
-                                                request_id=rec["request_id"])
+                        got = await turn.record(
+                            input_tokens=rec["input_tokens"],
+                            output_tokens=rec["output_tokens"],
+                            request_id=rec["request_id"],
+                        )
                         ledger.add({**rec, "user": turn.rules.user}, got.status)
                 await asyncio.sleep(PACE_S)
             await meter.turn_options.wait_background()
@@ -157,8 +170,7 @@ def async_turn_worker(name: str, url: str, spool: Path, phase: Phase, ledger: Le
         ledger.errors.append(exc)
 
 
-def direct_worker(name: str, url: str, spool_path: Path, phase: Phase, ledger: Ledger,
-                  meters: dict[str, Any]) -> None:
+def direct_worker(name: str, url: str, spool_path: Path, phase: Phase, ledger: Ledger, meters: dict[str, Any]) -> None:
     """A caller of ``update_token_usage`` (no turn): on StorageUnavailable it keeps the record in
     its spool, with the instant of the call; once Redis answers again it replays the spool."""
     meter = Meter.from_url(url, prefix=PREFIX, clock=pinned_clock, spool=spool_path)
@@ -175,8 +187,18 @@ def direct_worker(name: str, url: str, spool_path: Path, phase: Phase, ledger: L
                 status = "counted"
             except StorageUnavailable:
                 cost = rec["input_tokens"] * 1000 + rec["output_tokens"] * 2000
-                spool.append(SpoolEntry(rec["user"], rec["model_id"], rec["input_tokens"], rec["output_tokens"],
-                                        rec["request_id"], False, meter.core.clock(), cost))
+                spool.append(
+                    SpoolEntry(
+                        rec["user"],
+                        rec["model_id"],
+                        rec["input_tokens"],
+                        rec["output_tokens"],
+                        rec["request_id"],
+                        False,
+                        meter.core.clock(),
+                        cost,
+                    )
+                )
                 status = "spooled"
             ledger.add(rec, status)
             if status == "counted" and meter.turn_options.replay_due():
@@ -208,8 +230,9 @@ def redis_hashes(server: RedisServer) -> dict[str, dict[str, int]]:
         for user in USERS:
             raw = {k.decode(): int(v) for k, v in client.hgetall(f"{PREFIX}:{{{user}}}:{MONTH}").items()}
             # usage only: not the credit, nor the turn-hold estimate turn_end.lua keeps (issue 9)
-            got[user] = {k: v for k, v in raw.items()
-                         if v and k != "credit_nano" and not k.endswith(":" + SUFFIX_HOLD_ESTIMATE)}
+            got[user] = {
+                k: v for k, v in raw.items() if v and k != "credit_nano" and not k.endswith(":" + SUFFIX_HOLD_ESTIMATE)
+            }
         return got
     finally:
         client.close()
@@ -244,7 +267,7 @@ def test_redis_away_30s_spool_keeps_records_and_totals_are_exact(aof_server: Red
 
     time.sleep(BEFORE_S)
     sent_before = len(ledger.sent)
-    aof_server.stop()                                   # SIGTERM: the server flushes its AOF and exits
+    aof_server.stop()  # SIGTERM: the server flushes its AOF and exits
     stopped_at = time.monotonic()
     time.sleep(OUTAGE_S)
 
@@ -257,10 +280,10 @@ def test_redis_away_30s_spool_keeps_records_and_totals_are_exact(aof_server: Red
     pending_total = sum(pending.values())
     sent_during = len(ledger.sent) - sent_before
 
-    aof_server.start()                                  # same port and directory: the AOF is read back
+    aof_server.start()  # same port and directory: the AOF is read back
     back_at = time.monotonic()
     phase.running.set()
-    emptied_s = None                                    # live traffic again; later turns replay their spools
+    emptied_s = None  # live traffic again; later turns replay their spools
     while time.monotonic() - back_at < AFTER_S:
         if emptied_s is None and not any(Spool(p).has_pending() for p in spools.values()):
             emptied_s = time.monotonic() - back_at
@@ -272,8 +295,10 @@ def test_redis_away_30s_spool_keeps_records_and_totals_are_exact(aof_server: Red
     assert ledger.errors == [], ledger.errors[:3]
 
     # What turns and direct callers replayed on their own, then the rest by restarted workers.
-    auto_replayed = sum(m.turn_options.metrics.records_replayed if isinstance(m, Meter) else m["records_replayed"]
-                        for m in meters.values())
+    auto_replayed = sum(
+        m.turn_options.metrics.records_replayed if isinstance(m, Meter) else m["records_replayed"]
+        for m in meters.values()
+    )
     left_before_final = sum(Spool(p).pending_count() for p in spools.values())
     final_replayed = 0
     replay_started = time.monotonic()
@@ -298,30 +323,35 @@ def test_redis_away_30s_spool_keeps_records_and_totals_are_exact(aof_server: Red
     want = expected_hashes(ledger.sent)
     got = redis_hashes(aof_server)
     spooled_total = ledger.statuses["spooled"]
-    report("5. Redis away for 30 s (spool)", {
-        "outage s": round(outage_s, 1),
-        "records sent": len(ledger.sent),
-        "sent from the stop to the restart": sent_during,
-        "record outcomes": dict(ledger.statuses),
-        "spooled": spooled_total,
-        "in the spool files at the end of the outage": pending_total,
-        "turns": dict(ledger.turns),
-        "checks allowed / denied / custom while away": (metrics["checks_unavailable_allowed"],
-                                                         metrics["checks_unavailable_denied"],
-                                                         metrics["checks_unavailable_custom"]),
-        "replayed by later turns/callers": auto_replayed,
-        "replayed by restarted workers": final_replayed,
-        "final replay s": round(final_replay_s, 3),
-        "Redis back -> every spool empty (live traffic) s": emptied_s and round(emptied_s, 2),
-        "calls counted (Redis)": sum(v for h in got.values() for k, v in h.items() if k.endswith(":calls")),
-        "system cost counted (nano-CNY)": sum(h.get("system_used_nano", 0) for h in got.values()),
-        "system cost expected (nano-CNY)": sum(h.get("system_used_nano", 0) for h in want.values()),
-    })
+    report(
+        "5. Redis away for 30 s (spool)",
+        {
+            "outage s": round(outage_s, 1),
+            "records sent": len(ledger.sent),
+            "sent from the stop to the restart": sent_during,
+            "record outcomes": dict(ledger.statuses),
+            "spooled": spooled_total,
+            "in the spool files at the end of the outage": pending_total,
+            "turns": dict(ledger.turns),
+            "checks allowed / denied / custom while away": (
+                metrics["checks_unavailable_allowed"],
+                metrics["checks_unavailable_denied"],
+                metrics["checks_unavailable_custom"],
+            ),
+            "replayed by later turns/callers": auto_replayed,
+            "replayed by restarted workers": final_replayed,
+            "final replay s": round(final_replay_s, 3),
+            "Redis back -> every spool empty (live traffic) s": emptied_s and round(emptied_s, 2),
+            "calls counted (Redis)": sum(v for h in got.values() for k, v in h.items() if k.endswith(":calls")),
+            "system cost counted (nano-CNY)": sum(h.get("system_used_nano", 0) for h in got.values()),
+            "system cost expected (nano-CNY)": sum(h.get("system_used_nano", 0) for h in want.values()),
+        },
+    )
 
     # the check's policy while Redis was away
     assert ledger.turns["degraded"] > 0 and ledger.turns["denied"] > 0
     assert metrics["checks_unavailable_allowed"] > 0 and metrics["checks_unavailable_denied"] > 0
-    assert metrics["checks_unavailable_custom"] > 0           # custom turns passed even under "deny"
+    assert metrics["checks_unavailable_custom"] > 0  # custom turns passed even under "deny"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("allowed by policy" in w for w in warnings) and any("denied by policy" in w for w in warnings)
     # the spool kept the records
@@ -340,12 +370,15 @@ def test_one_replay_sends_the_claimed_file_and_what_was_spooled_after_it(redis_s
     (``.replaying``) behind and later records go to a fresh spool file; one ``replay_spool()``
     after Redis returns must send both, not stop after the first file with records still pending."""
     path = tmp_path / "w.spool"
-    dead = Meter.from_url(f"redis://127.0.0.1:{free_ports(1, start=26700)[0]}/0", prefix=PREFIX,
-                          clock=pinned_clock, spool=path)
+    dead = Meter.from_url(
+        f"redis://127.0.0.1:{free_ports(1, start=26700)[0]}/0", prefix=PREFIX, clock=pinned_clock, spool=path
+    )
     with dead.turn("a", SYSTEM) as turn:
-        assert [turn.record(input_tokens=n, output_tokens=0, request_id=f"early-{n}").status
-                for n in (1, 2)] == ["spooled", "spooled"]
-    failed = dead.replay_spool()                          # Redis away: claims the file, sends nothing
+        assert [turn.record(input_tokens=n, output_tokens=0, request_id=f"early-{n}").status for n in (1, 2)] == [
+            "spooled",
+            "spooled",
+        ]
+    failed = dead.replay_spool()  # Redis away: claims the file, sends nothing
     assert (failed.sent, failed.pending) == (0, True) and path.with_name("w.spool.replaying").exists()
     with dead.turn("a", SYSTEM) as turn:
         assert turn.record(input_tokens=4, output_tokens=0, request_id="late-4").status == "spooled"

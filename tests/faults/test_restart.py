@@ -38,7 +38,7 @@ def test_restart_under_load_loses_no_acknowledged_record(aof_server: RedisServer
     threads = start_mixed(aof_server.url, PREFIX, work, tally, batches=(0, 25), retry=True)
     stops = []
     for kill, at in ((True, len(work) * PER_WORKER // 4), (False, len(work) * PER_WORKER // 2)):
-        wait_for(lambda: tally.acked >= at)
+        wait_for(lambda at=at: tally.acked >= at)
         aof_server.stop(kill=kill)
         acked_before = tally.acked_snapshot()  # the server is gone: nothing later can be acknowledged
         down_at = time.monotonic()
@@ -60,11 +60,14 @@ def test_restart_under_load_loses_no_acknowledged_record(aof_server: RedisServer
 
     records = [r for w in work for r in w]
     want, got = read_back(aof_server.client, PREFIX, records)
-    report("1. Redis restarted under load (AOF, appendfsync always)", {
-        **tally.figures(),
-        "stops (signal, acked before, missing after, down s)": stops,
-        **counted(got, want),
-        "duration s": round(duration, 1),
-    })
+    report(
+        "1. Redis restarted under load (AOF, appendfsync always)",
+        {
+            **tally.figures(),
+            "stops (signal, acked before, missing after, down s)": stops,
+            **counted(got, want),
+            "duration s": round(duration, 1),
+        },
+    )
     assert tally.failed_attempts > 0, "the restarts should have failed some attempts"
     assert_exact(tally, records, got, want)

@@ -36,13 +36,16 @@ def test_script_flush_loop_reaches_no_caller(server: RedisServer):
     want, got = read_back(server.client, PREFIX, records)
     with server.client() as client:
         noscript = int(client.info("errorstats").get("errorstat_NOSCRIPT", {}).get("count", 0))
-    report("2. SCRIPT FLUSH every 5 ms under load", {
-        **tally.figures(),
-        "SCRIPT FLUSH sent": flusher.count,
-        "NOSCRIPT replies (server)": noscript,
-        "calls counted": sum(t["calls"] for t in got.values()),
-        "duration s": round(duration, 1),
-        "first errors": [repr(e) for e in tally.errors[:3]],
-    })
+    report(
+        "2. SCRIPT FLUSH every 5 ms under load",
+        {
+            **tally.figures(),
+            "SCRIPT FLUSH sent": flusher.count,
+            "NOSCRIPT replies (server)": noscript,
+            "calls counted": sum(t["calls"] for t in got.values()),
+            "duration s": round(duration, 1),
+            "first errors": [repr(e) for e in tally.errors[:3]],
+        },
+    )
     assert noscript > 0, "the flushes should have been felt"
     assert_exact(tally, records, got, want)

@@ -14,11 +14,10 @@ import openai  # noqa: E402
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from channels_chat.consumer import ChatConsumer  # noqa: E402 - examples/channels_chat (see settings.py)
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.urls import path  # noqa: E402
-
-from channels_chat.consumer import ChatConsumer  # noqa: E402 - examples/channels_chat (see settings.py)
 
 
 def platform_llm() -> openai.AsyncOpenAI:
@@ -32,9 +31,17 @@ def platform_llm() -> openai.AsyncOpenAI:
 
 
 # No meter here: the consumer asks get_async_meter() for its event loop's AsyncMeter.
-application = ProtocolTypeRouter({
-    "http": ASGIStaticFilesHandler(django_asgi_app) if settings.DEBUG else django_asgi_app,
-    "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter([
-        path("ws/chat/", ChatConsumer.as_asgi(llm=platform_llm())),
-    ]))),
-})
+application = ProtocolTypeRouter(
+    {
+        "http": ASGIStaticFilesHandler(django_asgi_app) if settings.DEBUG else django_asgi_app,
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(
+                URLRouter(
+                    [
+                        path("ws/chat/", ChatConsumer.as_asgi(llm=platform_llm())),
+                    ]
+                )
+            )
+        ),
+    }
+)

@@ -26,7 +26,7 @@ DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 
 INSTALLED_APPS = [
-    "daphne",                      # first: runserver serves ASGI (the chat socket) too
+    "daphne",  # first: runserver serves ASGI (the chat socket) too
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -34,7 +34,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
-    "quota.contrib.django",        # QUOTA below; the panel, the admin's Quota > Usage, quota_* commands
+    "quota.contrib.django",  # QUOTA below; the panel, the admin's Quota > Usage, quota_* commands
 ]
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -46,34 +46,42 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 ROOT_URLCONF = "site_config.urls"
-TEMPLATES = [{
-    "BACKEND": "django.template.backends.django.DjangoTemplates",
-    "DIRS": [BASE_DIR / "site_config" / "templates"],
-    "APP_DIRS": True,
-    "OPTIONS": {"context_processors": [
-        "django.template.context_processors.request",
-        "django.contrib.auth.context_processors.auth",
-        "django.contrib.messages.context_processors.messages",
-    ]},
-}]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "site_config" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
 ASGI_APPLICATION = "site_config.asgi.application"
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3",
-                         "NAME": os.environ.get("EXAMPLE_DB", str(BASE_DIR / "example.db"))}}
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("EXAMPLE_DB", str(BASE_DIR / "example.db")),
+    }
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_FINDERS = [
     "django.contrib.staticfiles.finders.FileSystemFinder",
     "django.contrib.staticfiles.finders.AppDirectoriesFinder",
-    "quota.contrib.django.staticfiles.PanelFinder",   # the panel's JS and CSS
+    "quota.contrib.django.staticfiles.PanelFinder",  # the panel's JS and CSS
 ]
 LOGIN_REDIRECT_URL = "/"
 CHANNEL_LAYERS = {}  # the chat needs no layer: each socket talks to its own consumer
 
 # quota: the single place of its configuration (keys: the QUOTA_* variables without QUOTA_).
 QUOTA = {
-    "REDIS_URL": os.environ.get("REDIS_URL"),                    # required: quota.E004 without it
-    "MONTHLY_CREDIT": os.environ.get("MONTHLY_CREDIT", "5"),     # CNY
+    "REDIS_URL": os.environ.get("REDIS_URL"),  # required: quota.E004 without it
+    "MONTHLY_CREDIT": os.environ.get("MONTHLY_CREDIT", "5"),  # CNY
     "HISTORY_URL": f"sqlite:///{BASE_DIR / 'quota-history.db'}",  # manage.py quota_dump moves old months here
-    "SPOOL": os.environ.get("QUOTA_SPOOL"),                      # e.g. /var/lib/chat/quota.spool in production
+    "SPOOL": os.environ.get("QUOTA_SPOOL"),  # e.g. /var/lib/chat/quota.spool in production
 }

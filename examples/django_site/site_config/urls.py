@@ -13,7 +13,7 @@ def chat(request):
 
 urlpatterns = [
     path("", chat, name="chat"),
-    path("admin/", admin.site.urls),                       # Quota > Usage: usage per user, credit top-up
+    path("admin/", admin.site.urls),  # Quota > Usage: usage per user, credit top-up
     path("accounts/", include("django.contrib.auth.urls")),  # the login the panel and the chat use
     path("quota/", include("quota.contrib.django.urls")),  # /quota/panel/: the user's own usage
 ]

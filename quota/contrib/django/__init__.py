@@ -15,13 +15,21 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "get_meter": "meters", "get_async_meter": "meters", "build_meter": "meters",
-    "quota_settings": "conf", "QuotaSettingsError": "conf",
-    "quota_user_id": "hooks", "resolve_model": "hooks", "allowed_model_ids": "hooks",
-    "ModelNotAllowed": "hooks", "error_event": "hooks",
+    "get_meter": "meters",
+    "get_async_meter": "meters",
+    "build_meter": "meters",
+    "quota_settings": "conf",
+    "QuotaSettingsError": "conf",
+    "quota_user_id": "hooks",
+    "resolve_model": "hooks",
+    "allowed_model_ids": "hooks",
+    "ModelNotAllowed": "hooks",
+    "error_event": "hooks",
     "require_quota": "decorators",
-    "QuotaConsumerMixin": "consumers", "MeteredReply": "consumers",
-    "usage_recorded": "signals", "quota_exceeded": "signals",
+    "QuotaConsumerMixin": "consumers",
+    "MeteredReply": "consumers",
+    "usage_recorded": "signals",
+    "quota_exceeded": "signals",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -33,8 +33,12 @@ TOP_UP = "quota.top_up_credit"
 
 class TopUpForm(forms.Form):
     credit = forms.DecimalField(label="Monthly credit (CNY)", min_value=Decimal(0), max_digits=21, decimal_places=9)
-    month = forms.RegexField(label="Month (YYYY-MM)", regex=r"^\d{4}-(0[1-9]|1[0-2])$", required=False,
-                             help_text="Empty: the current UTC month.")
+    month = forms.RegexField(
+        label="Month (YYYY-MM)",
+        regex=r"^\d{4}-(0[1-9]|1[0-2])$",
+        required=False,
+        help_text="Empty: the current UTC month.",
+    )
 
 
 @admin.register(Usage)
@@ -51,8 +55,8 @@ class UsageAdmin(admin.ModelAdmin):
     def get_urls(self) -> list[Any]:
         info = self.opts.app_label, self.opts.model_name
         return [
-            path("", self.admin_site.admin_view(self.changelist_view), name="%s_%s_changelist" % info),
-            path("<str:pk>/top-up/", self.admin_site.admin_view(self.top_up_view), name="%s_%s_top_up" % info),
+            path("", self.admin_site.admin_view(self.changelist_view), name="{}_{}_changelist".format(*info)),
+            path("<str:pk>/top-up/", self.admin_site.admin_view(self.top_up_view), name="{}_{}_top_up".format(*info)),
         ]
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
@@ -74,12 +78,24 @@ class UsageAdmin(admin.ModelAdmin):
                     stats = meter.get_token_stats(user_id, months=0)
                 except StorageUnavailable as exc:
                     error = str(exc)
-            rows.append({"user": user, "user_id": user_id, "stats": stats,
-                         "calls": sum(m["calls"] for m in stats["models"].values()) if stats else None})
+            rows.append(
+                {
+                    "user": user,
+                    "user_id": user_id,
+                    "stats": stats,
+                    "calls": sum(m["calls"] for m in stats["models"].values()) if stats else None,
+                }
+            )
         context = {
-            **self.admin_site.each_context(request), "opts": self.opts, "title": "Quota usage this month",
-            "rows": rows, "page": page, "q": query, "error": error,
-            "can_top_up": request.user.has_perm(TOP_UP), **(extra_context or {}),
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Quota usage this month",
+            "rows": rows,
+            "page": page,
+            "q": query,
+            "error": error,
+            "can_top_up": request.user.has_perm(TOP_UP),
+            **(extra_context or {}),
         }
         return render(request, "admin/quota/usage/change_list.html", context)
 
@@ -91,17 +107,27 @@ class UsageAdmin(admin.ModelAdmin):
         form = TopUpForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             try:
-                result = get_meter().set_monthly_credit(user_id, form.cleaned_data["credit"],
-                                                        form.cleaned_data["month"] or None)
+                result = get_meter().set_monthly_credit(
+                    user_id, form.cleaned_data["credit"], form.cleaned_data["month"] or None
+                )
             except (InvalidInput, StorageUnavailable) as exc:
                 form.add_error(None, str(exc))
             else:
                 done = result.as_dict()
-                self.message_user(request, f"{user.get_username()}: credit for {done['month']} set to "
-                                           f"{done['monthly_credit']} CNY ({done['monthly_used']} used)",
-                                  messages.SUCCESS)
+                self.message_user(
+                    request,
+                    f"{user.get_username()}: credit for {done['month']} set to "
+                    f"{done['monthly_credit']} CNY ({done['monthly_used']} used)",
+                    messages.SUCCESS,
+                )
                 self.log_change(request, user, f"quota credit for {done['month']} set to {done['monthly_credit']} CNY")
                 return HttpResponseRedirect(reverse("admin:quota_usage_changelist"))
-        context = {**self.admin_site.each_context(request), "opts": self.opts, "form": form, "target": user,
-                   "user_id": user_id, "title": f"Top up {user.get_username()}'s credit"}
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "form": form,
+            "target": user,
+            "user_id": user_id,
+            "title": f"Top up {user.get_username()}'s credit",
+        }
         return render(request, "admin/quota/usage/top_up.html", context)

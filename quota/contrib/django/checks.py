@@ -35,17 +35,27 @@ PING_TIMEOUT_S = 0.5  # one try, short: checks run at every manage.py command
 @register("quota")
 def check_quota_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     try:
-        meter = build_meter(history=None, socket_timeout=PING_TIMEOUT_S, socket_connect_timeout=PING_TIMEOUT_S,
-                            retry=Retry(NoBackoff(), 0))
+        meter = build_meter(
+            history=None,
+            socket_timeout=PING_TIMEOUT_S,
+            socket_connect_timeout=PING_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),
+        )
     except QuotaSettingsError as exc:
         return [Error(str(exc), hint=exc.hint, id=exc.check_id, obj="settings.QUOTA")]
     messages: list[CheckMessage] = []
     try:
         meter.ping()
     except StorageUnavailable as exc:
-        messages.append(Warning(str(exc), hint="start Redis, or fix QUOTA['REDIS_URL']; until then every "
-                                               "turn follows QUOTA['ON_UNAVAILABLE'] (default: allow)",
-                                id="quota.W001", obj="settings.QUOTA"))
+        messages.append(
+            Warning(
+                str(exc),
+                hint="start Redis, or fix QUOTA['REDIS_URL']; until then every "
+                "turn follows QUOTA['ON_UNAVAILABLE'] (default: allow)",
+                id="quota.W001",
+                obj="settings.QUOTA",
+            )
+        )
     finally:
         meter.close()
     return messages
@@ -54,7 +64,11 @@ def check_quota_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
 @register("quota", "staticfiles")
 def check_panel_static(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     if apps.is_installed("django.contrib.staticfiles") and FINDER not in settings.STATICFILES_FINDERS:
-        return [Warning("the quota panel's JS and CSS are not served as static files",
-                        hint=f"add {FINDER!r} to STATICFILES_FINDERS (with Django's two default finders)",
-                        id="quota.W002")]
+        return [
+            Warning(
+                "the quota panel's JS and CSS are not served as static files",
+                hint=f"add {FINDER!r} to STATICFILES_FINDERS (with Django's two default finders)",
+                id="quota.W002",
+            )
+        ]
     return []

@@ -35,9 +35,10 @@ import difflib
 import os
 import re
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
@@ -53,7 +54,7 @@ class QuotaSettingsError(ImproperlyConfigured, ConfigError):
     """``settings.QUOTA`` is invalid. Both a Django ``ImproperlyConfigured`` and a
     ``quota.ConfigError``; ``check_id`` is the system check that reports it."""
 
-    def __init__(self, message: str, *, check_id: str = "quota.E002", hint: str | None = None):
+    def __init__(self, message: str, *, check_id: str = "quota.E002", hint: str | None = None) -> None:
         super().__init__(message)
         self.check_id = check_id
         self.hint = hint
@@ -151,17 +152,25 @@ def load(raw: Any) -> QuotaSettings:
         raise QuotaSettingsError(f"settings.QUOTA must be a dict, got {type(raw).__name__}", check_id="quota.E001")
     unknown = sorted(str(k) for k in raw if k not in ENV_NAMES and k not in METER_OPTIONS and k not in HOOK_DEFAULTS)
     if unknown:
-        raise QuotaSettingsError(_unknown_message(unknown), check_id="quota.E001",
-                                 hint="QUOTA's keys are quota's environment variables without QUOTA_ "
-                                      "(docs/DJANGO.md, 'Settings')")
-    env = {ENV_NAMES[key]: text for key, value in raw.items()
-           if key in ENV_NAMES and (text := _env_text(key, value)) is not None}
+        raise QuotaSettingsError(
+            _unknown_message(unknown),
+            check_id="quota.E001",
+            hint="QUOTA's keys are quota's environment variables without QUOTA_ (docs/DJANGO.md, 'Settings')",
+        )
+    env = {
+        ENV_NAMES[key]: text
+        for key, value in raw.items()
+        if key in ENV_NAMES and (text := _env_text(key, value)) is not None
+    }
     try:
         settings = Settings.from_env(env)
     except ConfigError as exc:
         raise QuotaSettingsError(_in_quota_terms(str(exc))) from None
-    options = {option: raw[key] for key, option in METER_OPTIONS.items()
-               if key in raw and key not in ENV_NAMES and raw[key] is not None}
+    options = {
+        option: raw[key]
+        for key, option in METER_OPTIONS.items()
+        if key in raw and key not in ENV_NAMES and raw[key] is not None
+    }
     if "SPOOL" in raw and raw["SPOOL"] is not None and not isinstance(raw["SPOOL"], (str, os.PathLike)):
         raise QuotaSettingsError(f"QUOTA['SPOOL'] must be a path, got {type(raw['SPOOL']).__name__}")
     hooks = {key: _hook(key, raw.get(key) or default) for key, default in HOOK_DEFAULTS.items()}
@@ -193,8 +202,7 @@ _ENV_NAME_RE = re.compile(r"\b(?:QUOTA_[A-Z0-9_]+|REDIS_URL)\b")
 def _in_quota_terms(message: str) -> str:
     """The library's message about ``QUOTA_MONTHLY_CREDIT`` in the terms of this setting."""
     by_env = {env: key for key, env in ENV_NAMES.items()}
-    return _ENV_NAME_RE.sub(lambda m: f"QUOTA[{by_env[m.group(0)]!r}]" if m.group(0) in by_env else m.group(0),
-                            message)
+    return _ENV_NAME_RE.sub(lambda m: f"QUOTA[{by_env[m.group(0)]!r}]" if m.group(0) in by_env else m.group(0), message)
 
 
 def _hook(key: str, path: Any) -> Any:
@@ -203,12 +211,15 @@ def _hook(key: str, path: Any) -> Any:
     if callable(path):
         return path
     if not isinstance(path, str):
-        raise QuotaSettingsError(f"QUOTA[{key!r}] must be a dotted path to a callable, got {type(path).__name__}",
-                                 check_id="quota.E003")
+        raise QuotaSettingsError(
+            f"QUOTA[{key!r}] must be a dotted path to a callable, got {type(path).__name__}", check_id="quota.E003"
+        )
     try:
         hook = import_string(path)
     except ImportError as exc:
-        raise QuotaSettingsError(f"QUOTA[{key!r}] = {path!r} cannot be imported: {exc}", check_id="quota.E003") from None
+        raise QuotaSettingsError(
+            f"QUOTA[{key!r}] = {path!r} cannot be imported: {exc}", check_id="quota.E003"
+        ) from None
     if not callable(hook):
         raise QuotaSettingsError(f"QUOTA[{key!r}] = {path!r} is not callable", check_id="quota.E003")
     return hook

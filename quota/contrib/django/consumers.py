@@ -30,9 +30,10 @@ The mixin also keeps the socket open on a frame that is not JSON (``bad_request`
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from asgiref.sync import sync_to_async
 
@@ -57,8 +58,8 @@ class MeteredReply:
 
 
 class QuotaConsumerMixin:
-    quota_meter: Any = None                  # an AsyncMeter; None: get_async_meter() (one per event loop)
-    quota_default_model_id: str | None = None   # the id used when the browser sends none
+    quota_meter: Any = None  # an AsyncMeter; None: get_async_meter() (one per event loop)
+    quota_default_model_id: str | None = None  # the id used when the browser sends none
 
     async def quota_send(self, event: dict[str, Any]) -> None:
         """Send one event to the browser (``send_json`` on a JSON consumer, else a text frame)."""
@@ -81,8 +82,9 @@ class QuotaConsumerMixin:
             return
         await self.receive_json(content, **kwargs)  # type: ignore[attr-defined]
 
-    async def quota_reply(self, requested_model_id: Any, reply: Callable[[Any, str], Awaitable[Any]], *,
-                          hold: Any = None) -> MeteredReply | None:
+    async def quota_reply(
+        self, requested_model_id: Any, reply: Callable[[Any, str], Awaitable[Any]], *, hold: Any = None
+    ) -> MeteredReply | None:
         """Run ``await reply(turn, model_id)`` in a quota turn of the scope's user; None when
         refused (the browser was sent the event, the LLM was not called)."""
         user = self.scope.get("user")  # type: ignore[attr-defined]

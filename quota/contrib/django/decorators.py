@@ -27,8 +27,9 @@ must not record after that (stream inside the view, or use ``QuotaConsumerMixin`
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from contextlib import AsyncExitStack, ExitStack
-from typing import Any, Callable
+from typing import Any
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -48,6 +49,7 @@ def require_quota(model: str | Callable[..., Any], *, hold: Any = None) -> Calla
 
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
         if iscoroutinefunction(view):
+
             @functools.wraps(view)
             async def async_view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
                 user = await _auser(request)
@@ -97,8 +99,9 @@ def require_quota(model: str | Callable[..., Any], *, hold: Any = None) -> Calla
     return decorate
 
 
-def _identify(request: HttpRequest, user: Any, model: Any, args: tuple[Any, ...],
-              kwargs: dict[str, Any]) -> tuple[str, str]:
+def _identify(
+    request: HttpRequest, user: Any, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[str, str]:
     """The quota user id, and the model id: fixed in code, or requested and then resolved."""
     user_id = quota_user_id(user)
     model_id = resolve_model(user, model(request, *args, **kwargs)) if callable(model) else model

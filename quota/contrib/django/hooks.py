@@ -33,7 +33,7 @@ class ModelNotAllowed(UnknownModel):
 
     code = "model_not_allowed"
 
-    def __init__(self, model_id: object, allowed: list[str]):
+    def __init__(self, model_id: object, allowed: list[str]) -> None:
         self.model_id = model_id if isinstance(model_id, str) else None
         self.allowed = allowed
         choose = f"choose one of: {', '.join(allowed)}" if allowed else "no model is available to you"
@@ -56,8 +56,9 @@ def quota_user_id(user: Any) -> str:
         raise InvalidInput("an anonymous user has no quota user id: log in first")
     user_id = quota_settings().user_id(user)
     if not isinstance(user_id, str):
-        raise QuotaSettingsError(f"QUOTA['USER_ID'] must return a str, got {type(user_id).__name__}",
-                                 check_id="quota.E003")
+        raise QuotaSettingsError(
+            f"QUOTA['USER_ID'] must return a str, got {type(user_id).__name__}", check_id="quota.E003"
+        )
     return user_id
 
 
@@ -90,8 +91,10 @@ def resolve_model(user: Any, requested: Any) -> str:
     """
     model_id = quota_settings().model_resolver(user, requested)
     if not isinstance(model_id, str):
-        raise QuotaSettingsError(f"QUOTA['MODEL_RESOLVER'] must return a model id (str), got {type(model_id).__name__}",
-                                 check_id="quota.E003")
+        raise QuotaSettingsError(
+            f"QUOTA['MODEL_RESOLVER'] must return a model id (str), got {type(model_id).__name__}",
+            check_id="quota.E003",
+        )
     return model_id
 
 
@@ -103,11 +106,19 @@ def error_event(exc: Exception) -> dict[str, Any]:
     the message names no host), else ``bad_request``.
     """
     if isinstance(exc, ModelNotAllowed):
-        return {"type": "error", "code": ModelNotAllowed.code, "message": str(exc), "model_id": exc.model_id,
-                "allowed": exc.allowed}
+        return {
+            "type": "error",
+            "code": ModelNotAllowed.code,
+            "message": str(exc),
+            "model_id": exc.model_id,
+            "allowed": exc.allowed,
+        }
     if isinstance(exc, UnknownModel):
         return {"type": "error", "code": "unknown_model", "message": str(exc)}
     if isinstance(exc, StorageUnavailable):
-        return {"type": "error", "code": "quota_unavailable",
-                "message": "Usage metering is unavailable; please retry shortly."}
+        return {
+            "type": "error",
+            "code": "quota_unavailable",
+            "message": "Usage metering is unavailable; please retry shortly.",
+        }
     return {"type": "error", "code": "bad_request", "message": str(exc)}

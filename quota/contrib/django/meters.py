@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from quota import AsyncMeter, ConfigError, InvalidInput, Meter
 
@@ -30,17 +31,20 @@ from .conf import QuotaSettingsError, quota_settings
 _lock = threading.Lock()
 _meter: Meter | None = None
 # loop -> (its meter, the async generator that closes it at the loop's shutdown)
-_async_meters: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[AsyncMeter, Any]]" = \
+_async_meters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[AsyncMeter, Any]] = (
     weakref.WeakKeyDictionary()
+)
 
 
 def meter_arguments() -> tuple[str, dict[str, Any]]:
     """``(url, keyword arguments)`` of ``Meter.from_url`` / ``AsyncMeter.from_url`` from QUOTA."""
     conf = quota_settings()
     if not conf.redis_url:
-        raise QuotaSettingsError("QUOTA['REDIS_URL'] is not set: quota needs the Redis that holds the live months "
-                                 "(e.g. redis://localhost:6379/0, redis+cluster://host:port)",
-                                 check_id="quota.E004")
+        raise QuotaSettingsError(
+            "QUOTA['REDIS_URL'] is not set: quota needs the Redis that holds the live months "
+            "(e.g. redis://localhost:6379/0, redis+cluster://host:port)",
+            check_id="quota.E004",
+        )
     return conf.redis_url, {"settings": conf.settings, **conf.meter_options}
 
 
@@ -80,8 +84,9 @@ def get_async_meter() -> AsyncMeter:
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        raise RuntimeError("get_async_meter() needs a running event loop: call it from async code "
-                           "(use get_meter() in sync code)") from None
+        raise RuntimeError(
+            "get_async_meter() needs a running event loop: call it from async code (use get_meter() in sync code)"
+        ) from None
     found = _async_meters.get(loop)
     if found is None:
         with _lock:
@@ -124,7 +129,7 @@ def _close_at_shutdown(meter: AsyncMeter) -> Any:
     agen = _closer(meter)
     first = agen.asend(None)  # the hook runs here (sys.get_asyncgen_hooks of the loop's thread)
     try:
-        first.send(None)      # runs the body up to its ``yield``: no await before it
+        first.send(None)  # runs the body up to its ``yield``: no await before it
     except StopIteration:
         pass
     return agen

@@ -36,13 +36,18 @@ def _log_failures(signal_name: str, responses: list[tuple[Any, Any]]) -> None:
 
 def send_usage(sender: Any, user: Any, user_id: str, turn: Any) -> None:
     for recorded in turn.records:
-        _log_failures("usage_recorded", usage_recorded.send_robust(
-            sender, user=user, user_id=user_id, model_id=recorded.model_id, recorded=recorded))
+        _log_failures(
+            "usage_recorded",
+            usage_recorded.send_robust(
+                sender, user=user, user_id=user_id, model_id=recorded.model_id, recorded=recorded
+            ),
+        )
 
 
 def send_exceeded(sender: Any, user: Any, user_id: str, model_id: str, event: dict[str, Any]) -> None:
-    _log_failures("quota_exceeded", quota_exceeded.send_robust(
-        sender, user=user, user_id=user_id, model_id=model_id, event=event))
+    _log_failures(
+        "quota_exceeded", quota_exceeded.send_robust(sender, user=user, user_id=user_id, model_id=model_id, event=event)
+    )
 
 
 async def _asend(signal: Signal, name: str, sender: Any, **kwargs: Any) -> None:
@@ -54,10 +59,16 @@ async def _asend(signal: Signal, name: str, sender: Any, **kwargs: Any) -> None:
 
 async def asend_usage(sender: Any, user: Any, user_id: str, turn: Any) -> None:
     for recorded in turn.records:
-        await _asend(usage_recorded, "usage_recorded", sender, user=user, user_id=user_id,
-                     model_id=recorded.model_id, recorded=recorded)
+        await _asend(
+            usage_recorded,
+            "usage_recorded",
+            sender,
+            user=user,
+            user_id=user_id,
+            model_id=recorded.model_id,
+            recorded=recorded,
+        )
 
 
 async def asend_exceeded(sender: Any, user: Any, user_id: str, model_id: str, event: dict[str, Any]) -> None:
-    await _asend(quota_exceeded, "quota_exceeded", sender, user=user, user_id=user_id, model_id=model_id,
-                 event=event)
+    await _asend(quota_exceeded, "quota_exceeded", sender, user=user, user_id=user_id, model_id=model_id, event=event)

@@ -10,13 +10,15 @@ WhiteNoise and ``{% static %}`` treat the three files like any app's. The system
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import quota
 from django.contrib.staticfiles.finders import BaseFinder
 from django.core.checks import Error
 from django.core.files.storage import FileSystemStorage
+
+import quota
 
 PREFIX = "quota"
 PANEL_FILES = ("panel.js", "i18n.js", "quota.css")
@@ -33,9 +35,13 @@ class PanelFinder(BaseFinder):
     def check(self, **kwargs: Any) -> list[Error]:
         missing = [name for name in PANEL_FILES if not (PANEL_STATIC_DIR / name).is_file()]
         if missing:
-            return [Error(f"the quota panel's static files {missing} are not in {PANEL_STATIC_DIR}",
-                          hint="reinstall quota; the panel needs api/static from the same installation",
-                          id="quota.E006")]
+            return [
+                Error(
+                    f"the quota panel's static files {missing} are not in {PANEL_STATIC_DIR}",
+                    hint="reinstall quota; the panel needs api/static from the same installation",
+                    id="quota.E006",
+                )
+            ]
         return []
 
     def find(self, path: str, find_all: bool = False, **kwargs: Any) -> Any:

@@ -26,9 +26,15 @@ PANEL_REFRESH_S = 5
 @require_GET
 @login_required
 def panel(request: HttpRequest) -> HttpResponse:
-    return render(request, "quota/panel.html", {
-        "stats_url": reverse("quota:stats"), "refresh_s": PANEL_REFRESH_S, "who": request.user.get_username(),
-    })
+    return render(
+        request,
+        "quota/panel.html",
+        {
+            "stats_url": reverse("quota:stats"),
+            "refresh_s": PANEL_REFRESH_S,
+            "who": request.user.get_username(),
+        },
+    )
 
 
 @require_GET

@@ -4,25 +4,23 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Usage',
+            name="Usage",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
             ],
             options={
-                'verbose_name': 'usage',
-                'verbose_name_plural': 'usage',
-                'db_table': 'quota_usage_none',
-                'permissions': [('top_up_credit', "Can set a user's monthly credit (top up)")],
-                'managed': False,
-                'default_permissions': ('view',),
+                "verbose_name": "usage",
+                "verbose_name_plural": "usage",
+                "db_table": "quota_usage_none",
+                "permissions": [("top_up_credit", "Can set a user's monthly credit (top up)")],
+                "managed": False,
+                "default_permissions": ("view",),
             },
         ),
     ]

@@ -16,8 +16,12 @@ from ...hooks import quota_user_id
 
 def add_user_arguments(parser: CommandParser) -> None:
     parser.add_argument("user", help="the user: their username (USERNAME_FIELD), or with --id their quota id")
-    parser.add_argument("--id", action="store_true", dest="raw_id",
-                        help="USER is the quota user id (what QUOTA['USER_ID'] makes of a user; default its pk)")
+    parser.add_argument(
+        "--id",
+        action="store_true",
+        dest="raw_id",
+        help="USER is the quota user id (what QUOTA['USER_ID'] makes of a user; default its pk)",
+    )
 
 
 def user_id_of(text: str, raw_id: bool) -> str:
@@ -27,8 +31,9 @@ def user_id_of(text: str, raw_id: bool) -> str:
     try:
         user = user_model._default_manager.get_by_natural_key(text)
     except user_model.DoesNotExist:
-        raise CommandError(f"no user with {user_model.USERNAME_FIELD} {text!r} (pass --id for a quota user id)",
-                           returncode=2) from None
+        raise CommandError(
+            f"no user with {user_model.USERNAME_FIELD} {text!r} (pass --id for a quota user id)", returncode=2
+        ) from None
     return quota_user_id(user)
 
 

@@ -17,12 +17,18 @@ def dump(meter: Meter, *, before: str | None, dry_run: bool) -> Any:
 
 
 class Command(BaseCommand):
-    help = ("Move expired months from Redis to the SQL history (QUOTA['HISTORY_URL']), then delete them from "
-            "Redis. Safe to run twice or to kill and rerun. Run it daily (cron: CRON_TZ=UTC, 10 0 * * *).")
+    help = (
+        "Move expired months from Redis to the SQL history (QUOTA['HISTORY_URL']), then delete them from "
+        "Redis. Safe to run twice or to kill and rerun. Run it daily (cron: CRON_TZ=UTC, 10 0 * * *)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--before", metavar="YYYY-MM", default=None,
-                            help="archive the months before this one (default: the current UTC month)")
+        parser.add_argument(
+            "--before",
+            metavar="YYYY-MM",
+            default=None,
+            help="archive the months before this one (default: the current UTC month)",
+        )
         parser.add_argument("--dry-run", action="store_true", help="report what would move; change nothing")
 
     def handle(self, *args: Any, before: str | None, dry_run: bool, **options: Any) -> None:

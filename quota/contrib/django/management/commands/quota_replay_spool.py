@@ -10,14 +10,19 @@ from ._common import quota_failure
 
 
 class Command(BaseCommand):
-    help = ("Send the records spooled while Redis was away (QUOTA['SPOOL']) to Redis now. Turns also do "
-            "it on their own once Redis is back; run this at deploy time or after an outage. "
-            "Exit status: 0 all sent, 1 Redis away or records still pending, 2 no SPOOL configured.")
+    help = (
+        "Send the records spooled while Redis was away (QUOTA['SPOOL']) to Redis now. Turns also do "
+        "it on their own once Redis is back; run this at deploy time or after an outage. "
+        "Exit status: 0 all sent, 1 Redis away or records still pending, 2 no SPOOL configured."
+    )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not quota_settings().meter_options.get("spool"):
-            raise CommandError("QUOTA['SPOOL'] is not set: records made while Redis was away are kept in the "
-                               "memory of the worker that made them, and only it can replay them", returncode=2)
+            raise CommandError(
+                "QUOTA['SPOOL'] is not set: records made while Redis was away are kept in the "
+                "memory of the worker that made them, and only it can replay them",
+                returncode=2,
+            )
         try:
             meter = build_meter(history=None)
         except QuotaError as exc:
@@ -28,7 +33,9 @@ class Command(BaseCommand):
             raise quota_failure(exc) from exc
         finally:
             meter.close()
-        self.stdout.write(f"replayed {report.sent} record(s), {report.dead} refused for good (in the .dead file)"
-                          + (", more pending" if report.pending else ""))
+        self.stdout.write(
+            f"replayed {report.sent} record(s), {report.dead} refused for good (in the .dead file)"
+            + (", more pending" if report.pending else "")
+        )
         if report.error or report.pending:
             raise CommandError(f"the replay stopped: {report.error or 'records are still pending'}", returncode=1)

@@ -9,8 +9,10 @@ from ._common import add_user_arguments, as_json, quota_failure, user_id_of
 
 
 class Command(BaseCommand):
-    help = ("Print a user's token statistics as JSON (this month, per model, and the history by month), "
-            "from the Redis and history database in settings.QUOTA.")
+    help = (
+        "Print a user's token statistics as JSON (this month, per model, and the history by month), "
+        "from the Redis and history database in settings.QUOTA."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         add_user_arguments(parser)
