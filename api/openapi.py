@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import quota
+from quota._config import ALERT_PERCENT_RANGE
 from quota._core import MAX_TOKENS
 from quota._keys import MODEL_RE, MONTH_RE, REQUEST_ID_RE, USER_RE
 
@@ -38,6 +39,8 @@ USER = {"type": "string", "pattern": _pattern(USER_RE)}
 MODEL = {"type": "string", "pattern": _pattern(MODEL_RE)}
 MONTH = {"type": "string", "pattern": _pattern(MONTH_RE)}
 TIMESTAMP = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T00:00:00Z$"}
+PERCENT = {"type": "integer", "minimum": ALERT_PERCENT_RANGE[0], "maximum": ALERT_PERCENT_RANGE[1]}
+ALERTS = {"type": "array", "items": PERCENT}
 PRICE_VALUE = {"type": ["number", "string"], "description": "CNY per 1k tokens"}
 # USER_RE's characters, starting with the demo prefix (api.demo_agent.validate_demo_user)
 DEMO_USER = {
@@ -113,6 +116,11 @@ SCHEMAS: dict[str, Any] = {
             "is_system": {"type": "boolean"},
             "estimated": {"type": "boolean"},
             "request_id": {"type": "string"},
+            "alerts": ALERTS
+            | {
+                "description": "the alert thresholds this record's system spend reached first this month "
+                "(each has a quota.threshold_crossed webhook event, docs/ALERTS.md); mostly empty"
+            },
         }
     ),
     "UsageBatchResult": _object({"results": {"type": "array", "items": _ref("UsageResult")}}),
@@ -162,7 +170,18 @@ SCHEMAS: dict[str, Any] = {
         ["credit"],
     ),
     "CreditResult": _object(
-        {"user": USER, "month": MONTH, "monthly_credit": MONEY, "monthly_used": MONEY, "remaining": MONEY}
+        {
+            "user": USER,
+            "month": MONTH,
+            "monthly_credit": MONEY,
+            "monthly_used": MONEY,
+            "remaining": MONEY,
+            "cleared_alerts": ALERTS
+            | {
+                "description": "alerted thresholds the new credit brought the spend back under, highest first "
+                "(each has a quota.threshold_cleared event and alerts again)"
+            },
+        }
     ),
     "ModelStats": _object(
         {

@@ -16,6 +16,7 @@
 | QUOTA_TURN_HOLD_CAP      | 1                                | `auto` never holds more, CNY             |
 | QUOTA_MAX_CONNECTIONS    | 50                               | connections per node; more callers queue |
 | QUOTA_POOL_TIMEOUT_S     | 5                                | seconds a caller waits for a connection  |
+| QUOTA_ALERT_THRESHOLDS   | 80,100                           | alert at these percents of the credit (`off`) |
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ DEFAULT_MAX_CONNECTIONS = 50
 MAX_CONNECTIONS_RANGE = (1, 10_000)
 DEFAULT_POOL_TIMEOUT_S = 5.0
 POOL_TIMEOUT_S_RANGE = (0.01, 600.0)
+
+# Threshold alerts (docs/ALERTS.md): whole percents of the month's credit. Above 100 is allowed (records
+# are never refused, so spend can pass the credit); at most MAX_ALERT_THRESHOLDS, each once.
+DEFAULT_ALERT_THRESHOLDS = (80, 100)
+ALERT_PERCENT_RANGE = (1, 1000)
+MAX_ALERT_THRESHOLDS = 10
 
 
 def int_env(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
@@ -110,9 +117,13 @@ class Settings:
     turn_hold_cap_nano: int = DEFAULT_TURN_HOLD_CAP_NANO
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S
+    alert_thresholds: tuple[int, ...] = DEFAULT_ALERT_THRESHOLDS  # (): no alerts
 
     def __post_init__(self) -> None:
         check_pool_settings(self.max_connections, self.pool_timeout_s)
+        if isinstance(self.alert_thresholds, list):  # a list given in code: kept as a tuple (hashable, frozen)
+            object.__setattr__(self, "alert_thresholds", tuple(self.alert_thresholds))
+        check_alert_thresholds(self.alert_thresholds)
         if not 1 <= self.hold_ttl_s <= 7 * 86400:
             raise ConfigError(f"hold_ttl_s must be from 1 to {7 * 86400} seconds, got {self.hold_ttl_s}")
         for name in ("turn_hold_nano", "turn_hold_default_nano", "turn_hold_floor_nano", "turn_hold_cap_nano"):
@@ -163,6 +174,7 @@ class Settings:
                 low=POOL_TIMEOUT_S_RANGE[0],
                 high=POOL_TIMEOUT_S_RANGE[1],
             ),
+            alert_thresholds=alert_thresholds_env(env),
         )
 
 
@@ -183,3 +195,41 @@ def turn_hold_env(env: Mapping[str, str]) -> int | None:
     if raw is None or raw.strip().lower() in ("", "auto"):
         return None
     return cny_env(env, "QUOTA_TURN_HOLD", 0)
+
+
+def check_alert_thresholds(thresholds: object) -> None:
+    """Refuse what the scripts could not keep: the thresholds must be a strictly ascending tuple of
+    whole percents in ALERT_PERCENT_RANGE, at most MAX_ALERT_THRESHOLDS of them."""
+    low, high = ALERT_PERCENT_RANGE
+    if (
+        not isinstance(thresholds, tuple)
+        or len(thresholds) > MAX_ALERT_THRESHOLDS
+        or any(isinstance(t, bool) or not isinstance(t, int) or not low <= t <= high for t in thresholds)
+        or list(thresholds) != sorted(set(thresholds))
+    ):
+        raise ConfigError(
+            f"alert_thresholds must be at most {MAX_ALERT_THRESHOLDS} distinct whole percents from {low} to {high}, "
+            f"ascending, e.g. (80, 100); got {thresholds!r}"
+        )
+
+
+def alert_thresholds_env(env: Mapping[str, str]) -> tuple[int, ...]:
+    """QUOTA_ALERT_THRESHOLDS: percents of the credit, e.g. ``80,100`` (sorted here; ``%`` signs and
+    spaces allowed), or ``off`` / ``none`` for no alerts. Unset or empty: the default, 80,100."""
+    raw = env.get("QUOTA_ALERT_THRESHOLDS")
+    if raw is None or not raw.strip():
+        return DEFAULT_ALERT_THRESHOLDS
+    if raw.strip().lower() in ("off", "none", "0"):
+        return ()
+    parts = [p.strip().removesuffix("%").strip() for p in raw.split(",")]
+    if not all(p.isascii() and p.isdigit() for p in parts):
+        raise ConfigError(f"QUOTA_ALERT_THRESHOLDS must be whole percents like 80,100 (or off), got {raw!r}")
+    values = sorted(int(p) for p in parts)
+    if len(set(values)) != len(values):
+        raise ConfigError(f"QUOTA_ALERT_THRESHOLDS lists a percent twice: {raw!r}")
+    thresholds = tuple(values)
+    try:
+        check_alert_thresholds(thresholds)
+    except ConfigError as exc:
+        raise ConfigError(f"QUOTA_ALERT_THRESHOLDS: {exc}") from None
+    return thresholds

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 from . import _scripts as scripts
 from ._config import MAX_HOLD_NANO, Settings
 from ._errors import InvalidInput, QuotaError, RequestConflict
+from ._events import quota_warning_event  # noqa: F401 - beside quota_exceeded_event, quota._core's public names
 from ._keys import (
     SUFFIX_HOLD_ESTIMATE,
     KeySchema,
@@ -118,6 +119,7 @@ class MeterCore:
         self._credit_arg = str(self.settings.credit_nano)
         self._ttl_arg = str(self.settings.dedupe_ttl_s)
         self._hold_ttl_ms_arg = str(self.settings.hold_ttl_s * 1000)
+        self._thresholds_arg = ",".join(str(t) for t in self.settings.alert_thresholds)
         self._month_cache: tuple[datetime, datetime, str] | None = None
 
     # --- helpers ---------------------------------------------------------------------------------
@@ -172,7 +174,7 @@ class MeterCore:
         is_system = model.is_system
 
         def parse(reply: Any) -> UsageResult:
-            status, used, credit, hold = reply
+            status, used, credit, hold, crossed = reply
             recorded = int(status) == 1
             # When counted, the script returns the spend *before* this call (see record.lua).
             used_nano = int(used) + (cost if recorded and is_system else 0)
@@ -192,9 +194,15 @@ class MeterCore:
                 request_id=rid,
                 estimated=estimated,
                 hold_remaining_nano=int(hold) if hold else None,
+                alerts=_percents(crossed),
             )
 
-        keys = (self.keys.month_key(user, month), self.keys.request_key(user, rid))
+        keys = (
+            self.keys.month_key(user, month),
+            self.keys.request_key(user, rid),
+            self.keys.outbox_key(user),
+            self.keys.outbox_index_key(user),
+        )
         args = (
             model.model_id,
             str(tokens_in),
@@ -204,6 +212,7 @@ class MeterCore:
             self._credit_arg,
             self._ttl_arg,
             "1" if estimated else "0",
+            self._thresholds_arg,
         )
         if turn_id is not None:
             keys += (self.keys.holds_key(user),)
@@ -237,7 +246,7 @@ class MeterCore:
                 )
             except InvalidInput as exc:
                 raise type(exc)(f"record {index}: {exc}") from None
-        ids = [c.keys[1] for c in calls]
+        ids = [c.keys[1] for c in calls]  # the request-id keys
         if len(set(ids)) != len(ids):
             raise InvalidInput("records: the same request_id appears twice for one user in one batch")
         return calls
@@ -341,10 +350,11 @@ class MeterCore:
             raise InvalidInput("credit must be below 100,000,000 CNY")
 
         def parse(reply: Any) -> CreditResult:
-            used, credit_now = (int(v) for v in reply)
-            return CreditResult(user, month, used, credit_now)
+            used, credit_now, cleared = reply
+            return CreditResult(user, month, int(used), int(credit_now), _percents(cleared))
 
-        return ScriptCall(scripts.SET_CREDIT, (self.keys.month_key(user, month),), (str(credit_nano),), parse)
+        keys = (self.keys.month_key(user, month), self.keys.outbox_key(user), self.keys.outbox_index_key(user))
+        return ScriptCall(scripts.SET_CREDIT, keys, (str(credit_nano), self._thresholds_arg), parse)
 
     # --- get_token_stats -------------------------------------------------------------------------
 
@@ -389,6 +399,12 @@ class MeterCore:
         return build_token_stats(
             user, current, history, self.prices, self.settings.credit_nano, held_nano=live.held_nano
         )
+
+
+def _percents(reply: Any) -> tuple[int, ...]:
+    """A script's list of thresholds (``"80,100"``, ``""``) as ints, in the order given."""
+    text = _text(reply)
+    return tuple(int(p) for p in text.split(",")) if text else ()
 
 
 def quota_exceeded_event(

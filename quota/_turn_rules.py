@@ -135,6 +135,16 @@ class Recorded:
     def estimated(self) -> bool:
         return self.usage.estimated
 
+    @property
+    def alerts(self) -> tuple[int, ...]:
+        """The alert thresholds this call crossed (``UsageResult.alerts``); () when not counted."""
+        return self.result.alerts if self.result is not None else ()
+
+    @property
+    def warning(self) -> dict[str, Any] | None:
+        """The ``quota_warning`` event to push to the browser when this call crossed a threshold."""
+        return self.result.warning if self.result is not None else None
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "status": self.status,
@@ -145,6 +155,7 @@ class Recorded:
             "estimated": self.usage.estimated,
             "result": self.result.as_dict() if self.result is not None else None,
             "error": self.error,
+            "alerts": list(self.alerts),
         }
 
 

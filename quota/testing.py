@@ -15,26 +15,31 @@ directory and a loopback port of its own; nothing touches 6379.
 from __future__ import annotations
 
 import atexit
+import http.server
 import os
 import random
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import redis
 
 from ._errors import ConfigError
+from ._keys import SLOTS  # hash slots of a Redis Cluster
 
 __all__ = [
     "SLOTS",
     "RedisClusterProc",
     "RedisServer",
+    "WebhookReceiver",
     "free_port",
     "free_ports",
     "local_server",
@@ -42,7 +47,6 @@ __all__ = [
     "server_binary",
 ]
 
-SLOTS = 16384  # hash slots of a Redis Cluster
 CLUSTER_NODE_TIMEOUT_MS = 2000
 
 
@@ -286,3 +290,89 @@ def redis_url_or_local() -> tuple[str, RedisServer | None]:
         return url, None
     server = local_server()
     return server.url, server
+
+
+# --- a webhook receiver ----------------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    """One request the receiver got, and what it answered."""
+
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+    status: int
+    at: float  # time.monotonic()
+
+
+class WebhookReceiver:
+    """An HTTP server on a loopback port that records every POST (``quota notify``'s tests and its
+    benchmark). ``answer(headers, body) -> status`` decides each answer (default 204); set ``hold``
+    (an Event cleared) to keep requests waiting until it is set, as a receiver stuck mid-delivery
+    would. ``stop()`` closes the port (the endpoint is down), ``start()`` opens it again."""
+
+    def __init__(self, port: int | None = None, answer: Callable[[dict[str, str], bytes], int] | None = None) -> None:
+        self.port = port or free_port()
+        self.answer = answer or (lambda headers, body: 204)
+        self.received: list[Received] = []
+        self.hold = threading.Event()
+        self.hold.set()
+        self.arrived = threading.Condition()
+        self._server: http.server.ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/quota"
+
+    def start(self) -> WebhookReceiver:
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real receivers
+
+            def do_POST(self) -> None:  # noqa: N802 - the http.server hook name
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                receiver.hold.wait()
+                status = receiver.answer(headers, body)
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                with receiver.arrived:
+                    receiver.received.append(Received(headers, body, status, time.monotonic()))
+                    receiver.arrived.notify_all()
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self.hold.set()
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def wait_for(self, done: Callable[[list[Received]], bool], timeout_s: float = 30.0) -> list[Received]:
+        """Wait until ``done(received)`` holds (AssertionError after ``timeout_s``); the requests so far."""
+        deadline = time.monotonic() + timeout_s
+        with self.arrived:
+            while not done(self.received):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"the receiver got {len(self.received)} requests in {timeout_s} s")
+                self.arrived.wait(left)
+            return list(self.received)
+
+    def delivered(self) -> list[Received]:
+        return [r for r in self.received if HTTPStatus(r.status).is_success]
+
+    def __enter__(self) -> WebhookReceiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

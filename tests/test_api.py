@@ -80,6 +80,7 @@ def test_record_then_stats_match_the_library(client, meter):
         "is_system": True,
         "estimated": False,
         "request_id": "r1",
+        "alerts": [],
     }
     record(client, model_id=CUS, input_tokens=5000, output_tokens=3000)
     stats = client.get("/v1/users/alice/token-stats", headers=bearer(SERVICE))
@@ -208,6 +209,7 @@ def test_set_credit(client, meter):
         "monthly_credit": 0.1,
         "monthly_used": 0.0,
         "remaining": 0.1,
+        "cleared_alerts": [],
     }
     feb = client.put("/v1/users/alice/credit", json={"credit": 12.5, "month": "2026-02"}, headers=bearer(ADMIN))
     assert feb.get_json()["month"] == "2026-02" and feb.get_json()["monthly_credit"] == 12.5

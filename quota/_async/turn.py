@@ -9,7 +9,7 @@ it by ``scripts/unasync.py``. Every rule is elsewhere: what a turn decides in
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -40,9 +40,11 @@ class AsyncTurn:
         *,
         on_unavailable: str | None = None,
         hold: object = None,
+        on_warning: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     ) -> None:
         self.meter = meter
         self.rules = TurnRules(meter.core, meter.turn_options, user, model_id, on_unavailable, hold)
+        self.on_warning = on_warning
 
     @property
     def check(self) -> QuotaCheck | None:
@@ -127,7 +129,18 @@ class AsyncTurn:
             price=price,
             estimated=estimated,
         )
-        return await shield(self._send(pending))
+        recorded = await shield(self._send(pending))
+        if self.on_warning is not None and recorded.warning is not None:
+            await self._warn(recorded.warning)
+        return recorded
+
+    async def _warn(self, event: dict[str, Any]) -> None:
+        """Hand a ``quota_warning`` event (a threshold this record crossed) to ``on_warning``, at once;
+        its failure is logged, never the record's."""
+        try:
+            await self.on_warning(event)  # type: ignore[misc]
+        except Exception:  # noqa: BLE001 - a browser gone away must not fail the count
+            log.warning("on_warning failed for a quota_warning event", exc_info=True)
 
     async def _send(self, pending: Pending) -> Recorded:
         try:

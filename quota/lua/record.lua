@@ -1,7 +1,10 @@
--- record.lua: count one LLM call in a user's month, exactly once per request id.
+-- record.lua: count one LLM call in a user's month, exactly once per request id, and decide the
+-- threshold alerts it crosses.
 --
 -- KEYS[1]  user-month hash      <prefix>:{<user>}:<YYYY-MM>
 -- KEYS[2]  idempotency record   <prefix>:{<user>}:req:<request_id>
+-- KEYS[3]  alert outbox         <prefix>:{<user>}:outbox
+-- KEYS[4]  outbox index         <prefix>:{<slot tag>}:outbox_index   (the user's slot; lib/alerts.lua)
 -- ARGV[1]  model_id             validated by the client (no spaces, no braces, <= 48 chars)
 -- ARGV[2]  input_tokens         decimal string
 -- ARGV[3]  output_tokens        decimal string
@@ -10,20 +13,24 @@
 -- ARGV[6]  default_credit_nano  the month's credit when none is set (credit_nano absent)
 -- ARGV[7]  dedupe_ttl_s         seconds the request id is remembered
 -- ARGV[8]  estimated            "1" when the tokens are an estimate (a stream cut short), else "0"
+-- ARGV[9]  thresholds           alert thresholds, ascending percents of the credit ("80,100"; "" = off)
 -- With a turn hold (quota.Turn), also:
--- KEYS[3]  holds hash           <prefix>:{<user>}:holds
--- ARGV[9]  turn_id              the hold this call draws its system cost from (never below 0)
--- ARGV[10] hold_ttl_ms          the hold lives this long after this call
+-- KEYS[5]  holds hash           <prefix>:{<user>}:holds
+-- ARGV[10] turn_id              the hold this call draws its system cost from (never below 0)
+-- ARGV[11] hold_ttl_ms          the hold lives this long after this call
 --
--- Returns {recorded, system_used_nano, credit_nano, hold_remaining_nano}. recorded is 1 when this call was counted:
--- then system_used_nano is the value *before* it (the client adds the cost for a system model,
--- exactly, in Python). recorded is 0 for a request id seen before with the same content: then
--- system_used_nano is the current value. hold_remaining_nano is "" without a live hold (or for a
--- repeated id). Amounts are strings: they may pass 2^53, where Lua numbers lose digits. Never refuses for being over the credit: the reply in progress is always
--- counted.
+-- Returns {recorded, system_used_nano, credit_nano, hold_remaining_nano, crossed}. recorded is 1 when
+-- this call was counted: then system_used_nano is the value *before* it (the client adds the cost for a
+-- system model, exactly, in Python). recorded is 0 for a request id seen before with the same content:
+-- then system_used_nano is the current value. hold_remaining_nano is "" without a live hold (or for a
+-- repeated id). crossed lists the thresholds this call's system spend reached first this month ("80" or
+-- "80,100"; "" mostly): each got one quota.threshold_crossed event in the outbox, in this same step. A
+-- repeated id crosses nothing. Amounts are strings: they may pass 2^53, where Lua numbers lose digits.
+-- Never refuses for being over the credit: the reply in progress is always counted.
 -- Errors start with QUOTA_INVALID, QUOTA_CONFLICT or QUOTA_OVERFLOW and change nothing.
 
 -- @include holds
+-- @include alerts
 
 -- 1. validate (Redis has no rollback: nothing may fail after the first write)
 if not (is_uint(ARGV[2], 10) and is_uint(ARGV[3], 10) and is_uint(ARGV[4], 17)
@@ -31,8 +38,12 @@ if not (is_uint(ARGV[2], 10) and is_uint(ARGV[3], 10) and is_uint(ARGV[4], 17)
         and (ARGV[5] == '0' or ARGV[5] == '1') and (ARGV[8] == '0' or ARGV[8] == '1')) then
   return redis.error_reply('QUOTA_INVALID record arguments must be unsigned integers and 0/1 flags')
 end
-local with_hold = #KEYS == 3
-if with_hold and not (type(ARGV[9]) == 'string' and #ARGV[9] >= 1 and is_uint(ARGV[10], 10)) then
+local thresholds = parse_thresholds(ARGV[9])
+if not thresholds then
+  return redis.error_reply('QUOTA_INVALID record thresholds must be ascending percents like 80,100')
+end
+local with_hold = #KEYS == 5
+if with_hold and not (type(ARGV[10]) == 'string' and #ARGV[10] >= 1 and is_uint(ARGV[11], 10)) then
   return redis.error_reply('QUOTA_INVALID record with a hold needs a turn id and hold_ttl_ms')
 end
 local model = ARGV[1]
@@ -45,10 +56,10 @@ if seen then
     return redis.error_reply('QUOTA_CONFLICT request_id was already used for a different record')
   end
   local now = redis.call('HMGET', KEYS[1], 'system_used_nano', 'credit_nano')
-  return {0, now[1] or '0', now[2] or ARGV[6], ''}
+  return {0, now[1] or '0', now[2] or ARGV[6], '', ''}
 end
 local fields = {model .. ':input', model .. ':output', model .. ':cost_nano',
-                model .. ':calls', 'system_used_nano', 'credit_nano'}
+                model .. ':calls', 'system_used_nano', 'credit_nano', 'alerted_pct'}
 local current = redis.call('HMGET', KEYS[1], unpack(fields))
 for i = 1, 5 do
   -- 18 digits is >= 1e17; adding at most 1e17 more could approach the int64 limit of HINCRBY.
@@ -56,10 +67,15 @@ for i = 1, 5 do
     return redis.error_reply('QUOTA_OVERFLOW field ' .. fields[i] .. ' is too large to add to')
   end
 end
+local used, credit = current[5] or '0', current[6] or ARGV[6]
+local crossed, after = {}, nil
+if ARGV[5] == '1' and #thresholds > 0 then  -- system spend alerts, nothing else (turn holds never do)
+  crossed, after = newly_reached(thresholds, current[7], used, ARGV[4], credit)
+end
 local now_ms, remaining, expires
+if with_hold or #crossed > 0 then now_ms = server_ms() end
 if with_hold then
-  now_ms = server_ms()
-  remaining, expires = parse_hold(redis.call('HGET', KEYS[3], ARGV[9]))
+  remaining, expires = parse_hold(redis.call('HGET', KEYS[5], ARGV[10]))
   if remaining and expires <= now_ms then remaining = nil end  -- dead: nothing to draw from
 end
 
@@ -81,13 +97,17 @@ if remaining then  -- draw the system cost down from the turn's hold, and keep t
   if ARGV[5] == '1' then left = math.max(remaining - tonumber(ARGV[4]), 0) end
   -- The expiry moves forward once less than half of hold_ttl_ms is left: a live turn never loses
   -- its hold, and most records pay one HSET (or none) instead of HSET + PTTL.
-  local ttl_ms = tonumber(ARGV[10])
+  local ttl_ms = tonumber(ARGV[11])
   local renew = expires - now_ms < ttl_ms / 2
   if renew then expires = now_ms + ttl_ms end
   if renew or left ~= remaining then
-    redis.call('HSET', KEYS[3], ARGV[9], string.format('%d:%d', left, expires))
+    redis.call('HSET', KEYS[5], ARGV[10], string.format('%d:%d', left, expires))
   end
-  if renew then keep_hash_until(KEYS[3], expires, now_ms) end
+  if renew then keep_hash_until(KEYS[5], expires, now_ms) end
   hold = string.format('%d', left)
 end
-return {1, current[5] or '0', current[6] or ARGV[6], hold}
+if #crossed > 0 then  -- one event per threshold, in the outbox with the count (a dead worker loses none)
+  for _, pct in ipairs(crossed) do emit(KEYS[1], KEYS[3], KEYS[4], 'crossed', pct, after, credit, now_ms) end
+  redis.call('HSET', KEYS[1], 'alerted_pct', crossed[#crossed])
+end
+return {1, used, credit, hold, table.concat(crossed, ',')}
