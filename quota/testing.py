@@ -26,7 +26,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -295,6 +294,13 @@ def redis_url_or_local() -> tuple[str, RedisServer | None]:
 # --- a webhook receiver ----------------------------------------------------------------------------
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A sender that went away mid-answer (a notifier killed on purpose) is not worth a traceback."""
+
+
 @dataclass
 class Received:
     """One request the receiver got, and what it answered."""
@@ -314,7 +320,8 @@ class WebhookReceiver:
     def __init__(self, port: int | None = None, answer: Callable[[dict[str, str], bytes], int] | None = None) -> None:
         self.port = port or free_port()
         self.answer = answer or (lambda headers, body: 204)
-        self.received: list[Received] = []
+        self.received: list[Received] = []  # answered
+        self.started: list[dict[str, str]] = []  # every request's headers, as soon as its body is read
         self.hold = threading.Event()
         self.hold.set()
         self.arrived = threading.Condition()
@@ -333,6 +340,9 @@ class WebhookReceiver:
             def do_POST(self) -> None:  # noqa: N802 - the http.server hook name
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 headers = {k.lower(): v for k, v in self.headers.items()}
+                with receiver.arrived:
+                    receiver.started.append(headers)
+                    receiver.arrived.notify_all()
                 receiver.hold.wait()
                 status = receiver.answer(headers, body)
                 self.send_response(status)
@@ -345,8 +355,7 @@ class WebhookReceiver:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
                 pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
+        self._server = _QuietServer(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
@@ -358,7 +367,8 @@ class WebhookReceiver:
             self._server = None
 
     def wait_for(self, done: Callable[[list[Received]], bool], timeout_s: float = 30.0) -> list[Received]:
-        """Wait until ``done(received)`` holds (AssertionError after ``timeout_s``); the requests so far."""
+        """Wait until ``done(received)`` holds (AssertionError after ``timeout_s``); the requests so far.
+        ``done`` is called with the receiver's lock held: it may read ``started`` too."""
         deadline = time.monotonic() + timeout_s
         with self.arrived:
             while not done(self.received):
@@ -369,7 +379,7 @@ class WebhookReceiver:
             return list(self.received)
 
     def delivered(self) -> list[Received]:
-        return [r for r in self.received if HTTPStatus(r.status).is_success]
+        return [r for r in self.received if 200 <= r.status < 300]
 
     def __enter__(self) -> WebhookReceiver:
         return self.start()
