@@ -39,6 +39,7 @@ USER = {"type": "string", "pattern": _pattern(USER_RE)}
 MODEL = {"type": "string", "pattern": _pattern(MODEL_RE)}
 MONTH = {"type": "string", "pattern": _pattern(MONTH_RE)}
 TIMESTAMP = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T00:00:00Z$"}
+MS_TIMESTAMP = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"}
 PERCENT = {"type": "integer", "minimum": ALERT_PERCENT_RANGE[0], "maximum": ALERT_PERCENT_RANGE[1]}
 ALERTS = {"type": "array", "items": PERCENT}
 PRICE_VALUE = {"type": ["number", "string"], "description": "CNY per 1k tokens"}
@@ -135,6 +136,17 @@ SCHEMAS: dict[str, Any] = {
             "message": {"type": "string", "description": "a friendly notice, Chinese then English"},
         }
     ),
+    "QuotaWarningEvent": _object(
+        {
+            "type": {"const": "quota_warning"},
+            "code": {"const": "quota_warning"},
+            "threshold": PERCENT,
+            "monthly_used": MONEY,
+            "monthly_credit": MONEY,
+            "resets_at": TIMESTAMP,
+            "message": {"type": "string", "description": "a friendly notice, Chinese then English"},
+        }
+    ),
     "QuotaCheck": _object(
         {
             "user": USER,
@@ -215,6 +227,11 @@ SCHEMAS: dict[str, Any] = {
             "held": HELD,
             "available": AVAILABLE,
             "exceeded": {"type": "boolean"},
+            "alerted_threshold": PERCENT
+            | {
+                "type": ["integer", "null"],
+                "description": "the highest alert threshold (percent of the credit) reached this month; null: none",
+            },
             "resets_at": TIMESTAMP,
             "currency": {"const": "CNY"},
             "models": {
@@ -259,6 +276,40 @@ SCHEMAS: dict[str, Any] = {
             "tokens_valid_after_ms": {"type": "integer", "minimum": 0, "description": "the same, Unix milliseconds"},
         }
     ),
+    "AlertEvent": _object(
+        {
+            "id": {"type": "string", "description": "the webhook-id: <prefix>:<user>:<month>:<threshold>:<kind>:<seq>"},
+            "user": USER,
+            "field": {"type": "string", "description": "its field in <prefix>:{<user>}:outbox"},
+            "type": {"enum": ["quota.threshold_crossed", "quota.threshold_cleared"]},
+            "month": MONTH,
+            "threshold": PERCENT,
+            "monthly_used": MONEY,
+            "monthly_credit": MONEY,
+            "created_at": MS_TIMESTAMP,
+            "attempts": {"type": "integer", "minimum": 0},
+            "next_attempt_at": MS_TIMESTAMP | {"type": ["string", "null"], "description": "null for a dead letter"},
+            "last_error": {"type": ["string", "null"]},
+            "dead_at": MS_TIMESTAMP,
+        },
+        [
+            "id",
+            "user",
+            "field",
+            "type",
+            "month",
+            "threshold",
+            "monthly_used",
+            "monthly_credit",
+            "created_at",
+            "attempts",
+            "next_attempt_at",
+            "last_error",
+        ],
+    ),
+    "AlertList": _object(
+        {"state": {"enum": ["pending", "dead"]}, "events": {"type": "array", "items": _ref("AlertEvent")}}
+    ),
     "DemoTurnRequest": _object(
         {
             "user": DEMO_USER,
@@ -301,6 +352,11 @@ SCHEMAS: dict[str, Any] = {
                     "monthly_credit": MONEY,
                     "remaining": MONEY,
                     "exceeded": {"type": "boolean"},
+                    "warnings": {
+                        "type": "array",
+                        "items": _ref("QuotaWarningEvent"),
+                        "description": "a quota_warning event per alert threshold a call of this turn crossed",
+                    },
                 }
             ),
             _object(
@@ -317,6 +373,7 @@ ERRORS = {
     401: "no token, or a token that is not valid (unauthorized), has expired (token_expired) or was "
     "revoked (token_revoked)",
     403: "the token may not do this (forbidden)",
+    404: "no such dead event (not_found)",
     409: "a request_id was reused with other content (request_conflict); in a batch, batch_failed "
     "with per-record results",
     413: "the body is larger than QUOTA_MAX_BODY_BYTES (payload_too_large)",
@@ -334,6 +391,13 @@ def _user_param() -> dict[str, Any]:
 
 
 BEARER = [{"bearerAuth": []}]
+LIMIT = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 10_000},
+    "description": "at most this many (default 1000)",
+}
 
 
 def _paths(demo: bool) -> dict[str, Any]:
@@ -426,6 +490,50 @@ def _paths(demo: bool) -> dict[str, Any]:
                 },
             }
         },
+        "/v1/alerts/pending": {
+            "get": {
+                "operationId": "listPendingAlerts",
+                "tags": ["alerts"],
+                "security": BEARER,
+                "summary": "Threshold alert events waiting for the webhook (new, or between retries), oldest first",
+                "description": "Admin token only. Same as `quota notify --status` (docs/ALERTS.md).",
+                "parameters": [LIMIT],
+                "responses": {"200": _json(_ref("AlertList"), "the events"), **_errors(400, 401, 403, 503)},
+            }
+        },
+        "/v1/alerts/dead": {
+            "get": {
+                "operationId": "listDeadAlerts",
+                "tags": ["alerts"],
+                "security": BEARER,
+                "summary": "Threshold alert events given up on after 24 hours of retries (dead letters), oldest first",
+                "description": "Admin token only.",
+                "parameters": [LIMIT],
+                "responses": {"200": _json(_ref("AlertList"), "the dead letters"), **_errors(400, 401, 403, 503)},
+            }
+        },
+        "/v1/alerts/dead/{event_id}/redeliver": {
+            "post": {
+                "operationId": "redeliverAlert",
+                "tags": ["alerts"],
+                "security": BEARER,
+                "summary": "Put one dead letter back in its outbox, due now, with a new 24 hours of retries",
+                "description": "Admin token only. No body. Same as `quota notify --redeliver EVENT_ID`.",
+                "parameters": [
+                    {
+                        "name": "event_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "the event's id (its webhook-id)",
+                    }
+                ],
+                "responses": {
+                    "200": _json(_ref("AlertEvent"), "the event, pending again"),
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            }
+        },
         "/v1/models": {
             "get": {
                 "operationId": "listModels",
@@ -450,7 +558,8 @@ def _paths(demo: bool) -> dict[str, Any]:
                 "operationId": "metrics",
                 "tags": ["ops"],
                 "security": [],
-                "summary": "Prometheus metrics: requests, latency, records, checks and denials, storage errors",
+                "summary": "Prometheus metrics: requests, latency, records, checks and denials, storage errors, "
+                "alert events (emitted, delivered, failed, dead, pending, oldest pending age)",
                 "responses": {
                     "200": {
                         "description": "Prometheus text format",

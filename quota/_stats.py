@@ -8,6 +8,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from ._keys import (
+    FIELD_ALERTED,
     FIELD_CREDIT,
     FIELD_DUMP_GEN,
     FIELD_USED,
@@ -54,6 +55,7 @@ class MonthUsage:
     system_used_nano: int = 0
     models: dict[str, ModelUsage] = field(default_factory=dict)
     archive_gen: int | None = None
+    alerted_pct: int = 0  # the highest alert threshold reached and not cleared this month (0: none)
 
     @classmethod
     def from_hash(cls, month: str, raw: Mapping[Any, Any]) -> MonthUsage:
@@ -67,6 +69,8 @@ class MonthUsage:
                 usage.system_used_nano = number
             elif name == FIELD_DUMP_GEN:
                 usage.archive_gen = number
+            elif name == FIELD_ALERTED:
+                usage.alerted_pct = number
             else:
                 model_id, _, suffix = name.rpartition(":")
                 if model_id and suffix in MODEL_SUFFIXES:
@@ -181,6 +185,8 @@ def build_token_stats(
         "available": nano_to_json(max(credit - used - held_nano, 0)),
         "percent_used": percent(used, credit),
         "exceeded": used >= credit,
+        # the highest alert threshold (percent of the credit) the spend reached this month, None before any
+        "alerted_threshold": current.alerted_pct or None,
         "resets_at": iso_z(next_month_start(current.month)),
         "currency": "CNY",
         "models": models,

@@ -202,6 +202,7 @@ def test_panel_matches_the_api_and_follows_it_without_reloading(browser, server,
     page.wait_for_function("() => document.getElementById('bar').classList.contains('level-warn')", timeout=10_000)
     check_panel_against_api(page, api(server, "GET", "/v1/users/alice/token-stats"))
     wait_for_fill_colour(page, "rgb(245, 158, 11)")
+    assert page.locator("#warn-note").inner_text() == "You have used 80% of this month's system-model credit."
     page.screenshot(path=str(shots / "panel.png"), full_page=True, animations="disabled")
 
     post_usage(server, "alice", SYS, 1_000_000)  # 5.2 CNY: over
@@ -210,6 +211,7 @@ def test_panel_matches_the_api_and_follows_it_without_reloading(browser, server,
     wait_for_refresh(page, loads(page))
     check_panel_against_api(page, stats)
     assert stats["percent_used"] > 100 and page.locator("#over-note").is_visible()
+    assert stats["alerted_threshold"] == 100 and page.locator("#warn-note").is_hidden()  # the over-note says it
     wait_for_fill_colour(page, "rgb(220, 38, 38)")
     assert csp_violations(page) == []  # the bar's width and the SVG chart are set from JS, not inline
     page.close()
@@ -312,6 +314,9 @@ def test_demo_chat_until_quota_exceeded_then_custom_model_keeps_working(browser,
         assert page.locator(".msg.assistant").last.locator("li[data-purpose]").count() == (4 if number == 1 else 3)
     notice = page.locator(".msg.quota-exceeded")
     assert notice.count() == 1 and "custom models keep working" in notice.inner_text()
+    warnings = page.locator(".msg.quota-warning")  # 80% and 100%, each shown once, under the reply that crossed it
+    assert sorted(warnings.nth(i).get_attribute("data-threshold") for i in range(warnings.count())) == ["100", "80"]
+    assert "Credit alert" in warnings.first.inner_text()
     assert notice.get_attribute("data-resets-at") == "2026-02-01T00:00:00Z"
     stats = demo_stats(server, "demo-ann")
     assert stats["exceeded"] and stats["monthly_used"] > 0.6  # the reply that crossed the credit finished

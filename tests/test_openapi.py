@@ -16,6 +16,7 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_spec
 
 from api import create_app, get_quota
+from quota._alerts import OutboxCalls
 from quota._core import RECORD_FIELDS
 
 from .api_support import ADMIN, SERVICE, api_settings, bearer, make_meter, user_token
@@ -155,6 +156,21 @@ def scenario(call) -> None:
     call("post", "/demo/turn", json={"user": "alice", "model_id": SYS, "conversation_id": "c", "turn": 1})
     call("post", "/demo/turn", json={"user": "demo-x", "model_id": SYS, "conversation_id": "c", "turn": 51})
     call("get", "/demo/users/alice/token-stats")
+    # threshold alerts: a record that crosses both, the outbox listed, a dead letter redelivered
+    call("post", "/v1/usage", json=rec | {"user": "bob", "input_tokens": 6_000_000}, headers=svc)
+    call("put", "/v1/users/bob/credit", json={"credit": 100}, headers=adm)  # clears both
+    meter = get_quota(call.client.application).meter
+    outbox = OutboxCalls(meter.core.keys)
+    _, (first, *_) = meter.run(outbox.claim("bob", "test", 60_000, 1))
+    meter.run(outbox.settle(first, "test", "dead", error="HTTP 500"))
+    call("get", "/v1/alerts/pending", headers=adm)
+    call("get", "/v1/alerts/dead?limit=5", headers=adm)
+    call("get", "/v1/alerts/dead?limit=0", headers=adm)  # 400
+    call("get", "/v1/alerts/pending", headers=svc)  # 403
+    call("post", f"/v1/alerts/dead/{first.webhook_id}/redeliver", headers=adm)
+    call("post", f"/v1/alerts/dead/{first.webhook_id}/redeliver", headers=adm)  # 404: not dead any more
+    call("post", "/v1/alerts/dead/nothing/redeliver", headers=adm)  # 400
+    call("get", "/metrics")
 
 
 def test_responses_match_the_document(app):
@@ -192,6 +208,13 @@ def test_responses_match_the_document(app):
         ("/v1/users/{user}/tokens/revoke", "post", 200),
         ("/v1/users/{user}/tokens/revoke", "post", 403),
         ("/v1/users/{user}/tokens/revoke", "post", 400),
+        ("/v1/alerts/pending", "get", 200),
+        ("/v1/alerts/dead", "get", 200),
+        ("/v1/alerts/dead", "get", 400),
+        ("/v1/alerts/pending", "get", 403),
+        ("/v1/alerts/dead/{event_id}/redeliver", "post", 200),
+        ("/v1/alerts/dead/{event_id}/redeliver", "post", 404),
+        ("/v1/alerts/dead/{event_id}/redeliver", "post", 400),
     ]:
         assert expected in statuses, expected
     denied = [r.get_json() for m, p, b, r in call.seen if p.endswith("/quota") and r.status_code == 200]

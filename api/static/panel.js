@@ -71,6 +71,11 @@
     $("resets").textContent = s.resets_at.slice(0, 10) + " 00:00 " + I.t("utc");
     $("resets").dataset.value = s.resets_at;
     $("over-note").hidden = !s.exceeded;
+    /* A threshold alert (80% by default) reached this month and not yet cleared by a credit raise. */
+    const alerted = s.alerted_threshold;
+    $("warn-note").hidden = !alerted || s.exceeded;
+    $("warn-note").textContent = alerted ? I.t("warnNote", { pct: alerted }) : "";
+    $("warn-note").dataset.value = alerted ? String(alerted) : "";
   }
 
   function renderModels(s) {
