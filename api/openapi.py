@@ -12,7 +12,7 @@ from typing import Any
 import quota
 from quota._config import ALERT_PERCENT_RANGE
 from quota._core import MAX_TOKENS
-from quota._keys import MODEL_RE, MONTH_RE, REQUEST_ID_RE, USER_RE
+from quota._keys import MODEL_RE, MONTH_RE, PREFIX_RE, REQUEST_ID_RE, USER_RE
 
 from .demo_agent import CONVERSATION_RE, DEMO_USER_PREFIX, MAX_MESSAGE_CHARS, MAX_TURNS
 
@@ -42,6 +42,8 @@ TIMESTAMP = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T00:00:00Z$"}
 MS_TIMESTAMP = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"}
 PERCENT = {"type": "integer", "minimum": ALERT_PERCENT_RANGE[0], "maximum": ALERT_PERCENT_RANGE[1]}
 ALERTS = {"type": "array", "items": PERCENT}
+# <prefix>:<user>:<YYYY-MM>:<threshold>:<crossed|cleared>:<seq> (quota._notify.parse_event_id)
+EVENT_ID_PATTERN = rf"^{PREFIX_RE.pattern}:{USER_RE.pattern}:{MONTH_RE.pattern}:\d{{1,4}}:(crossed|cleared):\d{{1,18}}$"
 PRICE_VALUE = {"type": ["number", "string"], "description": "CNY per 1k tokens"}
 # USER_RE's characters, starting with the demo prefix (api.demo_agent.validate_demo_user)
 DEMO_USER = {
@@ -278,7 +280,11 @@ SCHEMAS: dict[str, Any] = {
     ),
     "AlertEvent": _object(
         {
-            "id": {"type": "string", "description": "the webhook-id: <prefix>:<user>:<month>:<threshold>:<kind>:<seq>"},
+            "id": {
+                "type": "string",
+                "pattern": EVENT_ID_PATTERN,
+                "description": "the webhook-id: <prefix>:<user>:<month>:<threshold>:<kind>:<seq>",
+            },
             "user": USER,
             "field": {"type": "string", "description": "its field in <prefix>:{<user>}:outbox"},
             "type": {"enum": ["quota.threshold_crossed", "quota.threshold_cleared"]},
@@ -524,7 +530,7 @@ def _paths(demo: bool) -> dict[str, Any]:
                         "name": "event_id",
                         "in": "path",
                         "required": True,
-                        "schema": {"type": "string"},
+                        "schema": {"type": "string", "pattern": EVENT_ID_PATTERN},
                         "description": "the event's id (its webhook-id)",
                     }
                 ],

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import random
+import re
 import secrets
 import socket
 import threading
@@ -50,9 +51,12 @@ from ._alerts import (
 )
 from ._connect import storage_errors
 from ._errors import QuotaError
-from ._keys import KeySchema
+from ._keys import MONTH_RE, USER_RE, KeySchema
 
 log = logging.getLogger("quota.notify")
+
+# "<user>:<field>" of a webhook id, the field being "<YYYY-MM>:<threshold>:<kind>:<seq>" (lib/alerts.lua)
+EVENT_FIELD_RE = re.compile(rf"(.+):((?:{MONTH_RE.pattern}):\d{{1,4}}:(?:crossed|cleared):\d{{1,18}})")
 
 DEFAULT_CONCURRENCY = 4  # users delivered at once (threads); each user's events go in order
 DEFAULT_POLL_S = 1.0  # how often a sweep looks for new events: the webhook's latency, about
@@ -489,12 +493,10 @@ def parse_event_id(prefix: str, event_id: str) -> tuple[str, str]:
     """``(user, field)`` of a webhook id ``<prefix>:<user>:<month>:<pct>:<kind>:<seq>``; ValueError
     when it is not one."""
     head = prefix + ":"
-    if not event_id.startswith(head):
-        raise ValueError(f"an event id starts with {head!r}")
-    parts = event_id[len(head) :].rsplit(":", 4)
-    if len(parts) != 5:
-        raise ValueError("an event id is <prefix>:<user>:<YYYY-MM>:<threshold>:<kind>:<seq>")
-    return parts[0], ":".join(parts[1:])
+    found = EVENT_FIELD_RE.fullmatch(event_id[len(head) :]) if event_id.startswith(head) else None
+    if found is None or not USER_RE.fullmatch(found.group(1)):
+        raise ValueError(f"an event id is {prefix}:<user>:<YYYY-MM>:<threshold>:<crossed|cleared>:<seq>")
+    return found.group(1), found.group(2)
 
 
 def status_lines(events: Iterable[AlertEvent]) -> list[str]:
