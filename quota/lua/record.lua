@@ -38,8 +38,7 @@ if not (is_uint(ARGV[2], 10) and is_uint(ARGV[3], 10) and is_uint(ARGV[4], 17)
         and (ARGV[5] == '0' or ARGV[5] == '1') and (ARGV[8] == '0' or ARGV[8] == '1')) then
   return redis.error_reply('QUOTA_INVALID record arguments must be unsigned integers and 0/1 flags')
 end
-local thresholds = parse_thresholds(ARGV[9])
-if not thresholds then
+if not thresholds_ok(ARGV[9]) then
   return redis.error_reply('QUOTA_INVALID record thresholds must be ascending percents like 80,100')
 end
 local with_hold = #KEYS == 5
@@ -68,9 +67,9 @@ for i = 1, 5 do
   end
 end
 local used, credit = current[5] or '0', current[6] or ARGV[6]
-local crossed, after = {}, nil
-if ARGV[5] == '1' and #thresholds > 0 then  -- system spend alerts, nothing else (turn holds never do)
-  crossed, after = newly_reached(thresholds, current[7], used, ARGV[4], credit)
+local crossed = {}
+if ARGV[5] == '1' and ARGV[9] ~= '' then  -- system spend alerts, nothing else (turn holds never do)
+  crossed = newly_reached(ARGV[9], current[7], used, ARGV[4], credit)
 end
 local now_ms, remaining, expires
 if with_hold or #crossed > 0 then now_ms = server_ms() end
@@ -107,6 +106,7 @@ if remaining then  -- draw the system cost down from the turn's hold, and keep t
   hold = string.format('%d', left)
 end
 if #crossed > 0 then  -- one event per threshold, in the outbox with the count (a dead worker loses none)
+  local after = redis.call('HGET', KEYS[1], 'system_used_nano')  -- the exact sum, past 2^53 too
   for _, pct in ipairs(crossed) do emit(KEYS[1], KEYS[3], KEYS[4], 'crossed', pct, after, credit, now_ms) end
   redis.call('HSET', KEYS[1], 'alerted_pct', crossed[#crossed])
 end

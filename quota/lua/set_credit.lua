@@ -19,17 +19,24 @@
 if not is_uint(ARGV[1], 17) then
   return redis.error_reply('QUOTA_INVALID credit_nano must be an unsigned integer below 1e17')
 end
-local thresholds = parse_thresholds(ARGV[2])
-if not thresholds then
+if not thresholds_ok(ARGV[2]) then
   return redis.error_reply('QUOTA_INVALID set_credit thresholds must be ascending percents like 80,100')
 end
+local thresholds = {}
+for p in string.gmatch(ARGV[2], '%d+') do thresholds[#thresholds + 1] = tonumber(p) end
 
--- 2. read
+-- 2. read: which alerted thresholds the spend no longer reaches under the new credit (from the top;
+-- the lower ones are reached whenever a higher one is), and the highest one it still reaches
 local now = redis.call('HMGET', KEYS[1], 'system_used_nano', 'alerted_pct')
 local used = now[1] or '0'
+local alerted = tonumber(now[2] or '0') or 0
 local cleared, still = {}, 0
-if #thresholds > 0 and now[2] then
-  cleared, still = no_longer_reached(thresholds, now[2], used, ARGV[1])
+for i = #thresholds, 1, -1 do
+  local pct = thresholds[i]
+  if pct <= alerted then
+    if reaches(used, '0', ARGV[1], pct) then still = pct break end
+    cleared[#cleared + 1] = pct
+  end
 end
 
 -- 3. write

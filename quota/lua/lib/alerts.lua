@@ -13,79 +13,51 @@
 
 -- @include util
 
-local LIMB = 1000000000  -- amounts pass 2^53 times 1000: they are compared in two base-1e9 limbs
 -- An outbox (and a dead-letter list) expires this long after its last event: a running notifier
 -- empties it within a day (delivered, or dead after 24 h of retries), and one that never runs must not
 -- let events pile up for ever. The index keeps at most one member per user.
 local OUTBOX_TTL_S = 40 * 86400
 
--- ARGV's thresholds as numbers, ascending; {} when off, nil when malformed.
-local function parse_thresholds(s)
-  if type(s) ~= 'string' or #s > 64 then return nil end
+-- Is used + cost >= credit * pct / 100, exactly? The arguments are decimal strings (pct a number).
+-- Below 2^53 / 1000 nano-CNY (9,007 CNY) every product is exact in a double, the common case; above
+-- it the sides are compared in two base-1e9 limbs.
+local function reaches(used, cost, credit, pct)
+  local u, c = tonumber(used) + tonumber(cost), tonumber(credit)
+  if u < 9007199254740 and c < 9007199254740 then return u * 100 >= c * pct end
+  local function limbs(s, m)  -- (hi, lo) of the decimal string s times m, each below 2^53
+    local hi, lo = 0, tonumber(s)
+    if #s > 9 then hi, lo = tonumber(string.sub(s, 1, -10)), tonumber(string.sub(s, -9)) end
+    lo = lo * m
+    local carry = math.floor(lo / 1e9)
+    return hi * m + carry, lo - carry * 1e9
+  end
+  local uh, ul = limbs(used, 100)
+  local kh, kl = limbs(cost, 100)
+  uh, ul = uh + kh, ul + kl
+  if ul >= 1e9 then uh, ul = uh + 1, ul - 1e9 end
+  local ch, cl = limbs(credit, pct)
+  return uh > ch or (uh == ch and ul >= cl)
+end
+
+-- The thresholds of LIST ('80,100': ascending, validated by the caller) above ALERTED (the month's
+-- alerted_pct: a string, or nil) that USED + COST reaches under CREDIT, ascending.
+local function newly_reached(list, alerted, used, cost, credit)
+  local above = tonumber(alerted or '0') or 0
   local out = {}
-  if s == '' then return out end
-  for part in string.gmatch(s .. ',', '([^,]*),') do
-    local pct = string.match(part, '^%d%d?%d?%d?$') and tonumber(part)
-    if not pct or pct < 1 or pct > 1000 or (out[#out] and pct <= out[#out]) then return nil end
-    out[#out + 1] = pct
+  for p in string.gmatch(list, '%d+') do
+    local pct = tonumber(p)
+    if pct > above then
+      if not reaches(used, cost, credit, pct) then break end  -- ascending: the rest are higher
+      out[#out + 1] = pct
+    end
   end
   return out
 end
 
--- A decimal string of up to 18 digits as (high, low) limbs.
-local function limbs(s)
-  if #s <= 9 then return 0, tonumber(s) end
-  return tonumber(string.sub(s, 1, -10)), tonumber(string.sub(s, -9))
-end
-
--- (hi, lo) * m, for m up to 1000: each product stays below 2^53.
-local function times(hi, lo, m)
-  lo = lo * m
-  local carry = math.floor(lo / LIMB)
-  return hi * m + carry, lo - carry * LIMB
-end
-
--- Does the spend (hi, lo) reach PCT percent of the credit CREDIT (a string)? used * 100 >= credit * pct
-local function reaches(hi, lo, credit, pct)
-  local uh, ul = times(hi, lo, 100)
-  local ch, cl = limbs(credit)
-  ch, cl = times(ch, cl, pct)
-  return uh > ch or (uh == ch and ul >= cl)
-end
-
--- The thresholds above ALERTED (the month's alerted_pct: a string, or nil) that the spend USED + COST
--- reaches under CREDIT (all three decimal strings), ascending; and that spend, as a string.
-local function newly_reached(thresholds, alerted, used, cost, credit)
-  local hi, lo = limbs(used)
-  local chi, clo = limbs(cost)
-  hi, lo = hi + chi, lo + clo
-  if lo >= LIMB then hi, lo = hi + 1, lo - LIMB end
-  local above = tonumber(alerted or '0') or 0
-  local out = {}
-  for _, pct in ipairs(thresholds) do
-    if pct > above then
-      if not reaches(hi, lo, credit, pct) then break end  -- ascending: the rest are higher
-      out[#out + 1] = pct
-    end
-  end
-  if #out == 0 then return out, nil end
-  return out, hi > 0 and string.format('%d%09d', hi, lo) or string.format('%d', lo)
-end
-
--- The thresholds at or below ALERTED (a string, or nil) that the spend USED no longer reaches under
--- CREDIT (a raised credit), descending, and the highest threshold still reached (0: none).
-local function no_longer_reached(thresholds, alerted, used, credit)
-  local hi, lo = limbs(used)
-  local above = tonumber(alerted or '0') or 0
-  local out = {}
-  for i = #thresholds, 1, -1 do
-    local pct = thresholds[i]
-    if pct <= above then
-      if reaches(hi, lo, credit, pct) then return out, pct end  -- the lower ones are reached too
-      out[#out + 1] = pct
-    end
-  end
-  return out, 0
+-- A thresholds argument: '' (off) or whole percents joined by commas, at most 64 characters.
+local function thresholds_ok(s)
+  return type(s) == 'string' and #s <= 64 and (s == '' or (string.find(s, '^%d[%d,]*$') ~= nil
+    and string.find(s, ',,') == nil and string.sub(s, -1) ~= ','))
 end
 
 -- Write one event for the user of KEY_MONTH (<prefix>:{<user>}:<YYYY-MM>) and put the user in the
