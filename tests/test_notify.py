@@ -244,3 +244,44 @@ def test_an_event_reads_back_as_written(meter):
     assert json.loads(event.body()) == event.payload()
     assert abs(event.at_ms - server_ms(meter)) < 60_000 and event.attempts == 0
     assert time.time() * 1000 - event.at_ms < 60_000
+
+
+def test_the_command_line(meter, receiver, real_backend, monkeypatch):
+    """``quota notify``: --new-secret, --once (exit 0, or 3 with events left), --status, --redeliver,
+    --enable (the same code the API and the long-running worker use)."""
+    from click.testing import CliRunner
+
+    from quota.cli import main
+
+    runner = CliRunner()
+    made = runner.invoke(main, ["notify", "--new-secret"])
+    assert made.exit_code == 0 and parse_secret(made.output.strip())
+    env = {
+        "QUOTA_PREFIX": "quota",
+        "QUOTA_WEBHOOK_URL": receiver.url,
+        "QUOTA_WEBHOOK_SECRET": SECRET,
+        "QUOTA_WEBHOOK_RETRY_WINDOW_S": "1",
+        "QUOTA_WEBHOOK_RETRY_BASE_S": "0.05",
+        "QUOTA_HISTORY_URL": "sqlite://",
+    }
+    url = ["--url", real_backend.url]
+    assert runner.invoke(main, ["notify", "--once", *url], env={"QUOTA_HISTORY_URL": "sqlite://"}).exit_code == 2
+    cross(meter, "alice", 4)
+    receiver.answer = lambda headers, body: 500
+    left = runner.invoke(main, ["notify", "--once", "--max-wait", "0", *url], env=env)
+    assert left.exit_code == 3 and "1 still pending" in left.output, left.output
+    dead = runner.invoke(main, ["notify", "--once", "--max-wait", "5", *url], env=env)
+    assert dead.exit_code == 0 and "dead 1" in dead.output, dead.output
+    status = runner.invoke(main, ["notify", "--status", *url], env=env)
+    assert "dead: 1" in status.output and "quota:alice:2026-01:80:crossed:1" in status.output
+    back = runner.invoke(main, ["notify", "--redeliver", "quota:alice:2026-01:80:crossed:1", *url], env=env)
+    assert back.exit_code == 0 and json.loads(back.output)["attempts"] == 0
+    assert runner.invoke(main, ["notify", "--redeliver", "nope", *url], env=env).exit_code == 2
+    receiver.answer = lambda headers, body: 410
+    gone = runner.invoke(main, ["notify", "--once", "--max-wait", "5", *url], env=env)
+    assert gone.exit_code == 3
+    receiver.answer = lambda headers, body: 204
+    enabled = runner.invoke(main, ["notify", "--enable", *url], env=env)
+    assert enabled.exit_code == 0 and "enabled" in enabled.output
+    done = runner.invoke(main, ["notify", "--once", *url], env=env)
+    assert done.exit_code == 0 and "delivered 1" in done.output, done.output
