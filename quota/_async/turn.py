@@ -174,7 +174,7 @@ class AsyncMeteredStream:
         self.price = price
         self.recorded: Recorded | None = None
         self._iter = aiter(source)
-        self._recording: Any = None  # the count, started once (under asyncio, a task)
+        self._recording: Awaitable[Recorded] | None = None  # the count, started once (under asyncio, a task)
 
     def __aiter__(self) -> AsyncMeteredStream:
         return self
@@ -225,6 +225,7 @@ async def replay(meter: AsyncScriptRunner) -> ReplayReport:
     Drives the plan of ``quota._replay``: records go through ``run_many``, file steps run through
     ``_compat.to_thread``. A replay stopped by an error closes the plan, which releases its claim."""
     plan = plan_replay(meter.core, meter.turn_options, meter.where)
+    outcome: object  # what the step did, sent back into the plan
     try:
         step = next(plan)
         while True:
@@ -237,7 +238,8 @@ async def replay(meter: AsyncScriptRunner) -> ReplayReport:
                 outcome = await to_thread(step.run)
             step = plan.send(outcome)
     except StopIteration as done:
-        return done.value
+        report: ReplayReport = done.value  # the plan's return value
+        return report
     finally:
         plan.close()
 

@@ -80,6 +80,11 @@ class NodeClients:
     def __init__(self, client: Any, settings: Settings) -> None:
         self._client = client
 
+    def node_of(self, key: str) -> str:
+        """The name of the node that owns ``key``'s slot (batches are grouped by it)."""
+        name: str = self._client.get_node_from_key(key).name
+        return name
+
     def get(self, node_name: Any) -> Any:
         """The standalone client itself (``node_name`` None), or the client on that node."""
         if node_name is None:

@@ -176,7 +176,7 @@ class MeteredStream:
         self.price = price
         self.recorded: Recorded | None = None
         self._iter = iter(source)
-        self._recording: Any = None  # the count, started once (under asyncio, a task)
+        self._recording: Recorded | None = None  # the count, started once (under asyncio, a task)
 
     def __iter__(self) -> MeteredStream:
         return self
@@ -227,6 +227,7 @@ def replay(meter: ScriptRunner) -> ReplayReport:
     Drives the plan of ``quota._replay``: records go through ``run_many``, file steps run through
     ``_compat.to_thread``. A replay stopped by an error closes the plan, which releases its claim."""
     plan = plan_replay(meter.core, meter.turn_options, meter.where)
+    outcome: object  # what the step did, sent back into the plan
     try:
         step = next(plan)
         while True:
@@ -239,7 +240,8 @@ def replay(meter: ScriptRunner) -> ReplayReport:
                 outcome = to_thread(step.run)
             step = plan.send(outcome)
     except StopIteration as done:
-        return done.value
+        report: ReplayReport = done.value  # the plan's return value
+        return report
     finally:
         plan.close()
 
