@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster
 
 from .._config import Settings
 from .._connect import node_client
+
+T = TypeVar("T")
 
 USE_ASYNCIO = True  # quota._connect.open_client builds redis.asyncio clients
 ClusterClient = RedisCluster  # the cluster client class
@@ -27,6 +29,26 @@ LOST_CONNECTION: tuple[type[Exception], ...] = (AttributeError,)
 shield = asyncio.shield  # a record, a hold taken or given back completes even if the task is cancelled
 sleep = asyncio.sleep
 to_thread = asyncio.to_thread  # blocking file and SQL work runs off the event loop
+
+
+async def shielded_admission(
+    admission: Coroutine[Any, Any, T], abandoned: Callable[[T], Coroutine[Any, Any, Any]], options: Any
+) -> T:
+    """Await ``admission`` shielded from cancellation. If the awaiting task is cancelled first,
+    the admission still completes, and ``abandoned(reply)`` then runs in the background (tracked
+    by ``options`` like a replay): a hold taken for a turn that never started is given back at
+    once instead of at its expiry (10 minutes by default)."""
+    task = asyncio.ensure_future(admission)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+
+        def after(done: asyncio.Future[T]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                options.track(asyncio.ensure_future(abandoned(done.result())))
+
+        task.add_done_callback(after)
+        raise
 
 
 def start_task(coroutine: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
