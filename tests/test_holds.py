@@ -319,7 +319,7 @@ async def test_a_turn_cancelled_while_it_is_being_admitted_gives_its_hold_back(r
 
     async def slow_admission(call):
         if call.script.name == "turn_begin":
-            await asyncio.sleep(0.2)           # the worker is cancelled while this is on its way
+            await asyncio.sleep(0.2)  # the worker is cancelled while this is on its way
         return await run(call)
 
     meter.run = slow_admission
@@ -328,7 +328,7 @@ async def test_a_turn_cancelled_while_it_is_being_admitted_gives_its_hold_back(r
     entering.cancel()
     with pytest.raises(asyncio.CancelledError):
         await entering
-    await asyncio.sleep(0.3)                   # the admission lands, then the release
+    await asyncio.sleep(0.3)  # the admission lands, then the release
     await meter.turn_options.wait_background()
     check = await meter.check_quota_available("oz", "system_deepseek")
     assert check.held_nano == 0 and check.allowed
