@@ -320,7 +320,9 @@ class MeterCore:
             parse,
         )
 
-    def turn_end(self, user: str, model: ModelPrice, turn_id: str, cost_nano: int) -> ScriptCall[bool]:
+    def turn_end(
+        self, user: str, model: ModelPrice, turn_id: str, cost_nano: int, *, learn: bool = True
+    ) -> ScriptCall[bool]:
         """Release a turn's hold and teach the "auto" estimate its cost; parse tells whether this
         call released it (False: released before, or dead)."""
 
@@ -335,6 +337,7 @@ class MeterCore:
                 f"{model.model_id}:{SUFFIX_HOLD_ESTIMATE}",
                 str(min(cost_nano, 10**17 - 1)),
                 str(self.settings.turn_hold_default_nano),
+                "1" if learn else "0",
             ),
             parse,
         )

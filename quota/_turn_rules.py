@@ -269,6 +269,14 @@ class TurnRules:
         self.holding = False
         return self.core.turn_end(self.user, self.model, self.turn_id, self.cost_nano)
 
+    def abandoned_call(self, reply: tuple[QuotaCheck, int]) -> ScriptCall[bool] | None:
+        """turn_end.lua for an admission that went through after its turn was cancelled (the turn
+        never learned of its hold): give the hold back at once, and learn nothing from it."""
+        check, _ = reply
+        if not check.allowed:
+            return None
+        return self.core.turn_end(self.user, self.model, self.turn_id, 0, learn=False)
+
     def ended(self, exc: Exception | None) -> None:
         if exc is None:
             self.metrics.holds_released += 1

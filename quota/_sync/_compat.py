@@ -36,6 +36,11 @@ def to_thread(function: Callable[..., T], *args: Any) -> T:
     return function(*args)
 
 
+def shielded_admission(admission: T, abandoned: Callable[[T], Any], options: Any) -> T:
+    """A sync admission can not be cancelled half-way: its outcome is the admission's."""
+    return admission
+
+
 def start_task(result: T) -> T:
     """The outcome itself: it was computed when the call was made."""
     return result
