@@ -11,8 +11,8 @@ from typing import Any
 
 import quota
 from quota._config import ALERT_PERCENT_RANGE
-from quota._core import MAX_TOKENS
 from quota._keys import MODEL_RE, MONTH_RE, PREFIX_RE, REQUEST_ID_RE, USER_RE
+from quota._usage import MAX_TOKENS
 
 from .demo_agent import CONVERSATION_RE, DEMO_USER_PREFIX, MAX_MESSAGE_CHARS, MAX_TURNS
 
@@ -396,8 +396,8 @@ def _user_param() -> dict[str, Any]:
     return {"name": "user", "in": "path", "required": True, "schema": USER}
 
 
-BEARER = [{"bearerAuth": []}]
-LIMIT = {
+BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+LIMIT: dict[str, Any] = {
     "name": "limit",
     "in": "query",
     "required": False,

@@ -205,7 +205,7 @@ def backoff_s(attempt: int, base_s: float, cap_s: float, rng: random.Random | No
     """The wait before the next attempt after ``attempt`` failed ones: exponential (base x 2^(n-1),
     at most ``cap_s``), with half of it random ("equal jitter"), so that events that failed together
     do not all come back together."""
-    ceiling = min(cap_s, base_s * 2 ** max(attempt - 1, 0))
+    ceiling = min(cap_s, base_s * 2.0 ** min(max(attempt - 1, 0), 60))
     return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
 
 
@@ -283,7 +283,7 @@ class OutboxCalls:
         k = self.keys
         return (k.outbox_key(user), k.outbox_index_key(user), k.dead_key(user))
 
-    def claim(self, user: str, owner: str, lease_ms: int, max_events: int) -> ScriptCall:
+    def claim(self, user: str, owner: str, lease_ms: int, max_events: int) -> ScriptCall[tuple[int, list[AlertEvent]]]:
         prefix = self.keys.prefix
 
         def parse(reply: Any) -> tuple[int, list[AlertEvent]]:
@@ -295,12 +295,12 @@ class OutboxCalls:
 
     def settle(
         self, event: AlertEvent, owner: str, outcome: str, *, delay_ms: int = 0, window_ms: int = 0, error: str = ""
-    ) -> ScriptCall:
+    ) -> ScriptCall[str]:
         """``outcome``: delivered, retry, dead or release; parse gives what was applied (see the script)."""
         args = (event.user, event.field, owner, outcome, str(delay_ms), str(window_ms), error)
         return ScriptCall(scripts.OUTBOX_SETTLE, self._keys(event.user), args, _text)
 
-    def redeliver(self, user: str, field: str) -> ScriptCall:
+    def redeliver(self, user: str, field: str) -> ScriptCall[AlertEvent | None]:
         prefix = self.keys.prefix
 
         def parse(reply: Any) -> AlertEvent | None:

@@ -22,13 +22,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ._errors import ConfigError
 from ._keys import validate_prefix
 from ._money import cny_to_nano
 from ._prices import PriceTable
+
+N = TypeVar("N", int, float)
 
 DEFAULT_CREDIT_NANO = 5_000_000_000
 DEFAULT_DEDUPE_TTL_S = 24 * 3600
@@ -55,32 +58,30 @@ ALERT_PERCENT_RANGE = (1, 1000)
 MAX_ALERT_THRESHOLDS = 10
 
 
-def int_env(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+def _number_env(
+    env: Mapping[str, str], name: str, parse: Callable[[str], N], what: str, default: N, low: N, high: N
+) -> N:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+        raise ConfigError(f"{name} must be {what}, got {raw!r}") from None
+    if not low <= value <= high:  # nan fails this too
+        shown = raw if parse is float else value  # as written (0.010), or the whole number it is
+        raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {shown!r}")
     return value
+
+
+def int_env(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+    """A whole-number setting from ``env``, within ``low``..``high``."""
+    return _number_env(env, name, int, "a whole number", default, low, high)
 
 
 def float_env(env: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
-    """A number of seconds (or any real setting) from ``env``; ``nan`` and ``inf`` are refused by
-    the range check."""
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {raw!r}")
-    return value
+    """A real-number setting (seconds, say) from ``env``; ``nan`` and ``inf`` fail the range check."""
+    return _number_env(env, name, float, "a number", default, low, high)
 
 
 def check_pool_settings(max_connections: object, pool_timeout_s: object) -> None:
@@ -121,8 +122,9 @@ class Settings:
 
     def __post_init__(self) -> None:
         check_pool_settings(self.max_connections, self.pool_timeout_s)
-        if isinstance(self.alert_thresholds, list):  # a list given in code: kept as a tuple (hashable, frozen)
-            object.__setattr__(self, "alert_thresholds", tuple(self.alert_thresholds))
+        given: object = self.alert_thresholds
+        if isinstance(given, list):  # a list given in code: kept as a tuple (hashable, frozen)
+            object.__setattr__(self, "alert_thresholds", tuple(given))
         check_alert_thresholds(self.alert_thresholds)
         if not 1 <= self.hold_ttl_s <= 7 * 86400:
             raise ConfigError(f"hold_ttl_s must be from 1 to {7 * 86400} seconds, got {self.hold_ttl_s}")

@@ -202,7 +202,8 @@ def _read_all(meter: Any, keys: list[str], command: Callable[[Any, str], None]) 
         pipe = meter.client.pipeline(transaction=False)
         for key in keys:
             command(pipe, key)
-        return pipe.execute()
+        replies: list[Any] = pipe.execute()
+        return replies
 
 
 def _text(value: Any) -> str:
@@ -486,7 +487,8 @@ class Notifier:
 
 def redeliver(meter: Any, user: str, field: str) -> AlertEvent | None:
     """Put one dead letter back in its user's outbox, due now (None: no such dead letter)."""
-    return meter.run(OutboxCalls(meter.core.keys).redeliver(user, field))
+    event: AlertEvent | None = meter.run(OutboxCalls(meter.core.keys).redeliver(user, field))
+    return event
 
 
 def parse_event_id(prefix: str, event_id: str) -> tuple[str, str]:

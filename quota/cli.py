@@ -19,6 +19,7 @@ import click
 from ._errors import QuotaError
 
 if TYPE_CHECKING:
+    from ._sync.meter import Meter
     from .history import DumpReport
 
 COMMAND_GROUP = "quota.commands"
@@ -86,7 +87,7 @@ def main() -> None:
     """
 
 
-def open_meter(url: str | None):  # noqa: ANN201 - Meter
+def open_meter(url: str | None) -> Meter:
     from ._sync.meter import Meter
 
     try:
@@ -198,7 +199,7 @@ class _Progress:
     def __init__(self) -> None:
         self.shown = 0.0
 
-    def __call__(self, report) -> None:  # noqa: ANN001 - DumpReport
+    def __call__(self, report: DumpReport) -> None:
         import time
 
         now = time.monotonic()
