@@ -20,8 +20,9 @@
 
 from __future__ import annotations
 
+import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ._errors import ConfigError
@@ -74,6 +75,13 @@ def float_env(env: Mapping[str, str], name: str, default: float, *, low: float, 
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {raw!r}")
     return value
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'monthly_credit'?)`` when a known name is close to ``name``, else ``""``.
+    The one rule for every "unknown option" message (Meter options, Django's QUOTA keys)."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def check_pool_settings(max_connections: object, pool_timeout_s: object) -> None:

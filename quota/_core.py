@@ -367,7 +367,9 @@ class MeterCore:
         keys = (self.keys.holds_key(user), *(self.keys.month_key(user, m) for m in wanted))
         return ScriptCall(scripts.STATS, keys, (), parse)
 
-    def token_stats(self, user: str, live: LiveMonths, archived: list[MonthUsage] | None = None) -> dict[str, Any]:
+    def token_stats(
+        self, user: str, live: LiveMonths, archived: list[MonthUsage] | None = None, *, exact: bool = False
+    ) -> dict[str, Any]:
         """Merge live months (Redis) with archived ones (SQL): each month once, newest first.
 
         Nothing is counted twice: the archive holds a full snapshot per generation of a hash,
@@ -387,7 +389,7 @@ class MeterCore:
         limit = len(live.months) - 1
         history = [merged[m] for m in sorted(merged, reverse=True) if m < current.month][:limit]
         return build_token_stats(
-            user, current, history, self.prices, self.settings.credit_nano, held_nano=live.held_nano
+            user, current, history, self.prices, self.settings.credit_nano, held_nano=live.held_nano, exact=exact
         )
 
 
