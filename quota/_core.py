@@ -393,18 +393,28 @@ class MeterCore:
         )
 
 
+# The ``code`` of a quota_exceeded event (api/openapi.py lists them; docs/API.md says what each means).
+CODE_CREDIT_USED = "quota_exceeded"
+CODE_CREDIT_HELD = "credit_held"
+EXCEEDED_CODES = (CODE_CREDIT_USED, CODE_CREDIT_HELD)
+
+
 def quota_exceeded_event(
     model_id: str, used_nano: int, credit_nano: int, resets_at: str, held_nano: int = 0
 ) -> dict[str, Any]:
     """The ``quota_exceeded`` event a chat front end shows when a new message is refused.
 
     ``held`` is what replies in progress have reserved (turn holds): a user under the credit can
-    be refused while their other replies hold the rest, and the message says so.
+    be refused while their other replies hold the rest, and the message says so. ``code`` says
+    which, for a machine: :data:`CODE_CREDIT_USED` (the credit is used up: wait for the reset, top
+    up, or switch to a custom model) or :data:`CODE_CREDIT_HELD` (the rest is held by replies in
+    progress: try again when they end).
     """
     used, credit = nano_to_json(used_nano), nano_to_json(credit_nano)
     used_text, credit_text = nano_to_decimal(used_nano), nano_to_decimal(credit_nano)
     event = {
         "type": "quota_exceeded",
+        "code": CODE_CREDIT_USED if used_nano >= credit_nano else CODE_CREDIT_HELD,
         "model_id": model_id,
         "monthly_used": used,
         "monthly_credit": credit,
