@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from quota._tokens import mint_user_token, parse_ttl
+from quota._tokens import mint_user_token, panel_url, parse_ttl
 from quota.testing import RedisServer, local_server
 
 from . import create_app
@@ -48,7 +48,7 @@ class Service:
             f"  API      {b}/v1/   (OpenAPI: {b}/openapi.json, health: {b}/healthz, metrics: {b}/metrics)",
         ]
         if self.user_token:
-            lines.append(f"  panel    {b}/panel#user={self.user}&token={self.user_token}")
+            lines.append(f"  panel    {panel_url(b, self.user, self.user_token)}")
         else:
             lines.append(f"  panel    {b}/panel#user=<user>&token=<token>   (a token: quota token <user>)")
         if self.settings.demo_enabled:
