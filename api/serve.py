@@ -4,7 +4,7 @@ With ``REDIS_URL`` unset it starts a throwaway local Redis-compatible server and
 development mode (made-up secrets, demo on), so a newcomer needs nothing but Python. With
 ``REDIS_URL`` set it runs in production mode unless told ``--dev`` (or ``QUOTA_ENV=development``),
 and then refuses to start without the secrets. Either way it serves with werkzeug's threaded
-server; production deployments run gunicorn (``gunicorn 'api:create_app()' -w 4``).
+server; production deployments run gunicorn (``gunicorn 'quota_server:create_app()' -w 4``).
 """
 
 from __future__ import annotations
@@ -75,7 +75,10 @@ class Service:
                 f"{b}/v1/users/{self.user}/token-stats",
             ]
         if not self.settings.development:
-            lines += ["", "  for production, run several workers: gunicorn 'api:create_app()' -w 4 -b 0.0.0.0:8000"]
+            lines += [
+                "",
+                "  for production, run several workers: gunicorn 'quota_server:create_app()' -w 4 -b 0.0.0.0:8000",
+            ]
         lines += ["", "Press Ctrl+C to stop."]
         return lines
 

@@ -1,10 +1,9 @@
 """The ``quota`` command line (click, like Flask's own CLI).
 
 The library's commands are here: ``demo``, ``stats``, ``credit``, ``spool replay``, ``dump``,
-``scheduler``. Other
-packages add theirs through the ``quota.commands`` entry point group (the app's ``serve`` and
-``token``, in ``api/cli.py``); they are loaded only when asked for, so ``import quota`` never
-imports the app.
+``scheduler``. Other packages add theirs through the ``quota.commands`` entry point group (the
+app's ``serve`` and ``token``, in ``quota_server.cli``: the repository's ``api/cli.py``); they are
+loaded only when asked for, so ``import quota`` never imports the app.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ COMMAND_GROUP = "quota.commands"
 # entry points are written when the distribution is installed, so an editable install made
 # before the group existed (or a checkout run without installing) has none until the next
 # `pip install -e .`, and `quota serve` would vanish. These names are imported only on use.
-BUILTIN_COMMANDS = {"serve": "api.cli:serve", "token": "api.cli:token"}
+BUILTIN_COMMANDS = {"serve": "quota_server.cli:serve", "token": "quota_server.cli:token"}
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -13,11 +13,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import quota
-from api import create_app, get_quota
-from api.settings import ApiSettings
 from quota import Meter
 from quota._errors import ConfigError
 from quota.testing import free_ports
+from quota_server import create_app, get_quota
+from quota_server.settings import ApiSettings
 
 from .api_support import ADMIN, SECRET, SERVICE, api_settings, bearer, make_meter, user_token
 

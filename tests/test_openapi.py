@@ -15,8 +15,8 @@ import pytest
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_spec
 
-from api import create_app, get_quota
 from quota._core import RECORD_FIELDS, quota_exceeded_event
+from quota_server import create_app, get_quota
 
 from .api_support import ADMIN, SERVICE, api_settings, bearer, make_meter, user_token
 
