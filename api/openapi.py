@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import quota
-from quota._core import EXCEEDED_CODES, MAX_TOKENS
+from quota._core import EXCEEDED_CODES
 from quota._keys import MODEL_RE, MONTH_RE, REQUEST_ID_RE, USER_RE
+from quota._usage import MAX_TOKENS
 
 from .demo_agent import CONVERSATION_RE, DEMO_USER_PREFIX, MAX_MESSAGE_CHARS, MAX_TURNS
 
@@ -319,7 +320,7 @@ def _user_param() -> dict[str, Any]:
     return {"name": "user", "in": "path", "required": True, "schema": USER}
 
 
-BEARER = [{"bearerAuth": []}]
+BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 
 
 def _paths(demo: bool) -> dict[str, Any]:

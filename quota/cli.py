@@ -21,6 +21,7 @@ from ._errors import QuotaError
 
 if TYPE_CHECKING:
     from ._replay import ReplayReport
+    from ._sync.meter import Meter
     from .history import DumpReport
 
 COMMAND_GROUP = "quota.commands"
@@ -88,7 +89,7 @@ def main() -> None:
     """
 
 
-def open_meter(url: str | None):  # noqa: ANN201 - Meter
+def open_meter(url: str | None) -> Meter:
     from ._sync.meter import Meter
 
     try:
@@ -272,7 +273,7 @@ class _Progress:
     def __init__(self) -> None:
         self.shown = 0.0
 
-    def __call__(self, report) -> None:  # noqa: ANN001 - DumpReport
+    def __call__(self, report: DumpReport) -> None:
         import time
 
         now = time.monotonic()

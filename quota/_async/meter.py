@@ -27,8 +27,8 @@ from .._connect import (
     slot_busy_pause,
     storage_errors,
 )
-from .._core import Clock, MeterCore, ScriptCall
-from .._errors import BatchError
+from .._core import Clock, MeterCore, R, ScriptCall
+from .._errors import BatchError, QuotaError
 from .._prices import PriceTable
 from .._replay import ReplayReport
 from .._results import CreditResult, QuotaCheck, UsageResult
@@ -148,9 +148,10 @@ class AsyncMeter:
         """Count many calls in one pipelined round trip per node; one result per record."""
         calls = self.core.record_many(records)
         replies = await self.run_many(calls)
-        results = [error_of(r, self.where) or c.parse(r) for c, r in zip(calls, replies)]
-        if any(isinstance(r, Exception) for r in results):
-            raise BatchError(results)
+        outcomes = [error_of(r, self.where) or c.parse(r) for c, r in zip(calls, replies)]
+        results = [r for r in outcomes if not isinstance(r, QuotaError)]
+        if len(results) < len(outcomes):
+            raise BatchError(outcomes)
         return results
 
     async def check_quota_available(self, user: str, model_id: str) -> QuotaCheck:
@@ -201,7 +202,7 @@ class AsyncMeter:
 
     # --- I/O -------------------------------------------------------------------------------------
 
-    async def run(self, call: ScriptCall) -> Any:
+    async def run(self, call: ScriptCall[R]) -> R:
         """Send one prepared call (quota._core) and parse its reply; see quota._runner."""
         with storage_errors(self.where):
             here = self._clients.here()
@@ -210,7 +211,7 @@ class AsyncMeter:
             return call.parse(await self._evalsha(here.client, call))
 
     @staticmethod
-    async def _evalsha(client: Any, call: ScriptCall) -> Any:
+    async def _evalsha(client: Any, call: ScriptCall[Any]) -> Any:
         """Run ``call``; on a cluster, resend it while its slot is busy (see slot_busy_pause)."""
         started = time.monotonic()
         for attempt in itertools.count():
@@ -224,7 +225,7 @@ class AsyncMeter:
         raise AssertionError("unreachable")
 
     @staticmethod
-    async def _evalsha_once(client: Any, call: ScriptCall) -> Any:
+    async def _evalsha_once(client: Any, call: ScriptCall[Any]) -> Any:
         try:
             try:
                 return await client.evalsha(*evalsha_args(call))
@@ -234,17 +235,16 @@ class AsyncMeter:
         except LOST_CONNECTION as exc:
             raise lost_connection(exc) from exc
 
-    async def run_many(self, calls: list[ScriptCall]) -> list[Any]:
+    async def run_many(self, calls: list[ScriptCall[Any]]) -> list[Any]:
         """Send calls pipelined, one pipeline per node; one raw reply or exception per call."""
         if not calls:
             return []
         node_of = None
         with storage_errors(self.where):
             here = self._clients.here()
-            client = here.client
-            if isinstance(client, ClusterClient):
+            if isinstance(here.client, ClusterClient):
                 await here.start.before_batch()
-                node_of = lambda key: client.get_node_from_key(key).name  # noqa: E731
+                node_of = here.nodes.node_of
         plan = plan_batch(calls, node_of)
         with storage_errors(self.where):
             try:
@@ -252,7 +252,8 @@ class AsyncMeter:
                 while True:
                     step = plan.send(await self._perform(step, here))
             except StopIteration as done:
-                return done.value
+                replies: list[Any] = done.value  # the plan's return value: one reply per call
+                return replies
 
     async def _perform(self, step: Step, here: OnLoop) -> Any:
         """Do one I/O step of a batch plan (see quota._batch); errors are outcomes, not raised."""
