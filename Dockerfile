@@ -6,6 +6,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY quota ./quota
 COPY api ./api
+# installed as the packages quota and quota_server (api/, see pyproject.toml)
 # the server extra: gunicorn, which docker-compose.yml runs the API with
 RUN pip install '.[server]' && useradd --system --uid 10001 quota
 USER quota

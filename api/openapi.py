@@ -11,6 +11,7 @@ from typing import Any
 
 import quota
 from quota._config import ALERT_PERCENT_RANGE
+from quota._core import EXCEEDED_CODES
 from quota._keys import MODEL_RE, MONTH_RE, PREFIX_RE, REQUEST_ID_RE, USER_RE
 from quota._usage import MAX_TOKENS
 
@@ -130,6 +131,11 @@ SCHEMAS: dict[str, Any] = {
     "QuotaExceededEvent": _object(
         {
             "type": {"const": "quota_exceeded"},
+            "code": {
+                "enum": list(EXCEEDED_CODES),
+                "description": "quota_exceeded: the credit is used up (wait for resets_at, top up, or use a custom "
+                "model); credit_held: the rest of the credit is held by replies in progress (try again when they end)",
+            },
             "model_id": MODEL,
             "monthly_used": MONEY,
             "monthly_credit": MONEY,

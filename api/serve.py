@@ -4,7 +4,7 @@ With ``REDIS_URL`` unset it starts a throwaway local Redis-compatible server and
 development mode (made-up secrets, demo on), so a newcomer needs nothing but Python. With
 ``REDIS_URL`` set it runs in production mode unless told ``--dev`` (or ``QUOTA_ENV=development``),
 and then refuses to start without the secrets. Either way it serves with werkzeug's threaded
-server; production deployments run gunicorn (``gunicorn 'api:create_app()' -w 4``).
+server; production deployments run gunicorn (``gunicorn 'quota_server:create_app()' -w 4``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from quota._tokens import mint_user_token, parse_ttl
+from quota._tokens import mint_user_token, panel_url, parse_ttl
 from quota.testing import RedisServer, local_server
 
 from . import create_app
@@ -48,7 +48,7 @@ class Service:
             f"  API      {b}/v1/   (OpenAPI: {b}/openapi.json, health: {b}/healthz, metrics: {b}/metrics)",
         ]
         if self.user_token:
-            lines.append(f"  panel    {b}/panel#user={self.user}&token={self.user_token}")
+            lines.append(f"  panel    {panel_url(b, self.user, self.user_token)}")
         else:
             lines.append(f"  panel    {b}/panel#user=<user>&token=<token>   (a token: quota token <user>)")
         if self.settings.demo_enabled:
@@ -75,7 +75,10 @@ class Service:
                 f"{b}/v1/users/{self.user}/token-stats",
             ]
         if not self.settings.development:
-            lines += ["", "  for production, run several workers: gunicorn 'api:create_app()' -w 4 -b 0.0.0.0:8000"]
+            lines += [
+                "",
+                "  for production, run several workers: gunicorn 'quota_server:create_app()' -w 4 -b 0.0.0.0:8000",
+            ]
         lines += ["", "Press Ctrl+C to stop."]
         return lines
 

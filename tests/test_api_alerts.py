@@ -8,10 +8,10 @@ import base64
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from api import create_app
 from quota._alerts import OutboxCalls, WebhookSettings
 from quota._notify import Notifier
 from quota.testing import WebhookReceiver
+from quota_server import create_app
 
 from .api_support import ADMIN, SERVICE, api_settings, bearer, make_meter
 

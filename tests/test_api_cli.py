@@ -267,7 +267,7 @@ def test_gunicorn_workers_serve_the_app_and_metrics_add_up_across_workers(redis_
     metrics_dir.mkdir()
     env = clean_env(REDIS_URL=redis_server.url, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), **BASE_ENV)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "api:create_app()", "-w", "3", "-b", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "gunicorn", "quota_server:create_app()", "-w", "3", "-b", f"127.0.0.1:{port}"],
         env=env,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
