@@ -127,7 +127,9 @@ def run_turn(meter: Meter, body: Any) -> dict[str, Any]:
             for purpose in purposes:
                 request_id = f"demo:{conversation}:{turn}:{purpose}"
                 tokens_in, tokens_out = fake_tokens(random.Random(request_id), purpose)
-                recorded = metered.record(input_tokens=tokens_in, output_tokens=tokens_out, request_id=request_id)
+                recorded = metered.record(
+                    input_tokens=tokens_in, output_tokens=tokens_out, request_id=request_id, purpose=purpose
+                )
                 result = recorded.result
                 if result is None:  # Redis away: spooled, counted when it is back
                     raise StorageUnavailable(recorded.error or "Redis is unavailable")

@@ -12,7 +12,7 @@ from typing import Any
 import quota
 from quota._config import ALERT_PERCENT_RANGE
 from quota._core import EXCEEDED_CODES
-from quota._keys import MODEL_RE, MONTH_RE, PREFIX_RE, REQUEST_ID_RE, USER_RE
+from quota._keys import MAX_PURPOSES, MODEL_RE, MONTH_RE, PREFIX_RE, PURPOSE_RE, REQUEST_ID_RE, USER_RE
 from quota._usage import MAX_TOKENS
 
 from .demo_agent import CONVERSATION_RE, DEMO_USER_PREFIX, MAX_MESSAGE_CHARS, MAX_TURNS
@@ -43,6 +43,7 @@ TIMESTAMP = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T00:00:00Z$"}
 MS_TIMESTAMP = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"}
 PERCENT = {"type": "integer", "minimum": ALERT_PERCENT_RANGE[0], "maximum": ALERT_PERCENT_RANGE[1]}
 ALERTS = {"type": "array", "items": PERCENT}
+PURPOSE = {"type": "string", "pattern": _pattern(PURPOSE_RE)}
 # <prefix>:<user>:<YYYY-MM>:<threshold>:<crossed|cleared>:<seq> (quota._notify.parse_event_id)
 EVENT_ID_PATTERN = rf"^{PREFIX_RE.pattern}:{USER_RE.pattern}:{MONTH_RE.pattern}:\d{{1,4}}:(crossed|cleared):\d{{1,18}}$"
 PRICE_VALUE = {"type": ["number", "string"], "description": "CNY per 1k tokens"}
@@ -101,6 +102,14 @@ SCHEMAS: dict[str, Any] = {
             )
             | {"type": ["object", "null"]},
             "estimated": {"type": "boolean", "description": "the token counts are estimates"},
+            "purpose": PURPOSE
+            | {
+                "type": ["string", "null"],
+                "description": "what the call was for (chat, tool, summary, naming, or your own word), "
+                f"also counted per model and purpose: at most {MAX_PURPOSES} per model and month, "
+                "further ones count as other; a request_id repeated with another purpose is a conflict (409); "
+                "null is the same as leaving it out",
+            },
         },
         ["user", "model_id", "input_tokens", "output_tokens"],
     ),
@@ -124,6 +133,12 @@ SCHEMAS: dict[str, Any] = {
             | {
                 "description": "the alert thresholds this record's system spend reached first this month "
                 "(each has a quota.threshold_crossed webhook event, docs/ALERTS.md); mostly empty"
+            },
+            "purpose": PURPOSE
+            | {
+                "type": ["string", "null"],
+                "description": "the purpose the call was counted under (other past the per-model bound; "
+                "for a duplicate, the one given); null without a purpose",
             },
         }
     ),
@@ -212,6 +227,13 @@ SCHEMAS: dict[str, Any] = {
             "estimated_calls": {"type": "integer", "minimum": 0},
             "is_system": {"type": "boolean"},
             "name": {"type": "string"},
+            "purposes": {
+                "type": "object",
+                "description": "calls and cost of this model by the records' purpose (records without one "
+                f"are not in it); at most {MAX_PURPOSES} purposes and other",
+                "propertyNames": PURPOSE,
+                "additionalProperties": _object({"calls": {"type": "integer", "minimum": 0}, "cost": MONEY}),
+            },
         }
     ),
     "HistoryModelStats": _object(

@@ -108,6 +108,7 @@ def record_usage():  # noqa: ANN201
             request_id=record.get("request_id"),
             price=record.get("price"),
             estimated=record.get("estimated", False),
+            purpose=record.get("purpose"),
         )
         metrics.record_usage(result.is_system, result.duplicate)
         return jsonify(result.as_dict())

@@ -29,6 +29,7 @@ from ._keys import (
     month_start,
     next_month_start,
     validate_month,
+    validate_purpose,
     validate_request_id,
     validate_user,
 )
@@ -42,7 +43,7 @@ from ._usage import validate_tokens
 Clock = Callable[[], datetime]
 R = TypeVar("R")  # what a ScriptCall's reply parses into
 
-RECORD_FIELDS = ("user", "model_id", "input_tokens", "output_tokens", "request_id", "price", "estimated")
+RECORD_FIELDS = ("user", "model_id", "input_tokens", "output_tokens", "request_id", "price", "estimated", "purpose")
 RECORD_REQUIRED = frozenset(RECORD_FIELDS[:4])  # the rest are optional
 
 
@@ -166,8 +167,11 @@ class MeterCore:
         estimated: bool = False,
         turn_id: str | None = None,
         at: datetime | None = None,
+        purpose: object = None,
     ) -> ScriptCall[UsageResult]:
-        """``turn_id``: the turn whose hold this call's system cost is drawn from (quota.Turn).
+        """``purpose``: what the call was for (``"chat"``, ``"tool"``...; 1 to 10 of a-z 0-9 _ -),
+        also counted per model and purpose (at most 8 per model and month, then ``"other"``).
+        ``turn_id``: the turn whose hold this call's system cost is drawn from (quota.Turn).
         ``at``: the instant the call was made (default: ``clock()``), which fixes its month; a
         record replayed from the spool passes the instant it was spooled with."""
         user = validate_user(user)
@@ -176,6 +180,7 @@ class MeterCore:
         tokens_out = validate_tokens(output_tokens, "output_tokens")
         if not isinstance(estimated, bool):
             raise InvalidInput("estimated must be True or False")
+        purpose_arg = validate_purpose(purpose) or ""
         auto_id = request_id is None
         rid = auto_request_id() if auto_id else validate_request_id(request_id)
         month = self.month_at(self.clock() if at is None else at)
@@ -183,7 +188,7 @@ class MeterCore:
         is_system = model.is_system
 
         def parse(reply: Any) -> UsageResult:
-            status, used, credit, hold, crossed = reply
+            status, used, credit, hold, crossed = reply[:5]
             recorded = int(status) == 1
             # When counted, the script returns the spend *before* this call (see record.lua).
             used_nano = int(used) + (cost if recorded and is_system else 0)
@@ -204,6 +209,7 @@ class MeterCore:
                 estimated=estimated,
                 hold_remaining_nano=int(hold) if hold else None,
                 alerts=_percents(crossed),
+                purpose=(_text(reply[5]) or None) if len(reply) > 5 else None,
             )
 
         keys: tuple[str, ...] = (
@@ -222,6 +228,7 @@ class MeterCore:
             self._ttl_arg,
             "1" if estimated else "0",
             self._thresholds_arg,
+            purpose_arg,
         )
         if turn_id is not None:
             keys += (self.keys.holds_key(user),)
@@ -251,6 +258,7 @@ class MeterCore:
                         request_id=rec.get("request_id"),
                         price=rec.get("price"),
                         estimated=rec.get("estimated", False),
+                        purpose=rec.get("purpose"),
                     )
                 )
             except InvalidInput as exc:

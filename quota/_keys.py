@@ -28,6 +28,8 @@ USER_RE = re.compile(r"[A-Za-z0-9_.@+\-]{1,128}")
 # field is at most 64 bytes, and the longest suffix is ":estimated_calls" (16): 48 fits.
 MODEL_RE = re.compile(r"[A-Za-z0-9_.:/@+\-]{1,48}")
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9_.:/@+=\-]{1,128}")
+# A record's optional purpose ("chat", "tool", "summary", "naming", or the caller's own word).
+PURPOSE_RE = re.compile(r"[a-z0-9_\-]{1,10}")
 MONTH_RE = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
 PREFIX_RE = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
 
@@ -50,6 +52,17 @@ SUFFIX_COST = "cost_nano"
 SUFFIX_CALLS = "calls"
 SUFFIX_ESTIMATED = "estimated_calls"  # calls whose tokens were estimated (stream cut short)
 MODEL_SUFFIXES = (SUFFIX_INPUT, SUFFIX_OUTPUT, SUFFIX_COST, SUFFIX_CALLS, SUFFIX_ESTIMATED)
+# Per-purpose counters (issue 15): "<model_id>:n@<purpose>" (calls) and "<model_id>:c@<purpose>"
+# (cost_nano). Short on purpose: 48 (model) + 3 (":n@") + 10 (purpose) = 61 bytes, within the
+# 64-byte listpack limit (see MODEL_RE); "@" can not appear in a purpose nor in a plain suffix, so
+# rpartition(":") still splits every field unambiguously. "<model_id>:purposes" counts the distinct
+# named purposes of the model this month: at most MAX_PURPOSES, a further one is counted under
+# PURPOSE_OTHER (record.lua decides it in the same atomic step), so a hash can not grow without bound.
+SUFFIX_PURPOSE_CALLS = "n@"
+SUFFIX_PURPOSE_COST = "c@"
+SUFFIX_PURPOSE_COUNT = "purposes"
+MAX_PURPOSES = 8
+PURPOSE_OTHER = "other"
 # Not usage: the "auto" turn hold learned for this user and model (turn_end.lua), nano-CNY.
 SUFFIX_HOLD_ESTIMATE = "hold_est_nano"
 
@@ -69,6 +82,13 @@ def validate_user(user: object) -> str:
 
 def validate_model_id(model_id: object) -> str:
     return _check(model_id, MODEL_RE, "model_id", "use 1 to 48 characters of A-Z a-z 0-9 _ . : / @ + -")
+
+
+def validate_purpose(purpose: object) -> str | None:
+    """None (no purpose) or 1 to 10 characters of a-z 0-9 _ -."""
+    if purpose is None:
+        return None
+    return _check(purpose, PURPOSE_RE, "purpose", "use 1 to 10 characters of a-z 0-9 _ -")
 
 
 def validate_request_id(request_id: object) -> str:

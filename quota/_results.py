@@ -69,6 +69,8 @@ class UsageResult(_MonthTotals):
     # The alert thresholds (percents of the credit) this record's system spend reached first this month,
     # ascending; each has one quota.threshold_crossed event in the outbox (docs/ALERTS.md). Mostly ().
     alerts: tuple[int, ...] = ()
+    # The purpose the call was counted under ("other" once the model has 8 this month); None: no purpose.
+    purpose: str | None = None
 
     @property
     def cost(self) -> Decimal:
@@ -106,6 +108,7 @@ class UsageResult(_MonthTotals):
             "estimated": self.estimated,
             "request_id": self.request_id,
             "alerts": list(self.alerts),
+            "purpose": self.purpose,
         }
 
 

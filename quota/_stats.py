@@ -18,6 +18,8 @@ from ._keys import (
     SUFFIX_ESTIMATED,
     SUFFIX_INPUT,
     SUFFIX_OUTPUT,
+    SUFFIX_PURPOSE_CALLS,
+    SUFFIX_PURPOSE_COST,
     iso_z,
     month_start,
     next_month_start,
@@ -33,6 +35,8 @@ class ModelUsage:
     cost_nano: int = 0
     calls: int = 0
     estimated_calls: int = 0
+    # per purpose (issue 15): purpose -> [calls, cost_nano]; not kept by the SQL archive (docs/HISTORY.md)
+    purposes: dict[str, list[int]] = field(default_factory=dict)
 
     def add(self, other: ModelUsage) -> None:
         self.input_tokens += other.input_tokens
@@ -40,6 +44,10 @@ class ModelUsage:
         self.cost_nano += other.cost_nano
         self.calls += other.calls
         self.estimated_calls += other.estimated_calls
+        for purpose, (calls, cost) in other.purposes.items():
+            mine = self.purposes.setdefault(purpose, [0, 0])
+            mine[0] += calls
+            mine[1] += cost
 
 
 @dataclass
@@ -76,6 +84,9 @@ class MonthUsage:
                 if model_id and suffix in MODEL_SUFFIXES:
                     model = usage.models.setdefault(model_id, ModelUsage())
                     setattr(model, _SUFFIX_ATTR[suffix], number)
+                elif model_id and suffix[:2] in _PURPOSE_INDEX and len(suffix) > 2:
+                    model = usage.models.setdefault(model_id, ModelUsage())
+                    model.purposes.setdefault(suffix[2:], [0, 0])[_PURPOSE_INDEX[suffix[:2]]] = number
         return usage
 
     @property
@@ -119,6 +130,9 @@ _SUFFIX_ATTR = {
     SUFFIX_CALLS: "calls",
     SUFFIX_ESTIMATED: "estimated_calls",
 }
+
+
+_PURPOSE_INDEX = {SUFFIX_PURPOSE_CALLS: 0, SUFFIX_PURPOSE_COST: 1}
 
 
 def flat_pairs_to_dict(flat: list[Any]) -> dict[Any, Any]:
@@ -167,6 +181,10 @@ def build_token_stats(
             "estimated_calls": usage.estimated_calls,
             "is_system": is_system,
             "name": prices.system_models[model_id].name if is_system else _custom_name(prices, model_id),
+            "purposes": {
+                purpose: {"calls": calls, "cost": money(cost)}
+                for purpose, (calls, cost) in sorted(usage.purposes.items())
+            },
         }
     history_out: dict[str, Any] = {}
     for month in history:

@@ -8,6 +8,7 @@ keeps the ones the README shows), else to the test's temporary directory.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -137,12 +138,17 @@ def check_panel_against_api(page, stats) -> None:
     assert float(page.get_attribute("#held", "data-value")) == stats["held"]
     assert float(page.get_attribute("#available", "data-value")) == stats["available"]
     assert page.get_attribute("#resets", "data-value") == stats["resets_at"]
-    rows = page.locator("#models tbody tr")
+    rows = page.locator("#models tbody tr[data-model]")
     assert rows.count() == len(stats["models"])
     for model_id, m in stats["models"].items():
         row = page.locator(f'#models tbody tr[data-model="{model_id}"]')
         values = [float(v) for v in row.locator("td[data-value]").evaluate_all("cs => cs.map(c => c.dataset.value)")]
         assert values == [m["input_tokens"], m["output_tokens"], m["calls"], m["cost"]]
+        line = page.locator(f'#models tbody tr[data-purposes-of="{model_id}"] td')
+        if m["purposes"]:  # the small per-purpose line under the model's row
+            assert json.loads(line.get_attribute("data-value")) == m["purposes"]
+        else:
+            assert line.count() == 0
     months = page.locator("#history tbody tr").evaluate_all("rs => rs.map(r => r.dataset.month)")
     assert months == list(stats["history"])  # newest first, as the API gives them
     for month, models in stats["history"].items():

@@ -19,7 +19,7 @@ def test_record_call_carries_every_key_and_time_in_its_arguments():
     index = call.keys[3]  # the outbox index of alice's hash slot (quota._keys.slot_tag)
     assert call.keys == ("p:{alice}:2026-03", "p:{alice}:req:r1", "p:{alice}:outbox", index)
     assert index.startswith("p:{~") and index.endswith("}:outbox_index")
-    assert call.args == ("system_deepseek", "12000", "8000", "28000000", "1", "5000000000", "60", "0", "80,100")
+    assert call.args == ("system_deepseek", "12000", "8000", "28000000", "1", "5000000000", "60", "0", "80,100", "")
     result = call.parse([1, b"28000000", b"5000000000", b"", b""])
     assert result.month == "2026-03" and result.cost_nano == 28_000_000 and not result.duplicate
     assert result.alerts == () and result.warning is None
@@ -163,7 +163,7 @@ def test_turn_calls_carry_the_hold_and_its_settings():
     assert not check.allowed and check.event["type"] == "quota_exceeded"
     assert c.hold_arg("0.5") == "500000000" and c.hold_arg("auto") == "auto"
     record = c.record("alice", "system_deepseek", 1, 1, request_id="r", turn_id="turn-1")
-    assert record.keys[4] == "quota:{alice}:holds" and record.args[9:] == ("turn-1", "30000")
+    assert record.keys[4] == "quota:{alice}:holds" and record.args[9:] == ("", "turn-1", "30000")
     assert record.parse([1, b"0", b"5000000000", b"4", b""]).hold_remaining_nano == 4
     end = c.turn_end("alice", model, "turn-1", 123)
     assert end.keys == ("quota:{alice}:holds", "quota:{alice}:2026-03")

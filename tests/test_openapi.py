@@ -121,6 +121,10 @@ def scenario(call) -> None:
         json=[rec | {"request_id": "new"}, rec | {"request_id": "r1", "input_tokens": 2}],
         headers=svc,
     )  # batch 409
+    call("post", "/v1/usage", json=rec | {"request_id": "p1", "purpose": "chat"}, headers=svc)  # issue 15
+    call("post", "/v1/usage", json=rec | {"request_id": "p1", "purpose": "tool"}, headers=svc)  # 409
+    call("post", "/v1/usage", json=rec | {"purpose": "Not OK"}, headers=svc)  # 400
+    call("post", "/v1/usage", json=[rec | {"purpose": "summary"}, rec | {"purpose": None}], headers=svc)
     call("post", "/v1/usage", json=rec | {"input_tokens": -1}, headers=svc)
     call("post", "/v1/usage", data="{", content_type="application/json", headers=svc)
     call("post", "/v1/usage", data="x", content_type="text/plain", headers=svc)

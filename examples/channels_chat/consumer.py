@@ -132,7 +132,7 @@ class ChatConsumer(QuotaConsumerMixin, AsyncJsonWebsocketConsumer):
             stream_options={"include_usage": True},
         )
         parts = []
-        async for chunk in turn.stream(stream, prompt=self.history):  # counted however it ends
+        async for chunk in turn.stream(stream, prompt=self.history, purpose="chat"):  # counted however it ends
             for choice in chunk.choices:
                 if choice.delta.content:
                     parts.append(choice.delta.content)
@@ -150,7 +150,7 @@ class ChatConsumer(QuotaConsumerMixin, AsyncJsonWebsocketConsumer):
             model=provider_model,
             messages=[{"role": "system", "content": "Summarize this conversation briefly."}, *old],
         )
-        await turn.record(response)
+        await turn.record(response, purpose="summary")
         summary = response.choices[0].message.content or ""
         self.history = [{"role": "system", "content": f"Summary so far: {summary}"}, *keep]
         return True
@@ -163,6 +163,6 @@ class ChatConsumer(QuotaConsumerMixin, AsyncJsonWebsocketConsumer):
             model=provider_model,
             messages=[{"role": "system", "content": "Name this conversation in a few words."}, *self.history[-2:]],
         )
-        await turn.record(response)
+        await turn.record(response, purpose="naming")
         self.title = (response.choices[0].message.content or "").strip()[:60] or "Chat"
         return True

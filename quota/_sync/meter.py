@@ -138,11 +138,20 @@ class Meter:
         request_id: str | None = None,
         price: Mapping[str, Any] | None = None,
         estimated: bool = False,
+        purpose: str | None = None,
     ) -> UsageResult:
-        """Count one LLM call. Never refuses for the credit; a repeated ``request_id`` counts once."""
+        """Count one LLM call. Never refuses for the credit; a repeated ``request_id`` counts once.
+        ``purpose`` (``"chat"``, ``"tool"``, ...: 1 to 10 of a-z 0-9 _ -) is also counted per model."""
         return self.run(
             self.core.record(
-                user, model_id, input_tokens, output_tokens, request_id=request_id, price=price, estimated=estimated
+                user,
+                model_id,
+                input_tokens,
+                output_tokens,
+                request_id=request_id,
+                price=price,
+                estimated=estimated,
+                purpose=purpose,
             )
         )
 

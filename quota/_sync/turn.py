@@ -125,11 +125,13 @@ class Turn:
         request_id: str | None = None,
         price: Mapping[str, Any] | None = None,
         estimated: bool | None = None,
+        purpose: str | None = None,
     ) -> Recorded:
         """Count one LLM call of this turn (any model; default the turn's). Never raises for the credit.
 
         ``usage`` is a response, a usage object/dict or a :class:`~quota._usage.Usage`; or pass
         ``input_tokens`` and ``output_tokens``. Bad input raises ``InvalidInput`` and changes nothing.
+        ``purpose`` (``"chat"``, ``"tool"``, ``"summary"``...) is also counted per model and purpose.
         """
         pending = self.rules.prepare(
             usage,
@@ -139,6 +141,7 @@ class Turn:
             request_id=request_id,
             price=price,
             estimated=estimated,
+            purpose=purpose,
         )
         recorded = shield(self._send(pending))
         if self.on_warning is not None and recorded.warning is not None:
@@ -173,7 +176,13 @@ class Turn:
         return self.rules.counted(pending, result)
 
     def stream(
-        self, stream: Any, *, prompt: Any = None, model_id: str | None = None, price: Mapping[str, Any] | None = None
+        self,
+        stream: Any,
+        *,
+        prompt: Any = None,
+        model_id: str | None = None,
+        price: Mapping[str, Any] | None = None,
+        purpose: str | None = None,
     ) -> MeteredStream:
         """Wrap a streaming response: chunks pass through, and the call is counted when the stream
         ends, fails, is closed, or is left behind when the turn ends (estimated if no usage came).
@@ -181,8 +190,8 @@ class Turn:
         ``prompt`` (the messages sent) lets a stream cut short before its usage arrived be
         estimated on the input side too; without it the input of such a stream counts as 0.
         """
-        model = self.rules.stream_model(model_id, price)
-        wrapped = MeteredStream(self, stream, StreamTally(estimate_prompt_tokens(prompt)), model, price)
+        model = self.rules.stream_model(model_id, price, purpose)
+        wrapped = MeteredStream(self, stream, StreamTally(estimate_prompt_tokens(prompt)), model, price, purpose)
         self.rules.streams.append(wrapped)
         return wrapped
 
@@ -190,8 +199,11 @@ class Turn:
 class MeteredStream:
     """A stream that counts itself once. ``recorded`` holds the outcome once it is counted."""
 
-    def __init__(self, turn: Turn, source: Any, tally: StreamTally, model_id: str, price: Any) -> None:
+    def __init__(
+        self, turn: Turn, source: Any, tally: StreamTally, model_id: str, price: Any, purpose: str | None = None
+    ) -> None:
         self.turn = turn
+        self.purpose = purpose
         self.source = source
         self.tally = tally
         self.model_id = model_id
@@ -239,7 +251,9 @@ class MeteredStream:
         return self._recording
 
     def _record(self) -> Recorded:
-        self.recorded = self.turn.record(self.tally, model_id=self.model_id, price=self.price)
+        self.recorded = self.turn.record(
+            self.tally, model_id=self.model_id, price=self.price, purpose=self.purpose
+        )
         return self.recorded
 
 

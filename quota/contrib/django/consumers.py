@@ -13,7 +13,7 @@
         async def reply(self, turn, model_id):         # model_id: resolved on the server
             stream = await llm.chat.completions.create(..., stream=True,
                                                        stream_options={"include_usage": True})
-            async for chunk in turn.stream(stream, prompt=messages): ...
+            async for chunk in turn.stream(stream, prompt=messages, purpose="chat"): ...
 
 ``quota_reply`` takes the id the browser asked for, resolves it on the server
 (``QUOTA["MODEL_RESOLVER"]``), meters the scope's user by ``QUOTA["USER_ID"]``, and runs the reply
