@@ -75,6 +75,9 @@ users = st.sampled_from(USERS)
 models = st.sampled_from(MODELS)
 tokens = st.integers(0, 3_000) | st.sampled_from([0, 1, 10**9])
 request_ids = st.none() | st.sampled_from(["r1", "r2", "r3", "r4"])
+# issue 15: 10 named purposes and "other", so that the bound (8 named per model and month) is reached
+purposes = st.none() | st.sampled_from(["chat", "tool", "other", *(f"p{i}" for i in range(8))])
+MAX_PURPOSES = 8
 
 
 @st.composite
@@ -87,6 +90,7 @@ def records(draw) -> dict:
         output_tokens=draw(tokens),
         request_id=draw(request_ids),
         estimated=draw(st.booleans()),
+        purpose=draw(purposes),
     )
     if model == "custom_x":
         rec["price"] = draw(st.sampled_from(sorted(CALL_PRICES)))
@@ -114,6 +118,7 @@ class Month:
     credit_nano: int | None = None
     used_nano: int = 0
     models: dict[str, list[int]] = field(default_factory=dict)  # input, output, cost, calls, estimated
+    purposes: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # model -> purpose -> calls, cost
     alerted: int = 0  # the highest threshold alerted and not cleared
     events: list[str] = field(default_factory=list)  # the outbox fields written: <month>:<pct>:<kind>:<seq>
 
@@ -138,7 +143,14 @@ class Model:
     def record(self, rec: dict, month: str) -> str:
         """'counted', 'duplicate' or 'conflict' (which changes nothing); ``self.crossed`` the thresholds."""
         self.crossed: tuple[int, ...] = ()
-        content = (rec["model_id"], rec["input_tokens"], rec["output_tokens"], self.cost(rec), rec["estimated"])
+        content = (
+            rec["model_id"],
+            rec["input_tokens"],
+            rec["output_tokens"],
+            self.cost(rec),
+            rec["estimated"],
+            rec.get("purpose"),
+        )
         if rec["request_id"] is not None:
             key = (rec["user"], rec["request_id"])
             if key in self.seen:
@@ -148,6 +160,14 @@ class Model:
         counters = m.models.setdefault(rec["model_id"], [0, 0, 0, 0, 0])
         for i, add in enumerate((rec["input_tokens"], rec["output_tokens"], content[3], 1, int(rec["estimated"]))):
             counters[i] += add
+        purpose = rec.get("purpose")
+        if purpose is not None:  # a new named purpose past the bound counts as "other"
+            named = m.purposes.setdefault(rec["model_id"], {})
+            if purpose != "other" and purpose not in named and len(set(named) - {"other"}) >= MAX_PURPOSES:
+                purpose = "other"
+            per = named.setdefault(purpose, [0, 0])
+            per[0] += 1
+            per[1] += content[3]
         if rec["model_id"].startswith("system_"):
             m.used_nano += content[3]
             credit = CREDIT_NANO if m.credit_nano is None else m.credit_nano
@@ -264,6 +284,9 @@ class Model:
                     "calls": c[3],
                     "estimated_calls": c[4],
                     "is_system": mid.startswith("system_"),
+                    "purposes": {
+                        p: {"calls": n, "cost": nano_to_json(cost)} for p, (n, cost) in m.purposes.get(mid, {}).items()
+                    },
                 }
                 for mid, c in m.models.items()
             },
@@ -404,8 +427,11 @@ class MeterMachine(RuleBasedStateMachine):
         model_id=st.sampled_from((None,) + MODELS[:4]),
         input_tokens=st.integers(0, 3_000),
         output_tokens=st.integers(0, 3_000),
+        purpose=purposes,
     )
-    def turn_record(self, index: int, model_id: str | None, input_tokens: int, output_tokens: int) -> None:
+    def turn_record(
+        self, index: int, model_id: str | None, input_tokens: int, output_tokens: int, purpose: str | None
+    ) -> None:
         """A call of a turn's reply (the turn's model or another): it draws its system cost down
         from the turn's live hold, never below 0. Tokens stay small: a turn's cost stays exact in
         Lua's doubles (see record.lua), which is what the estimate in turn_end.lua is fed."""
@@ -417,11 +443,12 @@ class MeterMachine(RuleBasedStateMachine):
             output_tokens=output_tokens,
             request_id=None,
             estimated=False,
+            purpose=purpose,
         )
         assert self.model.record(rec, self.month) == "counted"
         cost, is_system = Model.cost(rec), rec["model_id"].startswith("system_")
         left = self.model.draw(t.user, t.turn.rules.turn_id, cost, is_system) if t.holding else None
-        got = t.turn.record(input_tokens=input_tokens, output_tokens=output_tokens, model_id=model_id)
+        got = t.turn.record(input_tokens=input_tokens, output_tokens=output_tokens, model_id=model_id, purpose=purpose)
         assert (got.status, got.result.cost_nano, got.result.hold_remaining_nano) == ("counted", cost, left)
         assert got.alerts == self.model.crossed
         t.cost_nano += cost if is_system else 0
