@@ -136,8 +136,11 @@ def month_hashes(client: Any, prefix: str = "quota") -> dict[tuple[str, str], Mo
 
 
 def plain(u: MonthUsage) -> tuple:
-    """What must survive the archive: every counter and the credit (not the bookkeeping)."""
-    return (u.credit_nano, u.system_used_nano, sorted((k, vars(v)) for k, v in u.models.items()))
+    """What must survive the archive: every counter and the credit (not the bookkeeping, nor the
+    per-purpose split, which the archive does not keep: docs/HISTORY.md)."""
+    counters = ("input_tokens", "output_tokens", "cost_nano", "calls", "estimated_calls")
+    models = sorted((k, {name: getattr(v, name) for name in counters}) for k, v in u.models.items())
+    return (u.credit_nano, u.system_used_nano, models)
 
 
 def expired_months() -> list[str]:
