@@ -47,9 +47,10 @@ def create_app(settings: ApiSettings | None = None, meter: Meter | None = None) 
     register_error_handlers(app)
     register_security_headers(app)
 
-    from . import ops, pages, v1
+    from . import admin, ops, pages, v1
 
     app.register_blueprint(v1.bp)
+    app.register_blueprint(admin.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(pages.bp)
     if settings.demo_enabled:

@@ -5,7 +5,7 @@ Three kinds of caller:
 | token                        | role    | may                                                      |
 |------------------------------|---------|----------------------------------------------------------|
 | ``QUOTA_ADMIN_TOKEN``        | admin   | everything, including ``PUT /v1/users/<u>/credit`` and   |
-|                              |         | ``POST /v1/users/<u>/tokens/revoke``                     |
+|                              |         | ``POST /v1/users/<u>/tokens/revoke``, ``/v1/admin/...``  |
 | ``QUOTA_SERVICE_TOKEN``      | service | record usage, check and read any user, list the models   |
 | ``quota token USER`` (signed)| user    | read USER's own token-stats and quota, nothing else      |
 
@@ -42,6 +42,7 @@ class Action(StrEnum):
     SET_CREDIT = "set_credit"
     LIST_MODELS = "list_models"
     REVOKE_TOKENS = "revoke_tokens"  # a user's tokens (admin only)
+    READ_REPORTS = "read_reports"  # month reports of every user (admin only)
 
 
 ALLOWED = {

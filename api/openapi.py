@@ -12,6 +12,8 @@ from typing import Any
 import quota
 from quota._core import MAX_TOKENS
 from quota._keys import MODEL_RE, MONTH_RE, REQUEST_ID_RE, USER_RE
+from quota._report import CSV_HEADER, MAX_PAGE
+from quota._report import SORTS as REPORT_SORTS
 
 from .demo_agent import CONVERSATION_RE, DEMO_USER_PREFIX, MAX_MESSAGE_CHARS, MAX_TURNS
 
@@ -229,6 +231,67 @@ SCHEMAS: dict[str, Any] = {
         }
     ),
     "Health": _object({"status": {"const": "ok"}, "redis": {"const": "ok"}}),
+    "ModelTotals": _object(
+        {
+            "is_system": {"type": "boolean"},
+            "input_tokens": {"type": "integer", "minimum": 0},
+            "output_tokens": {"type": "integer", "minimum": 0},
+            "cost": MONEY,
+            "calls": {"type": "integer", "minimum": 0},
+            "estimated_calls": {"type": "integer", "minimum": 0},
+            "users": {"type": "integer", "minimum": 0},
+        }
+    ),
+    "MonthSummary": _object(
+        {
+            "month": MONTH,
+            "current": {"type": "boolean", "description": "the live month (read from Redis)"},
+            "currency": {"const": "CNY"},
+            "users": {"type": "integer", "minimum": 0},
+            "cost": MONEY,
+            "system_cost": MONEY,
+            "custom_cost": MONEY,
+            "input_tokens": {"type": "integer", "minimum": 0},
+            "output_tokens": {"type": "integer", "minimum": 0},
+            "calls": {"type": "integer", "minimum": 0},
+            "users_over_80": {"type": "integer", "minimum": 0, "description": "at or above 80 % of their credit"},
+            "users_over_100": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "at or above their credit: refused on system models",
+            },
+            "models": {"type": "object", "additionalProperties": _ref("ModelTotals"), "description": "by cost"},
+            "sources": {"type": "array", "items": {"enum": ["redis", "sql"]}},
+            "unreadable": {"type": "integer", "minimum": 0, "description": "hashes left out (logged)"},
+            "computed_at": {"type": ["string", "null"], "description": "when the month was read (UTC)"},
+        }
+    ),
+    "UserRow": _object(
+        {
+            "user": USER,
+            "cost": MONEY,
+            "system_cost": MONEY,
+            "custom_cost": MONEY,
+            "input_tokens": {"type": "integer", "minimum": 0},
+            "output_tokens": {"type": "integer", "minimum": 0},
+            "calls": {"type": "integer", "minimum": 0},
+            "monthly_used": MONEY,
+            "monthly_credit": MONEY,
+            "credit_set": {"type": "boolean", "description": "a credit was set for this month (a top-up)"},
+            "percent_used": {"type": "number", "minimum": 0},
+            "exceeded": {"type": "boolean"},
+        }
+    ),
+    "MonthUsersPage": _object(
+        {
+            "month": MONTH,
+            "sort": {"enum": list(REPORT_SORTS)},
+            "users": {"type": "array", "items": _ref("UserRow")},
+            "next_cursor": {"type": ["string", "null"], "description": "pass as cursor= for the next page"},
+            "total_users": {"type": "integer", "minimum": 0},
+            "computed_at": {"type": ["string", "null"]},
+        }
+    ),
     "TokenRevocation": _object(
         {
             "user": USER,
@@ -312,6 +375,10 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 def _user_param() -> dict[str, Any]:
     return {"name": "user", "in": "path", "required": True, "schema": USER}
+
+
+def _month_param() -> dict[str, Any]:
+    return {"name": "month", "in": "path", "required": True, "schema": MONTH}
 
 
 BEARER = [{"bearerAuth": []}]
@@ -415,6 +482,52 @@ def _paths(demo: bool) -> dict[str, Any]:
                 "summary": "The price table",
                 "description": "Admin or service token.",
                 "responses": {"200": _json(_ref("PriceTable"), "system and custom models"), **_errors(401, 403)},
+            }
+        },
+        "/v1/admin/months/{month}/summary": {
+            "get": {
+                "operationId": "getMonthSummary",
+                "tags": ["admin"],
+                "security": BEARER,
+                "summary": "A month at a glance: totals, per model, users at 80 % and 100 % of their credit",
+                "description": "Admin token only. The live month is read from Redis without blocking it and kept "
+                "QUOTA_REPORT_CACHE_S seconds; a past month comes from the SQL history merged with Redis.",
+                "parameters": [_month_param()],
+                "responses": {"200": _json(_ref("MonthSummary"), "the summary"), **_errors(400, 401, 403, 503)},
+            }
+        },
+        "/v1/admin/months/{month}/users": {
+            "get": {
+                "operationId": "listMonthUsers",
+                "tags": ["admin"],
+                "security": BEARER,
+                "summary": "The month's users, a page at a time in a chosen order, or all of them as CSV",
+                "description": "Admin token only. JSON: up to `limit` users after `cursor` (from the previous "
+                "page's next_cursor), highest first (sort=user: by user id). format=csv: every user, one row "
+                f"per user and model ({', '.join(CSV_HEADER)}), streamed, in no particular order; "
+                "ids starting with + - @ get a leading apostrophe (no spreadsheet formulas).",
+                "parameters": [
+                    _month_param(),
+                    {"name": "sort", "in": "query", "required": False, "schema": {"enum": list(REPORT_SORTS)}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+                    },
+                    {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
+                    {"name": "format", "in": "query", "required": False, "schema": {"enum": ["json", "csv"]}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "a page of users (JSON), or the CSV export",
+                        "content": {
+                            JSON: {"schema": _ref("MonthUsersPage")},
+                            "text/csv": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_errors(400, 401, 403, 503),
+                },
             }
         },
         "/healthz": {

@@ -16,6 +16,7 @@
 | QUOTA_TURN_HOLD_CAP      | 1                                | `auto` never holds more, CNY             |
 | QUOTA_MAX_CONNECTIONS    | 50                               | connections per node; more callers queue |
 | QUOTA_POOL_TIMEOUT_S     | 5                                | seconds a caller waits for a connection  |
+| QUOTA_REPORT_CACHE_S     | 30                               | a month report is reused this long (0: never) |
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ DEFAULT_MAX_CONNECTIONS = 50
 MAX_CONNECTIONS_RANGE = (1, 10_000)
 DEFAULT_POOL_TIMEOUT_S = 5.0
 POOL_TIMEOUT_S_RANGE = (0.01, 600.0)
+# A month report (quota._report) reads every user-month of the month: the meter keeps it this long
+# so that the pages of one listing, a summary and its CSV link do not each read a million hashes.
+DEFAULT_REPORT_CACHE_S = 30.0
+REPORT_CACHE_S_RANGE = (0.0, 86_400.0)
 
 
 def int_env(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
@@ -110,9 +115,13 @@ class Settings:
     turn_hold_cap_nano: int = DEFAULT_TURN_HOLD_CAP_NANO
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S
+    report_cache_s: float = DEFAULT_REPORT_CACHE_S
 
     def __post_init__(self) -> None:
         check_pool_settings(self.max_connections, self.pool_timeout_s)
+        low, high = REPORT_CACHE_S_RANGE
+        if isinstance(self.report_cache_s, bool) or not low <= self.report_cache_s <= high:
+            raise ConfigError(f"report_cache_s must be from {low:g} to {high:g} seconds, got {self.report_cache_s!r}")
         if not 1 <= self.hold_ttl_s <= 7 * 86400:
             raise ConfigError(f"hold_ttl_s must be from 1 to {7 * 86400} seconds, got {self.hold_ttl_s}")
         for name in ("turn_hold_nano", "turn_hold_default_nano", "turn_hold_floor_nano", "turn_hold_cap_nano"):
@@ -162,6 +171,13 @@ class Settings:
                 DEFAULT_POOL_TIMEOUT_S,
                 low=POOL_TIMEOUT_S_RANGE[0],
                 high=POOL_TIMEOUT_S_RANGE[1],
+            ),
+            report_cache_s=float_env(
+                env,
+                "QUOTA_REPORT_CACHE_S",
+                DEFAULT_REPORT_CACHE_S,
+                low=REPORT_CACHE_S_RANGE[0],
+                high=REPORT_CACHE_S_RANGE[1],
             ),
         )
 

@@ -8,14 +8,16 @@ this module. Keep the two in step: same names, same meaning.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, TypeVar
 
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster
 
 from .._config import Settings
 from .._connect import node_client
+
+T = TypeVar("T")
 
 USE_ASYNCIO = True  # quota._connect.open_client builds redis.asyncio clients
 ClusterClient = RedisCluster  # the cluster client class
@@ -53,6 +55,36 @@ async def close_source(source: Any) -> None:
         result = closer()
         if asyncio.iscoroutine(result):
             await result
+
+
+async def prefetch(items: AsyncIterator[T]) -> AsyncIterator[T]:
+    """``items``, with the next one fetched while the caller works on this one: a task pulls one
+    item ahead, so a month report's next page travels to and from Redis while this page is parsed."""
+    ahead: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue(maxsize=1)
+
+    async def pump() -> None:
+        try:
+            async for item in items:
+                await ahead.put((True, item))
+            await ahead.put((False, None))
+        except Exception as exc:  # noqa: BLE001 - handed to the caller
+            await ahead.put((False, exc))
+
+    task = asyncio.ensure_future(pump())
+    try:
+        while True:
+            more, item = await ahead.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
 
 
 class ClusterStart:

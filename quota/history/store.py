@@ -39,10 +39,12 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
+    and_,
     create_engine,
     event,
     func,
@@ -65,7 +67,10 @@ from .._errors import ConfigError, StorageUnavailable
 from .._keys import validate_month, validate_prefix, validate_user
 from .._stats import ModelUsage, MonthUsage, merge_month
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Reads work on a database at least this old: version 2 only added an index, so a version-1
+# database stays readable (more slowly) until the next `quota dump` migrates it.
+READABLE_FROM = 1
 _LOCK_KEY = 0x71756F7461  # "quota": the PostgreSQL advisory lock taken while creating/migrating
 
 metadata = MetaData()
@@ -109,6 +114,12 @@ model_snapshot = Table(
     Column("is_system", Boolean, nullable=False),
 )
 
+# One month of every user, in user order: the month report (``iter_month``). Without it a report
+# read the whole table (every month) through the primary key, which starts with the user id.
+month_index = Index(
+    "quota_month_snapshot_by_month", month_snapshot.c.prefix, month_snapshot.c.month, month_snapshot.c.user_id
+)
+
 # Totals per user-month over generations: what ops query. Plain SQL that both dialects accept.
 VIEWS = {
     "quota_month": """
@@ -134,8 +145,13 @@ VIEWS = {
         GROUP BY prefix, user_id, month, model_id""",
 }
 
-# MIGRATIONS[v] upgrades a database at version v to v + 1 (none yet: version 1 is the first).
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+def _add_month_index(conn: Connection) -> None:
+    month_index.create(conn, checkfirst=True)
+
+
+# MIGRATIONS[v] upgrades a database at version v to v + 1.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_month_index}
 
 
 def url_secrets(url: str) -> set[str]:
@@ -317,12 +333,13 @@ class HistoryStore:
         if version is None:
             return False
         _refuse_newer(version, self.where)
-        if version < SCHEMA_VERSION:
+        if version < READABLE_FROM:
             raise ConfigError(
                 f"the history database at {self.where} has schema version {version}; "
                 f"run `quota dump` once to migrate it to {SCHEMA_VERSION}"
             )
-        self._schema_ready = True
+        # an older, still readable version is looked up again next time: the first write migrates it
+        self._schema_ready = version == SCHEMA_VERSION
         return True
 
     # --- writes ----------------------------------------------------------------------------------
@@ -446,6 +463,68 @@ class HistoryStore:
         for part in self.load_months(user, months):
             grouped.setdefault(part.month, []).append(part)
         return {month: merge_month(month, None, parts) for month, parts in grouped.items()}
+
+    def iter_month(self, month: str, *, chunk_users: int = 2000) -> Iterator[list[tuple[str, list[MonthUsage]]]]:
+        """Every archived user of ``month``, in user order, in chunks of up to ``chunk_users``:
+        ``(user, generations)``, each generation a ``MonthUsage`` (``archive_gen`` set, oldest
+        archive first), ready for ``stats.merge_month``. One query, streamed (a server-side
+        cursor on PostgreSQL): memory holds one chunk, whatever the month's size."""
+        month = validate_month(month)
+        s, m = month_snapshot, model_snapshot
+        query = (
+            select(
+                s.c.user_id,
+                s.c.generation,
+                s.c.credit_nano,
+                s.c.system_used_nano,
+                m.c.model_id,
+                m.c.input_tokens,
+                m.c.output_tokens,
+                m.c.cost_nano,
+                m.c.calls,
+                m.c.estimated_calls,
+            )
+            .select_from(
+                s.outerjoin(
+                    m,
+                    and_(
+                        m.c.prefix == s.c.prefix,
+                        m.c.user_id == s.c.user_id,
+                        m.c.month == s.c.month,
+                        m.c.generation == s.c.generation,
+                    ),
+                )
+            )
+            .where(s.c.prefix == self.prefix, s.c.month == month)
+            .order_by(s.c.user_id, s.c.first_archived_at, s.c.generation, m.c.model_id)
+        )
+        with self.errors():
+            if not self._readable():
+                return
+            with self.engine.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=5000).execute(query)
+                chunk: list[tuple[str, list[MonthUsage]]] = []
+                parts: list[MonthUsage] = []
+                user: str | None = None
+                part: MonthUsage | None = None
+                for row in result:
+                    row_user, gen, credit, used, model_id = row[:5]
+                    if row_user != user:
+                        if user is not None:
+                            chunk.append((user, parts))
+                            if len(chunk) >= chunk_users:
+                                yield chunk
+                                chunk = []
+                        user, parts, part = row_user, [], None
+                    if part is None or part.archive_gen != gen:
+                        part = MonthUsage(month, credit_nano=credit, system_used_nano=used, archive_gen=gen)
+                        parts.append(part)
+                    if model_id is not None:
+                        part.models[model_id] = ModelUsage(*row[5:])
+                if user is not None:
+                    chunk.append((user, parts))
+                if chunk:
+                    yield chunk
 
     def count_months(self) -> int:
         """How many user-months (any generation) the archive holds for this prefix."""
