@@ -12,7 +12,9 @@ Three kinds of caller:
 No or an invalid token gives 401 (``token_expired``, ``token_revoked`` when that is why); a
 valid token asking for more than its role allows gives 403. A user token is checked against its
 user's revocation instant in Redis (one GET; see ``quota._tokens``).
-Static tokens are compared with ``hmac.compare_digest`` (constant time); tokens are never logged
+Static tokens are compared with ``hmac.compare_digest`` (constant time); each role also accepts
+its ``_PREVIOUS`` token while one is set, so a token can be rotated without a moment in which
+workers holding the old one are refused. Tokens are never logged
 and never accepted in a URL, so they cannot end up in an access log.
 """
 
@@ -101,9 +103,12 @@ def authenticate(
     """
     token = bearer_token(header)
     raw = token.encode("utf-8", "surrogateescape")
-    # Check both static tokens every time, so timing does not tell which one came close.
-    is_admin = _same(raw, settings.admin_token)
-    is_service = _same(raw, settings.service_token)
+    # Check every static token every time (the current and the previous of both roles; an unset
+    # previous one is the current one again), so timing does not tell which one came close.
+    is_admin = _same(raw, settings.admin_token) | _same(raw, settings.admin_token_previous or settings.admin_token)
+    is_service = _same(raw, settings.service_token) | _same(
+        raw, settings.service_token_previous or settings.service_token
+    )
     if is_admin:
         return Principal(Role.ADMIN)
     if is_service:

@@ -48,11 +48,17 @@ def serve(host: str, port: int, dev: bool | None, user: str, ttl: str) -> None:
     Prints their URLs, and in development mode a ready-to-use user token (never in production,
     where the output goes to logs: mint one with `quota token USER`). Outside development mode it
     refuses to start without QUOTA_ADMIN_TOKEN, QUOTA_SERVICE_TOKEN and QUOTA_SECRET_KEY. For
-    production, run several workers under gunicorn instead: gunicorn 'api:create_app()' -w 4 -b 0.0.0.0:8000
+    production, run several workers under gunicorn instead:
+    gunicorn -c gunicorn.conf.py 'api:create_app()' -w 4 -b 0.0.0.0:8000
     """
+    from .logs import configure_logging
+    from .metrics import prepare_multiproc_dir
     from .serve import build, run
 
     try:
+        configure_logging()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            prepare_multiproc_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
         service = build(host, port, dev=dev, user=user, ttl=ttl)
     except QuotaError as exc:
         fail(str(exc), 2)

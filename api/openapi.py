@@ -49,6 +49,24 @@ DEMO_USER = {
 }
 
 
+TOKEN_STATS_REQUIRED = [
+    "user",
+    "current_month",
+    "monthly_credit",
+    "monthly_used",
+    "last_reset",
+    "remaining",
+    "percent_used",
+    "held",
+    "available",
+    "exceeded",
+    "resets_at",
+    "currency",
+    "models",
+    "history",
+]
+
+
 def _object(
     properties: dict[str, Any], required: list[str] | None = None, *, extra: bool = False, **more: Any
 ) -> dict[str, Any]:
@@ -211,7 +229,13 @@ SCHEMAS: dict[str, Any] = {
                 "additionalProperties": {"type": "object", "additionalProperties": _ref("HistoryModelStats")},
                 "description": "earlier months, newest first; empty months are left out",
             },
-        }
+            "history_unavailable": {
+                "const": True,
+                "description": "present only when the SQL history did not answer: `history` then holds only "
+                "the months still in Redis (the live month is complete)",
+            },
+        },
+        TOKEN_STATS_REQUIRED,
     ),
     "ModelPrice": _object(
         {
@@ -230,7 +254,13 @@ SCHEMAS: dict[str, Any] = {
             "custom": {"type": "object", "additionalProperties": _ref("ModelPrice")},
         }
     ),
-    "Health": _object({"status": {"const": "ok"}, "redis": {"const": "ok"}}),
+    "Health": _object(
+        {
+            "status": {"enum": ["ok", "degraded"], "description": "degraded: Redis answers, the history does not"},
+            "redis": {"const": "ok"},
+            "history": {"enum": ["ok", "unavailable", "none"], "description": "the SQL history store"},
+        }
+    ),
     "ModelTotals": _object(
         {
             "is_system": {"type": "boolean"},
@@ -535,7 +565,10 @@ def _paths(demo: bool) -> dict[str, Any]:
                 "operationId": "health",
                 "tags": ["ops"],
                 "security": [],
-                "summary": "Is Redis reachable?",
+                "summary": "Is Redis reachable? And the history store?",
+                "description": "503 while Redis does not answer; 200 with status degraded while only the SQL "
+                "history does not (the live month is served, past months from Redis only). Never says where "
+                "either is: the log does.",
                 "responses": {"200": _json(_ref("Health"), "Redis answers"), **_errors(503)},
             }
         },

@@ -75,7 +75,11 @@ class Service:
                 f"{b}/v1/users/{self.user}/token-stats",
             ]
         if not self.settings.development:
-            lines += ["", "  for production, run several workers: gunicorn 'api:create_app()' -w 4 -b 0.0.0.0:8000"]
+            lines += [
+                "",
+                "  for production, run several workers under gunicorn:",
+                "    gunicorn -c gunicorn.conf.py 'api:create_app()' -w 4 -b 0.0.0.0:8000",
+            ]
         lines += ["", "Press Ctrl+C to stop."]
         return lines
 

@@ -64,7 +64,11 @@ def token_stats(user: str):  # noqa: ANN201
     authorize(principal(), Action.READ_USER, user)
     user = path_user(user)
     months = int_arg("months", 0, 120)
-    return jsonify(get_quota().meter.get_token_stats(user, months=months))
+    ext = get_quota()
+    stats = ext.meter.get_token_stats(user, months=months)
+    if stats.get("history_unavailable"):  # served from Redis alone: counted apart from Redis errors
+        ext.metrics.history_errors.inc()
+    return jsonify(stats)
 
 
 @bp.get("/users/<user>/quota")

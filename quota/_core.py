@@ -330,7 +330,9 @@ class MeterCore:
 
     # --- set_monthly_credit ----------------------------------------------------------------------
 
-    def set_credit(self, user: object, credit: object, month: object = None) -> ScriptCall:
+    def set_credit(self, user: object, credit: object, month: object = None, *, add: bool = False) -> ScriptCall:
+        """Set ``user``'s credit for ``month``; with ``add``, add ``credit`` to it (to the default
+        credit while none is set) in one atomic step."""
         user = validate_user(user)
         month = self.current_month() if month is None else validate_month(month)
         try:
@@ -344,7 +346,8 @@ class MeterCore:
             used, credit_now = (int(v) for v in reply)
             return CreditResult(user, month, used, credit_now)
 
-        return ScriptCall(scripts.SET_CREDIT, (self.keys.month_key(user, month),), (str(credit_nano),), parse)
+        args = (str(credit_nano), "add", self._credit_arg) if add else (str(credit_nano),)
+        return ScriptCall(scripts.SET_CREDIT, (self.keys.month_key(user, month),), args, parse)
 
     # --- get_token_stats -------------------------------------------------------------------------
 

@@ -152,14 +152,36 @@ def stats(user: str, url: str | None) -> None:
 @click.argument("user")
 @click.argument("credit")
 @click.option("--month", help="YYYY-MM (default: the current UTC month).")
+@click.option(
+    "--add",
+    is_flag=True,
+    help="Add CREDIT to the month's credit (to the default credit while none is set) instead of setting it; "
+    "atomic, so two top-ups at once both count.",
+)
 @click.option("--url", envvar="REDIS_URL", help="Redis URL (default: REDIS_URL).")
-def credit(user: str, credit: str, month: str | None, url: str | None) -> None:
-    """Set USER's monthly CREDIT in CNY (a top-up) for one month."""
+def credit(user: str, credit: str, month: str | None, add: bool, url: str | None) -> None:
+    """SET USER's credit for one month to CREDIT CNY (replacing what it was), or with --add add to it.
+
+    Only that month: the next one starts again from the default (QUOTA_MONTHLY_CREDIT). Prints
+    what was done on stderr and the month's credit and use as JSON on stdout.
+    `quota credit alice 20` makes alice's credit 20 CNY; `quota credit alice 20 --add` makes it 5 + 20 = 25
+    (with the default of 5 and no credit set before).
+    """
     meter = open_meter(url)
     try:
-        click.echo(json.dumps(meter.set_monthly_credit(user, credit, month).as_dict()))
+        result = meter.set_monthly_credit(user, credit, month, add=add)
     except QuotaError as exc:
         fail(str(exc))
+    from ._money import nano_to_decimal
+
+    done = f"added {credit} CNY to" if add else "set"
+    credit_now, used = result.monthly_credit_nano, result.monthly_used_nano
+    click.echo(
+        f"{done} {user}'s credit for {result.month}: now {nano_to_decimal(credit_now)} CNY, "
+        f"{nano_to_decimal(used)} used, {nano_to_decimal(max(credit_now - used, 0))} remaining",
+        err=True,
+    )
+    click.echo(json.dumps(result.as_dict()))
 
 
 # --- the operator's view (issue 13): report -------------------------------------------------------

@@ -208,7 +208,7 @@ def test_quota_serve_with_nothing_set_starts_a_local_redis_and_prints_working_ur
         assert re.search(rf"demo\s+{re.escape(base)}/demo#user={user}", text)
         assert f"{base}/panel#demo=1&user={user}" in text
         assert get(f"{base}/demo/users/{user}/token-stats")[0] == 200
-        assert get(f"{base}/healthz") == (200, {"status": "ok", "redis": "ok"})
+        assert get(f"{base}/healthz") == (200, {"status": "ok", "redis": "ok", "history": "ok"})
         status, stats = get(f"{base}/v1/users/{user}/token-stats", token)
         assert status == 200 and stats["user"] == user
         assert get(f"{base}/v1/users/someone-else/token-stats", token)[0] == 403
@@ -263,15 +263,26 @@ def test_quota_serve_in_production_with_secrets_prints_no_token(redis_server):
 def test_gunicorn_workers_serve_the_app_and_metrics_add_up_across_workers(redis_server, tmp_path):
     pytest.importorskip("gunicorn")
     port = free_ports(1, start=27000)[0]
-    metrics_dir = tmp_path / "prom"
-    metrics_dir.mkdir()
+    metrics_dir = tmp_path / "prom"  # exported, not created: gunicorn.conf.py creates it
+    log_file = tmp_path / "gunicorn.log"
     env = clean_env(REDIS_URL=redis_server.url, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), **BASE_ENV)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "api:create_app()", "-w", "3", "-b", f"127.0.0.1:{port}"],
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "gunicorn.conf.py",
+            "api:create_app()",
+            "-w",
+            "3",
+            "-b",
+            f"127.0.0.1:{port}",
+        ],
         env=env,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log_file.open("w"),  # a file, not a pipe: the access log would fill a pipe and stall gunicorn
         text=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -282,7 +293,7 @@ def test_gunicorn_workers_serve_the_app_and_metrics_add_up_across_workers(redis_
                 if get(f"{base}/healthz")[0] == 200:
                     break
             except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
+                assert time.monotonic() < deadline and proc.poll() is None, log_file.read_text()
                 time.sleep(0.1)
         sent = 1
         with ThreadPoolExecutor(8) as pool:  # concurrent requests spread over the workers
@@ -304,3 +315,10 @@ def test_gunicorn_workers_serve_the_app_and_metrics_add_up_across_workers(redis_
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+    log = log_file.read_text()
+    # every line with a UTC time and a level: gunicorn's own, the access log and the app's
+    stamped = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: ")
+    lines = [line for line in log.splitlines() if line.strip()]
+    assert lines and all(stamped.match(line) for line in lines), log[:2000]
+    assert any("QUOTA_HISTORY_URL is not set" in line and " WARNING " in line for line in lines)
+    assert any('"GET /healthz HTTP/1.1" 200' in line for line in lines)  # the access log

@@ -29,7 +29,7 @@ from .._connect import (
     storage_errors,
 )
 from .._core import Clock, MeterCore, ScriptCall
-from .._errors import BatchError
+from .._errors import BatchError, StorageUnavailable
 from .._keys import validate_month
 from .._prices import PriceTable
 from .._replay import ReplayReport
@@ -50,7 +50,7 @@ from ._compat import (
 )
 from .turn import AsyncTurn, replay
 
-log = logging.getLogger("quota.report")
+log = logging.getLogger("quota.meter")
 
 
 class AsyncMeter:
@@ -150,17 +150,32 @@ class AsyncMeter:
         """May ``user`` start a new message on ``model_id``? Custom models always may."""
         return await self.run(self.core.check(user, model_id))
 
-    async def set_monthly_credit(self, user: str, credit: Any, month: str | None = None) -> CreditResult:
-        """Set ``user``'s credit (CNY) for ``month`` (default: the current UTC month)."""
-        return await self.run(self.core.set_credit(user, credit, month))
+    async def set_monthly_credit(
+        self, user: str, credit: Any, month: str | None = None, *, add: bool = False
+    ) -> CreditResult:
+        """Set ``user``'s credit (CNY) for ``month`` (default: the current UTC month). With
+        ``add=True``, add ``credit`` to the month's credit instead (to the default credit while
+        none is set), atomically: two top-ups at once both count."""
+        return await self.run(self.core.set_credit(user, credit, month, add=add))
 
     async def get_token_stats(self, user: str, *, months: int | None = None) -> dict[str, Any]:
-        """The seed's stats structure: this month, per model, and the history by month."""
+        """The seed's stats structure: this month, per model, and the history by month. When the
+        SQL history does not answer, the answer comes from Redis alone (the live month, and the
+        past months Redis still holds) with ``history_unavailable: True``; Redis being away is
+        still ``StorageUnavailable``."""
         live = await self.run(self.core.stats(user, months))
         archived = None
+        history_down = False
         if self.history is not None:
-            archived = await to_thread(self.history.load_months, user, [m.month for m in live.months[1:]])
-        return self.core.token_stats(user, live, archived)
+            try:
+                archived = await to_thread(self.history.load_months, user, [m.month for m in live.months[1:]])
+            except StorageUnavailable as exc:  # the live month never depends on the archive
+                log.warning("token stats of %s without the history: %s", user, exc)
+                history_down = True
+        stats = self.core.token_stats(user, live, archived)
+        if history_down:
+            stats["history_unavailable"] = True
+        return stats
 
     # --- the operator's view: month reports -----------------------------------------------------
 

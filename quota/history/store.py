@@ -243,6 +243,13 @@ class HistoryStore:
         self._sqlite_file = (
             parsed.database if self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:") else None
         )
+        if self._sqlite_file is not None and not parsed.query.get("uri") and not os.path.isabs(self._sqlite_file):
+            # A relative file (the default, sqlite:///quota-history.db) is resolved once, here:
+            # left relative, it would follow every later chdir of the process to another file.
+            self._sqlite_file = os.path.abspath(self._sqlite_file)
+            parsed = parsed.set(database=self._sqlite_file)
+            self.url = parsed.render_as_string(hide_password=False)
+            self.where = describe_db(self.url)
         options: dict[str, Any] = {}
         if self.dialect == "postgresql":
             options = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}}
