@@ -20,6 +20,8 @@ from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from quota._money import NANO_PER_CNY
+
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 # Every label value comes from a fixed set: a label fed by the request itself (the method of
@@ -82,6 +84,12 @@ class Metrics:
         self.records = Counter(
             "quota_usage_records", "LLM calls recorded through the API.", ["kind", "duplicate"], registry=r
         )
+        self.cost = Counter(
+            "quota_usage_cost_cny",
+            "CNY recorded through the API (a duplicate is not counted again): the spend rate.",
+            ["kind"],
+            registry=r,
+        )
         self.checks = Counter(
             "quota_checks", "Quota checks, by outcome (denied = quota_exceeded).", ["outcome"], registry=r
         )
@@ -94,8 +102,11 @@ class Metrics:
             registry=r,
         )
 
-    def record_usage(self, is_system: bool, duplicate: bool) -> None:
-        self.records.labels("system" if is_system else "custom", "true" if duplicate else "false").inc()
+    def record_usage(self, is_system: bool, duplicate: bool, cost_nano: int = 0) -> None:
+        kind = "system" if is_system else "custom"
+        self.records.labels(kind, "true" if duplicate else "false").inc()
+        if cost_nano and not duplicate:
+            self.cost.labels(kind).inc(cost_nano / NANO_PER_CNY)
 
     def record_check(self, allowed: bool) -> None:
         self.checks.labels("allowed" if allowed else "denied").inc()

@@ -112,7 +112,7 @@ def record_usage():  # noqa: ANN201
             price=record.get("price"),
             estimated=record.get("estimated", False),
         )
-        metrics.record_usage(result.is_system, result.duplicate)
+        metrics.record_usage(result.is_system, result.duplicate, result.cost_nano)
         return jsonify(result.as_dict())
     if not isinstance(body, list):
         raise ApiError(
@@ -126,7 +126,7 @@ def record_usage():  # noqa: ANN201
     except BatchError as exc:
         return batch_failure(exc)
     for result in results:
-        metrics.record_usage(result.is_system, result.duplicate)
+        metrics.record_usage(result.is_system, result.duplicate, result.cost_nano)
     return jsonify({"results": [r.as_dict() for r in results]})
 
 
@@ -142,7 +142,7 @@ def batch_failure(exc: BatchError):  # noqa: ANN201
             status, code = quota_error_status(item)
             out.append(error_body(code, str(item)))
         else:
-            get_quota().metrics.record_usage(item.is_system, item.duplicate)
+            get_quota().metrics.record_usage(item.is_system, item.duplicate, item.cost_nano)
             out.append(item.as_dict())
     if any(isinstance(e, StorageUnavailable) for e in exc.errors.values()):
         get_quota().metrics.storage_errors.inc()
