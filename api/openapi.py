@@ -607,6 +607,17 @@ def _paths(demo: bool) -> dict[str, Any]:
             }
         },
     }
+    paths["/admin"] = {
+        "get": {
+            "operationId": "adminPage",
+            "tags": ["pages"],
+            "security": [],
+            "summary": "The operator's view of a month; open it as /admin#token=<admin token>",
+            "responses": {
+                "200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
+            },
+        }
+    }
     if demo:
         paths["/demo"] = {
             "get": {
