@@ -470,7 +470,15 @@ def dump(
 )
 @click.option("--url", envvar="REDIS_URL", help="Redis URL (default: REDIS_URL).")
 @click.option("--history-url", envvar="QUOTA_HISTORY_URL", help="History database (default: QUOTA_HISTORY_URL).")
-def scheduler(at_text: str, run_now: bool, retry_s: int, url: str | None, history_url: str | None) -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve the dump's Prometheus metrics on this port (quota_dump_last_success_timestamp_seconds, ...).",
+)
+def scheduler(
+    at_text: str, run_now: bool, retry_s: int, url: str | None, history_url: str | None, metrics_port: int | None
+) -> None:
     """Run `quota dump` every day at a fixed UTC time and log each run (stderr).
 
     Equivalent cron line: CRON_TZ=UTC, then 10 0 * * * quota dump. Stops cleanly on SIGTERM or
@@ -491,7 +499,13 @@ def scheduler(at_text: str, run_now: bool, retry_s: int, url: str | None, histor
     formatter.converter = time.gmtime
     handler.setFormatter(formatter)
     logging.basicConfig(level=logging.INFO, handlers=[handler])
-    job = Scheduler(lambda: _dump_job(url, history_url).summary(), at=at, retry_s=retry_s)
+    from .history.metrics import DumpMetrics
+
+    metrics = DumpMetrics()
+    if metrics_port is not None:
+        metrics.serve(metrics_port)
+        logging.getLogger("quota.scheduler").info("quota scheduler: metrics on port %d", metrics_port)
+    job = Scheduler(metrics.observe(lambda: _dump_job(url, history_url)), at=at, retry_s=retry_s)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: job.stop())
     job.run(run_now=run_now)

@@ -20,7 +20,14 @@ import yaml
 from quota.history import parse_at
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRETS = ("QUOTA_ADMIN_TOKEN", "QUOTA_SERVICE_TOKEN", "QUOTA_SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD")
+SECRETS = (
+    "QUOTA_ADMIN_TOKEN",
+    "QUOTA_SERVICE_TOKEN",
+    "QUOTA_SECRET_KEY",
+    "POSTGRES_PASSWORD",
+    "REDIS_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+)
 ENV = {name: f"{name.lower().replace('_', '-')}-0123456789abcdef" for name in SECRETS}
 _VAR = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\})")
 
@@ -135,3 +142,25 @@ def test_api_and_scheduler_find_redis_and_postgres_with_their_passwords() -> Non
         assert history.password == pg["POSTGRES_PASSWORD"]
         assert set(services[name]["depends_on"]) == {"redis", "postgres"}
         assert services[name]["build"] == "."
+
+
+def test_prometheus_and_grafana_are_provisioned_from_the_repository() -> None:
+    services = load()["services"]
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    mounts = {
+        v.split(":")[0]: v.split(":")[1] for v in prometheus["volumes"] + grafana["volumes"] if v.startswith("./")
+    }
+    for source in mounts:
+        assert (ROOT / source).exists(), source
+    assert mounts["./ops/prometheus/alerts.yml"] == "/etc/prometheus/alerts.yml"
+    config = yaml.safe_load((ROOT / "ops/prometheus/prometheus.yml").read_text())
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    targets = {t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    assert targets == {"api:8000", "scheduler:9101"}
+    scheduler = services["scheduler"]["command"]
+    assert scheduler[scheduler.index("--metrics-port") + 1] == "9101"
+    provider = yaml.safe_load((ROOT / "ops/grafana/provisioning/dashboards/quota.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == mounts["./ops/grafana/dashboards"]
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == ENV["GRAFANA_ADMIN_PASSWORD"]
+    for service in (prometheus, grafana):  # no login on Prometheus: never on every interface
+        assert all(p.startswith("127.0.0.1:") for p in service["ports"])
