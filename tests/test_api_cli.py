@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -170,8 +171,11 @@ def get(url: str, token: str | None = None) -> tuple[int, dict | str]:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without quota's settings; the local server's default data directory in a
+    fresh temporary one (never the home directory another suite running at once may use)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTA_") and k != "REDIS_URL"}
-    return env | {"PYTHONUNBUFFERED": "1"} | extra
+    data = tempfile.mkdtemp(prefix="quota-test-data-")
+    return env | {"PYTHONUNBUFFERED": "1", "XDG_DATA_HOME": data} | extra
 
 
 def start_serve(env: dict[str, str], *args: str) -> tuple[subprocess.Popen, list[str]]:
@@ -223,6 +227,52 @@ def test_quota_serve_with_nothing_set_starts_a_local_redis_and_prints_working_ur
 
     with pytest.raises(OSError):  # the local Redis went away with the service
         socket.create_connection(("127.0.0.1", redis_port), timeout=1).close()
+
+
+@pytest.mark.slow
+def test_quota_serve_keeps_its_data_from_one_start_to_the_next(tmp_path):
+    data = tmp_path / "data"
+    env = clean_env()
+    proc, lines = start_serve(env, "--data-dir", str(data))
+    try:
+        text = "\n".join(lines)
+        assert f"data in {data}" in text
+        base = re.search(r"API\s+(http://\S+)/v1/", text).group(1)
+        service = re.search(r"QUOTA_SERVICE_TOKEN=(\S+)", text).group(1)
+        body = json.dumps({"user": "keep", "model_id": "system_deepseek", "input_tokens": 10, "output_tokens": 1})
+        request = urllib.request.Request(
+            f"{base}/v1/usage",
+            data=body.encode(),
+            headers={"Authorization": f"Bearer {service}", "Content-Type": "application/json"},
+        )
+        assert urllib.request.urlopen(request, timeout=10).status == 200
+        second = subprocess.run(
+            [sys.executable, "-m", "quota.cli", "serve", "--port", "0", "--data-dir", str(data)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert second.returncode == 2 and "in use by another local server" in second.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    proc, lines = start_serve(env, "--data-dir", str(data))  # the same directory: the same data
+    try:
+        text = "\n".join(lines)
+        base = re.search(r"API\s+(http://\S+)/v1/", text).group(1)
+        service = re.search(r"QUOTA_SERVICE_TOKEN=(\S+)", text).group(1)
+        status, stats = get(f"{base}/v1/users/keep/token-stats", service)
+        assert status == 200 and stats["models"]["system_deepseek"]["input_tokens"] == 10
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    proc, lines = start_serve(env, "--ephemeral")
+    try:
+        assert str(data) not in "\n".join(lines) and "quota-local-" in "\n".join(lines)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
 
 
 def test_quota_serve_refuses_to_start_in_production_without_secrets(redis_server):
