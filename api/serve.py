@@ -1,11 +1,11 @@
 """``quota serve``: the API, the panel and the demo on one local server, ready to click.
 
 With ``REDIS_URL`` unset it starts a local Redis-compatible server (its data kept in a data
-directory, see ``build``) and runs in
-development mode (made-up secrets, demo on), so a newcomer needs nothing but Python. With
-``REDIS_URL`` set it runs in production mode unless told ``--dev`` (or ``QUOTA_ENV=development``),
-and then refuses to start without the secrets. Either way it serves with werkzeug's threaded
-server; production deployments run gunicorn (``gunicorn 'api:create_app()' -w 4``).
+directory, see ``build``) and runs in development mode (made-up secrets, demo on), so a newcomer
+needs nothing but Python. With ``REDIS_URL`` set it runs in production mode unless told ``--dev``
+(or ``QUOTA_ENV=development``), and then refuses to start without the secrets. Either way it
+serves with werkzeug's threaded server; production deployments run gunicorn
+(``gunicorn -c gunicorn.conf.py 'api:create_app()' -w 4``).
 """
 
 from __future__ import annotations
