@@ -7,4 +7,5 @@ from api.gunicorn_conf import (  # noqa: F401 - gunicorn reads these names from 
     child_exit,
     logconfig_dict,
     on_starting,
+    timeout,
 )

@@ -24,6 +24,9 @@ from api.logs import logging_config
 from api.metrics import mark_worker_dead, prepare_multiproc_dir
 
 logconfig_dict = logging_config()
+# A month report's first read of a live month of a million user-months takes 10 to 25 s on a small
+# machine (docs/BENCHMARKS.md); gunicorn's default of 30 s would kill the worker mid-read.
+timeout = 120
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'  # no user agent, no referrer: no token ever lands here
 

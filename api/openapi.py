@@ -312,6 +312,13 @@ SCHEMAS: dict[str, Any] = {
             "exceeded": {"type": "boolean"},
         }
     ),
+    "MonthOverview": _object(
+        {
+            "summary": _ref("MonthSummary"),
+            "top": {"type": "array", "items": _ref("UserRow")},
+            "near": {"type": "array", "items": _ref("UserRow")},
+        }
+    ),
     "MonthUsersPage": _object(
         {
             "month": MONTH,
@@ -524,6 +531,32 @@ def _paths(demo: bool) -> dict[str, Any]:
                 "QUOTA_REPORT_CACHE_S seconds; a past month comes from the SQL history merged with Redis.",
                 "parameters": [_month_param()],
                 "responses": {"200": _json(_ref("MonthSummary"), "the summary"), **_errors(400, 401, 403, 503)},
+            }
+        },
+        "/v1/admin/months/{month}/overview": {
+            "get": {
+                "operationId": "getMonthOverview",
+                "tags": ["admin"],
+                "security": BEARER,
+                "summary": "The summary, the top spenders and the users near the credit, from one read",
+                "description": "Admin token only. `top` users by cost (default 20); `near`: the users at 80 % of "
+                "their credit or more, highest share first (at most `near`, default 50). What /admin shows.",
+                "parameters": [
+                    _month_param(),
+                    {
+                        "name": "top",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_PAGE},
+                    },
+                    {
+                        "name": "near",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_PAGE},
+                    },
+                ],
+                "responses": {"200": _json(_ref("MonthOverview"), "the overview"), **_errors(400, 401, 403, 503)},
             }
         },
         "/v1/admin/months/{month}/users": {

@@ -46,7 +46,8 @@ def get(client, path, token=ADMIN):
 
 def test_only_the_admin_token_reads_reports(client):
     for token in (SERVICE, user_token("u00")):
-        for path in ("/v1/admin/months/2026-01/summary", "/v1/admin/months/2026-01/users"):
+        for path in ("summary", "users", "overview"):
+            path = f"/v1/admin/months/2026-01/{path}"
             response = get(client, path, token)
             assert response.status_code == 403 and response.get_json()["error"]["code"] == "forbidden"
     assert client.get("/v1/admin/months/2026-01/summary").status_code == 401
@@ -75,6 +76,10 @@ def test_summary_and_pages(client, meter):
     assert seen[0]["exceeded"] and seen[0]["credit_set"] and seen[0]["monthly_credit"] == 2
     by_user = get(client, "/v1/admin/months/2026-01/users?sort=user&limit=2").get_json()["users"]
     assert [u["user"] for u in by_user] == ["+1555", "u00"]
+    overview = get(client, "/v1/admin/months/2026-01/overview?top=3").get_json()
+    assert overview["summary"] == summary | {"computed_at": overview["summary"]["computed_at"]}
+    assert [u["user"] for u in overview["top"]] == ["u24", "u23", "u22"]
+    assert [u["user"] for u in overview["near"]] == ["u24"]  # 2.5 of 2 CNY; u23 is at 48 %
 
 
 def test_csv_export_one_row_per_user_and_model(client, meter):

@@ -150,6 +150,7 @@ def scenario(call) -> None:
     call("get", "/v1/admin/months/2026-01/users?sort=share&limit=1", headers=adm)
     call("get", "/v1/admin/months/2026-01/users?format=csv", headers=adm)
     call("get", "/v1/admin/months/2026-01/users?cursor=nope", headers=adm)  # 400
+    call("get", "/v1/admin/months/2026-01/overview?top=2&near=5", headers=adm)
     call(
         "post",
         "/demo/turn",
@@ -202,6 +203,7 @@ def test_responses_match_the_document(app):
         ("/v1/admin/months/{month}/summary", "get", 403),
         ("/v1/admin/months/{month}/users", "get", 200),
         ("/v1/admin/months/{month}/users", "get", 400),
+        ("/v1/admin/months/{month}/overview", "get", 200),
     ]:
         assert expected in statuses, expected
     denied = [r.get_json() for m, p, b, r in call.seen if p.endswith("/quota") and r.status_code == 200]
