@@ -288,8 +288,18 @@ def export_child(url: str, month: str, history_url: str | None) -> None:
             size += len(chunk)
             rows += chunk.count("\n")
     meter.close()
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     print(json.dumps({"rows": rows - 1, "mb": size / 1e6, "seconds": time.perf_counter() - began, "peak_mb": peak_mb}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM, which starts again at exec. (``ru_maxrss`` does not: Linux
+    carries the parent's high-water mark across fork and exec, which made every export child look
+    as big as the bench that started it.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def export(url: str, month: str, history_url: str | None = None) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from ._errors import InvalidInput
 from ._keys import FIELD_CREDIT, FIELD_USED, iso_z
 from ._money import nano_to_decimal, nano_to_json
 from ._prices import PriceTable
-from ._stats import MonthUsage, percent
+from ._stats import ArchiveRow, MonthUsage, merge_month, parts_from_rows, percent
 
 NEAR_PERCENT = 80  # "near the credit": at or above this share
 # The live read's SCAN COUNT (buckets examined per call) adapts so that a page brings about
@@ -256,6 +256,50 @@ class MonthReportBuilder:
         if totals is None:
             totals = self._models[model] = [0, 0, 0, 0, 0, 0, int(self.prices.is_system(model.decode()))]
         return totals
+
+    def add_archived(self, rows: list[ArchiveRow], live: dict[str, MonthUsage]) -> None:
+        """Add the users of ``rows`` (``HistoryStore.iter_month_rows``: whole users, in user
+        order), each merged with its live hash from ``live`` (popped: what is left there after the
+        archive has no archived part). The usual user, one generation and nothing left in Redis,
+        is added straight from its rows, without an object per row."""
+        month, start, count = self.month, 0, len(rows)
+        while start < count:
+            user, gen = rows[start][0], rows[start][1]
+            end, single = start + 1, True
+            while end < count and rows[end][0] == user:
+                single = single and rows[end][1] == gen
+                end += 1
+            mine = live.pop(user, None) if live else None
+            if mine is None and single:
+                self._add_rows(user, rows, start, end)
+            else:
+                self.add_usage(user, merge_month(month, mine, parts_from_rows(month, rows[start:end])))
+            start = end
+
+    def _add_rows(self, user: str, rows: list[ArchiveRow], start: int, end: int) -> None:
+        _, _, credit, used, first_model, *_ = rows[start]
+        if credit is None and not used and first_model is None:
+            return  # an empty archived month (no model, no spend, no credit): add_usage skips it too
+        system_cost = custom_cost = tokens_in = tokens_out = calls = 0
+        for i in range(start, end):
+            _, _, _, _, model_id, tin, tout, cost, n, est = rows[i]
+            if model_id is None:
+                continue
+            totals = self._model_totals(model_id.encode())
+            totals[0] += tin
+            totals[1] += tout
+            totals[2] += cost
+            totals[3] += n
+            totals[4] += est
+            totals[5] += 1
+            tokens_in += tin
+            tokens_out += tout
+            calls += n
+            if totals[6]:
+                system_cost += cost
+            else:
+                custom_cost += cost
+        self._add_row(user, used, credit, system_cost, custom_cost, tokens_in, tokens_out, calls)
 
     def add_usage(self, user: str, usage: MonthUsage) -> None:
         """Add one parsed user-month (e.g. archived generations merged with the live hash)."""

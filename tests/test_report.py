@@ -341,3 +341,33 @@ def test_prefetch_hands_over_errors_and_stops_when_the_caller_does():
         return out
 
     assert asyncio.run(drive()) == [1]
+
+
+def test_archived_rows_are_added_as_merged_months_would_be():
+    """The fast path (one generation, nothing live) and the merge (several generations, or a live
+    hash of the same month) give what merge_month + add_usage give."""
+    from quota._stats import ModelUsage, merge_month, parts_from_rows
+
+    month = "2025-12"
+    rows = [
+        ("ann", 1, None, 100, SYS, 10, 1, 100, 1, 0),
+        ("ann", 1, None, 100, CUS, 5, 5, 7, 2, 1),
+        ("bob", 2, 9_000_000_000, 50, SYS, 1, 1, 50, 1, 0),
+        ("bob", 3, None, 30, SYS, 2, 2, 30, 1, 0),  # a second generation (a late write, archived apart)
+        ("cat", 4, None, 0, None, 0, 0, 0, 0, 0),  # an empty month: left out
+        ("dan", 5, 7_000_000_000, 0, None, 0, 0, 0, 0, 0),  # a credit and nothing else
+        ("eve", 6, None, 40, SYS, 4, 4, 40, 1, 0),
+    ]
+    live = MonthUsage(month, system_used_nano=45, archive_gen=6)  # eve's hash, grown since the dump
+    live.models[SYS] = ModelUsage(5, 5, 45, 2, 0)
+    fast = MonthReportBuilder(month, PriceTable(), 5_000_000_000, current=False)
+    fast.add_archived(rows, {"eve": live})
+    reference = MonthReportBuilder(month, PriceTable(), 5_000_000_000, current=False)
+    for user in ("ann", "bob", "cat", "dan", "eve"):
+        mine = [r for r in rows if r[0] == user]
+        reference.add_usage(user, merge_month(month, live if user == "eve" else None, parts_from_rows(month, mine)))
+    a = fast.finish(sources=(), unreadable=0, now=None)
+    b = reference.finish(sources=(), unreadable=0, now=None)
+    assert [a.row(i) for i in range(len(a))] == [b.row(i) for i in range(len(b))]
+    assert a.summary == b.summary and a.users == ["ann", "bob", "dan", "eve"]
+    assert a.row(1).system_used_nano == 80 and a.row(3).calls == 2  # eve: the live hash supersedes gen 6

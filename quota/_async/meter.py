@@ -240,9 +240,8 @@ class AsyncMeter:
         def add_archived() -> None:
             # Redis was read first: the dump commits to SQL before it deletes from Redis, so in
             # this order nothing falls between the two reads (as in get_token_stats).
-            for chunk in archive.iter_month(month):
-                for user, parts in chunk:
-                    builder.add_usage(user, merge_month(month, live.pop(user, None), parts))
+            for rows in archive.iter_month_rows(month):
+                builder.add_archived(rows, live)
 
         await to_thread(add_archived)
         for user, usage in live.items():

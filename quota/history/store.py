@@ -65,7 +65,7 @@ from sqlalchemy.exc import (
 from .._config import DEFAULT_HISTORY_URL, Settings
 from .._errors import ConfigError, StorageUnavailable
 from .._keys import validate_month, validate_prefix, validate_user
-from .._stats import ModelUsage, MonthUsage, merge_month
+from .._stats import ArchiveRow, ModelUsage, MonthUsage, merge_month, parts_from_rows
 
 SCHEMA_VERSION = 2
 # Reads work on a database at least this old: version 2 only added an index, so a version-1
@@ -472,10 +472,24 @@ class HistoryStore:
         return {month: merge_month(month, None, parts) for month, parts in grouped.items()}
 
     def iter_month(self, month: str, *, chunk_users: int = 2000) -> Iterator[list[tuple[str, list[MonthUsage]]]]:
-        """Every archived user of ``month``, in user order, in chunks of up to ``chunk_users``:
+        """Every archived user of ``month``, in user order, in chunks of about ``chunk_users``:
         ``(user, generations)``, each generation a ``MonthUsage`` (``archive_gen`` set, oldest
-        archive first), ready for ``stats.merge_month``. One query, streamed (a server-side
-        cursor on PostgreSQL): memory holds one chunk, whatever the month's size."""
+        archive first), ready for ``stats.merge_month``. Streamed (see ``iter_month_rows``)."""
+        for rows in self.iter_month_rows(month, chunk_rows=chunk_users):
+            chunk: list[tuple[str, list[MonthUsage]]] = []
+            start = 0
+            for end in range(1, len(rows) + 1):
+                if end == len(rows) or rows[end][0] != rows[start][0]:
+                    chunk.append((rows[start][0], parts_from_rows(month, rows[start:end])))
+                    start = end
+            yield chunk
+
+    def iter_month_rows(self, month: str, *, chunk_rows: int = 5000) -> Iterator[list[ArchiveRow]]:
+        """Every archived user of ``month`` as raw rows (``stats.ArchiveRow``: one per user,
+        generation and model), in user order then archive order, in lists of about ``chunk_rows``
+        rows that never split a user. One query, streamed (a server-side cursor on PostgreSQL):
+        memory holds one list, whatever the month's size. The month report reads these rows
+        without making an object per row (100,000 users in well under a second)."""
         month = validate_month(month)
         s, m = month_snapshot, model_snapshot
         query = (
@@ -505,33 +519,38 @@ class HistoryStore:
             .where(s.c.prefix == self.prefix, s.c.month == month)
             .order_by(s.c.user_id, s.c.first_archived_at, s.c.generation, m.c.model_id)
         )
+        compiled = query.compile(dialect=self.engine.dialect)
+        sql = str(compiled)
+        params: Any = (
+            tuple(compiled.params[name] for name in compiled.positiontup or ())
+            if compiled.positional
+            else compiled.params
+        )
         with self.errors():
             if not self._readable():
                 return
             with self.engine.connect() as conn:
-                result = conn.execution_options(stream_results=True, yield_per=5000).execute(query)
-                chunk: list[tuple[str, list[MonthUsage]]] = []
-                parts: list[MonthUsage] = []
-                user: str | None = None
-                part: MonthUsage | None = None
-                for row in result:
-                    row_user, gen, credit, used, model_id = row[:5]
-                    if row_user != user:
-                        if user is not None:
-                            chunk.append((user, parts))
-                            if len(chunk) >= chunk_users:
-                                yield chunk
-                                chunk = []
-                        user, parts, part = row_user, [], None
-                    if part is None or part.archive_gen != gen:
-                        part = MonthUsage(month, credit_nano=credit, system_used_nano=used, archive_gen=gen)
-                        parts.append(part)
-                    if model_id is not None:
-                        part.models[model_id] = ModelUsage(*row[5:])
-                if user is not None:
-                    chunk.append((user, parts))
-                if chunk:
-                    yield chunk
+                # The driver's own cursor (a named, server-side one on PostgreSQL, so rows stream):
+                # SQLAlchemy's row objects cost more than the query itself at 100,000 users.
+                raw = conn.connection.dbapi_connection
+                assert raw is not None
+                cursor = raw.cursor(name="quota_iter_month") if self.dialect == "postgresql" else raw.cursor()
+                try:
+                    cursor.execute(sql, params)
+                    held: list[ArchiveRow] = []
+                    while rows := cursor.fetchmany(chunk_rows):
+                        held.extend(rows)
+                        last = held[-1][0]
+                        cut = len(held)
+                        while cut > 0 and held[cut - 1][0] == last:
+                            cut -= 1  # the last user may go on in the next fetch: keep it back
+                        if cut:
+                            yield held[:cut]
+                            held = held[cut:]
+                    if held:
+                        yield held
+                finally:
+                    cursor.close()
 
     def count_months(self) -> int:
         """How many user-months (any generation) the archive holds for this prefix."""
