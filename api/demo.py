@@ -11,13 +11,21 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, render_template, request
 
-from quota import InvalidInput
+from quota import InvalidInput, Meter
 
 from .demo_agent import DEMO_USER_PREFIX, DemoLimit, run_turn, validate_demo_user
 from .errors import ApiError
 from .ext import get_quota
 
 bp = Blueprint("demo", __name__)
+
+
+def demo_meter() -> Meter:
+    """The demo's own meter: there is one whenever this blueprint is registered (create_app)."""
+    meter = get_quota().demo_meter
+    if meter is None:
+        raise RuntimeError("the demo blueprint is registered without the demo's meter")
+    return meter
 
 
 @bp.get("/demo")
@@ -35,7 +43,7 @@ def turn():  # noqa: ANN201
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "the body must be JSON (Content-Type: application/json)")
     try:
-        result = run_turn(get_quota().demo_meter, request.get_json())  # InvalidInput -> 400 via the error handler
+        result = run_turn(demo_meter(), request.get_json())  # InvalidInput -> 400 via the error handler
     except DemoLimit as exc:
         raise ApiError(400, exc.code, str(exc)) from None
     if result["type"] == "quota_exceeded":
@@ -54,4 +62,4 @@ def token_stats(user: str):  # noqa: ANN201
         user = validate_demo_user(user)
     except InvalidInput as exc:
         raise ApiError(400, "invalid_input", str(exc)) from None
-    return jsonify(get_quota().demo_meter.get_token_stats(user))
+    return jsonify(demo_meter().get_token_stats(user))

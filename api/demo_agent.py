@@ -72,7 +72,7 @@ def validate_demo_user(user: Any) -> str:
     return user
 
 
-def validate_turn_request(body: Any) -> tuple[str, str, str, int, str]:
+def validate_turn_request(body: Any) -> tuple[str, Any, str, int, str]:
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object")
     unknown = set(body) - {"user", "model_id", "conversation_id", "turn", "message"}

@@ -119,7 +119,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
-        headers = {"Allow": ", ".join(exc.valid_methods)} if getattr(exc, "valid_methods", None) else None
+        valid_methods = getattr(exc, "valid_methods", None)  # a 405 (MethodNotAllowed) lists them
+        headers = {"Allow": ", ".join(valid_methods)} if valid_methods else None
         message = exc.description or exc.name
         if status == 413:
             message = f"the request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes"

@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import quota
-from quota._core import MAX_TOKENS
 from quota._keys import MODEL_RE, MONTH_RE, REQUEST_ID_RE, USER_RE
 from quota._report import CSV_HEADER, MAX_PAGE
 from quota._report import SORTS as REPORT_SORTS
+from quota._usage import MAX_TOKENS
 
 from .demo_agent import CONVERSATION_RE, DEMO_USER_PREFIX, MAX_MESSAGE_CHARS, MAX_TURNS
 
@@ -418,7 +418,7 @@ def _month_param() -> dict[str, Any]:
     return {"name": "month", "in": "path", "required": True, "schema": MONTH}
 
 
-BEARER = [{"bearerAuth": []}]
+BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 
 
 def _paths(demo: bool) -> dict[str, Any]:

@@ -78,7 +78,8 @@ class ApiSettings:
         for name in SECRET_NAMES:
             value = env.get(name) or ""
             if not value and development:
-                value, _ = secrets.token_urlsafe(32), generated.append(name)
+                value = secrets.token_urlsafe(32)
+                generated.append(name)
             if len(value) < MIN_SECRET_CHARS:
                 problem = "is not set" if not value else f"is shorter than {MIN_SECRET_CHARS} characters"
                 raise ConfigError(

@@ -30,7 +30,7 @@ class SendPipeline:
     ``with_source``: send EVAL with each script's source instead (the resend after NOSCRIPT)."""
 
     node: Hashable | None
-    calls: list[ScriptCall]
+    calls: list[ScriptCall[Any]]
     with_source: bool = False
 
 
@@ -38,23 +38,23 @@ class SendPipeline:
 class SendOne:
     """One call through the main client, which follows redirects; outcome: reply or exception."""
 
-    call: ScriptCall
+    call: ScriptCall[Any]
 
 
 Step = SendPipeline | SendOne
 
 
-def evalsha_args(call: ScriptCall) -> tuple[Any, ...]:
+def evalsha_args(call: ScriptCall[Any]) -> tuple[Any, ...]:
     return (call.script.sha, len(call.keys), *call.keys, *call.args)
 
 
-def eval_args(call: ScriptCall) -> tuple[Any, ...]:
+def eval_args(call: ScriptCall[Any]) -> tuple[Any, ...]:
     """EVAL with the source: the fallback after NOSCRIPT. Unlike SCRIPT LOAD + EVALSHA it can not
     be undone by a SCRIPT FLUSH (or restart, failover) in between, and it caches the script too."""
     return (call.script.source, len(call.keys), *call.keys, *call.args)
 
 
-def group_by(calls: Sequence[ScriptCall], node_of: Callable[[str], Hashable]) -> dict[Hashable, list[int]]:
+def group_by(calls: Sequence[ScriptCall[Any]], node_of: Callable[[str], Hashable]) -> dict[Hashable, list[int]]:
     """Indexes of ``calls`` grouped by the node that owns their first key."""
     groups: dict[Hashable, list[int]] = {}
     for index, call in enumerate(calls):
@@ -63,7 +63,7 @@ def group_by(calls: Sequence[ScriptCall], node_of: Callable[[str], Hashable]) ->
 
 
 def plan_batch(
-    calls: Sequence[ScriptCall], node_of: Callable[[str], Hashable] | None = None
+    calls: Sequence[ScriptCall[Any]], node_of: Callable[[str], Hashable] | None = None
 ) -> Generator[Step, Any, list[Any]]:
     """The steps of one batch; returns one reply (or exception) per call, in order.
 

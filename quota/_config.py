@@ -22,13 +22,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ._errors import ConfigError
 from ._keys import validate_prefix
 from ._money import cny_to_nano
 from ._prices import PriceTable
+
+N = TypeVar("N", int, float)
 
 DEFAULT_CREDIT_NANO = 5_000_000_000
 DEFAULT_DEDUPE_TTL_S = 24 * 3600
@@ -53,32 +56,30 @@ DEFAULT_REPORT_CACHE_S = 30.0
 REPORT_CACHE_S_RANGE = (0.0, 86_400.0)
 
 
-def int_env(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+def _number_env(
+    env: Mapping[str, str], name: str, parse: Callable[[str], N], what: str, default: N, low: N, high: N
+) -> N:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+        raise ConfigError(f"{name} must be {what}, got {raw!r}") from None
+    if not low <= value <= high:  # nan fails this too
+        shown = raw if parse is float else value  # as written (0.010), or the whole number it is
+        raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {shown!r}")
     return value
+
+
+def int_env(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+    """A whole-number setting from ``env``, within ``low``..``high``."""
+    return _number_env(env, name, int, "a whole number", default, low, high)
 
 
 def float_env(env: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
-    """A number of seconds (or any real setting) from ``env``; ``nan`` and ``inf`` are refused by
-    the range check."""
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {raw!r}")
-    return value
+    """A real-number setting (seconds, say) from ``env``; ``nan`` and ``inf`` fail the range check."""
+    return _number_env(env, name, float, "a number", default, low, high)
 
 
 def check_pool_settings(max_connections: object, pool_timeout_s: object) -> None:

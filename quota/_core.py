@@ -14,7 +14,7 @@ import os
 import secrets
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from . import _scripts as scripts
 from ._config import MAX_HOLD_NANO, Settings
@@ -36,9 +36,10 @@ from ._prices import ModelPrice
 from ._results import CreditResult, QuotaCheck, UsageResult
 from ._scripts import LuaScript
 from ._stats import MonthUsage, build_token_stats, flat_pairs_to_dict, merge_month
-from ._usage import MAX_TOKENS, validate_tokens  # noqa: F401 - MAX_TOKENS: quota.core's public name (api/)
+from ._usage import validate_tokens
 
 Clock = Callable[[], datetime]
+R = TypeVar("R")  # what a ScriptCall's reply parses into
 
 RECORD_FIELDS = ("user", "model_id", "input_tokens", "output_tokens", "request_id", "price", "estimated")
 RECORD_REQUIRED = frozenset(RECORD_FIELDS[:4])  # the rest are optional
@@ -74,8 +75,9 @@ class LiveMonths(NamedTuple):
     months: list[MonthUsage]
 
 
-class ScriptCall(NamedTuple):
-    """One script invocation, ready to send: ``EVALSHA script.sha len(keys) *keys *args``.
+class ScriptCall(NamedTuple, Generic[R]):
+    """One script invocation, ready to send: ``EVALSHA script.sha len(keys) *keys *args``;
+    ``parse`` turns its reply into an ``R`` (a ``ScriptCall[UsageResult]`` for a record).
 
     A record's call also carries what it was priced as: the model (its canonical id, whether it is
     a system model) and the cost, so that nothing reads them back out of ``args`` by position.
@@ -85,9 +87,16 @@ class ScriptCall(NamedTuple):
     script: LuaScript
     keys: tuple[str, ...]
     args: tuple[str, ...]
-    parse: Callable[[Any], Any]
-    model: ModelPrice | None = None  # record calls: the priced model
+    parse: Callable[[Any], R]
+    model: ModelPrice | None = None  # record calls: the priced model (see priced_model)
     cost_nano: int = 0  # record calls: what the call costs
+
+
+def priced_model(call: ScriptCall[Any]) -> ModelPrice:
+    """The model a record's call was priced as (``MeterCore.record`` always sets it)."""
+    if call.model is None:
+        raise TypeError(f"not a record call: {call.script.name}")
+    return call.model
 
 
 def _text(value: Any) -> str:
@@ -139,7 +148,7 @@ class MeterCore:
     def price_for(self, model_id: object, price: Mapping[str, Any] | None = None) -> ModelPrice:
         if price is None:
             return self.prices.lookup(model_id)
-        return self.prices.with_call_price(model_id, price)  # type: ignore[arg-type]
+        return self.prices.with_call_price(model_id, price)
 
     # --- update_token_usage ----------------------------------------------------------------------
 
@@ -155,7 +164,7 @@ class MeterCore:
         estimated: bool = False,
         turn_id: str | None = None,
         at: datetime | None = None,
-    ) -> ScriptCall:
+    ) -> ScriptCall[UsageResult]:
         """``turn_id``: the turn whose hold this call's system cost is drawn from (quota.Turn).
         ``at``: the instant the call was made (default: ``clock()``), which fixes its month; a
         record replayed from the spool passes the instant it was spooled with."""
@@ -194,8 +203,8 @@ class MeterCore:
                 hold_remaining_nano=int(hold) if hold else None,
             )
 
-        keys = (self.keys.month_key(user, month), self.keys.request_key(user, rid))
-        args = (
+        keys: tuple[str, ...] = (self.keys.month_key(user, month), self.keys.request_key(user, rid))
+        args: tuple[str, ...] = (
             model.model_id,
             str(tokens_in),
             str(tokens_out),
@@ -210,12 +219,12 @@ class MeterCore:
             args += (turn_id, self._hold_ttl_ms_arg)
         return ScriptCall(scripts.RECORD, keys, args, parse, model, cost)
 
-    def record_many(self, records: object) -> list[ScriptCall]:
+    def record_many(self, records: object) -> list[ScriptCall[UsageResult]]:
         """Validate every record before any is sent: one bad record changes nothing."""
         if isinstance(records, (str, bytes, Mapping)) or not hasattr(records, "__iter__"):
             raise InvalidInput("records must be a list of dicts")
         calls = []
-        for index, rec in enumerate(records):  # type: ignore[union-attr]
+        for index, rec in enumerate(records):
             if not isinstance(rec, Mapping):
                 raise InvalidInput(f"record {index} must be a dict, got {type(rec).__name__}")
             unknown = set(rec) - set(RECORD_FIELDS)
@@ -244,7 +253,7 @@ class MeterCore:
 
     # --- check_quota_available -------------------------------------------------------------------
 
-    def check(self, user: object, model_id: object) -> ScriptCall:
+    def check(self, user: object, model_id: object) -> ScriptCall[QuotaCheck]:
         user = validate_user(user)
         model = self.prices.lookup(model_id)
         month = self.current_month()
@@ -284,7 +293,9 @@ class MeterCore:
             raise InvalidInput(f"hold must be at most {nano_to_decimal(MAX_HOLD_NANO)} CNY")
         return str(nano)
 
-    def turn_begin(self, user: str, model: ModelPrice, turn_id: str, hold_arg: str) -> ScriptCall:
+    def turn_begin(
+        self, user: str, model: ModelPrice, turn_id: str, hold_arg: str
+    ) -> ScriptCall[tuple[QuotaCheck, int]]:
         """Admit a turn on a system model and reserve its hold; parse gives (QuotaCheck, hold_nano)."""
         month = self.current_month()
         settings = self.settings
@@ -309,7 +320,9 @@ class MeterCore:
             parse,
         )
 
-    def turn_end(self, user: str, model: ModelPrice, turn_id: str, cost_nano: int) -> ScriptCall:
+    def turn_end(
+        self, user: str, model: ModelPrice, turn_id: str, cost_nano: int, *, learn: bool = True
+    ) -> ScriptCall[bool]:
         """Release a turn's hold and teach the "auto" estimate its cost; parse tells whether this
         call released it (False: released before, or dead)."""
 
@@ -324,13 +337,16 @@ class MeterCore:
                 f"{model.model_id}:{SUFFIX_HOLD_ESTIMATE}",
                 str(min(cost_nano, 10**17 - 1)),
                 str(self.settings.turn_hold_default_nano),
+                "1" if learn else "0",
             ),
             parse,
         )
 
     # --- set_monthly_credit ----------------------------------------------------------------------
 
-    def set_credit(self, user: object, credit: object, month: object = None, *, add: bool = False) -> ScriptCall:
+    def set_credit(
+        self, user: object, credit: object, month: object = None, *, add: bool = False
+    ) -> ScriptCall[CreditResult]:
         """Set ``user``'s credit for ``month``; with ``add``, add ``credit`` to it (to the default
         credit while none is set) in one atomic step."""
         user = validate_user(user)
@@ -357,7 +373,7 @@ class MeterCore:
         current = self.current_month()
         return [add_months(current, -i) for i in range(count + 1)]
 
-    def stats(self, user: object, months: int | None = None) -> ScriptCall:
+    def stats(self, user: object, months: int | None = None) -> ScriptCall[LiveMonths]:
         user = validate_user(user)
         wanted = self.stats_months(months)
 

@@ -6,7 +6,10 @@ enough to handle the library as a whole, and each subclass says what to do next.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._results import UsageResult
 
 
 class QuotaError(Exception):
@@ -54,7 +57,7 @@ class BatchError(QuotaError):
     Records carry request ids, so sending the failed ones again (with the same ids) is safe.
     """
 
-    def __init__(self, results: list[Any]) -> None:
+    def __init__(self, results: list[UsageResult | QuotaError]) -> None:
         self.results = results
         failed = [(i, r) for i, r in enumerate(results) if isinstance(r, Exception)]
         self.errors = dict(failed)

@@ -79,7 +79,7 @@ def cny_to_nano(amount: object, *, what: str = "amount") -> int:
     scale = exponent + (len(digits) - len(significant)) + NANO_DIGITS  # nano = significant * 10**scale
     if scale < 0:
         raise InvalidInput(f"{what} {_shown(amount)} is finer than 1 nano-CNY (1e-9 CNY)")
-    nano = int(significant) * 10**scale  # at most 18 digits: bounded above
+    nano: int = int(significant) * 10**scale  # at most 18 digits: bounded above (scale >= 0: an int)
     if nano >= MAX_CNY * NANO_PER_CNY:
         raise InvalidInput(f"{what} {_shown(amount)} is too large: it must be below {MAX_CNY:,} CNY")
     return nano

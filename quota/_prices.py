@@ -202,15 +202,15 @@ class PriceTable:
         model_id = validate_model_id(model_id)
         return ModelPrice(model_id, model_id, 0, 0, is_system=False)
 
-    def with_call_price(self, model_id: str, price: Mapping[str, Any]) -> ModelPrice:
+    def with_call_price(self, model_id: object, price: Mapping[str, Any]) -> ModelPrice:
         """A custom model priced by the caller for one call. System models keep the table's price."""
-        base = self.lookup(model_id)
+        base = self.lookup(model_id)  # a valid id from here on: base.model_id is model_id
         if base.is_system:
             raise InvalidInput(f"{model_id!r} is a system model; its price comes from the price table")
         if not isinstance(price, Mapping):
             raise InvalidInput("price must be a dict with cost_per_1k_input and cost_per_1k_output")
         try:
-            return _parse_entry(model_id, {"name": base.name, **price}, is_system=False)
+            return _parse_entry(base.model_id, {"name": base.name, **price}, is_system=False)
         except ConfigError as exc:
             raise InvalidInput(str(exc).removeprefix("price table: ")) from None
 

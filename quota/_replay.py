@@ -32,7 +32,8 @@ from typing import Any
 from ._connect import error_of
 from ._core import MeterCore, ScriptCall
 from ._errors import InvalidInput, RequestConflict, StorageUnavailable
-from ._spool import SpoolEntry
+from ._results import UsageResult
+from ._spool import MemorySpool, Spool, SpoolClaim, SpoolEntry
 from ._turn_rules import TurnOptions, call_for, rekeyed_id
 
 log = logging.getLogger("quota.turn")
@@ -64,9 +65,9 @@ class RecordState(Enum):
 class ClaimFile:
     """Claim the oldest spooled records; outcome: the claim, or None (nothing, or taken)."""
 
-    spool: Any
+    spool: Spool | MemorySpool
 
-    def run(self) -> Any:
+    def run(self) -> SpoolClaim | None:
         return self.spool.claim()
 
 
@@ -74,7 +75,7 @@ class ClaimFile:
 class ReadBatch:
     """Read the next ``size`` records of the claim; outcome: ``[(entry, end offset), ...]``."""
 
-    claim: Any
+    claim: SpoolClaim
     size: int
 
     def run(self) -> list[tuple[SpoolEntry, int]]:
@@ -86,7 +87,7 @@ class SendRecords:
     """Send ``calls`` pipelined (``run_many``); outcome: one raw reply or exception per call, or
     one ``StorageUnavailable`` when the batch could not be sent at all."""
 
-    calls: list[ScriptCall]
+    calls: list[ScriptCall[Any]]
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class Commit:
     """Put aside the ``dead`` records, then acknowledge the batch up to ``offset`` (None: no
     record of it is done) with ``sent`` records counted, in one offset write."""
 
-    claim: Any
+    claim: SpoolClaim
     dead: list[tuple[SpoolEntry, str]]
     offset: int | None
     sent: int
@@ -110,7 +111,7 @@ class Commit:
 class Finish:
     """Every record of the claimed file is in Redis: drop the file (and release the claim)."""
 
-    claim: Any
+    claim: SpoolClaim
 
     def run(self) -> None:
         self.claim.finish()
@@ -168,37 +169,39 @@ class _Record:
     entry: SpoolEntry
     offset: int
     state: RecordState
-    call: ScriptCall | None = None
     error: Exception | None = None  # DEAD: why Redis refused it; FAILED: the storage error
 
 
 def _replay_batch(
-    core: MeterCore, options: TurnOptions, where: str, claim: Any, batch: list[tuple[SpoolEntry, int]]
+    core: MeterCore, options: TurnOptions, where: str, claim: SpoolClaim, batch: list[tuple[SpoolEntry, int]]
 ) -> Generator[Step, Any, tuple[int, int, Exception | None]]:
     """Send one batch and acknowledge what landed; returns (sent, dead, the error that stopped it
     or None)."""
     metrics = options.metrics
     records = []
+    sending: list[tuple[_Record, ScriptCall[UsageResult]]] = []  # the records to send, with their calls
     for entry, offset in batch:
         try:
-            records.append(_Record(entry, offset, RecordState.SENDING, call_for(core, entry)))
+            call = call_for(core, entry)
         except InvalidInput as exc:  # a model removed from the price table since, say
             records.append(_Record(entry, offset, RecordState.DEAD, error=exc))
-    sending = [r for r in records if r.state is RecordState.SENDING]
+        else:
+            records.append(_Record(entry, offset, RecordState.SENDING))
+            sending.append((records[-1], call))
     while sending:
-        replies = yield SendRecords([r.call for r in sending])  # type: ignore[misc]
+        replies = yield SendRecords([call for _, call in sending])
         if isinstance(replies, Exception):
             replies = [replies] * len(sending)
         again = []
-        for record, reply in zip(sending, replies):
+        for (record, _), reply in zip(sending, replies):
             error = error_of(reply, where)
             if error is None:
                 record.state = RecordState.SENT
             elif isinstance(error, RequestConflict):
                 record.entry = replace(record.entry, request_id=rekeyed_id(record.entry.request_id, record.entry))
-                record.call = call_for(core, record.entry)
+                rekeyed = call_for(core, record.entry)
                 metrics.records_rekeyed += 1
-                again.append(record)
+                again.append((record, rekeyed))
             elif isinstance(error, InvalidInput):
                 record.state, record.error = RecordState.DEAD, error
             else:

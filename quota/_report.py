@@ -399,9 +399,12 @@ class MonthData:
 
     def sort_value(self, sort: str) -> Callable[[int], int | float | str]:
         """The value row ``i`` is sorted by (descending, except ``user``)."""
-        c, users = self.columns, self.users
         if sort == "user":
-            return users.__getitem__
+            return self.users.__getitem__
+        return self._number(sort)
+
+    def _number(self, sort: str) -> Callable[[int], int | float]:
+        c = self.columns
         if sort == "cost":
             sys_cost, cus_cost = c["system_cost"], c["custom_cost"]
             return lambda i: sys_cost[i] + cus_cost[i]
@@ -414,12 +417,12 @@ class MonthData:
         column = c[{"system_cost": "system_cost", "custom_cost": "custom_cost", "calls": "calls"}[sort]]
         return column.__getitem__
 
-    def sort_key(self, sort: str) -> Callable[[int], tuple[Any, ...]]:
+    def sort_key(self, sort: str) -> Callable[[int], Any]:
         """Ascending key of row ``i``: highest value first, then the user id; by user id alone."""
         users = self.users
         if sort == "user":
-            return users.__getitem__  # type: ignore[return-value]
-        value = self.sort_value(sort)
+            return users.__getitem__
+        value = self._number(sort)
         return lambda i: (-value(i), users[i])
 
     def order(self, sort: str) -> array[int]:
@@ -497,9 +500,9 @@ def next_scan_count(count: int, returned: int) -> int:
 
 
 def check_sort(sort: object) -> str:
-    if sort not in SORTS:
+    if not isinstance(sort, str) or sort not in SORTS:
         raise InvalidInput(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
-    return sort  # type: ignore[return-value]
+    return sort
 
 
 def encode_cursor(sort: str, value: int | float | str, user: str) -> str:

@@ -7,11 +7,13 @@ protocols; nothing outside them reaches into a meter's private members.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from ._core import MeterCore, ScriptCall
     from ._turn_rules import TurnOptions
+
+R = TypeVar("R")
 
 
 class ScriptRunner(Protocol):
@@ -21,10 +23,10 @@ class ScriptRunner(Protocol):
     where: str
     turn_options: TurnOptions
 
-    def run(self, call: ScriptCall) -> Any:
+    def run(self, call: ScriptCall[R]) -> R:
         """Send one call and return its parsed result; errors are ``QuotaError``."""
 
-    def run_many(self, calls: list[ScriptCall]) -> list[Any]:
+    def run_many(self, calls: list[ScriptCall[Any]]) -> list[Any]:
         """Send calls pipelined (one pipeline per node); one raw reply or exception per call."""
 
 
@@ -35,8 +37,8 @@ class AsyncScriptRunner(Protocol):
     where: str
     turn_options: TurnOptions
 
-    async def run(self, call: ScriptCall) -> Any:
+    async def run(self, call: ScriptCall[R]) -> R:
         """Send one call and return its parsed result; errors are ``QuotaError``."""
 
-    async def run_many(self, calls: list[ScriptCall]) -> list[Any]:
+    async def run_many(self, calls: list[ScriptCall[Any]]) -> list[Any]:
         """Send calls pipelined (one pipeline per node); one raw reply or exception per call."""

@@ -369,6 +369,9 @@ class _MemoryClaim:
             self.spool._replaying.release()
 
 
+SpoolClaim = Claim | _MemoryClaim  # what a spool's ``claim()`` hands the replay (quota._replay)
+
+
 def open_spool(spool: Any) -> Spool | MemorySpool:
     """A spool from what a caller passed: a Spool, a path, or None (memory only)."""
     if spool is None:

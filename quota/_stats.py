@@ -98,9 +98,9 @@ def merge_month(month: str, live: MonthUsage | None, archived: Iterable[MonthUsa
     ``archived`` is oldest first, so the newest credit wins.
     """
     total = MonthUsage(month)
-    live_present = live is not None and not (live.is_empty and live.credit_nano is None)
+    present = live if live is not None and not (live.is_empty and live.credit_nano is None) else None
     for part in archived:
-        if live_present and (part.archive_gen is None or part.archive_gen == live.archive_gen):
+        if present is not None and (part.archive_gen is None or part.archive_gen == present.archive_gen):
             continue
         total.add(part)
     if live is not None:

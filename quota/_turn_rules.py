@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ._core import MeterCore, ScriptCall
+from ._core import MeterCore, ScriptCall, priced_model
 from ._errors import InvalidInput, QuotaExceeded, StorageUnavailable
 from ._keys import validate_request_id, validate_user
 from ._results import QuotaCheck, UsageResult
@@ -153,14 +153,14 @@ class Pending:
     """A record ready to send: the script call, and the spool entry kept if it cannot be sent."""
 
     entry: SpoolEntry
-    call: ScriptCall
+    call: ScriptCall[UsageResult]
     usage: Usage
 
 
 # --- the shared rules ----------------------------------------------------------------------------
 
 
-def call_for(core: MeterCore, entry: SpoolEntry, turn_id: str | None = None) -> ScriptCall:
+def call_for(core: MeterCore, entry: SpoolEntry, turn_id: str | None = None) -> ScriptCall[UsageResult]:
     """The script call for ``entry`` (a rekeyed record, or one replayed from the spool), made at
     ``entry.at`` as a live record is made at the instant it is spooled with: a replayed record
     lands in the month it was made in, with the same request id, whatever the clock says now.
@@ -237,14 +237,14 @@ class TurnRules:
 
     # the check ---------------------------------------------------------------------------------
 
-    def begin_call(self) -> ScriptCall | None:
+    def begin_call(self) -> ScriptCall[tuple[QuotaCheck, int]] | None:
         """The admission to run when the turn starts: turn_begin.lua (check and hold) for a system
         model; None for a custom model, which is never limited (the plain check runs instead)."""
         if not self.model.is_system:
             return None
         return self.core.turn_begin(self.user, self.model, self.turn_id, self.hold_arg)
 
-    def check_call(self) -> ScriptCall:
+    def check_call(self) -> ScriptCall[QuotaCheck]:
         """The plain check (``check_quota_available``): a custom model's admission, and
         ``can_continue`` once the hold is spent."""
         return self.core.check(self.user, self.model.model_id)
@@ -262,12 +262,20 @@ class TurnRules:
         if not check.allowed:
             raise QuotaExceeded(check.event or {"type": "quota_exceeded"})
 
-    def end_call(self) -> ScriptCall | None:
+    def end_call(self) -> ScriptCall[bool] | None:
         """turn_end.lua when this turn still holds part of the credit, else None. Called once."""
         if not self.holding:
             return None
         self.holding = False
         return self.core.turn_end(self.user, self.model, self.turn_id, self.cost_nano)
+
+    def abandoned_call(self, reply: tuple[QuotaCheck, int]) -> ScriptCall[bool] | None:
+        """turn_end.lua for an admission that went through after its turn was cancelled (the turn
+        never learned of its hold): give the hold back at once, and learn nothing from it."""
+        check, _ = reply
+        if not check.allowed:
+            return None
+        return self.core.turn_end(self.user, self.model, self.turn_id, 0, learn=False)
 
     def ended(self, exc: Exception | None) -> None:
         if exc is None:
@@ -367,9 +375,9 @@ class TurnRules:
         # The spool keeps what the call was priced as: the canonical model id, and its cost.
         entry = SpoolEntry(
             self.user,
-            call.model.model_id,
+            priced_model(call).model_id,
             found.input_tokens,
-            found.output_tokens,  # type: ignore[union-attr]
+            found.output_tokens,
             rid,
             found.estimated,
             at,
@@ -415,7 +423,7 @@ class TurnRules:
 
     def spooled(self, pending: Pending, exc: Exception) -> Recorded:
         self.metrics.records_spooled += 1
-        self.cost_nano += pending.call.cost_nano if pending.call.model.is_system else 0  # type: ignore[union-attr]
+        self.cost_nano += pending.call.cost_nano if priced_model(pending.call).is_system else 0
         self.metrics.records_estimated += pending.usage.estimated
         log.warning("Redis unavailable, record %s spooled to %r: %s", pending.entry.request_id, self.options.spool, exc)
         return self._done(

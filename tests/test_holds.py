@@ -310,6 +310,35 @@ async def test_a_cancelled_async_turn_gives_its_hold_back(real_backend, clock):
     await meter.aclose()
 
 
+async def test_a_turn_cancelled_while_it_is_being_admitted_gives_its_hold_back(real_backend, clock):
+    """The admission runs shielded and completes after its task is cancelled; the turn never sees
+    its hold, so the hold is given back in the background at once (not after hold_ttl_s), and the
+    "auto" estimate learns nothing from a turn that never ran."""
+    meter = AsyncMeter(real_backend.async_client(), clock=clock, monthly_credit=5)
+    run = meter.run
+
+    async def slow_admission(call):
+        if call.script.name == "turn_begin":
+            await asyncio.sleep(0.2)  # the worker is cancelled while this is on its way
+        return await run(call)
+
+    meter.run = slow_admission
+    entering = asyncio.ensure_future(meter.turn("oz", "system_deepseek", hold="1").__aenter__())
+    await asyncio.sleep(0.05)
+    entering.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await entering
+    await asyncio.sleep(0.3)  # the admission lands, then the release
+    await meter.turn_options.wait_background()
+    check = await meter.check_quota_available("oz", "system_deepseek")
+    assert check.held_nano == 0 and check.allowed
+    raw = real_backend.sync_client()
+    assert raw.hlen("quota:{oz}:holds") == 0
+    assert not raw.hexists("quota:{oz}:2026-01", "system_deepseek:hold_est_nano")
+    raw.close()
+    await meter.aclose()
+
+
 async def test_an_async_cluster_meter_used_first_by_many_tasks_at_once(redis_cluster, clock):
     """redis-py's asyncio cluster client breaks when 30 tasks make its first calls together
     (each initializes it and closes connections the others use); AsyncMeter initializes it once."""

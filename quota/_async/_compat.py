@@ -31,7 +31,27 @@ sleep = asyncio.sleep
 to_thread = asyncio.to_thread  # blocking file and SQL work runs off the event loop
 
 
-def start_task(coroutine: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
+async def shielded_admission(
+    admission: Coroutine[Any, Any, T], abandoned: Callable[[T], Coroutine[Any, Any, Any]], options: Any
+) -> T:
+    """Await ``admission`` shielded from cancellation. If the awaiting task is cancelled first,
+    the admission still completes, and ``abandoned(reply)`` then runs in the background (tracked
+    by ``options`` like a replay): a hold taken for a turn that never started is given back at
+    once instead of at its expiry (10 minutes by default)."""
+    task = asyncio.ensure_future(admission)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+
+        def after(done: asyncio.Future[T]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                options.track(asyncio.ensure_future(abandoned(done.result())))
+
+        task.add_done_callback(after)
+        raise
+
+
+def start_task(coroutine: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
     """Run ``coroutine`` as a task of its own; whoever awaits the task later gets its outcome."""
     return asyncio.ensure_future(coroutine)
 
@@ -127,6 +147,11 @@ class NodeClients:
         self._client = client
         self._settings = settings
         self._made: dict[str, aredis.Redis] = {}
+
+    def node_of(self, key: str) -> str:
+        """The name of the node that owns ``key``'s slot (batches are grouped by it)."""
+        name: str = self._client.get_node_from_key(key).name
+        return name
 
     def get(self, node_name: Any) -> Any:
         """The standalone client itself (``node_name`` None), or a client on that node."""

@@ -28,8 +28,8 @@ from .._connect import (
     slot_busy_pause,
     storage_errors,
 )
-from .._core import Clock, MeterCore, ScriptCall
-from .._errors import BatchError, StorageUnavailable
+from .._core import Clock, MeterCore, R, ScriptCall
+from .._errors import BatchError, QuotaError, StorageUnavailable
 from .._keys import validate_month
 from .._prices import PriceTable
 from .._replay import ReplayReport
@@ -141,9 +141,10 @@ class AsyncMeter:
         """Count many calls in one pipelined round trip per node; one result per record."""
         calls = self.core.record_many(records)
         replies = await self.run_many(calls)
-        results = [error_of(r, self.where) or c.parse(r) for c, r in zip(calls, replies)]
-        if any(isinstance(r, Exception) for r in results):
-            raise BatchError(results)
+        outcomes = [error_of(r, self.where) or c.parse(r) for c, r in zip(calls, replies)]
+        results = [r for r in outcomes if not isinstance(r, QuotaError)]
+        if len(results) < len(outcomes):
+            raise BatchError(outcomes)
         return results
 
     async def check_quota_available(self, user: str, model_id: str) -> QuotaCheck:
@@ -310,7 +311,7 @@ class AsyncMeter:
                             count = next_scan_count(count, len(keys))
                             pipe.scan(cursor, match=pattern, count=count, _type="hash")
                         replies = await pipe.execute(raise_on_error=False)
-                        following = (0, [])
+                        following: Any = (0, [])
                         if int(cursor):
                             following = replies.pop()
                             if isinstance(following, Exception):
@@ -363,7 +364,7 @@ class AsyncMeter:
 
     # --- I/O -------------------------------------------------------------------------------------
 
-    async def run(self, call: ScriptCall) -> Any:
+    async def run(self, call: ScriptCall[R]) -> R:
         """Send one prepared call (quota._core) and parse its reply; see quota._runner."""
         with storage_errors(self.where):
             if not self._start.ready:
@@ -371,7 +372,7 @@ class AsyncMeter:
             return call.parse(await self._evalsha(self.client, call))
 
     @staticmethod
-    async def _evalsha(client: Any, call: ScriptCall) -> Any:
+    async def _evalsha(client: Any, call: ScriptCall[Any]) -> Any:
         """Run ``call``; on a cluster, resend it while its slot is busy (see slot_busy_pause)."""
         started = time.monotonic()
         for attempt in itertools.count():
@@ -385,7 +386,7 @@ class AsyncMeter:
         raise AssertionError("unreachable")
 
     @staticmethod
-    async def _evalsha_once(client: Any, call: ScriptCall) -> Any:
+    async def _evalsha_once(client: Any, call: ScriptCall[Any]) -> Any:
         try:
             try:
                 return await client.evalsha(*evalsha_args(call))
@@ -395,7 +396,7 @@ class AsyncMeter:
         except LOST_CONNECTION as exc:
             raise lost_connection(exc) from exc
 
-    async def run_many(self, calls: list[ScriptCall]) -> list[Any]:
+    async def run_many(self, calls: list[ScriptCall[Any]]) -> list[Any]:
         """Send calls pipelined, one pipeline per node; one raw reply or exception per call."""
         if not calls:
             return []
@@ -403,7 +404,7 @@ class AsyncMeter:
         if isinstance(self.client, ClusterClient):
             with storage_errors(self.where):
                 await self._start.before_batch()
-            node_of = lambda key: self.client.get_node_from_key(key).name  # noqa: E731
+            node_of = self._nodes.node_of
         plan = plan_batch(calls, node_of)
         with storage_errors(self.where):
             try:
@@ -411,7 +412,8 @@ class AsyncMeter:
                 while True:
                     step = plan.send(await self._perform(step))
             except StopIteration as done:
-                return done.value
+                replies: list[Any] = done.value  # the plan's return value: one reply per call
+                return replies
 
     async def _perform(self, step: Step) -> Any:
         """Do one I/O step of a batch plan (see quota._batch); errors are outcomes, not raised."""

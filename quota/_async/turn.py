@@ -20,7 +20,7 @@ from .._results import QuotaCheck
 from .._runner import AsyncScriptRunner
 from .._turn_rules import Pending, Recorded, TurnRules
 from .._usage import StreamTally, estimate_prompt_tokens
-from ._compat import close_source, in_background, shield, start_task, to_thread
+from ._compat import close_source, in_background, shield, shielded_admission, start_task, to_thread
 
 log = logging.getLogger("quota.turn")
 
@@ -67,12 +67,21 @@ class AsyncTurn:
             if begin is None:
                 self.rules.checked(await self.meter.run(self.rules.check_call()))
             else:
-                # Shielded: a turn cancelled while its hold is being taken still learns the hold,
-                # so that __aexit__ (which runs only if this returns) or its expiry frees it.
-                self.rules.admitted(await shield(self.meter.run(begin)))
+                # Shielded: a turn cancelled while its hold is being taken gives the hold back
+                # as soon as the admission completes (__aexit__ never runs for it).
+                reply = await shielded_admission(self.meter.run(begin), self._abandoned, self.meter.turn_options)
+                self.rules.admitted(reply)
         except StorageUnavailable as exc:
             self.rules.unavailable(exc)
         return self
+
+    async def _abandoned(self, reply: tuple[QuotaCheck, int]) -> None:
+        end = self.rules.abandoned_call(reply)
+        if end is not None:
+            try:
+                await self.meter.run(end)
+            except QuotaError as error:
+                self.rules.ended(error)
 
     async def can_continue(self) -> bool:
         """May an agent loop take another step (a tool call, a retry)? True while this turn's hold
@@ -174,7 +183,7 @@ class AsyncMeteredStream:
         self.price = price
         self.recorded: Recorded | None = None
         self._iter = aiter(source)
-        self._recording: Any = None  # the count, started once (under asyncio, a task)
+        self._recording: Awaitable[Recorded] | None = None  # the count, started once (under asyncio, a task)
 
     def __aiter__(self) -> AsyncMeteredStream:
         return self
@@ -225,6 +234,7 @@ async def replay(meter: AsyncScriptRunner) -> ReplayReport:
     Drives the plan of ``quota._replay``: records go through ``run_many``, file steps run through
     ``_compat.to_thread``. A replay stopped by an error closes the plan, which releases its claim."""
     plan = plan_replay(meter.core, meter.turn_options, meter.where)
+    outcome: object  # what the step did, sent back into the plan
     try:
         step = next(plan)
         while True:
@@ -237,7 +247,8 @@ async def replay(meter: AsyncScriptRunner) -> ReplayReport:
                 outcome = await to_thread(step.run)
             step = plan.send(outcome)
     except StopIteration as done:
-        return done.value
+        report: ReplayReport = done.value  # the plan's return value
+        return report
     finally:
         plan.close()
 

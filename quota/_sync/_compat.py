@@ -38,6 +38,11 @@ def to_thread(function: Callable[..., T], *args: Any) -> T:
     return function(*args)
 
 
+def shielded_admission(admission: T, abandoned: Callable[[T], Any], options: Any) -> T:
+    """A sync admission can not be cancelled half-way: its outcome is the admission's."""
+    return admission
+
+
 def start_task(result: T) -> T:
     """The outcome itself: it was computed when the call was made."""
     return result
@@ -126,6 +131,11 @@ class NodeClients:
 
     def __init__(self, client: Any, settings: Settings) -> None:
         self._client = client
+
+    def node_of(self, key: str) -> str:
+        """The name of the node that owns ``key``'s slot (batches are grouped by it)."""
+        name: str = self._client.get_node_from_key(key).name
+        return name
 
     def get(self, node_name: Any) -> Any:
         """The standalone client itself (``node_name`` None), or the client on that node."""

@@ -30,8 +30,8 @@ from .._connect import (
     slot_busy_pause,
     storage_errors,
 )
-from .._core import Clock, MeterCore, ScriptCall
-from .._errors import BatchError, StorageUnavailable
+from .._core import Clock, MeterCore, R, ScriptCall
+from .._errors import BatchError, QuotaError, StorageUnavailable
 from .._keys import validate_month
 from .._prices import PriceTable
 from .._replay import ReplayReport
@@ -143,9 +143,10 @@ class Meter:
         """Count many calls in one pipelined round trip per node; one result per record."""
         calls = self.core.record_many(records)
         replies = self.run_many(calls)
-        results = [error_of(r, self.where) or c.parse(r) for c, r in zip(calls, replies)]
-        if any(isinstance(r, Exception) for r in results):
-            raise BatchError(results)
+        outcomes = [error_of(r, self.where) or c.parse(r) for c, r in zip(calls, replies)]
+        results = [r for r in outcomes if not isinstance(r, QuotaError)]
+        if len(results) < len(outcomes):
+            raise BatchError(outcomes)
         return results
 
     def check_quota_available(self, user: str, model_id: str) -> QuotaCheck:
@@ -312,7 +313,7 @@ class Meter:
                             count = next_scan_count(count, len(keys))
                             pipe.scan(cursor, match=pattern, count=count, _type="hash")
                         replies = pipe.execute(raise_on_error=False)
-                        following = (0, [])
+                        following: Any = (0, [])
                         if int(cursor):
                             following = replies.pop()
                             if isinstance(following, Exception):
@@ -365,7 +366,7 @@ class Meter:
 
     # --- I/O -------------------------------------------------------------------------------------
 
-    def run(self, call: ScriptCall) -> Any:
+    def run(self, call: ScriptCall[R]) -> R:
         """Send one prepared call (quota._core) and parse its reply; see quota._runner."""
         with storage_errors(self.where):
             if not self._start.ready:
@@ -373,7 +374,7 @@ class Meter:
             return call.parse(self._evalsha(self.client, call))
 
     @staticmethod
-    def _evalsha(client: Any, call: ScriptCall) -> Any:
+    def _evalsha(client: Any, call: ScriptCall[Any]) -> Any:
         """Run ``call``; on a cluster, resend it while its slot is busy (see slot_busy_pause)."""
         started = time.monotonic()
         for attempt in itertools.count():
@@ -387,7 +388,7 @@ class Meter:
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _evalsha_once(client: Any, call: ScriptCall) -> Any:
+    def _evalsha_once(client: Any, call: ScriptCall[Any]) -> Any:
         try:
             try:
                 return client.evalsha(*evalsha_args(call))
@@ -397,7 +398,7 @@ class Meter:
         except LOST_CONNECTION as exc:
             raise lost_connection(exc) from exc
 
-    def run_many(self, calls: list[ScriptCall]) -> list[Any]:
+    def run_many(self, calls: list[ScriptCall[Any]]) -> list[Any]:
         """Send calls pipelined, one pipeline per node; one raw reply or exception per call."""
         if not calls:
             return []
@@ -405,7 +406,7 @@ class Meter:
         if isinstance(self.client, ClusterClient):
             with storage_errors(self.where):
                 self._start.before_batch()
-            node_of = lambda key: self.client.get_node_from_key(key).name  # noqa: E731
+            node_of = self._nodes.node_of
         plan = plan_batch(calls, node_of)
         with storage_errors(self.where):
             try:
@@ -413,7 +414,8 @@ class Meter:
                 while True:
                     step = plan.send(self._perform(step))
             except StopIteration as done:
-                return done.value
+                replies: list[Any] = done.value  # the plan's return value: one reply per call
+                return replies
 
     def _perform(self, step: Step) -> Any:
         """Do one I/O step of a batch plan (see quota._batch); errors are outcomes, not raised."""

@@ -22,7 +22,7 @@ from .._results import QuotaCheck
 from .._runner import ScriptRunner
 from .._turn_rules import Pending, Recorded, TurnRules
 from .._usage import StreamTally, estimate_prompt_tokens
-from ._compat import close_source, in_background, shield, start_task, to_thread
+from ._compat import close_source, in_background, shield, shielded_admission, start_task, to_thread
 
 log = logging.getLogger("quota.turn")
 
@@ -69,12 +69,21 @@ class Turn:
             if begin is None:
                 self.rules.checked(self.meter.run(self.rules.check_call()))
             else:
-                # Shielded: a turn cancelled while its hold is being taken still learns the hold,
-                # so that __exit__ (which runs only if this returns) or its expiry frees it.
-                self.rules.admitted(shield(self.meter.run(begin)))
+                # Shielded: a turn cancelled while its hold is being taken gives the hold back
+                # as soon as the admission completes (__exit__ never runs for it).
+                reply = shielded_admission(self.meter.run(begin), self._abandoned, self.meter.turn_options)
+                self.rules.admitted(reply)
         except StorageUnavailable as exc:
             self.rules.unavailable(exc)
         return self
+
+    def _abandoned(self, reply: tuple[QuotaCheck, int]) -> None:
+        end = self.rules.abandoned_call(reply)
+        if end is not None:
+            try:
+                self.meter.run(end)
+            except QuotaError as error:
+                self.rules.ended(error)
 
     def can_continue(self) -> bool:
         """May an agent loop take another step (a tool call, a retry)? True while this turn's hold
@@ -176,7 +185,7 @@ class MeteredStream:
         self.price = price
         self.recorded: Recorded | None = None
         self._iter = iter(source)
-        self._recording: Any = None  # the count, started once (under asyncio, a task)
+        self._recording: Recorded | None = None  # the count, started once (under asyncio, a task)
 
     def __iter__(self) -> MeteredStream:
         return self
@@ -227,6 +236,7 @@ def replay(meter: ScriptRunner) -> ReplayReport:
     Drives the plan of ``quota._replay``: records go through ``run_many``, file steps run through
     ``_compat.to_thread``. A replay stopped by an error closes the plan, which releases its claim."""
     plan = plan_replay(meter.core, meter.turn_options, meter.where)
+    outcome: object  # what the step did, sent back into the plan
     try:
         step = next(plan)
         while True:
@@ -239,7 +249,8 @@ def replay(meter: ScriptRunner) -> ReplayReport:
                 outcome = to_thread(step.run)
             step = plan.send(outcome)
     except StopIteration as done:
-        return done.value
+        report: ReplayReport = done.value  # the plan's return value
+        return report
     finally:
         plan.close()
 

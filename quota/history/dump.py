@@ -107,7 +107,7 @@ class DumpMeter(Protocol):
     @property
     def settings(self) -> Settings: ...
 
-    def run_many(self, calls: list[ScriptCall]) -> list[Any]: ...
+    def run_many(self, calls: list[ScriptCall[Any]]) -> list[Any]: ...
 
 
 def dump_expired_months(
@@ -296,7 +296,7 @@ def _read(
         if not reply:
             continue  # deleted since SCAN returned it (another dump, or ops)
         fingerprint, flat = reply
-        pairs = dict(zip(flat[0::2], flat[1::2]))
+        pairs: dict[bytes | str, bytes | str] = dict(zip(flat[0::2], flat[1::2]))  # str: decode_responses
         try:
             usage = MonthUsage.from_hash(month, pairs)
             seq = int(pairs.get(seq_field, pairs.get(FIELD_DUMP_SEQ, 0)))
@@ -349,7 +349,8 @@ def _prefetch(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
         thread.join(timeout=5)
 
 
-def _first(item: Any) -> str:
+def _first(item: Key | tuple[str, Snapshot]) -> str:
+    """The Redis key of an item of the dump: a ``Key``, or a ``(key, snapshot)`` pair."""
     return item[0]
 
 

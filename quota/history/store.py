@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from sqlalchemy import (
@@ -63,6 +63,10 @@ from sqlalchemy.exc import (
 )
 
 from .._config import DEFAULT_HISTORY_URL, Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement
+    from sqlalchemy.dialects import postgresql, sqlite
 from .._errors import ConfigError, StorageUnavailable
 from .._keys import validate_month, validate_prefix, validate_user
 from .._stats import ArchiveRow, ModelUsage, MonthUsage, merge_month, parts_from_rows
@@ -267,12 +271,10 @@ class HistoryStore:
     @classmethod
     def from_url(cls, url: str | None = None, *, prefix: str | None = None, **engine_options: Any) -> HistoryStore:
         """A store on ``url`` (default: ``QUOTA_HISTORY_URL``, else ``sqlite:///quota-history.db``)."""
-        settings = Settings.from_env() if url is None or prefix is None else None
-        return cls(
-            url or settings.history_url,
-            prefix=prefix or settings.prefix,  # type: ignore[union-attr]
-            **engine_options,
-        )
+        if url is None or prefix is None:
+            settings = Settings.from_env()
+            url, prefix = url or settings.history_url, prefix or settings.prefix
+        return cls(url, prefix=prefix, **engine_options)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> HistoryStore:
@@ -405,11 +407,15 @@ class HistoryStore:
         return len(models)
 
     def _upsert(self, table: Table, keep: tuple[str, ...] = ()) -> _BulkUpsert:
+        stmt: postgresql.Insert | sqlite.Insert
         if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
+            from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+            stmt = postgresql_insert(table)
         else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(table)
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            stmt = sqlite_insert(table)
         keys = [c.name for c in table.primary_key.columns]
         changes = {c.name: stmt.excluded[c.name] for c in table.columns if not c.primary_key and c.name not in keep}
         upsert = stmt.on_conflict_do_update(index_elements=keys, set_=changes, where=stmt.excluded.seq >= table.c.seq)
@@ -431,7 +437,10 @@ class HistoryStore:
         with self.errors():
             if not self._readable():
                 return []
-            where = lambda t: (t.c.prefix == self.prefix) & (t.c.user_id == user) & t.c.month.in_(wanted)  # noqa: E731
+
+            def where(t: Table) -> ColumnElement[bool]:
+                return (t.c.prefix == self.prefix) & (t.c.user_id == user) & t.c.month.in_(wanted)
+
             with self.engine.connect() as conn:
                 rows = conn.execute(
                     select(
@@ -600,19 +609,21 @@ class _BulkUpsert:
         names = list(compiled.positiontup or []) if compiled.positional else list(compiled.binds)
         if sorted(names) != sorted(columns):
             raise RuntimeError(f"unexpected parameters in the {table.name} upsert: {names}")
-        self.positional = bool(compiled.positional)
-        self.order = [columns.index(n) for n in names] if self.positional else columns
-        self.identity = self.order == list(range(len(columns)))
+        self.columns = columns
+        # Positional parameters (e.g. SQLite's qmark): each row's values in the statement's order.
+        self.positions = [columns.index(n) for n in names] if compiled.positional else None
+        self.identity = self.positions == list(range(len(columns)))
 
     def bind_value(self, column: str, value: Any) -> Any:
         process = self.table.c[column].type.dialect_impl(self.dialect).bind_processor(self.dialect)
         return process(value) if process else value
 
     def execute(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
-        if self.positional:
-            params: list[Any] = rows if self.identity else [tuple(r[i] for i in self.order) for r in rows]
+        positions = self.positions
+        if positions is not None:
+            params: list[Any] = rows if self.identity else [tuple(r[i] for i in positions) for r in rows]
         else:
-            params = [dict(zip(self.order, r)) for r in rows]
+            params = [dict(zip(self.columns, r)) for r in rows]
         conn.exec_driver_sql(self.sql, params)
 
 

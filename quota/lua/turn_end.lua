@@ -6,6 +6,8 @@
 -- ARGV[2]  estimate_field       "<model_id>:hold_est_nano"
 -- ARGV[3]  turn_cost_nano       the system cost this turn recorded
 -- ARGV[4]  auto_default_nano    the estimate before the user's first turn on the model
+-- ARGV[5]  learn                "1": update the estimate; "0": a turn that never ran (cancelled
+--                               while it was being admitted) teaches nothing
 --
 -- Idempotent: only the call that deletes the hold updates the estimate, so a retry changes
 -- nothing. The estimate rises fast (halfway to a bigger turn) and falls slowly (an eighth of the
@@ -15,7 +17,8 @@
 
 -- @include holds
 
-if not (type(ARGV[1]) == 'string' and #ARGV[1] >= 1 and is_uint(ARGV[3], 17) and is_uint(ARGV[4], 17)) then
+if not (type(ARGV[1]) == 'string' and #ARGV[1] >= 1 and is_uint(ARGV[3], 17) and is_uint(ARGV[4], 17)
+        and (ARGV[5] == '0' or ARGV[5] == '1')) then
   return redis.error_reply('QUOTA_INVALID turn_end arguments must be a turn id and an unsigned integer')
 end
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
@@ -23,7 +26,7 @@ if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
 end
 local cost = tonumber(ARGV[3])
 local known = redis.call('HGET', KEYS[2], ARGV[2])
-if known or cost > 0 then  -- a turn that spent nothing creates no month hash
+if ARGV[5] == '1' and (known or cost > 0) then  -- a turn that spent nothing creates no month hash
   local old, estimate = tonumber(known or ARGV[4]), nil
   if cost > old then estimate = old + math.floor((cost - old) / 2)
   else estimate = old - math.floor((old - cost) / 8) end

@@ -60,7 +60,7 @@ class QuotaSettingsError(ImproperlyConfigured, ConfigError):
         self.hint = hint
 
 
-class _ReadLog(dict):  # type: ignore[type-arg]
+class _ReadLog(dict[str, Any]):
     """An empty environment that notes every name looked up in it."""
 
     def __init__(self) -> None:

@@ -33,7 +33,7 @@ import json
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 
@@ -61,33 +61,47 @@ class QuotaConsumerMixin:
     quota_meter: Any = None  # an AsyncMeter; None: get_async_meter() (one per event loop)
     quota_default_model_id: str | None = None  # the id used when the browser sends none
 
+    if TYPE_CHECKING:
+        # What the mixin uses of the Channels consumer it is mixed into (AsyncWebsocketConsumer;
+        # decode_json: AsyncJsonWebsocketConsumer, used only when receive_json is there), declared
+        # for the type checker only: Channels has no type information, and nothing is imported.
+        scope: dict[str, Any]
+
+        async def send(
+            self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
+        ) -> None: ...
+
+        @classmethod
+        async def decode_json(cls, text_data: str) -> Any: ...
+
     async def quota_send(self, event: dict[str, Any]) -> None:
         """Send one event to the browser (``send_json`` on a JSON consumer, else a text frame)."""
         send_json = getattr(self, "send_json", None)
         if send_json is not None:
             await send_json(event)
         else:
-            await self.send(text_data=json.dumps(event, ensure_ascii=False))  # type: ignore[attr-defined]
+            await self.send(text_data=json.dumps(event, ensure_ascii=False))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
         if not hasattr(self, "receive_json"):
+            # The consumer after this mixin in the MRO has receive; the mixin's own base (object) does not.
             await super().receive(text_data=text_data, bytes_data=bytes_data, **kwargs)  # type: ignore[misc]
             return
         try:
             if text_data is None:
                 raise ValueError("a binary frame")
-            content = await self.decode_json(text_data)  # type: ignore[attr-defined]
+            content = await self.decode_json(text_data)
         except (ValueError, RecursionError):
             await self.quota_send(BAD_REQUEST)
             return
-        await self.receive_json(content, **kwargs)  # type: ignore[attr-defined]
+        await self.receive_json(content, **kwargs)
 
     async def quota_reply(
         self, requested_model_id: Any, reply: Callable[[Any, str], Awaitable[Any]], *, hold: Any = None
     ) -> MeteredReply | None:
         """Run ``await reply(turn, model_id)`` in a quota turn of the scope's user; None when
         refused (the browser was sent the event, the LLM was not called)."""
-        user = self.scope.get("user")  # type: ignore[attr-defined]
+        user = self.scope.get("user")
         if user is None or not getattr(user, "is_authenticated", False):
             await self.quota_send(NOT_AUTHENTICATED)
             return None

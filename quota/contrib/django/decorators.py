@@ -64,7 +64,7 @@ def require_quota(model: str | Callable[..., Any], *, hold: Any = None) -> Calla
                     return _refused(exc)
                 except (UnknownModel, StorageUnavailable) as exc:
                     return _refused(exc)
-                request.quota_turn = turn  # type: ignore[attr-defined]
+                request.quota_turn = turn
                 try:
                     async with stack:
                         return await view(request, *args, **kwargs)
@@ -87,7 +87,7 @@ def require_quota(model: str | Callable[..., Any], *, hold: Any = None) -> Calla
                 return _refused(exc)
             except (UnknownModel, StorageUnavailable) as exc:
                 return _refused(exc)
-            request.quota_turn = turn  # type: ignore[attr-defined]
+            request.quota_turn = turn
             try:
                 with stack:
                     return view(request, *args, **kwargs)

@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator
+from typing import Any, TypeVar
 
 from quota import AsyncMeter, ConfigError, InvalidInput, Meter
 
@@ -31,9 +31,10 @@ from .conf import QuotaSettingsError, quota_settings
 _lock = threading.Lock()
 _meter: Meter | None = None
 # loop -> (its meter, the async generator that closes it at the loop's shutdown)
-_async_meters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[AsyncMeter, Any]] = (
+_async_meters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[AsyncMeter, AsyncGenerator[None, None]]] = (
     weakref.WeakKeyDictionary()
 )
+M = TypeVar("M", Meter, AsyncMeter)  # _from_url builds either
 
 
 def meter_arguments() -> tuple[str, dict[str, Any]]:
@@ -53,7 +54,7 @@ def build_meter(**options: Any) -> Meter:
     return _from_url(Meter, options)
 
 
-def _from_url(cls: Any, options: dict[str, Any]) -> Any:
+def _from_url(cls: type[M], options: dict[str, Any]) -> M:
     """``cls.from_url`` on QUOTA; what it refuses (a URL scheme, ON_UNAVAILABLE, a spool directory
     others can write) is a settings error, check ``quota.E005``."""
     url, arguments = meter_arguments()
@@ -110,7 +111,7 @@ def reset() -> None:
         old.close()
 
 
-async def _closer(meter: AsyncMeter) -> AsyncIterator[None]:
+async def _closer(meter: AsyncMeter) -> AsyncGenerator[None, None]:
     try:
         yield
     finally:
@@ -121,7 +122,7 @@ async def _closer(meter: AsyncMeter) -> AsyncIterator[None]:
         await meter.aclose()
 
 
-def _close_at_shutdown(meter: AsyncMeter) -> Any:
+def _close_at_shutdown(meter: AsyncMeter) -> AsyncGenerator[None, None]:
     """Start an async generator in the running loop: the loop's first-iteration hook records it,
     and its ``shutdown_asyncgens()`` closes it, running ``meter.aclose()`` in the loop. Kept
     (returned) so that it lives as long as the meter; if it is dropped earlier (``reset``),

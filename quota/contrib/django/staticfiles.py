@@ -30,7 +30,7 @@ class PanelFinder(BaseFinder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.storage = FileSystemStorage(location=PANEL_STATIC_DIR)
-        self.storage.prefix = PREFIX  # type: ignore[attr-defined] - collectstatic puts the files under quota/
+        self.storage.prefix = PREFIX  # collectstatic puts the files under quota/
 
     def check(self, **kwargs: Any) -> list[Error]:
         missing = [name for name in PANEL_FILES if not (PANEL_STATIC_DIR / name).is_file()]
