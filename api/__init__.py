@@ -1,9 +1,11 @@
-"""The quota HTTP service: a Flask app factory.
+"""The quota HTTP service: a Flask app factory, installed as the package ``quota_server`` (the
+repository keeps it in ``api/``; pyproject.toml maps the name, so that installing quota adds no
+top-level ``api``, the name of many a Django app).
 
-``create_app()`` reads its settings from the environment (``api.settings``) and opens a
+``create_app()`` reads its settings from the environment (``quota_server.settings``) and opens a
 ``Meter`` on ``REDIS_URL``; tests and ``quota serve`` pass their own. Production::
 
-    gunicorn 'api:create_app()' -w 4 -b 0.0.0.0:8000
+    gunicorn 'quota_server:create_app()' -w 4 -b 0.0.0.0:8000
 """
 
 from __future__ import annotations

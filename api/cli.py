@@ -61,7 +61,7 @@ def serve(host: str, port: int, dev: bool | None, user: str, ttl: str, data_dir:
     where the output goes to logs: mint one with `quota token USER`). Outside development mode it
     refuses to start without QUOTA_ADMIN_TOKEN, QUOTA_SERVICE_TOKEN and QUOTA_SECRET_KEY. For
     production, run several workers under gunicorn instead:
-    gunicorn -c gunicorn.conf.py 'api:create_app()' -w 4 -b 0.0.0.0:8000
+    gunicorn -c gunicorn.conf.py 'quota_server:create_app()' -w 4 -b 0.0.0.0:8000
     """
     from .logs import configure_logging
     from .metrics import prepare_multiproc_dir

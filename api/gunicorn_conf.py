@@ -1,6 +1,6 @@
-"""gunicorn settings for the quota API: ``gunicorn -c gunicorn.conf.py 'api:create_app()'``.
+"""gunicorn settings for the quota API: ``gunicorn -c gunicorn.conf.py 'quota_server:create_app()'``.
 
-The repository's ``gunicorn.conf.py`` imports this module (so does ``-c python:api.gunicorn_conf``
+The repository's ``gunicorn.conf.py`` imports this module (so does ``-c python:quota_server.gunicorn_conf``
 for an installed quota). It does three things gunicorn does not:
 
 - **The metrics directory.** With ``PROMETHEUS_MULTIPROC_DIR`` set, it creates the directory
@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from api.logs import logging_config
-from api.metrics import mark_worker_dead, prepare_multiproc_dir
+from .logs import logging_config
+from .metrics import mark_worker_dead, prepare_multiproc_dir
 
 logconfig_dict = logging_config()
 # A month report's first read of a live month of a million user-months takes 10 to 25 s on a small

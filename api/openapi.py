@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import quota
+from quota._core import EXCEEDED_CODES
 from quota._keys import MODEL_RE, MONTH_RE, REQUEST_ID_RE, USER_RE
 from quota._report import CSV_HEADER, MAX_PAGE
 from quota._report import SORTS as REPORT_SORTS
@@ -139,6 +140,11 @@ SCHEMAS: dict[str, Any] = {
     "QuotaExceededEvent": _object(
         {
             "type": {"const": "quota_exceeded"},
+            "code": {
+                "enum": list(EXCEEDED_CODES),
+                "description": "quota_exceeded: the credit is used up (wait for resets_at, top up, or use a custom "
+                "model); credit_held: the rest of the credit is held by replies in progress (try again when they end)",
+            },
             "model_id": MODEL,
             "monthly_used": MONEY,
             "monthly_credit": MONEY,

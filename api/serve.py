@@ -5,7 +5,7 @@ directory, see ``build``) and runs in development mode (made-up secrets, demo on
 needs nothing but Python. With ``REDIS_URL`` set it runs in production mode unless told ``--dev``
 (or ``QUOTA_ENV=development``), and then refuses to start without the secrets. Either way it
 serves with werkzeug's threaded server; production deployments run gunicorn
-(``gunicorn -c gunicorn.conf.py 'api:create_app()' -w 4``).
+(``gunicorn -c gunicorn.conf.py 'quota_server:create_app()' -w 4``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from quota._tokens import mint_user_token, parse_ttl
+from quota._tokens import mint_user_token, panel_url, parse_ttl
 from quota.testing import RedisServer, local_server
 
 from . import create_app
@@ -50,7 +50,7 @@ class Service:
             f"  API      {b}/v1/   (OpenAPI: {b}/openapi.json, health: {b}/healthz, metrics: {b}/metrics)",
         ]
         if self.user_token:
-            lines.append(f"  panel    {b}/panel#user={self.user}&token={self.user_token}")
+            lines.append(f"  panel    {panel_url(b, self.user, self.user_token)}")
         else:
             lines.append(f"  panel    {b}/panel#user=<user>&token=<token>   (a token: quota token <user>)")
         if self.settings.demo_enabled:
@@ -80,7 +80,7 @@ class Service:
             lines += [
                 "",
                 "  for production, run several workers under gunicorn:",
-                "    gunicorn -c gunicorn.conf.py 'api:create_app()' -w 4 -b 0.0.0.0:8000",
+                "    gunicorn -c gunicorn.conf.py 'quota_server:create_app()' -w 4 -b 0.0.0.0:8000",
             ]
         lines += ["", "Press Ctrl+C to stop."]
         return lines

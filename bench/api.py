@@ -94,7 +94,7 @@ def wait_ready(base: str, proc: subprocess.Popen) -> None:
 def gunicorn_api(
     redis_url: str, *, workers: int, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None
 ) -> Iterator[str]:
-    """``gunicorn 'api:create_app()' -w workers`` on a free loopback port, with the bench secrets,
+    """``gunicorn 'quota_server:create_app()' -w workers`` on a free loopback port, with the bench secrets,
     Redis at ``redis_url`` and a fresh PROMETHEUS_MULTIPROC_DIR; yields its base URL once
     /healthz answers, stops it (and removes the metrics directory) on exit.
     Shared by bench/load.py."""
@@ -116,7 +116,7 @@ def gunicorn_api(
             sys.executable,
             "-m",
             "gunicorn",
-            "api:create_app()",
+            "quota_server:create_app()",
             "-w",
             str(workers),
             "-b",

@@ -25,7 +25,7 @@ from ._results import CreditResult, QuotaCheck, UsageResult
 from ._runner import AsyncScriptRunner, ScriptRunner
 from ._sync.meter import Meter
 from ._sync.turn import MeteredStream, Turn
-from ._tokens import InvalidToken, mint_user_token, revoke_user_tokens, verify_user_token
+from ._tokens import InvalidToken, mint_user_token, panel_link, revoke_user_tokens, verify_user_token
 from ._turn_rules import Recorded, TurnMetrics
 from ._usage import Usage
 
@@ -63,6 +63,7 @@ __all__ = [
     "UsageResult",
     "UserRow",
     "mint_user_token",
+    "panel_link",
     "revoke_user_tokens",
     "verify_user_token",
 ]

@@ -21,8 +21,9 @@
 
 from __future__ import annotations
 
+import difflib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -80,6 +81,13 @@ def int_env(env: Mapping[str, str], name: str, default: int, *, low: int, high: 
 def float_env(env: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
     """A real-number setting (seconds, say) from ``env``; ``nan`` and ``inf`` fail the range check."""
     return _number_env(env, name, float, "a number", default, low, high)
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'monthly_credit'?)`` when a known name is close to ``name``, else ``""``.
+    The one rule for every "unknown option" message (Meter options, Django's QUOTA keys)."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def check_pool_settings(max_connections: object, pool_timeout_s: object) -> None:

@@ -18,14 +18,19 @@ caller beyond ``max_connections`` (per node) waits up to ``pool_timeout_s`` for 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import queue
+from collections.abc import Callable
 from dataclasses import fields, replace
+from functools import lru_cache
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio as aredis
+import redis.asyncio.connection as aconnection
+import redis.connection as connection
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
@@ -43,13 +48,19 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from ._config import DEFAULT_POOL_TIMEOUT_S, Settings
+from ._config import DEFAULT_POOL_TIMEOUT_S, Settings, did_you_mean
 from ._core import translate_script_error
 from ._errors import ConfigError, QuotaError, StorageUnavailable
 from ._money import cny_to_nano
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 SETTING_NAMES = {f.name for f in fields(Settings)}
+# The meters' keyword options beside the settings (``Meter(client, ...)`` and ``from_url``).
+METER_OPTIONS = {"settings", "clock", "history", "spool", "on_unavailable"}
+# What a caller may name: the settings, ``monthly_credit`` (CNY, for ``credit_nano``) and the
+# meter's own options. Shown in place of ``credit_nano``, which takes nano-CNY.
+OWN_OPTIONS = frozenset(SETTING_NAMES | METER_OPTIONS | {"monthly_credit"})
+SHOWN_OPTIONS = sorted(OWN_OPTIONS - {"credit_nano"})
 
 
 def default_options() -> dict[str, Any]:
@@ -104,21 +115,45 @@ def describe_client(client: Any) -> str:
     return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
 
 
-def settings_with(settings: Settings | None, overrides: dict[str, Any]) -> Settings:
+def settings_with(settings: Settings | None, overrides: dict[str, Any], *, what: str = "Meter(client)") -> Settings:
     """``settings`` (or the environment's) with keyword overrides applied.
 
-    ``monthly_credit`` is accepted in CNY as a convenience for ``credit_nano``.
+    ``monthly_credit`` is accepted in CNY as a convenience for ``credit_nano``. An option that is
+    not a setting is a ``ConfigError`` naming it (``what``: who was given it, for the message).
     """
+    unknown = set(overrides) - SETTING_NAMES - {"monthly_credit"}
+    if unknown:
+        for_redis = sorted(unknown & ANY_REDIS_OPTION)
+        raise unknown_options(
+            unknown,
+            what,
+            (
+                f"{', '.join(for_redis)}: redis-py's, set on the client you pass, or given to from_url"
+                if for_redis
+                else ""
+            )
+            or "redis-py's options (socket_timeout=, ...) belong to the client you pass, or to from_url",
+        )
     base = settings or Settings.from_env()
     if "monthly_credit" in overrides:
         try:
             overrides["credit_nano"] = cny_to_nano(overrides.pop("monthly_credit"), what="monthly_credit")
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    unknown = set(overrides) - SETTING_NAMES
-    if unknown:
-        raise TypeError(f"unknown options {sorted(unknown)}")
     return replace(base, **overrides) if overrides else base
+
+
+def unknown_options(unknown: set[str], what: str, advice: str, also_known: frozenset[str] = frozenset()) -> ConfigError:
+    """The error for keyword options nobody takes: each named, with the closest known name
+    (redis-py's names are not suggested to ``Meter(client)``, which takes none)."""
+    shown = SHOWN_OPTIONS if also_known else [n for n in SHOWN_OPTIONS if n not in unknown]
+    named = ", ".join(
+        f"{name!r}{'' if name in ANY_REDIS_OPTION else did_you_mean(name, [*shown, *also_known])}"
+        for name in sorted(unknown)
+    )
+    return ConfigError(
+        f"{what} got unknown option(s) {named}; quota's options are {', '.join(SHOWN_OPTIONS)}; {advice}"
+    )
 
 
 # ``from_url``'s default for ``history=``: the store QUOTA_HISTORY_URL names (see quota.history).
@@ -134,26 +169,88 @@ def history_from_settings(settings: Settings) -> Any:
     return HistoryStore(settings.history_url, prefix=settings.prefix)
 
 
-def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Separate quota's own options from the ones meant for the redis-py client."""
-    own = {
-        k: options.pop(k)
-        for k in list(options)
-        if k in SETTING_NAMES | {"monthly_credit", "settings", "clock", "spool", "on_unavailable"}
-    }
-    return own, {**default_options(), **options}
+# Options open_client sets itself, or that name what it builds: never taken from a caller.
+_NOT_PASSED = frozenset(
+    {"self", "kwargs", "connection_kwargs", "connection_pool", "connection_pool_class", "url", "timeout", "queue_class"}
+)
+
+
+def _parameters(*functions: Any) -> set[str]:
+    return {name for f in functions for name in inspect.signature(f).parameters}
+
+
+@lru_cache(maxsize=4)
+def redis_option_names(cluster: bool, use_asyncio: bool) -> frozenset[str]:
+    """The keyword options redis-py takes for the client ``open_client`` builds, read from the
+    signatures of the classes that receive them (so they follow the installed redis-py): a
+    standalone client's go to its pool's connection class, a cluster client's to the cluster
+    client (and, in the sync one, on to a ``redis.Redis`` per node)."""
+    conn = aconnection if use_asyncio else connection
+    names = _parameters(
+        conn.AbstractConnection.__init__,
+        conn.Connection.__init__,
+        conn.SSLConnection.__init__,
+        conn.UnixDomainSocketConnection.__init__,
+    ) | {"single_connection_client", "connection_class"}
+    if cluster and use_asyncio:
+        names = _parameters(AsyncRedisCluster.__init__)
+    elif cluster:
+        names = _parameters(RedisCluster.__init__, redis.Redis.__init__)
+    return frozenset(names - _NOT_PASSED - OWN_OPTIONS)
+
+
+ANY_REDIS_OPTION = frozenset().union(*(redis_option_names(c, a) for c in (False, True) for a in (False, True)))
+
+
+def split_options(
+    options: dict[str, Any], *, cluster: bool = False, use_asyncio: bool = False, what: str = "from_url"
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Separate quota's own options from the ones meant for the redis-py client (without the
+    defaults: ``build_client`` adds them); an option that is neither is a ``ConfigError`` now,
+    where redis-py would raise TypeError at the first call."""
+    own = {k: options.pop(k) for k in list(options) if k in OWN_OPTIONS}
+    passed = redis_option_names(cluster, use_asyncio)
+    unknown = set(options) - passed
+    if unknown:
+        kind = ("asyncio " if use_asyncio else "") + ("cluster" if cluster else "standalone")
+        other = "standalone Redis" if cluster else "cluster (a redis+cluster:// URL)"
+        elsewhere = sorted(unknown & redis_option_names(not cluster, use_asyncio))
+        raise unknown_options(
+            unknown,
+            what,
+            f"other options go to redis-py's {kind} client, which takes socket_timeout, socket_connect_timeout, "
+            "retry, client_name, ssl_ca_certs, ..."
+            + (f"; {', '.join(elsewhere)}: for a {other} only" if elsewhere else ""),
+            passed,
+        )
+    return own, options
 
 
 def open_client(
-    url: str | None, cluster: bool | None, options: dict[str, Any], *, use_asyncio: bool
-) -> tuple[Any, Settings, dict[str, Any]]:
-    """What ``Meter.from_url`` / ``AsyncMeter.from_url`` need: the client, the settings (the
-    pool's size and wait are settings, so they are resolved before the client is built) and
-    the meter's other keyword arguments (clock, spool, on_unavailable)."""
-    own, client_options = split_options(options)
-    overrides = {k: own.pop(k) for k in list(own) if k in SETTING_NAMES or k == "monthly_credit"}
-    settings = settings_with(own.pop("settings", None), overrides)
+    url: str | None, cluster: bool | None, options: dict[str, Any], *, use_asyncio: bool, what: str = "from_url"
+) -> tuple[Any, Settings, dict[str, Any], Callable[[], Any]]:
+    """What ``Meter.from_url`` / ``AsyncMeter.from_url`` (``what``, for messages) need: the
+    client, the settings (the pool's size and wait are settings, so they are resolved before the
+    client is built), the meter's other keyword arguments (clock, spool, on_unavailable) and a
+    ``remake()`` recipe, a new client like this one (an AsyncMeter's for another event loop)."""
     url, is_cluster = split_url(url, cluster)
+    own, client_options = split_options(options, cluster=is_cluster, use_asyncio=use_asyncio, what=what)
+    overrides = {k: own.pop(k) for k in list(own) if k in SETTING_NAMES or k == "monthly_credit"}
+    settings = settings_with(own.pop("settings", None), overrides, what=what)
+
+    def remake() -> Any:
+        return build_client(url, is_cluster, settings, client_options, use_asyncio=use_asyncio)
+
+    return remake(), settings, own, remake
+
+
+def build_client(
+    url: str, is_cluster: bool, settings: Settings, client_options: dict[str, Any], *, use_asyncio: bool
+) -> Any:
+    """A redis-py client on ``url`` whose callers queue for a connection (see the module's doc).
+    ``client_options`` (the caller's, over ``default_options()``) is not changed: an ``AsyncMeter``
+    builds one client per event loop from it."""
+    client_options = {**default_options(), **client_options}
     limits = {"max_connections": settings.max_connections}
     wait_s = settings.pool_timeout_s
     if use_asyncio and is_cluster:
@@ -174,7 +271,7 @@ def open_client(
         pool = QueueingPool.from_url(url, timeout=wait_s, **limits, **client_options)
         client = redis.Redis(connection_pool=pool, single_connection_client=single)
         client.auto_close_connection_pool = True
-    return client, settings, own
+    return client
 
 
 def node_client(host: str, port: int, settings: Settings, **connection_kwargs: Any) -> aredis.Redis:

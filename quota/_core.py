@@ -386,7 +386,9 @@ class MeterCore:
         keys = (self.keys.holds_key(user), *(self.keys.month_key(user, m) for m in wanted))
         return ScriptCall(scripts.STATS, keys, (), parse)
 
-    def token_stats(self, user: str, live: LiveMonths, archived: list[MonthUsage] | None = None) -> dict[str, Any]:
+    def token_stats(
+        self, user: str, live: LiveMonths, archived: list[MonthUsage] | None = None, *, exact: bool = False
+    ) -> dict[str, Any]:
         """Merge live months (Redis) with archived ones (SQL): each month once, newest first.
 
         Nothing is counted twice: the archive holds a full snapshot per generation of a hash,
@@ -406,8 +408,14 @@ class MeterCore:
         limit = len(live.months) - 1
         history = [merged[m] for m in sorted(merged, reverse=True) if m < current.month][:limit]
         return build_token_stats(
-            user, current, history, self.prices, self.settings.credit_nano, held_nano=live.held_nano
+            user, current, history, self.prices, self.settings.credit_nano, held_nano=live.held_nano, exact=exact
         )
+
+
+# The ``code`` of a quota_exceeded event (api/openapi.py lists them; docs/API.md says what each means).
+CODE_CREDIT_USED = "quota_exceeded"
+CODE_CREDIT_HELD = "credit_held"
+EXCEEDED_CODES = (CODE_CREDIT_USED, CODE_CREDIT_HELD)
 
 
 def quota_exceeded_event(
@@ -416,12 +424,16 @@ def quota_exceeded_event(
     """The ``quota_exceeded`` event a chat front end shows when a new message is refused.
 
     ``held`` is what replies in progress have reserved (turn holds): a user under the credit can
-    be refused while their other replies hold the rest, and the message says so.
+    be refused while their other replies hold the rest, and the message says so. ``code`` says
+    which, for a machine: :data:`CODE_CREDIT_USED` (the credit is used up: wait for the reset, top
+    up, or switch to a custom model) or :data:`CODE_CREDIT_HELD` (the rest is held by replies in
+    progress: try again when they end).
     """
     used, credit = nano_to_json(used_nano), nano_to_json(credit_nano)
     used_text, credit_text = nano_to_decimal(used_nano), nano_to_decimal(credit_nano)
     event = {
         "type": "quota_exceeded",
+        "code": CODE_CREDIT_USED if used_nano >= credit_nano else CODE_CREDIT_HELD,
         "model_id": model_id,
         "monthly_used": used,
         "monthly_credit": credit,

@@ -21,7 +21,7 @@ from ._keys import (
     month_start,
     next_month_start,
 )
-from ._money import nano_to_json
+from ._money import nano_to_decimal, nano_to_json
 from ._prices import PriceTable
 
 
@@ -142,10 +142,14 @@ def flat_pairs_to_dict(flat: list[Any]) -> dict[Any, Any]:
 
 
 def percent(used_nano: int, credit_nano: int) -> float:
+    return float(exact_percent(used_nano, credit_nano))
+
+
+def exact_percent(used_nano: int, credit_nano: int) -> Decimal:
+    """``used`` as a percentage of ``credit``, to 0.01 (half up); 100 when over a credit of 0."""
     if credit_nano <= 0:
-        return 100.0 if used_nano > 0 else 0.0
-    value = (Decimal(used_nano) * 100 / Decimal(credit_nano)).quantize(Decimal("0.01"), ROUND_HALF_UP)
-    return float(value)
+        return Decimal(100 if used_nano > 0 else 0)
+    return (Decimal(used_nano) * 100 / Decimal(credit_nano)).quantize(Decimal("0.01"), ROUND_HALF_UP)
 
 
 def build_token_stats(
@@ -156,11 +160,15 @@ def build_token_stats(
     default_credit_nano: int,
     *,
     held_nano: int = 0,
+    exact: bool = False,
 ) -> dict[str, Any]:
     """The seed's structure, plus extra keys; ``history`` newest first, empty months left out.
 
     ``held`` is what live turn holds reserve; ``available`` what a new turn could still reserve
-    (credit - used - held, never below 0)."""
+    (credit - used - held, never below 0). Amounts (and ``percent_used``) are JSON numbers
+    (floats whose repr is the exact amount), or with ``exact`` ``Decimal`` CNY: the same
+    structure, nothing rounded."""
+    money = nano_to_decimal if exact else nano_to_json
     credit = current.credit_nano if current.credit_nano is not None else default_credit_nano
     used = current.system_used_nano
     models: dict[str, Any] = {}
@@ -169,7 +177,7 @@ def build_token_stats(
         models[model_id] = {
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,
-            "cost": nano_to_json(usage.cost_nano),
+            "cost": money(usage.cost_nano),
             "calls": usage.calls,
             "estimated_calls": usage.estimated_calls,
             "is_system": is_system,
@@ -183,7 +191,7 @@ def build_token_stats(
             model_id: {
                 "input": usage.input_tokens,
                 "output": usage.output_tokens,
-                "cost": nano_to_json(usage.cost_nano),
+                "cost": money(usage.cost_nano),
                 "calls": usage.calls,
                 "is_system": prices.is_system(model_id),
             }
@@ -192,13 +200,13 @@ def build_token_stats(
     return {
         "user": user,
         "current_month": current.month,
-        "monthly_credit": nano_to_json(credit),
-        "monthly_used": nano_to_json(used),
+        "monthly_credit": money(credit),
+        "monthly_used": money(used),
         "last_reset": iso_z(month_start(current.month)),
-        "remaining": nano_to_json(max(credit - used, 0)),
-        "held": nano_to_json(held_nano),
-        "available": nano_to_json(max(credit - used - held_nano, 0)),
-        "percent_used": percent(used, credit),
+        "remaining": money(max(credit - used, 0)),
+        "held": money(held_nano),
+        "available": money(max(credit - used - held_nano, 0)),
+        "percent_used": exact_percent(used, credit) if exact else percent(used, credit),
         "exceeded": used >= credit,
         "resets_at": iso_z(next_month_start(current.month)),
         "currency": "CNY",

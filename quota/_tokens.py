@@ -26,16 +26,18 @@ the one algorithm is fixed here.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from ._errors import InvalidInput
+from ._errors import ConfigError, InvalidInput
 from ._keys import KeySchema, validate_user
 
 SALT = "quota.user-token.v1"
@@ -95,6 +97,36 @@ def mint_user_token(secret_key: str, user: str, ttl_s: int, *, now_s: float | No
         raise InvalidInput(f"ttl_s must be an int from 1 to {MAX_TTL_S}")
     now = time.time() if now_s is None else now_s
     return _serializer(secret_key).dumps({"u": user, "exp": int(now) + ttl_s, "iat_ms": int(now * 1000)})
+
+
+def panel_url(base_url: str, user: str, token: str) -> str:
+    """``<base_url>/panel#user=<user>&token=<token>``, the user id percent-encoded
+    (``urllib.parse.quote(user, safe="")``: ``alice+work@corp.com`` -> ``alice%2Bwork%40corp.com``,
+    which the panel decodes back, "+" included). Both ride in the fragment, which browsers never
+    send to a server, so the token stays out of access logs."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise InvalidInput(
+            f"base_url must be the service's http(s) URL, like https://quota.example.com, got {base_url!r}"
+        )
+    return f"{base_url.rstrip('/')}/panel#user={quote(user, safe='')}&token={token}"
+
+
+def panel_link(
+    base_url: str, user: str, *, secret_key: str | None = None, ttl_s: int = 3600, now_s: float | None = None
+) -> str:
+    """A link that opens ``user``'s token statistics panel on the quota service at ``base_url``
+    for ``ttl_s`` seconds: a fresh token (:func:`mint_user_token`) in the panel URL's fragment.
+
+    ``secret_key`` defaults to ``QUOTA_SECRET_KEY`` from the environment, the variable the
+    service itself signs with (``ConfigError`` when it is unset). Mint links in your backend for
+    the user who is logged in there; the token reads that user's statistics and nothing else.
+    """
+    if secret_key is None:
+        secret_key = os.environ.get("QUOTA_SECRET_KEY") or ""
+        if not secret_key:
+            raise ConfigError("QUOTA_SECRET_KEY is not set: pass secret_key= (the quota service's signing key)")
+    return panel_url(base_url, user, mint_user_token(secret_key, user, ttl_s, now_s=now_s))
 
 
 def verify_user_token(secret_key: str, token: str, *, now_s: float | None = None) -> UserToken:

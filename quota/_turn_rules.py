@@ -96,9 +96,11 @@ class TurnOptions:
         task.add_done_callback(self._background.discard)
 
     async def wait_background(self) -> None:
-        """Let background replays started by turns finish (``AsyncMeter.aclose`` calls this)."""
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
+        """Let background replays started by turns in the running loop finish (``AsyncMeter.aclose``
+        calls this; a task of another loop can not be awaited here, and its loop ends it)."""
+        loop = asyncio.get_running_loop()
+        while here := [task for task in list(self._background) if task.get_loop() is loop]:
+            await asyncio.gather(*here, return_exceptions=True)
 
     def replay_due(self) -> bool:
         return time.monotonic() >= self._next_replay and self.spool.has_pending()

@@ -1,9 +1,9 @@
 """The ``quota`` command line (click, like Flask's own CLI).
 
-The library's commands are here: ``demo``, ``stats``, ``credit``, ``dump``, ``scheduler``. Other
-packages add theirs through the ``quota.commands`` entry point group (the app's ``serve`` and
-``token``, in ``api/cli.py``); they are loaded only when asked for, so ``import quota`` never
-imports the app.
+The library's commands are here: ``demo``, ``stats``, ``credit``, ``spool replay``, ``dump``,
+``scheduler``. Other packages add theirs through the ``quota.commands`` entry point group (the
+app's ``serve`` and ``token``, in ``quota_server.cli``: the repository's ``api/cli.py``); they are
+loaded only when asked for, so ``import quota`` never imports the app.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence, Set
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import click
@@ -19,6 +20,7 @@ import click
 from ._errors import QuotaError
 
 if TYPE_CHECKING:
+    from ._replay import ReplayReport
     from ._report import MonthReport
     from ._stats import MonthUsage
     from ._sync.meter import Meter
@@ -29,7 +31,7 @@ COMMAND_GROUP = "quota.commands"
 # entry points are written when the distribution is installed, so an editable install made
 # before the group existed (or a checkout run without installing) has none until the next
 # `pip install -e .`, and `quota serve` would vanish. These names are imported only on use.
-BUILTIN_COMMANDS = {"serve": "api.cli:serve", "token": "api.cli:token"}
+BUILTIN_COMMANDS = {"serve": "quota_server.cli:serve", "token": "quota_server.cli:token"}
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -353,6 +355,78 @@ def report(
             bar.done()
         meter.close()
         store.close()
+
+
+# --- the spool: records made while Redis was away ----------------------------------------------------
+
+# Exit statuses of a replay (`quota spool replay`, Django's `quota_replay_spool`): 2 is bad usage.
+REPLAY_DONE = 0  # every record is in Redis
+REPLAY_PENDING = 1  # Redis failed, or another process is replaying: records wait, run it again later
+REPLAY_DEAD = 3  # every record is done, but some were refused for good: see the .dead file
+
+
+def replay_exit_status(report: ReplayReport) -> int:
+    """The exit status a replay's report means (see REPLAY_DONE and the others)."""
+    if report.error or report.pending:
+        return REPLAY_PENDING
+    return REPLAY_DEAD if report.dead else REPLAY_DONE
+
+
+@main.group()
+def spool() -> None:
+    """The spool: records a worker made while Redis was away (spool=PATH, QUOTA['SPOOL'])."""
+
+
+@spool.command("replay")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--url", envvar="REDIS_URL", help="Redis URL, redis+cluster:// for a cluster (default: REDIS_URL).")
+@click.option("--json", "as_json", is_flag=True, help="Print {sent, dead, pending, error} as JSON.")
+def spool_replay(path: Path, url: str | None, as_json: bool) -> None:
+    """Send the records spooled at PATH to Redis now, oldest first.
+
+    Each record counts in the month it was made in, under its request id, so a record Redis
+    already has counts once. Workers replay on their own once Redis is back; run this after an
+    outage, or for the spool of a worker that is gone. Run it with the workers' settings
+    (QUOTA_PREFIX, QUOTA_PRICES_FILE): a record whose model is no longer priced is refused for
+    good and kept in PATH.dead. Prints: sent N, dead N, pending N.
+
+    Exit status: 0 every record sent; 1 Redis unavailable, or records still pending (another
+    process replaying); 2 bad usage (no spool at PATH, a bad URL or setting); 3 every record done,
+    but some refused for good (in PATH.dead).
+    """
+    from ._errors import ConfigError, InvalidInput
+    from ._spool import Spool
+    from ._sync.meter import Meter
+
+    names = (path, path.with_name(path.name + ".replaying"), path.with_name(path.name + ".lock"))
+    if not any(name.exists() for name in names):
+        fail(
+            f"no spool at {path} (nor {path.name}.replaying): give the path the workers write (spool=, QUOTA['SPOOL'])",
+            2,
+        )
+    try:
+        spooled = Spool(path)
+        meter = Meter.from_url(url, spool=spooled, history=None)
+    except (ConfigError, InvalidInput, OSError) as exc:
+        fail(str(exc), 2)
+    try:
+        report = meter.replay_spool()
+        pending = spooled.pending_count()
+    except QuotaError as exc:
+        fail(str(exc), REPLAY_PENDING)
+    finally:
+        meter.close()
+    if as_json:
+        click.echo(json.dumps({"sent": report.sent, "dead": report.dead, "pending": pending, "error": report.error}))
+    else:
+        click.echo(f"sent {report.sent}, dead {report.dead}, pending {pending}")
+        if report.dead:
+            click.echo(f"{report.dead} record(s) refused for good are kept in {spooled.dead_path}", err=True)
+        if report.error:
+            click.echo(f"the replay stopped: {report.error}", err=True)
+        elif report.pending:
+            click.echo("records are still pending: another process may be replaying this spool", err=True)
+    sys.exit(replay_exit_status(report))
 
 
 # --- the history (issue 3): dump, scheduler --------------------------------------------------------

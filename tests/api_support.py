@@ -8,10 +8,10 @@ from typing import Any
 
 from werkzeug.serving import make_server
 
-from api import create_app
-from api.settings import ApiSettings
 from quota import Meter
 from quota._tokens import mint_user_token
+from quota_server import create_app
+from quota_server.settings import ApiSettings
 
 ADMIN = "admin-token-for-tests-0123456789"
 SERVICE = "service-token-for-tests-012345678"

@@ -7,9 +7,15 @@ The real servers are started once per test session on their own loopback ports (
 from __future__ import annotations
 
 import asyncio
+import atexit
+import os
+import shutil
+import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -23,6 +29,25 @@ from quota import AsyncMeter, Meter
 from quota.testing import RedisClusterProc, RedisServer, free_ports
 
 BACKENDS = ["fake", "redis", "cluster"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _this_checkouts_app() -> None:
+    """Tests import the app under its installed name, ``quota_server``, and must get this
+    checkout's ``api/`` folder, as ``python -m pytest`` gets this checkout's ``quota`` (the current
+    directory comes first on the path): an editable install maps ``quota_server`` to the folder it
+    was made from, which may be another checkout, or (made before the rename) none. So a private
+    directory holding one symbolic link, ``quota_server -> api``, goes first on the path, for this
+    process and, through PYTHONPATH, for the servers the tests start. What an installation holds
+    is tested by tests/test_packaging.py, from a wheel built here."""
+    where = tempfile.mkdtemp(prefix="quota-tests-app-")
+    atexit.register(shutil.rmtree, where, ignore_errors=True)
+    os.symlink(ROOT / "api", os.path.join(where, "quota_server"))
+    sys.path.insert(0, where)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (where, os.environ.get("PYTHONPATH")) if p)
+
+
+_this_checkouts_app()
 
 
 class Clock:

@@ -8,10 +8,10 @@ import io
 
 import pytest
 
-from api import create_app
 from quota import Meter
 from quota._report import CSV_HEADER
 from quota.history import HistoryStore, dump_expired_months
+from quota_server import create_app
 
 from .api_support import ADMIN, SERVICE, api_settings, bearer, make_meter, user_token
 

@@ -7,15 +7,17 @@ import json
 import logging
 import re
 import time
+from urllib.parse import quote, unquote
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from api import create_app, get_quota
-from api.settings import ApiSettings
+import quota
 from quota import Meter
 from quota._errors import ConfigError
 from quota.testing import free_ports
+from quota_server import create_app, get_quota
+from quota_server.settings import ApiSettings
 
 from .api_support import ADMIN, SECRET, SERVICE, api_settings, bearer, make_meter, user_token
 
@@ -459,6 +461,31 @@ def test_expired_and_foreign_user_tokens(client):
 
     forged = mint_user_token("another-secret-key-0123456789", "alice", 3600)
     assert_error(client.get("/v1/users/alice/token-stats", headers=bearer(forged)), 401, "unauthorized")
+
+
+def test_panel_link_mints_a_token_and_percent_encodes_the_user(client, monkeypatch):
+    """quota.panel_link: what a site's backend hands a logged-in user. The user id rides
+    percent-encoded in the fragment (quote(user, safe="")), the token reads that user only."""
+    user = "alice+work@corp.com"
+    link = quota.panel_link("https://quota.example.com/", user, secret_key=SECRET, ttl_s=600)
+    base, _, fragment = link.partition("#")
+    assert base == "https://quota.example.com/panel"
+    params = dict(part.split("=", 1) for part in fragment.split("&"))
+    assert params["user"] == "alice%2Bwork%40corp.com" == quote(user, safe="") and unquote(params["user"]) == user
+    assert client.get(f"/v1/users/{params['user']}/token-stats", headers=bearer(params["token"])).status_code == 200
+    assert_error(client.get("/v1/users/bob/token-stats", headers=bearer(params["token"])), 403, "forbidden")
+    monkeypatch.setenv("QUOTA_SECRET_KEY", SECRET)  # the service's own variable is the default
+    from_env = quota.panel_link("http://127.0.0.1:8000", "bob")
+    token = from_env.rpartition("&token=")[2]
+    assert client.get("/v1/users/bob/token-stats", headers=bearer(token)).status_code == 200
+    monkeypatch.delenv("QUOTA_SECRET_KEY")
+    with pytest.raises(quota.ConfigError, match="QUOTA_SECRET_KEY is not set"):
+        quota.panel_link("http://127.0.0.1:8000", "bob")
+    for bad in ("quota.example.com", "ftp://quota.example.com", "https://quota.example.com/?x=1"):
+        with pytest.raises(quota.InvalidInput, match="base_url"):
+            quota.panel_link(bad, "bob", secret_key=SECRET)
+    with pytest.raises(quota.InvalidInput, match="invalid user id"):
+        quota.panel_link("https://quota.example.com", "张三", secret_key=SECRET)
 
 
 # --- revoking one user's tokens ------------------------------------------------------------------------

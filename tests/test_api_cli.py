@@ -323,7 +323,7 @@ def test_gunicorn_workers_serve_the_app_and_metrics_add_up_across_workers(redis_
             "gunicorn",
             "-c",
             "gunicorn.conf.py",
-            "api:create_app()",
+            "quota_server:create_app()",
             "-w",
             "3",
             "-b",

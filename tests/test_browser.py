@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from api import get_quota
+from quota_server import get_quota
 
 from .api_support import ADMIN, SERVICE, bearer, live_server, user_token
 

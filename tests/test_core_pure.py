@@ -138,8 +138,10 @@ def test_check_counts_live_holds():
     free = call.parse([b"4000000000", b"5000000000", b"999999999"])
     assert free.allowed and free.available_nano == 1 and free.held_nano == 999_999_999
     held = call.parse([b"4000000000", b"5000000000", b"1000000000"])
-    assert not held.allowed and held.event["held"] == 1.0
+    assert not held.allowed and held.event["held"] == 1.0 and held.event["code"] == "credit_held"
     assert "reserved by replies in progress" in held.event["message"]
+    used_up = call.parse([b"5000000000", b"5000000000", b"0"])
+    assert not used_up.allowed and used_up.event["code"] == "quota_exceeded"
     assert c.check("alice", "custom_x").parse([b"5000000000", b"5000000000", b"9"]).allowed
 
 

@@ -1,7 +1,7 @@
 """The example project (examples/django_site) under a real daphne server, over real sockets.
 
 The site runs as a plain install would run it: a subprocess whose path holds only ``quota`` and
-``api`` (no ``examples`` package, no test code), with its own SQLite database, the harness Redis
+``quota_server`` (no ``examples`` package, no test code), with its own SQLite database, the harness Redis
 and a loopback stub LLM. Its management commands make the user (a Unicode username) and set the
 credit; the test logs in through Django's login form, reads the panel's stats with the session
 cookie, and chats over a WebSocket with a minimal RFC 6455 client (the ``websockets`` package is
@@ -78,10 +78,10 @@ class Site:
 def site(redis_server, tmp_path_factory):
     redis_server.client().flushall()
     tmp = tmp_path_factory.mktemp("django-site")
-    path_dir = tmp / "path"  # what a plain install puts on the path: quota and api only
+    path_dir = tmp / "path"  # what a plain install puts on the path: quota and quota_server only
     path_dir.mkdir()
-    for package in ("quota", "api"):
-        (path_dir / package).symlink_to(ROOT / package)
+    for package, folder in (("quota", "quota"), ("quota_server", "api")):
+        (path_dir / package).symlink_to(ROOT / folder)
     port = free_ports(1, start=21000)[0]
     with StubLLM(pieces=["你好，", "daphne."]) as stub:
         env = {

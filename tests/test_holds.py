@@ -63,7 +63,7 @@ def test_the_last_of_the_credit_is_held_by_one_turn_only(any_turn):
             with meter.turn("bo", "system_deepseek"):
                 pytest.fail("the rest of the credit is held by the first turn")
         event = refused.value.event
-        assert event["held"] == 0.01 and event["monthly_used"] == 4.99
+        assert event["held"] == 0.01 and event["monthly_used"] == 4.99 and event["code"] == "credit_held"
         assert "reserved by replies in progress" in event["message"]
         assert not meter.check_quota_available("bo", "system_deepseek").allowed
         for _ in range(TURN_CALLS):

@@ -37,9 +37,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from api import create_app
-from api.openapi import openapi_document
 from quota._tokens import mint_user_token
+from quota_server import create_app
+from quota_server.openapi import openapi_document
 
 from .api_support import ADMIN, SERVICE, api_settings, bearer, make_meter, user_token
 

@@ -1,6 +1,7 @@
 """Every behaviour of the core operations, on fakeredis, a real Redis and a real cluster, through
 both the sync Meter and the AsyncMeter (the ``any_meter`` fixture: six combinations)."""
 
+import json
 from decimal import Decimal
 
 import pytest
@@ -143,6 +144,7 @@ def test_check_denies_system_models_only(any_meter):
     assert not denied.allowed
     assert denied.event == {
         "type": "quota_exceeded",
+        "code": "quota_exceeded",  # the credit is used up (credit_held: the rest is held by replies in progress)
         "model_id": "system_deepseek",
         "monthly_used": 5.0,
         "monthly_credit": 5.0,
@@ -232,6 +234,34 @@ def test_stats_have_the_seeds_structure(any_meter, clock):
             "custom_xxx": {"input": 1000, "output": 1000, "cost": 0.0, "calls": 1, "is_system": False},
             "system_deepseek": {"input": 50000, "output": 30000, "cost": 0.11, "calls": 1, "is_system": True},
         }
+    }
+
+
+def test_stats_amounts_are_json_numbers_by_default_and_exact_decimals_on_request(any_meter, clock):
+    """get_token_stats: JSON numbers (floats whose repr is the amount); exact=True: the same keys
+    with Decimal CNY, to the nano-CNY, where a float would round (1/3 of a fen per call here)."""
+    clock.set(2025, 12, 10, 8, 0, 0)
+    any_meter.update_token_usage("nia", "system_deepseek", 50000, 30000)
+    clock.set(2026, 1, 20, 8, 0, 0)
+    price = {"cost_per_1k_input": "0.000001", "cost_per_1k_output": "0"}  # 1 nano-CNY per token
+    for _ in range(3):
+        any_meter.update_token_usage("nia", "custom_x", 1, 0, price=price)
+    any_meter.update_token_usage("nia", "system_deepseek", 12345, 6789)
+    any_meter.set_monthly_credit("nia", "3.333333333")
+    plain = any_meter.get_token_stats("nia")
+    exact = any_meter.get_token_stats("nia", exact=True)
+    assert json.loads(json.dumps(plain)) == plain  # JSON as it is
+    assert set(exact) == set(plain) and exact["models"].keys() == plain["models"].keys()
+    amounts = ["monthly_credit", "monthly_used", "remaining", "held", "available", "percent_used"]
+    assert all(type(plain[k]) is float for k in amounts) and all(type(exact[k]) is Decimal for k in amounts)
+    assert exact["monthly_used"] == Decimal("0.025923") and exact["monthly_credit"] == Decimal("3.333333333")
+    assert exact["remaining"] == Decimal("3.307410333") and exact["percent_used"] == Decimal("0.78")
+    assert exact["models"]["custom_x"]["cost"] == Decimal("0.000000003")
+    assert exact["history"]["2025-12"]["system_deepseek"]["cost"] == Decimal("0.11")
+    for key in amounts:  # the float is the exact amount's nearest double: the same number
+        assert plain[key] == float(exact[key])
+    assert {k: v for k, v in exact.items() if k not in amounts + ["models", "history"]} == {
+        k: v for k, v in plain.items() if k not in amounts + ["models", "history"]
     }
 
 

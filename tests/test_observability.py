@@ -12,9 +12,9 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from api import create_app
 from quota.history.dump import DumpReport
 from quota.history.metrics import DumpMetrics
+from quota_server import create_app
 
 from .api_support import SERVICE, api_settings, bearer
 

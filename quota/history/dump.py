@@ -101,8 +101,10 @@ class DumpMeter(Protocol):
     reloaded after NOSCRIPT, redirected calls resent through the cluster client)."""
 
     core: MeterCore
-    client: Any
     where: str
+
+    @property
+    def client(self) -> Any: ...
 
     @property
     def settings(self) -> Settings: ...

@@ -31,7 +31,6 @@ check (``quota.E001``), raised as :class:`QuotaSettingsError` by the first ``get
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import threading
@@ -45,6 +44,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from quota import ConfigError, Settings
+from quota._config import did_you_mean
 
 SETTING = "QUOTA"
 ENV_PREFIX = "QUOTA_"
@@ -180,10 +180,10 @@ def load(raw: Any) -> QuotaSettings:
 def _unknown_message(unknown: list[str]) -> str:
     parts = []
     for key in unknown:
-        close = difflib.get_close_matches(key, known_keys(), n=1, cutoff=0.5)
-        if not close and key.startswith(ENV_PREFIX) and key.removeprefix(ENV_PREFIX) in ENV_NAMES:
-            close = [key.removeprefix(ENV_PREFIX)]
-        parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        hint = did_you_mean(key, known_keys())
+        if not hint and key.startswith(ENV_PREFIX) and key.removeprefix(ENV_PREFIX) in ENV_NAMES:
+            hint = did_you_mean(key.removeprefix(ENV_PREFIX), [key.removeprefix(ENV_PREFIX)])
+        parts.append(f"{key!r}{hint}")
     return f"settings.QUOTA has unknown key(s) {', '.join(parts)}; the known keys are {', '.join(known_keys())}"
 
 

@@ -3,11 +3,13 @@
 - ``get_meter()``: one sync :class:`quota.Meter` per process, shared by every thread (redis-py's
   connection pools are thread-safe; the meter queues callers beyond ``MAX_CONNECTIONS``).
 - ``get_async_meter()``: one :class:`quota.AsyncMeter` **per running event loop**. An asyncio
-  client's connections belong to the loop that opened them, so one AsyncMeter built in asgi.py
-  failed in Django's async test client and after a second ``asyncio.run()`` ("Event loop is
-  closed", "attached to a different loop"). Here each loop gets its own, made on first use in
-  that loop, and closed when the loop shuts down: the meter registers an async generator with the
-  loop, whose ``finally`` closes it when the loop runs ``shutdown_asyncgens()``. ``asyncio.run``,
+  client's connections belong to the loop that opened them; an ``AsyncMeter.from_url`` now keeps
+  one client per loop itself (so one built in asgi.py survives Django's async test client and a
+  second ``asyncio.run()``), but a meter also holds what its turns leave running in its loop
+  (background spool replays, which its ``aclose()`` waits for). Here each loop gets its own meter,
+  made on first use in that loop, and closed when the loop shuts down: the meter registers an
+  async generator with the loop, whose ``finally`` closes it when the loop runs
+  ``shutdown_asyncgens()``. ``asyncio.run``,
   ``asyncio.Runner``, asgiref's ``async_to_sync`` (which runs each call in a new loop when no
   loop is running: Django's sync test client on an async view) and pytest-asyncio all do. A loop
   closed without it (``loop.close()`` alone) cannot run the close any more: its meter is dropped,

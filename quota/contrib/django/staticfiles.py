@@ -1,6 +1,7 @@
 """``PanelFinder``: the panel's JS and CSS as Django static files ``quota/<name>``.
 
-The files are the service's own (``api/static``): one copy for both panels, so a fix to panel.js
+The files are the service's own (``quota_server/static``, the repository's ``api/static``): one copy
+for both panels, so a fix to panel.js
 reaches both. A finder rather than a copy in this app's ``static/`` (two copies drift) or a
 ``STATICFILES_DIRS`` entry (a path into site-packages in every project's settings, exposing the
 demo's files too): add it to ``STATICFILES_FINDERS`` and ``runserver``, ``collectstatic``,
@@ -10,6 +11,7 @@ WhiteNoise and ``{% static %}`` treat the three files like any app's. The system
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,19 @@ import quota
 
 PREFIX = "quota"
 PANEL_FILES = ("panel.js", "i18n.js", "quota.css")
-# The service's static directory: ``api`` is installed beside ``quota`` (pyproject's packages).
-PANEL_STATIC_DIR = Path(quota.__file__).resolve().parent.parent / "api" / "static"
+
+
+def panel_static_dir() -> Path:
+    """The service's static directory. The service is installed beside ``quota`` as the package
+    ``quota_server`` (the repository's ``api/`` folder, see pyproject.toml); it is found, not
+    imported (that would import Flask). In a checkout that was never installed: ``api/static``."""
+    spec = importlib.util.find_spec("quota_server")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations))).resolve() / "static"
+    return Path(quota.__file__).resolve().parent.parent / "api" / "static"
+
+
+PANEL_STATIC_DIR = panel_static_dir()
 
 
 class PanelFinder(BaseFinder):
@@ -38,7 +51,7 @@ class PanelFinder(BaseFinder):
             return [
                 Error(
                     f"the quota panel's static files {missing} are not in {PANEL_STATIC_DIR}",
-                    hint="reinstall quota; the panel needs api/static from the same installation",
+                    hint="reinstall quota; the panel needs quota_server/static from the same installation",
                     id="quota.E006",
                 )
             ]
