@@ -134,11 +134,13 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 def run(service: Service, say: Callable[[str], None] = print) -> None:
     """Serve until Ctrl+C or SIGTERM; then stop the local server, if one was started."""
-    for line in service.banner():
-        say(line)
     if threading.current_thread() is threading.main_thread():
+        # before the banner: a SIGTERM sent as soon as "Press Ctrl+C" shows must stop the local
+        # server too (it killed the process outright, leaving the server and its lock behind)
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
+        for line in service.banner():
+            say(line)
         service.server.serve_forever()
     except KeyboardInterrupt:
         pass
