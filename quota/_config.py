@@ -17,6 +17,7 @@
 | QUOTA_MAX_CONNECTIONS    | 50                               | connections per node; more callers queue |
 | QUOTA_POOL_TIMEOUT_S     | 5                                | seconds a caller waits for a connection  |
 | QUOTA_REPORT_CACHE_S     | 30                               | a month report is reused this long (0: never) |
+| QUOTA_REPORT_REDIS_SHARE | 1                                | share of Redis a live report may take |
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ POOL_TIMEOUT_S_RANGE = (0.01, 600.0)
 # so that the pages of one listing, a summary and its CSV link do not each read a million hashes.
 DEFAULT_REPORT_CACHE_S = 30.0
 REPORT_CACHE_S_RANGE = (0.0, 86_400.0)
+# How much of Redis's time a live month report may take: after each page it pauses long enough
+# that its round trips fill at most this share of the time (1: no pause). A report costs Redis
+# about 3 µs per user-month (bench/report.py), so at 1 a million user-months take some 30 % of
+# a Redis core for 10 s; at 0.2 a fifth of it for about 15 s.
+DEFAULT_REPORT_REDIS_SHARE = 1.0
+REPORT_REDIS_SHARE_RANGE = (0.01, 1.0)
 
 
 def _number_env(
@@ -125,12 +132,16 @@ class Settings:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S
     report_cache_s: float = DEFAULT_REPORT_CACHE_S
+    report_redis_share: float = DEFAULT_REPORT_REDIS_SHARE
 
     def __post_init__(self) -> None:
         check_pool_settings(self.max_connections, self.pool_timeout_s)
         low, high = REPORT_CACHE_S_RANGE
         if isinstance(self.report_cache_s, bool) or not low <= self.report_cache_s <= high:
             raise ConfigError(f"report_cache_s must be from {low:g} to {high:g} seconds, got {self.report_cache_s!r}")
+        low, high = REPORT_REDIS_SHARE_RANGE
+        if isinstance(self.report_redis_share, bool) or not low <= self.report_redis_share <= high:
+            raise ConfigError(f"report_redis_share must be from {low:g} to {high:g}, got {self.report_redis_share!r}")
         if not 1 <= self.hold_ttl_s <= 7 * 86400:
             raise ConfigError(f"hold_ttl_s must be from 1 to {7 * 86400} seconds, got {self.hold_ttl_s}")
         for name in ("turn_hold_nano", "turn_hold_default_nano", "turn_hold_floor_nano", "turn_hold_cap_nano"):
@@ -187,6 +198,13 @@ class Settings:
                 DEFAULT_REPORT_CACHE_S,
                 low=REPORT_CACHE_S_RANGE[0],
                 high=REPORT_CACHE_S_RANGE[1],
+            ),
+            report_redis_share=float_env(
+                env,
+                "QUOTA_REPORT_REDIS_SHARE",
+                DEFAULT_REPORT_REDIS_SHARE,
+                low=REPORT_REDIS_SHARE_RANGE[0],
+                high=REPORT_REDIS_SHARE_RANGE[1],
             ),
         )
 

@@ -499,6 +499,18 @@ def next_scan_count(count: int, returned: int) -> int:
     return max(SCAN_COUNT_MIN, min(SCAN_COUNT_MAX, count * PAGE_KEYS // returned))
 
 
+MAX_PAUSE_S = 1.0
+
+
+def pause_after(round_trip_s: float, redis_share: float) -> float:
+    """Seconds to wait after a page whose round trip took ``round_trip_s``, so that the report's
+    round trips (an upper bound of what it asks of Redis) fill at most ``redis_share`` of the
+    time: 0 at a share of 1, four times the round trip at 0.2. At most ``MAX_PAUSE_S``."""
+    if redis_share >= 1:
+        return 0.0
+    return min(round_trip_s * (1 - redis_share) / redis_share, MAX_PAUSE_S)
+
+
 def check_sort(sort: object) -> str:
     if not isinstance(sort, str) or sort not in SORTS:
         raise InvalidInput(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")

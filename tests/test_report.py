@@ -371,3 +371,34 @@ def test_archived_rows_are_added_as_merged_months_would_be():
     assert [a.row(i) for i in range(len(a))] == [b.row(i) for i in range(len(b))]
     assert a.summary == b.summary and a.users == ["ann", "bob", "dan", "eve"]
     assert a.row(1).system_used_nano == 80 and a.row(3).calls == 2  # eve: the live hash supersedes gen 6
+
+
+def test_a_report_can_leave_redis_to_the_hot_path(redis_server, clock, monkeypatch):
+    """QUOTA_REPORT_REDIS_SHARE: after each page the report pauses so that its round trips fill at
+    most that share of the time (four times the round trip at 0.2)."""
+    from quota import ConfigError, Settings
+    from quota._report import MAX_PAUSE_S, pause_after
+    from quota._sync import meter as sync_meter
+
+    assert pause_after(0.002, 1.0) == 0 and pause_after(0.002, 0.2) == pytest.approx(0.008)
+    assert pause_after(10.0, 0.01) == MAX_PAUSE_S
+    assert Settings.from_env({"QUOTA_REPORT_REDIS_SHARE": "0.25"}).report_redis_share == 0.25
+    with pytest.raises(ConfigError):
+        Settings.from_env({"QUOTA_REPORT_REDIS_SHARE": "0"})
+    client = redis_server.client()
+    client.flushall()
+    pipe = client.pipeline(transaction=False)
+    for i in range(3000):
+        pipe.hset(f"quota:{{u{i}}}:2026-01", mapping={f"{SYS}:calls": 1, "system_used_nano": 1})
+    pipe.execute()
+    pauses: list[float] = []
+    monkeypatch.setattr(sync_meter, "sleep", pauses.append)
+    for share, paused in ((1.0, False), (0.2, True)):
+        pauses.clear()
+        meter = Meter.from_url(redis_server.url, clock=clock, history=None, report_redis_share=share)
+        try:
+            assert meter.month_report().summary.users == 3000
+        finally:
+            meter.close()
+        assert bool(pauses) is paused and all(p > 0 for p in pauses)
+    client.flushall()

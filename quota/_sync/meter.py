@@ -35,7 +35,15 @@ from .._errors import BatchError, QuotaError, StorageUnavailable
 from .._keys import validate_month
 from .._prices import PriceTable
 from .._replay import ReplayReport
-from .._report import SCAN_COUNT_MIN, MonthData, MonthReport, MonthReportBuilder, ReportCache, next_scan_count
+from .._report import (
+    SCAN_COUNT_MIN,
+    MonthData,
+    MonthReport,
+    MonthReportBuilder,
+    ReportCache,
+    next_scan_count,
+    pause_after,
+)
 from .._results import CreditResult, QuotaCheck, UsageResult
 from .._stats import MonthUsage, merge_month
 from .._turn_rules import TurnOptions
@@ -310,10 +318,12 @@ class Meter:
         primary: ``SCAN MATCH <prefix>:{*}:<month> COUNT n TYPE hash`` (n from 200 to 2000, so
         that a page holds about 200 keys: quota._report.next_scan_count), and the page's HGETALLs
         pipelined together with the SCAN of the next page (one round trip per page). No command
-        holds Redis for long (SLOWLOG stays empty at 10 ms: tests/test_report.py); never KEYS."""
+        holds Redis for long (SLOWLOG stays empty at 10 ms: tests/test_report.py); never KEYS.
+        With ``QUOTA_REPORT_REDIS_SHARE`` below 1 it pauses after each page (quota._report.pause_after)."""
         month = validate_month(month)
         pattern = self.core.keys.month_pattern(month)
         user_of = self.core.keys.month_key_users(month)
+        share = self.settings.report_redis_share
         for where, node in self._primaries():
             count = SCAN_COUNT_MIN
             with storage_errors(where):
@@ -330,7 +340,9 @@ class Meter:
                         if int(cursor):
                             count = next_scan_count(count, len(keys))
                             pipe.scan(cursor, match=pattern, count=count, _type="hash")
+                        sent = time.monotonic()
                         replies = pipe.execute(raise_on_error=False)
+                        pause = pause_after(time.monotonic() - sent, share)
                         following: Any = (0, [])
                         if int(cursor):
                             following = replies.pop()
@@ -346,6 +358,8 @@ class Meter:
                     page.append((user, reply))
                 if page:
                     yield page
+                if pause:
+                    sleep(pause)  # QUOTA_REPORT_REDIS_SHARE: leave Redis to the hot path
                 cursor, keys = following
 
     def _primaries(self) -> list[tuple[str, Any]]:
