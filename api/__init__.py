@@ -16,6 +16,7 @@ import time
 from flask import Flask, g, request
 
 from quota import ConfigError, Meter
+from quota._notify import read_stats
 
 from .errors import register_error_handlers
 from .ext import QuotaExtension, get_quota, init_app
@@ -48,7 +49,7 @@ def create_app(settings: ApiSettings | None = None, meter: Meter | None = None) 
         from .demo_agent import demo_meter_for
 
         demo_meter = demo_meter_for(meter)
-    init_app(app, QuotaExtension(settings, meter, Metrics(), demo_meter))
+    init_app(app, QuotaExtension(settings, meter, Metrics(alert_stats=lambda: read_stats(meter)), demo_meter))
     register_error_handlers(app)
     register_security_headers(app)
 

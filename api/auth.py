@@ -4,8 +4,9 @@ Three kinds of caller:
 
 | token                        | role    | may                                                      |
 |------------------------------|---------|----------------------------------------------------------|
-| ``QUOTA_ADMIN_TOKEN``        | admin   | everything, including ``PUT /v1/users/<u>/credit`` and   |
-|                              |         | ``POST /v1/users/<u>/tokens/revoke``, ``/v1/admin/...``  |
+| ``QUOTA_ADMIN_TOKEN``        | admin   | everything, including ``PUT /v1/users/<u>/credit``,      |
+|                              |         | ``POST /v1/users/<u>/tokens/revoke``, ``/v1/alerts`` and |
+|                              |         | ``/v1/admin/...`` (month reports)                        |
 | ``QUOTA_SERVICE_TOKEN``      | service | record usage, check and read any user, list the models   |
 | ``quota token USER`` (signed)| user    | read USER's own token-stats and quota, nothing else      |
 
@@ -45,6 +46,7 @@ class Action(StrEnum):
     LIST_MODELS = "list_models"
     REVOKE_TOKENS = "revoke_tokens"  # a user's tokens (admin only)
     READ_REPORTS = "read_reports"  # month reports of every user (admin only)
+    MANAGE_ALERTS = "manage_alerts"  # the alert outbox: list pending and dead events, redeliver (admin only)
 
 
 ALLOWED = {

@@ -4,7 +4,9 @@ One user message is one *turn* (``meter.turn``): the admission runs first (the s
 user sends a new message"); if it is refused the turn ends with the ``quota_exceeded`` event and
 nothing is recorded. Otherwise the agent makes and records its calls: a chat call, a tool call,
 a history summary, and on the conversation's first message a naming call. The reply always
-finishes even when it crosses the credit; the *next* message is the one refused.
+finishes even when it crosses the credit; the *next* message is the one refused. A call that
+crosses an alert threshold (80% and 100% of the credit by default) adds its ``quota_warning``
+event to the reply's ``warnings``, which the page shows at once.
 
 Every call has the request id ``demo:<conversation>:<turn>:<purpose>`` and its token counts are
 a function of that id, so a retried turn (a double click, a lost response) counts once.
@@ -116,6 +118,7 @@ def run_turn(meter: Meter, body: Any) -> dict[str, Any]:
     user, model_id, conversation, turn, message = validate_turn_request(body)
     purposes = ["chat", "tool", "summary"] + (["naming"] if turn == 1 else [])
     calls = []
+    warnings: list[dict[str, Any]] = []  # quota_warning events: a call crossed an alert threshold
     result = None
     try:
         # A turn, as a worker runs one: admission reserves a hold on the credit (quota.Turn), so
@@ -124,10 +127,14 @@ def run_turn(meter: Meter, body: Any) -> dict[str, Any]:
             for purpose in purposes:
                 request_id = f"demo:{conversation}:{turn}:{purpose}"
                 tokens_in, tokens_out = fake_tokens(random.Random(request_id), purpose)
-                recorded = metered.record(input_tokens=tokens_in, output_tokens=tokens_out, request_id=request_id)
+                recorded = metered.record(
+                    input_tokens=tokens_in, output_tokens=tokens_out, request_id=request_id, purpose=purpose
+                )
                 result = recorded.result
                 if result is None:  # Redis away: spooled, counted when it is back
                     raise StorageUnavailable(recorded.error or "Redis is unavailable")
+                if recorded.warning is not None:
+                    warnings.append(recorded.warning)
                 calls.append(
                     {
                         "purpose": purpose,
@@ -153,4 +160,5 @@ def run_turn(meter: Meter, body: Any) -> dict[str, Any]:
         "monthly_credit": usage["monthly_credit"],
         "remaining": usage["remaining"],
         "exceeded": usage["exceeded"],
+        "warnings": warnings,
     }

@@ -14,13 +14,20 @@ Each app gets its own registry, so several apps in one process (tests) do not co
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from quota._money import NANO_PER_CNY
+
+log = logging.getLogger("api.metrics")
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -67,10 +74,58 @@ def mark_worker_dead(pid: int) -> None:
     multiprocess.mark_process_dead(pid)
 
 
+class AlertCollector:
+    """The alert outbox's figures, read from Redis at each scrape (``quota._notify.read_stats``: one
+    HGETALL of the hash the notifiers write): so they are the same whichever worker answers, and
+    nothing is counted twice under ``PROMETHEUS_MULTIPROC_DIR``. Redis away: no alert series."""
+
+    def __init__(self, read: Callable[[], dict[str, int]]) -> None:
+        self.read = read
+
+    def describe(self) -> list[Any]:
+        return []  # not known before a scrape (and never collected at registration)
+
+    def collect(self) -> Iterator[Any]:
+        try:
+            stats = self.read()
+        except Exception as exc:  # noqa: BLE001 - a scrape must answer whatever Redis does
+            log.warning("alert metrics unavailable: %s", exc)
+            return
+        for name, what in (
+            ("emitted", "Alert events a notifier picked up for the first time."),
+            ("delivered", "Alert events the webhook acknowledged (2xx)."),
+            ("failed", "Webhook attempts that failed (each is retried, or the event dies)."),
+            ("dead", "Alert events given up on after 24 hours of retries (dead letters)."),
+        ):
+            yield CounterMetricFamily(f"quota_alerts_{name}", what, value=stats.get(name, 0))
+        yield GaugeMetricFamily(
+            "quota_alerts_pending",
+            "Alert events waiting for the webhook (at the last census).",
+            value=stats.get("pending", 0),
+        )
+        yield GaugeMetricFamily(
+            "quota_alerts_dead_letters", "Dead letters kept (at the last census).", value=stats.get("dead_pending", 0)
+        )
+        oldest_ms = stats.get("oldest_pending_ms", 0)
+        age_s = max(time.time() - oldest_ms / 1000, 0.0) if oldest_ms else 0.0
+        yield GaugeMetricFamily(
+            "quota_alerts_oldest_pending_age_seconds", "Age of the oldest pending alert event (0: none).", value=age_s
+        )
+        census_ms = stats.get("census_ms", 0)
+        yield GaugeMetricFamily(
+            "quota_alerts_census_age_seconds",
+            "Time since a notifier last counted the outbox: large when no notifier runs.",
+            value=max(time.time() - census_ms / 1000, 0.0) if census_ms else float("inf"),
+        )
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, alert_stats: Callable[[], dict[str, int]] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.alerts = AlertCollector(alert_stats) if alert_stats is not None else None
         r = self.registry
+        if self.alerts is not None:
+            r.register(self.alerts)
         self.requests = Counter(
             "quota_http_requests", "HTTP requests answered.", ["route", "method", "status"], registry=r
         )
@@ -119,5 +174,7 @@ class Metrics:
 
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=directory)
+            if self.alerts is not None:
+                registry.register(self.alerts)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import quota
+from quota._config import ALERT_PERCENT_RANGE
 from quota._core import EXCEEDED_CODES
-from quota._keys import MODEL_RE, MONTH_RE, REQUEST_ID_RE, USER_RE
+from quota._keys import MAX_PURPOSES, MODEL_RE, MONTH_RE, PREFIX_RE, PURPOSE_RE, REQUEST_ID_RE, USER_RE
 from quota._report import CSV_HEADER, MAX_PAGE
 from quota._report import SORTS as REPORT_SORTS
 from quota._usage import MAX_TOKENS
@@ -41,6 +42,12 @@ USER = {"type": "string", "pattern": _pattern(USER_RE)}
 MODEL = {"type": "string", "pattern": _pattern(MODEL_RE)}
 MONTH = {"type": "string", "pattern": _pattern(MONTH_RE)}
 TIMESTAMP = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T00:00:00Z$"}
+MS_TIMESTAMP = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"}
+PERCENT = {"type": "integer", "minimum": ALERT_PERCENT_RANGE[0], "maximum": ALERT_PERCENT_RANGE[1]}
+ALERTS = {"type": "array", "items": PERCENT}
+PURPOSE = {"type": "string", "pattern": _pattern(PURPOSE_RE)}
+# <prefix>:<user>:<YYYY-MM>:<threshold>:<crossed|cleared>:<seq> (quota._notify.parse_event_id)
+EVENT_ID_PATTERN = rf"^{PREFIX_RE.pattern}:{USER_RE.pattern}:{MONTH_RE.pattern}:\d{{1,4}}:(crossed|cleared):\d{{1,18}}$"
 PRICE_VALUE = {"type": ["number", "string"], "description": "CNY per 1k tokens"}
 # USER_RE's characters, starting with the demo prefix (api.demo_agent.validate_demo_user)
 DEMO_USER = {
@@ -115,6 +122,14 @@ SCHEMAS: dict[str, Any] = {
             )
             | {"type": ["object", "null"]},
             "estimated": {"type": "boolean", "description": "the token counts are estimates"},
+            "purpose": PURPOSE
+            | {
+                "type": ["string", "null"],
+                "description": "what the call was for (chat, tool, summary, naming, or your own word), "
+                f"also counted per model and purpose: at most {MAX_PURPOSES} per model and month, "
+                "further ones count as other; a request_id repeated with another purpose is a conflict (409); "
+                "null is the same as leaving it out",
+            },
         },
         ["user", "model_id", "input_tokens", "output_tokens"],
     ),
@@ -134,6 +149,17 @@ SCHEMAS: dict[str, Any] = {
             "is_system": {"type": "boolean"},
             "estimated": {"type": "boolean"},
             "request_id": {"type": "string"},
+            "alerts": ALERTS
+            | {
+                "description": "the alert thresholds this record's system spend reached first this month "
+                "(each has a quota.threshold_crossed webhook event, docs/ALERTS.md); mostly empty"
+            },
+            "purpose": PURPOSE
+            | {
+                "type": ["string", "null"],
+                "description": "the purpose the call was counted under (other past the per-model bound; "
+                "for a duplicate, the one given); null without a purpose",
+            },
         }
     ),
     "UsageBatchResult": _object({"results": {"type": "array", "items": _ref("UsageResult")}}),
@@ -150,6 +176,17 @@ SCHEMAS: dict[str, Any] = {
             "monthly_credit": MONEY,
             "resets_at": TIMESTAMP,
             "held": MONEY | {"description": "CNY reserved by replies in progress (turn holds)"},
+            "message": {"type": "string", "description": "a friendly notice, Chinese then English"},
+        }
+    ),
+    "QuotaWarningEvent": _object(
+        {
+            "type": {"const": "quota_warning"},
+            "code": {"const": "quota_warning"},
+            "threshold": PERCENT,
+            "monthly_used": MONEY,
+            "monthly_credit": MONEY,
+            "resets_at": TIMESTAMP,
             "message": {"type": "string", "description": "a friendly notice, Chinese then English"},
         }
     ),
@@ -188,7 +225,18 @@ SCHEMAS: dict[str, Any] = {
         ["credit"],
     ),
     "CreditResult": _object(
-        {"user": USER, "month": MONTH, "monthly_credit": MONEY, "monthly_used": MONEY, "remaining": MONEY}
+        {
+            "user": USER,
+            "month": MONTH,
+            "monthly_credit": MONEY,
+            "monthly_used": MONEY,
+            "remaining": MONEY,
+            "cleared_alerts": ALERTS
+            | {
+                "description": "alerted thresholds the new credit brought the spend back under, highest first "
+                "(each has a quota.threshold_cleared event and alerts again)"
+            },
+        }
     ),
     "ModelStats": _object(
         {
@@ -199,6 +247,13 @@ SCHEMAS: dict[str, Any] = {
             "estimated_calls": {"type": "integer", "minimum": 0},
             "is_system": {"type": "boolean"},
             "name": {"type": "string"},
+            "purposes": {
+                "type": "object",
+                "description": "calls and cost of this model by the records' purpose (records without one "
+                f"are not in it); at most {MAX_PURPOSES} purposes and other",
+                "propertyNames": PURPOSE,
+                "additionalProperties": _object({"calls": {"type": "integer", "minimum": 0}, "cost": MONEY}),
+            },
         }
     ),
     "HistoryModelStats": _object(
@@ -222,6 +277,11 @@ SCHEMAS: dict[str, Any] = {
             "held": HELD,
             "available": AVAILABLE,
             "exceeded": {"type": "boolean"},
+            "alerted_threshold": PERCENT
+            | {
+                "type": ["integer", "null"],
+                "description": "the highest alert threshold (percent of the credit) reached this month; null: none",
+            },
             "resets_at": TIMESTAMP,
             "currency": {"const": "CNY"},
             "models": {
@@ -346,6 +406,44 @@ SCHEMAS: dict[str, Any] = {
             "tokens_valid_after_ms": {"type": "integer", "minimum": 0, "description": "the same, Unix milliseconds"},
         }
     ),
+    "AlertEvent": _object(
+        {
+            "id": {
+                "type": "string",
+                "pattern": EVENT_ID_PATTERN,
+                "description": "the webhook-id: <prefix>:<user>:<month>:<threshold>:<kind>:<seq>",
+            },
+            "user": USER,
+            "field": {"type": "string", "description": "its field in <prefix>:{<user>}:outbox"},
+            "type": {"enum": ["quota.threshold_crossed", "quota.threshold_cleared"]},
+            "month": MONTH,
+            "threshold": PERCENT,
+            "monthly_used": MONEY,
+            "monthly_credit": MONEY,
+            "created_at": MS_TIMESTAMP,
+            "attempts": {"type": "integer", "minimum": 0},
+            "next_attempt_at": MS_TIMESTAMP | {"type": ["string", "null"], "description": "null for a dead letter"},
+            "last_error": {"type": ["string", "null"]},
+            "dead_at": MS_TIMESTAMP,
+        },
+        [
+            "id",
+            "user",
+            "field",
+            "type",
+            "month",
+            "threshold",
+            "monthly_used",
+            "monthly_credit",
+            "created_at",
+            "attempts",
+            "next_attempt_at",
+            "last_error",
+        ],
+    ),
+    "AlertList": _object(
+        {"state": {"enum": ["pending", "dead"]}, "events": {"type": "array", "items": _ref("AlertEvent")}}
+    ),
     "DemoTurnRequest": _object(
         {
             "user": DEMO_USER,
@@ -388,6 +486,11 @@ SCHEMAS: dict[str, Any] = {
                     "monthly_credit": MONEY,
                     "remaining": MONEY,
                     "exceeded": {"type": "boolean"},
+                    "warnings": {
+                        "type": "array",
+                        "items": _ref("QuotaWarningEvent"),
+                        "description": "a quota_warning event per alert threshold a call of this turn crossed",
+                    },
                 }
             ),
             _object(
@@ -404,6 +507,7 @@ ERRORS = {
     401: "no token, or a token that is not valid (unauthorized), has expired (token_expired) or was "
     "revoked (token_revoked)",
     403: "the token may not do this (forbidden)",
+    404: "no such dead event (not_found)",
     409: "a request_id was reused with other content (request_conflict); in a batch, batch_failed "
     "with per-record results",
     413: "the body is larger than QUOTA_MAX_BODY_BYTES (payload_too_large)",
@@ -425,6 +529,13 @@ def _month_param() -> dict[str, Any]:
 
 
 BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+LIMIT: dict[str, Any] = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 10_000},
+    "description": "at most this many (default 1000)",
+}
 
 
 def _paths(demo: bool) -> dict[str, Any]:
@@ -514,6 +625,50 @@ def _paths(demo: bool) -> dict[str, Any]:
                 "responses": {
                     "200": _json(_ref("TokenRevocation"), "the user's new revocation instant"),
                     **_errors(400, 401, 403, 503),
+                },
+            }
+        },
+        "/v1/alerts/pending": {
+            "get": {
+                "operationId": "listPendingAlerts",
+                "tags": ["alerts"],
+                "security": BEARER,
+                "summary": "Threshold alert events waiting for the webhook (new, or between retries), oldest first",
+                "description": "Admin token only. Same as `quota notify --status` (docs/ALERTS.md).",
+                "parameters": [LIMIT],
+                "responses": {"200": _json(_ref("AlertList"), "the events"), **_errors(400, 401, 403, 503)},
+            }
+        },
+        "/v1/alerts/dead": {
+            "get": {
+                "operationId": "listDeadAlerts",
+                "tags": ["alerts"],
+                "security": BEARER,
+                "summary": "Threshold alert events given up on after 24 hours of retries (dead letters), oldest first",
+                "description": "Admin token only.",
+                "parameters": [LIMIT],
+                "responses": {"200": _json(_ref("AlertList"), "the dead letters"), **_errors(400, 401, 403, 503)},
+            }
+        },
+        "/v1/alerts/dead/{event_id}/redeliver": {
+            "post": {
+                "operationId": "redeliverAlert",
+                "tags": ["alerts"],
+                "security": BEARER,
+                "summary": "Put one dead letter back in its outbox, due now, with a new 24 hours of retries",
+                "description": "Admin token only. No body. Same as `quota notify --redeliver EVENT_ID`.",
+                "parameters": [
+                    {
+                        "name": "event_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": EVENT_ID_PATTERN},
+                        "description": "the event's id (its webhook-id)",
+                    }
+                ],
+                "responses": {
+                    "200": _json(_ref("AlertEvent"), "the event, pending again"),
+                    **_errors(400, 401, 403, 404, 503),
                 },
             }
         },
@@ -616,7 +771,8 @@ def _paths(demo: bool) -> dict[str, Any]:
                 "operationId": "metrics",
                 "tags": ["ops"],
                 "security": [],
-                "summary": "Prometheus metrics: requests, latency, records, checks and denials, storage errors",
+                "summary": "Prometheus metrics: requests, latency, records, checks and denials, storage errors, "
+                "alert events (emitted, delivered, failed, dead, pending, oldest pending age)",
                 "responses": {
                     "200": {
                         "description": "Prometheus text format",

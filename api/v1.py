@@ -9,6 +9,7 @@ from flask import Blueprint, g, jsonify, request
 from quota import BatchError, InvalidInput, RequestConflict, StorageUnavailable
 from quota._core import RECORD_FIELDS, RECORD_REQUIRED
 from quota._keys import validate_user
+from quota._notify import parse_event_id, read_events, redeliver
 from quota._tokens import iso_ms, revoke_user_tokens, tokens_valid_after_ms
 
 from .auth import Action, Principal, authenticate, authorize
@@ -111,6 +112,7 @@ def record_usage():  # noqa: ANN201
             request_id=record.get("request_id"),
             price=record.get("price"),
             estimated=record.get("estimated", False),
+            purpose=record.get("purpose"),
         )
         metrics.record_usage(result.is_system, result.duplicate, result.cost_nano)
         return jsonify(result.as_dict())
@@ -183,3 +185,41 @@ def revoke_tokens(user: str):  # noqa: ANN201
 def models():  # noqa: ANN201
     authorize(principal(), Action.LIST_MODELS)
     return jsonify(get_quota().meter.prices.as_json())
+
+
+# --- threshold alerts (issue 11; docs/ALERTS.md) ------------------------------------------------------
+
+
+@bp.get("/alerts/pending")
+def pending_alerts():  # noqa: ANN201
+    """The events waiting for the webhook (new, or between retries), oldest first."""
+    return alert_list(dead=False)
+
+
+@bp.get("/alerts/dead")
+def dead_alerts():  # noqa: ANN201
+    """The events given up on after 24 hours of retries (dead letters), oldest first."""
+    return alert_list(dead=True)
+
+
+def alert_list(*, dead: bool):  # noqa: ANN201
+    authorize(principal(), Action.MANAGE_ALERTS)
+    limit = int_arg("limit", 1, 10_000) or 1000
+    events = read_events(get_quota().meter, dead=dead, limit=limit)
+    return jsonify({"state": "dead" if dead else "pending", "events": [e.as_dict() for e in events]})
+
+
+@bp.post("/alerts/dead/<event_id>/redeliver")
+def redeliver_alert(event_id: str):  # noqa: ANN201
+    """Put one dead letter back in its user's outbox, due now, with a new 24 h of retries."""
+    authorize(principal(), Action.MANAGE_ALERTS)
+    meter = get_quota().meter
+    try:
+        user, field = parse_event_id(meter.settings.prefix, event_id)
+        validate_user(user)
+    except (ValueError, InvalidInput) as exc:
+        raise ApiError(400, "invalid_input", f"not an event id: {exc}") from None
+    event = redeliver(meter, user, field)
+    if event is None:
+        raise ApiError(404, "not_found", f"no dead event {event_id}")
+    return jsonify(event.as_dict())

@@ -35,7 +35,7 @@ def binary() -> str | None:
 
 
 def evalsha_args(run: str = "0") -> list[str]:
-    """``EVALSHA <sha> 2 <month key> <request key> <ARGV...>`` exactly as the core builds it.
+    """``EVALSHA <sha> 4 <month key> <request key> <outbox> <outbox index> <ARGV...>`` exactly as the core builds it.
 
     ``run`` goes into the request id beside ``__rand_int__``: redis-benchmark draws the same
     random sequence in every run, so without it a second run would only repeat request ids

@@ -59,14 +59,14 @@ def async_client(url: str) -> Any:
     return AsyncRedisCluster.from_url(plain, **options) if is_cluster else aredis.Redis.from_url(plain, **options)
 
 
-def prebuilt_calls() -> list[tuple[str, str, tuple[str, ...]]]:
-    """(month key, request-key prefix, ARGV) per user, exactly as the core builds them."""
+def prebuilt_calls() -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
+    """(month key, request-key prefix, the other KEYS, ARGV) per user, exactly as the core builds them."""
     core = MeterCore()
     calls = []
     for i in range(USERS):
         user = user_name(i)
         call = core.record(user, MODEL, INPUT_TOKENS, OUTPUT_TOKENS, request_id="x")
-        calls.append((call.keys[0], core.keys.request_key(user, ""), call.args))
+        calls.append((call.keys[0], core.keys.request_key(user, ""), call.keys[2:], call.args))
     return calls
 
 
@@ -126,8 +126,8 @@ class RawEvalsha(Workload):
 
     def step(self) -> int:
         self.i += 1
-        month_key, request_prefix, args = self.calls[self.i % USERS]
-        self.client.evalsha(RECORD.sha, 2, month_key, f"{request_prefix}{self.tag}{self.i}", *args)
+        month_key, request_prefix, more, args = self.calls[self.i % USERS]
+        self.client.evalsha(RECORD.sha, 2 + len(more), month_key, f"{request_prefix}{self.tag}{self.i}", *more, *args)
         return 1
 
     def close(self) -> dict[str, Any]:
@@ -263,8 +263,8 @@ class RawPipeline(Workload):
         pipe = self.client.pipeline(transaction=False)
         for _ in range(self.batch):
             self.i += 1
-            month_key, request_prefix, args = self.calls[self.i % USERS]
-            pipe.evalsha(RECORD.sha, 2, month_key, f"{request_prefix}{self.tag}{self.i}", *args)
+            month_key, request_prefix, more, args = self.calls[self.i % USERS]
+            pipe.evalsha(RECORD.sha, 2 + len(more), month_key, f"{request_prefix}{self.tag}{self.i}", *more, *args)
         pipe.execute()
         return self.batch
 
@@ -336,8 +336,8 @@ class RawAsyncEvalsha(AsyncWorkload):
         self.tag = f"rawa-{self.index}-"
 
     async def one(self, n: int) -> None:
-        month_key, request_prefix, args = self.calls[n % USERS]
-        await self.client.evalsha(RECORD.sha, 2, month_key, f"{request_prefix}{self.tag}{n}", *args)
+        month_key, request_prefix, more, args = self.calls[n % USERS]
+        await self.client.evalsha(RECORD.sha, 2 + len(more), month_key, f"{request_prefix}{self.tag}{n}", *more, *args)
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -18,6 +18,7 @@
 | QUOTA_POOL_TIMEOUT_S     | 5                                | seconds a caller waits for a connection  |
 | QUOTA_REPORT_CACHE_S     | 30                               | a month report is reused this long (0: never) |
 | QUOTA_REPORT_REDIS_SHARE | 1                                | share of Redis a live report may take |
+| QUOTA_ALERT_THRESHOLDS   | 80,100                           | alert at these percents of the credit (`off`) |
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ REPORT_CACHE_S_RANGE = (0.0, 86_400.0)
 # a Redis core for 10 s; at 0.2 a fifth of it for about 15 s.
 DEFAULT_REPORT_REDIS_SHARE = 1.0
 REPORT_REDIS_SHARE_RANGE = (0.01, 1.0)
+
+# Threshold alerts (docs/ALERTS.md): whole percents of the month's credit. Above 100 is allowed (records
+# are never refused, so spend can pass the credit); at most MAX_ALERT_THRESHOLDS, each once.
+DEFAULT_ALERT_THRESHOLDS = (80, 100)
+ALERT_PERCENT_RANGE = (1, 1000)
+MAX_ALERT_THRESHOLDS = 10
 
 
 def _number_env(
@@ -133,6 +140,7 @@ class Settings:
     pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S
     report_cache_s: float = DEFAULT_REPORT_CACHE_S
     report_redis_share: float = DEFAULT_REPORT_REDIS_SHARE
+    alert_thresholds: tuple[int, ...] = DEFAULT_ALERT_THRESHOLDS  # (): no alerts
 
     def __post_init__(self) -> None:
         check_pool_settings(self.max_connections, self.pool_timeout_s)
@@ -142,6 +150,10 @@ class Settings:
         low, high = REPORT_REDIS_SHARE_RANGE
         if isinstance(self.report_redis_share, bool) or not low <= self.report_redis_share <= high:
             raise ConfigError(f"report_redis_share must be from {low:g} to {high:g}, got {self.report_redis_share!r}")
+        given: object = self.alert_thresholds
+        if isinstance(given, list):  # a list given in code: kept as a tuple (hashable, frozen)
+            object.__setattr__(self, "alert_thresholds", tuple(given))
+        check_alert_thresholds(self.alert_thresholds)
         if not 1 <= self.hold_ttl_s <= 7 * 86400:
             raise ConfigError(f"hold_ttl_s must be from 1 to {7 * 86400} seconds, got {self.hold_ttl_s}")
         for name in ("turn_hold_nano", "turn_hold_default_nano", "turn_hold_floor_nano", "turn_hold_cap_nano"):
@@ -206,6 +218,7 @@ class Settings:
                 low=REPORT_REDIS_SHARE_RANGE[0],
                 high=REPORT_REDIS_SHARE_RANGE[1],
             ),
+            alert_thresholds=alert_thresholds_env(env),
         )
 
 
@@ -226,3 +239,41 @@ def turn_hold_env(env: Mapping[str, str]) -> int | None:
     if raw is None or raw.strip().lower() in ("", "auto"):
         return None
     return cny_env(env, "QUOTA_TURN_HOLD", 0)
+
+
+def check_alert_thresholds(thresholds: object) -> None:
+    """Refuse what the scripts could not keep: the thresholds must be a strictly ascending tuple of
+    whole percents in ALERT_PERCENT_RANGE, at most MAX_ALERT_THRESHOLDS of them."""
+    low, high = ALERT_PERCENT_RANGE
+    if (
+        not isinstance(thresholds, tuple)
+        or len(thresholds) > MAX_ALERT_THRESHOLDS
+        or any(isinstance(t, bool) or not isinstance(t, int) or not low <= t <= high for t in thresholds)
+        or list(thresholds) != sorted(set(thresholds))
+    ):
+        raise ConfigError(
+            f"alert_thresholds must be at most {MAX_ALERT_THRESHOLDS} distinct whole percents from {low} to {high}, "
+            f"ascending, e.g. (80, 100); got {thresholds!r}"
+        )
+
+
+def alert_thresholds_env(env: Mapping[str, str]) -> tuple[int, ...]:
+    """QUOTA_ALERT_THRESHOLDS: percents of the credit, e.g. ``80,100`` (sorted here; ``%`` signs and
+    spaces allowed), or ``off`` / ``none`` for no alerts. Unset or empty: the default, 80,100."""
+    raw = env.get("QUOTA_ALERT_THRESHOLDS")
+    if raw is None or not raw.strip():
+        return DEFAULT_ALERT_THRESHOLDS
+    if raw.strip().lower() in ("off", "none", "0"):
+        return ()
+    parts = [p.strip().removesuffix("%").strip() for p in raw.split(",")]
+    if not all(p.isascii() and p.isdigit() for p in parts):
+        raise ConfigError(f"QUOTA_ALERT_THRESHOLDS must be whole percents like 80,100 (or off), got {raw!r}")
+    values = sorted(int(p) for p in parts)
+    if len(set(values)) != len(values):
+        raise ConfigError(f"QUOTA_ALERT_THRESHOLDS lists a percent twice: {raw!r}")
+    thresholds = tuple(values)
+    try:
+        check_alert_thresholds(thresholds)
+    except ConfigError as exc:
+        raise ConfigError(f"QUOTA_ALERT_THRESHOLDS: {exc}") from None
+    return thresholds

@@ -19,6 +19,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from . import _scripts as scripts
 from ._config import MAX_HOLD_NANO, Settings
 from ._errors import InvalidInput, QuotaError, RequestConflict
+from ._events import quota_warning_event  # noqa: F401 - beside quota_exceeded_event, quota._core's public names
 from ._keys import (
     SUFFIX_HOLD_ESTIMATE,
     KeySchema,
@@ -28,6 +29,7 @@ from ._keys import (
     month_start,
     next_month_start,
     validate_month,
+    validate_purpose,
     validate_request_id,
     validate_user,
 )
@@ -41,7 +43,7 @@ from ._usage import validate_tokens
 Clock = Callable[[], datetime]
 R = TypeVar("R")  # what a ScriptCall's reply parses into
 
-RECORD_FIELDS = ("user", "model_id", "input_tokens", "output_tokens", "request_id", "price", "estimated")
+RECORD_FIELDS = ("user", "model_id", "input_tokens", "output_tokens", "request_id", "price", "estimated", "purpose")
 RECORD_REQUIRED = frozenset(RECORD_FIELDS[:4])  # the rest are optional
 
 
@@ -127,6 +129,7 @@ class MeterCore:
         self._credit_arg = str(self.settings.credit_nano)
         self._ttl_arg = str(self.settings.dedupe_ttl_s)
         self._hold_ttl_ms_arg = str(self.settings.hold_ttl_s * 1000)
+        self._thresholds_arg = ",".join(str(t) for t in self.settings.alert_thresholds)
         self._month_cache: tuple[datetime, datetime, str] | None = None
 
     # --- helpers ---------------------------------------------------------------------------------
@@ -164,8 +167,11 @@ class MeterCore:
         estimated: bool = False,
         turn_id: str | None = None,
         at: datetime | None = None,
+        purpose: object = None,
     ) -> ScriptCall[UsageResult]:
-        """``turn_id``: the turn whose hold this call's system cost is drawn from (quota.Turn).
+        """``purpose``: what the call was for (``"chat"``, ``"tool"``...; 1 to 10 of a-z 0-9 _ -),
+        also counted per model and purpose (at most 8 per model and month, then ``"other"``).
+        ``turn_id``: the turn whose hold this call's system cost is drawn from (quota.Turn).
         ``at``: the instant the call was made (default: ``clock()``), which fixes its month; a
         record replayed from the spool passes the instant it was spooled with."""
         user = validate_user(user)
@@ -174,6 +180,7 @@ class MeterCore:
         tokens_out = validate_tokens(output_tokens, "output_tokens")
         if not isinstance(estimated, bool):
             raise InvalidInput("estimated must be True or False")
+        purpose_arg = validate_purpose(purpose) or ""
         auto_id = request_id is None
         rid = auto_request_id() if auto_id else validate_request_id(request_id)
         month = self.month_at(self.clock() if at is None else at)
@@ -181,7 +188,7 @@ class MeterCore:
         is_system = model.is_system
 
         def parse(reply: Any) -> UsageResult:
-            status, used, credit, hold = reply
+            status, used, credit, hold, crossed = reply[:5]
             recorded = int(status) == 1
             # When counted, the script returns the spend *before* this call (see record.lua).
             used_nano = int(used) + (cost if recorded and is_system else 0)
@@ -201,9 +208,16 @@ class MeterCore:
                 request_id=rid,
                 estimated=estimated,
                 hold_remaining_nano=int(hold) if hold else None,
+                alerts=_percents(crossed),
+                purpose=(_text(reply[5]) or None) if len(reply) > 5 else None,
             )
 
-        keys: tuple[str, ...] = (self.keys.month_key(user, month), self.keys.request_key(user, rid))
+        keys: tuple[str, ...] = (
+            self.keys.month_key(user, month),
+            self.keys.request_key(user, rid),
+            self.keys.outbox_key(user),
+            self.keys.outbox_index_key(user),
+        )
         args: tuple[str, ...] = (
             model.model_id,
             str(tokens_in),
@@ -213,6 +227,8 @@ class MeterCore:
             self._credit_arg,
             self._ttl_arg,
             "1" if estimated else "0",
+            self._thresholds_arg,
+            purpose_arg,
         )
         if turn_id is not None:
             keys += (self.keys.holds_key(user),)
@@ -242,11 +258,12 @@ class MeterCore:
                         request_id=rec.get("request_id"),
                         price=rec.get("price"),
                         estimated=rec.get("estimated", False),
+                        purpose=rec.get("purpose"),
                     )
                 )
             except InvalidInput as exc:
                 raise type(exc)(f"record {index}: {exc}") from None
-        ids = [c.keys[1] for c in calls]
+        ids = [c.keys[1] for c in calls]  # the request-id keys
         if len(set(ids)) != len(ids):
             raise InvalidInput("records: the same request_id appears twice for one user in one batch")
         return calls
@@ -359,11 +376,12 @@ class MeterCore:
             raise InvalidInput("credit must be below 100,000,000 CNY")
 
         def parse(reply: Any) -> CreditResult:
-            used, credit_now = (int(v) for v in reply)
-            return CreditResult(user, month, used, credit_now)
+            used, credit_now, cleared = reply
+            return CreditResult(user, month, int(used), int(credit_now), _percents(cleared))
 
-        args = (str(credit_nano), "add", self._credit_arg) if add else (str(credit_nano),)
-        return ScriptCall(scripts.SET_CREDIT, (self.keys.month_key(user, month),), args, parse)
+        keys = (self.keys.month_key(user, month), self.keys.outbox_key(user), self.keys.outbox_index_key(user))
+        args = (str(credit_nano), self._thresholds_arg) + (("add", self._credit_arg) if add else ())
+        return ScriptCall(scripts.SET_CREDIT, keys, args, parse)
 
     # --- get_token_stats -------------------------------------------------------------------------
 
@@ -410,6 +428,12 @@ class MeterCore:
         return build_token_stats(
             user, current, history, self.prices, self.settings.credit_nano, held_nano=live.held_nano, exact=exact
         )
+
+
+def _percents(reply: Any) -> tuple[int, ...]:
+    """A script's list of thresholds (``"80,100"``, ``""``) as ints, in the order given."""
+    text = _text(reply)
+    return tuple(int(p) for p in text.split(",")) if text else ()
 
 
 # The ``code`` of a quota_exceeded event (api/openapi.py lists them; docs/API.md says what each means).

@@ -5,6 +5,9 @@ One hash per user per UTC month::
     <prefix>:{<user>}:<YYYY-MM>          hash, see FIELD_* below and docs/OPERATIONS.md
     <prefix>:{<user>}:req:<request_id>   string with a TTL, the idempotency record
     <prefix>:{<user>}:holds              hash, the live turn holds (lua/lib/holds.lua), with a TTL
+    <prefix>:{<user>}:outbox             hash, the user's alert events waiting for the webhook (lua/lib/alerts.lua)
+    <prefix>:{<user>}:outbox_dead        list, the user's alert events the webhook never took (dead letters)
+    <prefix>:{<slot tag>}:outbox_index   sorted set, the users of one hash slot with events (see slot_tag)
 
 The braces are a Redis Cluster hash tag: every key of one user lives in one slot, so one script
 can touch all of them. Identifiers are validated here before they can reach a key name.
@@ -12,6 +15,9 @@ can touch all of them. Identifiers are validated here before they can reach a ke
 
 from __future__ import annotations
 
+import binascii
+import functools
+import itertools
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -23,6 +29,8 @@ USER_RE = re.compile(r"[A-Za-z0-9_.@+\-]{1,128}")
 # field is at most 64 bytes, and the longest suffix is ":estimated_calls" (16): 48 fits.
 MODEL_RE = re.compile(r"[A-Za-z0-9_.:/@+\-]{1,48}")
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9_.:/@+=\-]{1,128}")
+# A record's optional purpose ("chat", "tool", "summary", "naming", or the caller's own word).
+PURPOSE_RE = re.compile(r"[a-z0-9_\-]{1,10}")
 MONTH_RE = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
 PREFIX_RE = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
 
@@ -32,6 +40,10 @@ FIELD_USED = "system_used_nano"  # spend on system models this month, nano-CNY
 # Bookkeeping of `quota dump` (quota/history/dump.py, docs/HISTORY.md), written only into expired months:
 FIELD_DUMP_GEN = "dump_gen"  # id of this incarnation of the hash in the SQL archive
 FIELD_DUMP_SEQ = "dump_seq"  # how many times a dump has read it (newest snapshot wins)
+# Threshold alerts (lua/lib/alerts.lua, docs/ALERTS.md): the highest threshold (a percent of the credit)
+# alerted this month, every one at or below it counting as alerted; and the month's alert event count.
+FIELD_ALERTED = "alerted_pct"
+FIELD_ALERT_SEQ = "alert_seq"
 # Per-model fields are "<model_id>:<suffix>"; parse them with rpartition(":"). The token fields
 # are named "input"/"output" as in the seed's history: one user-month with one model then fits
 # in 232 bytes (MEMORY USAGE), where "input_tokens"/"output_tokens" took 264.
@@ -41,6 +53,17 @@ SUFFIX_COST = "cost_nano"
 SUFFIX_CALLS = "calls"
 SUFFIX_ESTIMATED = "estimated_calls"  # calls whose tokens were estimated (stream cut short)
 MODEL_SUFFIXES = (SUFFIX_INPUT, SUFFIX_OUTPUT, SUFFIX_COST, SUFFIX_CALLS, SUFFIX_ESTIMATED)
+# Per-purpose counters (issue 15): "<model_id>:n@<purpose>" (calls) and "<model_id>:c@<purpose>"
+# (cost_nano). Short on purpose: 48 (model) + 3 (":n@") + 10 (purpose) = 61 bytes, within the
+# 64-byte listpack limit (see MODEL_RE); "@" can not appear in a purpose nor in a plain suffix, so
+# rpartition(":") still splits every field unambiguously. "<model_id>:purposes" counts the distinct
+# named purposes of the model this month: at most MAX_PURPOSES, a further one is counted under
+# PURPOSE_OTHER (record.lua decides it in the same atomic step), so a hash can not grow without bound.
+SUFFIX_PURPOSE_CALLS = "n@"
+SUFFIX_PURPOSE_COST = "c@"
+SUFFIX_PURPOSE_COUNT = "purposes"
+MAX_PURPOSES = 8
+PURPOSE_OTHER = "other"
 # Not usage: the "auto" turn hold learned for this user and model (turn_end.lua), nano-CNY.
 SUFFIX_HOLD_ESTIMATE = "hold_est_nano"
 
@@ -60,6 +83,13 @@ def validate_user(user: object) -> str:
 
 def validate_model_id(model_id: object) -> str:
     return _check(model_id, MODEL_RE, "model_id", "use 1 to 48 characters of A-Z a-z 0-9 _ . : / @ + -")
+
+
+def validate_purpose(purpose: object) -> str | None:
+    """None (no purpose) or 1 to 10 characters of a-z 0-9 _ -."""
+    if purpose is None:
+        return None
+    return _check(purpose, PURPOSE_RE, "purpose", "use 1 to 10 characters of a-z 0-9 _ -")
 
 
 def validate_request_id(request_id: object) -> str:
@@ -122,6 +152,7 @@ class KeySchema:
 
     def __init__(self, prefix: str = "quota") -> None:
         self.prefix = validate_prefix(prefix)
+        self._index_keys: list[str] | None = None
 
     def month_key(self, user: str, month: str) -> str:
         return f"{self.prefix}:{{{user}}}:{month}"
@@ -131,6 +162,26 @@ class KeySchema:
 
     def holds_key(self, user: str) -> str:
         return f"{self.prefix}:{{{user}}}:holds"
+
+    def outbox_key(self, user: str) -> str:
+        return f"{self.prefix}:{{{user}}}:outbox"
+
+    def dead_key(self, user: str) -> str:
+        return f"{self.prefix}:{{{user}}}:outbox_dead"
+
+    def outbox_index_key(self, user: str) -> str:
+        """The outbox index of ``user``'s hash slot: in the same slot as the user's own keys, so
+        that the script that writes an event can add the user to it atomically (see slot_tag)."""
+        return self.index_key_of_slot(user_slot(user))
+
+    def index_key_of_slot(self, slot: int) -> str:
+        return f"{self.prefix}:{{{slot_tag(slot)}}}:outbox_index"
+
+    def all_index_keys(self) -> list[str]:
+        """Every outbox index there can be, one per hash slot, in slot order (the notifier reads them all)."""
+        if self._index_keys is None:
+            self._index_keys = [self.index_key_of_slot(slot) for slot in range(SLOTS)]
+        return self._index_keys
 
     def month_pattern(self, month: str = "????-??") -> str:
         """A SCAN MATCH pattern for every user's hash of ``month`` (default: every month)."""
@@ -163,3 +214,39 @@ class KeySchema:
         if USER_RE.fullmatch(user) and MONTH_RE.fullmatch(month):
             return user, month
         return None
+
+
+# --- hash slots ------------------------------------------------------------------------------------
+
+SLOTS = 16384  # hash slots of a Redis Cluster
+_TAG_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def user_slot(user: str) -> int:
+    """The Redis Cluster hash slot of ``user``'s keys (CRC16 of the hash tag, as the server computes it)."""
+    return binascii.crc_hqx(user.encode(), 0) % SLOTS
+
+
+@functools.cache
+def _slot_tags() -> tuple[str, ...]:
+    """For every hash slot, the shortest tag (``~`` and 1 to 4 of [0-9A-Za-z], first found) whose
+    CRC16 falls in it: 73,033 candidates, 18 ms, once per process. ``~`` is not allowed in a user id,
+    so a tag never names a user."""
+    tags: list[str | None] = [None] * SLOTS
+    missing = SLOTS
+    for length in range(1, 5):
+        for combo in itertools.product(_TAG_ALPHABET, repeat=length):
+            tag = "~" + "".join(combo)
+            slot = binascii.crc_hqx(tag.encode(), 0) % SLOTS
+            if tags[slot] is None:
+                tags[slot] = tag
+                missing -= 1
+                if not missing:
+                    return tuple(tags)  # type: ignore[arg-type]
+    raise AssertionError("unreachable: 4 characters cover every slot")
+
+
+def slot_tag(slot: int) -> str:
+    """A hash tag in ``slot``: a key ``<prefix>:{<tag>}:...`` lives in the same slot (and so on the
+    same cluster node) as every key of the users of that slot, so one script may write both."""
+    return _slot_tags()[slot]

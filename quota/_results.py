@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from ._events import quota_warning_event
+from ._keys import iso_z, next_month_start
 from ._money import nano_to_decimal, nano_to_json
 
 
@@ -64,10 +66,27 @@ class UsageResult(_MonthTotals):
     request_id: str
     estimated: bool = False
     hold_remaining_nano: int | None = None  # what is left of the turn's hold; None: no live hold
+    # The alert thresholds (percents of the credit) this record's system spend reached first this month,
+    # ascending; each has one quota.threshold_crossed event in the outbox (docs/ALERTS.md). Mostly ().
+    alerts: tuple[int, ...] = ()
+    # The purpose the call was counted under ("other" once the model has 8 this month); None: no purpose.
+    purpose: str | None = None
 
     @property
     def cost(self) -> Decimal:
         return nano_to_decimal(self.cost_nano)
+
+    @property
+    def resets_at(self) -> str:
+        return iso_z(next_month_start(self.month))
+
+    @property
+    def warning(self) -> dict[str, Any] | None:
+        """The ``quota_warning`` event for the browser when this record crossed a threshold (the
+        highest it crossed), else None: push it at once, as the ``quota_exceeded`` event is."""
+        if not self.alerts:
+            return None
+        return quota_warning_event(self.alerts[-1], self.monthly_used_nano, self.monthly_credit_nano, self.resets_at)
 
     @property
     def exceeded(self) -> bool:
@@ -88,6 +107,8 @@ class UsageResult(_MonthTotals):
             "is_system": self.is_system,
             "estimated": self.estimated,
             "request_id": self.request_id,
+            "alerts": list(self.alerts),
+            "purpose": self.purpose,
         }
 
 
@@ -147,6 +168,9 @@ class CreditResult(_MonthTotals):
     month: str
     monthly_used_nano: int
     monthly_credit_nano: int
+    # The alerted thresholds the new credit brought the spend back under, highest first: each got a
+    # quota.threshold_cleared event and alerts again when the spend reaches it (docs/ALERTS.md).
+    cleared: tuple[int, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"user": self.user, "month": self.month, **self._totals_json()}
+        return {"user": self.user, "month": self.month, **self._totals_json(), "cleared_alerts": list(self.cleared)}

@@ -1,8 +1,9 @@
 """The Lua scripts in ``quota/lua/``, all loaded here, once, each with its SHA1 for EVALSHA.
 
 A line ``-- @include NAME`` in a script is replaced by ``lua/lib/NAME.lua`` when it is loaded, so a
-rule that several scripts need (how a turn hold is read, say) is written once. The SHA is taken of
-the text sent, includes and all.
+rule that several scripts need (how a turn hold is read, say) is written once. A lib may include
+another; each is included once per script, where it is first named. The SHA is taken of the text
+sent, includes and all.
 """
 
 from __future__ import annotations
@@ -27,8 +28,21 @@ class LuaScript:
 
     @classmethod
     def load(cls, name: str) -> LuaScript:
-        source = _INCLUDE.sub(lambda m: _read("lib", f"{m.group(1)}.lua").rstrip("\n"), _read(f"{name}.lua"))
+        source = _expand(_read(f"{name}.lua"), set())
         return cls(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
+
+
+def _expand(text: str, included: set[str]) -> str:
+    """``text`` with its includes (and theirs) in place; a lib already in ``included`` is left out."""
+
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name in included:
+            return f"-- ({name} is included above)"
+        included.add(name)
+        return _expand(_read("lib", f"{name}.lua"), included).rstrip("\n")
+
+    return _INCLUDE.sub(one, text)
 
 
 RECORD = LuaScript.load("record")
@@ -39,5 +53,20 @@ TURN_BEGIN = LuaScript.load("turn_begin")
 TURN_END = LuaScript.load("turn_end")
 SNAPSHOT_MONTH = LuaScript.load("snapshot_month")  # the dump (quota.dump)
 DELETE_IF_UNCHANGED = LuaScript.load("delete_if_unchanged")  # the dump (quota.dump)
+OUTBOX_CLAIM = LuaScript.load("outbox_claim")  # the notifier (quota._notify)
+OUTBOX_SETTLE = LuaScript.load("outbox_settle")  # the notifier
+OUTBOX_REDELIVER = LuaScript.load("outbox_redeliver")  # the API and `quota notify --redeliver`
 
-ALL = (RECORD, CHECK, SET_CREDIT, STATS, TURN_BEGIN, TURN_END, SNAPSHOT_MONTH, DELETE_IF_UNCHANGED)
+ALL = (
+    RECORD,
+    CHECK,
+    SET_CREDIT,
+    STATS,
+    TURN_BEGIN,
+    TURN_END,
+    SNAPSHOT_MONTH,
+    DELETE_IF_UNCHANGED,
+    OUTBOX_CLAIM,
+    OUTBOX_SETTLE,
+    OUTBOX_REDELIVER,
+)

@@ -64,21 +64,25 @@ class SpoolEntry:
     at: datetime
     cost_nano: int
     price: Mapping[str, str] | None = None
+    purpose: str | None = None  # issue 15; a line without "purpose" (written before) reads as None
 
     def to_line(self) -> bytes:
+        data: dict[str, Any] = {
+            "v": FORMAT_VERSION,
+            "rid": self.request_id,
+            "user": self.user,
+            "model": self.model_id,
+            "in": self.input_tokens,
+            "out": self.output_tokens,
+            "est": self.estimated,
+            "at": self.at.isoformat(),
+            "cost_nano": self.cost_nano,
+            "price": dict(self.price) if self.price is not None else None,
+        }
+        if self.purpose is not None:  # left out when None: such a line is what older versions wrote
+            data["purpose"] = self.purpose
         body = json.dumps(
-            {
-                "v": FORMAT_VERSION,
-                "rid": self.request_id,
-                "user": self.user,
-                "model": self.model_id,
-                "in": self.input_tokens,
-                "out": self.output_tokens,
-                "est": self.estimated,
-                "at": self.at.isoformat(),
-                "cost_nano": self.cost_nano,
-                "price": dict(self.price) if self.price is not None else None,
-            },
+            data,
             separators=(",", ":"),
             sort_keys=True,
             ensure_ascii=True,
@@ -109,6 +113,7 @@ class SpoolEntry:
             at,
             int(data["cost_nano"]),
             data.get("price"),
+            data.get("purpose"),
         )
 
 

@@ -8,6 +8,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from ._keys import (
+    FIELD_ALERTED,
     FIELD_CREDIT,
     FIELD_DUMP_GEN,
     FIELD_USED,
@@ -17,6 +18,8 @@ from ._keys import (
     SUFFIX_ESTIMATED,
     SUFFIX_INPUT,
     SUFFIX_OUTPUT,
+    SUFFIX_PURPOSE_CALLS,
+    SUFFIX_PURPOSE_COST,
     iso_z,
     month_start,
     next_month_start,
@@ -32,6 +35,8 @@ class ModelUsage:
     cost_nano: int = 0
     calls: int = 0
     estimated_calls: int = 0
+    # per purpose (issue 15): purpose -> [calls, cost_nano]; not kept by the SQL archive (docs/HISTORY.md)
+    purposes: dict[str, list[int]] = field(default_factory=dict)
 
     def add(self, other: ModelUsage) -> None:
         self.input_tokens += other.input_tokens
@@ -39,6 +44,10 @@ class ModelUsage:
         self.cost_nano += other.cost_nano
         self.calls += other.calls
         self.estimated_calls += other.estimated_calls
+        for purpose, (calls, cost) in other.purposes.items():
+            mine = self.purposes.setdefault(purpose, [0, 0])
+            mine[0] += calls
+            mine[1] += cost
 
 
 @dataclass
@@ -54,6 +63,7 @@ class MonthUsage:
     system_used_nano: int = 0
     models: dict[str, ModelUsage] = field(default_factory=dict)
     archive_gen: int | None = None
+    alerted_pct: int = 0  # the highest alert threshold reached and not cleared this month (0: none)
 
     @classmethod
     def from_hash(cls, month: str, raw: Mapping[Any, Any]) -> MonthUsage:
@@ -67,11 +77,16 @@ class MonthUsage:
                 usage.system_used_nano = number
             elif name == FIELD_DUMP_GEN:
                 usage.archive_gen = number
+            elif name == FIELD_ALERTED:
+                usage.alerted_pct = number
             else:
                 model_id, _, suffix = name.rpartition(":")
                 if model_id and suffix in MODEL_SUFFIXES:
                     model = usage.models.setdefault(model_id, ModelUsage())
                     setattr(model, _SUFFIX_ATTR[suffix], number)
+                elif model_id and suffix[:2] in _PURPOSE_INDEX and len(suffix) > 2:
+                    model = usage.models.setdefault(model_id, ModelUsage())
+                    model.purposes.setdefault(suffix[2:], [0, 0])[_PURPOSE_INDEX[suffix[:2]]] = number
         return usage
 
     @property
@@ -136,6 +151,9 @@ _SUFFIX_ATTR = {
 }
 
 
+_PURPOSE_INDEX = {SUFFIX_PURPOSE_CALLS: 0, SUFFIX_PURPOSE_COST: 1}
+
+
 def flat_pairs_to_dict(flat: list[Any]) -> dict[Any, Any]:
     """An HGETALL reply as a flat list (as a script returns it) -> dict."""
     return dict(zip(flat[0::2], flat[1::2]))
@@ -182,6 +200,10 @@ def build_token_stats(
             "estimated_calls": usage.estimated_calls,
             "is_system": is_system,
             "name": prices.system_models[model_id].name if is_system else _custom_name(prices, model_id),
+            "purposes": {
+                purpose: {"calls": calls, "cost": money(cost)}
+                for purpose, (calls, cost) in sorted(usage.purposes.items())
+            },
         }
     history_out: dict[str, Any] = {}
     for month in history:
@@ -208,6 +230,8 @@ def build_token_stats(
         "available": money(max(credit - used - held_nano, 0)),
         "percent_used": exact_percent(used, credit) if exact else percent(used, credit),
         "exceeded": used >= credit,
+        # the highest alert threshold (percent of the credit) the spend reached this month, None before any
+        "alerted_threshold": current.alerted_pct or None,
         "resets_at": iso_z(next_month_start(current.month)),
         "currency": "CNY",
         "models": models,

@@ -20,7 +20,7 @@ from typing import Any
 
 from ._core import MeterCore, ScriptCall, priced_model
 from ._errors import InvalidInput, QuotaExceeded, StorageUnavailable
-from ._keys import validate_request_id, validate_user
+from ._keys import validate_purpose, validate_request_id, validate_user
 from ._results import QuotaCheck, UsageResult
 from ._spool import MemorySpool, Spool, SpoolEntry, open_spool
 from ._usage import StreamTally, Usage, usage_from
@@ -137,6 +137,16 @@ class Recorded:
     def estimated(self) -> bool:
         return self.usage.estimated
 
+    @property
+    def alerts(self) -> tuple[int, ...]:
+        """The alert thresholds this call crossed (``UsageResult.alerts``); () when not counted."""
+        return self.result.alerts if self.result is not None else ()
+
+    @property
+    def warning(self) -> dict[str, Any] | None:
+        """The ``quota_warning`` event to push to the browser when this call crossed a threshold."""
+        return self.result.warning if self.result is not None else None
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "status": self.status,
@@ -147,6 +157,7 @@ class Recorded:
             "estimated": self.usage.estimated,
             "result": self.result.as_dict() if self.result is not None else None,
             "error": self.error,
+            "alerts": list(self.alerts),
         }
 
 
@@ -178,6 +189,7 @@ def call_for(core: MeterCore, entry: SpoolEntry, turn_id: str | None = None) -> 
         estimated=entry.estimated,
         turn_id=turn_id,
         at=entry.at,
+        purpose=entry.purpose,
     )
 
 
@@ -187,6 +199,8 @@ def rekeyed_id(request_id: str, entry: SpoolEntry) -> str:
     Deterministic in the content, so replaying the rekeyed record stays idempotent.
     """
     content = f"{entry.model_id}|{entry.input_tokens}|{entry.output_tokens}|{entry.estimated}|{entry.at.isoformat()}"
+    if entry.purpose is not None:
+        content += f"|{entry.purpose}"
     digest = hashlib.sha256(content.encode()).hexdigest()[:16]
     return f"{request_id[:100]}.c{digest}"
 
@@ -353,9 +367,11 @@ class TurnRules:
         request_id: object = None,
         price: Mapping[str, Any] | None = None,
         estimated: bool | None = None,
+        purpose: object = None,
     ) -> Pending:
         """Validate and price one call (InvalidInput here changes nothing) and build its call."""
         found = self.usage_of(usage, input_tokens, output_tokens, estimated)
+        purpose_text = validate_purpose(purpose)
         if request_id is not None:
             rid = validate_request_id(request_id)
         else:
@@ -373,6 +389,7 @@ class TurnRules:
             estimated=found.estimated,
             turn_id=self.turn_id if self.holding else None,
             at=at,
+            purpose=purpose_text,
         )
         # The spool keeps what the call was priced as: the canonical model id, and its cost.
         entry = SpoolEntry(
@@ -385,6 +402,7 @@ class TurnRules:
             at,
             call.cost_nano,
             price_text,
+            purpose_text,
         )
         return Pending(entry, call, found._replace(request_id=rid))
 
@@ -456,7 +474,8 @@ class TurnRules:
         self.records.append(recorded)
         return recorded
 
-    def stream_model(self, model_id: object, price: Mapping[str, Any] | None) -> str:
-        """Validate a stream's model and price up front, so that recording it cannot fail later."""
+    def stream_model(self, model_id: object, price: Mapping[str, Any] | None, purpose: object = None) -> str:
+        """Validate a stream's model, price and purpose up front, so that recording it cannot fail later."""
+        validate_purpose(purpose)
         model = self.model.model_id if model_id is None else model_id
         return self.core.price_for(model, price).model_id

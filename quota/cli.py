@@ -1,8 +1,8 @@
 """The ``quota`` command line (click, like Flask's own CLI).
 
 The library's commands are here: ``demo``, ``stats``, ``credit``, ``spool replay``, ``dump``,
-``scheduler``. Other packages add theirs through the ``quota.commands`` entry point group (the
-app's ``serve`` and ``token``, in ``quota_server.cli``: the repository's ``api/cli.py``); they are
+``scheduler``, ``notify``. Other packages add theirs through the ``quota.commands`` entry point group
+(the app's ``serve`` and ``token``, in ``quota_server.cli``: the repository's ``api/cli.py``); they are
 loaded only when asked for, so ``import quota`` never imports the app.
 """
 
@@ -593,6 +593,109 @@ def scheduler(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: job.stop())
     job.run(run_now=run_now)
+
+
+# --- threshold alerts (issue 11): notify --------------------------------------------------------------
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Deliver what is due, wait for retries up to --max-wait, then exit.")
+@click.option(
+    "--max-wait",
+    "max_wait_s",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0, 86_400),
+    help="--once: how long to wait for retries that come due.",
+)
+@click.option(
+    "--concurrency", default=4, show_default=True, type=click.IntRange(1, 64), help="Users delivered at once."
+)
+@click.option(
+    "--poll", "poll_s", default=1.0, show_default=True, type=click.FloatRange(0.05, 60), help="Seconds between sweeps."
+)
+@click.option("--status", is_flag=True, help="Print the counters, the pending events and the dead letters; exit.")
+@click.option("--redeliver", "event_id", metavar="EVENT_ID", help="Put one dead letter back in its outbox; exit.")
+@click.option("--enable", is_flag=True, help="Turn the webhook on again after it answered 410 Gone; exit.")
+@click.option("--new-secret", is_flag=True, help="Print a new QUOTA_WEBHOOK_SECRET (whsec_...); exit.")
+@click.option("--url", envvar="REDIS_URL", help="Redis URL, redis+cluster:// for a cluster (default: REDIS_URL).")
+def notify(
+    once: bool,
+    max_wait_s: float,
+    concurrency: int,
+    poll_s: float,
+    status: bool,
+    event_id: str | None,
+    enable: bool,
+    new_secret: bool,
+    url: str | None,
+) -> None:
+    """Deliver threshold alerts (quota.threshold_crossed / _cleared) to QUOTA_WEBHOOK_URL.
+
+    Each event is POSTed as JSON and signed as Standard Webhooks says (webhook-id, webhook-timestamp,
+    webhook-signature with QUOTA_WEBHOOK_SECRET); 2xx is delivered, 410 Gone disables the endpoint, any
+    other answer is retried with exponential backoff for 24 hours, then kept as a dead letter. Run one or
+    several (they share the work); stop with SIGTERM or Ctrl-C. Exit status: 0 done (--once: nothing left
+    pending), 1 Redis unavailable, 2 bad usage or settings, 3 (--once) events still pending.
+    """
+    import logging
+    import signal
+
+    from ._alerts import WebhookSettings
+    from ._alerts import new_secret as make_secret
+    from ._errors import ConfigError, InvalidInput
+    from ._notify import Notifier, disabled_key, parse_event_id, read_events, read_stats, redeliver, status_lines
+
+    if new_secret:
+        click.echo(make_secret())
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    meter = open_meter(url)
+    try:
+        if status:
+            stats = read_stats(meter)
+            click.echo(json.dumps(stats, sort_keys=True))
+            for title, dead in (("pending", False), ("dead", True)):
+                lines = status_lines(read_events(meter, dead=dead, limit=100))
+                click.echo(f"{title}: {len(lines)}{' (first 100)' if len(lines) == 100 else ''}")
+                for line in lines:
+                    click.echo(f"  {line}")
+            return
+        if event_id is not None:
+            try:
+                user, field = parse_event_id(meter.settings.prefix, event_id)
+            except ValueError as exc:
+                fail(str(exc), 2)
+            found = redeliver(meter, user, field)
+            if found is None:
+                fail(f"no dead letter {event_id}", 1)
+            click.echo(json.dumps(found.as_dict()))
+            return
+        try:
+            webhook = WebhookSettings.from_env()
+        except ConfigError as exc:
+            fail(str(exc), 2)
+        if enable:
+            meter.client.delete(disabled_key(meter.core.keys, webhook))
+            click.echo(f"webhooks to {webhook.endpoint} are enabled")
+            return
+        notifier = Notifier(meter, webhook, concurrency=concurrency, poll_s=poll_s)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: notifier.stop_event.set())
+        if once:
+            report = notifier.run_once(max_wait_s)
+            click.echo(report.summary())
+            if report.pending:
+                sys.exit(3)
+            return
+        click.echo(f"quota notify: delivering to {webhook.endpoint} (stop with Ctrl-C)", err=True)
+        click.echo(notifier.run().summary(), err=True)
+    except (ConfigError, InvalidInput) as exc:
+        fail(str(exc), 2)
+    except QuotaError as exc:
+        fail(str(exc), 1)
+    finally:
+        meter.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

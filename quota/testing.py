@@ -15,12 +15,14 @@ directory and a loopback port of its own; nothing touches 6379.
 from __future__ import annotations
 
 import atexit
+import http.server
 import os
 import random
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,11 +32,13 @@ from typing import Any
 import redis
 
 from ._errors import ConfigError
+from ._keys import SLOTS  # hash slots of a Redis Cluster
 
 __all__ = [
     "SLOTS",
     "RedisClusterProc",
     "RedisServer",
+    "WebhookReceiver",
     "free_port",
     "free_ports",
     "local_server",
@@ -42,7 +46,6 @@ __all__ = [
     "server_binary",
 ]
 
-SLOTS = 16384  # hash slots of a Redis Cluster
 CLUSTER_NODE_TIMEOUT_MS = 2000
 
 
@@ -322,3 +325,100 @@ def redis_url_or_local() -> tuple[str, RedisServer | None]:
         return url, None
     server = local_server()
     return server.url, server
+
+
+# --- a webhook receiver ----------------------------------------------------------------------------
+
+
+class _QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A sender that went away mid-answer (a notifier killed on purpose) is not worth a traceback."""
+
+
+@dataclass
+class Received:
+    """One request the receiver got, and what it answered."""
+
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+    status: int
+    at: float  # time.monotonic()
+
+
+class WebhookReceiver:
+    """An HTTP server on a loopback port that records every POST (``quota notify``'s tests and its
+    benchmark). ``answer(headers, body) -> status`` decides each answer (default 204); set ``hold``
+    (an Event cleared) to keep requests waiting until it is set, as a receiver stuck mid-delivery
+    would. ``stop()`` closes the port (the endpoint is down), ``start()`` opens it again."""
+
+    def __init__(self, port: int | None = None, answer: Callable[[dict[str, str], bytes], int] | None = None) -> None:
+        self.port = port or free_port()
+        self.answer = answer or (lambda headers, body: 204)
+        self.received: list[Received] = []  # answered
+        self.started: list[dict[str, str]] = []  # every request's headers, as soon as its body is read
+        self.hold = threading.Event()
+        self.hold.set()
+        self.arrived = threading.Condition()
+        self._server: http.server.ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/quota"
+
+    def start(self) -> WebhookReceiver:
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real receivers
+
+            def do_POST(self) -> None:  # noqa: N802 - the http.server hook name
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                with receiver.arrived:
+                    receiver.started.append(headers)
+                    receiver.arrived.notify_all()
+                receiver.hold.wait()
+                status = receiver.answer(headers, body)
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                with receiver.arrived:
+                    receiver.received.append(Received(headers, body, status, time.monotonic()))
+                    receiver.arrived.notify_all()
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+                pass
+
+        self._server = _QuietServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self.hold.set()
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def wait_for(self, done: Callable[[list[Received]], bool], timeout_s: float = 30.0) -> list[Received]:
+        """Wait until ``done(received)`` holds (AssertionError after ``timeout_s``); the requests so far.
+        ``done`` is called with the receiver's lock held: it may read ``started`` too."""
+        deadline = time.monotonic() + timeout_s
+        with self.arrived:
+            while not done(self.received):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"the receiver got {len(self.received)} requests in {timeout_s} s")
+                self.arrived.wait(left)
+            return list(self.received)
+
+    def delivered(self) -> list[Received]:
+        return [r for r in self.received if 200 <= r.status < 300]
+
+    def __enter__(self) -> WebhookReceiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

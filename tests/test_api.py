@@ -82,6 +82,8 @@ def test_record_then_stats_match_the_library(client, meter):
         "is_system": True,
         "estimated": False,
         "request_id": "r1",
+        "alerts": [],
+        "purpose": None,
     }
     record(client, model_id=CUS, input_tokens=5000, output_tokens=3000)
     stats = client.get("/v1/users/alice/token-stats", headers=bearer(SERVICE))
@@ -90,6 +92,16 @@ def test_record_then_stats_match_the_library(client, meter):
     body = stats.get_json()
     assert body["models"][SYS]["input_tokens"] == 12000 and body["models"][CUS]["is_system"] is False
     assert body["monthly_used"] == 0.028  # the custom model is counted, not charged to the credit
+    assert body["models"][SYS]["purposes"] == {}
+
+
+def test_a_record_with_a_purpose_is_shown_per_purpose(client, meter):
+    first = record(client, purpose="chat", request_id="p1").get_json()
+    assert first["purpose"] == "chat"
+    assert record(client, purpose="tool", request_id="p1").status_code == 409  # same id, other purpose
+    assert_error(record(client, purpose="Chat!"), 400, "invalid_input")
+    body = client.get("/v1/users/alice/token-stats", headers=bearer(SERVICE)).get_json()
+    assert body["models"][SYS]["purposes"] == {"chat": {"calls": 1, "cost": first["cost"]}}
 
 
 def test_stats_months_parameter_and_history(client, clock):
@@ -210,6 +222,7 @@ def test_set_credit(client, meter):
         "monthly_credit": 0.1,
         "monthly_used": 0.0,
         "remaining": 0.1,
+        "cleared_alerts": [],
     }
     feb = client.put("/v1/users/alice/credit", json={"credit": 12.5, "month": "2026-02"}, headers=bearer(ADMIN))
     assert feb.get_json()["month"] == "2026-02" and feb.get_json()["monthly_credit"] == 12.5

@@ -121,3 +121,11 @@ def test_every_area_answers_help(capsys):
             bench_main.main([area, "--help"])
         assert done.value.code == 0, area
         assert f"python -m bench {area}" in capsys.readouterr().out
+
+
+def test_alerts_area_runs(capsys):
+    from bench import alerts
+
+    assert alerts.main(["--records", "1000", "--keys", "2000", "--events", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "alerts on (80,100)" in out and "IndexProbe" in out and "20 events, concurrency 4" in out

@@ -8,6 +8,7 @@ keeps the ones the README shows), else to the test's temporary directory.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -137,12 +138,17 @@ def check_panel_against_api(page, stats) -> None:
     assert float(page.get_attribute("#held", "data-value")) == stats["held"]
     assert float(page.get_attribute("#available", "data-value")) == stats["available"]
     assert page.get_attribute("#resets", "data-value") == stats["resets_at"]
-    rows = page.locator("#models tbody tr")
+    rows = page.locator("#models tbody tr[data-model]")
     assert rows.count() == len(stats["models"])
     for model_id, m in stats["models"].items():
         row = page.locator(f'#models tbody tr[data-model="{model_id}"]')
         values = [float(v) for v in row.locator("td[data-value]").evaluate_all("cs => cs.map(c => c.dataset.value)")]
         assert values == [m["input_tokens"], m["output_tokens"], m["calls"], m["cost"]]
+        line = page.locator(f'#models tbody tr[data-purposes-of="{model_id}"] td')
+        if m["purposes"]:  # the small per-purpose line under the model's row
+            assert json.loads(line.get_attribute("data-value")) == m["purposes"]
+        else:
+            assert line.count() == 0
     months = page.locator("#history tbody tr").evaluate_all("rs => rs.map(r => r.dataset.month)")
     assert months == list(stats["history"])  # newest first, as the API gives them
     for month, models in stats["history"].items():
@@ -202,6 +208,7 @@ def test_panel_matches_the_api_and_follows_it_without_reloading(browser, server,
     page.wait_for_function("() => document.getElementById('bar').classList.contains('level-warn')", timeout=10_000)
     check_panel_against_api(page, api(server, "GET", "/v1/users/alice/token-stats"))
     wait_for_fill_colour(page, "rgb(245, 158, 11)")
+    assert page.locator("#warn-note").inner_text() == "You have used 80% of this month's system-model credit."
     page.screenshot(path=str(shots / "panel.png"), full_page=True, animations="disabled")
 
     post_usage(server, "alice", SYS, 1_000_000)  # 5.2 CNY: over
@@ -210,6 +217,7 @@ def test_panel_matches_the_api_and_follows_it_without_reloading(browser, server,
     wait_for_refresh(page, loads(page))
     check_panel_against_api(page, stats)
     assert stats["percent_used"] > 100 and page.locator("#over-note").is_visible()
+    assert stats["alerted_threshold"] == 100 and page.locator("#warn-note").is_hidden()  # the over-note says it
     wait_for_fill_colour(page, "rgb(220, 38, 38)")
     assert csp_violations(page) == []  # the bar's width and the SVG chart are set from JS, not inline
     page.close()
@@ -312,6 +320,9 @@ def test_demo_chat_until_quota_exceeded_then_custom_model_keeps_working(browser,
         assert page.locator(".msg.assistant").last.locator("li[data-purpose]").count() == (4 if number == 1 else 3)
     notice = page.locator(".msg.quota-exceeded")
     assert notice.count() == 1 and "custom models keep working" in notice.inner_text()
+    warnings = page.locator(".msg.quota-warning")  # 80% and 100%, each shown once, under the reply that crossed it
+    assert sorted(warnings.nth(i).get_attribute("data-threshold") for i in range(warnings.count())) == ["100", "80"]
+    assert "Credit alert" in warnings.first.inner_text()
     assert notice.get_attribute("data-resets-at") == "2026-02-01T00:00:00Z"
     stats = demo_stats(server, "demo-ann")
     assert stats["exceeded"] and stats["monthly_used"] > 0.6  # the reply that crossed the credit finished

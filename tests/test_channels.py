@@ -44,13 +44,19 @@ def with_user(app, user):
     return wrapped
 
 
-async def send_message(comm: WebsocketCommunicator, text: str, model_id: str = "system_deepseek") -> tuple[list, dict]:
+async def send_message(
+    comm: WebsocketCommunicator, text: str, model_id: str = "system_deepseek", warnings: list | None = None
+) -> tuple[list, dict]:
+    """The reply's deltas and its last event; ``quota_warning`` events (alerts, pushed mid-reply) go to
+    ``warnings``."""
     await comm.send_json_to({"type": "message", "text": text, "model_id": model_id})
     deltas = []
     while True:
         event = await comm.receive_json_from(timeout=10)
         if event["type"] == "delta":
             deltas.append(event["text"])
+        elif event["type"] == "quota_warning" and warnings is not None:
+            warnings.append((len(deltas), event))
         else:
             return deltas, event
 
@@ -84,12 +90,26 @@ async def test_a_whole_month_through_the_consumer(setup, clock):
         (["chat"], 4.8),
         (["chat", "summary"], 5.7),
     ]  # starts at 4.8 < 5: allowed, and finishes past 5
+    warned = {}
     for day, (calls, used) in enumerate(expected, start=4):
         clock.set(2026, 1, day, 12, 0, 0)
-        deltas, done = await send_message(comm, f"question {day}")
+        warnings: list = []
+        deltas, done = await send_message(comm, f"question {day}", warnings=warnings)
         assert "".join(deltas) == "好的，this is the answer."  # the reply always streams whole
         assert (done["type"], done["calls"], done["monthly_used"]) == ("reply_done", calls, used)
+        assert [w["threshold"] for _, w in warnings] == done["alerts"]
+        warned.update({w["threshold"]: (used, w) for _, w in warnings})
     assert done["title"] == "好的，this is the answer."
+    # 80% (4 CNY) was crossed by the reply that ended at 4.1, 100% by the chat call of the last one (5.5),
+    # each pushed once, at once (before reply_done), with the bilingual notice
+    assert {t: used for t, (used, _) in warned.items()} == {80: 4.1, 100: 5.7}
+    warning = warned[80][1]
+    assert (warning["code"], warning["monthly_credit"], warning["resets_at"]) == (
+        "quota_warning",
+        5.0,
+        "2026-02-01T00:00:00Z",
+    )
+    assert "80%" in warning["message"] and "额度" in warning["message"]
 
     clock.set(2026, 1, 20)
     deltas, refused = await send_message(comm, "one more")  # the next message is refused

@@ -49,7 +49,7 @@ class FlakyClient:
         if self.left:
             self.left -= 1
             raise self.exc
-        return [1, "0", "5000000000", ""]  # counted; the spend before this call (see record.lua)
+        return [1, "0", "5000000000", "", ""]  # counted; the spend before this call (see record.lua)
 
     def close(self):
         pass

@@ -1,5 +1,5 @@
-"""docker-compose.yml parses and wires Redis (AOF on, a password), PostgreSQL, the API (gunicorn)
-and the scheduler, with no secret defaulted.
+"""docker-compose.yml parses and wires Redis (AOF on, a password), PostgreSQL, the API (gunicorn),
+the scheduler and the alert notifier, with no secret defaulted.
 
 The file is read the way ``docker compose`` reads it: YAML, then its variable interpolation
 (``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``, ``${VAR:?error}``, ``${VAR?error}``, ``$$``)
@@ -27,8 +27,12 @@ SECRETS = (
     "POSTGRES_PASSWORD",
     "REDIS_PASSWORD",
     "GRAFANA_ADMIN_PASSWORD",
+    "QUOTA_WEBHOOK_SECRET",
+    "QUOTA_WEBHOOK_URL",  # not a secret, but required all the same: the notifier has nowhere to send without it
 )
 ENV = {name: f"{name.lower().replace('_', '-')}-0123456789abcdef" for name in SECRETS}
+ENV["QUOTA_WEBHOOK_SECRET"] = "whsec_" + "A" * 43 + "="  # 32 bytes of base64, as `quota notify --new-secret` makes
+ENV["QUOTA_WEBHOOK_URL"] = "https://hooks.example.com/quota"
 _VAR = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\})")
 
 
@@ -75,9 +79,21 @@ def test_the_interpolation_follows_compose() -> None:
         interpolate({"k": ["${X:?need X}"]}, {"X": ""})
 
 
-def test_compose_names_the_four_services() -> None:
+def test_compose_names_the_five_services() -> None:
     services = load()["services"]
-    assert {"redis", "postgres", "api", "scheduler"} <= set(services)
+    assert {"redis", "postgres", "api", "scheduler", "notifier"} <= set(services)
+
+
+def test_the_notifier_runs_quota_notify_with_a_valid_webhook() -> None:
+    from quota._alerts import WebhookSettings
+
+    notifier = load()["services"]["notifier"]
+    assert notifier["command"] == ["quota", "notify"] and notifier["build"] == "."
+    env = notifier["environment"]
+    assert urlsplit(env["REDIS_URL"]).password == ENV["REDIS_PASSWORD"]
+    settings = WebhookSettings.from_env(env)  # what `quota notify` reads at start: valid
+    assert settings.url == ENV["QUOTA_WEBHOOK_URL"] and settings.secret == ENV["QUOTA_WEBHOOK_SECRET"]
+    assert set(notifier["depends_on"]) == {"redis"}
 
 
 @pytest.mark.parametrize("missing", SECRETS)

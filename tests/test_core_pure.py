@@ -16,18 +16,24 @@ def core(**kw):
 def test_record_call_carries_every_key_and_time_in_its_arguments():
     call = core(prefix="p", dedupe_ttl_s=60).record("alice", "system_deepseek", 12000, 8000, request_id="r1")
     assert call.script is RECORD
-    assert call.keys == ("p:{alice}:2026-03", "p:{alice}:req:r1")
-    assert call.args == ("system_deepseek", "12000", "8000", "28000000", "1", "5000000000", "60", "0")
-    result = call.parse([1, b"28000000", b"5000000000", b""])
+    index = call.keys[3]  # the outbox index of alice's hash slot (quota._keys.slot_tag)
+    assert call.keys == ("p:{alice}:2026-03", "p:{alice}:req:r1", "p:{alice}:outbox", index)
+    assert index.startswith("p:{~") and index.endswith("}:outbox_index")
+    assert call.args == ("system_deepseek", "12000", "8000", "28000000", "1", "5000000000", "60", "0", "80,100", "")
+    result = call.parse([1, b"28000000", b"5000000000", b"", b""])
     assert result.month == "2026-03" and result.cost_nano == 28_000_000 and not result.duplicate
-    assert call.parse([0, b"28000000", b"5000000000", b""]).duplicate  # a caller's id seen before
+    assert result.alerts == () and result.warning is None
+    assert call.parse([0, b"28000000", b"5000000000", b"", b""]).duplicate  # a caller's id seen before
+    crossed = call.parse([1, b"3972000000", b"5000000000", b"", b"80"])  # 4 of 5 CNY after this call
+    assert crossed.alerts == (80,) and crossed.warning["threshold"] == 80
+    assert crossed.warning["resets_at"] == "2026-04-01T00:00:00Z" and "80%" in crossed.warning["message"]
 
 
 def test_auto_ids_are_unique_and_their_retry_is_not_a_duplicate():
     c = core()
     calls = [c.record("alice", "custom_x", 1, 1) for _ in range(1000)]
     assert len({call.keys[1] for call in calls}) == 1000
-    assert not calls[0].parse([0, "0", "5000000000", ""]).duplicate
+    assert not calls[0].parse([0, "0", "5000000000", "", ""]).duplicate
 
 
 def test_check_decision_is_made_from_the_reply():
@@ -157,8 +163,8 @@ def test_turn_calls_carry_the_hold_and_its_settings():
     assert not check.allowed and check.event["type"] == "quota_exceeded"
     assert c.hold_arg("0.5") == "500000000" and c.hold_arg("auto") == "auto"
     record = c.record("alice", "system_deepseek", 1, 1, request_id="r", turn_id="turn-1")
-    assert record.keys[2] == "quota:{alice}:holds" and record.args[8:] == ("turn-1", "30000")
-    assert record.parse([1, b"0", b"5000000000", b"4"]).hold_remaining_nano == 4
+    assert record.keys[4] == "quota:{alice}:holds" and record.args[9:] == ("", "turn-1", "30000")
+    assert record.parse([1, b"0", b"5000000000", b"4", b""]).hold_remaining_nano == 4
     end = c.turn_end("alice", model, "turn-1", 123)
     assert end.keys == ("quota:{alice}:holds", "quota:{alice}:2026-03")
     assert end.args == ("turn-1", "system_deepseek:hold_est_nano", "123", "7", "1")

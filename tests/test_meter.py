@@ -227,6 +227,7 @@ def test_stats_have_the_seeds_structure(any_meter, clock):
         "estimated_calls": 0,
         "is_system": True,
         "name": "DeepSeek Chat（系统提供）",
+        "purposes": {},
     }
     assert stats["models"]["custom_xxx"]["cost"] == 0.0 and not stats["models"]["custom_xxx"]["is_system"]
     assert stats["history"] == {

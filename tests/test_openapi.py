@@ -15,6 +15,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_spec
 
+from quota._alerts import OutboxCalls
 from quota._core import RECORD_FIELDS, quota_exceeded_event
 from quota_server import create_app, get_quota
 
@@ -120,6 +121,10 @@ def scenario(call) -> None:
         json=[rec | {"request_id": "new"}, rec | {"request_id": "r1", "input_tokens": 2}],
         headers=svc,
     )  # batch 409
+    call("post", "/v1/usage", json=rec | {"request_id": "p1", "purpose": "chat"}, headers=svc)  # issue 15
+    call("post", "/v1/usage", json=rec | {"request_id": "p1", "purpose": "tool"}, headers=svc)  # 409
+    call("post", "/v1/usage", json=rec | {"purpose": "Not OK"}, headers=svc)  # 400
+    call("post", "/v1/usage", json=[rec | {"purpose": "summary"}, rec | {"purpose": None}], headers=svc)
     call("post", "/v1/usage", json=rec | {"input_tokens": -1}, headers=svc)
     call("post", "/v1/usage", data="{", content_type="application/json", headers=svc)
     call("post", "/v1/usage", data="x", content_type="text/plain", headers=svc)
@@ -162,6 +167,21 @@ def scenario(call) -> None:
     call("post", "/demo/turn", json={"user": "alice", "model_id": SYS, "conversation_id": "c", "turn": 1})
     call("post", "/demo/turn", json={"user": "demo-x", "model_id": SYS, "conversation_id": "c", "turn": 51})
     call("get", "/demo/users/alice/token-stats")
+    # threshold alerts: a record that crosses both, the outbox listed, a dead letter redelivered
+    call("post", "/v1/usage", json=rec | {"user": "bob", "input_tokens": 6_000_000}, headers=svc)
+    call("put", "/v1/users/bob/credit", json={"credit": 100}, headers=adm)  # clears both
+    meter = get_quota(call.client.application).meter
+    outbox = OutboxCalls(meter.core.keys)
+    _, (first, *_) = meter.run(outbox.claim("bob", "test", 60_000, 1))
+    meter.run(outbox.settle(first, "test", "dead", error="HTTP 500"))
+    call("get", "/v1/alerts/pending", headers=adm)
+    call("get", "/v1/alerts/dead?limit=5", headers=adm)
+    call("get", "/v1/alerts/dead?limit=0", headers=adm)  # 400
+    call("get", "/v1/alerts/pending", headers=svc)  # 403
+    call("post", f"/v1/alerts/dead/{first.webhook_id}/redeliver", headers=adm)
+    call("post", f"/v1/alerts/dead/{first.webhook_id}/redeliver", headers=adm)  # 404: not dead any more
+    call("post", "/v1/alerts/dead/nothing/redeliver", headers=adm)  # 400
+    call("get", "/metrics")
 
 
 def test_responses_match_the_document(app):
@@ -204,6 +224,13 @@ def test_responses_match_the_document(app):
         ("/v1/admin/months/{month}/users", "get", 200),
         ("/v1/admin/months/{month}/users", "get", 400),
         ("/v1/admin/months/{month}/overview", "get", 200),
+        ("/v1/alerts/pending", "get", 200),
+        ("/v1/alerts/dead", "get", 200),
+        ("/v1/alerts/dead", "get", 400),
+        ("/v1/alerts/pending", "get", 403),
+        ("/v1/alerts/dead/{event_id}/redeliver", "post", 200),
+        ("/v1/alerts/dead/{event_id}/redeliver", "post", 404),
+        ("/v1/alerts/dead/{event_id}/redeliver", "post", 400),
     ]:
         assert expected in statuses, expected
     denied = [r.get_json() for m, p, b, r in call.seen if p.endswith("/quota") and r.status_code == 200]

@@ -7,7 +7,10 @@ admits them (an explicit hold or "auto"), records within them (drawing the hold 
 them, retries their turn_begin and turn_end (a reply lost, the script resent), and lets holds die
 as a killed worker's would. After every step ``get_token_stats`` of every user and every check
 must equal what ``Model`` -- a few lines of plain Python holding the rules of docs/OPERATIONS.md
--- says.
+-- says. Threshold alerts (issue 11) too: every record's ``alerts`` and every credit's ``cleared``
+are the model's, and each user's outbox holds exactly the events the model emitted (crossed when
+the system spend first reaches a threshold, none for a repeated record; cleared and armed again by a
+raise that brings the spend under it).
 
 A hold dies when the server's clock passes its expiry. The machine cannot move Redis' clock, so it
 writes the expiry into the past with a raw HSET: for every script that is exactly what the time
@@ -66,11 +69,15 @@ AUTO_DEFAULT_NANO, AUTO_FLOOR_NANO, AUTO_CAP_NANO = 100_000_000, 10_000_000, 1_0
 TURN_MODELS = ("system_deepseek", "system_big", "custom_gpt")
 HOLD_ASKS = ("auto", "0", "0.01", "0.1", "1", "3")
 MAX_OPEN_TURNS = 8
+THRESHOLDS = (50, 80, 100)  # alert thresholds, percents of the credit
 
 users = st.sampled_from(USERS)
 models = st.sampled_from(MODELS)
 tokens = st.integers(0, 3_000) | st.sampled_from([0, 1, 10**9])
 request_ids = st.none() | st.sampled_from(["r1", "r2", "r3", "r4"])
+# issue 15: 10 named purposes and "other", so that the bound (8 named per model and month) is reached
+purposes = st.none() | st.sampled_from(["chat", "tool", "other", *(f"p{i}" for i in range(8))])
+MAX_PURPOSES = 8
 
 
 @st.composite
@@ -83,6 +90,7 @@ def records(draw) -> dict:
         output_tokens=draw(tokens),
         request_id=draw(request_ids),
         estimated=draw(st.booleans()),
+        purpose=draw(purposes),
     )
     if model == "custom_x":
         rec["price"] = draw(st.sampled_from(sorted(CALL_PRICES)))
@@ -110,6 +118,9 @@ class Month:
     credit_nano: int | None = None
     used_nano: int = 0
     models: dict[str, list[int]] = field(default_factory=dict)  # input, output, cost, calls, estimated
+    purposes: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # model -> purpose -> calls, cost
+    alerted: int = 0  # the highest threshold alerted and not cleared
+    events: list[str] = field(default_factory=list)  # the outbox fields written: <month>:<pct>:<kind>:<seq>
 
 
 class Model:
@@ -130,8 +141,16 @@ class Model:
         return rec["input_tokens"] * per_in + rec["output_tokens"] * per_out
 
     def record(self, rec: dict, month: str) -> str:
-        """'counted', 'duplicate' or 'conflict' (which changes nothing)."""
-        content = (rec["model_id"], rec["input_tokens"], rec["output_tokens"], self.cost(rec), rec["estimated"])
+        """'counted', 'duplicate' or 'conflict' (which changes nothing); ``self.crossed`` the thresholds."""
+        self.crossed: tuple[int, ...] = ()
+        content = (
+            rec["model_id"],
+            rec["input_tokens"],
+            rec["output_tokens"],
+            self.cost(rec),
+            rec["estimated"],
+            rec.get("purpose"),
+        )
         if rec["request_id"] is not None:
             key = (rec["user"], rec["request_id"])
             if key in self.seen:
@@ -141,9 +160,47 @@ class Model:
         counters = m.models.setdefault(rec["model_id"], [0, 0, 0, 0, 0])
         for i, add in enumerate((rec["input_tokens"], rec["output_tokens"], content[3], 1, int(rec["estimated"]))):
             counters[i] += add
+        purpose = rec.get("purpose")
+        if purpose is not None:  # a new named purpose past the bound counts as "other"
+            named = m.purposes.setdefault(rec["model_id"], {})
+            if purpose != "other" and purpose not in named and len(set(named) - {"other"}) >= MAX_PURPOSES:
+                purpose = "other"
+            per = named.setdefault(purpose, [0, 0])
+            per[0] += 1
+            per[1] += content[3]
         if rec["model_id"].startswith("system_"):
             m.used_nano += content[3]
+            credit = CREDIT_NANO if m.credit_nano is None else m.credit_nano
+            crossed = []
+            for pct in THRESHOLDS:
+                if pct > m.alerted:
+                    if m.used_nano * 100 < credit * pct:
+                        break
+                    crossed.append(pct)
+            for pct in crossed:
+                m.events.append(f"{month}:{pct}:crossed:{len(m.events) + 1}")
+            m.alerted = max(crossed, default=m.alerted)
+            self.crossed = tuple(crossed)
         return "counted"
+
+    def set_credit(self, user: str, month: str, credit_nano: int) -> tuple[int, ...]:
+        """The thresholds a new credit clears (the spend is under them now), highest first."""
+        m = self.month(user, month)
+        m.credit_nano = credit_nano
+        cleared = []
+        for pct in reversed(THRESHOLDS):
+            if pct <= m.alerted:
+                if m.used_nano * 100 >= credit_nano * pct:
+                    break
+                cleared.append(pct)
+        for pct in cleared:
+            m.events.append(f"{month}:{pct}:cleared:{len(m.events) + 1}")
+        if cleared:
+            m.alerted = next((p for p in reversed(THRESHOLDS) if p <= m.alerted and p not in cleared), 0)
+        return tuple(cleared)
+
+    def outbox(self, user: str) -> set[str]:
+        return {e for (u, _), m in self.months.items() if u == user for e in m.events}
 
     def held(self, user: str, skip: str | None = None) -> int:
         return sum(h.remaining_nano for tid, h in self.holds.get(user, {}).items() if h.live and tid != skip)
@@ -227,6 +284,9 @@ class Model:
                     "calls": c[3],
                     "estimated_calls": c[4],
                     "is_system": mid.startswith("system_"),
+                    "purposes": {
+                        p: {"calls": n, "cost": nano_to_json(cost)} for p, (n, cost) in m.purposes.get(mid, {}).items()
+                    },
                 }
                 for mid, c in m.models.items()
             },
@@ -255,7 +315,7 @@ class MeterMachine(RuleBasedStateMachine):
         self.ended: list[tuple[str, str, str, int]] = []  # user, model, turn id, cost: for retries
 
     def make_meter(self) -> Meter:
-        settings_ = Settings(prefix="prop", credit_nano=CREDIT_NANO, prices=PRICES)
+        settings_ = Settings(prefix="prop", credit_nano=CREDIT_NANO, prices=PRICES, alert_thresholds=THRESHOLDS)
         return Meter(self.client, settings=settings_, clock=lambda: self.now)
 
     @property
@@ -276,6 +336,7 @@ class MeterMachine(RuleBasedStateMachine):
         used, credit = self.model.used_and_credit(rec["user"], self.month)
         assert (result.duplicate, result.cost_nano) == (outcome == "duplicate", Model.cost(rec))
         assert (result.monthly_used_nano, result.monthly_credit_nano) == (used, credit)
+        assert result.alerts == (self.model.crossed if outcome == "counted" else ())
 
     @rule(batch=st.lists(records(), min_size=1, max_size=5))
     def record_many(self, batch: list[dict]) -> None:
@@ -284,24 +345,28 @@ class MeterMachine(RuleBasedStateMachine):
             with pytest.raises(InvalidInput):
                 self.meter.update_token_usage_many([as_call(r) for r in batch])
             return
-        outcomes = [self.model.record(r, self.month) for r in batch]
+        outcomes = []
+        for r in batch:
+            outcomes.append((self.model.record(r, self.month), self.model.crossed))
         try:
             results = self.meter.update_token_usage_many([as_call(r) for r in batch])
         except BatchError as exc:
             results = exc.results
-        for outcome, result in zip(outcomes, results):
+        for (outcome, crossed), result in zip(outcomes, results):
             if outcome == "conflict":
                 assert isinstance(result, RequestConflict)
             else:
                 assert result.duplicate == (outcome == "duplicate")
+                assert result.alerts == (crossed if outcome == "counted" else ())
 
     @rule(user=users, credit=st.sampled_from([0, 1, 5, "0.5", "12.345678901"]), shift=st.sampled_from([None, 0, -1, 1]))
     def set_credit(self, user: str, credit: object, shift: int | None) -> None:
         month = None if shift is None else add_months(self.month, shift)
         result = self.meter.set_monthly_credit(user, credit, month)
+        cleared = self.model.set_credit(user, month or self.month, int(Decimal(str(credit)) * 10**9))
         target = self.model.month(user, month or self.month)
-        target.credit_nano = int(Decimal(str(credit)) * 10**9)
         assert (result.monthly_credit_nano, result.monthly_used_nano) == (target.credit_nano, target.used_nano)
+        assert result.cleared == cleared
 
     @rule(months=st.integers(0, 13), to_month_end=st.booleans())
     def advance_clock(self, months: int, to_month_end: bool) -> None:
@@ -362,8 +427,11 @@ class MeterMachine(RuleBasedStateMachine):
         model_id=st.sampled_from((None,) + MODELS[:4]),
         input_tokens=st.integers(0, 3_000),
         output_tokens=st.integers(0, 3_000),
+        purpose=purposes,
     )
-    def turn_record(self, index: int, model_id: str | None, input_tokens: int, output_tokens: int) -> None:
+    def turn_record(
+        self, index: int, model_id: str | None, input_tokens: int, output_tokens: int, purpose: str | None
+    ) -> None:
         """A call of a turn's reply (the turn's model or another): it draws its system cost down
         from the turn's live hold, never below 0. Tokens stay small: a turn's cost stays exact in
         Lua's doubles (see record.lua), which is what the estimate in turn_end.lua is fed."""
@@ -375,12 +443,14 @@ class MeterMachine(RuleBasedStateMachine):
             output_tokens=output_tokens,
             request_id=None,
             estimated=False,
+            purpose=purpose,
         )
         assert self.model.record(rec, self.month) == "counted"
         cost, is_system = Model.cost(rec), rec["model_id"].startswith("system_")
         left = self.model.draw(t.user, t.turn.rules.turn_id, cost, is_system) if t.holding else None
-        got = t.turn.record(input_tokens=input_tokens, output_tokens=output_tokens, model_id=model_id)
+        got = t.turn.record(input_tokens=input_tokens, output_tokens=output_tokens, model_id=model_id, purpose=purpose)
         assert (got.status, got.result.cost_nano, got.result.hold_remaining_nano) == ("counted", cost, left)
+        assert got.alerts == self.model.crossed
         t.cost_nano += cost if is_system else 0
 
     @precondition(lambda self: self.turns)
@@ -450,6 +520,12 @@ class MeterMachine(RuleBasedStateMachine):
             for model in got["models"].values():
                 model.pop("name")
             assert got == want, user
+
+    @invariant()
+    def outboxes_hold_what_the_model_emitted(self) -> None:
+        for user in USERS:
+            got = {f.decode() for f in self.client.hkeys(self.meter.core.keys.outbox_key(user))}
+            assert got == self.model.outbox(user), user
 
     @invariant()
     def checks_count_the_live_holds(self) -> None:

@@ -17,7 +17,7 @@ from .test_core_pure import drive as drive_plan
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 JAN = datetime(2026, 1, 31, 23, 59, 59, tzinfo=UTC)
-OK = [1, b"0", b"5000000000", b""]  # record.lua: counted
+OK = [1, b"0", b"5000000000", b"", b""]  # record.lua: counted
 
 
 def entry(n: int, **changes) -> SpoolEntry:

@@ -46,6 +46,16 @@
     showUsage(data.monthly_used, data.monthly_credit, data.is_system);
   }
 
+  /* A call of the reply crossed an alert threshold (80%, 100% of the credit): the server's
+     quota_warning event, shown at once under the reply. */
+  function showWarning(event) {
+    const li = bubble("notice quota-warning", event.message);
+    const title = document.createElement("strong");
+    title.textContent = I.t("warnTitle");
+    li.prepend(title);
+    li.dataset.threshold = String(event.threshold);
+  }
+
   function showQuotaExceeded(event) {
     const li = bubble("notice quota-exceeded", event.message);
     const title = document.createElement("strong");
@@ -75,6 +85,7 @@
         showQuotaExceeded(data.event); // nothing was recorded; the same turn number may be retried
       } else {
         showReply(data);
+        for (const warning of data.warnings || []) showWarning(warning);
         turn += 1;
       }
     } catch (err) {

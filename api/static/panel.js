@@ -71,6 +71,11 @@
     $("resets").textContent = s.resets_at.slice(0, 10) + " 00:00 " + I.t("utc");
     $("resets").dataset.value = s.resets_at;
     $("over-note").hidden = !s.exceeded;
+    /* A threshold alert (80% by default) reached this month and not yet cleared by a credit raise. */
+    const alerted = s.alerted_threshold;
+    $("warn-note").hidden = !alerted || s.exceeded;
+    $("warn-note").textContent = alerted ? I.t("warnNote", { pct: alerted }) : "";
+    $("warn-note").dataset.value = alerted ? String(alerted) : "";
   }
 
   function renderModels(s) {
@@ -87,6 +92,16 @@
       cell(row, I.tokens(m.output_tokens), "num", m.output_tokens);
       cell(row, I.tokens(m.calls), "num", m.calls);
       cell(row, I.money(m.cost), "num", m.cost);
+      /* Calls and cost by purpose (chat, tool, summary, naming...), one small line under the model. */
+      const purposes = Object.entries(m.purposes || {});
+      if (purposes.length) {
+        const line = body.insertRow();
+        line.className = "purposes";
+        line.dataset.purposesOf = id;
+        const td = cell(line, purposes.map(([p, u]) => p + " " + I.tokens(u.calls) + " · " + I.money(u.cost)).join("   "), "purposes");
+        td.colSpan = row.cells.length;
+        td.dataset.value = JSON.stringify(m.purposes);
+      }
     }
     $("models-empty").hidden = Object.keys(s.models).length > 0;
   }

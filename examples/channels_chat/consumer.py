@@ -31,7 +31,10 @@ Wire it in ``asgi.py`` (``INSTALLED_APPS`` has ``"quota.contrib.django"``, ``QUO
     })
 
 Browser -> server: ``{"type": "message", "text": "...", "model_id": "system_deepseek"}`` (``model_id``
-optional). Server -> browser: ``delta`` events while the reply streams, then ``reply_done``; or the
+optional). Server -> browser: ``delta`` events while the reply streams, then ``reply_done``; a
+``quota_warning`` event (``{"type": "quota_warning", "code": "quota_warning", "threshold": 80,
+"monthly_used", "monthly_credit", "resets_at", "message"}``) the moment a call of the reply crosses an
+alert threshold (the mixin sends it; ``reply_done`` repeats the thresholds in ``alerts``); or the
 ``quota_exceeded`` event; or ``error`` with a ``code``: ``model_not_allowed``, ``unknown_model``,
 ``model_unavailable``, ``quota_unavailable`` (``ON_UNAVAILABLE="deny"`` only), ``bad_request``.
 examples/django_site/ runs it.
@@ -108,6 +111,8 @@ class ChatConsumer(QuotaConsumerMixin, AsyncJsonWebsocketConsumer):
                 "title": self.title,
                 "calls": calls,
                 "monthly_used": last.as_dict()["monthly_used"] if last else None,
+                # the thresholds this reply crossed (each was pushed as a quota_warning when it happened)
+                "alerts": [t for r in done.turn.records for t in r.alerts],
             }
         )
 
@@ -127,7 +132,7 @@ class ChatConsumer(QuotaConsumerMixin, AsyncJsonWebsocketConsumer):
             stream_options={"include_usage": True},
         )
         parts = []
-        async for chunk in turn.stream(stream, prompt=self.history):  # counted however it ends
+        async for chunk in turn.stream(stream, prompt=self.history, purpose="chat"):  # counted however it ends
             for choice in chunk.choices:
                 if choice.delta.content:
                     parts.append(choice.delta.content)
@@ -145,7 +150,7 @@ class ChatConsumer(QuotaConsumerMixin, AsyncJsonWebsocketConsumer):
             model=provider_model,
             messages=[{"role": "system", "content": "Summarize this conversation briefly."}, *old],
         )
-        await turn.record(response)
+        await turn.record(response, purpose="summary")
         summary = response.choices[0].message.content or ""
         self.history = [{"role": "system", "content": f"Summary so far: {summary}"}, *keep]
         return True
@@ -158,6 +163,6 @@ class ChatConsumer(QuotaConsumerMixin, AsyncJsonWebsocketConsumer):
             model=provider_model,
             messages=[{"role": "system", "content": "Name this conversation in a few words."}, *self.history[-2:]],
         )
-        await turn.record(response)
+        await turn.record(response, purpose="naming")
         self.title = (response.choices[0].message.content or "").strip()[:60] or "Chat"
         return True

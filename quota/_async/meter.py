@@ -152,11 +152,20 @@ class AsyncMeter:
         request_id: str | None = None,
         price: Mapping[str, Any] | None = None,
         estimated: bool = False,
+        purpose: str | None = None,
     ) -> UsageResult:
-        """Count one LLM call. Never refuses for the credit; a repeated ``request_id`` counts once."""
+        """Count one LLM call. Never refuses for the credit; a repeated ``request_id`` counts once.
+        ``purpose`` (``"chat"``, ``"tool"``, ...: 1 to 10 of a-z 0-9 _ -) is also counted per model."""
         return await self.run(
             self.core.record(
-                user, model_id, input_tokens, output_tokens, request_id=request_id, price=price, estimated=estimated
+                user,
+                model_id,
+                input_tokens,
+                output_tokens,
+                request_id=request_id,
+                price=price,
+                estimated=estimated,
+                purpose=purpose,
             )
         )
 
@@ -382,15 +391,26 @@ class AsyncMeter:
 
     # --- agent-worker integration (quota.Turn) --------------------------------------------------
 
-    def turn(self, user: str, model_id: str, *, hold: Any = None, on_unavailable: str | None = None) -> AsyncTurn:
+    def turn(
+        self,
+        user: str,
+        model_id: str,
+        *,
+        hold: Any = None,
+        on_unavailable: str | None = None,
+        on_warning: Any = None,
+    ) -> AsyncTurn:
         """``async with ameter.turn(user, model_id) as turn:`` admits the turn (QuotaExceeded when
         over) and counts every call of the reply with ``turn.record(...)`` / ``turn.stream(...)``.
 
         On a system model the admission reserves ``hold`` CNY of the credit for this turn (default
         ``QUOTA_TURN_HOLD``: ``auto``, learned from the user's recent turns on the model), so that
         many turns started at once cannot all spend the same remaining credit; the turn's records
-        draw it down and its end gives back the rest (docs/INTEGRATION.md, "Turn holds")."""
-        return AsyncTurn(self, user, model_id, on_unavailable=on_unavailable, hold=hold)
+        draw it down and its end gives back the rest (docs/INTEGRATION.md, "Turn holds").
+
+        ``on_warning(event)`` (awaited) gets the ``quota_warning`` event at once when one of the turn's
+        records crosses an alert threshold, to push to the browser (docs/ALERTS.md)."""
+        return AsyncTurn(self, user, model_id, on_unavailable=on_unavailable, hold=hold, on_warning=on_warning)
 
     async def replay_spool(self) -> ReplayReport:
         """Send records spooled while Redis was away (also done after each turn, when due)."""

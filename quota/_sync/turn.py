@@ -11,7 +11,7 @@ it by ``scripts/unasync.py``. Every rule is elsewhere: what a turn decides in
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -42,9 +42,11 @@ class Turn:
         *,
         on_unavailable: str | None = None,
         hold: object = None,
+        on_warning: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.meter = meter
         self.rules = TurnRules(meter.core, meter.turn_options, user, model_id, on_unavailable, hold)
+        self.on_warning = on_warning
 
     @property
     def check(self) -> QuotaCheck | None:
@@ -123,11 +125,13 @@ class Turn:
         request_id: str | None = None,
         price: Mapping[str, Any] | None = None,
         estimated: bool | None = None,
+        purpose: str | None = None,
     ) -> Recorded:
         """Count one LLM call of this turn (any model; default the turn's). Never raises for the credit.
 
         ``usage`` is a response, a usage object/dict or a :class:`~quota._usage.Usage`; or pass
         ``input_tokens`` and ``output_tokens``. Bad input raises ``InvalidInput`` and changes nothing.
+        ``purpose`` (``"chat"``, ``"tool"``, ``"summary"``...) is also counted per model and purpose.
         """
         pending = self.rules.prepare(
             usage,
@@ -137,8 +141,20 @@ class Turn:
             request_id=request_id,
             price=price,
             estimated=estimated,
+            purpose=purpose,
         )
-        return shield(self._send(pending))
+        recorded = shield(self._send(pending))
+        if self.on_warning is not None and recorded.warning is not None:
+            self._warn(recorded.warning)
+        return recorded
+
+    def _warn(self, event: dict[str, Any]) -> None:
+        """Hand a ``quota_warning`` event (a threshold this record crossed) to ``on_warning``, at once;
+        its failure is logged, never the record's."""
+        try:
+            self.on_warning(event)  # type: ignore[misc]
+        except Exception:  # noqa: BLE001 - a browser gone away must not fail the count
+            log.warning("on_warning failed for a quota_warning event", exc_info=True)
 
     def _send(self, pending: Pending) -> Recorded:
         try:
@@ -160,7 +176,13 @@ class Turn:
         return self.rules.counted(pending, result)
 
     def stream(
-        self, stream: Any, *, prompt: Any = None, model_id: str | None = None, price: Mapping[str, Any] | None = None
+        self,
+        stream: Any,
+        *,
+        prompt: Any = None,
+        model_id: str | None = None,
+        price: Mapping[str, Any] | None = None,
+        purpose: str | None = None,
     ) -> MeteredStream:
         """Wrap a streaming response: chunks pass through, and the call is counted when the stream
         ends, fails, is closed, or is left behind when the turn ends (estimated if no usage came).
@@ -168,8 +190,8 @@ class Turn:
         ``prompt`` (the messages sent) lets a stream cut short before its usage arrived be
         estimated on the input side too; without it the input of such a stream counts as 0.
         """
-        model = self.rules.stream_model(model_id, price)
-        wrapped = MeteredStream(self, stream, StreamTally(estimate_prompt_tokens(prompt)), model, price)
+        model = self.rules.stream_model(model_id, price, purpose)
+        wrapped = MeteredStream(self, stream, StreamTally(estimate_prompt_tokens(prompt)), model, price, purpose)
         self.rules.streams.append(wrapped)
         return wrapped
 
@@ -177,8 +199,11 @@ class Turn:
 class MeteredStream:
     """A stream that counts itself once. ``recorded`` holds the outcome once it is counted."""
 
-    def __init__(self, turn: Turn, source: Any, tally: StreamTally, model_id: str, price: Any) -> None:
+    def __init__(
+        self, turn: Turn, source: Any, tally: StreamTally, model_id: str, price: Any, purpose: str | None = None
+    ) -> None:
         self.turn = turn
+        self.purpose = purpose
         self.source = source
         self.tally = tally
         self.model_id = model_id
@@ -226,7 +251,9 @@ class MeteredStream:
         return self._recording
 
     def _record(self) -> Recorded:
-        self.recorded = self.turn.record(self.tally, model_id=self.model_id, price=self.price)
+        self.recorded = self.turn.record(
+            self.tally, model_id=self.model_id, price=self.price, purpose=self.purpose
+        )
         return self.recorded
 
 

@@ -1,7 +1,10 @@
--- record.lua: count one LLM call in a user's month, exactly once per request id.
+-- record.lua: count one LLM call in a user's month, exactly once per request id, and decide the
+-- threshold alerts it crosses.
 --
 -- KEYS[1]  user-month hash      <prefix>:{<user>}:<YYYY-MM>
 -- KEYS[2]  idempotency record   <prefix>:{<user>}:req:<request_id>
+-- KEYS[3]  alert outbox         <prefix>:{<user>}:outbox
+-- KEYS[4]  outbox index         <prefix>:{<slot tag>}:outbox_index   (the user's slot; lib/alerts.lua)
 -- ARGV[1]  model_id             validated by the client (no spaces, no braces, <= 48 chars)
 -- ARGV[2]  input_tokens         decimal string
 -- ARGV[3]  output_tokens        decimal string
@@ -10,20 +13,33 @@
 -- ARGV[6]  default_credit_nano  the month's credit when none is set (credit_nano absent)
 -- ARGV[7]  dedupe_ttl_s         seconds the request id is remembered
 -- ARGV[8]  estimated            "1" when the tokens are an estimate (a stream cut short), else "0"
+-- ARGV[9]  thresholds           alert thresholds, ascending percents of the credit ("80,100"; "" = off)
+-- ARGV[10] purpose              "" (none) or 1 to 10 of [a-z0-9_-]: also counted in <model>:n@<purpose>
+--                               (calls) and <model>:c@<purpose> (cost_nano); see quota/_keys.py
 -- With a turn hold (quota.Turn), also:
--- KEYS[3]  holds hash           <prefix>:{<user>}:holds
--- ARGV[9]  turn_id              the hold this call draws its system cost from (never below 0)
--- ARGV[10] hold_ttl_ms          the hold lives this long after this call
+-- KEYS[5]  holds hash           <prefix>:{<user>}:holds
+-- ARGV[11] turn_id              the hold this call draws its system cost from (never below 0)
+-- ARGV[12] hold_ttl_ms          the hold lives this long after this call
 --
--- Returns {recorded, system_used_nano, credit_nano, hold_remaining_nano}. recorded is 1 when this call was counted:
--- then system_used_nano is the value *before* it (the client adds the cost for a system model,
--- exactly, in Python). recorded is 0 for a request id seen before with the same content: then
--- system_used_nano is the current value. hold_remaining_nano is "" without a live hold (or for a
--- repeated id). Amounts are strings: they may pass 2^53, where Lua numbers lose digits. Never refuses for being over the credit: the reply in progress is always
--- counted.
+-- Purposes are bounded: <model>:purposes counts the model's distinct named purposes this month; once
+-- it is MAX_PURPOSES, a purpose not seen yet is counted under "other" (which is never counted there).
+-- Without a purpose the script reads and writes exactly what it did before purposes existed.
+--
+-- Returns {recorded, system_used_nano, credit_nano, hold_remaining_nano, crossed, purpose}. recorded is 1 when
+-- this call was counted: then system_used_nano is the value *before* it (the client adds the cost for a
+-- system model, exactly, in Python). recorded is 0 for a request id seen before with the same content:
+-- then system_used_nano is the current value. hold_remaining_nano is "" without a live hold (or for a
+-- repeated id). crossed lists the thresholds this call's system spend reached first this month ("80" or
+-- "80,100"; "" mostly): each got one quota.threshold_crossed event in the outbox, in this same step. A
+-- repeated id crosses nothing. purpose is the one the call was counted under ("other" past the bound;
+-- for a repeated id, the one given; "" for none). Amounts are strings: they may pass 2^53, where Lua numbers lose digits.
+-- Never refuses for being over the credit: the reply in progress is always counted.
 -- Errors start with QUOTA_INVALID, QUOTA_CONFLICT or QUOTA_OVERFLOW and change nothing.
 
 -- @include holds
+-- @include alerts
+
+local MAX_PURPOSES = 8  -- quota/_keys.py MAX_PURPOSES
 
 -- 1. validate (Redis has no rollback: nothing may fail after the first write)
 if not (is_uint(ARGV[2], 10) and is_uint(ARGV[3], 10) and is_uint(ARGV[4], 17)
@@ -31,12 +47,21 @@ if not (is_uint(ARGV[2], 10) and is_uint(ARGV[3], 10) and is_uint(ARGV[4], 17)
         and (ARGV[5] == '0' or ARGV[5] == '1') and (ARGV[8] == '0' or ARGV[8] == '1')) then
   return redis.error_reply('QUOTA_INVALID record arguments must be unsigned integers and 0/1 flags')
 end
-local with_hold = #KEYS == 3
-if with_hold and not (type(ARGV[9]) == 'string' and #ARGV[9] >= 1 and is_uint(ARGV[10], 10)) then
+if not thresholds_ok(ARGV[9]) then
+  return redis.error_reply('QUOTA_INVALID record thresholds must be ascending percents like 80,100')
+end
+local purpose = ARGV[10]
+if not (purpose == '' or (type(purpose) == 'string' and #purpose <= 10
+                          and string.find(purpose, '^[a-z0-9_%-]+$') ~= nil)) then
+  return redis.error_reply('QUOTA_INVALID record purpose must be 1 to 10 characters of a-z 0-9 _ -')
+end
+local with_hold = #KEYS == 5
+if with_hold and not (type(ARGV[11]) == 'string' and #ARGV[11] >= 1 and is_uint(ARGV[12], 10)) then
   return redis.error_reply('QUOTA_INVALID record with a hold needs a turn id and hold_ttl_ms')
 end
 local model = ARGV[1]
 local content = model .. '|' .. ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4] .. '|' .. ARGV[8]
+if purpose ~= '' then content = content .. '|' .. purpose end  -- ids stored before purposes still match
 
 -- 2. read
 local seen = redis.call('GET', KEYS[2])
@@ -45,21 +70,33 @@ if seen then
     return redis.error_reply('QUOTA_CONFLICT request_id was already used for a different record')
   end
   local now = redis.call('HMGET', KEYS[1], 'system_used_nano', 'credit_nano')
-  return {0, now[1] or '0', now[2] or ARGV[6], ''}
+  return {0, now[1] or '0', now[2] or ARGV[6], '', '', purpose}
 end
 local fields = {model .. ':input', model .. ':output', model .. ':cost_nano',
-                model .. ':calls', 'system_used_nano', 'credit_nano'}
+                model .. ':calls', 'system_used_nano', 'credit_nano', 'alerted_pct'}
+if purpose ~= '' then  -- the same HMGET, two more fields: is this purpose known, how many are there
+  fields[8], fields[9] = model .. ':n@' .. purpose, model .. ':purposes'
+end
 local current = redis.call('HMGET', KEYS[1], unpack(fields))
+local new_purpose = false
+if purpose ~= '' and purpose ~= 'other' and not current[8] then
+  if (tonumber(current[9] or '0') or 0) >= MAX_PURPOSES then purpose = 'other' else new_purpose = true end
+end
 for i = 1, 5 do
   -- 18 digits is >= 1e17; adding at most 1e17 more could approach the int64 limit of HINCRBY.
   if current[i] and #current[i] >= 18 then
     return redis.error_reply('QUOTA_OVERFLOW field ' .. fields[i] .. ' is too large to add to')
   end
 end
+local used, credit = current[5] or '0', current[6] or ARGV[6]
+local crossed = {}
+if ARGV[5] == '1' and ARGV[9] ~= '' then  -- system spend alerts, nothing else (turn holds never do)
+  crossed = newly_reached(ARGV[9], current[7], used, ARGV[4], credit)
+end
 local now_ms, remaining, expires
+if with_hold or #crossed > 0 then now_ms = server_ms() end
 if with_hold then
-  now_ms = server_ms()
-  remaining, expires = parse_hold(redis.call('HGET', KEYS[3], ARGV[9]))
+  remaining, expires = parse_hold(redis.call('HGET', KEYS[5], ARGV[11]))
   if remaining and expires <= now_ms then remaining = nil end  -- dead: nothing to draw from
 end
 
@@ -74,6 +111,11 @@ end
 if ARGV[8] == '1' then
   redis.call('HINCRBY', KEYS[1], model .. ':estimated_calls', 1)
 end
+if purpose ~= '' then
+  redis.call('HINCRBY', KEYS[1], model .. ':n@' .. purpose, 1)
+  redis.call('HINCRBY', KEYS[1], model .. ':c@' .. purpose, ARGV[4])
+  if new_purpose then redis.call('HINCRBY', KEYS[1], fields[9], 1) end
+end
 redis.call('SET', KEYS[2], content, 'EX', ARGV[7])
 local hold = ''
 if remaining then  -- draw the system cost down from the turn's hold, and keep the hold alive
@@ -81,13 +123,18 @@ if remaining then  -- draw the system cost down from the turn's hold, and keep t
   if ARGV[5] == '1' then left = math.max(remaining - tonumber(ARGV[4]), 0) end
   -- The expiry moves forward once less than half of hold_ttl_ms is left: a live turn never loses
   -- its hold, and most records pay one HSET (or none) instead of HSET + PTTL.
-  local ttl_ms = tonumber(ARGV[10])
+  local ttl_ms = tonumber(ARGV[12])
   local renew = expires - now_ms < ttl_ms / 2
   if renew then expires = now_ms + ttl_ms end
   if renew or left ~= remaining then
-    redis.call('HSET', KEYS[3], ARGV[9], string.format('%d:%d', left, expires))
+    redis.call('HSET', KEYS[5], ARGV[11], string.format('%d:%d', left, expires))
   end
-  if renew then keep_hash_until(KEYS[3], expires, now_ms) end
+  if renew then keep_hash_until(KEYS[5], expires, now_ms) end
   hold = string.format('%d', left)
 end
-return {1, current[5] or '0', current[6] or ARGV[6], hold}
+if #crossed > 0 then  -- one event per threshold, in the outbox with the count (a dead worker loses none)
+  local after = redis.call('HGET', KEYS[1], 'system_used_nano')  -- the exact sum, past 2^53 too
+  for _, pct in ipairs(crossed) do emit(KEYS[1], KEYS[3], KEYS[4], 'crossed', pct, after, credit, now_ms) end
+  redis.call('HSET', KEYS[1], 'alerted_pct', crossed[#crossed])
+end
+return {1, used, credit, hold, table.concat(crossed, ','), purpose}

@@ -13,11 +13,13 @@
         async def reply(self, turn, model_id):         # model_id: resolved on the server
             stream = await llm.chat.completions.create(..., stream=True,
                                                        stream_options={"include_usage": True})
-            async for chunk in turn.stream(stream, prompt=messages): ...
+            async for chunk in turn.stream(stream, prompt=messages, purpose="chat"): ...
 
 ``quota_reply`` takes the id the browser asked for, resolves it on the server
 (``QUOTA["MODEL_RESOLVER"]``), meters the scope's user by ``QUOTA["USER_ID"]``, and runs the reply
 in a turn of the event loop's AsyncMeter (``get_async_meter()``, or ``quota_meter`` when set).
+While the reply runs, a record that crosses an alert threshold (80% and 100% of the credit by default,
+``QUOTA_ALERT_THRESHOLDS``) sends the browser a ``quota_warning`` event at once (docs/ALERTS.md).
 Instead of the reply the browser gets one event and the socket stays open: ``quota_exceeded``
 (over the credit; the ``quota_exceeded`` signal is sent), ``error`` ``model_not_allowed`` /
 ``unknown_model`` (an id the user may not use), ``quota_unavailable`` (Redis away under
@@ -114,7 +116,9 @@ class QuotaConsumerMixin:
         meter = self.quota_meter if self.quota_meter is not None else get_async_meter()
         stack = AsyncExitStack()
         try:
-            turn = await stack.enter_async_context(meter.turn(user_id, model_id, hold=hold))
+            turn = await stack.enter_async_context(
+                meter.turn(user_id, model_id, hold=hold, on_warning=self.quota_send)  # quota_warning, at once
+            )
         except QuotaExceeded as exc:
             await asend_exceeded(type(self), user, user_id, model_id, exc.event)
             await self.quota_send(exc.event)

@@ -7,11 +7,7 @@
 -- A hold past its expiry is dead: it counts for nothing, and the next admission deletes it, so a
 -- worker that dies mid-turn can never lock its user out for longer than hold_ttl_s.
 
--- The server's clock in ms (frozen while a script runs; safe before writes since Redis 5).
-local function server_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+-- @include util
 
 -- One hold's value parsed: remaining_nano, expires_at_ms (nil, nil when malformed).
 local function parse_hold(value)
@@ -43,8 +39,4 @@ local function keep_hash_until(key, expires_ms, now_ms)
   if redis.call('PTTL', key) < expires_ms - now_ms then
     redis.call('PEXPIRE', key, expires_ms - now_ms)
   end
-end
-
-local function is_uint(s, max_digits)
-  return type(s) == 'string' and #s >= 1 and #s <= max_digits and string.match(s, '^%d+$') ~= nil
 end
