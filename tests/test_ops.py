@@ -245,3 +245,11 @@ def test_the_documented_cluster_recipes_find_every_key(redis_cluster):
     count = count.replace("2026-01", month)
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", count], capture_output=True, text=True, env=env)
     assert done.returncode == 0 and done.stdout.split()[-1] == "60", done.stdout + done.stderr
+
+
+def test_a_top_up_by_add_clears_alerts_like_a_raise(any_meter):
+    any_meter.update_token_usage("alice", SYS, input_tokens=5_000_000, output_tokens=0)  # 5 CNY: 100 %
+    added = any_meter.set_monthly_credit("alice", "0.5", add=True)  # 5 + 0.5: 91 %
+    assert added.monthly_credit_nano == 5_500_000_000 and added.cleared == (100,)
+    big = any_meter.set_monthly_credit("bob", "99999994", add=True)  # 5 + 99,999,994: just below 10^8
+    assert big.monthly_credit_nano == 99_999_999 * 10**9  # exact, past 2^53 nano-CNY
