@@ -10,6 +10,7 @@ top-level ``api``, the name of many a Django app).
 
 from __future__ import annotations
 
+import logging
 import time
 
 from flask import Flask, g, request
@@ -25,6 +26,8 @@ from .metrics import Metrics, method_label, route_label
 from .settings import ApiSettings
 
 __all__ = ["QuotaExtension", "create_app", "get_quota"]
+
+log = logging.getLogger("quota.api")
 
 
 def create_app(settings: ApiSettings | None = None, meter: Meter | None = None) -> Flask:
@@ -50,9 +53,10 @@ def create_app(settings: ApiSettings | None = None, meter: Meter | None = None) 
     register_error_handlers(app)
     register_security_headers(app)
 
-    from . import ops, pages, v1
+    from . import admin, ops, pages, v1
 
     app.register_blueprint(v1.bp)
+    app.register_blueprint(admin.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(pages.bp)
     if settings.demo_enabled:
@@ -60,7 +64,26 @@ def create_app(settings: ApiSettings | None = None, meter: Meter | None = None) 
 
         app.register_blueprint(demo.bp)
     _count_requests(app)
+    _log_start(settings, meter)
     return app
+
+
+def _log_start(settings: ApiSettings, meter: Meter) -> None:
+    """Say where the history is (a relative SQLite path resolved once, at start), and warn when a
+    production server archives to the default SQLite file because QUOTA_HISTORY_URL is unset."""
+    history = meter.history
+    where = getattr(history, "where", None) or (repr(history) if history is not None else None)
+    if where is None:
+        log.info("history: none (expired months are read from Redis only)")
+        return
+    log.info("history: %s", where)
+    if not settings.development and not settings.history_url_set:
+        log.warning(
+            "QUOTA_HISTORY_URL is not set: expired months are archived to the default %s, a file in the working "
+            "directory the server started in, which a redeployment or another working directory loses or splits. "
+            "Set QUOTA_HISTORY_URL (postgresql://user:password@host/db, or sqlite:////absolute/path.db)",
+            where,
+        )
 
 
 def _count_requests(app: Flask) -> None:

@@ -5,14 +5,17 @@ Three kinds of caller:
 | token                        | role    | may                                                      |
 |------------------------------|---------|----------------------------------------------------------|
 | ``QUOTA_ADMIN_TOKEN``        | admin   | everything, including ``PUT /v1/users/<u>/credit``,      |
-|                              |         | ``POST /v1/users/<u>/tokens/revoke`` and ``/v1/alerts``  |
+|                              |         | ``POST /v1/users/<u>/tokens/revoke``, ``/v1/alerts`` and |
+|                              |         | ``/v1/admin/...`` (month reports)                        |
 | ``QUOTA_SERVICE_TOKEN``      | service | record usage, check and read any user, list the models   |
 | ``quota token USER`` (signed)| user    | read USER's own token-stats and quota, nothing else      |
 
 No or an invalid token gives 401 (``token_expired``, ``token_revoked`` when that is why); a
 valid token asking for more than its role allows gives 403. A user token is checked against its
 user's revocation instant in Redis (one GET; see ``quota._tokens``).
-Static tokens are compared with ``hmac.compare_digest`` (constant time); tokens are never logged
+Static tokens are compared with ``hmac.compare_digest`` (constant time); each role also accepts
+its ``_PREVIOUS`` token while one is set, so a token can be rotated without a moment in which
+workers holding the old one are refused. Tokens are never logged
 and never accepted in a URL, so they cannot end up in an access log.
 """
 
@@ -42,6 +45,7 @@ class Action(StrEnum):
     SET_CREDIT = "set_credit"
     LIST_MODELS = "list_models"
     REVOKE_TOKENS = "revoke_tokens"  # a user's tokens (admin only)
+    READ_REPORTS = "read_reports"  # month reports of every user (admin only)
     MANAGE_ALERTS = "manage_alerts"  # the alert outbox: list pending and dead events, redeliver (admin only)
 
 
@@ -101,9 +105,12 @@ def authenticate(
     """
     token = bearer_token(header)
     raw = token.encode("utf-8", "surrogateescape")
-    # Check both static tokens every time, so timing does not tell which one came close.
-    is_admin = _same(raw, settings.admin_token)
-    is_service = _same(raw, settings.service_token)
+    # Check every static token every time (the current and the previous of both roles; an unset
+    # previous one is the current one again), so timing does not tell which one came close.
+    is_admin = _same(raw, settings.admin_token) | _same(raw, settings.admin_token_previous or settings.admin_token)
+    is_service = _same(raw, settings.service_token) | _same(
+        raw, settings.service_token_previous or settings.service_token
+    )
     if is_admin:
         return Principal(Role.ADMIN)
     if is_service:

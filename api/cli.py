@@ -11,6 +11,7 @@ import json
 import os
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 
@@ -33,7 +34,7 @@ from quota.cli import fail
     "--dev/--no-dev",
     default=None,
     help="Development mode: made-up secrets, demo on. Default: on when REDIS_URL is unset "
-    "(a throwaway local server is started) or QUOTA_ENV=development.",
+    "(a local server is started) or QUOTA_ENV=development.",
 )
 @click.option(
     "--user",
@@ -42,23 +43,51 @@ from quota.cli import fail
     help="Whose user token to print, with its panel link (development mode only).",
 )
 @click.option("--ttl", default="12h", show_default=True, help="Life of the printed user token (90s, 15m, 1h, 7d).")
-def serve(host: str, port: int, dev: bool | None, user: str, ttl: str) -> None:
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="With REDIS_URL unset: where the local Redis keeps its data (append-only file) and the history "
+    "(history.db), kept from one start to the next. Default: QUOTA_DATA_DIR, else $XDG_DATA_HOME/quota "
+    "(~/.local/share/quota).",
+)
+@click.option(
+    "--ephemeral", is_flag=True, help="With REDIS_URL unset: a new temporary directory, kept by no later start."
+)
+def serve(host: str, port: int, dev: bool | None, user: str, ttl: str, data_dir: Path | None, ephemeral: bool) -> None:
     """Serve the HTTP API, the token statistics panel and the demo chat.
 
     Prints their URLs, and in development mode a ready-to-use user token (never in production,
     where the output goes to logs: mint one with `quota token USER`). Outside development mode it
     refuses to start without QUOTA_ADMIN_TOKEN, QUOTA_SERVICE_TOKEN and QUOTA_SECRET_KEY. For
-    production, run several workers under gunicorn instead: gunicorn 'quota_server:create_app()' -w 4 -b 0.0.0.0:8000
+    production, run several workers under gunicorn instead:
+    gunicorn -c gunicorn.conf.py 'quota_server:create_app()' -w 4 -b 0.0.0.0:8000
     """
+    from .logs import configure_logging
+    from .metrics import prepare_multiproc_dir
     from .serve import build, run
 
     try:
-        service = build(host, port, dev=dev, user=user, ttl=ttl)
+        configure_logging()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            prepare_multiproc_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        if ephemeral and data_dir is not None:
+            fail("--data-dir and --ephemeral contradict each other: choose one", 2)
+        keep = None if ephemeral else (data_dir or default_data_dir())
+        service = build(host, port, dev=dev, user=user, ttl=ttl, data_dir=keep)
     except QuotaError as exc:
         fail(str(exc), 2)
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror or exc} (try --port 0 for any free port)", 2)
     run(service, say=click.echo)
+
+
+def default_data_dir() -> Path:
+    """QUOTA_DATA_DIR, else $XDG_DATA_HOME/quota, else ~/.local/share/quota."""
+    if os.environ.get("QUOTA_DATA_DIR"):
+        return Path(os.environ["QUOTA_DATA_DIR"])
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "quota"
 
 
 @click.command()

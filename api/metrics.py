@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from quota._money import NANO_PER_CNY
 
 log = logging.getLogger("api.metrics")
 
@@ -43,6 +47,31 @@ def method_label(method: str) -> str:
 def route_label(rule: str | None) -> str:
     """The matched URL rule (from the app's own url_map), or ``unmatched``: never the raw path."""
     return rule if rule is not None else UNMATCHED_ROUTE
+
+
+# The files prometheus-client writes in PROMETHEUS_MULTIPROC_DIR: only these are ever removed, so a
+# directory set by mistake to one with other files (/tmp) loses nothing else.
+_METRIC_FILE = re.compile(r"(counter|gauge_[a-z]+|gauge|histogram|summary)_\d+\.db")
+
+
+def prepare_multiproc_dir(directory: str) -> int:
+    """Create ``directory`` (0700) if missing, and remove the metric files a previous run left
+    there; how many were removed. Run before the first worker starts (gunicorn's ``on_starting``)."""
+    path = Path(directory)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    removed = 0
+    for entry in path.iterdir():
+        if entry.is_file() and _METRIC_FILE.fullmatch(entry.name):
+            entry.unlink()
+            removed += 1
+    return removed
+
+
+def mark_worker_dead(pid: int) -> None:
+    """A worker exited: its live gauges stop counting (prometheus-client's multi-process mode)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)
 
 
 class AlertCollector:
@@ -110,15 +139,29 @@ class Metrics:
         self.records = Counter(
             "quota_usage_records", "LLM calls recorded through the API.", ["kind", "duplicate"], registry=r
         )
+        self.cost = Counter(
+            "quota_usage_cost_cny",
+            "CNY recorded through the API (a duplicate is not counted again): the spend rate.",
+            ["kind"],
+            registry=r,
+        )
         self.checks = Counter(
             "quota_checks", "Quota checks, by outcome (denied = quota_exceeded).", ["outcome"], registry=r
         )
         self.storage_errors = Counter(
             "quota_storage_errors", "Requests that failed because Redis was unavailable.", registry=r
         )
+        self.history_errors = Counter(
+            "quota_history_errors",
+            "Reads of the SQL history that failed (the answer was served from Redis alone, or it was a 503).",
+            registry=r,
+        )
 
-    def record_usage(self, is_system: bool, duplicate: bool) -> None:
-        self.records.labels("system" if is_system else "custom", "true" if duplicate else "false").inc()
+    def record_usage(self, is_system: bool, duplicate: bool, cost_nano: int = 0) -> None:
+        kind = "system" if is_system else "custom"
+        self.records.labels(kind, "true" if duplicate else "false").inc()
+        if cost_nano and not duplicate:
+            self.cost.labels(kind).inc(cost_nano / NANO_PER_CNY)
 
     def record_check(self, allowed: bool) -> None:
         self.checks.labels("allowed" if allowed else "denied").inc()

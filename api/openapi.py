@@ -13,6 +13,8 @@ import quota
 from quota._config import ALERT_PERCENT_RANGE
 from quota._core import EXCEEDED_CODES
 from quota._keys import MAX_PURPOSES, MODEL_RE, MONTH_RE, PREFIX_RE, PURPOSE_RE, REQUEST_ID_RE, USER_RE
+from quota._report import CSV_HEADER, MAX_PAGE
+from quota._report import SORTS as REPORT_SORTS
 from quota._usage import MAX_TOKENS
 
 from .demo_agent import CONVERSATION_RE, DEMO_USER_PREFIX, MAX_MESSAGE_CHARS, MAX_TURNS
@@ -53,6 +55,24 @@ DEMO_USER = {
     "pattern": rf"^{DEMO_USER_PREFIX}[A-Za-z0-9_.@+\-]{{0,{128 - len(DEMO_USER_PREFIX)}}}$",
     "description": f"a demo user: starts with {DEMO_USER_PREFIX!r}, lives under the demo's own key prefix",
 }
+
+
+TOKEN_STATS_REQUIRED = [
+    "user",
+    "current_month",
+    "monthly_credit",
+    "monthly_used",
+    "last_reset",
+    "remaining",
+    "percent_used",
+    "held",
+    "available",
+    "exceeded",
+    "resets_at",
+    "currency",
+    "models",
+    "history",
+]
 
 
 def _object(
@@ -275,7 +295,13 @@ SCHEMAS: dict[str, Any] = {
                 "additionalProperties": {"type": "object", "additionalProperties": _ref("HistoryModelStats")},
                 "description": "earlier months, newest first; empty months are left out",
             },
-        }
+            "history_unavailable": {
+                "const": True,
+                "description": "present only when the SQL history did not answer: `history` then holds only "
+                "the months still in Redis (the live month is complete)",
+            },
+        },
+        TOKEN_STATS_REQUIRED,
     ),
     "ModelPrice": _object(
         {
@@ -294,7 +320,81 @@ SCHEMAS: dict[str, Any] = {
             "custom": {"type": "object", "additionalProperties": _ref("ModelPrice")},
         }
     ),
-    "Health": _object({"status": {"const": "ok"}, "redis": {"const": "ok"}}),
+    "Health": _object(
+        {
+            "status": {"enum": ["ok", "degraded"], "description": "degraded: Redis answers, the history does not"},
+            "redis": {"const": "ok"},
+            "history": {"enum": ["ok", "unavailable", "none"], "description": "the SQL history store"},
+        }
+    ),
+    "ModelTotals": _object(
+        {
+            "is_system": {"type": "boolean"},
+            "input_tokens": {"type": "integer", "minimum": 0},
+            "output_tokens": {"type": "integer", "minimum": 0},
+            "cost": MONEY,
+            "calls": {"type": "integer", "minimum": 0},
+            "estimated_calls": {"type": "integer", "minimum": 0},
+            "users": {"type": "integer", "minimum": 0},
+        }
+    ),
+    "MonthSummary": _object(
+        {
+            "month": MONTH,
+            "current": {"type": "boolean", "description": "the live month (read from Redis)"},
+            "currency": {"const": "CNY"},
+            "users": {"type": "integer", "minimum": 0},
+            "cost": MONEY,
+            "system_cost": MONEY,
+            "custom_cost": MONEY,
+            "input_tokens": {"type": "integer", "minimum": 0},
+            "output_tokens": {"type": "integer", "minimum": 0},
+            "calls": {"type": "integer", "minimum": 0},
+            "users_over_80": {"type": "integer", "minimum": 0, "description": "at or above 80 % of their credit"},
+            "users_over_100": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "at or above their credit: refused on system models",
+            },
+            "models": {"type": "object", "additionalProperties": _ref("ModelTotals"), "description": "by cost"},
+            "sources": {"type": "array", "items": {"enum": ["redis", "sql"]}},
+            "unreadable": {"type": "integer", "minimum": 0, "description": "hashes left out (logged)"},
+            "computed_at": {"type": ["string", "null"], "description": "when the month was read (UTC)"},
+        }
+    ),
+    "UserRow": _object(
+        {
+            "user": USER,
+            "cost": MONEY,
+            "system_cost": MONEY,
+            "custom_cost": MONEY,
+            "input_tokens": {"type": "integer", "minimum": 0},
+            "output_tokens": {"type": "integer", "minimum": 0},
+            "calls": {"type": "integer", "minimum": 0},
+            "monthly_used": MONEY,
+            "monthly_credit": MONEY,
+            "credit_set": {"type": "boolean", "description": "a credit was set for this month (a top-up)"},
+            "percent_used": {"type": "number", "minimum": 0},
+            "exceeded": {"type": "boolean"},
+        }
+    ),
+    "MonthOverview": _object(
+        {
+            "summary": _ref("MonthSummary"),
+            "top": {"type": "array", "items": _ref("UserRow")},
+            "near": {"type": "array", "items": _ref("UserRow")},
+        }
+    ),
+    "MonthUsersPage": _object(
+        {
+            "month": MONTH,
+            "sort": {"enum": list(REPORT_SORTS)},
+            "users": {"type": "array", "items": _ref("UserRow")},
+            "next_cursor": {"type": ["string", "null"], "description": "pass as cursor= for the next page"},
+            "total_users": {"type": "integer", "minimum": 0},
+            "computed_at": {"type": ["string", "null"]},
+        }
+    ),
     "TokenRevocation": _object(
         {
             "user": USER,
@@ -422,6 +522,10 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 def _user_param() -> dict[str, Any]:
     return {"name": "user", "in": "path", "required": True, "schema": USER}
+
+
+def _month_param() -> dict[str, Any]:
+    return {"name": "month", "in": "path", "required": True, "schema": MONTH}
 
 
 BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
@@ -578,12 +682,87 @@ def _paths(demo: bool) -> dict[str, Any]:
                 "responses": {"200": _json(_ref("PriceTable"), "system and custom models"), **_errors(401, 403)},
             }
         },
+        "/v1/admin/months/{month}/summary": {
+            "get": {
+                "operationId": "getMonthSummary",
+                "tags": ["admin"],
+                "security": BEARER,
+                "summary": "A month at a glance: totals, per model, users at 80 % and 100 % of their credit",
+                "description": "Admin token only. The live month is read from Redis without blocking it and kept "
+                "QUOTA_REPORT_CACHE_S seconds; a past month comes from the SQL history merged with Redis.",
+                "parameters": [_month_param()],
+                "responses": {"200": _json(_ref("MonthSummary"), "the summary"), **_errors(400, 401, 403, 503)},
+            }
+        },
+        "/v1/admin/months/{month}/overview": {
+            "get": {
+                "operationId": "getMonthOverview",
+                "tags": ["admin"],
+                "security": BEARER,
+                "summary": "The summary, the top spenders and the users near the credit, from one read",
+                "description": "Admin token only. `top` users by cost (default 20); `near`: the users at 80 % of "
+                "their credit or more, highest share first (at most `near`, default 50). What /admin shows.",
+                "parameters": [
+                    _month_param(),
+                    {
+                        "name": "top",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_PAGE},
+                    },
+                    {
+                        "name": "near",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_PAGE},
+                    },
+                ],
+                "responses": {"200": _json(_ref("MonthOverview"), "the overview"), **_errors(400, 401, 403, 503)},
+            }
+        },
+        "/v1/admin/months/{month}/users": {
+            "get": {
+                "operationId": "listMonthUsers",
+                "tags": ["admin"],
+                "security": BEARER,
+                "summary": "The month's users, a page at a time in a chosen order, or all of them as CSV",
+                "description": "Admin token only. JSON: up to `limit` users after `cursor` (from the previous "
+                "page's next_cursor), highest first (sort=user: by user id). format=csv: every user, one row "
+                f"per user and model ({', '.join(CSV_HEADER)}), streamed, in no particular order; "
+                "ids starting with + - @ get a leading apostrophe (no spreadsheet formulas).",
+                "parameters": [
+                    _month_param(),
+                    {"name": "sort", "in": "query", "required": False, "schema": {"enum": list(REPORT_SORTS)}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+                    },
+                    {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
+                    {"name": "format", "in": "query", "required": False, "schema": {"enum": ["json", "csv"]}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "a page of users (JSON), or the CSV export",
+                        "content": {
+                            JSON: {"schema": _ref("MonthUsersPage")},
+                            "text/csv": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_errors(400, 401, 403, 503),
+                },
+            }
+        },
         "/healthz": {
             "get": {
                 "operationId": "health",
                 "tags": ["ops"],
                 "security": [],
-                "summary": "Is Redis reachable?",
+                "summary": "Is Redis reachable? And the history store?",
+                "description": "503 while Redis does not answer; 200 with status degraded while only the SQL "
+                "history does not (the live month is served, past months from Redis only). Never says where "
+                "either is: the log does.",
                 "responses": {"200": _json(_ref("Health"), "Redis answers"), **_errors(503)},
             }
         },
@@ -622,6 +801,17 @@ def _paths(demo: bool) -> dict[str, Any]:
                 },
             }
         },
+    }
+    paths["/admin"] = {
+        "get": {
+            "operationId": "adminPage",
+            "tags": ["pages"],
+            "security": [],
+            "summary": "The operator's view of a month; open it as /admin#token=<admin token>",
+            "responses": {
+                "200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
+            },
+        }
     }
     if demo:
         paths["/demo"] = {

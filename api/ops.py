@@ -2,22 +2,40 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Blueprint, Response, jsonify
+
+from quota import StorageUnavailable
 
 from .ext import get_quota
 from .openapi import openapi_document
 
 bp = Blueprint("ops", __name__)
+log = logging.getLogger("quota.api")
 
 
 @bp.get("/healthz")
 def healthz():  # noqa: ANN201
-    """200 when Redis answers PING, else 503 ``storage_unavailable`` (via the error handler).
+    """200 when Redis answers PING, else 503 ``storage_unavailable`` (via the error handler);
+    ``history``: whether the SQL history answers too (``degraded`` when it does not: the live
+    month is still served, so a load balancer should keep sending traffic).
 
-    Needs no token, so the answer says only ok or unavailable: where Redis is (host, port) goes
-    to the log, never to an anonymous caller."""
-    get_quota().meter.ping()
-    return jsonify({"status": "ok", "redis": "ok"})
+    Needs no token, so the answer says only ok or unavailable: where Redis or the database is
+    (host, port, file) goes to the log, never to an anonymous caller."""
+    ext = get_quota()
+    ext.meter.ping()
+    body = {"status": "ok", "redis": "ok", "history": "none"}
+    history = ext.meter.history
+    if history is not None:
+        try:
+            history.ping()
+            body["history"] = "ok"
+        except StorageUnavailable as exc:
+            ext.metrics.history_errors.inc()
+            log.warning("health: the history store is unavailable: %s", exc)
+            body |= {"status": "degraded", "history": "unavailable"}
+    return jsonify(body)
 
 
 @bp.get("/metrics")

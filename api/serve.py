@@ -1,10 +1,11 @@
 """``quota serve``: the API, the panel and the demo on one local server, ready to click.
 
-With ``REDIS_URL`` unset it starts a throwaway local Redis-compatible server and runs in
-development mode (made-up secrets, demo on), so a newcomer needs nothing but Python. With
-``REDIS_URL`` set it runs in production mode unless told ``--dev`` (or ``QUOTA_ENV=development``),
-and then refuses to start without the secrets. Either way it serves with werkzeug's threaded
-server; production deployments run gunicorn (``gunicorn 'quota_server:create_app()' -w 4``).
+With ``REDIS_URL`` unset it starts a local Redis-compatible server (its data kept in a data
+directory, see ``build``) and runs in development mode (made-up secrets, demo on), so a newcomer
+needs nothing but Python. With ``REDIS_URL`` set it runs in production mode unless told ``--dev``
+(or ``QUOTA_ENV=development``), and then refuses to start without the secrets. Either way it
+serves with werkzeug's threaded server; production deployments run gunicorn
+(``gunicorn -c gunicorn.conf.py 'quota_server:create_app()' -w 4``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
@@ -77,7 +79,8 @@ class Service:
         if not self.settings.development:
             lines += [
                 "",
-                "  for production, run several workers: gunicorn 'quota_server:create_app()' -w 4 -b 0.0.0.0:8000",
+                "  for production, run several workers under gunicorn:",
+                "    gunicorn -c gunicorn.conf.py 'quota_server:create_app()' -w 4 -b 0.0.0.0:8000",
             ]
         lines += ["", "Press Ctrl+C to stop."]
         return lines
@@ -91,14 +94,21 @@ def build(
     user: str = "demo",
     ttl: str = "12h",
     env: dict[str, str] | None = None,
+    data_dir: Path | None = None,
 ) -> Service:
-    """Start the local Redis if needed, build the app and bind the port (not yet serving)."""
+    """Start the local Redis if needed, build the app and bind the port (not yet serving).
+
+    The local Redis keeps its data in ``data_dir`` (its append-only file; the history, unless
+    QUOTA_HISTORY_URL says otherwise, in ``data_dir/history.db``), so the next start with the same
+    directory finds it; ``data_dir`` None: a new temporary directory, for a throwaway run."""
     env = dict(os.environ if env is None else env)
     ttl_s = parse_ttl(ttl)
     local = None
     if not env.get("REDIS_URL"):
-        local = local_server()
+        local = local_server(data_dir)
         env["REDIS_URL"] = local.url
+        if data_dir is not None and not env.get("QUOTA_HISTORY_URL"):
+            env["QUOTA_HISTORY_URL"] = f"sqlite:///{local.dir / 'history.db'}"
     try:
         if dev or (dev is None and (local is not None or env.get("QUOTA_ENV") == "development")):
             env["QUOTA_ENV"] = "development"
@@ -124,11 +134,13 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 def run(service: Service, say: Callable[[str], None] = print) -> None:
     """Serve until Ctrl+C or SIGTERM; then stop the local server, if one was started."""
-    for line in service.banner():
-        say(line)
     if threading.current_thread() is threading.main_thread():
+        # before the banner: a SIGTERM sent as soon as "Press Ctrl+C" shows must stop the local
+        # server too (it killed the process outright, leaving the server and its lock behind)
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
+        for line in service.banner():
+            say(line)
         service.server.serve_forever()
     except KeyboardInterrupt:
         pass

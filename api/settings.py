@@ -6,6 +6,7 @@
 | QUOTA_ADMIN_TOKEN      | (required)         | bearer token that may do everything                       |
 | QUOTA_SERVICE_TOKEN    | (required)         | bearer token of agent workers: record, check, read        |
 | QUOTA_SECRET_KEY       | (required)         | signs per-user tokens (``quota token USER``)              |
+| QUOTA_ADMIN_TOKEN_PREVIOUS, QUOTA_SERVICE_TOKEN_PREVIOUS | unset | the token being rotated out: accepted too  |
 | QUOTA_MAX_BODY_BYTES   | 1048576            | larger request bodies get 413                             |
 | QUOTA_MAX_BATCH        | 1000               | most records in one ``POST /v1/usage``                    |
 | QUOTA_DEMO             | on in development  | serve ``/demo`` and ``POST /demo/turn``                   |
@@ -28,6 +29,8 @@ from quota._config import int_env
 from quota._tokens import MIN_SECRET_CHARS
 
 SECRET_NAMES = ("QUOTA_ADMIN_TOKEN", "QUOTA_SERVICE_TOKEN", "QUOTA_SECRET_KEY")
+# Rotation: the value being replaced stays valid beside the new one until it is removed.
+PREVIOUS_NAMES = ("QUOTA_ADMIN_TOKEN_PREVIOUS", "QUOTA_SERVICE_TOKEN_PREVIOUS")
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -53,6 +56,9 @@ class ApiSettings:
     panel_refresh_s: int = 5
     quota: Settings = field(default_factory=Settings)
     generated: tuple[str, ...] = ()  # names of secrets made up in development mode
+    history_url_set: bool = True  # QUOTA_HISTORY_URL was given (else the default SQLite file)
+    admin_token_previous: str | None = None  # rotation: the admin token being replaced
+    service_token_previous: str | None = None
 
     def __repr__(self) -> str:  # never print secrets, even in a traceback
         return (
@@ -82,8 +88,18 @@ class ApiSettings:
                     "or `quota serve --dev`)"
                 )
             values[name] = value
-        if values["QUOTA_ADMIN_TOKEN"] == values["QUOTA_SERVICE_TOKEN"]:
-            raise ConfigError("QUOTA_ADMIN_TOKEN and QUOTA_SERVICE_TOKEN must differ")
+        for name in PREVIOUS_NAMES:
+            value = env.get(name) or ""
+            if value and len(value) < MIN_SECRET_CHARS:
+                raise ConfigError(f"{name} is shorter than {MIN_SECRET_CHARS} characters")
+            values[name] = value
+        admin = {values["QUOTA_ADMIN_TOKEN"], values["QUOTA_ADMIN_TOKEN_PREVIOUS"]} - {""}
+        service = {values["QUOTA_SERVICE_TOKEN"], values["QUOTA_SERVICE_TOKEN_PREVIOUS"]} - {""}
+        if admin & service:
+            raise ConfigError(
+                "QUOTA_ADMIN_TOKEN and QUOTA_SERVICE_TOKEN must differ (their _PREVIOUS values included): "
+                "a token must name one role"
+            )
         return cls(
             admin_token=values["QUOTA_ADMIN_TOKEN"],
             service_token=values["QUOTA_SERVICE_TOKEN"],
@@ -95,4 +111,7 @@ class ApiSettings:
             panel_refresh_s=int_env(env, "QUOTA_PANEL_REFRESH_S", 5, low=1, high=3600),
             quota=Settings.from_env(env),
             generated=tuple(generated),
+            history_url_set=bool(env.get("QUOTA_HISTORY_URL")),
+            admin_token_previous=values["QUOTA_ADMIN_TOKEN_PREVIOUS"] or None,
+            service_token_previous=values["QUOTA_SERVICE_TOKEN_PREVIOUS"] or None,
         )

@@ -65,7 +65,11 @@ def token_stats(user: str):  # noqa: ANN201
     authorize(principal(), Action.READ_USER, user)
     user = path_user(user)
     months = int_arg("months", 0, 120)
-    return jsonify(get_quota().meter.get_token_stats(user, months=months))
+    ext = get_quota()
+    stats = ext.meter.get_token_stats(user, months=months)
+    if stats.get("history_unavailable"):  # served from Redis alone: counted apart from Redis errors
+        ext.metrics.history_errors.inc()
+    return jsonify(stats)
 
 
 @bp.get("/users/<user>/quota")
@@ -110,7 +114,7 @@ def record_usage():  # noqa: ANN201
             estimated=record.get("estimated", False),
             purpose=record.get("purpose"),
         )
-        metrics.record_usage(result.is_system, result.duplicate)
+        metrics.record_usage(result.is_system, result.duplicate, result.cost_nano)
         return jsonify(result.as_dict())
     if not isinstance(body, list):
         raise ApiError(
@@ -124,7 +128,7 @@ def record_usage():  # noqa: ANN201
     except BatchError as exc:
         return batch_failure(exc)
     for result in results:
-        metrics.record_usage(result.is_system, result.duplicate)
+        metrics.record_usage(result.is_system, result.duplicate, result.cost_nano)
     return jsonify({"results": [r.as_dict() for r in results]})
 
 
@@ -140,7 +144,7 @@ def batch_failure(exc: BatchError):  # noqa: ANN201
             status, code = quota_error_status(item)
             out.append(error_body(code, str(item)))
         else:
-            get_quota().metrics.record_usage(item.is_system, item.duplicate)
+            get_quota().metrics.record_usage(item.is_system, item.duplicate, item.cost_nano)
             out.append(item.as_dict())
     if any(isinstance(e, StorageUnavailable) for e in exc.errors.values()):
         get_quota().metrics.storage_errors.inc()

@@ -18,6 +18,7 @@ AREAS = {
     "spool": "the spool's append and replay beside direct records",
     "scale": "bytes per user-month at a million, records/s on one Redis and a 3-master cluster",
     "memory": "bytes per user-month of a realistic hash (MEMORY USAGE, used_memory growth)",
+    "report": "month reports: the live month over a million user-months beside the hot path, archived months, CSV",
     "alerts": "threshold alerts: record server time on vs off, finding the events, one notifier's delivery rate",
 }
 

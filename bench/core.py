@@ -23,7 +23,7 @@ from pathlib import Path
 from quota.testing import RedisClusterProc, RedisServer, free_ports, server_binary
 
 from . import scenarios, server_ceiling
-from .report import PROFILE_NOTES, Measurements, markdown, plain, rows, verdict, where_time_goes, write_section
+from .table import PROFILE_NOTES, Measurements, markdown, plain, rows, verdict, where_time_goes, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "BENCHMARKS.md"

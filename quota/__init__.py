@@ -20,6 +20,7 @@ from ._errors import (
 )
 from ._prices import ModelPrice, PriceTable
 from ._replay import ReplayReport
+from ._report import ModelTotals, MonthData, MonthReport, MonthSummary, UserRow
 from ._results import CreditResult, QuotaCheck, UsageResult
 from ._runner import AsyncScriptRunner, ScriptRunner
 from ._sync.meter import Meter
@@ -41,6 +42,10 @@ __all__ = [
     "Meter",
     "MeteredStream",
     "ModelPrice",
+    "ModelTotals",
+    "MonthData",
+    "MonthReport",
+    "MonthSummary",
     "PriceTable",
     "QuotaCheck",
     "QuotaError",
@@ -56,6 +61,7 @@ __all__ = [
     "UnknownModel",
     "Usage",
     "UsageResult",
+    "UserRow",
     "mint_user_token",
     "panel_link",
     "revoke_user_tokens",

@@ -16,6 +16,8 @@
 | QUOTA_TURN_HOLD_CAP      | 1                                | `auto` never holds more, CNY             |
 | QUOTA_MAX_CONNECTIONS    | 50                               | connections per node; more callers queue |
 | QUOTA_POOL_TIMEOUT_S     | 5                                | seconds a caller waits for a connection  |
+| QUOTA_REPORT_CACHE_S     | 30                               | a month report is reused this long (0: never) |
+| QUOTA_REPORT_REDIS_SHARE | 1                                | share of Redis a live report may take |
 | QUOTA_ALERT_THRESHOLDS   | 80,100                           | alert at these percents of the credit (`off`) |
 """
 
@@ -51,6 +53,16 @@ DEFAULT_MAX_CONNECTIONS = 50
 MAX_CONNECTIONS_RANGE = (1, 10_000)
 DEFAULT_POOL_TIMEOUT_S = 5.0
 POOL_TIMEOUT_S_RANGE = (0.01, 600.0)
+# A month report (quota._report) reads every user-month of the month: the meter keeps it this long
+# so that the pages of one listing, a summary and its CSV link do not each read a million hashes.
+DEFAULT_REPORT_CACHE_S = 30.0
+REPORT_CACHE_S_RANGE = (0.0, 86_400.0)
+# How much of Redis's time a live month report may take: after each page it pauses long enough
+# that its round trips fill at most this share of the time (1: no pause). A report costs Redis
+# about 3 µs per user-month (bench/report.py), so at 1 a million user-months take some 30 % of
+# a Redis core for 10 s; at 0.2 a fifth of it for about 15 s.
+DEFAULT_REPORT_REDIS_SHARE = 1.0
+REPORT_REDIS_SHARE_RANGE = (0.01, 1.0)
 
 # Threshold alerts (docs/ALERTS.md): whole percents of the month's credit. Above 100 is allowed (records
 # are never refused, so spend can pass the credit); at most MAX_ALERT_THRESHOLDS, each once.
@@ -126,10 +138,18 @@ class Settings:
     turn_hold_cap_nano: int = DEFAULT_TURN_HOLD_CAP_NANO
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S
+    report_cache_s: float = DEFAULT_REPORT_CACHE_S
+    report_redis_share: float = DEFAULT_REPORT_REDIS_SHARE
     alert_thresholds: tuple[int, ...] = DEFAULT_ALERT_THRESHOLDS  # (): no alerts
 
     def __post_init__(self) -> None:
         check_pool_settings(self.max_connections, self.pool_timeout_s)
+        low, high = REPORT_CACHE_S_RANGE
+        if isinstance(self.report_cache_s, bool) or not low <= self.report_cache_s <= high:
+            raise ConfigError(f"report_cache_s must be from {low:g} to {high:g} seconds, got {self.report_cache_s!r}")
+        low, high = REPORT_REDIS_SHARE_RANGE
+        if isinstance(self.report_redis_share, bool) or not low <= self.report_redis_share <= high:
+            raise ConfigError(f"report_redis_share must be from {low:g} to {high:g}, got {self.report_redis_share!r}")
         given: object = self.alert_thresholds
         if isinstance(given, list):  # a list given in code: kept as a tuple (hashable, frozen)
             object.__setattr__(self, "alert_thresholds", tuple(given))
@@ -183,6 +203,20 @@ class Settings:
                 DEFAULT_POOL_TIMEOUT_S,
                 low=POOL_TIMEOUT_S_RANGE[0],
                 high=POOL_TIMEOUT_S_RANGE[1],
+            ),
+            report_cache_s=float_env(
+                env,
+                "QUOTA_REPORT_CACHE_S",
+                DEFAULT_REPORT_CACHE_S,
+                low=REPORT_CACHE_S_RANGE[0],
+                high=REPORT_CACHE_S_RANGE[1],
+            ),
+            report_redis_share=float_env(
+                env,
+                "QUOTA_REPORT_REDIS_SHARE",
+                DEFAULT_REPORT_REDIS_SHARE,
+                low=REPORT_REDIS_SHARE_RANGE[0],
+                high=REPORT_REDIS_SHARE_RANGE[1],
             ),
             alert_thresholds=alert_thresholds_env(env),
         )

@@ -361,7 +361,11 @@ class MeterCore:
 
     # --- set_monthly_credit ----------------------------------------------------------------------
 
-    def set_credit(self, user: object, credit: object, month: object = None) -> ScriptCall[CreditResult]:
+    def set_credit(
+        self, user: object, credit: object, month: object = None, *, add: bool = False
+    ) -> ScriptCall[CreditResult]:
+        """Set ``user``'s credit for ``month``; with ``add``, add ``credit`` to it (to the default
+        credit while none is set) in one atomic step."""
         user = validate_user(user)
         month = self.current_month() if month is None else validate_month(month)
         try:
@@ -376,7 +380,8 @@ class MeterCore:
             return CreditResult(user, month, int(used), int(credit_now), _percents(cleared))
 
         keys = (self.keys.month_key(user, month), self.keys.outbox_key(user), self.keys.outbox_index_key(user))
-        return ScriptCall(scripts.SET_CREDIT, keys, (str(credit_nano), self._thresholds_arg), parse)
+        args = (str(credit_nano), self._thresholds_arg) + (("add", self._credit_arg) if add else ())
+        return ScriptCall(scripts.SET_CREDIT, keys, args, parse)
 
     # --- get_token_stats -------------------------------------------------------------------------
 

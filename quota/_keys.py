@@ -19,6 +19,7 @@ import binascii
 import functools
 import itertools
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from ._errors import InvalidInput
@@ -185,6 +186,24 @@ class KeySchema:
     def month_pattern(self, month: str = "????-??") -> str:
         """A SCAN MATCH pattern for every user's hash of ``month`` (default: every month)."""
         return f"{self.prefix}:{{*}}:{month}"
+
+    def month_key_users(self, month: str) -> Callable[[bytes | str], str | None]:
+        """A parser of ``month``'s keys: the user of one key, or None for any other key. The month
+        report's (a million keys): one slice and one regex check, where ``parse_month_key`` took
+        three times as long."""
+        head, tail = len(self.prefix) + 2, len(month) + 2
+        ending = f"}}:{month}"
+        start = f"{self.prefix}:{{"
+        user_re = USER_RE.fullmatch
+
+        def user_of(key: bytes | str) -> str | None:
+            text = key.decode() if isinstance(key, bytes) else key
+            if not (text.startswith(start) and text.endswith(ending)):
+                return None
+            user = text[head:-tail]
+            return user if user_re(user) else None
+
+        return user_of
 
     def parse_month_key(self, key: str) -> tuple[str, str] | None:
         """``(user, month)`` for a user-month key of this prefix, else None."""

@@ -123,6 +123,25 @@ def merge_month(month: str, live: MonthUsage | None, archived: Iterable[MonthUsa
     return total
 
 
+# One row of a month read from the SQL archive (HistoryStore.iter_month_rows), model by model:
+# (user, generation, credit_nano or None, system_used_nano, model_id or None, input, output,
+#  cost_nano, calls, estimated_calls); a generation without models has one row with model_id None.
+ArchiveRow = tuple[str, int, int | None, int, str | None, int, int, int, int, int]
+
+
+def parts_from_rows(month: str, rows: Iterable[ArchiveRow]) -> list[MonthUsage]:
+    """One user's archive rows (in generation order) -> one ``MonthUsage`` per generation."""
+    parts: list[MonthUsage] = []
+    part: MonthUsage | None = None
+    for _user, gen, credit, used, model_id, tin, tout, cost, calls, est in rows:
+        if part is None or part.archive_gen != gen:
+            part = MonthUsage(month, credit_nano=credit, system_used_nano=used, archive_gen=gen)
+            parts.append(part)
+        if model_id is not None:
+            part.models[model_id] = ModelUsage(tin, tout, cost, calls, est)
+    return parts
+
+
 _SUFFIX_ATTR = {
     SUFFIX_INPUT: "input_tokens",
     SUFFIX_OUTPUT: "output_tokens",

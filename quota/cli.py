@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence, Set
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -21,6 +21,8 @@ from ._errors import QuotaError
 
 if TYPE_CHECKING:
     from ._replay import ReplayReport
+    from ._report import MonthReport
+    from ._stats import MonthUsage
     from ._sync.meter import Meter
     from .history import DumpReport
 
@@ -155,14 +157,204 @@ def stats(user: str, url: str | None) -> None:
 @click.argument("user")
 @click.argument("credit")
 @click.option("--month", help="YYYY-MM (default: the current UTC month).")
+@click.option(
+    "--add",
+    is_flag=True,
+    help="Add CREDIT to the month's credit (to the default credit while none is set) instead of setting it; "
+    "atomic, so two top-ups at once both count.",
+)
 @click.option("--url", envvar="REDIS_URL", help="Redis URL (default: REDIS_URL).")
-def credit(user: str, credit: str, month: str | None, url: str | None) -> None:
-    """Set USER's monthly CREDIT in CNY (a top-up) for one month."""
+def credit(user: str, credit: str, month: str | None, add: bool, url: str | None) -> None:
+    """SET USER's credit for one month to CREDIT CNY (replacing what it was), or with --add add to it.
+
+    Only that month: the next one starts again from the default (QUOTA_MONTHLY_CREDIT). Prints
+    what was done on stderr and the month's credit and use as JSON on stdout.
+    `quota credit alice 20` makes alice's credit 20 CNY; `quota credit alice 20 --add` makes it 5 + 20 = 25
+    (with the default of 5 and no credit set before).
+    """
     meter = open_meter(url)
     try:
-        click.echo(json.dumps(meter.set_monthly_credit(user, credit, month).as_dict()))
+        result = meter.set_monthly_credit(user, credit, month, add=add)
     except QuotaError as exc:
         fail(str(exc))
+    from ._money import nano_to_decimal
+
+    done = f"added {credit} CNY to" if add else "set"
+    credit_now, used = result.monthly_credit_nano, result.monthly_used_nano
+    click.echo(
+        f"{done} {user}'s credit for {result.month}: now {nano_to_decimal(credit_now)} CNY, "
+        f"{nano_to_decimal(used)} used, {nano_to_decimal(max(credit_now - used, 0))} remaining",
+        err=True,
+    )
+    click.echo(json.dumps(result.as_dict()))
+
+
+# --- the operator's view (issue 13): report -------------------------------------------------------
+
+
+def _table(rows: Sequence[Sequence[str]], right: Set[int] = frozenset()) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+
+    def cell(text: str, i: int) -> str:
+        return text.rjust(widths[i]) if i in right else text.ljust(widths[i])
+
+    lines = ["  ".join(cell(c, i) for i, c in enumerate(row)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def report_text(report: MonthReport) -> str:
+    """The report as the terminal shows it: the month's totals, per model, then the users."""
+    from ._money import nano_to_decimal
+
+    s = report.summary
+
+    def cny(nano: int) -> str:
+        return f"{nano_to_decimal(nano):,}"
+
+    where = "live, from Redis" if s.current else f"from {' and '.join(s.sources)}"
+    lines = [
+        f"{s.month} ({where}): {s.users:,} users, {s.calls:,} calls, {cny(s.cost_nano)} CNY "
+        f"(system {cny(s.system_cost_nano)}, custom {cny(s.custom_cost_nano)}), "
+        f"{s.input_tokens:,} input and {s.output_tokens:,} output tokens",
+        f"users at 80 % of their credit or more: {s.users_over_80:,}; at 100 % or more (refused): {s.users_over_100:,}",
+    ]
+    if s.unreadable:
+        lines.append(f"left out: {s.unreadable} hash(es) with a field that is not an integer (see the log)")
+    if s.models:
+        models = [("model", "kind", "users", "calls", "input", "output", "cost CNY")]
+        for model_id, t in sorted(s.models.items(), key=lambda i: (-i[1].cost_nano, i[0])):
+            kind = "system" if t.is_system else "custom"
+            models.append(
+                (model_id, kind, f"{t.users:,}", f"{t.calls:,}", f"{t.input_tokens:,}", f"{t.output_tokens:,}")
+                + (cny(t.cost_nano),)
+            )
+        lines += ["", _table(models, {2, 3, 4, 5, 6})]
+    users = [("user", "cost CNY", "system", "custom", "calls", "input", "output", "used / credit")]
+    for r in report:
+        used = f"{cny(r.system_used_nano)} / {cny(r.credit_nano)}{'*' if r.credit_set else ''} ({r.percent_used}%)"
+        users.append(
+            (r.user, cny(r.cost_nano), cny(r.system_cost_nano), cny(r.custom_cost_nano), f"{r.calls:,}")
+            + (f"{r.input_tokens:,}", f"{r.output_tokens:,}", used)
+        )
+    if len(users) > 1:
+        lines += ["", f"users by {report.sort}:", _table(users, {1, 2, 3, 4, 5, 6})]
+        if any(r[-1].split(" (")[0].endswith("*") for r in users[1:]):
+            lines.append("* a credit set for this month (a top-up)")
+    return "\n".join(lines)
+
+
+class _ReadProgress:
+    """``reading 2026-01: 123,456 user-months`` on stderr, at most ten times a second."""
+
+    def __init__(self, month: str | None) -> None:
+        self.month = month or "the current month"
+        self.shown = 0.0
+
+    def __call__(self, read: int) -> None:
+        import time
+
+        now = time.monotonic()
+        if now - self.shown >= 0.1:
+            self.shown = now
+            click.echo(f"\rreading {self.month}: {read:,} user-months from Redis ", nl=False, err=True)
+
+    def done(self) -> None:
+        if self.shown:
+            click.echo("", err=True)
+
+
+@main.command()
+@click.option(
+    "--month", metavar="YYYY-MM", help="The month (default: the current UTC month); past months come from the history."
+)
+@click.option("--top", type=click.IntRange(0), default=None, help="Only the first N users (table: 20 by default).")
+@click.option(
+    "--sort",
+    type=click.Choice(["cost", "system_cost", "custom_cost", "share", "tokens", "calls", "user"]),
+    default="cost",
+    show_default=True,
+    help="Order of the users: highest first (share: of the credit used), or by user id.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="table: totals, models, users; json: the summary and one object per user; "
+    "csv: one row per user and model (streamed: every user unless --top).",
+)
+@click.option("--url", envvar="REDIS_URL", help="Redis URL, redis+cluster:// for a cluster (default: REDIS_URL).")
+@click.option(
+    "--history-url",
+    envvar="QUOTA_HISTORY_URL",
+    help="History database for past months (default: QUOTA_HISTORY_URL, else sqlite:///quota-history.db).",
+)
+@click.option("--progress/--no-progress", default=None, help="Progress on stderr (default: on a terminal).")
+def report(
+    month: str | None,
+    top: int | None,
+    sort: str,
+    fmt: str,
+    url: str | None,
+    history_url: str | None,
+    progress: bool | None,
+) -> None:
+    """Who spent what in one month: every user's system and custom cost, tokens, calls and share
+    of the credit, the totals per model and how many users are at 80 % and 100 % of their credit.
+
+    The live month is read from Redis without blocking it (SCAN with a small COUNT on every
+    master, pipelined HGETALL, never KEYS); a past month from the SQL history, merged with
+    whatever of it Redis still holds. Exit status: 0 done, 1 Redis or the database unavailable,
+    2 bad usage.
+    """
+    from ._config import Settings
+    from ._errors import ConfigError, InvalidInput
+    from ._report import csv_chunks
+    from ._sync.meter import Meter
+    from .history import HistoryStore
+
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = _ReadProgress(month) if show else None
+    try:
+        settings = Settings.from_env()
+        store = HistoryStore(history_url or settings.history_url, prefix=settings.prefix)
+        meter = Meter.from_url(url, settings=settings, history=store)
+    except QuotaError as exc:
+        fail(str(exc), 2)
+    try:
+        if fmt == "csv" and top is None:
+            month = month or meter.core.current_month()
+            for chunk in csv_chunks(month, meter.month_usage(month), meter.prices, settings.credit_nano):
+                click.echo(chunk, nl=False)
+            return
+        result = meter.month_report(month, top=20 if top is None and fmt == "table" else top, sort=sort, progress=bar)
+        if bar:
+            bar.done()
+            bar = None
+        if fmt == "json":
+            click.echo(json.dumps(result.as_dict(), ensure_ascii=False, indent=2))
+        elif fmt == "table":
+            click.echo(report_text(result))
+        else:  # the top users' rows, in the report's order
+            wanted = [r.user for r in result]
+            keep = set(wanted)
+            found: dict[str, MonthUsage] = {}
+            for page in meter.month_usage(result.summary.month):
+                found.update((user, usage) for user, usage in page if user in keep)
+            pages = [[(user, found[user]) for user in wanted if user in found]]
+            for chunk in csv_chunks(result.summary.month, pages, meter.prices, settings.credit_nano):
+                click.echo(chunk, nl=False)
+    except (ConfigError, InvalidInput) as exc:
+        fail(str(exc), 2)
+    except QuotaError as exc:
+        fail(str(exc), 1)
+    finally:
+        if bar:
+            bar.done()
+        meter.close()
+        store.close()
 
 
 # --- the spool: records made while Redis was away ----------------------------------------------------
@@ -362,7 +554,15 @@ def dump(
 )
 @click.option("--url", envvar="REDIS_URL", help="Redis URL (default: REDIS_URL).")
 @click.option("--history-url", envvar="QUOTA_HISTORY_URL", help="History database (default: QUOTA_HISTORY_URL).")
-def scheduler(at_text: str, run_now: bool, retry_s: int, url: str | None, history_url: str | None) -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve the dump's Prometheus metrics on this port (quota_dump_last_success_timestamp_seconds, ...).",
+)
+def scheduler(
+    at_text: str, run_now: bool, retry_s: int, url: str | None, history_url: str | None, metrics_port: int | None
+) -> None:
     """Run `quota dump` every day at a fixed UTC time and log each run (stderr).
 
     Equivalent cron line: CRON_TZ=UTC, then 10 0 * * * quota dump. Stops cleanly on SIGTERM or
@@ -383,7 +583,13 @@ def scheduler(at_text: str, run_now: bool, retry_s: int, url: str | None, histor
     formatter.converter = time.gmtime
     handler.setFormatter(formatter)
     logging.basicConfig(level=logging.INFO, handlers=[handler])
-    job = Scheduler(lambda: _dump_job(url, history_url).summary(), at=at, retry_s=retry_s)
+    from .history.metrics import DumpMetrics
+
+    metrics = DumpMetrics()
+    if metrics_port is not None:
+        metrics.serve(metrics_port)
+        logging.getLogger("quota.scheduler").info("quota scheduler: metrics on port %d", metrics_port)
+    job = Scheduler(metrics.observe(lambda: _dump_job(url, history_url)), at=at, retry_s=retry_s)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: job.stop())
     job.run(run_now=run_now)

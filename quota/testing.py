@@ -106,6 +106,7 @@ class RedisServer:
     dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="quota-redis-")))
     proc: subprocess.Popen[bytes] | None = None
     binary: str = field(default_factory=server_binary)
+    lock: Any = field(default=None, repr=False)  # local_server's lock on a data directory, released at stop
     _exit_hook: bool = field(default=False, init=False, repr=False)
 
     @property
@@ -182,6 +183,9 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
     def restart(self) -> None:
         self.stop()
@@ -274,12 +278,43 @@ class RedisClusterProc:
             node.cleanup()
 
 
-def local_server() -> RedisServer:
-    """A throwaway server for ``quota demo`` / ``quota serve``: append-only file, fsync every
-    second (what a developer's data would want), in a ``quota-local-`` directory that outlives it."""
-    return RedisServer(
-        extra=["--appendonly", "yes", "--appendfsync", "everysec"], dir=Path(tempfile.mkdtemp(prefix="quota-local-"))
-    ).start()
+def local_server(data_dir: Path | None = None) -> RedisServer:
+    """A local server for ``quota demo`` / ``quota serve``: append-only file, fsync every second
+    (what a developer's data would want). In ``data_dir`` when given (created 0700; the same
+    directory next time serves the same data), else in a new ``quota-local-`` directory.
+
+    A data directory is locked while its server runs (``flock`` on ``.lock``): two servers
+    writing one append-only file would corrupt it, so a second one is refused with ConfigError."""
+    if data_dir is None:
+        return RedisServer(
+            extra=["--appendonly", "yes", "--appendfsync", "everysec"],
+            dir=Path(tempfile.mkdtemp(prefix="quota-local-")),
+        ).start()
+    data_dir = Path(data_dir).expanduser().resolve()
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock = _lock_dir(data_dir)
+    server = RedisServer(extra=["--appendonly", "yes", "--appendfsync", "everysec"], dir=data_dir)
+    server.lock = lock
+    try:
+        return server.start()
+    except BaseException:
+        lock.close()
+        raise
+
+
+def _lock_dir(directory: Path) -> Any:
+    import fcntl
+
+    handle = open(directory / ".lock", "a")  # held open while the server runs: the lock lives as long
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ConfigError(
+            f"{directory} is in use by another local server (another `quota serve`?): stop it, or give "
+            "another --data-dir, or --ephemeral"
+        ) from None
+    return handle
 
 
 def redis_url_or_local() -> tuple[str, RedisServer | None]:

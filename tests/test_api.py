@@ -258,7 +258,7 @@ def test_models(client, meter):
 
 def test_healthz(client):
     r = client.get("/healthz")
-    assert r.status_code == 200 and r.get_json() == {"status": "ok", "redis": "ok"}
+    assert r.status_code == 200 and r.get_json() == {"status": "ok", "redis": "ok", "history": "ok"}
 
 
 @pytest.fixture

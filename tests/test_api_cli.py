@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -170,8 +171,11 @@ def get(url: str, token: str | None = None) -> tuple[int, dict | str]:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without quota's settings; the local server's default data directory in a
+    fresh temporary one (never the home directory another suite running at once may use)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUOTA_") and k != "REDIS_URL"}
-    return env | {"PYTHONUNBUFFERED": "1"} | extra
+    data = tempfile.mkdtemp(prefix="quota-test-data-")
+    return env | {"PYTHONUNBUFFERED": "1", "XDG_DATA_HOME": data} | extra
 
 
 def start_serve(env: dict[str, str], *args: str) -> tuple[subprocess.Popen, list[str]]:
@@ -208,7 +212,7 @@ def test_quota_serve_with_nothing_set_starts_a_local_redis_and_prints_working_ur
         assert re.search(rf"demo\s+{re.escape(base)}/demo#user={user}", text)
         assert f"{base}/panel#demo=1&user={user}" in text
         assert get(f"{base}/demo/users/{user}/token-stats")[0] == 200
-        assert get(f"{base}/healthz") == (200, {"status": "ok", "redis": "ok"})
+        assert get(f"{base}/healthz") == (200, {"status": "ok", "redis": "ok", "history": "ok"})
         status, stats = get(f"{base}/v1/users/{user}/token-stats", token)
         assert status == 200 and stats["user"] == user
         assert get(f"{base}/v1/users/someone-else/token-stats", token)[0] == 403
@@ -223,6 +227,52 @@ def test_quota_serve_with_nothing_set_starts_a_local_redis_and_prints_working_ur
 
     with pytest.raises(OSError):  # the local Redis went away with the service
         socket.create_connection(("127.0.0.1", redis_port), timeout=1).close()
+
+
+@pytest.mark.slow
+def test_quota_serve_keeps_its_data_from_one_start_to_the_next(tmp_path):
+    data = tmp_path / "data"
+    env = clean_env()
+    proc, lines = start_serve(env, "--data-dir", str(data))
+    try:
+        text = "\n".join(lines)
+        assert f"data in {data}" in text
+        base = re.search(r"API\s+(http://\S+)/v1/", text).group(1)
+        service = re.search(r"QUOTA_SERVICE_TOKEN=(\S+)", text).group(1)
+        body = json.dumps({"user": "keep", "model_id": "system_deepseek", "input_tokens": 10, "output_tokens": 1})
+        request = urllib.request.Request(
+            f"{base}/v1/usage",
+            data=body.encode(),
+            headers={"Authorization": f"Bearer {service}", "Content-Type": "application/json"},
+        )
+        assert urllib.request.urlopen(request, timeout=10).status == 200
+        second = subprocess.run(
+            [sys.executable, "-m", "quota.cli", "serve", "--port", "0", "--data-dir", str(data)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert second.returncode == 2 and "in use by another local server" in second.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    proc, lines = start_serve(env, "--data-dir", str(data))  # the same directory: the same data
+    try:
+        text = "\n".join(lines)
+        base = re.search(r"API\s+(http://\S+)/v1/", text).group(1)
+        service = re.search(r"QUOTA_SERVICE_TOKEN=(\S+)", text).group(1)
+        status, stats = get(f"{base}/v1/users/keep/token-stats", service)
+        assert status == 200 and stats["models"]["system_deepseek"]["input_tokens"] == 10
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    proc, lines = start_serve(env, "--ephemeral")
+    try:
+        assert str(data) not in "\n".join(lines) and "quota-local-" in "\n".join(lines)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
 
 
 def test_quota_serve_refuses_to_start_in_production_without_secrets(redis_server):
@@ -263,15 +313,26 @@ def test_quota_serve_in_production_with_secrets_prints_no_token(redis_server):
 def test_gunicorn_workers_serve_the_app_and_metrics_add_up_across_workers(redis_server, tmp_path):
     pytest.importorskip("gunicorn")
     port = free_ports(1, start=27000)[0]
-    metrics_dir = tmp_path / "prom"
-    metrics_dir.mkdir()
+    metrics_dir = tmp_path / "prom"  # exported, not created: gunicorn.conf.py creates it
+    log_file = tmp_path / "gunicorn.log"
     env = clean_env(REDIS_URL=redis_server.url, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), **BASE_ENV)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "quota_server:create_app()", "-w", "3", "-b", f"127.0.0.1:{port}"],
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "gunicorn.conf.py",
+            "quota_server:create_app()",
+            "-w",
+            "3",
+            "-b",
+            f"127.0.0.1:{port}",
+        ],
         env=env,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log_file.open("w"),  # a file, not a pipe: the access log would fill a pipe and stall gunicorn
         text=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -282,7 +343,7 @@ def test_gunicorn_workers_serve_the_app_and_metrics_add_up_across_workers(redis_
                 if get(f"{base}/healthz")[0] == 200:
                     break
             except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
+                assert time.monotonic() < deadline and proc.poll() is None, log_file.read_text()
                 time.sleep(0.1)
         sent = 1
         with ThreadPoolExecutor(8) as pool:  # concurrent requests spread over the workers
@@ -304,3 +365,10 @@ def test_gunicorn_workers_serve_the_app_and_metrics_add_up_across_workers(redis_
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+    log = log_file.read_text()
+    # every line with a UTC time and a level: gunicorn's own, the access log and the app's
+    stamped = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: ")
+    lines = [line for line in log.splitlines() if line.strip()]
+    assert lines and all(stamped.match(line) for line in lines), log[:2000]
+    assert any("QUOTA_HISTORY_URL is not set" in line and " WARNING " in line for line in lines)
+    assert any('"GET /healthz HTTP/1.1" 200' in line for line in lines)  # the access log

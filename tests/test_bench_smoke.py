@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import __main__ as bench_main
-from bench import report, scale, scenarios, server_ceiling
+from bench import scale, scenarios, server_ceiling, table
 from bench.driver import Result
 
 pytestmark = pytest.mark.slow
@@ -78,26 +78,26 @@ def test_cluster_scenario(redis_cluster):
     redis_cluster.flushall()
 
 
-def test_report_table_and_docs_section(redis_server, tmp_path: Path):
+def test_core_table_and_docs_section(redis_server, tmp_path: Path):
     """The table has a row per figure, and the docs section replaces only its own section."""
     client = redis_server.client()
     client.flushall()
-    m = report.Measurements(tasks=10)
+    m = table.Measurements(tasks=10)
     m.per_record[1] = scenarios.per_record(redis_server.url, 1, stats_clients=[client], **QUICK)
     m.memory = scenarios.user_month_memory(redis_server.url, calls=20, user_months=200)
-    table = report.rows(m)
-    text = report.markdown(table)
+    rows = table.rows(m)
+    text = table.markdown(rows)
     assert "Meter.update_token_usage, 1 proc" in text and "MEMORY USAGE" in text
-    assert all(r.passed in (True, False) for r in table if r.target)
-    checked = sum(r.passed is not None for r in table)
-    assert report.verdict(table).startswith("Targets met in this run: ") and f"of {checked}." in report.verdict(table)
+    assert all(r.passed in (True, False) for r in rows if r.target)
+    checked = sum(r.passed is not None for r in rows)
+    assert table.verdict(rows).startswith("Targets met in this run: ") and f"of {checked}." in table.verdict(rows)
 
     docs = tmp_path / "BENCHMARKS.md"
     docs.write_text("# Benchmarks\n\n## Other area\n\nkeep me\n", encoding="utf-8")
-    report.write_section(docs, "first")
-    report.write_section(docs, "second")
+    table.write_section(docs, "first")
+    table.write_section(docs, "second")
     written = docs.read_text(encoding="utf-8")
-    assert written.count(report.SECTION) == 1 and "second" in written and "first" not in written
+    assert written.count(table.SECTION) == 1 and "second" in written and "first" not in written
     assert "## Other area\n\nkeep me" in written
 
 

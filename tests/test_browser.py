@@ -384,3 +384,73 @@ def test_enter_in_the_demo_settings_does_not_reload_the_page(browser, server):
     assert page.evaluate("window.stayed") is True and "?" not in page.url
     assert csp_violations(page) == []
     page.close()
+
+
+# --- the operator's view (/admin) ----------------------------------------------------------------------
+
+
+def fill_month(server) -> None:
+    """Ten users in January 2026: two over the credit, one at 84 %, the rest below; custom models too."""
+    for i, spend in enumerate((5_600_000, 5_100_000, 4_200_000, 3_000_000, 2_100_000, 1_500_000, 900_000)):
+        post_usage(server, f"user{i}", SYS, spend, 50_000)
+    for i, tokens in enumerate((400_000, 90_000, 30_000)):
+        post_usage(server, f"dev{i}", CUS, tokens, tokens // 2)
+    post_usage(server, "user3", CUS, 120_000, 40_000)
+
+
+def admin_loaded(page, after: int = 0) -> None:
+    page.wait_for_function("(after) => Number(document.body.dataset.loaded || 0) > after", arg=after, timeout=15_000)
+
+
+def test_admin_page_shows_the_month_and_downloads_its_csv(browser, server, shots):
+    fill_month(server)
+    summary = api(server, "GET", "/v1/admin/months/2026-01/summary", token=ADMIN)
+    page = open_page(browser, locale="en-US", viewport={"width": 1160, "height": 1000}, accept_downloads=True)
+    page.goto(f"{server.url}/admin#token={ADMIN}&month=2026-01")
+    admin_loaded(page)
+    assert ADMIN not in page.url  # the token is wiped from the address bar
+    assert page.inner_text("h1") == "Operator's view" and page.input_value("#month-pick") == "2026-01"
+    value = lambda sel: page.get_attribute(sel, "data-value")  # noqa: E731
+    assert value("#t-users") == str(summary["users"]) == "10"
+    assert float(value("#t-cost")) == summary["cost"] and float(value("#t-system")) == summary["system_cost"]
+    assert value("#t-over80") == "3" and value("#t-over100") == "2"
+    models = page.locator("#models tbody tr")
+    assert [models.nth(i).get_attribute("data-model") for i in range(models.count())] == list(summary["models"])
+    assert page.locator("#mix g.mix-row").count() == len(summary["models"])
+    top = page.locator("#top tbody tr")
+    assert [top.nth(i).get_attribute("data-user") for i in range(3)] == ["user0", "user1", "user2"]
+    near = page.locator("#near tbody tr")
+    assert [near.nth(i).get_attribute("data-user") for i in range(near.count())] == ["user0", "user1", "user2"]
+    assert near.nth(0).get_attribute("class") == "level-over" and near.nth(2).get_attribute("class") == "level-warn"
+    page.screenshot(path=str(shots / "admin.png"), full_page=True, animations="disabled")
+
+    with page.expect_download() as download:
+        page.click("#csv")
+    assert download.value.suggested_filename == "quota-2026-01.csv"
+    text = Path(download.value.path()).read_text(encoding="utf-8")
+    lines = text.strip().splitlines()
+    assert lines[0].startswith("month,user,model_id,") and len(lines) == 1 + 11  # 10 users, user3 on two models
+
+    page.fill("#month-pick", "2025-12")  # an empty month
+    page.dispatch_event("#month-pick", "change")
+    page.wait_for_function("() => document.body.dataset.month === '2025-12'", timeout=15_000)
+    assert value("#t-users") == "0" and page.locator("#models-empty").is_visible()
+    assert csp_violations(page) == []
+    page.close()
+
+
+def test_admin_page_in_chinese_and_without_the_admin_token(browser, server):
+    fill_month(server)
+    page = open_page(browser, locale="zh-CN")
+    page.goto(f"{server.url}/admin#token={ADMIN}&month=2026-01")
+    admin_loaded(page)
+    assert page.inner_text("h1") == "运营总览" and page.title() == "运营总览"
+    assert "接近或超出额度" in page.inner_text("body") and "下载 CSV" in page.inner_text("#csv")
+    assert csp_violations(page) == []
+    page.close()
+    for fragment, message in (("", "/admin#token="), (f"#token={SERVICE}", "QUOTA_ADMIN_TOKEN")):
+        page = open_page(browser, locale="en-US")
+        page.goto(f"{server.url}/admin{fragment}")
+        page.wait_for_function("() => !document.getElementById('alert').hidden", timeout=10_000)
+        assert message in page.inner_text("#alert")
+        page.close()

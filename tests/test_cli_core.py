@@ -29,7 +29,7 @@ def test_credit_and_stats(redis_server, monkeypatch):
     runner = CliRunner()
     result = runner.invoke(main, ["credit", "alice", "12.5"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["monthly_credit"] == 12.5
+    assert json.loads(result.stdout)["monthly_credit"] == 12.5  # what was done goes to stderr
     result = runner.invoke(main, ["stats", "alice"])
     assert result.exit_code == 0 and json.loads(result.output)["monthly_credit"] == 12.5
 

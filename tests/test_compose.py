@@ -26,6 +26,7 @@ SECRETS = (
     "QUOTA_SECRET_KEY",
     "POSTGRES_PASSWORD",
     "REDIS_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
     "QUOTA_WEBHOOK_SECRET",
     "QUOTA_WEBHOOK_URL",  # not a secret, but required all the same: the notifier has nowhere to send without it
 )
@@ -126,7 +127,8 @@ def test_redis_keeps_an_append_only_file_on_a_volume_and_requires_a_password() -
 def test_the_api_runs_gunicorn_with_metrics_summed_over_its_workers() -> None:
     api = load()["services"]["api"]
     command = api["command"]
-    assert command[:2] == ["gunicorn", "quota_server:create_app()"] and "quota" not in command
+    assert command[:4] == ["gunicorn", "-c", "gunicorn.conf.py", "quota_server:create_app()"]
+    assert (ROOT / "gunicorn.conf.py").is_file() and "COPY gunicorn.conf.py ./" in (ROOT / "Dockerfile").read_text()
     assert int(command[command.index("--workers") + 1]) >= 2
     assert command[command.index("--bind") + 1] == "0.0.0.0:8000"
     metrics_dir = api["environment"]["PROMETHEUS_MULTIPROC_DIR"]
@@ -156,3 +158,25 @@ def test_api_and_scheduler_find_redis_and_postgres_with_their_passwords() -> Non
         assert history.password == pg["POSTGRES_PASSWORD"]
         assert set(services[name]["depends_on"]) == {"redis", "postgres"}
         assert services[name]["build"] == "."
+
+
+def test_prometheus_and_grafana_are_provisioned_from_the_repository() -> None:
+    services = load()["services"]
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    mounts = {
+        v.split(":")[0]: v.split(":")[1] for v in prometheus["volumes"] + grafana["volumes"] if v.startswith("./")
+    }
+    for source in mounts:
+        assert (ROOT / source).exists(), source
+    assert mounts["./ops/prometheus/alerts.yml"] == "/etc/prometheus/alerts.yml"
+    config = yaml.safe_load((ROOT / "ops/prometheus/prometheus.yml").read_text())
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    targets = {t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    assert targets == {"api:8000", "scheduler:9101"}
+    scheduler = services["scheduler"]["command"]
+    assert scheduler[scheduler.index("--metrics-port") + 1] == "9101"
+    provider = yaml.safe_load((ROOT / "ops/grafana/provisioning/dashboards/quota.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == mounts["./ops/grafana/dashboards"]
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == ENV["GRAFANA_ADMIN_PASSWORD"]
+    for service in (prometheus, grafana):  # no login on Prometheus: never on every interface
+        assert all(p.startswith("127.0.0.1:") for p in service["ports"])

@@ -83,6 +83,36 @@ async def close_source(source: Any) -> None:
             await result
 
 
+async def prefetch(items: AsyncIterator[T]) -> AsyncIterator[T]:
+    """``items``, with the next one fetched while the caller works on this one: a task pulls one
+    item ahead, so a month report's next page travels to and from Redis while this page is parsed."""
+    ahead: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue(maxsize=1)
+
+    async def pump() -> None:
+        try:
+            async for item in items:
+                await ahead.put((True, item))
+            await ahead.put((False, None))
+        except Exception as exc:  # noqa: BLE001 - handed to the caller
+            await ahead.put((False, exc))
+
+    task = asyncio.ensure_future(pump())
+    try:
+        while True:
+            more, item = await ahead.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+
 class LoopClients:
     """The meter's client on the running event loop.
 

@@ -7,8 +7,9 @@ Hand-written for asyncio; ``quota/_sync/meter.py`` (``Meter``) is generated from
 from __future__ import annotations
 
 import itertools
+import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 from redis.exceptions import NoScriptError
@@ -28,10 +29,21 @@ from .._connect import (
     storage_errors,
 )
 from .._core import Clock, MeterCore, R, ScriptCall
-from .._errors import BatchError, QuotaError
+from .._errors import BatchError, QuotaError, StorageUnavailable
+from .._keys import validate_month
 from .._prices import PriceTable
 from .._replay import ReplayReport
+from .._report import (
+    SCAN_COUNT_MIN,
+    MonthData,
+    MonthReport,
+    MonthReportBuilder,
+    ReportCache,
+    next_scan_count,
+    pause_after,
+)
 from .._results import CreditResult, QuotaCheck, UsageResult
+from .._stats import MonthUsage, merge_month
 from .._turn_rules import TurnOptions
 from ._compat import (
     LOST_CONNECTION,
@@ -39,11 +51,14 @@ from ._compat import (
     ClusterClient,
     LoopClients,
     OnLoop,
+    prefetch,
     sleep,
     to_thread,
     wait_background,
 )
 from .turn import AsyncTurn, replay
+
+log = logging.getLogger("quota.meter")
 
 
 class AsyncMeter:
@@ -80,6 +95,7 @@ class AsyncMeter:
         self.history = history
         self.where = describe_client(client)
         self._clients = LoopClients(client, self.core.settings)
+        self._reports = ReportCache(self.core.settings.report_cache_s)
 
     @classmethod
     def from_url(cls, url: str | None = None, *, cluster: bool | None = None, **options: Any) -> AsyncMeter:
@@ -167,20 +183,200 @@ class AsyncMeter:
         """May ``user`` start a new message on ``model_id``? Custom models always may."""
         return await self.run(self.core.check(user, model_id))
 
-    async def set_monthly_credit(self, user: str, credit: Any, month: str | None = None) -> CreditResult:
-        """Set ``user``'s credit (CNY) for ``month`` (default: the current UTC month)."""
-        return await self.run(self.core.set_credit(user, credit, month))
+    async def set_monthly_credit(
+        self, user: str, credit: Any, month: str | None = None, *, add: bool = False
+    ) -> CreditResult:
+        """Set ``user``'s credit (CNY) for ``month`` (default: the current UTC month). With
+        ``add=True``, add ``credit`` to the month's credit instead (to the default credit while
+        none is set), atomically: two top-ups at once both count."""
+        return await self.run(self.core.set_credit(user, credit, month, add=add))
 
     async def get_token_stats(self, user: str, *, months: int | None = None, exact: bool = False) -> dict[str, Any]:
         """The seed's stats structure: this month, per model, and the history by month (``months``
         of it; default ``QUOTA_HISTORY_MONTHS``). Amounts are JSON numbers (floats whose repr is
         the exact amount: ``json.dumps`` it as it is); with ``exact=True`` they are ``Decimal``
-        CNY, and ``percent_used`` a ``Decimal`` too: the same keys, for arithmetic in Python."""
+        CNY, and ``percent_used`` a ``Decimal`` too: the same keys, for arithmetic in Python.
+        When the SQL history does not answer, the answer comes from Redis alone (the live month,
+        and the past months Redis still holds) with ``history_unavailable: True``; Redis being
+        away is still ``StorageUnavailable``."""
         live = await self.run(self.core.stats(user, months))
         archived = None
+        history_down = False
         if self.history is not None:
-            archived = await to_thread(self.history.load_months, user, [m.month for m in live.months[1:]])
-        return self.core.token_stats(user, live, archived, exact=exact)
+            try:
+                archived = await to_thread(self.history.load_months, user, [m.month for m in live.months[1:]])
+            except StorageUnavailable as exc:  # the live month never depends on the archive
+                log.warning("token stats of %s without the history: %s", user, exc)
+                history_down = True
+        stats = self.core.token_stats(user, live, archived, exact=exact)
+        if history_down:
+            stats["history_unavailable"] = True
+        return stats
+
+    # --- the operator's view: month reports -----------------------------------------------------
+
+    async def month_report(
+        self,
+        month: str | None = None,
+        *,
+        top: int | None = None,
+        sort: str = "cost",
+        progress: Callable[[int], None] | None = None,
+    ) -> MonthReport:
+        """Who spent what in ``month`` (default: the current UTC month): iterate the answer for
+        one row per user (``UserRow``) in ``sort`` order (``cost``, ``system_cost``,
+        ``custom_cost``, ``share``, ``tokens``, ``calls``: highest first; ``user``), the first
+        ``top`` only when given; its ``summary`` has the totals, per model, and the users over
+        80 % and 100 % of their credit (quota._report).
+
+        The live month is read from Redis without blocking it: SCAN with a small COUNT on every
+        primary, HGETALL pipelined per page, never KEYS. A past month is read from the SQL
+        history and merged with whatever of it is still in Redis, each generation once. The read
+        is kept ``QUOTA_REPORT_CACHE_S`` (30 s) for the next report or page of the same month.
+        ``progress(user_months_read)`` is called after each page read from Redis."""
+        data = await self.month_data(month, progress=progress)
+        return data.report(sort=sort, top=top)
+
+    async def month_data(
+        self, month: str | None = None, *, progress: Callable[[int], None] | None = None, fresh: bool = False
+    ) -> MonthData:
+        """The month's summary and rows (cached, see ``month_report``), for paging:
+        ``data.page(sort=..., limit=..., cursor=...)``. ``fresh`` reads again whatever is cached."""
+        month = self.core.current_month() if month is None else validate_month(month)
+        data = None if fresh else self._reports.get(month)
+        if data is None:
+            data = await self._read_month(month, progress)
+            self._reports.put(month, data)
+        return data
+
+    async def _read_month(self, month: str, progress: Callable[[int], None] | None) -> MonthData:
+        current = self.core.current_month()
+        builder = MonthReportBuilder(month, self.prices, self.settings.credit_nano, current=month == current)
+        archive = self.history if month < current else None
+        unreadable = read = 0
+        live: dict[str, MonthUsage] = {}
+        async for page in prefetch(self.month_hashes(month)):
+            for user, raw in page:
+                if archive is not None:
+                    try:
+                        live[user] = MonthUsage.from_hash(month, raw)
+                        continue
+                    except ValueError:
+                        pass
+                elif builder.add_hash(user, raw):
+                    continue
+                unreadable += 1
+                log.warning("month report: %s's hash of %s has a field that is not an integer; left out", user, month)
+            read += len(page)
+            if progress is not None:
+                progress(read)
+        if archive is None:
+            return builder.finish(sources=("redis",), unreadable=unreadable, now=self.core.clock())
+
+        def add_archived() -> None:
+            # Redis was read first: the dump commits to SQL before it deletes from Redis, so in
+            # this order nothing falls between the two reads (as in get_token_stats).
+            for rows in archive.iter_month_rows(month):
+                builder.add_archived(rows, live)
+
+        await to_thread(add_archived)
+        for user, usage in live.items():
+            builder.add_usage(user, usage)
+        return builder.finish(sources=("redis", "sql"), unreadable=unreadable, now=self.core.clock())
+
+    async def month_usage(self, month: str | None = None) -> AsyncIterator[list[tuple[str, MonthUsage]]]:
+        """Every user-month of ``month`` as pages of ``(user, MonthUsage)``, merged with the
+        archive as ``month_report`` does, in no particular order: what an export streams.
+        Memory holds one page (and, for a past month, what of it is still in Redis); hashes
+        that do not parse are left out and logged."""
+        month = self.core.current_month() if month is None else validate_month(month)
+        archive = self.history if month < self.core.current_month() else None
+        live: dict[str, MonthUsage] = {}
+        async for page in prefetch(self.month_hashes(month)):
+            parsed = []
+            for user, raw in page:
+                try:
+                    usage = MonthUsage.from_hash(month, raw)
+                except ValueError:
+                    log.warning("month export: %s's hash of %s has a field that is not an integer", user, month)
+                    continue
+                if archive is None:
+                    parsed.append((user, usage))
+                else:
+                    live[user] = usage
+            if parsed:
+                yield parsed
+        if archive is None:
+            return
+        chunks = archive.iter_month(month)
+        try:
+            while True:
+                chunk = await to_thread(next, chunks, None)
+                if chunk is None:
+                    break
+                yield [(user, merge_month(month, live.pop(user, None), parts)) for user, parts in chunk]
+        finally:
+            chunks.close()
+        if live:
+            yield list(live.items())
+
+    async def month_hashes(self, month: str) -> AsyncIterator[list[tuple[str, Any]]]:
+        """Pages of ``(user, raw HGETALL reply)`` of every hash of ``month`` in Redis, primary by
+        primary: ``SCAN MATCH <prefix>:{*}:<month> COUNT n TYPE hash`` (n from 200 to 2000, so
+        that a page holds about 200 keys: quota._report.next_scan_count), and the page's HGETALLs
+        pipelined together with the SCAN of the next page (one round trip per page). No command
+        holds Redis for long (SLOWLOG stays empty at 10 ms: tests/test_report.py); never KEYS.
+        With ``QUOTA_REPORT_REDIS_SHARE`` below 1 it pauses after each page (quota._report.pause_after)."""
+        month = validate_month(month)
+        pattern = self.core.keys.month_pattern(month)
+        user_of = self.core.keys.month_key_users(month)
+        share = self.settings.report_redis_share
+        for where, node in await self._primaries():
+            count = SCAN_COUNT_MIN
+            with storage_errors(where):
+                try:
+                    cursor, keys = await node.scan(0, match=pattern, count=count, _type="hash")
+                except LOST_CONNECTION as exc:
+                    raise lost_connection(exc) from exc
+            while keys or int(cursor):
+                with storage_errors(where):
+                    try:
+                        pipe = node.pipeline(transaction=False)
+                        for key in keys:
+                            pipe.hgetall(key)
+                        if int(cursor):
+                            count = next_scan_count(count, len(keys))
+                            pipe.scan(cursor, match=pattern, count=count, _type="hash")
+                        sent = time.monotonic()
+                        replies = await pipe.execute(raise_on_error=False)
+                        pause = pause_after(time.monotonic() - sent, share)
+                        following: Any = (0, [])
+                        if int(cursor):
+                            following = replies.pop()
+                            if isinstance(following, Exception):
+                                raise following
+                    except LOST_CONNECTION as exc:
+                        raise lost_connection(exc) from exc
+                page = []
+                for key, reply in zip(keys, replies):
+                    user = user_of(key)
+                    if user is None or isinstance(reply, Exception) or not reply:
+                        continue  # not a user-month key after all, or deleted since the SCAN saw it
+                    page.append((user, reply))
+                if page:
+                    yield page
+                if pause:
+                    await sleep(pause)  # QUOTA_REPORT_REDIS_SHARE: leave Redis to the hot path
+                cursor, keys = following
+
+    async def _primaries(self) -> list[tuple[str, Any]]:
+        """``(name, plain client)`` of every primary: a SCAN on a cluster must visit each."""
+        here = self._clients.here()
+        if not isinstance(here.client, ClusterClient):
+            return [(self.where, here.client)]
+        with storage_errors(self.where):
+            await here.start.before_batch()
+            return [(node.name, here.nodes.get(node.name)) for node in here.client.get_primaries()]
 
     async def ping(self) -> None:
         """Raise ``StorageUnavailable`` unless Redis answers (every node of a cluster)."""

@@ -8,8 +8,10 @@ no event loop to give work to.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from redis.cluster import RedisCluster
@@ -60,6 +62,51 @@ def close_source(source: Any) -> None:
     closer = getattr(source, "close", None)
     if callable(closer):
         closer()
+
+
+def prefetch(items: Iterator[T]) -> Iterator[T]:
+    """``items``, with the next one fetched while the caller works on this one: a thread pulls one
+    item ahead, so a month report's next page travels to and from Redis while this page is parsed
+    (socket waits release the GIL; 20 to 25 % off a report, bench/report.py). An error in the
+    thread is raised in the caller; a caller that stops early stops the thread at its next item."""
+    ahead: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(kind: str, value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put((kind, value), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pump() -> None:
+        try:
+            for item in items:
+                if not put("item", item):
+                    return
+            put("done", None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            put("error", exc)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=pump, name="quota-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = ahead.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 class LoopClients:

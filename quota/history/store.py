@@ -39,10 +39,12 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
+    and_,
     create_engine,
     event,
     func,
@@ -67,9 +69,12 @@ if TYPE_CHECKING:
     from sqlalchemy.dialects import postgresql, sqlite
 from .._errors import ConfigError, StorageUnavailable
 from .._keys import validate_month, validate_prefix, validate_user
-from .._stats import ModelUsage, MonthUsage, merge_month
+from .._stats import ArchiveRow, ModelUsage, MonthUsage, merge_month, parts_from_rows
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Reads work on a database at least this old: version 2 only added an index, so a version-1
+# database stays readable (more slowly) until the next `quota dump` migrates it.
+READABLE_FROM = 1
 _LOCK_KEY = 0x71756F7461  # "quota": the PostgreSQL advisory lock taken while creating/migrating
 
 metadata = MetaData()
@@ -113,6 +118,12 @@ model_snapshot = Table(
     Column("is_system", Boolean, nullable=False),
 )
 
+# One month of every user, in user order: the month report (``iter_month``). Without it a report
+# read the whole table (every month) through the primary key, which starts with the user id.
+month_index = Index(
+    "quota_month_snapshot_by_month", month_snapshot.c.prefix, month_snapshot.c.month, month_snapshot.c.user_id
+)
+
 # Totals per user-month over generations: what ops query. Plain SQL that both dialects accept.
 VIEWS = {
     "quota_month": """
@@ -138,8 +149,13 @@ VIEWS = {
         GROUP BY prefix, user_id, month, model_id""",
 }
 
-# MIGRATIONS[v] upgrades a database at version v to v + 1 (none yet: version 1 is the first).
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+def _add_month_index(conn: Connection) -> None:
+    month_index.create(conn, checkfirst=True)
+
+
+# MIGRATIONS[v] upgrades a database at version v to v + 1.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_month_index}
 
 
 def url_secrets(url: str) -> set[str]:
@@ -231,6 +247,13 @@ class HistoryStore:
         self._sqlite_file = (
             parsed.database if self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:") else None
         )
+        if self._sqlite_file is not None and not parsed.query.get("uri") and not os.path.isabs(self._sqlite_file):
+            # A relative file (the default, sqlite:///quota-history.db) is resolved once, here:
+            # left relative, it would follow every later chdir of the process to another file.
+            self._sqlite_file = os.path.abspath(self._sqlite_file)
+            parsed = parsed.set(database=self._sqlite_file)
+            self.url = parsed.render_as_string(hide_password=False)
+            self.where = describe_db(self.url)
         options: dict[str, Any] = {}
         if self.dialect == "postgresql":
             options = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}}
@@ -319,12 +342,13 @@ class HistoryStore:
         if version is None:
             return False
         _refuse_newer(version, self.where)
-        if version < SCHEMA_VERSION:
+        if version < READABLE_FROM:
             raise ConfigError(
                 f"the history database at {self.where} has schema version {version}; "
                 f"run `quota dump` once to migrate it to {SCHEMA_VERSION}"
             )
-        self._schema_ready = True
+        # an older, still readable version is looked up again next time: the first write migrates it
+        self._schema_ready = version == SCHEMA_VERSION
         return True
 
     # --- writes ----------------------------------------------------------------------------------
@@ -455,6 +479,87 @@ class HistoryStore:
         for part in self.load_months(user, months):
             grouped.setdefault(part.month, []).append(part)
         return {month: merge_month(month, None, parts) for month, parts in grouped.items()}
+
+    def iter_month(self, month: str, *, chunk_users: int = 2000) -> Iterator[list[tuple[str, list[MonthUsage]]]]:
+        """Every archived user of ``month``, in user order, in chunks of about ``chunk_users``:
+        ``(user, generations)``, each generation a ``MonthUsage`` (``archive_gen`` set, oldest
+        archive first), ready for ``stats.merge_month``. Streamed (see ``iter_month_rows``)."""
+        for rows in self.iter_month_rows(month, chunk_rows=chunk_users):
+            chunk: list[tuple[str, list[MonthUsage]]] = []
+            start = 0
+            for end in range(1, len(rows) + 1):
+                if end == len(rows) or rows[end][0] != rows[start][0]:
+                    chunk.append((rows[start][0], parts_from_rows(month, rows[start:end])))
+                    start = end
+            yield chunk
+
+    def iter_month_rows(self, month: str, *, chunk_rows: int = 5000) -> Iterator[list[ArchiveRow]]:
+        """Every archived user of ``month`` as raw rows (``stats.ArchiveRow``: one per user,
+        generation and model), in user order then archive order, in lists of about ``chunk_rows``
+        rows that never split a user. One query, streamed (a server-side cursor on PostgreSQL):
+        memory holds one list, whatever the month's size. The month report reads these rows
+        without making an object per row (100,000 users in well under a second)."""
+        month = validate_month(month)
+        s, m = month_snapshot, model_snapshot
+        query = (
+            select(
+                s.c.user_id,
+                s.c.generation,
+                s.c.credit_nano,
+                s.c.system_used_nano,
+                m.c.model_id,
+                m.c.input_tokens,
+                m.c.output_tokens,
+                m.c.cost_nano,
+                m.c.calls,
+                m.c.estimated_calls,
+            )
+            .select_from(
+                s.outerjoin(
+                    m,
+                    and_(
+                        m.c.prefix == s.c.prefix,
+                        m.c.user_id == s.c.user_id,
+                        m.c.month == s.c.month,
+                        m.c.generation == s.c.generation,
+                    ),
+                )
+            )
+            .where(s.c.prefix == self.prefix, s.c.month == month)
+            .order_by(s.c.user_id, s.c.first_archived_at, s.c.generation, m.c.model_id)
+        )
+        compiled = query.compile(dialect=self.engine.dialect)
+        sql = str(compiled)
+        params: Any = (
+            tuple(compiled.params[name] for name in compiled.positiontup or ())
+            if compiled.positional
+            else compiled.params
+        )
+        with self.errors():
+            if not self._readable():
+                return
+            with self.engine.connect() as conn:
+                # The driver's own cursor (a named, server-side one on PostgreSQL, so rows stream):
+                # SQLAlchemy's row objects cost more than the query itself at 100,000 users.
+                raw = conn.connection.dbapi_connection
+                assert raw is not None
+                cursor = raw.cursor(name="quota_iter_month") if self.dialect == "postgresql" else raw.cursor()
+                try:
+                    cursor.execute(sql, params)
+                    held: list[ArchiveRow] = []
+                    while rows := cursor.fetchmany(chunk_rows):
+                        held.extend(rows)
+                        last = held[-1][0]
+                        cut = len(held)
+                        while cut > 0 and held[cut - 1][0] == last:
+                            cut -= 1  # the last user may go on in the next fetch: keep it back
+                        if cut:
+                            yield held[:cut]
+                            held = held[cut:]
+                    if held:
+                        yield held
+                finally:
+                    cursor.close()
 
     def count_months(self) -> int:
         """How many user-months (any generation) the archive holds for this prefix."""
