@@ -77,14 +77,15 @@ def month_users(month: str) -> Response:
     authorize(principal(), Action.READ_REPORTS)
     month = path_month(month)
     fmt = request.args.get("format", "json")
-    if fmt == "csv":
-        return csv_response(month)
-    if fmt != "json":
+    if fmt not in ("json", "csv"):
         raise ApiError(400, "invalid_input", f"format must be json or csv, got {fmt!r}")
+    # validated for both formats: a parameter the CSV export does not use is still not a free-for-all
     sort = request.args.get("sort", "cost")
     if sort not in SORTS:
         raise ApiError(400, "invalid_input", f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
     limit = int_arg("limit", 1, MAX_PAGE) or 100
+    if fmt == "csv":
+        return csv_response(month)
     data = get_quota().meter.month_data(month)
     rows, cursor = data.page(sort=sort, limit=limit, cursor=request.args.get("cursor"))
     return jsonify(

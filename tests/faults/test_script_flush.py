@@ -29,7 +29,20 @@ def test_script_flush_loop_reaches_no_caller(server: RedisServer):
     tally = Tally()
     started = time.monotonic()
     with Repeat(server.client, lambda client: client.script_flush(), FLUSH_EVERY_S) as flusher:
-        join_all(start_mixed(server.url, PREFIX, work, tally, batches=(0, 20, 100), retry=False, socket_timeout=5.0))
+        join_all(
+            start_mixed(
+                server.url,
+                PREFIX,
+                work,
+                tally,
+                batches=(0, 20, 100),
+                retry=False,
+                socket_timeout=5.0,
+                # the scenario is flushes reaching callers, not connect speed: on a
+                # loaded 2-core CI machine the default 0.5 s connect timeout was hit
+                socket_connect_timeout=5.0,
+            )
+        )
     duration = time.monotonic() - started
 
     records = [r for w in work for r in w]
