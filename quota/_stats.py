@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -11,6 +11,7 @@ from ._keys import (
     FIELD_ALERTED,
     FIELD_CREDIT,
     FIELD_DUMP_GEN,
+    FIELD_GRANTS_DRAWN,
     FIELD_USED,
     MODEL_SUFFIXES,
     SUFFIX_CALLS,
@@ -26,6 +27,7 @@ from ._keys import (
 )
 from ._money import nano_to_decimal, nano_to_json
 from ._prices import PriceTable
+from ._results import Grant, available_nano
 
 
 @dataclass
@@ -64,6 +66,7 @@ class MonthUsage:
     models: dict[str, ModelUsage] = field(default_factory=dict)
     archive_gen: int | None = None
     alerted_pct: int = 0  # the highest alert threshold reached and not cleared this month (0: none)
+    grants_drawn_nano: int = 0  # what the month's system spend drew from grants (lua/lib/grants.lua)
 
     @classmethod
     def from_hash(cls, month: str, raw: Mapping[Any, Any]) -> MonthUsage:
@@ -79,6 +82,8 @@ class MonthUsage:
                 usage.archive_gen = number
             elif name == FIELD_ALERTED:
                 usage.alerted_pct = number
+            elif name == FIELD_GRANTS_DRAWN:
+                usage.grants_drawn_nano = number
             else:
                 model_id, _, suffix = name.rpartition(":")
                 if model_id and suffix in MODEL_SUFFIXES:
@@ -98,6 +103,7 @@ class MonthUsage:
         if other.credit_nano is not None:
             self.credit_nano = other.credit_nano
         self.system_used_nano += other.system_used_nano
+        self.grants_drawn_nano += other.grants_drawn_nano
         for model_id, usage in other.models.items():
             self.models.setdefault(model_id, ModelUsage()).add(usage)
 
@@ -179,16 +185,24 @@ def build_token_stats(
     *,
     held_nano: int = 0,
     exact: bool = False,
+    plan_nano: int | None = None,
+    grants: Sequence[Grant] = (),
 ) -> dict[str, Any]:
     """The seed's structure, plus extra keys; ``history`` newest first, empty months left out.
 
     ``held`` is what live turn holds reserve; ``available`` what a new turn could still reserve
-    (credit - used - held, never below 0). Amounts (and ``percent_used``) are JSON numbers
+    (credit - used - held, never below 0; with grants, see quota._results.available_nano). ``plan_nano``
+    is the user's plan credit (the month's credit when it has none of its own); ``grants`` every grant
+    of the user, in draw-down order (quota._core.parse_grants). Amounts (and ``percent_used``) are JSON numbers
     (floats whose repr is the exact amount), or with ``exact`` ``Decimal`` CNY: the same
     structure, nothing rounded."""
     money = nano_to_decimal if exact else nano_to_json
     credit = current.credit_nano if current.credit_nano is not None else default_credit_nano
+    if current.credit_nano is None and plan_nano is not None:
+        credit = plan_nano
     used = current.system_used_nano
+    drawn = current.grants_drawn_nano
+    live_grants = sum(g.remaining_nano for g in grants if g.live)
     models: dict[str, Any] = {}
     for model_id, usage in sorted(current.models.items()):
         is_system = prices.is_system(model_id)
@@ -225,11 +239,27 @@ def build_token_stats(
         "monthly_credit": money(credit),
         "monthly_used": money(used),
         "last_reset": iso_z(month_start(current.month)),
-        "remaining": money(max(credit - used, 0)),
+        "plan_credit": None if plan_nano is None else money(plan_nano),
+        "remaining": money(max(credit - (used - drawn), 0)),
         "held": money(held_nano),
-        "available": money(max(credit - used - held_nano, 0)),
+        "available": money(max(available_nano(credit, used, drawn, live_grants, held_nano), 0)),
         "percent_used": exact_percent(used, credit) if exact else percent(used, credit),
-        "exceeded": used >= credit,
+        "exceeded": used - drawn >= credit,
+        # issue 12: what is left of the live grants, what this month's spend drew from grants, and every
+        # grant (live first, in draw-down order)
+        "grants_remaining": money(live_grants),
+        "grants_drawn": money(drawn),
+        "grants": [
+            {
+                "grant_id": g.grant_id,
+                "amount": money(g.amount_nano),
+                "remaining": money(g.remaining_nano),
+                "expires_at": g.as_dict()["expires_at"],
+                "reason": g.reason,
+                "live": g.live,
+            }
+            for g in grants
+        ],
         # the highest alert threshold (percent of the credit) the spend reached this month, None before any
         "alerted_threshold": current.alerted_pct or None,
         "resets_at": iso_z(next_month_start(current.month)),
