@@ -9,6 +9,7 @@ from ._async.meter import AsyncMeter
 from ._async.turn import AsyncMeteredStream, AsyncTurn
 from ._config import Settings
 from ._errors import (
+    AuditUnavailable,
     BatchError,
     ConfigError,
     InvalidInput,
@@ -16,12 +17,13 @@ from ._errors import (
     QuotaExceeded,
     RequestConflict,
     StorageUnavailable,
+    UnknownGrant,
     UnknownModel,
 )
 from ._prices import ModelPrice, PriceTable
 from ._replay import ReplayReport
 from ._report import ModelTotals, MonthData, MonthReport, MonthSummary, UserRow
-from ._results import CreditResult, QuotaCheck, UsageResult
+from ._results import CreditResult, Grant, PlanResult, QuotaCheck, UsageResult
 from ._runner import AsyncScriptRunner, ScriptRunner
 from ._sync.meter import Meter
 from ._sync.turn import MeteredStream, Turn
@@ -34,9 +36,11 @@ __all__ = [
     "AsyncMeteredStream",
     "AsyncScriptRunner",
     "AsyncTurn",
+    "AuditUnavailable",
     "BatchError",
     "ConfigError",
     "CreditResult",
+    "Grant",
     "InvalidInput",
     "InvalidToken",
     "Meter",
@@ -46,6 +50,7 @@ __all__ = [
     "MonthData",
     "MonthReport",
     "MonthSummary",
+    "PlanResult",
     "PriceTable",
     "QuotaCheck",
     "QuotaError",
@@ -58,6 +63,7 @@ __all__ = [
     "StorageUnavailable",
     "Turn",
     "TurnMetrics",
+    "UnknownGrant",
     "UnknownModel",
     "Usage",
     "UsageResult",

@@ -641,9 +641,10 @@ def quota_exceeded_event(
         "monthly_used": used,
         "monthly_credit": credit,
         "held": nano_to_json(held_nano),
-        "grants": nano_to_json(grants_nano),
         "resets_at": resets_at,
     }
+    if grants_nano or grants_drawn_nano:
+        event["grants"] = nano_to_json(grants_nano)
     if room > 0:
         rest_text = nano_to_decimal(room)
         event["message"] = (
