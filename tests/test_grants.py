@@ -15,6 +15,8 @@ import pytest
 from quota import Meter, QuotaExceeded, RequestConflict
 from quota._errors import InvalidInput, UnknownGrant
 
+from .history_support import history_url, store  # noqa: F401 - fixtures
+
 NANO = 10**9
 
 
@@ -247,4 +249,48 @@ def test_four_processes_spend_across_the_credit_and_two_grants_exactly(real_back
     assert stats["monthly_used"] == Decimal(total) / NANO
     assert stats["grants_drawn"] == Decimal("2.8")
     assert grants_of(meter, "hot") == {"b": 700_000_000, "a": 0}
+    meter.close()
+
+
+def test_the_worked_example_of_pricing_md(any_meter, clock):
+    """docs/PRICING.md, "A worked example", figure by figure."""
+    m = any_meter
+    clock.set(2026, 2, 10, 9, 0)
+    m.set_plan_credit("alice", 20)
+    m.grant_credit("alice", 3, grant_id="order-1042", reason="order 1042", expires_at=datetime(2026, 3, 1, tzinfo=UTC))
+    m.grant_credit("alice", 1, grant_id="support-7", reason="sorry for the outage")
+    assert m.get_token_stats("alice")["available"] == 24.0
+    spend(m, "alice", 19_500_000_000)
+    assert m.get_token_stats("alice")["available"] == 4.5
+    assert spend(m, "alice", 1_200_000_000).grants_drawn_nano == 700_000_000
+    assert grants_of(m, "alice") == {"order-1042": 2_300_000_000, "support-7": NANO}
+    assert m.get_token_stats("alice")["available"] == 3.3
+    spend(m, "alice", 2_800_000_000)
+    assert grants_of(m, "alice") == {"support-7": 500_000_000, "order-1042": 0}
+    stats = m.get_token_stats("alice")
+    assert {k: stats[k] for k in ("monthly_credit", "plan_credit", "monthly_used", "remaining", "grants_drawn")} == {
+        "monthly_credit": 20.0,
+        "plan_credit": 20.0,
+        "monthly_used": 23.5,
+        "remaining": 0.0,
+        "grants_drawn": 3.5,
+    }
+    assert (stats["grants_remaining"], stats["exceeded"], stats["available"]) == (0.5, True, 0.5)
+    assert m.check_quota_available("alice", "system_deepseek").allowed
+    clock.set(2026, 3, 1, 0, 0)
+    assert m.get_token_stats("alice")["available"] == 20.5
+
+
+def test_the_archive_keeps_each_months_draw_on_grants(backend, clock, store):
+    from quota.history import dump_expired_months
+
+    meter = Meter(backend.sync_client(), clock=clock, prefix="quota", monthly_credit=5)
+    meter.grant_credit("lu", "2", grant_id="g")
+    spend(meter, "lu", 6_250_000_000)
+    clock.set(2026, 2, 2, 0, 0)
+    report = dump_expired_months(meter, store)
+    assert report.archived == 1
+    [archived] = store.load_months("lu", ["2026-01"])
+    assert (archived.system_used_nano, archived.grants_drawn_nano) == (6_250_000_000, 1_250_000_000)
+    assert grants_of(meter, "lu") == {"g": 750_000_000}  # grants are not month data: the dump leaves them
     meter.close()

@@ -5,6 +5,9 @@ window.QuotaI18n = (function () {
     en: {
       title: "Token usage", thisMonth: "This month", cny: "CNY", remaining: "Remaining", resets: "Resets on",
       held: "Held by replies in progress", available: "Available for new messages",
+      grantsLeft: "Credit grants left", grants: "Credit grants", grant: "Grant", reason: "Reason",
+      grantLeft: "Left (CNY)", grantAmount: "Granted (CNY)", expires: "Expires", never: "never",
+      grantsNote: "Used after this month's credit, the earliest expiry first; they do not reset with the month.",
       overNote: "The system-model credit is used up: new messages on system models are refused until the reset. Custom models keep working.",
       warnNote: "You have used {pct}% of this month's system-model credit.", warnTitle: "Credit alert",
       byModel: "By model, this month", model: "Model", kind: "Kind", input: "Input tokens", output: "Output tokens",
@@ -35,6 +38,9 @@ window.QuotaI18n = (function () {
     zh: {
       title: "Token 用量", thisMonth: "本月", cny: "元", remaining: "剩余额度", resets: "重置日期",
       held: "进行中的回复占用", available: "新消息可用额度",
+      grantsLeft: "赠送/充值额度剩余", grants: "赠送/充值额度", grant: "额度", reason: "原因",
+      grantLeft: "剩余（元）", grantAmount: "总额（元）", expires: "到期", never: "永不过期",
+      grantsNote: "在本月额度用完后使用，先到期的先用；不随月份重置。",
       overNote: "本月系统模型额度已用完：在重置前，系统模型的新消息将被拒绝；自定义模型不受影响。",
       warnNote: "本月系统模型额度已用 {pct}%。", warnTitle: "额度提醒",
       byModel: "本月各模型用量", model: "模型", kind: "类型", input: "输入 tokens", output: "输出 tokens",

@@ -106,6 +106,27 @@
     $("models-empty").hidden = Object.keys(s.models).length > 0;
   }
 
+  /* Credit grants (issue 12): live ones first, in the order they are spent; the card shows only when there are any. */
+  function renderGrants(s) {
+    const grants = s.grants || [];
+    const body = $("grants").tBodies[0];
+    body.replaceChildren();
+    for (const g of grants) {
+      const row = body.insertRow();
+      row.dataset.grant = g.grant_id;
+      row.className = g.live ? "live" : "spent";
+      cell(row, g.grant_id);
+      cell(row, g.reason || "");
+      cell(row, I.money(g.remaining), "num", g.remaining);
+      cell(row, I.money(g.amount), "num", g.amount);
+      cell(row, g.expires_at ? g.expires_at.slice(0, 16).replace("T", " ") + " " + I.t("utc") : I.t("never"), "", g.expires_at || "");
+    }
+    $("grants-card").hidden = grants.length === 0;
+    $("grants-fact").hidden = grants.length === 0;
+    $("grants-left").textContent = I.money(s.grants_remaining || 0);
+    $("grants-left").dataset.value = String(s.grants_remaining || 0);
+  }
+
   /* One row per month: totals, with system (credit-bearing) and custom cost apart. */
   function monthTotals(models) {
     const t = { input: 0, output: 0, calls: 0, system: 0, custom: 0 };
@@ -186,6 +207,7 @@
         alert("");
         renderMonth(data);
         renderModels(data);
+        renderGrants(data);
         renderHistory(data);
         $("updated").textContent = new Date().toLocaleTimeString(I.lang === "zh" ? "zh-CN" : "en-GB");
         $("status").textContent = I.t("live");
