@@ -186,9 +186,9 @@ def test_reading_a_version_1_history_works_until_the_dump_migrates_it(tmp_path):
     s.close()
     old = HistoryStore(url)
     assert list(old.iter_month("2025-12")) == []  # readable
-    assert old.ensure_schema() == 2
+    assert old.ensure_schema() == 3  # 2: the index; 3: grants_drawn_nano and the audit table (issue 12)
     with old.engine.connect() as conn:
-        assert conn.execute(text("SELECT version FROM quota_schema_version")).scalar_one() == 2
+        assert conn.execute(text("SELECT version FROM quota_schema_version")).scalar_one() == 3
         names = {r[1] for r in conn.execute(text("PRAGMA index_list(quota_month_snapshot)"))}
     assert "quota_month_snapshot_by_month" in names
     old.close()

@@ -50,6 +50,7 @@ from sqlalchemy import (
     event,
     func,
     inspect,
+    literal,
     select,
     text,
 )
@@ -77,8 +78,9 @@ from .._stats import ArchiveRow, ModelUsage, MonthUsage, merge_month, parts_from
 SCHEMA_VERSION = 3
 # Reads work on a database at least this old: version 2 only added an index, so a version-1
 # database stays readable (more slowly) until the next `quota dump` migrates it. Version 3 added
-# grants_drawn_nano and the audit table: reads of an older one need a migration (any write does it).
-READABLE_FROM = 3
+# grants_drawn_nano and the audit table: an older database reads as 0 drawn and no audit rows until
+# its first write (a dump, an audited credit change) migrates it.
+READABLE_FROM = 1
 _LOCK_KEY = 0x71756F7461  # "quota": the PostgreSQL advisory lock taken while creating/migrating
 
 metadata = MetaData()
@@ -183,7 +185,8 @@ def _add_month_index(conn: Connection) -> None:
 
 
 def _add_grants_and_audit(conn: Connection) -> None:
-    conn.execute(text("ALTER TABLE quota_month_snapshot ADD COLUMN grants_drawn_nano BIGINT NOT NULL DEFAULT 0"))
+    if "grants_drawn_nano" not in {c["name"] for c in inspect(conn).get_columns(month_snapshot.name)}:
+        conn.execute(text("ALTER TABLE quota_month_snapshot ADD COLUMN grants_drawn_nano BIGINT NOT NULL DEFAULT 0"))
     credit_audit.create(conn, checkfirst=True)
     audit_index.create(conn, checkfirst=True)
 
@@ -299,6 +302,7 @@ class HistoryStore:
         if self.dialect == "sqlite":
             _sqlite_setup(self.engine, self._sqlite_file if not parsed.query.get("uri") else None)
         self._schema_ready = False
+        self._version = SCHEMA_VERSION  # the schema version last seen by a read (older: fewer columns)
         self._month_upsert = self._upsert(month_snapshot, keep=("first_archived_at",))
         self._model_upsert = self._upsert(model_snapshot)
 
@@ -346,6 +350,7 @@ class HistoryStore:
                     if attempt == 2:
                         raise
         self._schema_ready = True
+        self._version = SCHEMA_VERSION
         return SCHEMA_VERSION
 
     def _create_or_migrate(self, conn: Connection) -> None:
@@ -383,6 +388,7 @@ class HistoryStore:
             )
         # an older, still readable version is looked up again next time: the first write migrates it
         self._schema_ready = version == SCHEMA_VERSION
+        self._version = version
         return True
 
     # --- writes ----------------------------------------------------------------------------------
@@ -495,7 +501,8 @@ class HistoryStore:
                         month_snapshot.c.generation,
                         month_snapshot.c.credit_nano,
                         month_snapshot.c.system_used_nano,
-                        month_snapshot.c.grants_drawn_nano,
+                        # schema 3 (issue 12); 0 in an older archive, read before its migration
+                        month_snapshot.c.grants_drawn_nano if self._version >= 3 else literal(0),
                     )
                     .where(where(month_snapshot))
                     .order_by(month_snapshot.c.month, month_snapshot.c.first_archived_at, month_snapshot.c.generation)
@@ -659,7 +666,7 @@ class HistoryStore:
         nano-CNY as ints beside them)."""
         user = validate_user(user)
         with self.errors():
-            if not self._readable():
+            if not self._readable() or self._version < 3:
                 return []
             a = credit_audit
             with self.engine.connect() as conn:
