@@ -70,7 +70,10 @@
     $("available").dataset.value = String(s.available);
     $("resets").textContent = s.resets_at.slice(0, 10) + " 00:00 " + I.t("utc");
     $("resets").dataset.value = s.resets_at;
-    $("over-note").hidden = !s.exceeded;
+    /* Past the month's credit, live grants (issue 12) still pay: the user is not refused yet. */
+    const onGrants = s.exceeded && Number(s.grants_remaining || 0) > 0;
+    $("over-note").hidden = !s.exceeded || onGrants;
+    $("grants-note").hidden = !onGrants;
     /* A threshold alert (80% by default) reached this month and not yet cleared by a credit raise. */
     const alerted = s.alerted_threshold;
     $("warn-note").hidden = !alerted || s.exceeded;
