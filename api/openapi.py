@@ -335,7 +335,16 @@ SCHEMAS: dict[str, Any] = {
         }
     ),
     "PlanResult": _object(
-        {"user": USER, "plan_credit": NULLABLE_MONEY, "plan_credit_before": NULLABLE_MONEY},
+        {
+            "user": USER,
+            "plan_credit": NULLABLE_MONEY,
+            "plan_credit_before": NULLABLE_MONEY,
+            "cleared_alerts": ALERTS
+            | {
+                "description": "alerted thresholds of this month (when it has no credit of its own) the new plan "
+                "brought the spend back under, highest first"
+            },
+        },
     ),
     "AuditEntry": _object(
         {

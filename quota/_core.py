@@ -493,11 +493,20 @@ class MeterCore:
             if nano >= 10**17:
                 raise InvalidInput("credit must be below 100,000,000 CNY")
 
-        def parse(reply: Any) -> PlanResult:
-            before = _text(reply)
-            return PlanResult(user, nano, int(before) if before else None)
+        month = self.current_month()
 
-        return ScriptCall(scripts.SET_PLAN, (self.keys.plan_key(user),), ("" if nano is None else str(nano),), parse)
+        def parse(reply: Any) -> PlanResult:
+            before, cleared = _text(reply[0]), reply[1]
+            return PlanResult(user, nano, int(before) if before else None, month, _percents(cleared))
+
+        keys = (
+            self.keys.plan_key(user),
+            self.keys.month_key(user, month),
+            self.keys.outbox_key(user),
+            self.keys.outbox_index_key(user),
+        )
+        args = ("" if nano is None else str(nano), self._thresholds_arg, self._credit_arg)
+        return ScriptCall(scripts.SET_PLAN, keys, args, parse)
 
     # --- get_token_stats -------------------------------------------------------------------------
 

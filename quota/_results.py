@@ -258,10 +258,15 @@ class PlanResult:
     user: str
     plan_credit_nano: int | None
     before_nano: int | None
+    month: str = ""  # the current month when it was set
+    # The current month's alerted thresholds the new plan brought the spend back under (a month without
+    # its own credit), highest first: each got a quota.threshold_cleared event (docs/ALERTS.md).
+    cleared: tuple[int, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "user": self.user,
             "plan_credit": None if self.plan_credit_nano is None else nano_to_json(self.plan_credit_nano),
             "plan_credit_before": None if self.before_nano is None else nano_to_json(self.before_nano),
+            "cleared_alerts": list(self.cleared),
         }

@@ -177,7 +177,7 @@ def test_api_grants_plans_and_audit(api, store):  # noqa: F811
     stats = api.get("/v1/users/fay/token-stats", headers=admin).get_json()
     assert stats["grants_remaining"] == 3.0 and stats["available"] == 8.0 and stats["plan_credit"] is None
     plan = api.put("/v1/users/fay/plan", json={"credit": "20"}, headers=admin)
-    assert plan.get_json() == {"user": "fay", "plan_credit": 20.0, "plan_credit_before": None}
+    assert plan.get_json() == {"user": "fay", "plan_credit": 20.0, "plan_credit_before": None, "cleared_alerts": []}
     assert api.get("/v1/users/fay/token-stats", headers=admin).get_json()["monthly_credit"] == 20.0
     revoked = api.delete("/v1/users/fay/grants/p1", headers=admin)
     assert revoked.status_code == 200 and revoked.get_json()["revoked"] is True

@@ -6,6 +6,7 @@ The bodies run on Meter and AsyncMeter over fakeredis, a real Redis and the real
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -221,6 +222,20 @@ def test_alerts_stay_on_the_months_credit(any_meter):
     m.grant_credit("kim", "10", grant_id="big")
     assert spend(m, "kim", 4_000_000_000).alerts == (80,)
     assert spend(m, "kim", 2_000_000_000).alerts == (100,)  # while grants pay for it
+
+
+def test_a_plan_raise_clears_the_alerts_it_brings_the_spend_under(any_meter, raw):
+    m = any_meter
+    assert spend(m, "max", 4_200_000_000).alerts == (80,)  # 84 % of the default 5
+    cut = m.set_plan_credit("max", "4.5")  # a cut clears nothing (and emits nothing)
+    assert cut.cleared == () and cut.month == "2026-01"
+    raised = m.set_plan_credit("max", "10")
+    assert raised.cleared == (80,) and raised.as_dict()["cleared_alerts"] == [80]
+    events = [json.loads(v) for v in raw.hvals("quota:{max}:outbox")]
+    assert sorted((e["kind"], e["threshold"]) for e in events) == [("cleared", 80), ("crossed", 80)]
+    assert spend(m, "max", 4_000_000_000).alerts == (80,)  # armed again: 8.2 of 10
+    m.set_monthly_credit("max", "20")
+    assert m.set_plan_credit("max", None).cleared == ()  # the month's own credit wins: nothing to clear
 
 
 def _worker(url: str, n: int, calls: int, cost_nano: int) -> None:

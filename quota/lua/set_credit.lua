@@ -21,7 +21,7 @@
 -- atomic step (two top-ups at once both count), summed exactly in decimal; a credit that would reach
 -- 1e17 nano-CNY (10^8 CNY) is refused and nothing is written.
 
--- @include alerts
+-- @include alerts_clear
 -- @include grants
 
 -- 1. validate
@@ -31,9 +31,6 @@ end
 if not thresholds_ok(ARGV[2]) then
   return redis.error_reply('QUOTA_INVALID set_credit thresholds must be ascending percents like 80,100')
 end
-local thresholds = {}
-for p in string.gmatch(ARGV[2], '%d+') do thresholds[#thresholds + 1] = tonumber(p) end
-
 -- The exact sum of two decimal strings below 1e17, in two base-1e9 limbs (each sum below 2^53).
 local function add_uint(a, b)
   local function limbs(x)
@@ -70,25 +67,12 @@ elseif mode ~= 'set' then
   return redis.error_reply('QUOTA_INVALID set_credit mode must be set or add')
 end
 
--- 2. read: which alerted thresholds the spend no longer reaches under the new credit (from the top;
--- the lower ones are reached whenever a higher one is), and the highest one it still reaches
+-- 2. read: which alerted thresholds the spend no longer reaches under the new credit
 local now = redis.call('HMGET', KEYS[1], 'system_used_nano', 'alerted_pct')
 local used = now[1] or '0'
-local alerted = tonumber(now[2] or '0') or 0
-local cleared, still = {}, 0
-for i = #thresholds, 1, -1 do
-  local pct = thresholds[i]
-  if pct <= alerted then
-    if reaches(used, '0', credit, pct) then still = pct break end
-    cleared[#cleared + 1] = pct
-  end
-end
+local cleared, still = no_longer_reached(ARGV[2], now[2], used, credit)
 
 -- 3. write
 redis.call('HSET', KEYS[1], 'credit_nano', credit)
-if #cleared > 0 then
-  local now_ms = server_ms()
-  for _, pct in ipairs(cleared) do emit(KEYS[1], KEYS[2], KEYS[3], 'cleared', pct, used, credit, now_ms) end
-  redis.call('HSET', KEYS[1], 'alerted_pct', still)
-end
+emit_cleared(KEYS[1], KEYS[2], KEYS[3], cleared, still, used, credit)
 return {used, credit, table.concat(cleared, ','), before or ''}
