@@ -40,8 +40,9 @@
 -- repeated id). crossed lists the thresholds this call's system spend reached first this month ("80" or
 -- "80,100"; "" mostly): each got one quota.threshold_crossed event in the outbox, in this same step. A
 -- repeated id crosses nothing. purpose is the one the call was counted under ("other" past the bound;
--- for a repeated id, the one given; "" for none). drawn is what this call drew from grants ("0" mostly,
--- and for a repeated id). Amounts are strings: they may pass 2^53, where Lua numbers lose digits.
+-- for a repeated id, the one given; "" for none). drawn is what this call drew from grants (0 mostly,
+-- and for a repeated id): an integer, below 10^15 (grant.lua's bound). The other amounts are strings:
+-- they may pass 2^53, where Lua numbers lose digits.
 -- Never refuses for being over the credit: the reply in progress is always counted.
 -- Errors start with QUOTA_INVALID, QUOTA_CONFLICT or QUOTA_OVERFLOW and change nothing.
 
@@ -82,7 +83,7 @@ if seen then
     return redis.error_reply('QUOTA_CONFLICT request_id was already used for a different record')
   end
   local now = redis.call('HMGET', KEYS[1], 'system_used_nano', 'credit_nano')
-  return {0, now[1] or '0', now[2] or plan or ARGV[6], '', '', purpose, '0'}
+  return {0, now[1] or '0', now[2] or plan or ARGV[6], '', '', purpose, 0}
 end
 local fields = {model .. ':input', model .. ':output', model .. ':cost_nano',
                 model .. ':calls', 'system_used_nano', 'credit_nano', 'alerted_pct'}
@@ -109,7 +110,9 @@ if ARGV[5] == '1' and ARGV[9] ~= '' then  -- system spend alerts, nothing else (
 end
 local draw, live = 0, nil
 if ARGV[5] == '1' then  -- the part of the cost beyond the credit, if any, draws on live grants
-  local beyond = tonumber(ARGV[4]) - credit_left(credit, used, current[drawn_at])
+  local room = tonumber(credit) - tonumber(used)  -- what the month's credit covers: + what grants paid
+  if current[drawn_at] then room = room + tonumber(current[drawn_at]) end
+  local beyond = tonumber(ARGV[4]) - math.max(room, 0)  -- (lib/grants.lua credit_left, inlined: the hot path)
   if beyond > 0 then  -- only now is the grants hash read: under the credit, a record never reads it
     if not is_uint(ARGV[11], 15) then  -- validated where it is used (still before any write)
       return redis.error_reply('QUOTA_INVALID record now_ms must be an unsigned integer')
@@ -167,4 +170,4 @@ if #crossed > 0 then  -- one event per threshold, in the outbox with the count (
   for _, pct in ipairs(crossed) do emit(KEYS[1], KEYS[3], KEYS[4], 'crossed', pct, after, credit, now_ms) end
   redis.call('HSET', KEYS[1], 'alerted_pct', crossed[#crossed])
 end
-return {1, used, credit, hold, table.concat(crossed, ','), purpose, string.format('%d', draw)}
+return {1, used, credit, hold, table.concat(crossed, ','), purpose, draw}  -- draw < 10^15: exact as a number
