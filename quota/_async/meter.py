@@ -14,6 +14,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
+from .._adjust import Adjustment, adjust_call, adjustments_from_hash, audit_adjustment
 from .._batch import SendOne, Step, eval_args, evalsha_args, plan_batch
 from .._config import Settings
 from .._connect import (
@@ -30,7 +31,7 @@ from .._connect import (
 )
 from .._core import Clock, MeterCore, R, ScriptCall
 from .._errors import BatchError, QuotaError, StorageUnavailable
-from .._keys import validate_month
+from .._keys import validate_month, validate_user
 from .._prices import PriceTable
 from .._replay import ReplayReport
 from .._report import (
@@ -212,6 +213,61 @@ class AsyncMeter:
         if history_down:
             stats["history_unavailable"] = True
         return stats
+
+    # --- the operator's view: corrections (quota._adjust) --------------------------------------
+
+    async def adjust(
+        self,
+        user: str,
+        model_id: str,
+        *,
+        adjustment_id: str,
+        reason: str,
+        cost: Any = 0,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        calls: int = 0,
+        month: str | None = None,
+        actor: str | None = None,
+    ) -> Adjustment:
+        """Correct ``user``'s ``month`` (default: the current one) for ``model_id`` by signed
+        amounts (``cost`` in CNY), atomically, once per ``adjustment_id`` (the same id with the
+        same amounts and reason again changes nothing; with others it is ``RequestConflict``).
+        A counter that would go below zero is ``InvalidInput`` and nothing changes. On a system
+        model the cost also moves the month's use of the credit. Logged with its id, reason and
+        ``actor`` (quota._adjust.audit_adjustment); listed by ``adjustments``."""
+        result = await self.run(
+            adjust_call(
+                self.core,
+                user,
+                model_id,
+                adjustment_id=adjustment_id,
+                reason=reason,
+                cost=cost,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                calls=calls,
+                month=month,
+                actor=actor,
+            )
+        )
+        audit_adjustment(result)
+        return result
+
+    async def adjustments(self, user: str, month: str | None = None) -> list[Adjustment]:
+        """The adjustments of ``user``'s ``month`` (default: the current one), oldest first."""
+        user = validate_user(user)
+        month = self.core.current_month() if month is None else validate_month(month)
+        key = self.core.keys.adjustments_key(user, month)
+        with storage_errors(self.where):
+            here = self._clients.here()
+            if not here.start.ready:
+                await here.start.wait()
+            try:
+                raw = await here.client.hgetall(key)
+            except LOST_CONNECTION as exc:
+                raise lost_connection(exc) from exc
+        return adjustments_from_hash(user, month, raw, self.prices.is_system)
 
     # --- the operator's view: month reports -----------------------------------------------------
 

@@ -49,6 +49,7 @@ from sqlalchemy import (
     event,
     func,
     inspect,
+    literal,
     select,
     text,
 )
@@ -71,9 +72,10 @@ from .._errors import ConfigError, StorageUnavailable
 from .._keys import validate_month, validate_prefix, validate_user
 from .._stats import ArchiveRow, ModelUsage, MonthUsage, merge_month, parts_from_rows
 
-SCHEMA_VERSION = 2
-# Reads work on a database at least this old: version 2 only added an index, so a version-1
-# database stays readable (more slowly) until the next `quota dump` migrates it.
+SCHEMA_VERSION = 3
+# Reads work on a database at least this old: version 2 only added an index and version 3 two
+# columns that a read of an older database takes as 0, so a version-1 database stays readable
+# (more slowly) until the next `quota dump` migrates it.
 READABLE_FROM = 1
 _LOCK_KEY = 0x71756F7461  # "quota": the PostgreSQL advisory lock taken while creating/migrating
 
@@ -116,6 +118,9 @@ model_snapshot = Table(
     Column("calls", BigInteger, nullable=False),
     Column("estimated_calls", BigInteger, nullable=False),
     Column("is_system", Boolean, nullable=False),
+    # corrections (quota adjust, schema version 3): how many, and their signed cost; the counters above include them
+    Column("adjustments", BigInteger, nullable=False, server_default="0"),
+    Column("adjusted_cost_nano", BigInteger, nullable=False, server_default="0"),
 )
 
 # One month of every user, in user order: the month report (``iter_month``). Without it a report
@@ -154,8 +159,13 @@ def _add_month_index(conn: Connection) -> None:
     month_index.create(conn, checkfirst=True)
 
 
+def _add_adjustment_columns(conn: Connection) -> None:
+    for column in ("adjustments", "adjusted_cost_nano"):
+        conn.execute(text(f"ALTER TABLE quota_model_snapshot ADD COLUMN {column} BIGINT NOT NULL DEFAULT 0"))
+
+
 # MIGRATIONS[v] upgrades a database at version v to v + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_month_index}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_month_index, 2: _add_adjustment_columns}
 
 
 def url_secrets(url: str) -> set[str]:
@@ -265,6 +275,7 @@ class HistoryStore:
         if self.dialect == "sqlite":
             _sqlite_setup(self.engine, self._sqlite_file if not parsed.query.get("uri") else None)
         self._schema_ready = False
+        self._has_adjustments = True  # False while reading a database older than schema version 3
         self._month_upsert = self._upsert(month_snapshot, keep=("first_archived_at",))
         self._model_upsert = self._upsert(model_snapshot)
 
@@ -311,7 +322,7 @@ class HistoryStore:
                     # another process created the schema at the same moment: look again
                     if attempt == 2:
                         raise
-        self._schema_ready = True
+        self._schema_ready = self._has_adjustments = True
         return SCHEMA_VERSION
 
     def _create_or_migrate(self, conn: Connection) -> None:
@@ -349,6 +360,7 @@ class HistoryStore:
             )
         # an older, still readable version is looked up again next time: the first write migrates it
         self._schema_ready = version == SCHEMA_VERSION
+        self._has_adjustments = version >= 3
         return True
 
     # --- writes ----------------------------------------------------------------------------------
@@ -398,6 +410,8 @@ class HistoryStore:
                         m.calls,
                         m.estimated_calls,
                         flag,
+                        m.adjustments,
+                        m.adjusted_cost_nano,
                     )
                 )
         with self.errors(), self.engine.begin() as conn:
@@ -418,7 +432,10 @@ class HistoryStore:
             stmt = sqlite_insert(table)
         keys = [c.name for c in table.primary_key.columns]
         changes = {c.name: stmt.excluded[c.name] for c in table.columns if not c.primary_key and c.name not in keep}
-        upsert = stmt.on_conflict_do_update(index_elements=keys, set_=changes, where=stmt.excluded.seq >= table.c.seq)
+        # Strictly newer: every read of one incarnation has its own dump_seq, so an equal seq is either
+        # the same snapshot again (nothing to change) or a copy restored from a backup whose counter
+        # went back (older content, which must not replace what the archive holds: docs/HISTORY.md).
+        upsert = stmt.on_conflict_do_update(index_elements=keys, set_=changes, where=stmt.excluded.seq > table.c.seq)
         return _BulkUpsert(upsert, table, self.engine)
 
     # --- reads -----------------------------------------------------------------------------------
@@ -452,25 +469,32 @@ class HistoryStore:
                     .where(where(month_snapshot))
                     .order_by(month_snapshot.c.month, month_snapshot.c.first_archived_at, month_snapshot.c.generation)
                 ).all()
+                m = model_snapshot.c
+                corrections = (
+                    (m.adjustments, m.adjusted_cost_nano) if self._has_adjustments else (literal(0), literal(0))
+                )
                 model_rows = conn.execute(
                     select(
-                        model_snapshot.c.month,
-                        model_snapshot.c.generation,
-                        model_snapshot.c.model_id,
-                        model_snapshot.c.input_tokens,
-                        model_snapshot.c.output_tokens,
-                        model_snapshot.c.cost_nano,
-                        model_snapshot.c.calls,
-                        model_snapshot.c.estimated_calls,
+                        m.month,
+                        m.generation,
+                        m.model_id,
+                        m.input_tokens,
+                        m.output_tokens,
+                        m.cost_nano,
+                        m.calls,
+                        m.estimated_calls,
+                        *corrections,
                     ).where(where(model_snapshot))
                 ).all()
         parts: dict[tuple[str, int], MonthUsage] = {}
         for month, gen, credit, used in rows:
             parts[(month, gen)] = MonthUsage(month, credit_nano=credit, system_used_nano=used, archive_gen=gen)
-        for month, gen, model_id, tokens_in, tokens_out, cost, calls, estimated in model_rows:
+        for month, gen, model_id, tokens_in, tokens_out, cost, calls, estimated, adjs, adj_cost in model_rows:
             part = parts.get((month, gen))
             if part is not None:
-                part.models[model_id] = ModelUsage(tokens_in, tokens_out, cost, calls, estimated)
+                part.models[model_id] = ModelUsage(
+                    tokens_in, tokens_out, cost, calls, estimated, adjustments=adjs, adjusted_cost_nano=adj_cost
+                )
         return list(parts.values())
 
     def load_totals(self, user: str, months: Sequence[str]) -> dict[str, MonthUsage]:

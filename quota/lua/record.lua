@@ -117,6 +117,7 @@ if purpose ~= '' then
   if new_purpose then redis.call('HINCRBY', KEYS[1], fields[9], 1) end
 end
 redis.call('SET', KEYS[2], content, 'EX', ARGV[7])
+if not current[4] then redis.call('HSETNX', KEYS[1], 'origin', origin_id()) end  -- restore-safe dump (docs/HISTORY.md)
 local hold = ''
 if remaining then  -- draw the system cost down from the turn's hold, and keep the hold alive
   local left = remaining

@@ -9,9 +9,11 @@
 -- being what delete_if_unchanged.lua compares before deleting (see below).
 --
 -- Two bookkeeping fields are written, plain integers that stats ignore:
---   dump_gen  identifies this incarnation of the hash. A late write after the dump deleted the
---             hash creates a new one with a new generation, archived beside the first one
---             instead of replacing it: nothing is lost.
+--   dump_gen  identifies this incarnation of the hash: its origin (set by record.lua when it
+--             created the hash), else ARGV[k]. A late write after the dump deleted the hash
+--             creates a new one with a new origin, archived beside the first one instead of
+--             replacing it: nothing is lost. A copy restored from a backup keeps its origin, so
+--             it is the generation the archive already holds, not a new one.
 --   dump_seq  counts reads. The archive keeps, per generation, the snapshot with the highest
 --             dump_seq, so a slow dump never overwrites a newer snapshot with an older one.
 
@@ -33,7 +35,9 @@ for k = 1, #KEYS do
   if redis.call('EXISTS', KEYS[k]) == 0 then
     out[k] = {}
   else
-    redis.call('HSETNX', KEYS[k], 'dump_gen', ARGV[k])
+    -- a hash with an origin (record.lua) is archived as that generation: a copy restored from a
+    -- backup replaces what the archive holds of it instead of adding to it (docs/HISTORY.md)
+    redis.call('HSETNX', KEYS[k], 'dump_gen', redis.call('HGET', KEYS[k], 'origin') or ARGV[k])
     redis.call('HINCRBY', KEYS[k], 'dump_seq', 1)
     local flat = redis.call('HGETALL', KEYS[k])
     out[k] = {fingerprint(flat), flat}
