@@ -160,8 +160,10 @@ def _add_month_index(conn: Connection) -> None:
 
 
 def _add_adjustment_columns(conn: Connection) -> None:
+    present = {c["name"] for c in inspect(conn).get_columns(model_snapshot.name)}
     for column in ("adjustments", "adjusted_cost_nano"):
-        conn.execute(text(f"ALTER TABLE quota_model_snapshot ADD COLUMN {column} BIGINT NOT NULL DEFAULT 0"))
+        if column not in present:
+            conn.execute(text(f"ALTER TABLE quota_model_snapshot ADD COLUMN {column} BIGINT NOT NULL DEFAULT 0"))
 
 
 # MIGRATIONS[v] upgrades a database at version v to v + 1.

@@ -79,9 +79,11 @@ for i = 1, 5 do
 end
 
 -- 3. write (ARGV strings go to HINCRBY as they came: no tonumber round trip)
-for i = 1, 5 do
-  if deltas[i] ~= '0' then redis.call('HINCRBY', KEYS[1], fields[i], deltas[i]) end
-end
+if ARGV[2] ~= '0' then redis.call('HINCRBY', KEYS[1], fields[1], ARGV[2]) end
+if ARGV[3] ~= '0' then redis.call('HINCRBY', KEYS[1], fields[2], ARGV[3]) end
+if ARGV[4] ~= '0' then redis.call('HINCRBY', KEYS[1], fields[3], ARGV[4]) end
+if ARGV[5] ~= '0' then redis.call('HINCRBY', KEYS[1], fields[4], ARGV[5]) end
+if ARGV[6] == '1' and ARGV[4] ~= '0' then redis.call('HINCRBY', KEYS[1], 'system_used_nano', ARGV[4]) end
 redis.call('HINCRBY', KEYS[1], model .. ':adjustments', 1)
 redis.call('HINCRBY', KEYS[1], model .. ':adj_cost_nano', ARGV[4])
 if not current[4] then redis.call('HSETNX', KEYS[1], 'origin', origin_id()) end  -- restore-safe dump
