@@ -30,7 +30,7 @@ from quota._report import MAX_PAGE, NEAR_PERCENT, SORTS, csv_chunks
 from .auth import Action, authorize
 from .errors import ApiError
 from .ext import get_quota
-from .v1 import int_arg, json_body, path_user, principal, require_token
+from .v1 import check_keys, int_arg, json_body, path_user, principal, require_token
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 bp.before_request(require_token)
@@ -141,13 +141,7 @@ def make_adjustment(user: str):  # noqa: ANN201
     below zero. The actor is ``api:<role>``, with the body's ``actor`` (who asked) after it."""
     authorize(principal(), Action.ADJUST, user)
     user = path_user(user)
-    body = json_body()
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_body", f"the body must be a JSON object, got {type(body).__name__}")
-    unknown, missing = set(body) - ADJUST_FIELDS, ADJUST_REQUIRED - set(body)
-    if unknown or missing:
-        problem = f"unknown keys {sorted(unknown)}" if unknown else f"missing keys {sorted(missing)}"
-        raise ApiError(400, "invalid_body", f"the body: {problem}")
+    body = check_keys(json_body(), "the body", ADJUST_FIELDS, ADJUST_REQUIRED)
     if isinstance(body.get("cost"), (bool, dict, list)):
         raise ApiError(400, "invalid_input", "cost must be a number (or a decimal string) of CNY")
     who = body.get("actor")
