@@ -21,7 +21,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -195,14 +195,8 @@ def adjustments_from_hash(user: str, month: str, raw: Mapping[Any, Any], is_syst
     out = []
     for rid, record in raw.items():
         adj = parse_record(user, month, rid.decode() if isinstance(rid, bytes) else str(rid), record, False)
-        out.append(_with_system(adj, bool(is_system(adj.model_id))))
+        out.append(replace(adj, is_system=bool(is_system(adj.model_id))))
     return sorted(out, key=lambda a: (a.at, a.adjustment_id))
-
-
-def _with_system(adj: Adjustment, is_system: bool) -> Adjustment:
-    from dataclasses import replace
-
-    return replace(adj, is_system=is_system)
 
 
 def audit_adjustment(adj: Adjustment) -> None:
