@@ -41,9 +41,13 @@ FIELD_USED = "system_used_nano"  # spend on system models this month, nano-CNY
 # Bookkeeping of `quota dump` (quota/history/dump.py, docs/HISTORY.md), written only into expired months:
 FIELD_DUMP_GEN = "dump_gen"  # id of this incarnation of the hash in the SQL archive
 FIELD_DUMP_SEQ = "dump_seq"  # how many times a dump has read it (newest snapshot wins)
-# When the hash was created (record.lua: the server's clock in µs, set once): a restored copy keeps it,
-# so the dump archives it as the same generation instead of a new one (docs/HISTORY.md, "Restores").
-FIELD_ORIGIN = "origin"
+# Restore-safe dumps (lua/lib/util.lua, docs/HISTORY.md "Restores"): a hash made after its month (a late
+# write) records its origin, when it was created (the server's clock in µs), and is archived as that
+# generation; the month's first hash has none and is generation FIRST_GENERATION. A copy restored
+# from a backup is thus always the generation the archive holds. Only late hashes carry the field:
+# any field more pushed a one-model hash from 232 to 264 bytes (MEMORY USAGE, a jemalloc size class).
+FIELD_ORIGIN = "o"
+FIRST_GENERATION = 1
 # Threshold alerts (lua/lib/alerts.lua, docs/ALERTS.md): the highest threshold (a percent of the credit)
 # alerted this month, every one at or below it counting as alerted; and the month's alert event count.
 FIELD_ALERTED = "alerted_pct"

@@ -13,6 +13,7 @@ from ._keys import (
     FIELD_DUMP_GEN,
     FIELD_ORIGIN,
     FIELD_USED,
+    FIRST_GENERATION,
     MODEL_SUFFIXES,
     SUFFIX_ADJ_COST,
     SUFFIX_ADJUSTMENTS,
@@ -62,8 +63,9 @@ class ModelUsage:
 class MonthUsage:
     """One user's month: what the hash holds, parsed. ``credit_nano`` None means "never set".
 
-    ``archive_gen`` is the hash's ``dump_gen`` (set once a dump has read it; before that its
-    ``origin``, which the dump will take as its ``dump_gen``) or, for a month
+    ``archive_gen`` is the hash's ``dump_gen`` (set once a dump has read it; before that the one
+    the dump will give it: its origin, field ``o``, for a hash made after its month, else
+    ``FIRST_GENERATION``) or, for a month
     loaded from the SQL history, the generation that row was archived from; see ``merge_month``.
     """
 
@@ -99,8 +101,8 @@ class MonthUsage:
                 elif model_id and suffix[:2] in _PURPOSE_INDEX and len(suffix) > 2:
                     model = usage.models.setdefault(model_id, ModelUsage())
                     model.purposes.setdefault(suffix[2:], [0, 0])[_PURPOSE_INDEX[suffix[:2]]] = number
-        if usage.archive_gen is None:
-            usage.archive_gen = origin  # the generation the dump will archive it as (snapshot_month.lua)
+        if usage.archive_gen is None:  # the generation the dump will archive it as (snapshot_month.lua)
+            usage.archive_gen = FIRST_GENERATION if origin is None else origin
         return usage
 
     @property

@@ -77,3 +77,67 @@ def _moment(year: int, month: int):  # noqa: ANN202 - an aware datetime
     from datetime import UTC, datetime
 
     return datetime(year, month, 15, tzinfo=UTC)
+
+
+def test_only_a_hash_made_after_its_month_carries_an_origin(backend, clock) -> None:
+    """The month's own hash (the server's clock in that month) has no extra field (a one-model hash
+    stays in its allocation); one a late write makes after the month has its origin, and a model
+    added to an existing hash after the month adds none."""
+    from datetime import UTC, datetime
+
+    from quota._keys import add_months, month_of
+
+    client = backend.sync_client()
+    try:
+        now = datetime.now(UTC)
+        this_month = month_of(now)
+        clock.now = now
+        meter = Meter(client, clock=clock, settings=SETTINGS)
+        meter.update_token_usage("ann", "system_deepseek", 10, 10)
+        meter.update_token_usage("ann", "custom_x", 10, 10)
+        assert b"o" not in client.hgetall(meter.core.keys.month_key("ann", this_month))
+
+        last = add_months(this_month, -1)
+        late = meter.core.record("ann", "system_deepseek", 1, 1, at=_moment(*map(int, last.split("-"))))
+        meter.run(late)
+        key = meter.core.keys.month_key("ann", last)
+        origin = client.hget(key, "o")
+        assert origin is not None and abs(int(origin) / 1e6 - now.timestamp()) < 600
+        meter.run(meter.core.record("ann", "custom_x", 1, 1, at=_moment(*map(int, last.split("-")))))
+        assert client.hget(key, "o") == origin  # an existing hash: nothing more
+        meter.set_monthly_credit("bo", "7", last)  # a credit set after the month makes a late hash too
+        assert client.hget(meter.core.keys.month_key("bo", last), "o") is not None
+    finally:
+        client.close()
+
+
+def test_a_restored_copy_of_a_months_own_hash_is_recognised(backend, clock, store) -> None:
+    """The usual case: the month's own hash (no origin, generation 1), backed up during the month,
+    archived after it, then restored from the backup."""
+    from datetime import UTC, datetime, timedelta
+
+    from quota._keys import month_of
+
+    client = backend.sync_client()
+    try:
+        now = datetime.now(UTC)
+        month = month_of(now)
+        clock.now = now
+        meter = Meter(client, clock=clock, settings=SETTINGS)
+        key = meter.core.keys.month_key("cy", month)
+        meter.update_token_usage("cy", "system_deepseek", 1000, 2000, request_id="c1")
+        backup: Any = client.dump(key)
+        meter.update_token_usage("cy", "system_deepseek", 1000, 2000, request_id="c2")
+        clock.now = now + timedelta(days=40)  # the dump's clock in a later month (Redis's is not)
+        assert dump_expired_months(meter, store).archived == 1
+        [part] = store.load_months("cy", [month])
+        assert part.archive_gen == 1 and part.models["system_deepseek"].calls == 2
+        client.restore(key, 0, backup)
+        meter.history = store
+        stats = meter.get_token_stats("cy", months=3)  # the restored copy supersedes, never adds
+        assert stats["history"][month]["system_deepseek"]["calls"] == 1
+        assert dump_expired_months(meter, store).archived == 1
+        assert store.load_totals("cy", [month])[month].models["system_deepseek"].calls == 2
+        assert meter.get_token_stats("cy", months=3)["history"][month]["system_deepseek"]["calls"] == 2
+    finally:
+        client.close()

@@ -19,8 +19,8 @@
 -- 0 when the id was already used for the same content (nothing changed; record is the one stored
 -- then). system_used_nano is the value after it, as a string.
 -- The month hash also counts, per model, the adjustments (<model>:adjustments) and their signed cost
--- (<model>:adj_cost_nano), which stats and the archive show. A hash this creates gets its origin
--- (lib/util.lua), like one record.lua creates.
+-- (<model>:adj_cost_nano), which stats and the archive show. A hash this creates after its month
+-- gets its origin (lib/util.lua), like one record.lua creates.
 -- Errors start with QUOTA_INVALID (bad argument, or a counter that would go below zero),
 -- QUOTA_CONFLICT (the id was used for a different adjustment) or QUOTA_OVERFLOW; all change nothing.
 
@@ -77,6 +77,7 @@ for i = 1, 5 do
     return redis.error_reply('QUOTA_OVERFLOW field ' .. fields[i] .. ' is too large to add to')
   end
 end
+local late = not current[4] and born_late(KEYS[1])  -- a new hash after its month (lib/util.lua)
 
 -- 3. write (ARGV strings go to HINCRBY as they came: no tonumber round trip)
 if ARGV[2] ~= '0' then redis.call('HINCRBY', KEYS[1], fields[1], ARGV[2]) end
@@ -86,7 +87,7 @@ if ARGV[5] ~= '0' then redis.call('HINCRBY', KEYS[1], fields[4], ARGV[5]) end
 if ARGV[6] == '1' and ARGV[4] ~= '0' then redis.call('HINCRBY', KEYS[1], 'system_used_nano', ARGV[4]) end
 redis.call('HINCRBY', KEYS[1], model .. ':adjustments', 1)
 redis.call('HINCRBY', KEYS[1], model .. ':adj_cost_nano', ARGV[4])
-if not current[4] then redis.call('HSETNX', KEYS[1], 'origin', origin_id()) end  -- restore-safe dump
+if late then redis.call('HSET', KEYS[1], 'o', origin_id()) end  -- restore-safe dump (lib/util.lua)
 local record = ARGV[8] .. '\n' .. ARGV[9]
 redis.call('HSET', KEYS[2], ARGV[7], record)
 return {1, redis.call('HGET', KEYS[1], 'system_used_nano') or '0', record}
