@@ -177,6 +177,8 @@ def test_a_past_month_merges_the_archive_with_what_is_still_in_redis(backend, cl
 def test_reading_a_version_1_history_works_until_the_dump_migrates_it(tmp_path):
     from sqlalchemy import text
 
+    from quota.history.store import SCHEMA_VERSION
+
     url = f"sqlite:///{tmp_path}/h.db"
     s = HistoryStore(url)
     s.ensure_schema()
@@ -186,9 +188,9 @@ def test_reading_a_version_1_history_works_until_the_dump_migrates_it(tmp_path):
     s.close()
     old = HistoryStore(url)
     assert list(old.iter_month("2025-12")) == []  # readable
-    assert old.ensure_schema() == 3  # 2: the index; 3: grants_drawn_nano and the audit table (issue 12)
+    assert old.ensure_schema() == SCHEMA_VERSION
     with old.engine.connect() as conn:
-        assert conn.execute(text("SELECT version FROM quota_schema_version")).scalar_one() == 3
+        assert conn.execute(text("SELECT version FROM quota_schema_version")).scalar_one() == SCHEMA_VERSION
         names = {r[1] for r in conn.execute(text("PRAGMA index_list(quota_month_snapshot)"))}
     assert "quota_month_snapshot_by_month" in names
     old.close()

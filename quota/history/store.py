@@ -75,11 +75,12 @@ from .._keys import validate_month, validate_prefix, validate_user
 from .._money import nano_to_json
 from .._stats import ArchiveRow, ModelUsage, MonthUsage, merge_month, parts_from_rows
 
-SCHEMA_VERSION = 3
-# Reads work on a database at least this old: version 2 only added an index, so a version-1
-# database stays readable (more slowly) until the next `quota dump` migrates it. Version 3 added
-# grants_drawn_nano and the audit table: an older database reads as 0 drawn and no audit rows until
-# its first write (a dump, an audited credit change) migrates it.
+SCHEMA_VERSION = 4
+# Reads work on a database at least this old: version 2 only added an index and version 3 two
+# columns that a read of an older database takes as 0, so a version-1 database stays readable
+# (more slowly) until the next `quota dump` migrates it. Version 4 added grants_drawn_nano and the
+# audit table (issue 12): an older database reads as 0 drawn and no audit rows until its first write
+# (a dump, an audited credit change) migrates it.
 READABLE_FROM = 1
 _LOCK_KEY = 0x71756F7461  # "quota": the PostgreSQL advisory lock taken while creating/migrating
 
@@ -105,7 +106,7 @@ month_snapshot = Table(
     Column("system_used_nano", BigInteger, nullable=False),
     Column("first_archived_at", DateTime(timezone=True), nullable=False),
     Column("archived_at", DateTime(timezone=True), nullable=False),
-    # what the month's system spend drew from grants (issue 12, schema 3; lua/lib/grants.lua)
+    # what the month's system spend drew from grants (issue 12, schema 4; lua/lib/grants.lua)
     Column("grants_drawn_nano", BigInteger, nullable=False, server_default="0"),
 )
 
@@ -124,9 +125,12 @@ model_snapshot = Table(
     Column("calls", BigInteger, nullable=False),
     Column("estimated_calls", BigInteger, nullable=False),
     Column("is_system", Boolean, nullable=False),
+    # corrections (quota adjust, schema version 3): how many, and their signed cost; the counters above include them
+    Column("adjustments", BigInteger, nullable=False, server_default="0"),
+    Column("adjusted_cost_nano", BigInteger, nullable=False, server_default="0"),
 )
 
-# The audit trail of credit changes (issue 12, schema 3; quota/_audit.py). Append-only: a row is
+# The audit trail of credit changes (issue 12, schema 4; quota/_audit.py). Append-only: a row is
 # inserted (status pending) before the change and given its outcome once after it; never deleted.
 credit_audit = Table(
     "quota_credit_audit",
@@ -184,6 +188,13 @@ def _add_month_index(conn: Connection) -> None:
     month_index.create(conn, checkfirst=True)
 
 
+def _add_adjustment_columns(conn: Connection) -> None:
+    present = {c["name"] for c in inspect(conn).get_columns(model_snapshot.name)}
+    for column in ("adjustments", "adjusted_cost_nano"):
+        if column not in present:
+            conn.execute(text(f"ALTER TABLE quota_model_snapshot ADD COLUMN {column} BIGINT NOT NULL DEFAULT 0"))
+
+
 def _add_grants_and_audit(conn: Connection) -> None:
     if "grants_drawn_nano" not in {c["name"] for c in inspect(conn).get_columns(month_snapshot.name)}:
         conn.execute(text("ALTER TABLE quota_month_snapshot ADD COLUMN grants_drawn_nano BIGINT NOT NULL DEFAULT 0"))
@@ -192,7 +203,11 @@ def _add_grants_and_audit(conn: Connection) -> None:
 
 
 # MIGRATIONS[v] upgrades a database at version v to v + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_month_index, 2: _add_grants_and_audit}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _add_month_index,
+    2: _add_adjustment_columns,
+    3: _add_grants_and_audit,
+}
 
 
 def url_secrets(url: str) -> set[str]:
@@ -302,6 +317,7 @@ class HistoryStore:
         if self.dialect == "sqlite":
             _sqlite_setup(self.engine, self._sqlite_file if not parsed.query.get("uri") else None)
         self._schema_ready = False
+        self._has_adjustments = True  # False while reading a database older than schema version 3
         self._version = SCHEMA_VERSION  # the schema version last seen by a read (older: fewer columns)
         self._month_upsert = self._upsert(month_snapshot, keep=("first_archived_at",))
         self._model_upsert = self._upsert(model_snapshot)
@@ -349,7 +365,7 @@ class HistoryStore:
                     # another process created the schema at the same moment: look again
                     if attempt == 2:
                         raise
-        self._schema_ready = True
+        self._schema_ready = self._has_adjustments = True
         self._version = SCHEMA_VERSION
         return SCHEMA_VERSION
 
@@ -388,6 +404,7 @@ class HistoryStore:
             )
         # an older, still readable version is looked up again next time: the first write migrates it
         self._schema_ready = version == SCHEMA_VERSION
+        self._has_adjustments = version >= 3
         self._version = version
         return True
 
@@ -451,6 +468,8 @@ class HistoryStore:
                         m.calls,
                         m.estimated_calls,
                         flag,
+                        m.adjustments,
+                        m.adjusted_cost_nano,
                     )
                 )
         with self.errors(), self.engine.begin() as conn:
@@ -471,7 +490,10 @@ class HistoryStore:
             stmt = sqlite_insert(table)
         keys = [c.name for c in table.primary_key.columns]
         changes = {c.name: stmt.excluded[c.name] for c in table.columns if not c.primary_key and c.name not in keep}
-        upsert = stmt.on_conflict_do_update(index_elements=keys, set_=changes, where=stmt.excluded.seq >= table.c.seq)
+        # Strictly newer: every read of one incarnation has its own dump_seq, so an equal seq is either
+        # the same snapshot again (nothing to change) or a copy restored from a backup whose counter
+        # went back (older content, which must not replace what the archive holds: docs/HISTORY.md).
+        upsert = stmt.on_conflict_do_update(index_elements=keys, set_=changes, where=stmt.excluded.seq > table.c.seq)
         return _BulkUpsert(upsert, table, self.engine)
 
     # --- reads -----------------------------------------------------------------------------------
@@ -501,22 +523,27 @@ class HistoryStore:
                         month_snapshot.c.generation,
                         month_snapshot.c.credit_nano,
                         month_snapshot.c.system_used_nano,
-                        # schema 3 (issue 12); 0 in an older archive, read before its migration
-                        month_snapshot.c.grants_drawn_nano if self._version >= 3 else literal(0),
+                        # schema 4 (issue 12); 0 in an older archive, read before its migration
+                        month_snapshot.c.grants_drawn_nano if self._version >= 4 else literal(0),
                     )
                     .where(where(month_snapshot))
                     .order_by(month_snapshot.c.month, month_snapshot.c.first_archived_at, month_snapshot.c.generation)
                 ).all()
+                m = model_snapshot.c
+                corrections = (
+                    (m.adjustments, m.adjusted_cost_nano) if self._has_adjustments else (literal(0), literal(0))
+                )
                 model_rows = conn.execute(
                     select(
-                        model_snapshot.c.month,
-                        model_snapshot.c.generation,
-                        model_snapshot.c.model_id,
-                        model_snapshot.c.input_tokens,
-                        model_snapshot.c.output_tokens,
-                        model_snapshot.c.cost_nano,
-                        model_snapshot.c.calls,
-                        model_snapshot.c.estimated_calls,
+                        m.month,
+                        m.generation,
+                        m.model_id,
+                        m.input_tokens,
+                        m.output_tokens,
+                        m.cost_nano,
+                        m.calls,
+                        m.estimated_calls,
+                        *corrections,
                     ).where(where(model_snapshot))
                 ).all()
         parts: dict[tuple[str, int], MonthUsage] = {}
@@ -524,10 +551,12 @@ class HistoryStore:
             parts[(month, gen)] = MonthUsage(
                 month, credit_nano=credit, system_used_nano=used, archive_gen=gen, grants_drawn_nano=drawn
             )
-        for month, gen, model_id, tokens_in, tokens_out, cost, calls, estimated in model_rows:
+        for month, gen, model_id, tokens_in, tokens_out, cost, calls, estimated, adjs, adj_cost in model_rows:
             part = parts.get((month, gen))
             if part is not None:
-                part.models[model_id] = ModelUsage(tokens_in, tokens_out, cost, calls, estimated)
+                part.models[model_id] = ModelUsage(
+                    tokens_in, tokens_out, cost, calls, estimated, adjustments=adjs, adjusted_cost_nano=adj_cost
+                )
         return list(parts.values())
 
     def load_totals(self, user: str, months: Sequence[str]) -> dict[str, MonthUsage]:
@@ -666,7 +695,7 @@ class HistoryStore:
         nano-CNY as ints beside them)."""
         user = validate_user(user)
         with self.errors():
-            if not self._readable() or self._version < 3:
+            if not self._readable() or self._version < 4:
                 return []
             a = credit_audit
             with self.engine.connect() as conn:

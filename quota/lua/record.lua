@@ -103,6 +103,7 @@ for i = 1, 5 do
     return redis.error_reply('QUOTA_OVERFLOW field ' .. fields[i] .. ' is too large to add to')
   end
 end
+local late = not current[4] and born_late(KEYS[1])  -- a new hash after its month (lib/util.lua)
 local used, credit = current[5] or '0', current[6] or plan or ARGV[6]  -- the month's, else the plan, else the default
 local crossed = {}
 if ARGV[5] == '1' and ARGV[9] ~= '' then  -- system spend alerts, nothing else (turn holds never do)
@@ -150,6 +151,7 @@ if draw > 0 then
   draw_grants(KEYS[6], live, draw)
   redis.call('HINCRBY', KEYS[1], 'grants_drawn_nano', string.format('%d', draw))
 end
+if late then redis.call('HSET', KEYS[1], 'o', origin_id()) end  -- restore-safe dump (lib/util.lua)
 local hold = ''
 if remaining then  -- draw the system cost down from the turn's hold, and keep the hold alive
   local left = remaining
