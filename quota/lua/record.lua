@@ -18,7 +18,8 @@
 -- ARGV[9]  thresholds           alert thresholds, ascending percents of the credit ("80,100"; "" = off)
 -- ARGV[10] purpose              "" (none) or 1 to 10 of [a-z0-9_-]: also counted in <model>:n@<purpose>
 --                               (calls) and <model>:c@<purpose> (cost_nano); see quota/_keys.py
--- ARGV[11] now_ms               the meter's clock (ms): which grants are live (lib/grants.lua)
+-- ARGV[11] now_ms               the meter's clock (ms): which grants are live (lib/grants.lua); checked
+--                               where it is used, past the credit
 -- With a turn hold (quota.Turn), also:
 -- KEYS[7]  holds hash           <prefix>:{<user>}:holds
 -- ARGV[12] turn_id              the hold this call draws its system cost from (never below 0)
@@ -74,8 +75,8 @@ local model = ARGV[1]
 local content = model .. '|' .. ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4] .. '|' .. ARGV[8]
 if purpose ~= '' then content = content .. '|' .. purpose end  -- ids stored before purposes still match
 
--- 2. read (the plan rides on the request id's read: one MGET, the two keys share the user's slot; a
--- separate GET cost a record about 5 % more server time)
+-- 2. read (the plan rides on the request id's read: one MGET, the two keys share the user's slot, so
+-- a record runs as many commands as before plans existed)
 local seen_plan = redis.call('MGET', KEYS[2], KEYS[5])
 local seen, plan = seen_plan[1], seen_plan[2]
 if seen then
