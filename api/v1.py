@@ -241,15 +241,9 @@ def actor() -> str:
     return f"api:{principal().role.value}"
 
 
-def json_object(allowed: set[str], required: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
-    body = json_body()
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_body", f"the body must be a JSON object, got {type(body).__name__}")
-    unknown, missing = set(body) - allowed, required - set(body)
-    if unknown or missing:
-        problem = f"unknown keys {sorted(unknown)}" if unknown else f"missing keys {sorted(missing)}"
-        raise ApiError(400, "invalid_body", f"the body: {problem}")
-    return body
+def json_object(allowed: set[str], required: set[str] | None = None) -> dict[str, Any]:
+    """The request's JSON object, with only ``allowed`` keys and every ``required`` one (check_keys)."""
+    return check_keys(json_body(), "the body", frozenset(allowed), frozenset(required or ()))
 
 
 def cny_field(body: dict[str, Any], name: str) -> Any:
