@@ -52,7 +52,22 @@ SUFFIX_OUTPUT = "output"  # output tokens
 SUFFIX_COST = "cost_nano"
 SUFFIX_CALLS = "calls"
 SUFFIX_ESTIMATED = "estimated_calls"  # calls whose tokens were estimated (stream cut short)
-MODEL_SUFFIXES = (SUFFIX_INPUT, SUFFIX_OUTPUT, SUFFIX_COST, SUFFIX_CALLS, SUFFIX_ESTIMATED)
+# Cache tokens (issue 12): parts of "<model>:input" (the total input) priced at the model's cache
+# rates (quota/_prices.py); written only by a record that has some, so a model without cache
+# tokens has neither field.
+SUFFIX_CACHED = (
+    "cached_input"  # cache hits (OpenAI cached_tokens, DeepSeek prompt_cache_hit_tokens, Anthropic cache reads)
+)
+SUFFIX_CACHE_WRITE = "cache_write"  # cache creation (Anthropic cache_creation_input_tokens)
+MODEL_SUFFIXES = (
+    SUFFIX_INPUT,
+    SUFFIX_OUTPUT,
+    SUFFIX_COST,
+    SUFFIX_CALLS,
+    SUFFIX_ESTIMATED,
+    SUFFIX_CACHED,
+    SUFFIX_CACHE_WRITE,
+)
 # Per-purpose counters (issue 15): "<model_id>:n@<purpose>" (calls) and "<model_id>:c@<purpose>"
 # (cost_nano). Short on purpose: 48 (model) + 3 (":n@") + 10 (purpose) = 61 bytes, within the
 # 64-byte listpack limit (see MODEL_RE); "@" can not appear in a purpose nor in a plain suffix, so

@@ -12,7 +12,8 @@ The layout (docs/HISTORY.md has the details and the SQL):
 - ``quota_month_snapshot``: per (prefix, user, month, generation) the credit, the system-model
   spend, the dump read counter ``seq`` and when it was archived;
 - ``quota_model_snapshot``: per (prefix, user, month, generation, model) the input and output
-  tokens, the exact cost in nano-CNY, the calls, the estimated calls, and ``is_system``;
+  tokens, the exact cost in nano-CNY, the calls, the estimated calls, ``is_system``, and the
+  cached-input and cache-write tokens (parts of the input; schema version 3);
 - views ``quota_month`` and ``quota_month_model``: the same summed over generations, for ops;
 - ``quota_schema_version``: one row with the schema version, so a later release can migrate.
 
@@ -49,6 +50,7 @@ from sqlalchemy import (
     event,
     func,
     inspect,
+    literal_column,
     select,
     text,
 )
@@ -71,9 +73,10 @@ from .._errors import ConfigError, StorageUnavailable
 from .._keys import validate_month, validate_prefix, validate_user
 from .._stats import ArchiveRow, ModelUsage, MonthUsage, merge_month, parts_from_rows
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Reads work on a database at least this old: version 2 only added an index, so a version-1
-# database stays readable (more slowly) until the next `quota dump` migrates it.
+# database stays readable (more slowly) until the next `quota dump` migrates it; version 3 added
+# the cache-token columns, read as 0 from an older database (see _cache_columns).
 READABLE_FROM = 1
 _LOCK_KEY = 0x71756F7461  # "quota": the PostgreSQL advisory lock taken while creating/migrating
 
@@ -116,6 +119,9 @@ model_snapshot = Table(
     Column("calls", BigInteger, nullable=False),
     Column("estimated_calls", BigInteger, nullable=False),
     Column("is_system", Boolean, nullable=False),
+    # issue 12, schema version 3: parts of input_tokens priced at the cache rates
+    Column("cached_input_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("cache_write_tokens", BigInteger, nullable=False, server_default="0"),
 )
 
 # One month of every user, in user order: the month report (``iter_month``). Without it a report
@@ -144,7 +150,9 @@ VIEWS = {
                CAST(SUM(input_tokens) AS BIGINT) AS input_tokens, CAST(SUM(output_tokens) AS BIGINT) AS output_tokens,
                CAST(SUM(cost_nano) AS BIGINT) AS cost_nano, CAST(SUM(calls) AS BIGINT) AS calls,
                CAST(SUM(estimated_calls) AS BIGINT) AS estimated_calls,
-               MAX(CASE WHEN is_system THEN 1 ELSE 0 END) = 1 AS is_system
+               MAX(CASE WHEN is_system THEN 1 ELSE 0 END) = 1 AS is_system,
+               CAST(SUM(cached_input_tokens) AS BIGINT) AS cached_input_tokens,
+               CAST(SUM(cache_write_tokens) AS BIGINT) AS cache_write_tokens
         FROM quota_model_snapshot
         GROUP BY prefix, user_id, month, model_id""",
 }
@@ -154,8 +162,19 @@ def _add_month_index(conn: Connection) -> None:
     month_index.create(conn, checkfirst=True)
 
 
+def _add_cache_columns(conn: Connection) -> None:
+    """Version 3 (issue 12): the cache-token columns, 0 for what was archived before, and the
+    ``quota_month_model`` view that sums them."""
+    present = {c["name"] for c in inspect(conn).get_columns(model_snapshot.name)}
+    for column in ("cached_input_tokens", "cache_write_tokens"):
+        if column not in present:  # a database created by this release at an older version has them
+            conn.execute(text(f"ALTER TABLE quota_model_snapshot ADD COLUMN {column} BIGINT NOT NULL DEFAULT 0"))
+    conn.execute(text("DROP VIEW IF EXISTS quota_month_model"))
+    conn.execute(text(VIEWS["quota_month_model"]))
+
+
 # MIGRATIONS[v] upgrades a database at version v to v + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_month_index}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_month_index, 2: _add_cache_columns}
 
 
 def url_secrets(url: str) -> set[str]:
@@ -265,6 +284,7 @@ class HistoryStore:
         if self.dialect == "sqlite":
             _sqlite_setup(self.engine, self._sqlite_file if not parsed.query.get("uri") else None)
         self._schema_ready = False
+        self._version: int | None = None  # the version read by _readable (None: not read yet)
         self._month_upsert = self._upsert(month_snapshot, keep=("first_archived_at",))
         self._model_upsert = self._upsert(model_snapshot)
 
@@ -349,7 +369,15 @@ class HistoryStore:
             )
         # an older, still readable version is looked up again next time: the first write migrates it
         self._schema_ready = version == SCHEMA_VERSION
+        self._version = version
         return True
+
+    def _cache_columns(self, table: Table) -> tuple[Any, Any]:
+        """The cache-token columns of ``table``, or 0 in their place on a database from before
+        version 3 (it has none; the next `quota dump` adds them). Call after _readable()."""
+        if self._schema_ready or (self._version or 0) >= 3:
+            return table.c.cached_input_tokens, table.c.cache_write_tokens
+        return literal_column("0").label("cached_input_tokens"), literal_column("0").label("cache_write_tokens")
 
     # --- writes ----------------------------------------------------------------------------------
 
@@ -398,6 +426,8 @@ class HistoryStore:
                         m.calls,
                         m.estimated_calls,
                         flag,
+                        m.cached_input_tokens,
+                        m.cache_write_tokens,
                     )
                 )
         with self.errors(), self.engine.begin() as conn:
@@ -462,15 +492,16 @@ class HistoryStore:
                         model_snapshot.c.cost_nano,
                         model_snapshot.c.calls,
                         model_snapshot.c.estimated_calls,
+                        *self._cache_columns(model_snapshot),
                     ).where(where(model_snapshot))
                 ).all()
         parts: dict[tuple[str, int], MonthUsage] = {}
         for month, gen, credit, used in rows:
             parts[(month, gen)] = MonthUsage(month, credit_nano=credit, system_used_nano=used, archive_gen=gen)
-        for month, gen, model_id, tokens_in, tokens_out, cost, calls, estimated in model_rows:
+        for month, gen, model_id, tokens_in, tokens_out, cost, calls, estimated, cached, write in model_rows:
             part = parts.get((month, gen))
             if part is not None:
-                part.models[model_id] = ModelUsage(tokens_in, tokens_out, cost, calls, estimated)
+                part.models[model_id] = ModelUsage(tokens_in, tokens_out, cost, calls, estimated, {}, cached, write)
         return list(parts.values())
 
     def load_totals(self, user: str, months: Sequence[str]) -> dict[str, MonthUsage]:
@@ -500,44 +531,45 @@ class HistoryStore:
         memory holds one list, whatever the month's size. The month report reads these rows
         without making an object per row (100,000 users in well under a second)."""
         month = validate_month(month)
-        s, m = month_snapshot, model_snapshot
-        query = (
-            select(
-                s.c.user_id,
-                s.c.generation,
-                s.c.credit_nano,
-                s.c.system_used_nano,
-                m.c.model_id,
-                m.c.input_tokens,
-                m.c.output_tokens,
-                m.c.cost_nano,
-                m.c.calls,
-                m.c.estimated_calls,
-            )
-            .select_from(
-                s.outerjoin(
-                    m,
-                    and_(
-                        m.c.prefix == s.c.prefix,
-                        m.c.user_id == s.c.user_id,
-                        m.c.month == s.c.month,
-                        m.c.generation == s.c.generation,
-                    ),
-                )
-            )
-            .where(s.c.prefix == self.prefix, s.c.month == month)
-            .order_by(s.c.user_id, s.c.first_archived_at, s.c.generation, m.c.model_id)
-        )
-        compiled = query.compile(dialect=self.engine.dialect)
-        sql = str(compiled)
-        params: Any = (
-            tuple(compiled.params[name] for name in compiled.positiontup or ())
-            if compiled.positional
-            else compiled.params
-        )
         with self.errors():
             if not self._readable():
                 return
+            s, m = month_snapshot, model_snapshot
+            query = (
+                select(
+                    s.c.user_id,
+                    s.c.generation,
+                    s.c.credit_nano,
+                    s.c.system_used_nano,
+                    m.c.model_id,
+                    m.c.input_tokens,
+                    m.c.output_tokens,
+                    m.c.cost_nano,
+                    m.c.calls,
+                    m.c.estimated_calls,
+                    *self._cache_columns(m),
+                )
+                .select_from(
+                    s.outerjoin(
+                        m,
+                        and_(
+                            m.c.prefix == s.c.prefix,
+                            m.c.user_id == s.c.user_id,
+                            m.c.month == s.c.month,
+                            m.c.generation == s.c.generation,
+                        ),
+                    )
+                )
+                .where(s.c.prefix == self.prefix, s.c.month == month)
+                .order_by(s.c.user_id, s.c.first_archived_at, s.c.generation, m.c.model_id)
+            )
+            compiled = query.compile(dialect=self.engine.dialect)
+            sql = str(compiled)
+            params: Any = (
+                tuple(compiled.params[name] for name in compiled.positiontup or ())
+                if compiled.positional
+                else compiled.params
+            )
             with self.engine.connect() as conn:
                 # The driver's own cursor (a named, server-side one on PostgreSQL, so rows stream):
                 # SQLAlchemy's row objects cost more than the query itself at 100,000 users.
