@@ -51,7 +51,14 @@ def chunk(
 
 
 def test_openai_usage_object_and_dict():
-    assert usage_from(CompletionUsage(prompt_tokens=12, completion_tokens=7, total_tokens=19)) == (12, 7, None, False, 0, 0)
+    assert usage_from(CompletionUsage(prompt_tokens=12, completion_tokens=7, total_tokens=19)) == (
+        12,
+        7,
+        None,
+        False,
+        0,
+        0,
+    )
     assert usage_from({"prompt_tokens": 12, "completion_tokens": 7}) == Usage(12, 7)
 
 
