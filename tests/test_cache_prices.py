@@ -28,6 +28,8 @@ from quota._usage import StreamTally, Usage, usage_from
 from quota.cli import main
 from quota.testing import free_ports
 
+from .history_support import history_url  # noqa: F401 - a fixture
+
 SYS, CUS = "system_deepseek", "custom_claude"
 CHANGE = datetime(2026, 1, 16, tzinfo=UTC)  # mid-month, the test clock starts on 2026-01-15 12:00
 
@@ -606,3 +608,76 @@ def test_spool_lines_carry_the_cache_counts_and_old_lines_still_read(tmp_path):
     spool.append(plain)
     spool.append(cached)
     assert _pending(spool) == [plain, cached]
+
+
+# --- the history: the dump and the archive keep the cache counts -----------------------------------
+
+OLD_MONTH_MODEL_VIEW = """
+    CREATE VIEW quota_month_model AS
+    SELECT prefix, user_id, month, model_id,
+           CAST(SUM(input_tokens) AS BIGINT) AS input_tokens, CAST(SUM(output_tokens) AS BIGINT) AS output_tokens,
+           CAST(SUM(cost_nano) AS BIGINT) AS cost_nano, CAST(SUM(calls) AS BIGINT) AS calls,
+           CAST(SUM(estimated_calls) AS BIGINT) AS estimated_calls,
+           MAX(CASE WHEN is_system THEN 1 ELSE 0 END) = 1 AS is_system
+    FROM quota_model_snapshot
+    GROUP BY prefix, user_id, month, model_id"""
+
+
+def _as_version_2(store) -> None:
+    """Turn ``store``'s fresh schema into what release 2 made: no cache columns, the old view."""
+    from sqlalchemy import text
+
+    store.ensure_schema()
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP VIEW quota_month_model"))
+        for column in ("cached_input_tokens", "cache_write_tokens"):
+            conn.execute(text(f"ALTER TABLE quota_model_snapshot DROP COLUMN {column}"))
+        conn.execute(text(OLD_MONTH_MODEL_VIEW))
+        conn.execute(text("UPDATE quota_schema_version SET version = 2"))
+
+
+def test_the_dump_keeps_the_cache_counts_and_migrates_a_version_2_archive(backend, clock, history_url):
+    from sqlalchemy import text
+
+    from quota.history import HistoryStore, dump_expired_months
+    from quota.history.store import SCHEMA_VERSION
+
+    old = HistoryStore(history_url)
+    _as_version_2(old)
+    old.close()
+    store = HistoryStore(history_url)
+    meter = Meter(backend.sync_client(), clock=clock, prefix="quota", prices=dated_table())
+    try:
+        clock.set(2025, 12, 10, 12, 0, 0)
+        meter.update_token_usage("ivy", SYS, 10_000, 100, cached_input_tokens=9_000, cache_write_tokens=500)
+        meter.update_token_usage("ivy", CUS, 100, 1)
+        clock.set(2026, 1, 15, 12, 0, 0)
+        before = meter.get_token_stats("ivy", months=1)["history"]["2025-12"]
+        assert store.load_totals("ivy", ["2025-12"]) == {}  # a version-2 archive still reads (nothing yet)
+        assert dump_expired_months(meter, store).archived == 1  # migrates it to version 3 first
+        with store.engine.connect() as conn:
+            assert conn.execute(text("SELECT version FROM quota_schema_version")).scalar_one() == SCHEMA_VERSION
+            view = conn.execute(
+                text("SELECT cached_input_tokens, cache_write_tokens FROM quota_month_model WHERE model_id = :m"),
+                {"m": SYS},
+            ).one()
+        assert tuple(view) == (9_000, 500)
+        archived = store.load_totals("ivy", ["2025-12"])["2025-12"].models
+        assert (archived[SYS].cached_input_tokens, archived[SYS].cache_write_tokens) == (9_000, 500)
+        assert archived[CUS].cached_input_tokens == 0
+        meter.history = store
+        assert meter.get_token_stats("ivy", months=1)["history"]["2025-12"] == before
+        assert before[SYS]["cached_input"] == 9_000 and before[SYS]["cache_write"] == 500
+        report = meter.month_report("2025-12")  # from the archive's rows
+        totals = report.summary.models[SYS]
+        assert (totals.cached_input_tokens, totals.cache_write_tokens) == (9_000, 500)
+    finally:
+        meter.close()
+        store.close()
+
+
+def test_the_live_month_report_counts_cache_tokens(any_meter):
+    any_meter.update_token_usage("joe", SYS, 100, 1, cached_input_tokens=70)
+    any_meter.update_token_usage("kim", SYS, 100, 1, cached_input_tokens=30, cache_write_tokens=5)
+    totals = any_meter.month_report().summary.models[SYS]
+    assert (totals.input_tokens, totals.cached_input_tokens, totals.cache_write_tokens) == (200, 100, 5)
