@@ -681,3 +681,21 @@ def test_the_live_month_report_counts_cache_tokens(any_meter):
     any_meter.update_token_usage("kim", SYS, 100, 1, cached_input_tokens=30, cache_write_tokens=5)
     totals = any_meter.month_report().summary.models[SYS]
     assert (totals.input_tokens, totals.cached_input_tokens, totals.cache_write_tokens) == (200, 100, 5)
+
+
+def test_the_worked_example_of_docs_pricing_md():
+    """docs/PRICING.md's price file and figures, computed by the table it documents."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "PRICING.md").read_text()
+    toml_text = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    import tomllib
+
+    table = PriceTable.from_mapping(tomllib.loads(toml_text))
+    deepseek = [
+        table.lookup(SYS, datetime(2026, 12, d, h, m, tzinfo=UTC)) for d, h, m in ((10, 0, 0), (15, 15, 59), (20, 0, 0))
+    ]
+    costs = [p.cost_nano(10_000, 500, 8_000) for p in deepseek]
+    assert costs == [12_000_000, 12_000_000, 5_600_000] and sum(costs) == 29_600_000
+    assert table.lookup(CUS).cost_nano(12_098, 503, 10_000, 2_048) == 128_625_000
+    assert "0.128625 CNY" in doc and "29,600,000" in doc
