@@ -699,3 +699,19 @@ def test_the_worked_example_of_docs_pricing_md():
     assert costs == [12_000_000, 12_000_000, 5_600_000] and sum(costs) == 29_600_000
     assert table.lookup(CUS).cost_nano(12_098, 503, 10_000, 2_048) == 128_625_000
     assert "0.128625 CNY" in doc and "29,600,000" in doc
+
+
+def test_record_lua_refuses_cache_counts_beyond_the_input_and_changes_nothing(backend, raw):
+    """The script checks the split itself too (a client of another version, a hand-made call)."""
+    from redis.exceptions import ResponseError
+
+    from quota._batch import eval_args
+
+    call = MeterCore(Settings(prefix="quota")).record("lua", SYS, 100, 1, cached_input_tokens=60, cache_write_tokens=40)
+    assert call.args[-4:] == ("", "", "60", "40")  # no hold: ARGV[11] and ARGV[12] are empty
+    bad = call._replace(args=(*call.args[:-2], "60", "41"))
+    with pytest.raises(ResponseError, match="QUOTA_INVALID record cache tokens"):
+        raw.eval(*eval_args(bad))
+    assert raw.exists(*call.keys[:2]) == 0
+    raw.eval(*eval_args(call))
+    assert raw.hget(call.keys[0], f"{SYS}:cache_write") == b"40"
