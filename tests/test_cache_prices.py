@@ -152,10 +152,7 @@ def test_a_million_records_sum_to_the_exact_decimal():
     rng = random.Random(12)
     total_nano, cached_sum, write_sum, in_sum, out_sum = 0, 0, 0, 0, 0
     for _ in range(1_000_000):
-        tokens_in = rng.randrange(0, 200_000)
-        cached = rng.randrange(0, tokens_in + 1)
-        write = rng.randrange(0, tokens_in - cached + 1)
-        tokens_out = rng.randrange(0, 8_000)
+        tokens_in, cached, write, tokens_out = random_call(rng, 200_000, 8_000)
         total_nano += price.cost_nano(tokens_in, tokens_out, cached, write)
         in_sum, out_sum, cached_sum, write_sum = (
             in_sum + tokens_in,
@@ -163,13 +160,22 @@ def test_a_million_records_sum_to_the_exact_decimal():
             cached_sum + cached,
             write_sum + write,
         )
-    expected = (
-        (in_sum - cached_sum - write_sum) * Decimal("0.001")
-        + cached_sum * Decimal("0.0001")
-        + write_sum * Decimal("0.00125")
-        + out_sum * Decimal("0.002")
-    ) / 1000
-    assert Decimal(total_nano) / 10**9 == expected
+    assert Decimal(total_nano) / 10**9 == old_entry_cny(in_sum, cached_sum, write_sum, out_sum)
+
+
+def random_call(rng: random.Random, max_in: int, max_out: int) -> tuple[int, int, int, int]:
+    """``(input, cached, cache_write, output)``: the two cache parts within the input."""
+    tokens_in = rng.randrange(0, max_in)
+    cached = rng.randrange(0, tokens_in + 1)
+    return tokens_in, cached, rng.randrange(0, tokens_in - cached + 1), rng.randrange(0, max_out)
+
+
+def old_entry_cny(tokens_in: int, cached: int, write: int, out: int) -> Decimal:
+    """What those tokens cost at the first entry of DATED's system_deepseek, by Decimal arithmetic
+    on its per-1k prices (CNY)."""
+    fresh = tokens_in - cached - write
+    per_1k = fresh * Decimal("0.001") + cached * Decimal("0.0001") + write * Decimal("0.00125") + out * Decimal("0.002")
+    return per_1k / 1000
 
 
 @pytest.mark.parametrize(
@@ -426,10 +432,7 @@ def test_a_hundred_thousand_records_through_redis_sum_exactly(redis_server, batc
         for batch in range(batches):
             records = []
             for i in range(5_000):
-                tokens_in = rng.randrange(0, 100_000)
-                cached = rng.randrange(0, tokens_in + 1)
-                write = rng.randrange(0, tokens_in - cached + 1)
-                out = rng.randrange(0, 4_000)
+                tokens_in, cached, write, out = random_call(rng, 100_000, 4_000)
                 for j, n in enumerate((tokens_in, cached, write, out)):
                     sums[j] += n
                 records.append(
@@ -453,14 +456,7 @@ def test_a_hundred_thousand_records_through_redis_sum_exactly(redis_server, batc
     finally:
         meter.close()
     assert totals[:4] == sums
-    tokens_in, cached, write, out = sums
-    expected = (
-        (tokens_in - cached - write) * Decimal("0.001")
-        + cached * Decimal("0.0001")
-        + write * Decimal("0.00125")
-        + out * Decimal("0.002")
-    ) / 1000
-    assert Decimal(totals[4]) / 10**9 == expected
+    assert Decimal(totals[4]) / 10**9 == old_entry_cny(*sums)
 
 
 # --- the price file --------------------------------------------------------------------------------
