@@ -111,8 +111,8 @@ _SINCE_FOREVER = datetime.min.replace(tzinfo=UTC)  # where an entry without effe
 @dataclass(frozen=True)
 class ModelPrice:
     """A model's price, in whole nano-CNY per token. The cached-input and cache-write prices
-    default to the input price, so a price without them costs what
-    it always did. ``effective_from`` is the UTC instant this entry takes effect (None: since forever)."""
+    default to the input price, so a price without them costs what it always did.
+    ``effective_from`` is the UTC instant this entry takes effect (None: since forever)."""
 
     model_id: str
     name: str
