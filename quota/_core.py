@@ -56,6 +56,9 @@ RECORD_FIELDS = (
     "cache_write_tokens",
 )
 RECORD_REQUIRED = frozenset(RECORD_FIELDS[:4])  # the rest are optional
+# record.lua's CACHE_ARG: the ARGV index (1-based) of cached_input_tokens, cache_write_tokens after it;
+# sent only when either is non-zero, after the hold's arguments ("" without a hold).
+RECORD_CACHE_ARG = 13
 
 
 def utc_now() -> datetime:
@@ -263,8 +266,8 @@ class MeterCore:
         if turn_id is not None:
             keys += (self.keys.holds_key(user),)
             args += (turn_id, self._hold_ttl_ms_arg)
-        if cached or cache_write:  # ARGV[13], ARGV[14]; without cache tokens the call is as before
-            args += (() if turn_id is not None else ("", "")) + (str(cached), str(cache_write))
+        if cached or cache_write:  # without cache tokens the call is what it was before them
+            args += ("",) * (RECORD_CACHE_ARG - 1 - len(args)) + (str(cached), str(cache_write))
         return ScriptCall(scripts.RECORD, keys, args, parse, model, cost)
 
     def record_many(self, records: object) -> list[ScriptCall[UsageResult]]:
