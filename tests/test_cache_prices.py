@@ -711,3 +711,12 @@ def test_record_lua_refuses_cache_counts_beyond_the_input_and_changes_nothing(ba
     assert raw.exists(*call.keys[:2]) == 0
     raw.eval(*eval_args(call))
     assert raw.hget(call.keys[0], f"{SYS}:cache_write") == b"40"
+
+
+def test_get_model_cost_config_follows_the_meters_clock(make_meter, backend, clock):
+    meter = make_meter(backend, prefix="quota", prices=dated_table())
+    clock.now = CHANGE - timedelta(seconds=1)
+    assert meter.get_model_cost_config(SYS)["cost_per_1k_input"] == Decimal("0.001")
+    clock.now = CHANGE
+    config = meter.get_model_cost_config(SYS)
+    assert (config["cost_per_1k_input"], config["effective_from"]) == (Decimal("0.0005"), "2026-01-16T00:00:00Z")

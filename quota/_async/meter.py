@@ -394,7 +394,8 @@ class AsyncMeter:
             await here.client.ping()
 
     def get_model_cost_config(self, model_id: str) -> dict[str, Any]:
-        return self.core.prices.get_model_cost_config(model_id)
+        """The seed's per-model config, of the price in force at the meter clock's now."""
+        return self.core.price_for(model_id).as_config()
 
     # --- agent-worker integration (quota.Turn) --------------------------------------------------
 
