@@ -56,8 +56,8 @@ RECORD_FIELDS = (
     "cache_write_tokens",
 )
 RECORD_REQUIRED = frozenset(RECORD_FIELDS[:4])  # the rest are optional
-# record.lua's CACHE_ARG: the ARGV index (1-based) of cached_input_tokens, cache_write_tokens after it;
-# sent only when either is non-zero, after the hold's arguments ("" without a hold).
+# The ARGV index (1-based) of cached_input_tokens in record.lua, cache_write_tokens after it; sent only
+# when either is non-zero, after the hold's arguments ("" without a hold). One number on each side.
 RECORD_CACHE_ARG = 13
 
 

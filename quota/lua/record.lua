@@ -21,7 +21,7 @@
 -- ARGV[11] turn_id              the hold this call draws its system cost from (never below 0)
 -- ARGV[12] hold_ttl_ms          the hold lives this long after this call
 -- With cache tokens (only when either is non-zero; the hold's ARGV are "" without a hold), last:
--- ARGV[13] cached_input_tokens  decimal string, the part of input_tokens that were cache hits (CACHE_ARG)
+-- ARGV[13] cached_input_tokens  decimal string, the part of input_tokens that were cache hits
 -- ARGV[14] cache_write_tokens   decimal string, the part of input_tokens that wrote the cache
 --                               counted in <model>:cached_input and <model>:cache_write; the cost
 --                               (ARGV[4]) already prices them (quota/_prices.py)
@@ -45,7 +45,6 @@
 -- @include alerts
 
 local MAX_PURPOSES = 8  -- quota/_keys.py MAX_PURPOSES
-local CACHE_ARG = 13  -- quota/_core.py RECORD_CACHE_ARG: where the two cache counts start
 
 -- 1. validate (Redis has no rollback: nothing may fail after the first write)
 if not (is_uint(ARGV[2], 10) and is_uint(ARGV[3], 10) and is_uint(ARGV[4], 17)
@@ -65,16 +64,15 @@ local with_hold = #KEYS == 5
 if with_hold and not (type(ARGV[11]) == 'string' and #ARGV[11] >= 1 and is_uint(ARGV[12], 10)) then
   return redis.error_reply('QUOTA_INVALID record with a hold needs a turn id and hold_ttl_ms')
 end
-local cache = #ARGV > CACHE_ARG
-local cached, cache_write = ARGV[CACHE_ARG], ARGV[CACHE_ARG + 1]
-if cache and not (is_uint(cached, 10) and is_uint(cache_write, 10)
-                  and tonumber(cached) + tonumber(cache_write) <= tonumber(ARGV[2])) then
+local cache = #ARGV >= 14  -- quota/_core.py RECORD_CACHE_ARG (13): the cache counts come last
+if cache and not (is_uint(ARGV[13], 10) and is_uint(ARGV[14], 10)
+                  and tonumber(ARGV[13]) + tonumber(ARGV[14]) <= tonumber(ARGV[2])) then
   return redis.error_reply('QUOTA_INVALID record cache tokens must be unsigned integers within input_tokens')
 end
 local model = ARGV[1]
 local content = model .. '|' .. ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4] .. '|' .. ARGV[8]
 if purpose ~= '' then content = content .. '|' .. purpose end  -- ids stored before purposes still match
-if cache then content = content .. '|k' .. cached .. ':' .. cache_write end  -- ':' is never in a purpose
+if cache then content = content .. '|k' .. ARGV[13] .. ':' .. ARGV[14] end  -- ':' is never in a purpose
 
 -- 2. read
 local seen = redis.call('GET', KEYS[2])
@@ -125,8 +123,8 @@ if ARGV[8] == '1' then
   redis.call('HINCRBY', KEYS[1], model .. ':estimated_calls', 1)
 end
 if cache then  -- never above <model>:input (checked for overflow above): each is a part of it
-  if cached ~= '0' then redis.call('HINCRBY', KEYS[1], model .. ':cached_input', cached) end
-  if cache_write ~= '0' then redis.call('HINCRBY', KEYS[1], model .. ':cache_write', cache_write) end
+  if ARGV[13] ~= '0' then redis.call('HINCRBY', KEYS[1], model .. ':cached_input', ARGV[13]) end
+  if ARGV[14] ~= '0' then redis.call('HINCRBY', KEYS[1], model .. ':cache_write', ARGV[14]) end
 end
 if purpose ~= '' then
   redis.call('HINCRBY', KEYS[1], model .. ':n@' .. purpose, 1)
