@@ -38,6 +38,8 @@ MONEY = {"type": "number", "minimum": 0, "description": "CNY"}
 HELD = MONEY | {"description": "CNY reserved by turns in progress (live turn holds, docs/INTEGRATION.md)"}
 AVAILABLE = MONEY | {"description": "CNY a new turn could still reserve: credit - used - held, never below 0"}
 TOKENS = {"type": "integer", "minimum": 0, "maximum": MAX_TOKENS}
+SIGNED_TOKENS = {"type": "integer", "minimum": -MAX_TOKENS, "maximum": MAX_TOKENS}
+SIGNED_MONEY = {"type": "number", "description": "CNY, signed"}
 USER = {"type": "string", "pattern": _pattern(USER_RE)}
 MODEL = {"type": "string", "pattern": _pattern(MODEL_RE)}
 MONTH = {"type": "string", "pattern": _pattern(MONTH_RE)}
@@ -273,8 +275,61 @@ SCHEMAS: dict[str, Any] = {
                 "propertyNames": PURPOSE,
                 "additionalProperties": _object({"calls": {"type": "integer", "minimum": 0}, "cost": MONEY}),
             },
+            "adjustments": _object(
+                {"count": {"type": "integer", "minimum": 1}, "cost": SIGNED_MONEY},
+                description="present only when the month was corrected (quota adjust): how many adjustments, "
+                "and their signed cost, which the other amounts already include",
+            ),
+        },
+        [
+            "input_tokens",
+            "output_tokens",
+            "cost",
+            "calls",
+            "estimated_calls",
+            "is_system",
+            "name",
+            "purposes",
+        ],
+    ),
+    "AdjustmentRequest": _object(
+        {
+            "model_id": MODEL,
+            "adjustment_id": {
+                "type": "string",
+                "pattern": _pattern(REQUEST_ID_RE),
+                "description": "the adjustment's own id: sent again with the same content it counts once",
+            },
+            "reason": {"type": "string", "minLength": 1, "maxLength": 200},
+            "cost": {"type": ["number", "string"], "description": "signed CNY (negative: take away), default 0"},
+            "input_tokens": SIGNED_TOKENS,
+            "output_tokens": SIGNED_TOKENS,
+            "calls": {"type": "integer", "minimum": -(10**9) + 1, "maximum": 10**9 - 1},
+            "month": MONTH | {"type": ["string", "null"], "description": "default (or null): the current UTC month"},
+            "actor": {"type": "string", "description": "who asked (kept after api:admin)"},
+        },
+        ["model_id", "adjustment_id", "reason"],
+    ),
+    "Adjustment": _object(
+        {
+            "user": USER,
+            "month": MONTH,
+            "model_id": MODEL,
+            "adjustment_id": {"type": "string", "pattern": _pattern(REQUEST_ID_RE)},
+            "input_tokens": SIGNED_TOKENS,
+            "output_tokens": SIGNED_TOKENS,
+            "cost": SIGNED_MONEY,
+            "cost_nano": {"type": "string", "pattern": r"^-?\d+$", "description": "the exact signed cost, nano-CNY"},
+            "calls": {"type": "integer"},
+            "reason": {"type": "string"},
+            "actor": {"type": "string"},
+            "at": {"type": "string", "description": "when it was made (UTC)"},
+            "is_system": {"type": "boolean"},
+            "duplicate": {"type": "boolean", "description": "this id was used before for the same adjustment"},
+            "monthly_used": MONEY,
         }
     ),
+    "AdjustmentList": _object({"user": USER, "adjustments": {"type": "array", "items": _ref("Adjustment")}}),
     "HistoryModelStats": _object(
         {
             "input": {"type": "integer", "minimum": 0},
@@ -789,6 +844,37 @@ def _paths(demo: bool) -> dict[str, Any]:
                     **_errors(400, 401, 403, 503),
                 },
             }
+        },
+        "/v1/admin/users/{user}/adjustments": {
+            "post": {
+                "operationId": "adjustUserMonth",
+                "tags": ["admin"],
+                "security": BEARER,
+                "summary": "An audited correction of a user's month: signed amounts, its own id and a reason",
+                "description": "Admin token only. Reversing a wrong record is its negation (negative cost and "
+                "tokens, calls -1); on a system model the cost also moves the month's use of the credit. 201: made; "
+                "200: this id was used for the same adjustment before (nothing changed); 409: used for another "
+                "one; 400: a counter would go below zero (nothing changed). Same as `quota adjust`.",
+                "parameters": [_user_param()],
+                "requestBody": {"required": True, "content": {JSON: {"schema": _ref("AdjustmentRequest")}}},
+                "responses": {
+                    "201": _json(_ref("Adjustment"), "the adjustment, made"),
+                    "200": _json(_ref("Adjustment"), "the adjustment, made before (nothing changed)"),
+                    **_errors(400, 401, 403, 409, 413, 415, 503),
+                },
+            },
+            "get": {
+                "operationId": "listUserAdjustments",
+                "tags": ["admin"],
+                "security": BEARER,
+                "summary": "A user's adjustments of a month (default: this UTC month), oldest first",
+                "description": "Admin token only. Same as `quota adjust USER - --list`.",
+                "parameters": [
+                    _user_param(),
+                    {"name": "month", "in": "query", "required": False, "schema": MONTH},
+                ],
+                "responses": {"200": _json(_ref("AdjustmentList"), "the adjustments"), **_errors(400, 401, 403, 503)},
+            },
         },
         "/healthz": {
             "get": {

@@ -86,13 +86,18 @@ def quota(user: str):  # noqa: ANN201
 
 
 def check_record_keys(record: Any, where: str) -> dict[str, Any]:
-    if not isinstance(record, dict):
-        raise ApiError(400, "invalid_body", f"{where} must be a JSON object, got {type(record).__name__}")
-    unknown, missing = set(record) - USAGE_FIELDS, USAGE_REQUIRED - set(record)
+    return check_keys(record, where, USAGE_FIELDS, USAGE_REQUIRED)
+
+
+def check_keys(body: Any, where: str, fields: frozenset[str], required: frozenset[str]) -> dict[str, Any]:
+    """``body`` when it is a JSON object with only ``fields`` and every one of ``required``; else 400."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", f"{where} must be a JSON object, got {type(body).__name__}")
+    unknown, missing = set(body) - fields, required - set(body)
     if unknown or missing:
         problem = f"unknown keys {sorted(unknown)}" if unknown else f"missing keys {sorted(missing)}"
         raise ApiError(400, "invalid_body", f"{where}: {problem}")
-    return record
+    return body
 
 
 @bp.post("/usage")

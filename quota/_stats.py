@@ -11,8 +11,12 @@ from ._keys import (
     FIELD_ALERTED,
     FIELD_CREDIT,
     FIELD_DUMP_GEN,
+    FIELD_ORIGIN,
     FIELD_USED,
+    FIRST_GENERATION,
     MODEL_SUFFIXES,
+    SUFFIX_ADJ_COST,
+    SUFFIX_ADJUSTMENTS,
     SUFFIX_CACHE_WRITE,
     SUFFIX_CACHED,
     SUFFIX_CALLS,
@@ -42,6 +46,9 @@ class ModelUsage:
     # parts of input_tokens priced at the cache rates (issue 12)
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
+    # corrections (quota adjust): how many, and their signed cost; the counters above include them
+    adjustments: int = 0
+    adjusted_cost_nano: int = 0
 
     def add(self, other: ModelUsage) -> None:
         self.cached_input_tokens += other.cached_input_tokens
@@ -51,6 +58,8 @@ class ModelUsage:
         self.cost_nano += other.cost_nano
         self.calls += other.calls
         self.estimated_calls += other.estimated_calls
+        self.adjustments += other.adjustments
+        self.adjusted_cost_nano += other.adjusted_cost_nano
         for purpose, (calls, cost) in other.purposes.items():
             mine = self.purposes.setdefault(purpose, [0, 0])
             mine[0] += calls
@@ -61,7 +70,9 @@ class ModelUsage:
 class MonthUsage:
     """One user's month: what the hash holds, parsed. ``credit_nano`` None means "never set".
 
-    ``archive_gen`` is the hash's ``dump_gen`` (set once a dump has read it) or, for a month
+    ``archive_gen`` is the hash's ``dump_gen`` (set once a dump has read it; before that the one
+    the dump will give it: its origin, field ``o``, for a hash made after its month, else
+    ``FIRST_GENERATION``) or, for a month
     loaded from the SQL history, the generation that row was archived from; see ``merge_month``.
     """
 
@@ -75,6 +86,7 @@ class MonthUsage:
     @classmethod
     def from_hash(cls, month: str, raw: Mapping[Any, Any]) -> MonthUsage:
         usage = cls(month)
+        origin = None
         for key, value in raw.items():
             name = key.decode() if isinstance(key, bytes) else str(key)
             number = int(value)
@@ -86,6 +98,8 @@ class MonthUsage:
                 usage.archive_gen = number
             elif name == FIELD_ALERTED:
                 usage.alerted_pct = number
+            elif name == FIELD_ORIGIN:
+                origin = number
             else:
                 model_id, _, suffix = name.rpartition(":")
                 if model_id and suffix in MODEL_SUFFIXES:
@@ -94,6 +108,8 @@ class MonthUsage:
                 elif model_id and suffix[:2] in _PURPOSE_INDEX and len(suffix) > 2:
                     model = usage.models.setdefault(model_id, ModelUsage())
                     model.purposes.setdefault(suffix[2:], [0, 0])[_PURPOSE_INDEX[suffix[:2]]] = number
+        if usage.archive_gen is None:  # the generation the dump will archive it as (snapshot_month.lua)
+            usage.archive_gen = FIRST_GENERATION if origin is None else origin
         return usage
 
     @property
@@ -146,7 +162,9 @@ def parts_from_rows(month: str, rows: Iterable[ArchiveRow]) -> list[MonthUsage]:
             part = MonthUsage(month, credit_nano=credit, system_used_nano=used, archive_gen=gen)
             parts.append(part)
         if model_id is not None:
-            part.models[model_id] = ModelUsage(tin, tout, cost, calls, est, {}, cached or 0, write or 0)
+            part.models[model_id] = ModelUsage(
+                tin, tout, cost, calls, est, cached_input_tokens=cached or 0, cache_write_tokens=write or 0
+            )
     return parts
 
 
@@ -158,6 +176,8 @@ _SUFFIX_ATTR = {
     SUFFIX_ESTIMATED: "estimated_calls",
     SUFFIX_CACHED: "cached_input_tokens",
     SUFFIX_CACHE_WRITE: "cache_write_tokens",
+    SUFFIX_ADJUSTMENTS: "adjustments",
+    SUFFIX_ADJ_COST: "adjusted_cost_nano",
 }
 
 
@@ -217,6 +237,8 @@ def build_token_stats(
                 for purpose, (calls, cost) in sorted(usage.purposes.items())
             },
         }
+        if usage.adjustments:  # corrected by `quota adjust`: how often, and by how much (signed)
+            models[model_id]["adjustments"] = {"count": usage.adjustments, "cost": money(usage.adjusted_cost_nano)}
     history_out: dict[str, Any] = {}
     for month in history:
         if month.is_empty:

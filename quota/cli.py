@@ -1,6 +1,6 @@
 """The ``quota`` command line (click, like Flask's own CLI).
 
-The library's commands are here: ``demo``, ``stats``, ``credit``, ``spool replay``, ``dump``,
+The library's commands are here: ``demo``, ``stats``, ``credit``, ``adjust``, ``spool replay``, ``dump``,
 ``scheduler``, ``notify``. Other packages add theirs through the ``quota.commands`` entry point group
 (the app's ``serve`` and ``token``, in ``quota_server.cli``: the repository's ``api/cli.py``); they are
 loaded only when asked for, so ``import quota`` never imports the app.
@@ -187,6 +187,78 @@ def credit(user: str, credit: str, month: str | None, add: bool, url: str | None
     click.echo(
         f"{done} {user}'s credit for {result.month}: now {nano_to_decimal(credit_now)} CNY, "
         f"{nano_to_decimal(used)} used, {nano_to_decimal(max(credit_now - used, 0))} remaining",
+        err=True,
+    )
+    click.echo(json.dumps(result.as_dict()))
+
+
+@main.command()
+@click.argument("user")
+@click.argument("model_id")
+@click.option("--id", "adjustment_id", help="The adjustment's own id (required): sent again, it counts once.")
+@click.option("--reason", help="Why (required; kept with the adjustment and logged).")
+@click.option("--cost", default="0", show_default=True, help="Signed CNY to add to the cost (-0.12 takes 0.12 away).")
+@click.option("--input", "input_tokens", default=0, show_default=True, help="Signed input tokens to add.")
+@click.option("--output", "output_tokens", default=0, show_default=True, help="Signed output tokens to add.")
+@click.option("--calls", default=0, show_default=True, help="Signed calls to add (-1 to reverse one record).")
+@click.option("--month", help="YYYY-MM (default: the current UTC month); the month must still be in Redis.")
+@click.option("--actor", help="Who makes it (default: cli:$USER).")
+@click.option("--list", "list_only", is_flag=True, help="Only list USER's adjustments of the month (MODEL_ID: -).")
+@click.option("--url", envvar="REDIS_URL", help="Redis URL (default: REDIS_URL).")
+def adjust(
+    user: str,
+    model_id: str,
+    adjustment_id: str | None,
+    reason: str | None,
+    cost: str,
+    input_tokens: int,
+    output_tokens: int,
+    calls: int,
+    month: str | None,
+    actor: str | None,
+    list_only: bool,
+    url: str | None,
+) -> None:
+    """Correct USER's month for MODEL_ID by signed amounts: an audited adjustment.
+
+    To reverse a wrong record, negate it: `quota adjust alice system_deepseek --id fix-42
+    --reason "billed twice" --cost -0.012 --input -1000 --output -2000 --calls -1`. On a system
+    model the cost also moves the month's use of the credit. Nothing changes when a counter would go
+    below zero (exit 1) or when the id was used for another adjustment (exit 1); the same adjustment
+    again changes nothing. Prints what was done on stderr and the adjustment as JSON on stdout.
+    """
+    import getpass
+
+    from ._money import nano_to_decimal
+
+    meter = open_meter(url)
+    try:
+        if list_only:
+            click.echo(json.dumps([a.as_dict() for a in meter.adjustments(user, month)], indent=2))
+            return
+        if adjustment_id is None or reason is None:
+            fail("--id and --reason are required (or --list)", 2)
+        result = meter.adjust(
+            user,
+            model_id,
+            adjustment_id=adjustment_id,
+            reason=reason,
+            cost=cost,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            calls=calls,
+            month=month,
+            actor=actor or f"cli:{getpass.getuser()}",
+        )
+    except QuotaError as exc:
+        fail(str(exc))
+    finally:
+        meter.close()
+    done = "already made (nothing changed)" if result.duplicate else "made"
+    click.echo(
+        f"adjustment {result.adjustment_id} {done}: {user} {result.month} {result.model_id} cost "
+        f"{nano_to_decimal(result.cost_nano):+} CNY; "
+        f"system-model use now {nano_to_decimal(result.monthly_used_nano)} CNY",
         err=True,
     )
     click.echo(json.dumps(result.as_dict()))

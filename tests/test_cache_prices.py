@@ -22,6 +22,7 @@ from quota import InvalidInput, Meter
 from quota._config import Settings
 from quota._core import MeterCore
 from quota._errors import ConfigError, RequestConflict
+from quota._keys import FIELD_ORIGIN
 from quota._prices import DEFAULT_SYSTEM_MODELS, ModelPrice, PriceTable
 from quota._spool import Spool, SpoolEntry
 from quota._usage import StreamTally, Usage, usage_from
@@ -330,7 +331,7 @@ def test_each_provider_shape_is_priced_and_counted(priced, raw):
 
 def test_a_record_without_cache_tokens_writes_what_it_always_did(priced, raw):
     priced.update_token_usage("bob", SYS, 100, 10, request_id="plain")
-    fields = {k.decode() for k in raw.hgetall("quota:{bob}:2026-01")}
+    fields = {k.decode() for k in raw.hgetall("quota:{bob}:2026-01")} - {FIELD_ORIGIN}  # ops' field, on a late hash
     assert fields == {f"{SYS}:input", f"{SYS}:output", f"{SYS}:cost_nano", f"{SYS}:calls", "system_used_nano"}
     assert raw.get("quota:{bob}:req:plain") == f"{SYS}|100|10|{100 * 1000 + 10 * 2000}|0".encode()  # as before
 
@@ -619,8 +620,8 @@ OLD_MONTH_MODEL_VIEW = """
     GROUP BY prefix, user_id, month, model_id"""
 
 
-def _as_version_2(store) -> None:
-    """Turn ``store``'s fresh schema into what release 2 made: no cache columns, the old view."""
+def _as_version_3(store) -> None:
+    """Turn ``store``'s fresh schema into what version 3 was: no cache columns, the old view."""
     from sqlalchemy import text
 
     store.ensure_schema()
@@ -629,17 +630,17 @@ def _as_version_2(store) -> None:
         for column in ("cached_input_tokens", "cache_write_tokens"):
             conn.execute(text(f"ALTER TABLE quota_model_snapshot DROP COLUMN {column}"))
         conn.execute(text(OLD_MONTH_MODEL_VIEW))
-        conn.execute(text("UPDATE quota_schema_version SET version = 2"))
+        conn.execute(text("UPDATE quota_schema_version SET version = 3"))
 
 
-def test_the_dump_keeps_the_cache_counts_and_migrates_a_version_2_archive(backend, clock, history_url):
+def test_the_dump_keeps_the_cache_counts_and_migrates_a_version_3_archive(backend, clock, history_url):
     from sqlalchemy import text
 
     from quota.history import HistoryStore, dump_expired_months
     from quota.history.store import SCHEMA_VERSION
 
     old = HistoryStore(history_url)
-    _as_version_2(old)
+    _as_version_3(old)
     old.close()
     store = HistoryStore(history_url)
     meter = Meter(backend.sync_client(), clock=clock, prefix="quota", prices=dated_table())
@@ -649,8 +650,8 @@ def test_the_dump_keeps_the_cache_counts_and_migrates_a_version_2_archive(backen
         meter.update_token_usage("ivy", CUS, 100, 1)
         clock.set(2026, 1, 15, 12, 0, 0)
         before = meter.get_token_stats("ivy", months=1)["history"]["2025-12"]
-        assert store.load_totals("ivy", ["2025-12"]) == {}  # a version-2 archive still reads (nothing yet)
-        assert dump_expired_months(meter, store).archived == 1  # migrates it to version 3 first
+        assert store.load_totals("ivy", ["2025-12"]) == {}  # a version-3 archive still reads (nothing yet)
+        assert dump_expired_months(meter, store).archived == 1  # migrates it to version 4 first
         with store.engine.connect() as conn:
             assert conn.execute(text("SELECT version FROM quota_schema_version")).scalar_one() == SCHEMA_VERSION
             view = conn.execute(

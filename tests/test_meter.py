@@ -31,7 +31,11 @@ def test_record_returns_the_months_totals(any_meter):
 def test_the_hash_is_readable_by_ops(any_meter, raw):
     any_meter.update_token_usage("alice", "system_deepseek", 12000, 8000)
     any_meter.update_token_usage("alice", "custom_xxx", 5000, 3000)
-    assert raw.hgetall("quota:{alice}:2026-01") == {
+    fields = raw.hgetall("quota:{alice}:2026-01")
+    # The test's clock says 2026-01, the server's says later: to Redis this is a hash made after its
+    # month, which carries its origin (restore-safe dumps, docs/HISTORY.md); a month's own hash does not.
+    fields.pop(b"o", None)
+    assert fields == {
         b"system_deepseek:input": b"12000",
         b"system_deepseek:output": b"8000",
         b"system_deepseek:cost_nano": b"28000000",

@@ -13,7 +13,6 @@ from quota._prices import PriceTable
 from quota._report import CSV_HEADER, MonthReportBuilder, ReportCache, csv_rows, decode_cursor
 from quota._stats import MonthUsage
 from quota.history import HistoryStore, dump_expired_months
-from quota.history.store import SCHEMA_VERSION
 
 from .history_support import history_url, store  # noqa: F401 - fixtures
 
@@ -177,6 +176,8 @@ def test_a_past_month_merges_the_archive_with_what_is_still_in_redis(backend, cl
 
 def test_reading_a_version_1_history_works_until_the_dump_migrates_it(tmp_path):
     from sqlalchemy import text
+
+    from quota.history.store import SCHEMA_VERSION
 
     url = f"sqlite:///{tmp_path}/h.db"
     s = HistoryStore(url)

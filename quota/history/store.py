@@ -13,7 +13,7 @@ The layout (docs/HISTORY.md has the details and the SQL):
   spend, the dump read counter ``seq`` and when it was archived;
 - ``quota_model_snapshot``: per (prefix, user, month, generation, model) the input and output
   tokens, the exact cost in nano-CNY, the calls, the estimated calls, ``is_system``, and the
-  cached-input and cache-write tokens (parts of the input; schema version 3);
+  cached-input and cache-write tokens (parts of the input; schema version 4);
 - views ``quota_month`` and ``quota_month_model``: the same summed over generations, for ops;
 - ``quota_schema_version``: one row with the schema version, so a later release can migrate.
 
@@ -50,6 +50,7 @@ from sqlalchemy import (
     event,
     func,
     inspect,
+    literal,
     literal_column,
     select,
     text,
@@ -73,10 +74,10 @@ from .._errors import ConfigError, StorageUnavailable
 from .._keys import validate_month, validate_prefix, validate_user
 from .._stats import ArchiveRow, ModelUsage, MonthUsage, merge_month, parts_from_rows
 
-SCHEMA_VERSION = 3
-# Reads work on a database at least this old: version 2 only added an index, so a version-1
-# database stays readable (more slowly) until the next `quota dump` migrates it; version 3 added
-# the cache-token columns, read as 0 from an older database (see _cache_columns).
+SCHEMA_VERSION = 4
+# Reads work on a database at least this old: version 2 only added an index, version 3 two
+# columns (corrections) and version 4 two more (cache tokens) that a read of an older database takes
+# as 0, so a version-1 database stays readable (more slowly) until the next `quota dump` migrates it.
 READABLE_FROM = 1
 _LOCK_KEY = 0x71756F7461  # "quota": the PostgreSQL advisory lock taken while creating/migrating
 
@@ -119,7 +120,10 @@ model_snapshot = Table(
     Column("calls", BigInteger, nullable=False),
     Column("estimated_calls", BigInteger, nullable=False),
     Column("is_system", Boolean, nullable=False),
-    # issue 12, schema version 3: parts of input_tokens priced at the cache rates
+    # corrections (quota adjust, schema version 3): how many, and their signed cost; the counters above include them
+    Column("adjustments", BigInteger, nullable=False, server_default="0"),
+    Column("adjusted_cost_nano", BigInteger, nullable=False, server_default="0"),
+    # issue 12, schema version 4: parts of input_tokens priced at the cache rates
     Column("cached_input_tokens", BigInteger, nullable=False, server_default="0"),
     Column("cache_write_tokens", BigInteger, nullable=False, server_default="0"),
 )
@@ -162,8 +166,15 @@ def _add_month_index(conn: Connection) -> None:
     month_index.create(conn, checkfirst=True)
 
 
+def _add_adjustment_columns(conn: Connection) -> None:
+    present = {c["name"] for c in inspect(conn).get_columns(model_snapshot.name)}
+    for column in ("adjustments", "adjusted_cost_nano"):
+        if column not in present:
+            conn.execute(text(f"ALTER TABLE quota_model_snapshot ADD COLUMN {column} BIGINT NOT NULL DEFAULT 0"))
+
+
 def _add_cache_columns(conn: Connection) -> None:
-    """Version 3 (issue 12): the cache-token columns, 0 for what was archived before, and the
+    """Version 4 (issue 12): the cache-token columns, 0 for what was archived before, and the
     ``quota_month_model`` view that sums them."""
     present = {c["name"] for c in inspect(conn).get_columns(model_snapshot.name)}
     for column in ("cached_input_tokens", "cache_write_tokens"):
@@ -174,7 +185,11 @@ def _add_cache_columns(conn: Connection) -> None:
 
 
 # MIGRATIONS[v] upgrades a database at version v to v + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_month_index, 2: _add_cache_columns}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _add_month_index,
+    2: _add_adjustment_columns,
+    3: _add_cache_columns,
+}
 
 
 def url_secrets(url: str) -> set[str]:
@@ -284,6 +299,7 @@ class HistoryStore:
         if self.dialect == "sqlite":
             _sqlite_setup(self.engine, self._sqlite_file if not parsed.query.get("uri") else None)
         self._schema_ready = False
+        self._has_adjustments = True  # False while reading a database older than schema version 3
         self._version: int | None = None  # the version read by _readable (None: not read yet)
         self._month_upsert = self._upsert(month_snapshot, keep=("first_archived_at",))
         self._model_upsert = self._upsert(model_snapshot)
@@ -331,7 +347,7 @@ class HistoryStore:
                     # another process created the schema at the same moment: look again
                     if attempt == 2:
                         raise
-        self._schema_ready = True
+        self._schema_ready = self._has_adjustments = True
         return SCHEMA_VERSION
 
     def _create_or_migrate(self, conn: Connection) -> None:
@@ -369,13 +385,14 @@ class HistoryStore:
             )
         # an older, still readable version is looked up again next time: the first write migrates it
         self._schema_ready = version == SCHEMA_VERSION
+        self._has_adjustments = version >= 3
         self._version = version
         return True
 
     def _cache_columns(self, table: Table) -> tuple[Any, Any]:
         """The cache-token columns of ``table``, or 0 in their place on a database from before
-        version 3 (it has none; the next `quota dump` adds them). Call after _readable()."""
-        if self._schema_ready or (self._version or 0) >= 3:
+        version 4 (it has none; the next `quota dump` adds them). Call after _readable()."""
+        if self._schema_ready or (self._version or 0) >= 4:
             return table.c.cached_input_tokens, table.c.cache_write_tokens
         return literal_column("0").label("cached_input_tokens"), literal_column("0").label("cache_write_tokens")
 
@@ -426,6 +443,8 @@ class HistoryStore:
                         m.calls,
                         m.estimated_calls,
                         flag,
+                        m.adjustments,
+                        m.adjusted_cost_nano,
                         m.cached_input_tokens,
                         m.cache_write_tokens,
                     )
@@ -448,7 +467,10 @@ class HistoryStore:
             stmt = sqlite_insert(table)
         keys = [c.name for c in table.primary_key.columns]
         changes = {c.name: stmt.excluded[c.name] for c in table.columns if not c.primary_key and c.name not in keep}
-        upsert = stmt.on_conflict_do_update(index_elements=keys, set_=changes, where=stmt.excluded.seq >= table.c.seq)
+        # Strictly newer: every read of one incarnation has its own dump_seq, so an equal seq is either
+        # the same snapshot again (nothing to change) or a copy restored from a backup whose counter
+        # went back (older content, which must not replace what the archive holds: docs/HISTORY.md).
+        upsert = stmt.on_conflict_do_update(index_elements=keys, set_=changes, where=stmt.excluded.seq > table.c.seq)
         return _BulkUpsert(upsert, table, self.engine)
 
     # --- reads -----------------------------------------------------------------------------------
@@ -482,26 +504,54 @@ class HistoryStore:
                     .where(where(month_snapshot))
                     .order_by(month_snapshot.c.month, month_snapshot.c.first_archived_at, month_snapshot.c.generation)
                 ).all()
+                m = model_snapshot.c
+                corrections = (
+                    (m.adjustments, m.adjusted_cost_nano) if self._has_adjustments else (literal(0), literal(0))
+                )
                 model_rows = conn.execute(
                     select(
-                        model_snapshot.c.month,
-                        model_snapshot.c.generation,
-                        model_snapshot.c.model_id,
-                        model_snapshot.c.input_tokens,
-                        model_snapshot.c.output_tokens,
-                        model_snapshot.c.cost_nano,
-                        model_snapshot.c.calls,
-                        model_snapshot.c.estimated_calls,
+                        m.month,
+                        m.generation,
+                        m.model_id,
+                        m.input_tokens,
+                        m.output_tokens,
+                        m.cost_nano,
+                        m.calls,
+                        m.estimated_calls,
+                        *corrections,
                         *self._cache_columns(model_snapshot),
                     ).where(where(model_snapshot))
                 ).all()
         parts: dict[tuple[str, int], MonthUsage] = {}
         for month, gen, credit, used in rows:
             parts[(month, gen)] = MonthUsage(month, credit_nano=credit, system_used_nano=used, archive_gen=gen)
-        for month, gen, model_id, tokens_in, tokens_out, cost, calls, estimated, cached, write in model_rows:
+        for (
+            month,
+            gen,
+            model_id,
+            tokens_in,
+            tokens_out,
+            cost,
+            calls,
+            estimated,
+            adjs,
+            adj_cost,
+            cached,
+            write,
+        ) in model_rows:
             part = parts.get((month, gen))
             if part is not None:
-                part.models[model_id] = ModelUsage(tokens_in, tokens_out, cost, calls, estimated, {}, cached, write)
+                part.models[model_id] = ModelUsage(
+                    tokens_in,
+                    tokens_out,
+                    cost,
+                    calls,
+                    estimated,
+                    adjustments=adjs,
+                    adjusted_cost_nano=adj_cost,
+                    cached_input_tokens=cached,
+                    cache_write_tokens=write,
+                )
         return list(parts.values())
 
     def load_totals(self, user: str, months: Sequence[str]) -> dict[str, MonthUsage]:

@@ -99,6 +99,7 @@ for i = 1, 5 do
     return redis.error_reply('QUOTA_OVERFLOW field ' .. fields[i] .. ' is too large to add to')
   end
 end
+local late = not current[4] and born_late(KEYS[1])  -- a new hash after its month (lib/util.lua)
 local used, credit = current[5] or '0', current[6] or ARGV[6]
 local crossed = {}
 if ARGV[5] == '1' and ARGV[9] ~= '' then  -- system spend alerts, nothing else (turn holds never do)
@@ -132,6 +133,7 @@ if purpose ~= '' then
   if new_purpose then redis.call('HINCRBY', KEYS[1], fields[9], 1) end
 end
 redis.call('SET', KEYS[2], content, 'EX', ARGV[7])
+if late then redis.call('HSET', KEYS[1], 'o', origin_id()) end  -- restore-safe dump (lib/util.lua)
 local hold = ''
 if remaining then  -- draw the system cost down from the turn's hold, and keep the hold alive
   local left = remaining
