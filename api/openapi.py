@@ -67,6 +67,12 @@ PURPOSE = {"type": "string", "pattern": _pattern(PURPOSE_RE)}
 # <prefix>:<user>:<YYYY-MM>:<threshold>:<crossed|cleared>:<seq> (quota._notify.parse_event_id)
 EVENT_ID_PATTERN = rf"^{PREFIX_RE.pattern}:{USER_RE.pattern}:{MONTH_RE.pattern}:\d{{1,4}}:(crossed|cleared):\d{{1,18}}$"
 PRICE_VALUE = {"type": ["number", "string"], "description": "CNY per 1k tokens"}
+CACHE_TOKENS = {
+    "type": "integer",
+    "minimum": 0,
+    "maximum": MAX_TOKENS,
+    "description": "a part of input_tokens (the total input) priced at the model's cache rate (docs/PRICING.md)",
+}
 # USER_RE's characters, starting with the demo prefix (api.demo_agent.validate_demo_user)
 DEMO_USER = {
     "type": "string",
@@ -135,7 +141,13 @@ SCHEMAS: dict[str, Any] = {
                 "null is the same as leaving it out",
             },
             "price": _object(
-                {"cost_per_1k_input": PRICE_VALUE, "cost_per_1k_output": PRICE_VALUE},
+                {
+                    "cost_per_1k_input": PRICE_VALUE,
+                    "cost_per_1k_output": PRICE_VALUE,
+                    "cost_per_1k_cached_input": PRICE_VALUE,
+                    "cost_per_1k_cache_write": PRICE_VALUE,
+                },
+                ["cost_per_1k_input", "cost_per_1k_output"],
                 description="custom models only: the price of this call; null is the same as leaving it out",
             )
             | {"type": ["object", "null"]},
@@ -148,6 +160,9 @@ SCHEMAS: dict[str, Any] = {
                 "further ones count as other; a request_id repeated with another purpose is a conflict (409); "
                 "null is the same as leaving it out",
             },
+            "cached_input_tokens": CACHE_TOKENS
+            | {"description": "cache hits among input_tokens (the total input); with cache_write_tokens at most it"},
+            "cache_write_tokens": CACHE_TOKENS | {"description": "cache writes among input_tokens (Anthropic)"},
         },
         ["user", "model_id", "input_tokens", "output_tokens"],
     ),
@@ -158,6 +173,8 @@ SCHEMAS: dict[str, Any] = {
             "month": MONTH,
             "input_tokens": TOKENS,
             "output_tokens": TOKENS,
+            "cached_input_tokens": CACHE_TOKENS,
+            "cache_write_tokens": CACHE_TOKENS,
             "cost": MONEY,
             "monthly_used": MONEY,
             "monthly_credit": MONEY,
@@ -373,6 +390,8 @@ SCHEMAS: dict[str, Any] = {
         {
             "input_tokens": TOKENS | {"maximum": 2**63 - 1},
             "output_tokens": TOKENS | {"maximum": 2**63 - 1},
+            "cached_input_tokens": CACHE_TOKENS | {"maximum": 2**63 - 1},
+            "cache_write_tokens": CACHE_TOKENS | {"maximum": 2**63 - 1},
             "cost": MONEY,
             "calls": {"type": "integer", "minimum": 0},
             "estimated_calls": {"type": "integer", "minimum": 0},
@@ -444,6 +463,8 @@ SCHEMAS: dict[str, Any] = {
         {
             "input": {"type": "integer", "minimum": 0},
             "output": {"type": "integer", "minimum": 0},
+            "cached_input": {"type": "integer", "minimum": 0, "description": "cache hits among input"},
+            "cache_write": {"type": "integer", "minimum": 0, "description": "cache writes among input"},
             "cost": MONEY,
             "calls": {"type": "integer", "minimum": 0},
             "is_system": {"type": "boolean"},
@@ -502,7 +523,14 @@ SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "cost_per_1k_input": MONEY,
             "cost_per_1k_output": MONEY,
+            "cost_per_1k_cached_input": MONEY | {"description": "CNY per 1k cache-hit input tokens"},
+            "cost_per_1k_cache_write": MONEY | {"description": "CNY per 1k cache-write input tokens"},
             "is_system": {"type": "boolean"},
+            "effective_from": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "the UTC instant this price takes effect; null: in force since forever",
+            },
         }
     ),
     "PriceTable": _object(
@@ -511,7 +539,13 @@ SCHEMAS: dict[str, Any] = {
             "unit": {"const": "per 1k tokens"},
             "system": {"type": "object", "additionalProperties": _ref("ModelPrice")},
             "custom": {"type": "object", "additionalProperties": _ref("ModelPrice")},
-        }
+            "upcoming": {
+                "type": "array",
+                "items": _ref("ModelPrice"),
+                "description": "price changes still to come, soonest first (docs/PRICING.md)",
+            },
+        },
+        description="the prices in force now (system, custom) and the changes to come (upcoming)",
     ),
     "Health": _object(
         {
@@ -529,6 +563,8 @@ SCHEMAS: dict[str, Any] = {
             "calls": {"type": "integer", "minimum": 0},
             "estimated_calls": {"type": "integer", "minimum": 0},
             "users": {"type": "integer", "minimum": 0},
+            "cached_input_tokens": {"type": "integer", "minimum": 0},
+            "cache_write_tokens": {"type": "integer", "minimum": 0},
         }
     ),
     "MonthSummary": _object(

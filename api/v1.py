@@ -120,6 +120,8 @@ def record_usage():  # noqa: ANN201
             price=record.get("price"),
             estimated=record.get("estimated", False),
             purpose=record.get("purpose"),
+            cached_input_tokens=record.get("cached_input_tokens", 0),
+            cache_write_tokens=record.get("cache_write_tokens", 0),
         )
         metrics.record_usage(result.is_system, result.duplicate, result.cost_nano)
         return jsonify(result.as_dict())
@@ -191,8 +193,10 @@ def revoke_tokens(user: str):  # noqa: ANN201
 
 @bp.get("/models")
 def models():  # noqa: ANN201
+    """The prices in force now (the meter's clock) and the changes to come (``upcoming``)."""
     authorize(principal(), Action.LIST_MODELS)
-    return jsonify(get_quota().meter.prices.as_json())
+    meter = get_quota().meter
+    return jsonify(meter.prices.as_json(meter.core.clock()))
 
 
 # --- threshold alerts (issue 11; docs/ALERTS.md) ------------------------------------------------------

@@ -71,6 +71,13 @@ SUFFIX_OUTPUT = "output"  # output tokens
 SUFFIX_COST = "cost_nano"
 SUFFIX_CALLS = "calls"
 SUFFIX_ESTIMATED = "estimated_calls"  # calls whose tokens were estimated (stream cut short)
+# Cache tokens (issue 12): parts of "<model>:input" (the total input) priced at the model's cache
+# rates (quota/_prices.py); written only by a record that has some, so a model without cache
+# tokens has neither field.
+SUFFIX_CACHED = (
+    "cached_input"  # cache hits (OpenAI cached_tokens, DeepSeek prompt_cache_hit_tokens, Anthropic cache reads)
+)
+SUFFIX_CACHE_WRITE = "cache_write"  # cache creation (Anthropic cache_creation_input_tokens)
 # Corrections (adjust.lua): how many adjustments the model had this month, and their signed cost sum
 # (the counters above already include them: these say how much of them is correction).
 SUFFIX_ADJUSTMENTS = "adjustments"
@@ -81,6 +88,8 @@ MODEL_SUFFIXES = (
     SUFFIX_COST,
     SUFFIX_CALLS,
     SUFFIX_ESTIMATED,
+    SUFFIX_CACHED,
+    SUFFIX_CACHE_WRITE,
     SUFFIX_ADJUSTMENTS,
     SUFFIX_ADJ_COST,
 )

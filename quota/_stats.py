@@ -18,6 +18,8 @@ from ._keys import (
     MODEL_SUFFIXES,
     SUFFIX_ADJ_COST,
     SUFFIX_ADJUSTMENTS,
+    SUFFIX_CACHE_WRITE,
+    SUFFIX_CACHED,
     SUFFIX_CALLS,
     SUFFIX_COST,
     SUFFIX_ESTIMATED,
@@ -43,11 +45,16 @@ class ModelUsage:
     estimated_calls: int = 0
     # per purpose (issue 15): purpose -> [calls, cost_nano]; not kept by the SQL archive (docs/HISTORY.md)
     purposes: dict[str, list[int]] = field(default_factory=dict)
+    # parts of input_tokens priced at the cache rates (issue 12)
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
     # corrections (quota adjust): how many, and their signed cost; the counters above include them
     adjustments: int = 0
     adjusted_cost_nano: int = 0
 
     def add(self, other: ModelUsage) -> None:
+        self.cached_input_tokens += other.cached_input_tokens
+        self.cache_write_tokens += other.cache_write_tokens
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
         self.cost_nano += other.cost_nano
@@ -147,20 +154,23 @@ def merge_month(month: str, live: MonthUsage | None, archived: Iterable[MonthUsa
 
 # One row of a month read from the SQL archive (HistoryStore.iter_month_rows), model by model:
 # (user, generation, credit_nano or None, system_used_nano, model_id or None, input, output,
-#  cost_nano, calls, estimated_calls); a generation without models has one row with model_id None.
-ArchiveRow = tuple[str, int, int | None, int, str | None, int, int, int, int, int]
+#  cost_nano, calls, estimated_calls, cached_input, cache_write); a generation without models has
+# one row with model_id None.
+ArchiveRow = tuple[str, int, int | None, int, str | None, int, int, int, int, int, int, int]
 
 
 def parts_from_rows(month: str, rows: Iterable[ArchiveRow]) -> list[MonthUsage]:
     """One user's archive rows (in generation order) -> one ``MonthUsage`` per generation."""
     parts: list[MonthUsage] = []
     part: MonthUsage | None = None
-    for _user, gen, credit, used, model_id, tin, tout, cost, calls, est in rows:
+    for _user, gen, credit, used, model_id, tin, tout, cost, calls, est, cached, write in rows:
         if part is None or part.archive_gen != gen:
             part = MonthUsage(month, credit_nano=credit, system_used_nano=used, archive_gen=gen)
             parts.append(part)
         if model_id is not None:
-            part.models[model_id] = ModelUsage(tin, tout, cost, calls, est)
+            part.models[model_id] = ModelUsage(
+                tin, tout, cost, calls, est, cached_input_tokens=cached or 0, cache_write_tokens=write or 0
+            )
     return parts
 
 
@@ -170,6 +180,8 @@ _SUFFIX_ATTR = {
     SUFFIX_COST: "cost_nano",
     SUFFIX_CALLS: "calls",
     SUFFIX_ESTIMATED: "estimated_calls",
+    SUFFIX_CACHED: "cached_input_tokens",
+    SUFFIX_CACHE_WRITE: "cache_write_tokens",
     SUFFIX_ADJUSTMENTS: "adjustments",
     SUFFIX_ADJ_COST: "adjusted_cost_nano",
 }
@@ -227,11 +239,13 @@ def build_token_stats(
         models[model_id] = {
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,
+            "cached_input_tokens": usage.cached_input_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
             "cost": money(usage.cost_nano),
             "calls": usage.calls,
             "estimated_calls": usage.estimated_calls,
             "is_system": is_system,
-            "name": prices.system_models[model_id].name if is_system else _custom_name(prices, model_id),
+            "name": _name(prices, model_id),
             "purposes": {
                 purpose: {"calls": calls, "cost": money(cost)}
                 for purpose, (calls, cost) in sorted(usage.purposes.items())
@@ -247,6 +261,8 @@ def build_token_stats(
             model_id: {
                 "input": usage.input_tokens,
                 "output": usage.output_tokens,
+                "cached_input": usage.cached_input_tokens,
+                "cache_write": usage.cache_write_tokens,
                 "cost": money(usage.cost_nano),
                 "calls": usage.calls,
                 "is_system": prices.is_system(model_id),
@@ -289,6 +305,7 @@ def build_token_stats(
     }
 
 
-def _custom_name(prices: PriceTable, model_id: str) -> str:
-    price = prices.custom_models.get(model_id)
-    return price.name if price else model_id
+def _name(prices: PriceTable, model_id: str) -> str:
+    """The name the model's latest price entry gives, else its id."""
+    entries = prices.schedule(model_id)
+    return entries[-1].name if entries else model_id

@@ -22,6 +22,9 @@ from ._audit import CLI
 from ._errors import QuotaError
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    from ._prices import ModelPrice, PriceTable
     from ._replay import ReplayReport
     from ._report import MonthReport
     from ._stats import MonthUsage
@@ -374,6 +377,72 @@ def adjust(
         err=True,
     )
     click.echo(json.dumps(result.as_dict()))
+
+
+# --- prices (issue 12) ---------------------------------------------------------------------------
+
+
+def prices_text(table: PriceTable, at: datetime) -> str:
+    """The price table in force at ``at``, then the changes to come: what `quota prices` prints."""
+    from ._keys import iso_z
+    from ._prices import PRICE_KEYS
+
+    head = ["model", "kind", "input", "output", "cached input", "cache write", "since"]
+
+    def row(price: ModelPrice) -> list[str]:
+        config = price.as_config()
+        kind = "system" if price.is_system else "custom"
+        return [price.model_id, kind, *(str(config[k]) for k in PRICE_KEYS), config["effective_from"] or "-"]
+
+    system, custom = table.in_force(at)
+    now = [row(p) for p in (*sorted(system.values(), key=_model_of), *sorted(custom.values(), key=_model_of))]
+    right = {2, 3, 4, 5}
+    lines = [f"Prices in force at {iso_z(at)} (CNY per 1k tokens)", _table([head, *now], right)]
+    upcoming = table.upcoming(at)
+    if upcoming:
+        lines += ["", "Upcoming changes", _table([head, *(row(p) for p in upcoming)], right)]
+    else:
+        lines += ["", "No upcoming changes."]
+    return "\n".join(lines)
+
+
+def _model_of(price: ModelPrice) -> str:
+    return price.model_id
+
+
+@main.command()
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A price file to check and show (default: QUOTA_PRICES_FILE, else the built-in table).",
+)
+@click.option(
+    "--at", "at_text", help="Show the table in force at this UTC instant (ISO 8601, e.g. 2026-12-16T00:00:00Z)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (as GET /v1/models) instead of a table.")
+def prices(path: Path | None, at_text: str | None, as_json: bool) -> None:
+    """Print the price table in force now (or --at an instant) and the changes to come.
+
+    The file is validated as a meter loads it: an error (two prices of a model at one instant, a
+    system model without a price before its first effective_from, a bad amount) exits with 2.
+    """
+    from datetime import UTC
+    from datetime import datetime as dt
+
+    from ._config import Settings
+    from ._errors import ConfigError, InvalidInput
+    from ._prices import PriceTable, parse_instant
+
+    try:
+        table = PriceTable.from_toml(path) if path is not None else Settings.from_env().prices
+        at = dt.now(UTC) if at_text is None else parse_instant(at_text, what="--at")
+    except (ConfigError, InvalidInput) as exc:
+        fail(str(exc), 2)
+    if as_json:
+        click.echo(json.dumps(table.as_json(at), ensure_ascii=False, indent=2))
+    else:
+        click.echo(prices_text(table, at))
 
 
 # --- the operator's view (issue 13): report -------------------------------------------------------

@@ -157,7 +157,7 @@ def test_a_version_2_archive_reads_as_no_adjustments_until_the_dump_migrates_it(
     old = HistoryStore(history_url)
     [part] = old.load_months("gus", ["2025-11"])
     assert part.models[SYS].calls == 1 and part.models[SYS].adjustments == 0
-    assert old.ensure_schema() == SCHEMA_VERSION  # 3: adjustments; 4: grants (issue 12)
+    assert old.ensure_schema() == SCHEMA_VERSION
     old.write_snapshots([Snapshot("gus", "2025-11", 9, 2, usage)], is_system=lambda m: True)
     [part] = old.load_months("gus", ["2025-11"])
     assert part.models[SYS].adjustments == 2

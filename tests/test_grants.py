@@ -268,7 +268,7 @@ def test_four_processes_spend_across_the_credit_and_two_grants_exactly(real_back
 
 
 def test_the_worked_example_of_pricing_md(any_meter, clock):
-    """docs/PRICING.md, "A worked example", figure by figure."""
+    """docs/PRICING.md, "A worked example: a plan and two grants", figure by figure."""
     m = any_meter
     clock.set(2026, 2, 10, 9, 0)
     m.set_plan_credit("alice", 20)

@@ -226,6 +226,8 @@ def test_stats_have_the_seeds_structure(any_meter, clock):
     assert stats["models"]["system_deepseek"] == {
         "input_tokens": 12000,
         "output_tokens": 8000,
+        "cached_input_tokens": 0,
+        "cache_write_tokens": 0,
         "cost": 0.028,
         "calls": 1,
         "estimated_calls": 0,
@@ -236,8 +238,24 @@ def test_stats_have_the_seeds_structure(any_meter, clock):
     assert stats["models"]["custom_xxx"]["cost"] == 0.0 and not stats["models"]["custom_xxx"]["is_system"]
     assert stats["history"] == {
         "2025-12": {
-            "custom_xxx": {"input": 1000, "output": 1000, "cost": 0.0, "calls": 1, "is_system": False},
-            "system_deepseek": {"input": 50000, "output": 30000, "cost": 0.11, "calls": 1, "is_system": True},
+            "custom_xxx": {
+                "input": 1000,
+                "output": 1000,
+                "cached_input": 0,
+                "cache_write": 0,
+                "cost": 0.0,
+                "calls": 1,
+                "is_system": False,
+            },
+            "system_deepseek": {
+                "input": 50000,
+                "output": 30000,
+                "cached_input": 0,
+                "cache_write": 0,
+                "cost": 0.11,
+                "calls": 1,
+                "is_system": True,
+            },
         }
     }
 

@@ -157,9 +157,14 @@ class AsyncMeter:
         price: Mapping[str, Any] | None = None,
         estimated: bool = False,
         purpose: str | None = None,
+        cached_input_tokens: int = 0,
+        cache_write_tokens: int = 0,
     ) -> UsageResult:
         """Count one LLM call. Never refuses for the credit; a repeated ``request_id`` counts once.
-        ``purpose`` (``"chat"``, ``"tool"``, ...: 1 to 10 of a-z 0-9 _ -) is also counted per model."""
+        ``purpose`` (``"chat"``, ``"tool"``, ...: 1 to 10 of a-z 0-9 _ -) is also counted per model.
+        ``input_tokens`` is the total input; ``cached_input_tokens`` (cache hits) and
+        ``cache_write_tokens`` (cache creation) are parts of it, priced at the model's cache
+        rates (docs/PRICING.md). The price is the one in force at the meter clock's now."""
         return await self.run(
             self.core.record(
                 user,
@@ -170,6 +175,8 @@ class AsyncMeter:
                 price=price,
                 estimated=estimated,
                 purpose=purpose,
+                cached_input_tokens=cached_input_tokens,
+                cache_write_tokens=cache_write_tokens,
             )
         )
 
@@ -564,7 +571,8 @@ class AsyncMeter:
             await here.client.ping()
 
     def get_model_cost_config(self, model_id: str) -> dict[str, Any]:
-        return self.core.prices.get_model_cost_config(model_id)
+        """The seed's per-model config, of the price in force at the meter clock's now."""
+        return self.core.price_for(model_id).as_config()
 
     # --- agent-worker integration (quota.Turn) --------------------------------------------------
 

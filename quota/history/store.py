@@ -12,7 +12,8 @@ The layout (docs/HISTORY.md has the details and the SQL):
 - ``quota_month_snapshot``: per (prefix, user, month, generation) the credit, the system-model
   spend, the dump read counter ``seq`` and when it was archived;
 - ``quota_model_snapshot``: per (prefix, user, month, generation, model) the input and output
-  tokens, the exact cost in nano-CNY, the calls, the estimated calls, and ``is_system``;
+  tokens, the exact cost in nano-CNY, the calls, the estimated calls, ``is_system``, and the
+  cached-input and cache-write tokens (parts of the input; schema version 4);
 - views ``quota_month`` and ``quota_month_model``: the same summed over generations, for ops;
 - ``quota_schema_version``: one row with the schema version, so a later release can migrate;
 - ``quota_credit_audit``: the audit trail of credit changes (issue 12; quota/_audit.py), append-only.
@@ -51,6 +52,7 @@ from sqlalchemy import (
     func,
     inspect,
     literal,
+    literal_column,
     select,
     text,
 )
@@ -75,12 +77,12 @@ from .._keys import validate_month, validate_prefix, validate_user
 from .._money import nano_to_json
 from .._stats import ArchiveRow, ModelUsage, MonthUsage, merge_month, parts_from_rows
 
-SCHEMA_VERSION = 4
-# Reads work on a database at least this old: version 2 only added an index and version 3 two
-# columns that a read of an older database takes as 0, so a version-1 database stays readable
-# (more slowly) until the next `quota dump` migrates it. Version 4 added grants_drawn_nano and the
-# audit table (issue 12): an older database reads as 0 drawn and no audit rows until its first write
-# (a dump, an audited credit change) migrates it.
+SCHEMA_VERSION = 5
+# Reads work on a database at least this old: version 2 only added an index, version 3 two
+# columns (corrections) and version 4 two more (cache tokens) that a read of an older database takes
+# as 0, so a version-1 database stays readable (more slowly) until the next `quota dump` migrates it.
+# Version 5 added grants_drawn_nano and the audit table (issue 12): an older database reads as 0 drawn
+# and no audit rows until its first write (a dump, an audited credit change) migrates it.
 READABLE_FROM = 1
 _LOCK_KEY = 0x71756F7461  # "quota": the PostgreSQL advisory lock taken while creating/migrating
 
@@ -106,7 +108,7 @@ month_snapshot = Table(
     Column("system_used_nano", BigInteger, nullable=False),
     Column("first_archived_at", DateTime(timezone=True), nullable=False),
     Column("archived_at", DateTime(timezone=True), nullable=False),
-    # what the month's system spend drew from grants (issue 12, schema 4; lua/lib/grants.lua)
+    # what the month's system spend drew from grants (issue 12, schema 5; lua/lib/grants.lua)
     Column("grants_drawn_nano", BigInteger, nullable=False, server_default="0"),
 )
 
@@ -128,9 +130,12 @@ model_snapshot = Table(
     # corrections (quota adjust, schema version 3): how many, and their signed cost; the counters above include them
     Column("adjustments", BigInteger, nullable=False, server_default="0"),
     Column("adjusted_cost_nano", BigInteger, nullable=False, server_default="0"),
+    # issue 12, schema version 4: parts of input_tokens priced at the cache rates
+    Column("cached_input_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("cache_write_tokens", BigInteger, nullable=False, server_default="0"),
 )
 
-# The audit trail of credit changes (issue 12, schema 4; quota/_audit.py). Append-only: a row is
+# The audit trail of credit changes (issue 12, schema 5; quota/_audit.py). Append-only: a row is
 # inserted (status pending) before the change and given its outcome once after it; never deleted.
 credit_audit = Table(
     "quota_credit_audit",
@@ -178,7 +183,9 @@ VIEWS = {
                CAST(SUM(input_tokens) AS BIGINT) AS input_tokens, CAST(SUM(output_tokens) AS BIGINT) AS output_tokens,
                CAST(SUM(cost_nano) AS BIGINT) AS cost_nano, CAST(SUM(calls) AS BIGINT) AS calls,
                CAST(SUM(estimated_calls) AS BIGINT) AS estimated_calls,
-               MAX(CASE WHEN is_system THEN 1 ELSE 0 END) = 1 AS is_system
+               MAX(CASE WHEN is_system THEN 1 ELSE 0 END) = 1 AS is_system,
+               CAST(SUM(cached_input_tokens) AS BIGINT) AS cached_input_tokens,
+               CAST(SUM(cache_write_tokens) AS BIGINT) AS cache_write_tokens
         FROM quota_model_snapshot
         GROUP BY prefix, user_id, month, model_id""",
 }
@@ -195,7 +202,19 @@ def _add_adjustment_columns(conn: Connection) -> None:
             conn.execute(text(f"ALTER TABLE quota_model_snapshot ADD COLUMN {column} BIGINT NOT NULL DEFAULT 0"))
 
 
+def _add_cache_columns(conn: Connection) -> None:
+    """Version 4 (issue 12): the cache-token columns, 0 for what was archived before, and the
+    ``quota_month_model`` view that sums them."""
+    present = {c["name"] for c in inspect(conn).get_columns(model_snapshot.name)}
+    for column in ("cached_input_tokens", "cache_write_tokens"):
+        if column not in present:  # a database created by this release at an older version has them
+            conn.execute(text(f"ALTER TABLE quota_model_snapshot ADD COLUMN {column} BIGINT NOT NULL DEFAULT 0"))
+    conn.execute(text("DROP VIEW IF EXISTS quota_month_model"))
+    conn.execute(text(VIEWS["quota_month_model"]))
+
+
 def _add_grants_and_audit(conn: Connection) -> None:
+    """Version 5 (issue 12): what each archived month drew from grants (0 before), and the audit trail."""
     if "grants_drawn_nano" not in {c["name"] for c in inspect(conn).get_columns(month_snapshot.name)}:
         conn.execute(text("ALTER TABLE quota_month_snapshot ADD COLUMN grants_drawn_nano BIGINT NOT NULL DEFAULT 0"))
     credit_audit.create(conn, checkfirst=True)
@@ -206,7 +225,8 @@ def _add_grants_and_audit(conn: Connection) -> None:
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _add_month_index,
     2: _add_adjustment_columns,
-    3: _add_grants_and_audit,
+    3: _add_cache_columns,
+    4: _add_grants_and_audit,
 }
 
 
@@ -318,7 +338,7 @@ class HistoryStore:
             _sqlite_setup(self.engine, self._sqlite_file if not parsed.query.get("uri") else None)
         self._schema_ready = False
         self._has_adjustments = True  # False while reading a database older than schema version 3
-        self._version = SCHEMA_VERSION  # the schema version last seen by a read (older: fewer columns)
+        self._version: int | None = None  # the version read by _readable (None: not read yet)
         self._month_upsert = self._upsert(month_snapshot, keep=("first_archived_at",))
         self._model_upsert = self._upsert(model_snapshot)
 
@@ -408,6 +428,17 @@ class HistoryStore:
         self._version = version
         return True
 
+    def _grants_ready(self) -> bool:
+        """Has the database grants_drawn_nano and the audit table (version 5)? Call after _readable()."""
+        return self._schema_ready or (self._version or 0) >= 5
+
+    def _cache_columns(self, table: Table) -> tuple[Any, Any]:
+        """The cache-token columns of ``table``, or 0 in their place on a database from before
+        version 4 (it has none; the next `quota dump` adds them). Call after _readable()."""
+        if self._schema_ready or (self._version or 0) >= 4:
+            return table.c.cached_input_tokens, table.c.cache_write_tokens
+        return literal_column("0").label("cached_input_tokens"), literal_column("0").label("cache_write_tokens")
+
     # --- writes ----------------------------------------------------------------------------------
 
     def write_snapshots(
@@ -470,6 +501,8 @@ class HistoryStore:
                         flag,
                         m.adjustments,
                         m.adjusted_cost_nano,
+                        m.cached_input_tokens,
+                        m.cache_write_tokens,
                     )
                 )
         with self.errors(), self.engine.begin() as conn:
@@ -523,8 +556,8 @@ class HistoryStore:
                         month_snapshot.c.generation,
                         month_snapshot.c.credit_nano,
                         month_snapshot.c.system_used_nano,
-                        # schema 4 (issue 12); 0 in an older archive, read before its migration
-                        month_snapshot.c.grants_drawn_nano if self._version >= 4 else literal(0),
+                        # schema 5 (issue 12); 0 in an older archive, read before its migration
+                        month_snapshot.c.grants_drawn_nano if self._grants_ready() else literal(0),
                     )
                     .where(where(month_snapshot))
                     .order_by(month_snapshot.c.month, month_snapshot.c.first_archived_at, month_snapshot.c.generation)
@@ -544,6 +577,7 @@ class HistoryStore:
                         m.calls,
                         m.estimated_calls,
                         *corrections,
+                        *self._cache_columns(model_snapshot),
                     ).where(where(model_snapshot))
                 ).all()
         parts: dict[tuple[str, int], MonthUsage] = {}
@@ -551,11 +585,32 @@ class HistoryStore:
             parts[(month, gen)] = MonthUsage(
                 month, credit_nano=credit, system_used_nano=used, archive_gen=gen, grants_drawn_nano=drawn
             )
-        for month, gen, model_id, tokens_in, tokens_out, cost, calls, estimated, adjs, adj_cost in model_rows:
+        for (
+            month,
+            gen,
+            model_id,
+            tokens_in,
+            tokens_out,
+            cost,
+            calls,
+            estimated,
+            adjs,
+            adj_cost,
+            cached,
+            write,
+        ) in model_rows:
             part = parts.get((month, gen))
             if part is not None:
                 part.models[model_id] = ModelUsage(
-                    tokens_in, tokens_out, cost, calls, estimated, adjustments=adjs, adjusted_cost_nano=adj_cost
+                    tokens_in,
+                    tokens_out,
+                    cost,
+                    calls,
+                    estimated,
+                    adjustments=adjs,
+                    adjusted_cost_nano=adj_cost,
+                    cached_input_tokens=cached,
+                    cache_write_tokens=write,
                 )
         return list(parts.values())
 
@@ -586,44 +641,45 @@ class HistoryStore:
         memory holds one list, whatever the month's size. The month report reads these rows
         without making an object per row (100,000 users in well under a second)."""
         month = validate_month(month)
-        s, m = month_snapshot, model_snapshot
-        query = (
-            select(
-                s.c.user_id,
-                s.c.generation,
-                s.c.credit_nano,
-                s.c.system_used_nano,
-                m.c.model_id,
-                m.c.input_tokens,
-                m.c.output_tokens,
-                m.c.cost_nano,
-                m.c.calls,
-                m.c.estimated_calls,
-            )
-            .select_from(
-                s.outerjoin(
-                    m,
-                    and_(
-                        m.c.prefix == s.c.prefix,
-                        m.c.user_id == s.c.user_id,
-                        m.c.month == s.c.month,
-                        m.c.generation == s.c.generation,
-                    ),
-                )
-            )
-            .where(s.c.prefix == self.prefix, s.c.month == month)
-            .order_by(s.c.user_id, s.c.first_archived_at, s.c.generation, m.c.model_id)
-        )
-        compiled = query.compile(dialect=self.engine.dialect)
-        sql = str(compiled)
-        params: Any = (
-            tuple(compiled.params[name] for name in compiled.positiontup or ())
-            if compiled.positional
-            else compiled.params
-        )
         with self.errors():
             if not self._readable():
                 return
+            s, m = month_snapshot, model_snapshot
+            query = (
+                select(
+                    s.c.user_id,
+                    s.c.generation,
+                    s.c.credit_nano,
+                    s.c.system_used_nano,
+                    m.c.model_id,
+                    m.c.input_tokens,
+                    m.c.output_tokens,
+                    m.c.cost_nano,
+                    m.c.calls,
+                    m.c.estimated_calls,
+                    *self._cache_columns(m),
+                )
+                .select_from(
+                    s.outerjoin(
+                        m,
+                        and_(
+                            m.c.prefix == s.c.prefix,
+                            m.c.user_id == s.c.user_id,
+                            m.c.month == s.c.month,
+                            m.c.generation == s.c.generation,
+                        ),
+                    )
+                )
+                .where(s.c.prefix == self.prefix, s.c.month == month)
+                .order_by(s.c.user_id, s.c.first_archived_at, s.c.generation, m.c.model_id)
+            )
+            compiled = query.compile(dialect=self.engine.dialect)
+            sql = str(compiled)
+            params: Any = (
+                tuple(compiled.params[name] for name in compiled.positiontup or ())
+                if compiled.positional
+                else compiled.params
+            )
             with self.engine.connect() as conn:
                 # The driver's own cursor (a named, server-side one on PostgreSQL, so rows stream):
                 # SQLAlchemy's row objects cost more than the query itself at 100,000 users.
@@ -695,7 +751,7 @@ class HistoryStore:
         nano-CNY as ints beside them)."""
         user = validate_user(user)
         with self.errors():
-            if not self._readable() or self._version < 4:
+            if not self._readable() or not self._grants_ready():
                 return []
             a = credit_audit
             with self.engine.connect() as conn:

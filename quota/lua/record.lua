@@ -24,6 +24,11 @@
 -- KEYS[7]  holds hash           <prefix>:{<user>}:holds
 -- ARGV[12] turn_id              the hold this call draws its system cost from (never below 0)
 -- ARGV[13] hold_ttl_ms          the hold lives this long after this call
+-- With cache tokens (only when either is non-zero; the hold's ARGV are "" without a hold), last:
+-- ARGV[14] cached_input_tokens  decimal string, the part of input_tokens that were cache hits
+-- ARGV[15] cache_write_tokens   decimal string, the part of input_tokens that wrote the cache
+--                               counted in <model>:cached_input and <model>:cache_write; the cost
+--                               (ARGV[4]) already prices them (quota/_prices.py)
 --
 -- Grants: the part of a system call's cost beyond the month's credit (month override, else plan, else
 -- default) is drawn from live grants in the same step (lib/grants.lua), and counted in
@@ -71,9 +76,15 @@ local with_hold = #KEYS == 7
 if with_hold and not (type(ARGV[12]) == 'string' and #ARGV[12] >= 1 and is_uint(ARGV[13], 10)) then
   return redis.error_reply('QUOTA_INVALID record with a hold needs a turn id and hold_ttl_ms')
 end
+local cache = #ARGV >= 15  -- quota/_core.py RECORD_CACHE_ARG (14): the cache counts come last
+if cache and not (is_uint(ARGV[14], 10) and is_uint(ARGV[15], 10)
+                  and tonumber(ARGV[14]) + tonumber(ARGV[15]) <= tonumber(ARGV[2])) then
+  return redis.error_reply('QUOTA_INVALID record cache tokens must be unsigned integers within input_tokens')
+end
 local model = ARGV[1]
 local content = model .. '|' .. ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4] .. '|' .. ARGV[8]
 if purpose ~= '' then content = content .. '|' .. purpose end  -- ids stored before purposes still match
+if cache then content = content .. '|k' .. ARGV[14] .. ':' .. ARGV[15] end  -- ':' is never in a purpose
 
 -- 2. read (the plan rides on the request id's read: one MGET, the two keys share the user's slot, so
 -- a record runs as many commands as before plans existed)
@@ -141,6 +152,10 @@ if ARGV[5] == '1' then
 end
 if ARGV[8] == '1' then
   redis.call('HINCRBY', KEYS[1], model .. ':estimated_calls', 1)
+end
+if cache then  -- never above <model>:input (checked for overflow above): each is a part of it
+  if ARGV[14] ~= '0' then redis.call('HINCRBY', KEYS[1], model .. ':cached_input', ARGV[14]) end
+  if ARGV[15] ~= '0' then redis.call('HINCRBY', KEYS[1], model .. ':cache_write', ARGV[15]) end
 end
 if purpose ~= '' then
   redis.call('HINCRBY', KEYS[1], model .. ':n@' .. purpose, 1)
