@@ -230,17 +230,17 @@ def test_api_bad_input_is_a_json_400(api, method, path, body):
     )
 
 
-def test_a_version_3_archive_reads_until_the_first_audited_change_migrates_it(tmp_path, redis_server, clock):
-    """Schema 4 (issue 12) adds grants_drawn_nano and the audit table; a version-3 database stays readable."""
+def test_a_version_4_archive_reads_until_the_first_audited_change_migrates_it(tmp_path, redis_server, clock):
+    """Schema 5 (issue 12) adds grants_drawn_nano and the audit table; a version-4 database stays readable."""
     from sqlalchemy import text
 
-    url = f"sqlite:///{tmp_path}/v3.db"
+    url = f"sqlite:///{tmp_path}/v4.db"
     old = HistoryStore(url)
     old.ensure_schema()
     with old.engine.begin() as conn:
         conn.execute(text("DROP TABLE quota_credit_audit"))
         conn.execute(text("ALTER TABLE quota_month_snapshot DROP COLUMN grants_drawn_nano"))
-        conn.execute(text("UPDATE quota_schema_version SET version = 3"))
+        conn.execute(text("UPDATE quota_schema_version SET version = 4"))
         conn.execute(
             text(
                 "INSERT INTO quota_month_snapshot VALUES "
@@ -258,4 +258,4 @@ def test_a_version_3_archive_reads_until_the_first_audited_change_migrates_it(tm
     [month] = store.load_months("ann", ["2025-12"])
     assert (month.system_used_nano, month.grants_drawn_nano) == (7, 0)
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT version FROM quota_schema_version")).scalar_one() == 4
+        assert conn.execute(text("SELECT version FROM quota_schema_version")).scalar_one() == 5
