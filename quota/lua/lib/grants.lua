@@ -34,6 +34,7 @@ end
 local function live_grants(key, now_ms)
   local flat = redis.call('HGETALL', key)
   local live, total = {}, 0
+  if #flat == 0 then return live, total end  -- no grants (a record past the credit, mostly): no sort
   for i = 1, #flat, 2 do
     local remaining, amount, expires = parse_grant(flat[i + 1])
     if remaining and remaining > 0 and (expires == 0 or expires > now_ms) then
