@@ -259,6 +259,7 @@ class MeterCore:
             self.keys.outbox_index_key(user),
             self.keys.plan_key(user),
             self.keys.grants_key(user),
+            self.keys.has_grants_key(user),
         )
         args: tuple[str, ...] = (
             model.model_id,
@@ -501,7 +502,7 @@ class MeterCore:
             grant.created = int(created) == 1
             return grant
 
-        keys = (self.keys.grants_key(user), self.keys.grant_info_key(user))
+        keys = (self.keys.grants_key(user), self.keys.grant_info_key(user), self.keys.has_grants_key(user))
         args = (gid, str(amount_nano), str(expires_ms), reason or "", str(now_ms))
         return ScriptCall(scripts.GRANT, keys, args, parse)
 
@@ -515,7 +516,7 @@ class MeterCore:
             revoked, value, info = reply
             return _grant(user, gid, _text(value), _text(info), now_ms), int(revoked) == 1
 
-        keys = (self.keys.grants_key(user), self.keys.grant_info_key(user))
+        keys = (self.keys.grants_key(user), self.keys.grant_info_key(user), self.keys.has_grants_key(user))
         return ScriptCall(scripts.REVOKE_GRANT, keys, (gid, str(now_ms)), parse)
 
     def set_plan(self, user: object, credit: object) -> ScriptCall[PlanResult]:

@@ -14,6 +14,8 @@ One hash per user per UTC month::
                                          (0: never expires), no TTL (lua/lib/grants.lua)
     <prefix>:{<user>}:grant_info         hash, grant_id -> JSON {amount_nano, expires_ms, reason,
                                          created_ms, revoked_ms, revoked_nano} (strings), no TTL
+    <prefix>:{<user>}:has_grants         string "1", no TTL: some grant may have something remaining; a
+                                         record past the credit reads the grants hash only with it
 
 The braces are a Redis Cluster hash tag: every key of one user lives in one slot, so one script
 can touch all of them. Identifiers are validated here before they can reach a key name.
@@ -218,6 +220,10 @@ class KeySchema:
 
     def grant_info_key(self, user: str) -> str:
         return f"{self.prefix}:{{{user}}}:grant_info"
+
+    def has_grants_key(self, user: str) -> str:
+        """The marker set with every grant (lua/lib/grants.lua): no marker, no grants read by a record."""
+        return f"{self.prefix}:{{{user}}}:has_grants"
 
     def outbox_key(self, user: str) -> str:
         return f"{self.prefix}:{{{user}}}:outbox"

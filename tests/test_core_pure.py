@@ -26,6 +26,7 @@ def test_record_call_carries_every_key_and_time_in_its_arguments():
         index,
         "p:{alice}:plan",  # the credit when the month has none (issue 12)
         "p:{alice}:grants",  # read only past the credit
+        "p:{alice}:has_grants",  # and only with this marker (lua/lib/grants.lua)
     )
     assert index.startswith("p:{~") and index.endswith("}:outbox_index")
     now_ms = str(int(FIXED.timestamp() * 1000))  # the meter's clock: which grants are live
@@ -184,7 +185,7 @@ def test_turn_calls_carry_the_hold_and_its_settings():
     assert not check.allowed and check.event["type"] == "quota_exceeded"
     assert c.hold_arg("0.5") == "500000000" and c.hold_arg("auto") == "auto"
     record = c.record("alice", "system_deepseek", 1, 1, request_id="r", turn_id="turn-1")
-    assert record.keys[6] == "quota:{alice}:holds" and record.args[9:] == ("", now_ms, "turn-1", "30000")
+    assert record.keys[7] == "quota:{alice}:holds" and record.args[9:] == ("", now_ms, "turn-1", "30000")
     assert record.parse([1, b"0", b"5000000000", b"4", b""]).hold_remaining_nano == 4
     end = c.turn_end("alice", model, "turn-1", 123)
     assert end.keys == ("quota:{alice}:holds", "quota:{alice}:2026-03")

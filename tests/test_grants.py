@@ -142,6 +142,43 @@ def test_revoke_takes_back_the_rest_once(any_meter):
     assert grants_of(m, "fy") == {"promo": 0}
 
 
+def test_the_has_grants_marker_follows_what_is_left(any_meter, raw, clock):
+    """A record past the credit reads the grants hash only with the has_grants marker (lib/grants.lua):
+    grant.lua sets it; it goes once no grant has anything left (spent or revoked), never while an
+    expired grant still has some (no clock decides it)."""
+    m, marker = any_meter, "quota:{mo}:has_grants"
+    spend(m, "mo", 5_100_000_000)  # past the credit, never a grant: no marker, nothing written
+    assert not raw.exists(marker, "quota:{mo}:grants")
+    m.grant_credit("mo", "0.3", grant_id="a")
+    m.grant_credit("mo", "0.2", grant_id="b", expires_at=clock.now + timedelta(hours=1))
+    assert raw.get(marker) == b"1"
+    assert spend(m, "mo", 300_000_000).grants_drawn_nano == 300_000_000  # b (expires first), then a
+    assert raw.exists(marker)  # a has 0.2 left
+    clock.now += timedelta(hours=2)
+    m.grant_credit("mo", "0.4", grant_id="c", expires_at=clock.now + timedelta(hours=1))
+    clock.now += timedelta(hours=2)  # c expired with all of it left
+    assert spend(m, "mo", 300_000_000).grants_drawn_nano == 200_000_000  # a emptied; c dead, unspent
+    assert raw.exists(marker)  # a stale marker (c) costs a read, never a missed draw
+    m.revoke_grant("mo", "c")
+    assert not raw.exists(marker)  # nothing left in any grant
+    assert spend(m, "mo", 100_000_000).grants_drawn_nano == 0
+    m.grant_credit("mo", "0.5", grant_id="d")
+    assert spend(m, "mo", 600_000_000).grants_drawn_nano == 500_000_000
+    assert not raw.exists(marker)  # the draw emptied the last one
+    assert grants_of(m, "mo") == {"a": 0, "b": 0, "c": 0, "d": 0}
+
+
+def test_without_the_marker_a_record_does_not_read_the_grants(any_meter, raw):
+    """The marker is what opens the grants hash to a record: a grant written by hand without it (as
+    one made before the marker existed would be) is not drawn until the marker is set."""
+    m = any_meter
+    raw.hset("quota:{ny}:grants", "old", f"{NANO}:{NANO}:0")
+    assert spend(m, "ny", 5_200_000_000).grants_drawn_nano == 0
+    raw.set("quota:{ny}:has_grants", "1")  # the repair docs/OPERATIONS.md gives
+    assert spend(m, "ny", 100_000_000).grants_drawn_nano == 100_000_000
+    assert grants_of(m, "ny") == {"old": 900_000_000}
+
+
 def test_grants_are_idempotent_by_id(any_meter, clock):
     m = any_meter
     until = clock.now + timedelta(days=30)

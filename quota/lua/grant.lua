@@ -2,6 +2,7 @@
 --
 -- KEYS[1]  grants           <prefix>:{<user>}:grants     (lib/grants.lua)
 -- KEYS[2]  grant metadata   <prefix>:{<user>}:grant_info (lib/grants.lua)
+-- KEYS[3]  has_grants       <prefix>:{<user>}:has_grants (lib/grants.lua: set with every new grant)
 -- ARGV[1]  grant_id         validated by the client
 -- ARGV[2]  amount_nano      decimal string, 1 to 10^15 - 1 nano-CNY
 -- ARGV[3]  expires_at_ms    the meter's clock (ms); "0": never expires
@@ -49,4 +50,5 @@ local info = cjson.encode({amount_nano = ARGV[2], expires_ms = ARGV[3], reason =
                            revoked_ms = '0', revoked_nano = '0'})
 redis.call('HSET', KEYS[1], ARGV[1], value)
 redis.call('HSET', KEYS[2], ARGV[1], info)
+redis.call('SET', KEYS[3], '1')  -- record.lua reads the grants hash past the credit only with it
 return {1, value, info}

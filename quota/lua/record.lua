@@ -7,6 +7,7 @@
 -- KEYS[4]  outbox index         <prefix>:{<slot tag>}:outbox_index   (the user's slot; lib/alerts.lua)
 -- KEYS[5]  plan                 <prefix>:{<user>}:plan     (lib/grants.lua: the standing monthly credit)
 -- KEYS[6]  grants               <prefix>:{<user>}:grants   (lib/grants.lua)
+-- KEYS[7]  has_grants marker    <prefix>:{<user>}:has_grants   (lib/grants.lua: no marker, no grants read)
 -- ARGV[1]  model_id             validated by the client (no spaces, no braces, <= 48 chars)
 -- ARGV[2]  input_tokens         decimal string
 -- ARGV[3]  output_tokens        decimal string
@@ -21,7 +22,7 @@
 -- ARGV[11] now_ms               the meter's clock (ms): which grants are live (lib/grants.lua); checked
 --                               where it is used, past the credit
 -- With a turn hold (quota.Turn), also:
--- KEYS[7]  holds hash           <prefix>:{<user>}:holds
+-- KEYS[8]  holds hash           <prefix>:{<user>}:holds
 -- ARGV[12] turn_id              the hold this call draws its system cost from (never below 0)
 -- ARGV[13] hold_ttl_ms          the hold lives this long after this call
 -- With cache tokens (only when either is non-zero; the hold's ARGV are "" without a hold), last:
@@ -33,7 +34,9 @@
 -- Grants: the part of a system call's cost beyond the month's credit (month override, else plan, else
 -- default) is drawn from live grants in the same step (lib/grants.lua), and counted in
 -- grants_drawn_nano; the part that fits under the credit is not. The grants hash is read only when the
--- call goes past the credit, so a user under the credit pays nothing for grants.
+-- call goes past the credit and the has_grants marker (read in the same MGET as the request id and
+-- the plan) is there, so a user under the credit, or one who never had a grant, pays no grants read.
+-- A draw that leaves no grant with anything remaining removes the marker (lib/grants.lua).
 --
 -- Purposes are bounded: <model>:purposes counts the model's distinct named purposes this month; once
 -- it is MAX_PURPOSES, a purpose not seen yet is counted under "other" (which is never counted there).
@@ -72,7 +75,7 @@ if not (purpose == '' or (type(purpose) == 'string' and #purpose <= 10
                           and string.find(purpose, '^[a-z0-9_%-]+$') ~= nil)) then
   return redis.error_reply('QUOTA_INVALID record purpose must be 1 to 10 characters of a-z 0-9 _ -')
 end
-local with_hold = #KEYS == 7
+local with_hold = #KEYS == 8
 if with_hold and not (type(ARGV[12]) == 'string' and #ARGV[12] >= 1 and is_uint(ARGV[13], 10)) then
   return redis.error_reply('QUOTA_INVALID record with a hold needs a turn id and hold_ttl_ms')
 end
@@ -86,10 +89,10 @@ local content = model .. '|' .. ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4] .. '
 if purpose ~= '' then content = content .. '|' .. purpose end  -- ids stored before purposes still match
 if cache then content = content .. '|k' .. ARGV[14] .. ':' .. ARGV[15] end  -- ':' is never in a purpose
 
--- 2. read (the plan rides on the request id's read: one MGET, the two keys share the user's slot, so
--- a record runs as many commands as before plans existed)
-local seen_plan = redis.call('MGET', KEYS[2], KEYS[5])
-local seen, plan = seen_plan[1], seen_plan[2]
+-- 2. read (the plan and the has_grants marker ride on the request id's read: one MGET, the keys share
+-- the user's slot, so a record runs as many commands as before plans and grants existed)
+local seen_plan = redis.call('MGET', KEYS[2], KEYS[5], KEYS[7])
+local seen, plan, has_grants = seen_plan[1], seen_plan[2], seen_plan[3]
 if seen then
   if seen ~= content then
     return redis.error_reply('QUOTA_CONFLICT request_id was already used for a different record')
@@ -121,8 +124,8 @@ local crossed = {}
 if ARGV[5] == '1' and ARGV[9] ~= '' then  -- system spend alerts, nothing else (turn holds never do)
   crossed = newly_reached(ARGV[9], current[7], used, ARGV[4], credit)
 end
-local draw, live = 0, nil
-if ARGV[5] == '1' then  -- the part of the cost beyond the credit, if any, draws on live grants
+local draw, live, unspent = 0, nil, 0
+if ARGV[5] == '1' and has_grants then  -- the part of the cost beyond the credit, if any, draws on live grants
   local room = tonumber(credit) - tonumber(used)  -- what the month's credit covers: + what grants paid
   if current[drawn_at] then room = room + tonumber(current[drawn_at]) end
   local beyond = tonumber(ARGV[4]) - math.max(room, 0)  -- (lib/grants.lua credit_left, inlined: the hot path)
@@ -131,14 +134,14 @@ if ARGV[5] == '1' then  -- the part of the cost beyond the credit, if any, draws
       return redis.error_reply('QUOTA_INVALID record now_ms must be an unsigned integer')
     end
     local total
-    live, total = live_grants(KEYS[6], tonumber(ARGV[11]))
+    live, total, unspent = live_grants(KEYS[6], tonumber(ARGV[11]))
     draw = math.min(beyond, total)
   end
 end
 local now_ms, remaining, expires
 if with_hold or #crossed > 0 then now_ms = server_ms() end
 if with_hold then
-  remaining, expires = parse_hold(redis.call('HGET', KEYS[7], ARGV[12]))
+  remaining, expires = parse_hold(redis.call('HGET', KEYS[8], ARGV[12]))
   if remaining and expires <= now_ms then remaining = nil end  -- dead: nothing to draw from
 end
 
@@ -164,9 +167,10 @@ if purpose ~= '' then
 end
 redis.call('SET', KEYS[2], content, 'EX', ARGV[7])
 if draw > 0 then
-  draw_grants(KEYS[6], live, draw)
+  unspent = unspent - draw_grants(KEYS[6], live, draw)
   redis.call('HINCRBY', KEYS[1], 'grants_drawn_nano', string.format('%d', draw))
 end
+if live and unspent == 0 then redis.call('DEL', KEYS[7]) end  -- no grant has anything left (read past the credit)
 if late then redis.call('HSET', KEYS[1], 'o', origin_id()) end  -- restore-safe dump (lib/util.lua)
 local hold = ''
 if remaining then  -- draw the system cost down from the turn's hold, and keep the hold alive
@@ -178,9 +182,9 @@ if remaining then  -- draw the system cost down from the turn's hold, and keep t
   local renew = expires - now_ms < ttl_ms / 2
   if renew then expires = now_ms + ttl_ms end
   if renew or left ~= remaining then
-    redis.call('HSET', KEYS[7], ARGV[12], string.format('%d:%d', left, expires))
+    redis.call('HSET', KEYS[8], ARGV[12], string.format('%d:%d', left, expires))
   end
-  if renew then keep_hash_until(KEYS[7], expires, now_ms) end
+  if renew then keep_hash_until(KEYS[8], expires, now_ms) end
   hold = string.format('%d', left)
 end
 if #crossed > 0 then  -- one event per threshold, in the outbox with the count (a dead worker loses none)

@@ -2,6 +2,7 @@
 --
 -- KEYS[1]  grants           <prefix>:{<user>}:grants     (lib/grants.lua)
 -- KEYS[2]  grant metadata   <prefix>:{<user>}:grant_info (lib/grants.lua)
+-- KEYS[3]  has_grants       <prefix>:{<user>}:has_grants (lib/grants.lua: removed once no grant has anything left)
 -- ARGV[1]  grant_id
 -- ARGV[2]  now_ms           the meter's clock (ms): when it is revoked
 --
@@ -29,9 +30,12 @@ local remaining, amount, expires = parse_grant(value)
 if not remaining then
   return redis.error_reply('QUOTA_INVALID grant ' .. ARGV[1] .. ' holds a malformed value')
 end
+local _, _, unspent = live_grants(KEYS[1], tonumber(ARGV[2]))  -- (before this grant is emptied)
+if remaining > 0 then unspent = unspent - 1 end
 value = string.format('0:%d:%d', amount, expires)
 meta.revoked_ms, meta.revoked_nano = ARGV[2], string.format('%d', remaining)
 info = cjson.encode(meta)
 redis.call('HSET', KEYS[1], ARGV[1], value)
 redis.call('HSET', KEYS[2], ARGV[1], info)
+if unspent == 0 then redis.call('DEL', KEYS[3]) end  -- a record past the credit need not read the grants
 return {1, value, info}

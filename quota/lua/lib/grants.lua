@@ -6,6 +6,15 @@
 --   value  "<remaining_nano>:<amount_nano>:<expires_at_ms>"   (0 = never expires; the meter's clock)
 -- Its metadata (reason, created, revoked) is JSON in <prefix>:{<user>}:grant_info, same field: read
 -- only by grant.lua, revoke_grant.lua and the stats, never on the record path.
+--
+-- The marker <prefix>:{<user>}:has_grants (a string "1", no TTL) says the grants hash may hold a grant
+-- with something remaining: record.lua reads it in the MGET it makes anyway and, past the credit,
+-- reads the grants hash only when it is there (a user who never had a grant pays no read). grant.lua
+-- sets it with every new grant; it is removed (revoke_grant.lua, record.lua after a draw) only once no
+-- grant has anything remaining, which no clock can change: an expired grant with something left keeps
+-- it (a stale marker costs one read; a missing marker with a live grant would skip a draw: never).
+-- Grants made before the marker existed would have none: there are none, grants and the marker came
+-- in the same release (issue 12); `redis-cli SET '<prefix>:{<user>}:has_grants' 1` repairs one by hand.
 -- A grant is live while remaining > 0 and (expires_at_ms = 0 or now_ms < expires_at_ms), now_ms being
 -- the meter's clock passed in ARGV (tests pin it). Amounts are exact below 2^53 nano-CNY: grant.lua
 -- keeps the sum of a user's live grants below 10^15 (1,000,000 CNY).
@@ -30,16 +39,20 @@ local function parse_grant(value)
 end
 
 -- The live grants of KEY at NOW_MS in draw-down order (a list of {id, remaining, amount, expires}),
--- and the sum of their remaining amounts.
+-- the sum of their remaining amounts, and how many grants have something remaining, live or expired
+-- (0: the has_grants marker may go).
 local function live_grants(key, now_ms)
   local flat = redis.call('HGETALL', key)
-  local live, total = {}, 0
-  if #flat == 0 then return live, total end  -- no grants (a record past the credit, mostly): no sort
+  local live, total, unspent = {}, 0, 0
+  if #flat == 0 then return live, total, unspent end  -- no grants: no sort
   for i = 1, #flat, 2 do
     local remaining, amount, expires = parse_grant(flat[i + 1])
-    if remaining and remaining > 0 and (expires == 0 or expires > now_ms) then
-      live[#live + 1] = {flat[i], remaining, amount, expires}
-      total = total + remaining
+    if remaining and remaining > 0 then
+      unspent = unspent + 1
+      if expires == 0 or expires > now_ms then
+        live[#live + 1] = {flat[i], remaining, amount, expires}
+        total = total + remaining
+      end
     end
   end
   table.sort(live, function(a, b)
@@ -49,18 +62,21 @@ local function live_grants(key, now_ms)
     if eb == 0 then return true end
     return ea < eb
   end)
-  return live, total
+  return live, total, unspent
 end
 
--- Draw AMOUNT (at most the sum of LIVE) from the grants of KEY, in LIVE's order. Writes.
+-- Draw AMOUNT (at most the sum of LIVE) from the grants of KEY, in LIVE's order. Writes. Returns how
+-- many grants it emptied.
 local function draw_grants(key, live, amount)
-  local left = amount
+  local left, emptied = amount, 0
   for _, g in ipairs(live) do
     if left <= 0 then break end
     local take = math.min(left, g[2])
     redis.call('HSET', key, g[1], string.format('%d:%d:%d', g[2] - take, g[3], g[4]))
+    if take == g[2] then emptied = emptied + 1 end
     left = left - take
   end
+  return emptied
 end
 
 -- The month's credit: the month's own (MONTH_CREDIT, a string or nil), else the plan in KEY_PLAN,
