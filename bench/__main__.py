@@ -20,6 +20,7 @@ AREAS = {
     "memory": "bytes per user-month of a realistic hash (MEMORY USAGE, used_memory growth)",
     "report": "month reports: the live month over a million user-months beside the hot path, archived months, CSV",
     "alerts": "threshold alerts: record server time on vs off, finding the events, one notifier's delivery rate",
+    "record-script": "record.lua's server time beside a minimal script making the same writes (issue 14)",
 }
 
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     if area not in AREAS:
         print(f"unknown area {area!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    return importlib.import_module(f"bench.{area}").main(rest) or 0
+    return importlib.import_module(f"bench.{area.replace('-', '_')}").main(rest) or 0
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ for i = 1, 5 do
     return redis.error_reply('QUOTA_OVERFLOW field ' .. fields[i] .. ' is too large to add to')
   end
 end
-local late = not current[4] and born_late(KEYS[1])  -- a new hash after its month (lib/util.lua)
+local late = not current[4] and born_late(KEYS[1])  -- a new hash after its month: its origin (lib/util.lua)
 
 -- 3. write (ARGV strings go to HINCRBY as they came: no tonumber round trip)
 if ARGV[2] ~= '0' then redis.call('HINCRBY', KEYS[1], fields[1], ARGV[2]) end
@@ -87,7 +87,7 @@ if ARGV[5] ~= '0' then redis.call('HINCRBY', KEYS[1], fields[4], ARGV[5]) end
 if ARGV[6] == '1' and ARGV[4] ~= '0' then redis.call('HINCRBY', KEYS[1], 'system_used_nano', ARGV[4]) end
 redis.call('HINCRBY', KEYS[1], model .. ':adjustments', 1)
 redis.call('HINCRBY', KEYS[1], model .. ':adj_cost_nano', ARGV[4])
-if late then redis.call('HSET', KEYS[1], 'o', origin_id()) end  -- restore-safe dump (lib/util.lua)
+if late then redis.call('HSET', KEYS[1], 'o', late) end  -- restore-safe dump (lib/util.lua)
 local record = ARGV[8] .. '\n' .. ARGV[9]
 redis.call('HSET', KEYS[2], ARGV[7], record)
 return {1, redis.call('HGET', KEYS[1], 'system_used_nano') or '0', record}

@@ -14,6 +14,7 @@
 
 -- @include holds
 -- @include grants
+local _, live_grants, _, month_credit = grants_lib()
 
 if not is_uint(ARGV[2], 15) then
   return redis.error_reply('QUOTA_INVALID check now_ms must be an unsigned integer')

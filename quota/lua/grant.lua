@@ -17,6 +17,7 @@
 -- Errors start with QUOTA_INVALID or QUOTA_CONFLICT and change nothing.
 
 -- @include grants
+local _, live_grants = grants_lib()
 
 local MAX_GRANTS = 1000  -- quota/_keys.py MAX_GRANTS
 

@@ -105,8 +105,8 @@ local fields = {model .. ':input', model .. ':output', model .. ':cost_nano',
 if purpose ~= '' then  -- the same HMGET, two more fields: is this purpose known, how many are there
   fields[8], fields[9] = model .. ':n@' .. purpose, model .. ':purposes'
 end
-local drawn_at = #fields + 1  -- and what grants paid this month (lib/grants.lua)
-fields[drawn_at] = 'grants_drawn_nano'
+local drawn_at = #fields + 1  -- and, for a user with grants, what they paid this month (lib/grants.lua):
+if has_grants then fields[drawn_at] = 'grants_drawn_nano' end  -- only the draw below needs it
 local current = redis.call('HMGET', KEYS[1], unpack(fields))
 local new_purpose = false
 if purpose ~= '' and purpose ~= 'other' and not current[8] then
@@ -118,13 +118,13 @@ for i = 1, 5 do
     return redis.error_reply('QUOTA_OVERFLOW field ' .. fields[i] .. ' is too large to add to')
   end
 end
-local late = not current[4] and born_late(KEYS[1])  -- a new hash after its month (lib/util.lua)
+local late = not current[4] and born_late(KEYS[1])  -- a new hash after its month: its origin (lib/util.lua)
 local used, credit = current[5] or '0', current[6] or plan or ARGV[6]  -- the month's, else the plan, else the default
 local crossed = {}
 if ARGV[5] == '1' and ARGV[9] ~= '' then  -- system spend alerts, nothing else (turn holds never do)
   crossed = newly_reached(ARGV[9], current[7], used, ARGV[4], credit)
 end
-local draw, live, unspent = 0, nil, 0
+local draw, live, unspent, draw_grants = 0, nil, 0, nil
 if ARGV[5] == '1' and has_grants then  -- the part of the cost beyond the credit, if any, draws on live grants
   local room = tonumber(credit) - tonumber(used)  -- what the month's credit covers: + what grants paid
   if current[drawn_at] then room = room + tonumber(current[drawn_at]) end
@@ -133,7 +133,8 @@ if ARGV[5] == '1' and has_grants then  -- the part of the cost beyond the credit
     if not is_uint(ARGV[11], 15) then  -- validated where it is used (still before any write)
       return redis.error_reply('QUOTA_INVALID record now_ms must be an unsigned integer')
     end
-    local total
+    local _, live_grants, total
+    _, live_grants, draw_grants = grants_lib()  -- (lib/grants.lua: made only here, to draw)
     live, total, unspent = live_grants(KEYS[6], tonumber(ARGV[11]))
     draw = math.min(beyond, total)
   end
@@ -171,7 +172,7 @@ if draw > 0 then
   redis.call('HINCRBY', KEYS[1], 'grants_drawn_nano', string.format('%d', draw))
 end
 if live and unspent == 0 then redis.call('DEL', KEYS[7]) end  -- no grant has anything left (read past the credit)
-if late then redis.call('HSET', KEYS[1], 'o', origin_id()) end  -- restore-safe dump (lib/util.lua)
+if late then redis.call('HSET', KEYS[1], 'o', late) end  -- restore-safe dump (lib/util.lua)
 local hold = ''
 if remaining then  -- draw the system cost down from the turn's hold, and keep the hold alive
   local left = remaining

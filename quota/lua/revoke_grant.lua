@@ -13,6 +13,7 @@
 -- An unknown grant id is QUOTA_NOTFOUND; nothing is changed.
 
 -- @include grants
+local parse_grant, live_grants = grants_lib()
 
 if not (type(ARGV[1]) == 'string' and #ARGV[1] >= 1 and is_uint(ARGV[2], 15)) then
   return redis.error_reply('QUOTA_INVALID revoke_grant arguments must be an id and now_ms')

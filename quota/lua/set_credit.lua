@@ -23,6 +23,7 @@
 
 -- @include alerts_clear
 -- @include grants
+local _, _, _, month_credit = grants_lib()
 
 -- 1. validate
 if not is_uint(ARGV[1], 17) then
@@ -69,12 +70,12 @@ end
 
 -- 2. read: which alerted thresholds the spend no longer reaches under the new credit
 local now = redis.call('HMGET', KEYS[1], 'system_used_nano', 'alerted_pct')
-local late = born_late(KEYS[1])  -- a new hash after its month: restore-safe dump (lib/util.lua)
+local late = born_late(KEYS[1])  -- a new hash after its month: its origin, restore-safe dump (lib/util.lua)
 local used = now[1] or '0'
 local cleared, still = no_longer_reached(ARGV[2], now[2], used, credit)
 
 -- 3. write
 redis.call('HSET', KEYS[1], 'credit_nano', credit)
-if late then redis.call('HSET', KEYS[1], 'o', origin_id()) end
+if late then redis.call('HSET', KEYS[1], 'o', late) end
 emit_cleared(KEYS[1], KEYS[2], KEYS[3], cleared, still, used, credit)
 return {used, credit, table.concat(cleared, ','), before or ''}

@@ -23,6 +23,7 @@
 
 -- @include holds
 -- @include grants
+local _, live_grants, _, month_credit, credit_left = grants_lib()
 
 -- 1. validate
 if not (type(ARGV[1]) == 'string' and #ARGV[1] >= 1 and (ARGV[2] == 'auto' or is_uint(ARGV[2], 17))
