@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import __main__ as bench_main
-from bench import scale, scenarios, server_ceiling, table
+from bench import record_script, scale, scenarios, server_ceiling, table
 from bench.driver import Result
 
 pytestmark = pytest.mark.slow
@@ -129,3 +129,12 @@ def test_alerts_area_runs(capsys):
     assert alerts.main(["--records", "1000", "--keys", "2000", "--events", "20"]) == 0
     out = capsys.readouterr().out
     assert "alerts on (80,100)" in out and "IndexProbe" in out and "20 events, concurrency 4" in out
+
+
+def test_record_script_row():
+    """bench record-script: record.lua and the minimal script both ran (every call checked to succeed)."""
+    results = record_script.measure(pairs=2, batch=50)
+    for scenario in ("under", "over"):
+        cmp = results[scenario]["compare"]
+        assert cmp["usec"]["ratio"] > 0 and cmp["cpu_us"]["ratio"] > 0
+        assert results[scenario]["commands"] == {"minimal": 5, "record": 8}
