@@ -94,7 +94,8 @@ class AsyncMeter:
         self.turn_options = TurnOptions(spool, on_unavailable)  # see quota._turn_rules
         self.history = history
         self.where = describe_client(client)
-        self._clients = LoopClients(client, self.core.settings)
+        # How a call is sent, for the event loop's auto-pipeline (quota/_async/_pipeline.py).
+        self._clients = LoopClients(client, self.core.settings, senders=(AsyncMeter._evalsha, self._run_plan))
         self._reports = ReportCache(self.core.settings.report_cache_s)
 
     @classmethod
@@ -424,7 +425,10 @@ class AsyncMeter:
             here = self._clients.here()
             if not here.start.ready:
                 await here.start.wait()
-            return call.parse(await self._evalsha(here.client, call))
+            batcher = here.batcher  # the asyncio meter's auto-pipeline; None: off (and always in sync)
+            if batcher is None:
+                return call.parse(await self._evalsha(here.client, call))
+            return call.parse(await batcher.submit(call))
 
     @staticmethod
     async def _evalsha(client: Any, call: ScriptCall[Any]) -> Any:
@@ -455,9 +459,14 @@ class AsyncMeter:
         """Send calls pipelined, one pipeline per node; one raw reply or exception per call."""
         if not calls:
             return []
-        node_of = None
         with storage_errors(self.where):
             here = self._clients.here()
+        return await self._run_plan(here, calls)
+
+    async def _run_plan(self, here: OnLoop, calls: list[ScriptCall[Any]]) -> list[Any]:
+        """Drive the batch plan (quota._batch) for ``calls`` on ``here``'s client."""
+        node_of = None
+        with storage_errors(self.where):
             if isinstance(here.client, ClusterClient):
                 await here.start.before_batch()
                 node_of = here.nodes.node_of

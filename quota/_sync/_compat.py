@@ -113,9 +113,16 @@ class LoopClients:
     """The sync client has no event loop: one client, used from every thread (redis-py's pools
     are thread-safe). The asyncio twin keeps one client per event loop."""
 
-    def __init__(self, client: Any, settings: Settings, remake: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        settings: Settings,
+        remake: Callable[[], Any] | None = None,
+        *,
+        senders: tuple[Callable[..., Any], Callable[..., Any]] | None = None,
+    ) -> None:
         self.remake = remake
-        self._one = OnLoop(client, settings)
+        self._one = OnLoop(client, settings)  # ``senders``: nothing to pipeline without an event loop
 
     def here(self) -> OnLoop:
         return self._one
@@ -131,6 +138,9 @@ class OnLoop:
     """The client and what the meter keeps beside it."""
 
     __slots__ = ("client", "start", "nodes")
+    # The asyncio twin's auto-pipeline: a sync call blocks its thread until its reply, so there is
+    # never a second call of the same thread to send with it. Each call is sent alone.
+    batcher: Any = None
 
     def __init__(self, client: Any, settings: Settings) -> None:
         self.client = client

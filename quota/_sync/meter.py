@@ -96,7 +96,8 @@ class Meter:
         self.turn_options = TurnOptions(spool, on_unavailable)  # see quota._turn_rules
         self.history = history
         self.where = describe_client(client)
-        self._clients = LoopClients(client, self.core.settings)
+        # How a call is sent, for the event loop's auto-pipeline (quota/_async/_pipeline.py).
+        self._clients = LoopClients(client, self.core.settings, senders=(Meter._evalsha, self._run_plan))
         self._reports = ReportCache(self.core.settings.report_cache_s)
 
     @classmethod
@@ -426,7 +427,10 @@ class Meter:
             here = self._clients.here()
             if not here.start.ready:
                 here.start.wait()
-            return call.parse(self._evalsha(here.client, call))
+            batcher = here.batcher  # the asyncio meter's auto-pipeline; None: off (and always in sync)
+            if batcher is None:
+                return call.parse(self._evalsha(here.client, call))
+            return call.parse(batcher.submit(call))
 
     @staticmethod
     def _evalsha(client: Any, call: ScriptCall[Any]) -> Any:
@@ -457,9 +461,14 @@ class Meter:
         """Send calls pipelined, one pipeline per node; one raw reply or exception per call."""
         if not calls:
             return []
-        node_of = None
         with storage_errors(self.where):
             here = self._clients.here()
+        return self._run_plan(here, calls)
+
+    def _run_plan(self, here: OnLoop, calls: list[ScriptCall[Any]]) -> list[Any]:
+        """Drive the batch plan (quota._batch) for ``calls`` on ``here``'s client."""
+        node_of = None
+        with storage_errors(self.where):
             if isinstance(here.client, ClusterClient):
                 here.start.before_batch()
                 node_of = here.nodes.node_of
