@@ -39,7 +39,17 @@ class AutoPipeline:
     None: one group) splits a flush into one batch per node, sent concurrently.
     """
 
-    __slots__ = ("_send_one", "_send_batch", "_node_of", "_queue", "_on_wire", "_tasks", "sent_alone", "batches", "batched")
+    __slots__ = (
+        "_send_one",
+        "_send_batch",
+        "_node_of",
+        "_queue",
+        "_on_wire",
+        "_tasks",
+        "sent_alone",
+        "batches",
+        "batched",
+    )
 
     def __init__(self, send_one: SendOne, send_batch: SendBatch, node_of: NodeOf | None = None) -> None:
         self._send_one = send_one

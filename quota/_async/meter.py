@@ -52,6 +52,7 @@ from ._compat import (
     LoopClients,
     OnLoop,
     prefetch,
+    send_script,
     sleep,
     to_thread,
     wait_background,
@@ -448,10 +449,10 @@ class AsyncMeter:
     async def _evalsha_once(client: Any, call: ScriptCall[Any]) -> Any:
         try:
             try:
-                return await client.evalsha(*evalsha_args(call))
+                return await send_script(client, call)
             except NoScriptError:  # restart, failover or SCRIPT FLUSH emptied the script cache
                 # EVAL carries the source: a flush can not come between loading and running it.
-                return await client.eval(*eval_args(call))
+                return await send_script(client, call, with_source=True)
         except LOST_CONNECTION as exc:
             raise lost_connection(exc) from exc
 
