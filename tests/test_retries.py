@@ -74,6 +74,8 @@ def test_the_sync_meter_sends_scripts_on_the_thin_path(redis_server, monkeypatch
 
     monkeypatch.setattr(redis.Redis, "execute_command", refused)
     assert meter.update_token_usage("thin", "system_deepseek", 10, 1).input_tokens == 10
+    monkeypatch.undo()
     redis_server.client().script_flush()  # NOSCRIPT: EVAL with the source, thin too
+    monkeypatch.setattr(redis.Redis, "execute_command", refused)
     assert meter.update_token_usage("thin", "system_deepseek", 10, 1).monthly_used_nano > 0
     meter.close()
