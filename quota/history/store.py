@@ -374,8 +374,16 @@ class HistoryStore:
         months: list[tuple[Any, ...]] = []
         models: list[tuple[Any, ...]] = []
         system: dict[str, bool] = {}
-        # a stable order keeps two concurrent dumps from deadlocking on PostgreSQL row locks
-        for snap in sorted(snapshots, key=lambda s: (s.user, s.month, s.generation)):
+        # One snapshot per generation, the newest read (SCAN may return a key twice; one
+        # PostgreSQL statement may not upsert a row twice), in a stable order: two concurrent
+        # dumps then never deadlock on PostgreSQL row locks.
+        newest: dict[tuple[str, str, int], Snapshot] = {}
+        for snap in snapshots:
+            key = (snap.user, snap.month, snap.generation)
+            seen = newest.get(key)
+            if seen is None or snap.seq >= seen.seq:
+                newest[key] = snap
+        for _, snap in sorted(newest.items()):
             usage, user, month, gen, seq = snap.usage, snap.user, snap.month, snap.generation, snap.seq
             # tuples in table column order (see month_snapshot / model_snapshot above)
             months.append((prefix, user, month, gen, seq, usage.credit_nano, usage.system_used_nano, at, at))
@@ -598,7 +606,13 @@ class _BulkUpsert:
     """One upsert compiled once for the engine's dialect and sent with the driver's own
     ``executemany``: SQLAlchemy's per-row parameter processing cost more than the database
     itself (it halved the dump's throughput). Rows are tuples in table column order; the only
-    value that needs a type conversion (the archive time) is converted once per batch."""
+    value that needs a type conversion (the archive time) is converted once per batch.
+
+    On PostgreSQL the whole batch is one statement, ``INSERT ... SELECT * FROM unnest(%(col)s
+    ::type[], ...) ON CONFLICT ...``: one array per column, so one round trip and one plan for
+    thousands of rows, where ``executemany`` runs the statement once per row (bench/dump.py).
+    It is built from the table's columns, so a column added to the table is carried along.
+    """
 
     def __init__(self, statement: Any, table: Table, engine: Engine) -> None:
         compiled = statement.compile(dialect=engine.dialect)
@@ -613,18 +627,38 @@ class _BulkUpsert:
         # Positional parameters (e.g. SQLite's qmark): each row's values in the statement's order.
         self.positions = [columns.index(n) for n in names] if compiled.positional else None
         self.identity = self.positions == list(range(len(columns)))
+        self.unnest_sql = _unnest_form(self.sql, table, engine) if engine.dialect.name == "postgresql" else None
 
     def bind_value(self, column: str, value: Any) -> Any:
         process = self.table.c[column].type.dialect_impl(self.dialect).bind_processor(self.dialect)
         return process(value) if process else value
 
     def execute(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+        if self.unnest_sql is not None:
+            arrays = {name: list(values) for name, values in zip(self.columns, zip(*rows))}
+            conn.exec_driver_sql(self.unnest_sql, arrays)
+            return
         positions = self.positions
         if positions is not None:
             params: list[Any] = rows if self.identity else [tuple(r[i] for i in positions) for r in rows]
         else:
             params = [dict(zip(self.columns, r)) for r in rows]
         conn.exec_driver_sql(self.sql, params)
+
+
+def _unnest_form(sql: str, table: Table, engine: Engine) -> str:
+    """``sql`` (an ``INSERT ... VALUES (%(a)s, ...) ON CONFLICT ...`` for psycopg) with its
+    VALUES row replaced by ``SELECT * FROM unnest(%(a)s::type[], ...)``, one array per column
+    in the statement's column order."""
+    head, values, tail = sql.partition(" VALUES (")
+    if not values or ") ON CONFLICT" not in tail:
+        raise RuntimeError(f"unexpected form of the {table.name} upsert: {sql}")
+    _, _, conflict = tail.partition(") ON CONFLICT")
+    names = [c.strip() for c in head[head.index("(") + 1 : head.rindex(")")].split(",")]
+    arrays = ", ".join(
+        f"%({name})b::{table.c[name].type.compile(dialect=engine.dialect)}[]" for name in (n.strip('"') for n in names)
+    )
+    return f"{head} SELECT * FROM unnest({arrays}) ON CONFLICT{conflict}"
 
 
 def _read_version(conn: Connection) -> int | None:
