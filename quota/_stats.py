@@ -67,26 +67,32 @@ class MonthUsage:
 
     @classmethod
     def from_hash(cls, month: str, raw: Mapping[Any, Any]) -> MonthUsage:
+        """Parse a user-month hash (bytes or str field names). Every value must be an integer
+        (``ValueError`` otherwise); fields that are not usage (``dump_seq``...) are skipped."""
         usage = cls(month)
+        plans = _FIELD_PLANS
         for key, value in raw.items():
-            name = key.decode() if isinstance(key, bytes) else str(key)
             number = int(value)
-            if name == FIELD_CREDIT:
-                usage.credit_nano = number
-            elif name == FIELD_USED:
+            plan = plans.get(key)
+            if plan is None:
+                plan = _field_plan(key)
+            kind = plan[0]
+            if kind == _MODEL:
+                model = usage.models.get(plan[1])
+                if model is None:
+                    model = usage.models[plan[1]] = ModelUsage()
+                setattr(model, plan[2], number)
+            elif kind == _USED:
                 usage.system_used_nano = number
-            elif name == FIELD_DUMP_GEN:
+            elif kind == _CREDIT:
+                usage.credit_nano = number
+            elif kind == _GEN:
                 usage.archive_gen = number
-            elif name == FIELD_ALERTED:
+            elif kind == _ALERTED:
                 usage.alerted_pct = number
-            else:
-                model_id, _, suffix = name.rpartition(":")
-                if model_id and suffix in MODEL_SUFFIXES:
-                    model = usage.models.setdefault(model_id, ModelUsage())
-                    setattr(model, _SUFFIX_ATTR[suffix], number)
-                elif model_id and suffix[:2] in _PURPOSE_INDEX and len(suffix) > 2:
-                    model = usage.models.setdefault(model_id, ModelUsage())
-                    model.purposes.setdefault(suffix[2:], [0, 0])[_PURPOSE_INDEX[suffix[:2]]] = number
+            elif kind == _PURPOSE:
+                model = usage.models.setdefault(plan[1], ModelUsage())
+                model.purposes.setdefault(plan[2][2:], [0, 0])[_PURPOSE_INDEX[plan[2][:2]]] = number
         return usage
 
     @property
@@ -100,6 +106,36 @@ class MonthUsage:
         self.system_used_nano += other.system_used_nano
         for model_id, usage in other.models.items():
             self.models.setdefault(model_id, ModelUsage()).add(usage)
+
+
+# What a hash field means, decided once per field name and kept (``MonthUsage.from_hash``): the
+# same few dozen names recur in every user's hash, and deciding cost more than the rest of the
+# parse (a dump or a stats read parses thousands of hashes). (kind, model_id, attribute/suffix).
+_SKIP, _CREDIT, _USED, _GEN, _ALERTED, _MODEL, _PURPOSE = range(7)
+_FIELD_PLANS: dict[Any, tuple[int, str, str]] = {}
+_FIELD_PLANS_MAX = 10_000  # names beyond this are decided every time (model ids are bounded anyway)
+
+
+def _field_plan(key: Any) -> tuple[int, str, str]:
+    name = key.decode() if isinstance(key, bytes) else str(key)
+    plan: tuple[int, str, str] = (_SKIP, "", "")
+    if name == FIELD_CREDIT:
+        plan = (_CREDIT, "", "")
+    elif name == FIELD_USED:
+        plan = (_USED, "", "")
+    elif name == FIELD_DUMP_GEN:
+        plan = (_GEN, "", "")
+    elif name == FIELD_ALERTED:
+        plan = (_ALERTED, "", "")
+    else:
+        model_id, _, suffix = name.rpartition(":")
+        if model_id and suffix in MODEL_SUFFIXES:
+            plan = (_MODEL, model_id, _SUFFIX_ATTR[suffix])
+        elif model_id and suffix[:2] in _PURPOSE_INDEX and len(suffix) > 2:
+            plan = (_PURPOSE, model_id, suffix)
+    if len(_FIELD_PLANS) < _FIELD_PLANS_MAX and isinstance(key, (bytes, str)):
+        _FIELD_PLANS[key] = plan
+    return plan
 
 
 def merge_month(month: str, live: MonthUsage | None, archived: Iterable[MonthUsage]) -> MonthUsage:
