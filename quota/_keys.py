@@ -160,6 +160,11 @@ class KeySchema:
     def request_key(self, user: str, request_id: str) -> str:
         return f"{self.prefix}:{{{user}}}:req:{request_id}"
 
+    def archive_epoch_key(self) -> str:
+        """The counter ``quota dump`` increments after each commit to the SQL history: archived
+        reads cached under one value are still current (quota._stats.ArchiveCache)."""
+        return f"{self.prefix}:archive_epoch"
+
     def holds_key(self, user: str) -> str:
         return f"{self.prefix}:{{{user}}}:holds"
 

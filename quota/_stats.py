@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
@@ -278,3 +279,46 @@ def build_token_stats(
 def _custom_name(prices: PriceTable, model_id: str) -> str:
     price = prices.custom_models.get(model_id)
     return price.name if price else model_id
+
+
+class ArchiveCache:
+    """Archived months read from the SQL history, kept per user and months asked, under the
+    archive epoch they were read at (``archive_epoch.lua``; ``quota dump`` increments it after
+    each commit). A token-stats read then costs one Redis round trip and no SQL while no dump
+    has written since.
+
+    Why it is exact: the epoch is read in the same pipeline as the live months, after them; the
+    dump commits a snapshot, increments the epoch, and only then deletes the hash from Redis.
+    So an archived generation the cached read lacks is either still in Redis (the live hash
+    supersedes its generation anyway, ``merge_month``) or its deletion came after an increment
+    that this read's epoch shows, and the archive is read again. An epoch read before the SQL
+    read can only make the cached read newer than its epoch: it is read again one dump later.
+    At most ``max_entries`` (the oldest put is dropped first); thread-safe.
+    """
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self.max_entries = max_entries
+        self._entries: dict[tuple[str, tuple[str, ...]], tuple[str, list[MonthUsage]]] = {}
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0  # for tests and benchmarks
+
+    def get(self, user: str, months: list[str], epoch: str | None) -> list[MonthUsage] | None:
+        """The archived parts of ``user``'s ``months`` read at ``epoch``, or None (not kept, or
+        kept at another epoch; None epoch: unknown). Callers must not change what they get."""
+        found = self._entries.get((user, tuple(months)))
+        if epoch is not None and found is not None and found[0] == epoch:
+            self.hits += 1
+            return found[1]
+        self.misses += 1
+        return None
+
+    def put(self, user: str, months: list[str], epoch: str | None, parts: list[MonthUsage]) -> None:
+        """Keep ``parts``, read after ``epoch`` was (None: unknown, not kept)."""
+        if epoch is None or self.max_entries <= 0:
+            return
+        key = (user, tuple(months))
+        with self._lock:
+            self._entries.pop(key, None)
+            while len(self._entries) >= self.max_entries:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[key] = (epoch, parts)

@@ -43,7 +43,7 @@ from .._report import (
     pause_after,
 )
 from .._results import CreditResult, QuotaCheck, UsageResult
-from .._stats import MonthUsage, merge_month
+from .._stats import ArchiveCache, MonthUsage, merge_month
 from .._turn_rules import TurnOptions
 from ._compat import (
     LOST_CONNECTION,
@@ -98,6 +98,7 @@ class AsyncMeter:
         # How a call is sent, for the event loop's auto-pipeline (quota/_async/_pipeline.py).
         self._clients = LoopClients(client, self.core.settings, senders=(AsyncMeter._evalsha, self._run_plan))
         self._reports = ReportCache(self.core.settings.report_cache_s)
+        self._archives = ArchiveCache()  # archived months for get_token_stats, per archive epoch
 
     @classmethod
     def from_url(cls, url: str | None = None, *, cluster: bool | None = None, **options: Any) -> AsyncMeter:
@@ -201,15 +202,31 @@ class AsyncMeter:
         When the SQL history does not answer, the answer comes from Redis alone (the live month,
         and the past months Redis still holds) with ``history_unavailable: True``; Redis being
         away is still ``StorageUnavailable``."""
-        live = await self.run(self.core.stats(user, months))
+        stats_call = self.core.stats(user, months)
         archived = None
         history_down = False
-        if self.history is not None:
-            try:
-                archived = await to_thread(self.history.load_months, user, [m.month for m in live.months[1:]])
-            except StorageUnavailable as exc:  # the live month never depends on the archive
-                log.warning("token stats of %s without the history: %s", user, exc)
-                history_down = True
+        if self.history is None:
+            live = await self.run(stats_call)
+        else:
+            # The live months and the archive epoch in one pipeline: archived months read at the
+            # same epoch are reused without SQL (quota._stats.ArchiveCache says why that is exact).
+            live_reply, epoch_reply = await self.run_many([stats_call, self.core.archive_epoch()])
+            error = error_of(live_reply, self.where)
+            if error is not None:
+                raise error
+            with storage_errors(self.where):
+                live = stats_call.parse(live_reply)
+            epoch = None if isinstance(epoch_reply, Exception) else self.core.archive_epoch().parse(epoch_reply)
+            wanted = [m.month for m in live.months[1:]]
+            archived = self._archives.get(user, wanted, epoch)
+            if archived is None:
+                try:
+                    loaded = await to_thread(self.history.load_months, user, wanted)
+                    self._archives.put(user, wanted, epoch, loaded)
+                    archived = loaded
+                except StorageUnavailable as exc:  # the live month never depends on the archive
+                    log.warning("token stats of %s without the history: %s", user, exc)
+                    history_down = True
         stats = self.core.token_stats(user, live, archived, exact=exact)
         if history_down:
             stats["history_unavailable"] = True

@@ -171,6 +171,10 @@ def dump_expired_months(
             store.write_snapshots(
                 [snap for _, snap in read], is_system=settings.prices.is_system, prefix=settings.prefix, now=now
             )
+            # After the commit, before any delete: a cached archived read (quota._stats.ArchiveCache)
+            # is read again once its epoch is passed; until then the hashes are still in Redis.
+            with storage_errors(meter.where):
+                client.incr(schema.archive_epoch_key())
             _delete_unchanged(meter, read, slot_of, report)
         report.seconds = time.perf_counter() - started
         if on_progress is not None:
