@@ -280,6 +280,7 @@ class AsyncWorkload(Workload):
         super().__init__(url, index)
         self.tasks = tasks
         self.loop = asyncio.new_event_loop()
+        self.latencies: list[float] = []  # seconds per call, every slice (for the p99)
 
     def open(self) -> None:
         self.loop.run_until_complete(self.aopen())
@@ -291,11 +292,16 @@ class AsyncWorkload(Workload):
         raise NotImplementedError
 
     def run_until(self, deadline: float) -> int:
+        latencies = self.latencies
+        clock = time.perf_counter
+
         async def task(start: int) -> int:
             done, n = 0, start
             while time.monotonic() < deadline:
                 n += self.tasks
+                began = clock()
                 await self.one(n)
+                latencies.append(clock() - began)
                 done += 1
             return done
 
@@ -309,7 +315,15 @@ class AsyncWorkload(Workload):
     def close(self) -> dict[str, Any]:
         self.loop.run_until_complete(self.aclose())
         self.loop.close()
-        return {}
+        ordered = sorted(self.latencies)
+        p99 = ordered[int(len(ordered) * 0.99)] if ordered else None
+        return {"p99_ms": None if p99 is None else p99 * 1000, "calls": len(ordered)}
+
+    @classmethod
+    def summarize(cls, url: str, extras: list[dict[str, Any]]) -> dict[str, Any]:
+        """The p99 latency of one call over every slice (the worst process's, if several)."""
+        p99s = [e["p99_ms"] for e in extras if e.get("p99_ms") is not None]
+        return {"p99_ms": max(p99s) if p99s else None}
 
     async def aclose(self) -> None:
         raise NotImplementedError
