@@ -55,7 +55,8 @@ def sync_client(url: str) -> Any:
 
 def async_client(url: str) -> Any:
     plain, is_cluster = split_url(url, None)
-    options = {"socket_connect_timeout": CONNECT_TIMEOUT_S}
+    # max_connections: one per task (redis-py 8 refuses past 100 by default; 200 tasks need 200).
+    options = {"socket_connect_timeout": CONNECT_TIMEOUT_S, "max_connections": 1000}
     return AsyncRedisCluster.from_url(plain, **options) if is_cluster else aredis.Redis.from_url(plain, **options)
 
 
