@@ -16,6 +16,10 @@ from typing import Any, TypeVar
 
 import redis
 from redis.cluster import RedisCluster
+from redis.utils import HIREDIS_AVAILABLE
+
+if HIREDIS_AVAILABLE:
+    import hiredis
 
 from .._batch import eval_args, evalsha_args
 from .._config import Settings
@@ -51,10 +55,17 @@ def send_script(client: Any, call: ScriptCall[Any], with_source: bool = False) -
     pool = client.connection_pool
     conn = pool.get_connection()
     try:
-        packed = conn.pack_command(*command)
+        encoder = conn.encoder
+        if _pack is not None and encoder.encoding == "utf-8" and encoder.encoding_errors == "strict":
+            packed = [_pack(command)]  # str and int arguments only: what redis-py's hiredis packer does
+        else:
+            packed = conn.pack_command(*command)
         return conn.retry.call_with_retry(lambda: _round_trip(conn, packed), lambda _error: conn.disconnect())
     finally:
         pool.release(conn)  # the pool disconnects it first if redis-py marked it for reconnection
+
+
+_pack: Callable[[tuple[Any, ...]], bytes] | None = hiredis.pack_command if HIREDIS_AVAILABLE else None
 
 
 def _round_trip(conn: Any, packed: Any) -> Any:
