@@ -7,7 +7,9 @@
 - ``GET /v1/admin/months/<YYYY-MM>/users?format=csv``: every user, one row per user and model,
   streamed (``text/csv``; memory holds one page of users, whatever the month's size);
 - ``GET /v1/admin/months/<YYYY-MM>/overview?top=20&near=50``: the summary, the top spenders and the
-  users near the credit in one answer (the admin page).
+  users near the credit in one answer (the admin page);
+- ``POST /v1/admin/users/<user>/adjustments``: an audited correction (``Meter.adjust``: signed
+  amounts, its own id and a reason); ``GET`` the same path lists a month's adjustments.
 
 The live month is read from Redis without blocking it (SCAN with a small COUNT, pipelined HGETALL)
 and the read is kept ``QUOTA_REPORT_CACHE_S`` seconds, so the pages of one listing and its summary
@@ -28,7 +30,7 @@ from quota._report import MAX_PAGE, NEAR_PERCENT, SORTS, csv_chunks
 from .auth import Action, authorize
 from .errors import ApiError
 from .ext import get_quota
-from .v1 import int_arg, principal, require_token
+from .v1 import check_keys, int_arg, json_body, path_user, principal, require_token
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 bp.before_request(require_token)
@@ -124,3 +126,47 @@ def csv_response(month: str) -> Response:
     response = Response(body(), content_type=CSV_TYPE)
     response.headers["Content-Disposition"] = f'attachment; filename="quota-{month}.csv"'
     return response
+
+
+ADJUST_FIELDS = frozenset(
+    {"model_id", "adjustment_id", "reason", "cost", "input_tokens", "output_tokens", "calls", "month", "actor"}
+)
+ADJUST_REQUIRED = frozenset({"model_id", "adjustment_id", "reason"})
+
+
+@bp.post("/users/<user>/adjustments")
+def make_adjustment(user: str):  # noqa: ANN201
+    """An audited correction of ``user``'s month: 201 when made, 200 when this id was already used
+    for the same adjustment (nothing changed), 409 for another one, 400 when a counter would go
+    below zero. The actor is ``api:<role>``, with the body's ``actor`` (who asked) after it."""
+    authorize(principal(), Action.ADJUST, user)
+    user = path_user(user)
+    body = check_keys(json_body(), "the body", ADJUST_FIELDS, ADJUST_REQUIRED)
+    if isinstance(body.get("cost"), (bool, dict, list)):
+        raise ApiError(400, "invalid_input", "cost must be a number (or a decimal string) of CNY")
+    who = body.get("actor")
+    if who is not None and not isinstance(who, str):
+        raise ApiError(400, "invalid_input", "actor must be a string")
+    actor = f"api:{principal().role}" + (f":{who}" if who else "")
+    result = get_quota().meter.adjust(
+        user,
+        body["model_id"],
+        adjustment_id=body["adjustment_id"],
+        reason=body["reason"],
+        cost=body.get("cost", 0),
+        input_tokens=body.get("input_tokens", 0),
+        output_tokens=body.get("output_tokens", 0),
+        calls=body.get("calls", 0),
+        month=body.get("month"),
+        actor=actor,
+    )
+    return jsonify(result.as_dict()), 200 if result.duplicate else 201
+
+
+@bp.get("/users/<user>/adjustments")
+def list_adjustments(user: str):  # noqa: ANN201
+    authorize(principal(), Action.ADJUST, user)
+    user = path_user(user)
+    month = request.args.get("month")
+    adjustments = get_quota().meter.adjustments(user, None if month is None else path_month(month))
+    return jsonify({"user": user, "adjustments": [a.as_dict() for a in adjustments]})

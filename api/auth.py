@@ -47,6 +47,7 @@ class Action(StrEnum):
     REVOKE_TOKENS = "revoke_tokens"  # a user's tokens (admin only)
     READ_REPORTS = "read_reports"  # month reports of every user (admin only)
     MANAGE_ALERTS = "manage_alerts"  # the alert outbox: list pending and dead events, redeliver (admin only)
+    ADJUST = "adjust"  # corrections of a user's month, and their list (admin only)
 
 
 ALLOWED = {

@@ -38,6 +38,8 @@ MONEY = {"type": "number", "minimum": 0, "description": "CNY"}
 HELD = MONEY | {"description": "CNY reserved by turns in progress (live turn holds, docs/INTEGRATION.md)"}
 AVAILABLE = MONEY | {"description": "CNY a new turn could still reserve: credit - used - held, never below 0"}
 TOKENS = {"type": "integer", "minimum": 0, "maximum": MAX_TOKENS}
+SIGNED_TOKENS = {"type": "integer", "minimum": -MAX_TOKENS, "maximum": MAX_TOKENS}
+SIGNED_MONEY = {"type": "number", "description": "CNY, signed"}
 USER = {"type": "string", "pattern": _pattern(USER_RE)}
 MODEL = {"type": "string", "pattern": _pattern(MODEL_RE)}
 MONTH = {"type": "string", "pattern": _pattern(MONTH_RE)}
@@ -49,6 +51,12 @@ PURPOSE = {"type": "string", "pattern": _pattern(PURPOSE_RE)}
 # <prefix>:<user>:<YYYY-MM>:<threshold>:<crossed|cleared>:<seq> (quota._notify.parse_event_id)
 EVENT_ID_PATTERN = rf"^{PREFIX_RE.pattern}:{USER_RE.pattern}:{MONTH_RE.pattern}:\d{{1,4}}:(crossed|cleared):\d{{1,18}}$"
 PRICE_VALUE = {"type": ["number", "string"], "description": "CNY per 1k tokens"}
+CACHE_TOKENS = {
+    "type": "integer",
+    "minimum": 0,
+    "maximum": MAX_TOKENS,
+    "description": "a part of input_tokens (the total input) priced at the model's cache rate (docs/PRICING.md)",
+}
 # USER_RE's characters, starting with the demo prefix (api.demo_agent.validate_demo_user)
 DEMO_USER = {
     "type": "string",
@@ -117,7 +125,13 @@ SCHEMAS: dict[str, Any] = {
                 "null is the same as leaving it out",
             },
             "price": _object(
-                {"cost_per_1k_input": PRICE_VALUE, "cost_per_1k_output": PRICE_VALUE},
+                {
+                    "cost_per_1k_input": PRICE_VALUE,
+                    "cost_per_1k_output": PRICE_VALUE,
+                    "cost_per_1k_cached_input": PRICE_VALUE,
+                    "cost_per_1k_cache_write": PRICE_VALUE,
+                },
+                ["cost_per_1k_input", "cost_per_1k_output"],
                 description="custom models only: the price of this call; null is the same as leaving it out",
             )
             | {"type": ["object", "null"]},
@@ -130,6 +144,9 @@ SCHEMAS: dict[str, Any] = {
                 "further ones count as other; a request_id repeated with another purpose is a conflict (409); "
                 "null is the same as leaving it out",
             },
+            "cached_input_tokens": CACHE_TOKENS
+            | {"description": "cache hits among input_tokens (the total input); with cache_write_tokens at most it"},
+            "cache_write_tokens": CACHE_TOKENS | {"description": "cache writes among input_tokens (Anthropic)"},
         },
         ["user", "model_id", "input_tokens", "output_tokens"],
     ),
@@ -140,6 +157,8 @@ SCHEMAS: dict[str, Any] = {
             "month": MONTH,
             "input_tokens": TOKENS,
             "output_tokens": TOKENS,
+            "cached_input_tokens": CACHE_TOKENS,
+            "cache_write_tokens": CACHE_TOKENS,
             "cost": MONEY,
             "monthly_used": MONEY,
             "monthly_credit": MONEY,
@@ -242,6 +261,8 @@ SCHEMAS: dict[str, Any] = {
         {
             "input_tokens": TOKENS | {"maximum": 2**63 - 1},
             "output_tokens": TOKENS | {"maximum": 2**63 - 1},
+            "cached_input_tokens": CACHE_TOKENS | {"maximum": 2**63 - 1},
+            "cache_write_tokens": CACHE_TOKENS | {"maximum": 2**63 - 1},
             "cost": MONEY,
             "calls": {"type": "integer", "minimum": 0},
             "estimated_calls": {"type": "integer", "minimum": 0},
@@ -254,12 +275,67 @@ SCHEMAS: dict[str, Any] = {
                 "propertyNames": PURPOSE,
                 "additionalProperties": _object({"calls": {"type": "integer", "minimum": 0}, "cost": MONEY}),
             },
+            "adjustments": _object(
+                {"count": {"type": "integer", "minimum": 1}, "cost": SIGNED_MONEY},
+                description="present only when the month was corrected (quota adjust): how many adjustments, "
+                "and their signed cost, which the other amounts already include",
+            ),
+        },
+        [
+            "input_tokens",
+            "output_tokens",
+            "cost",
+            "calls",
+            "estimated_calls",
+            "is_system",
+            "name",
+            "purposes",
+        ],
+    ),
+    "AdjustmentRequest": _object(
+        {
+            "model_id": MODEL,
+            "adjustment_id": {
+                "type": "string",
+                "pattern": _pattern(REQUEST_ID_RE),
+                "description": "the adjustment's own id: sent again with the same content it counts once",
+            },
+            "reason": {"type": "string", "minLength": 1, "maxLength": 200},
+            "cost": {"type": ["number", "string"], "description": "signed CNY (negative: take away), default 0"},
+            "input_tokens": SIGNED_TOKENS,
+            "output_tokens": SIGNED_TOKENS,
+            "calls": {"type": "integer", "minimum": -(10**9) + 1, "maximum": 10**9 - 1},
+            "month": MONTH | {"type": ["string", "null"], "description": "default (or null): the current UTC month"},
+            "actor": {"type": "string", "description": "who asked (kept after api:admin)"},
+        },
+        ["model_id", "adjustment_id", "reason"],
+    ),
+    "Adjustment": _object(
+        {
+            "user": USER,
+            "month": MONTH,
+            "model_id": MODEL,
+            "adjustment_id": {"type": "string", "pattern": _pattern(REQUEST_ID_RE)},
+            "input_tokens": SIGNED_TOKENS,
+            "output_tokens": SIGNED_TOKENS,
+            "cost": SIGNED_MONEY,
+            "cost_nano": {"type": "string", "pattern": r"^-?\d+$", "description": "the exact signed cost, nano-CNY"},
+            "calls": {"type": "integer"},
+            "reason": {"type": "string"},
+            "actor": {"type": "string"},
+            "at": {"type": "string", "description": "when it was made (UTC)"},
+            "is_system": {"type": "boolean"},
+            "duplicate": {"type": "boolean", "description": "this id was used before for the same adjustment"},
+            "monthly_used": MONEY,
         }
     ),
+    "AdjustmentList": _object({"user": USER, "adjustments": {"type": "array", "items": _ref("Adjustment")}}),
     "HistoryModelStats": _object(
         {
             "input": {"type": "integer", "minimum": 0},
             "output": {"type": "integer", "minimum": 0},
+            "cached_input": {"type": "integer", "minimum": 0, "description": "cache hits among input"},
+            "cache_write": {"type": "integer", "minimum": 0, "description": "cache writes among input"},
             "cost": MONEY,
             "calls": {"type": "integer", "minimum": 0},
             "is_system": {"type": "boolean"},
@@ -309,7 +385,14 @@ SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "cost_per_1k_input": MONEY,
             "cost_per_1k_output": MONEY,
+            "cost_per_1k_cached_input": MONEY | {"description": "CNY per 1k cache-hit input tokens"},
+            "cost_per_1k_cache_write": MONEY | {"description": "CNY per 1k cache-write input tokens"},
             "is_system": {"type": "boolean"},
+            "effective_from": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "the UTC instant this price takes effect; null: in force since forever",
+            },
         }
     ),
     "PriceTable": _object(
@@ -318,7 +401,13 @@ SCHEMAS: dict[str, Any] = {
             "unit": {"const": "per 1k tokens"},
             "system": {"type": "object", "additionalProperties": _ref("ModelPrice")},
             "custom": {"type": "object", "additionalProperties": _ref("ModelPrice")},
-        }
+            "upcoming": {
+                "type": "array",
+                "items": _ref("ModelPrice"),
+                "description": "price changes still to come, soonest first (docs/PRICING.md)",
+            },
+        },
+        description="the prices in force now (system, custom) and the changes to come (upcoming)",
     ),
     "Health": _object(
         {
@@ -336,6 +425,8 @@ SCHEMAS: dict[str, Any] = {
             "calls": {"type": "integer", "minimum": 0},
             "estimated_calls": {"type": "integer", "minimum": 0},
             "users": {"type": "integer", "minimum": 0},
+            "cached_input_tokens": {"type": "integer", "minimum": 0},
+            "cache_write_tokens": {"type": "integer", "minimum": 0},
         }
     ),
     "MonthSummary": _object(
@@ -753,6 +844,37 @@ def _paths(demo: bool) -> dict[str, Any]:
                     **_errors(400, 401, 403, 503),
                 },
             }
+        },
+        "/v1/admin/users/{user}/adjustments": {
+            "post": {
+                "operationId": "adjustUserMonth",
+                "tags": ["admin"],
+                "security": BEARER,
+                "summary": "An audited correction of a user's month: signed amounts, its own id and a reason",
+                "description": "Admin token only. Reversing a wrong record is its negation (negative cost and "
+                "tokens, calls -1); on a system model the cost also moves the month's use of the credit. 201: made; "
+                "200: this id was used for the same adjustment before (nothing changed); 409: used for another "
+                "one; 400: a counter would go below zero (nothing changed). Same as `quota adjust`.",
+                "parameters": [_user_param()],
+                "requestBody": {"required": True, "content": {JSON: {"schema": _ref("AdjustmentRequest")}}},
+                "responses": {
+                    "201": _json(_ref("Adjustment"), "the adjustment, made"),
+                    "200": _json(_ref("Adjustment"), "the adjustment, made before (nothing changed)"),
+                    **_errors(400, 401, 403, 409, 413, 415, 503),
+                },
+            },
+            "get": {
+                "operationId": "listUserAdjustments",
+                "tags": ["admin"],
+                "security": BEARER,
+                "summary": "A user's adjustments of a month (default: this UTC month), oldest first",
+                "description": "Admin token only. Same as `quota adjust USER - --list`.",
+                "parameters": [
+                    _user_param(),
+                    {"name": "month", "in": "query", "required": False, "schema": MONTH},
+                ],
+                "responses": {"200": _json(_ref("AdjustmentList"), "the adjustments"), **_errors(400, 401, 403, 503)},
+            },
         },
         "/healthz": {
             "get": {

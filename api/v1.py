@@ -86,13 +86,18 @@ def quota(user: str):  # noqa: ANN201
 
 
 def check_record_keys(record: Any, where: str) -> dict[str, Any]:
-    if not isinstance(record, dict):
-        raise ApiError(400, "invalid_body", f"{where} must be a JSON object, got {type(record).__name__}")
-    unknown, missing = set(record) - USAGE_FIELDS, USAGE_REQUIRED - set(record)
+    return check_keys(record, where, USAGE_FIELDS, USAGE_REQUIRED)
+
+
+def check_keys(body: Any, where: str, fields: frozenset[str], required: frozenset[str]) -> dict[str, Any]:
+    """``body`` when it is a JSON object with only ``fields`` and every one of ``required``; else 400."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", f"{where} must be a JSON object, got {type(body).__name__}")
+    unknown, missing = set(body) - fields, required - set(body)
     if unknown or missing:
         problem = f"unknown keys {sorted(unknown)}" if unknown else f"missing keys {sorted(missing)}"
         raise ApiError(400, "invalid_body", f"{where}: {problem}")
-    return record
+    return body
 
 
 @bp.post("/usage")
@@ -113,6 +118,8 @@ def record_usage():  # noqa: ANN201
             price=record.get("price"),
             estimated=record.get("estimated", False),
             purpose=record.get("purpose"),
+            cached_input_tokens=record.get("cached_input_tokens", 0),
+            cache_write_tokens=record.get("cache_write_tokens", 0),
         )
         metrics.record_usage(result.is_system, result.duplicate, result.cost_nano)
         return jsonify(result.as_dict())
@@ -183,8 +190,10 @@ def revoke_tokens(user: str):  # noqa: ANN201
 
 @bp.get("/models")
 def models():  # noqa: ANN201
+    """The prices in force now (the meter's clock) and the changes to come (``upcoming``)."""
     authorize(principal(), Action.LIST_MODELS)
-    return jsonify(get_quota().meter.prices.as_json())
+    meter = get_quota().meter
+    return jsonify(meter.prices.as_json(meter.core.clock()))
 
 
 # --- threshold alerts (issue 11; docs/ALERTS.md) ------------------------------------------------------

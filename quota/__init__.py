@@ -5,6 +5,7 @@ their names may change in any release. ``quota.testing`` (real servers for tests
 (the SQL archive and ``quota dump``) and ``quota.contrib.django`` are public packages of their own.
 """
 
+from ._adjust import Adjustment
 from ._async.meter import AsyncMeter
 from ._async.turn import AsyncMeteredStream, AsyncTurn
 from ._config import Settings
@@ -30,6 +31,7 @@ from ._turn_rules import Recorded, TurnMetrics
 from ._usage import Usage
 
 __all__ = [
+    "Adjustment",
     "AsyncMeter",
     "AsyncMeteredStream",
     "AsyncScriptRunner",

@@ -38,13 +38,27 @@ from ._prices import ModelPrice
 from ._results import CreditResult, QuotaCheck, UsageResult
 from ._scripts import LuaScript
 from ._stats import MonthUsage, build_token_stats, flat_pairs_to_dict, merge_month
-from ._usage import validate_tokens
+from ._usage import validate_cache_tokens, validate_tokens
 
 Clock = Callable[[], datetime]
 R = TypeVar("R")  # what a ScriptCall's reply parses into
 
-RECORD_FIELDS = ("user", "model_id", "input_tokens", "output_tokens", "request_id", "price", "estimated", "purpose")
+RECORD_FIELDS = (
+    "user",
+    "model_id",
+    "input_tokens",
+    "output_tokens",
+    "request_id",
+    "price",
+    "estimated",
+    "purpose",
+    "cached_input_tokens",
+    "cache_write_tokens",
+)
 RECORD_REQUIRED = frozenset(RECORD_FIELDS[:4])  # the rest are optional
+# The ARGV index (1-based) of cached_input_tokens in record.lua, cache_write_tokens after it; sent only
+# when either is non-zero, after the hold's arguments ("" without a hold). One number on each side.
+RECORD_CACHE_ARG = 13
 
 
 def utc_now() -> datetime:
@@ -148,10 +162,14 @@ class MeterCore:
         self._month_cache = (month_start(month), next_month_start(month), month)
         return month
 
-    def price_for(self, model_id: object, price: Mapping[str, Any] | None = None) -> ModelPrice:
+    def price_for(
+        self, model_id: object, price: Mapping[str, Any] | None = None, at: datetime | None = None
+    ) -> ModelPrice:
+        """The price in force at ``at`` (default: the clock's now), or the call's own ``price``."""
+        at = self.clock() if at is None else at
         if price is None:
-            return self.prices.lookup(model_id)
-        return self.prices.with_call_price(model_id, price)
+            return self.prices.lookup(model_id, at)
+        return self.prices.with_call_price(model_id, price, at)
 
     # --- update_token_usage ----------------------------------------------------------------------
 
@@ -168,23 +186,36 @@ class MeterCore:
         turn_id: str | None = None,
         at: datetime | None = None,
         purpose: object = None,
+        cached_input_tokens: object = 0,
+        cache_write_tokens: object = 0,
     ) -> ScriptCall[UsageResult]:
         """``purpose``: what the call was for (``"chat"``, ``"tool"``...; 1 to 10 of a-z 0-9 _ -),
         also counted per model and purpose (at most 8 per model and month, then ``"other"``).
         ``turn_id``: the turn whose hold this call's system cost is drawn from (quota.Turn).
-        ``at``: the instant the call was made (default: ``clock()``), which fixes its month; a
-        record replayed from the spool passes the instant it was spooled with."""
+        ``at``: the instant the call was made (default: ``clock()``), which fixes its month and
+        its price (the entry in force then); a record replayed from the spool passes the instant
+        it was spooled with. ``cached_input_tokens`` and ``cache_write_tokens`` are parts of
+        ``input_tokens`` (the total input) priced at the model's cache rates (quota._prices)."""
         user = validate_user(user)
-        model = self.price_for(model_id, price)
+        instant = self.clock() if at is None else at
+        model = self.price_for(model_id, price, instant)
         tokens_in = validate_tokens(input_tokens, "input_tokens")
         tokens_out = validate_tokens(output_tokens, "output_tokens")
+        if (
+            type(cached_input_tokens) is int
+            and type(cache_write_tokens) is int
+            and not (cached_input_tokens or cache_write_tokens)
+        ):
+            cached = cache_write = 0  # the common case, without a call
+        else:
+            cached, cache_write = validate_cache_tokens(tokens_in, cached_input_tokens, cache_write_tokens)
         if not isinstance(estimated, bool):
             raise InvalidInput("estimated must be True or False")
         purpose_arg = validate_purpose(purpose) or ""
         auto_id = request_id is None
         rid = auto_request_id() if auto_id else validate_request_id(request_id)
-        month = self.month_at(self.clock() if at is None else at)
-        cost = model.cost_nano(tokens_in, tokens_out)
+        month = self.month_at(instant)
+        cost = model.cost_nano(tokens_in, tokens_out, cached, cache_write)
         is_system = model.is_system
 
         def parse(reply: Any) -> UsageResult:
@@ -210,6 +241,8 @@ class MeterCore:
                 hold_remaining_nano=int(hold) if hold else None,
                 alerts=_percents(crossed),
                 purpose=(_text(reply[5]) or None) if len(reply) > 5 else None,
+                cached_input_tokens=cached,
+                cache_write_tokens=cache_write,
             )
 
         keys: tuple[str, ...] = (
@@ -233,6 +266,8 @@ class MeterCore:
         if turn_id is not None:
             keys += (self.keys.holds_key(user),)
             args += (turn_id, self._hold_ttl_ms_arg)
+        if cached or cache_write:  # without cache tokens the call is what it was before them
+            args += ("",) * (RECORD_CACHE_ARG - 1 - len(args)) + (str(cached), str(cache_write))
         return ScriptCall(scripts.RECORD, keys, args, parse, model, cost)
 
     def record_many(self, records: object) -> list[ScriptCall[UsageResult]]:
@@ -259,6 +294,8 @@ class MeterCore:
                         price=rec.get("price"),
                         estimated=rec.get("estimated", False),
                         purpose=rec.get("purpose"),
+                        cached_input_tokens=rec.get("cached_input_tokens", 0),
+                        cache_write_tokens=rec.get("cache_write_tokens", 0),
                     )
                 )
             except InvalidInput as exc:
@@ -272,8 +309,9 @@ class MeterCore:
 
     def check(self, user: object, model_id: object) -> ScriptCall[QuotaCheck]:
         user = validate_user(user)
-        model = self.prices.lookup(model_id)
-        month = self.current_month()
+        now = self.clock()
+        model = self.prices.lookup(model_id, now)
+        month = self.month_at(now)
 
         def parse(reply: Any) -> QuotaCheck:
             used, credit, held = (int(v) for v in reply)

@@ -7,6 +7,7 @@ One hash per user per UTC month::
     <prefix>:{<user>}:holds              hash, the live turn holds (lua/lib/holds.lua), with a TTL
     <prefix>:{<user>}:outbox             hash, the user's alert events waiting for the webhook (lua/lib/alerts.lua)
     <prefix>:{<user>}:outbox_dead        list, the user's alert events the webhook never took (dead letters)
+    <prefix>:{<user>}:adj:<YYYY-MM>      hash, the month's adjustments by id (adjust.lua, quota/_adjust.py)
     <prefix>:{<slot tag>}:outbox_index   sorted set, the users of one hash slot with events (see slot_tag)
 
 The braces are a Redis Cluster hash tag: every key of one user lives in one slot, so one script
@@ -40,6 +41,13 @@ FIELD_USED = "system_used_nano"  # spend on system models this month, nano-CNY
 # Bookkeeping of `quota dump` (quota/history/dump.py, docs/HISTORY.md), written only into expired months:
 FIELD_DUMP_GEN = "dump_gen"  # id of this incarnation of the hash in the SQL archive
 FIELD_DUMP_SEQ = "dump_seq"  # how many times a dump has read it (newest snapshot wins)
+# Restore-safe dumps (lua/lib/util.lua, docs/HISTORY.md "Restores"): a hash made after its month (a late
+# write) records its origin, when it was created (the server's clock in µs), and is archived as that
+# generation; the month's first hash has none and is generation FIRST_GENERATION. A copy restored
+# from a backup is thus always the generation the archive holds. Only late hashes carry the field:
+# any field more pushed a one-model hash from 232 to 264 bytes (MEMORY USAGE, a jemalloc size class).
+FIELD_ORIGIN = "o"
+FIRST_GENERATION = 1
 # Threshold alerts (lua/lib/alerts.lua, docs/ALERTS.md): the highest threshold (a percent of the credit)
 # alerted this month, every one at or below it counting as alerted; and the month's alert event count.
 FIELD_ALERTED = "alerted_pct"
@@ -52,7 +60,28 @@ SUFFIX_OUTPUT = "output"  # output tokens
 SUFFIX_COST = "cost_nano"
 SUFFIX_CALLS = "calls"
 SUFFIX_ESTIMATED = "estimated_calls"  # calls whose tokens were estimated (stream cut short)
-MODEL_SUFFIXES = (SUFFIX_INPUT, SUFFIX_OUTPUT, SUFFIX_COST, SUFFIX_CALLS, SUFFIX_ESTIMATED)
+# Cache tokens (issue 12): parts of "<model>:input" (the total input) priced at the model's cache
+# rates (quota/_prices.py); written only by a record that has some, so a model without cache
+# tokens has neither field.
+SUFFIX_CACHED = (
+    "cached_input"  # cache hits (OpenAI cached_tokens, DeepSeek prompt_cache_hit_tokens, Anthropic cache reads)
+)
+SUFFIX_CACHE_WRITE = "cache_write"  # cache creation (Anthropic cache_creation_input_tokens)
+# Corrections (adjust.lua): how many adjustments the model had this month, and their signed cost sum
+# (the counters above already include them: these say how much of them is correction).
+SUFFIX_ADJUSTMENTS = "adjustments"
+SUFFIX_ADJ_COST = "adj_cost_nano"
+MODEL_SUFFIXES = (
+    SUFFIX_INPUT,
+    SUFFIX_OUTPUT,
+    SUFFIX_COST,
+    SUFFIX_CALLS,
+    SUFFIX_ESTIMATED,
+    SUFFIX_CACHED,
+    SUFFIX_CACHE_WRITE,
+    SUFFIX_ADJUSTMENTS,
+    SUFFIX_ADJ_COST,
+)
 # Per-purpose counters (issue 15): "<model_id>:n@<purpose>" (calls) and "<model_id>:c@<purpose>"
 # (cost_nano). Short on purpose: 48 (model) + 3 (":n@") + 10 (purpose) = 61 bytes, within the
 # 64-byte listpack limit (see MODEL_RE); "@" can not appear in a purpose nor in a plain suffix, so
@@ -164,6 +193,9 @@ class KeySchema:
         """The counter ``quota dump`` increments after each commit to the SQL history: archived
         reads cached under one value are still current (quota._stats.ArchiveCache)."""
         return f"{self.prefix}:archive_epoch"
+
+    def adjustments_key(self, user: str, month: str) -> str:
+        return f"{self.prefix}:{{{user}}}:adj:{month}"
 
     def holds_key(self, user: str) -> str:
         return f"{self.prefix}:{{{user}}}:holds"

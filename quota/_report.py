@@ -50,9 +50,18 @@ MAX_PAGE = 1000
 _USED = FIELD_USED.encode()
 _CREDIT = FIELD_CREDIT.encode()
 # per-model suffixes, as bytes (a raw HGETALL reply) -> index into a model accumulator
-_SUFFIX_INDEX = {b"input": 0, b"output": 1, b"cost_nano": 2, b"calls": 3, b"estimated_calls": 4}
+# index into a model's totals (see MonthReportBuilder._models); 5 is the users, 6 is_system
+_SUFFIX_INDEX = {
+    b"input": 0,
+    b"output": 1,
+    b"cost_nano": 2,
+    b"calls": 3,
+    b"estimated_calls": 4,
+    b"cached_input": 7,
+    b"cache_write": 8,
+}
 # codes of a field (MonthReportBuilder._field_kind): a model field is its index, | 8 for a system model
-_F_USED, _F_CREDIT, _F_IGNORED, _F_SYSTEM = -1, -2, -3, 8
+_F_USED, _F_CREDIT, _F_IGNORED, _F_SYSTEM = -1, -2, -3, 16  # a field's code: index | _F_SYSTEM
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,12 +118,16 @@ class ModelTotals:
     calls: int = 0
     estimated_calls: int = 0
     users: int = 0
+    cached_input_tokens: int = 0  # parts of input_tokens priced at the cache rates (issue 12)
+    cache_write_tokens: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "is_system": self.is_system,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
+            "cached_input_tokens": self.cached_input_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
             "cost": nano_to_json(self.cost_nano),
             "calls": self.calls,
             "estimated_calls": self.estimated_calls,
@@ -188,7 +201,7 @@ class MonthReportBuilder:
         )
         self._calls, self._used, self._credit = c["calls"], c["used"], c["credit"]
         self.credit_set = bytearray()
-        # model id (bytes) -> [input, output, cost, calls, estimated calls, users, is_system]
+        # model id (bytes) -> [input, output, cost, calls, estimated calls, users, is_system, cached, cache write]
         self._models: dict[bytes, list[int]] = {}
         # field name as Redis gave it -> (code, the model's totals): see add_hash
         self._fields: dict[Any, tuple[int, list[int] | None]] = {}
@@ -221,7 +234,7 @@ class MonthReportBuilder:
             return True  # nothing of this month (only bookkeeping fields)
         system_cost = custom_cost = tokens_in = tokens_out = calls = 0
         for code, totals, value in values:  # all parsed: nothing is added from a bad hash
-            index = code & 7
+            index = code & 15
             totals[index] += value
             if index == 2:
                 if code & _F_SYSTEM:
@@ -254,7 +267,7 @@ class MonthReportBuilder:
     def _model_totals(self, model: bytes) -> list[int]:
         totals = self._models.get(model)
         if totals is None:
-            totals = self._models[model] = [0, 0, 0, 0, 0, 0, int(self.prices.is_system(model.decode()))]
+            totals = self._models[model] = [0, 0, 0, 0, 0, 0, int(self.prices.is_system(model.decode())), 0, 0]
         return totals
 
     def add_archived(self, rows: list[ArchiveRow], live: dict[str, MonthUsage]) -> None:
@@ -282,10 +295,12 @@ class MonthReportBuilder:
             return  # an empty archived month (no model, no spend, no credit): add_usage skips it too
         system_cost = custom_cost = tokens_in = tokens_out = calls = 0
         for i in range(start, end):
-            _, _, _, _, model_id, tin, tout, cost, n, est = rows[i]
+            _, _, _, _, model_id, tin, tout, cost, n, est, cached, write = rows[i]
             if model_id is None:
                 continue
             totals = self._model_totals(model_id.encode())
+            totals[7] += cached
+            totals[8] += write
             totals[0] += tin
             totals[1] += tout
             totals[2] += cost
@@ -310,6 +325,8 @@ class MonthReportBuilder:
             totals = self._model_totals(model_id.encode())
             for i, value in enumerate((u.input_tokens, u.output_tokens, u.cost_nano, u.calls, u.estimated_calls)):
                 totals[i] += value
+            totals[7] += u.cached_input_tokens
+            totals[8] += u.cache_write_tokens
             totals[5] += 1
             tokens_in += u.input_tokens
             tokens_out += u.output_tokens
@@ -359,7 +376,7 @@ class MonthReportBuilder:
         s = self.summary
         s.sources, s.unreadable, s.computed_at = tuple(sources), unreadable, now
         for model, t in sorted(self._models.items()):
-            s.models[model.decode()] = ModelTotals(bool(t[6]), t[0], t[1], t[2], t[3], t[4], t[5])
+            s.models[model.decode()] = ModelTotals(bool(t[6]), t[0], t[1], t[2], t[3], t[4], t[5], t[7], t[8])
         return MonthData(s, self.users, self.columns, self.credit_set)
 
 
@@ -560,6 +577,8 @@ CSV_HEADER = (
     "user_monthly_used_cny",
     "user_monthly_credit_cny",
     "user_percent_used",
+    "cached_input_tokens",  # issue 12: last, so that a reader by position still finds the others
+    "cache_write_tokens",
 )
 
 
@@ -598,7 +617,7 @@ def csv_rows(
     tail = (nano_to_decimal(usage.system_used_nano), nano_to_decimal(credit), percent(usage.system_used_nano, credit))
     user = spreadsheet_safe(user)
     if not usage.models:
-        return [(month, user, "", "", 0, 0, 0, 0, 0, *tail)]
+        return [(month, user, "", "", 0, 0, 0, 0, 0, *tail, 0, 0)]
     return [
         (
             month,
@@ -611,6 +630,8 @@ def csv_rows(
             u.estimated_calls,
             nano_to_decimal(u.cost_nano),
             *tail,
+            u.cached_input_tokens,
+            u.cache_write_tokens,
         )
         for model_id, u in sorted(usage.models.items())
     ]

@@ -71,6 +71,9 @@ class UsageResult(_MonthTotals):
     alerts: tuple[int, ...] = ()
     # The purpose the call was counted under ("other" once the model has 8 this month); None: no purpose.
     purpose: str | None = None
+    # The parts of input_tokens (the total input) priced as cache hits and as cache writes.
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
 
     @property
     def cost(self) -> Decimal:
@@ -100,6 +103,8 @@ class UsageResult(_MonthTotals):
             "month": self.month,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
+            "cached_input_tokens": self.cached_input_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
             "cost": nano_to_json(self.cost_nano),
             **self._totals_json(),
             "exceeded": self.exceeded,

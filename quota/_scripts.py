@@ -57,6 +57,7 @@ DELETE_IF_UNCHANGED = LuaScript.load("delete_if_unchanged")  # the dump (quota.d
 OUTBOX_CLAIM = LuaScript.load("outbox_claim")  # the notifier (quota._notify)
 OUTBOX_SETTLE = LuaScript.load("outbox_settle")  # the notifier
 OUTBOX_REDELIVER = LuaScript.load("outbox_redeliver")  # the API and `quota notify --redeliver`
+ADJUST = LuaScript.load("adjust")  # corrections (quota._adjust)
 
 ALL = (
     RECORD,
@@ -71,4 +72,5 @@ ALL = (
     OUTBOX_CLAIM,
     OUTBOX_SETTLE,
     OUTBOX_REDELIVER,
+    ADJUST,
 )

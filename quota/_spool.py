@@ -48,7 +48,10 @@ from ._errors import ConfigError
 
 log = logging.getLogger("quota.spool")
 
-FORMAT_VERSION = 1
+# Version 2 (issue 12) adds "cin"/"cwr" (cached input and cache-write tokens). A line without cache
+# tokens is still written as version 1, which a worker of an older release can replay too; both read.
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +68,12 @@ class SpoolEntry:
     cost_nano: int
     price: Mapping[str, str] | None = None
     purpose: str | None = None  # issue 15; a line without "purpose" (written before) reads as None
+    cached_input_tokens: int = 0  # issue 12: parts of input_tokens priced at the cache rates
+    cache_write_tokens: int = 0
 
     def to_line(self) -> bytes:
         data: dict[str, Any] = {
-            "v": FORMAT_VERSION,
+            "v": 1,
             "rid": self.request_id,
             "user": self.user,
             "model": self.model_id,
@@ -81,6 +86,9 @@ class SpoolEntry:
         }
         if self.purpose is not None:  # left out when None: such a line is what older versions wrote
             data["purpose"] = self.purpose
+        if self.cached_input_tokens or self.cache_write_tokens:
+            data["cin"], data["cwr"] = self.cached_input_tokens, self.cache_write_tokens
+            data["v"] = FORMAT_VERSION
         body = json.dumps(
             data,
             separators=(",", ":"),
@@ -98,7 +106,7 @@ class SpoolEntry:
         if not sep or len(crc) != 8 or int(crc, 16) != zlib.crc32(body):
             raise ValueError("checksum mismatch")
         data = json.loads(body)
-        if data.get("v") != FORMAT_VERSION:
+        if data.get("v") not in READ_VERSIONS:
             raise ValueError(f"unknown spool format {data.get('v')!r}")
         at = datetime.fromisoformat(data["at"])
         if at.tzinfo is None:
@@ -114,6 +122,8 @@ class SpoolEntry:
             int(data["cost_nano"]),
             data.get("price"),
             data.get("purpose"),
+            int(data.get("cin", 0)),
+            int(data.get("cwr", 0)),
         )
 
 

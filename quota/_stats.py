@@ -12,8 +12,14 @@ from ._keys import (
     FIELD_ALERTED,
     FIELD_CREDIT,
     FIELD_DUMP_GEN,
+    FIELD_ORIGIN,
     FIELD_USED,
+    FIRST_GENERATION,
     MODEL_SUFFIXES,
+    SUFFIX_ADJ_COST,
+    SUFFIX_ADJUSTMENTS,
+    SUFFIX_CACHE_WRITE,
+    SUFFIX_CACHED,
     SUFFIX_CALLS,
     SUFFIX_COST,
     SUFFIX_ESTIMATED,
@@ -38,13 +44,23 @@ class ModelUsage:
     estimated_calls: int = 0
     # per purpose (issue 15): purpose -> [calls, cost_nano]; not kept by the SQL archive (docs/HISTORY.md)
     purposes: dict[str, list[int]] = field(default_factory=dict)
+    # parts of input_tokens priced at the cache rates (issue 12)
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    # corrections (quota adjust): how many, and their signed cost; the counters above include them
+    adjustments: int = 0
+    adjusted_cost_nano: int = 0
 
     def add(self, other: ModelUsage) -> None:
+        self.cached_input_tokens += other.cached_input_tokens
+        self.cache_write_tokens += other.cache_write_tokens
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
         self.cost_nano += other.cost_nano
         self.calls += other.calls
         self.estimated_calls += other.estimated_calls
+        self.adjustments += other.adjustments
+        self.adjusted_cost_nano += other.adjusted_cost_nano
         for purpose, (calls, cost) in other.purposes.items():
             mine = self.purposes.setdefault(purpose, [0, 0])
             mine[0] += calls
@@ -55,7 +71,9 @@ class ModelUsage:
 class MonthUsage:
     """One user's month: what the hash holds, parsed. ``credit_nano`` None means "never set".
 
-    ``archive_gen`` is the hash's ``dump_gen`` (set once a dump has read it) or, for a month
+    ``archive_gen`` is the hash's ``dump_gen`` (set once a dump has read it; before that the one
+    the dump will give it: its origin, field ``o``, for a hash made after its month, else
+    ``FIRST_GENERATION``) or, for a month
     loaded from the SQL history, the generation that row was archived from; see ``merge_month``.
     """
 
@@ -72,6 +90,7 @@ class MonthUsage:
         (``ValueError`` otherwise); fields that are not usage (``dump_seq``...) are skipped."""
         usage = cls(month)
         plans = _FIELD_PLANS
+        origin = None
         for key, value in raw.items():
             number = int(value)
             plan = plans.get(key)
@@ -91,9 +110,13 @@ class MonthUsage:
                 usage.archive_gen = number
             elif kind == _ALERTED:
                 usage.alerted_pct = number
+            elif kind == _ORIGIN:
+                origin = number
             elif kind == _PURPOSE:
                 model = usage.models.setdefault(plan[1], ModelUsage())
                 model.purposes.setdefault(plan[2][2:], [0, 0])[_PURPOSE_INDEX[plan[2][:2]]] = number
+        if usage.archive_gen is None:  # the generation the dump will archive it as (snapshot_month.lua)
+            usage.archive_gen = FIRST_GENERATION if origin is None else origin
         return usage
 
     @property
@@ -112,7 +135,7 @@ class MonthUsage:
 # What a hash field means, decided once per field name and kept (``MonthUsage.from_hash``): the
 # same few dozen names recur in every user's hash, and deciding cost more than the rest of the
 # parse (a dump or a stats read parses thousands of hashes). (kind, model_id, attribute/suffix).
-_SKIP, _CREDIT, _USED, _GEN, _ALERTED, _MODEL, _PURPOSE = range(7)
+_SKIP, _CREDIT, _USED, _GEN, _ALERTED, _ORIGIN, _MODEL, _PURPOSE = range(8)
 _FIELD_PLANS: dict[Any, tuple[int, str, str]] = {}
 _FIELD_PLANS_MAX = 10_000  # names beyond this are decided every time (model ids are bounded anyway)
 
@@ -128,6 +151,8 @@ def _field_plan(key: Any) -> tuple[int, str, str]:
         plan = (_GEN, "", "")
     elif name == FIELD_ALERTED:
         plan = (_ALERTED, "", "")
+    elif name == FIELD_ORIGIN:
+        plan = (_ORIGIN, "", "")
     else:
         model_id, _, suffix = name.rpartition(":")
         if model_id and suffix in MODEL_SUFFIXES:
@@ -162,20 +187,23 @@ def merge_month(month: str, live: MonthUsage | None, archived: Iterable[MonthUsa
 
 # One row of a month read from the SQL archive (HistoryStore.iter_month_rows), model by model:
 # (user, generation, credit_nano or None, system_used_nano, model_id or None, input, output,
-#  cost_nano, calls, estimated_calls); a generation without models has one row with model_id None.
-ArchiveRow = tuple[str, int, int | None, int, str | None, int, int, int, int, int]
+#  cost_nano, calls, estimated_calls, cached_input, cache_write); a generation without models has
+# one row with model_id None.
+ArchiveRow = tuple[str, int, int | None, int, str | None, int, int, int, int, int, int, int]
 
 
 def parts_from_rows(month: str, rows: Iterable[ArchiveRow]) -> list[MonthUsage]:
     """One user's archive rows (in generation order) -> one ``MonthUsage`` per generation."""
     parts: list[MonthUsage] = []
     part: MonthUsage | None = None
-    for _user, gen, credit, used, model_id, tin, tout, cost, calls, est in rows:
+    for _user, gen, credit, used, model_id, tin, tout, cost, calls, est, cached, write in rows:
         if part is None or part.archive_gen != gen:
             part = MonthUsage(month, credit_nano=credit, system_used_nano=used, archive_gen=gen)
             parts.append(part)
         if model_id is not None:
-            part.models[model_id] = ModelUsage(tin, tout, cost, calls, est)
+            part.models[model_id] = ModelUsage(
+                tin, tout, cost, calls, est, cached_input_tokens=cached or 0, cache_write_tokens=write or 0
+            )
     return parts
 
 
@@ -185,6 +213,10 @@ _SUFFIX_ATTR = {
     SUFFIX_COST: "cost_nano",
     SUFFIX_CALLS: "calls",
     SUFFIX_ESTIMATED: "estimated_calls",
+    SUFFIX_CACHED: "cached_input_tokens",
+    SUFFIX_CACHE_WRITE: "cache_write_tokens",
+    SUFFIX_ADJUSTMENTS: "adjustments",
+    SUFFIX_ADJ_COST: "adjusted_cost_nano",
 }
 
 
@@ -232,16 +264,20 @@ def build_token_stats(
         models[model_id] = {
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,
+            "cached_input_tokens": usage.cached_input_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
             "cost": money(usage.cost_nano),
             "calls": usage.calls,
             "estimated_calls": usage.estimated_calls,
             "is_system": is_system,
-            "name": prices.system_models[model_id].name if is_system else _custom_name(prices, model_id),
+            "name": _name(prices, model_id),
             "purposes": {
                 purpose: {"calls": calls, "cost": money(cost)}
                 for purpose, (calls, cost) in sorted(usage.purposes.items())
             },
         }
+        if usage.adjustments:  # corrected by `quota adjust`: how often, and by how much (signed)
+            models[model_id]["adjustments"] = {"count": usage.adjustments, "cost": money(usage.adjusted_cost_nano)}
     history_out: dict[str, Any] = {}
     for month in history:
         if month.is_empty:
@@ -250,6 +286,8 @@ def build_token_stats(
             model_id: {
                 "input": usage.input_tokens,
                 "output": usage.output_tokens,
+                "cached_input": usage.cached_input_tokens,
+                "cache_write": usage.cache_write_tokens,
                 "cost": money(usage.cost_nano),
                 "calls": usage.calls,
                 "is_system": prices.is_system(model_id),
@@ -276,9 +314,10 @@ def build_token_stats(
     }
 
 
-def _custom_name(prices: PriceTable, model_id: str) -> str:
-    price = prices.custom_models.get(model_id)
-    return price.name if price else model_id
+def _name(prices: PriceTable, model_id: str) -> str:
+    """The name the model's latest price entry gives, else its id."""
+    entries = prices.schedule(model_id)
+    return entries[-1].name if entries else model_id
 
 
 class ArchiveCache:

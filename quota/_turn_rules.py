@@ -190,6 +190,8 @@ def call_for(core: MeterCore, entry: SpoolEntry, turn_id: str | None = None) -> 
         turn_id=turn_id,
         at=entry.at,
         purpose=entry.purpose,
+        cached_input_tokens=entry.cached_input_tokens,
+        cache_write_tokens=entry.cache_write_tokens,
     )
 
 
@@ -201,6 +203,8 @@ def rekeyed_id(request_id: str, entry: SpoolEntry) -> str:
     content = f"{entry.model_id}|{entry.input_tokens}|{entry.output_tokens}|{entry.estimated}|{entry.at.isoformat()}"
     if entry.purpose is not None:
         content += f"|{entry.purpose}"
+    if entry.cached_input_tokens or entry.cache_write_tokens:
+        content += f"|k{entry.cached_input_tokens}:{entry.cache_write_tokens}"
     digest = hashlib.sha256(content.encode()).hexdigest()[:16]
     return f"{request_id[:100]}.c{digest}"
 
@@ -339,13 +343,19 @@ class TurnRules:
         return f"{self.turn_id}.{self._seq}"
 
     def usage_of(
-        self, usage: Any, input_tokens: int | None, output_tokens: int | None, estimated: bool | None
+        self,
+        usage: Any,
+        input_tokens: int | None,
+        output_tokens: int | None,
+        estimated: bool | None,
+        cached_input_tokens: int | None = None,
+        cache_write_tokens: int | None = None,
     ) -> Usage:
         if usage is None:
             if input_tokens is None or output_tokens is None:
                 raise InvalidInput("record needs a response, a usage, or input_tokens and output_tokens")
-            found = Usage(input_tokens, output_tokens, None, False)
-        elif input_tokens is not None or output_tokens is not None:
+            found = Usage(input_tokens, output_tokens, None, False, cached_input_tokens or 0, cache_write_tokens or 0)
+        elif any(n is not None for n in (input_tokens, output_tokens, cached_input_tokens, cache_write_tokens)):
             raise InvalidInput("give either a response/usage or input_tokens/output_tokens, not both")
         elif isinstance(usage, StreamTally):
             found = usage.usage()
@@ -368,9 +378,11 @@ class TurnRules:
         price: Mapping[str, Any] | None = None,
         estimated: bool | None = None,
         purpose: object = None,
+        cached_input_tokens: int | None = None,
+        cache_write_tokens: int | None = None,
     ) -> Pending:
         """Validate and price one call (InvalidInput here changes nothing) and build its call."""
-        found = self.usage_of(usage, input_tokens, output_tokens, estimated)
+        found = self.usage_of(usage, input_tokens, output_tokens, estimated, cached_input_tokens, cache_write_tokens)
         purpose_text = validate_purpose(purpose)
         if request_id is not None:
             rid = validate_request_id(request_id)
@@ -390,6 +402,8 @@ class TurnRules:
             turn_id=self.turn_id if self.holding else None,
             at=at,
             purpose=purpose_text,
+            cached_input_tokens=found.cached_input_tokens,
+            cache_write_tokens=found.cache_write_tokens,
         )
         # The spool keeps what the call was priced as: the canonical model id, and its cost.
         entry = SpoolEntry(
@@ -403,6 +417,8 @@ class TurnRules:
             call.cost_nano,
             price_text,
             purpose_text,
+            found.cached_input_tokens,
+            found.cache_write_tokens,
         )
         return Pending(entry, call, found._replace(request_id=rid))
 

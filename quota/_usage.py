@@ -3,10 +3,12 @@
 Accepted shapes (objects such as the ``openai`` package's pydantic models, or plain dicts):
 
 * an OpenAI-compatible ``usage`` (``prompt_tokens`` / ``completion_tokens``, as DeepSeek and most
-  gateways return it);
+  gateways return it); the cache hits among the prompt tokens are OpenAI's
+  ``prompt_tokens_details.cached_tokens`` or DeepSeek's ``prompt_cache_hit_tokens``;
 * an Anthropic-style ``usage`` (``input_tokens`` / ``output_tokens``; cache writes and reads are
   added to the input, because Anthropic leaves them out of ``input_tokens`` while OpenAI-style
   ``prompt_tokens`` already includes cached tokens: both then count every token the model read);
+  ``cache_read_input_tokens`` are the cache hits, ``cache_creation_input_tokens`` the cache writes;
 * a whole response carrying ``usage`` and ``id`` (chat completion, Anthropic message);
 * a stream, chunk by chunk, through :class:`StreamTally`: the chunk that carries ``usage`` (the last
   one with ``stream_options={"include_usage": True}``) gives the real figures; without it the
@@ -34,12 +36,26 @@ TOKENS_PER_MESSAGE = 4  # role and separators around each chat message
 
 
 class Usage(NamedTuple):
-    """Tokens of one LLM call. ``estimated`` is True when any part was estimated from text."""
+    """Tokens of one LLM call. ``estimated`` is True when any part was estimated from text.
+    ``input_tokens`` is the total input; ``cached_input_tokens`` (cache hits) and
+    ``cache_write_tokens`` (cache creation) are parts of it, priced at their own rates."""
 
     input_tokens: int
     output_tokens: int
     request_id: str | None = None
     estimated: bool = False
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
+class Tokens(NamedTuple):
+    """What one usage object says: the total input, the output, and the cached and cache-write
+    parts of the input."""
+
+    input: int
+    output: int
+    cached: int = 0
+    cache_write: int = 0
 
 
 def _get(obj: Any, name: str) -> Any:
@@ -56,6 +72,19 @@ def validate_tokens(value: object, what: str) -> int:
     if not 0 <= value <= MAX_TOKENS:
         raise InvalidInput(f"{what} must be from 0 to {MAX_TOKENS}, got {value}")
     return value
+
+
+def validate_cache_tokens(input_tokens: int, cached: object, cache_write: object) -> tuple[int, int]:
+    """``(cached_input_tokens, cache_write_tokens)``, each a token count, parts of ``input_tokens``
+    (the total input): InvalidInput when together they are more than it."""
+    cached_n = validate_tokens(cached, "cached_input_tokens")
+    write_n = validate_tokens(cache_write, "cache_write_tokens")
+    if cached_n + write_n > input_tokens:
+        raise InvalidInput(
+            f"cached_input_tokens ({cached_n}) + cache_write_tokens ({write_n}) are parts of input_tokens "
+            f"(the total input, {input_tokens}) and can not be more than it"
+        )
+    return cached_n, write_n
 
 
 def _count(value: Any, what: str) -> int | None:
@@ -76,19 +105,31 @@ def request_id_from(provider_id: Any) -> str | None:
     return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
 
-def tokens_of_usage(usage: Any) -> tuple[int, int] | None:
-    """``(input, output)`` from a usage object or dict, or None when it is not one."""
+def tokens_of_usage(usage: Any) -> Tokens | None:
+    """The :class:`Tokens` of a usage object or dict, or None when it is not one.
+
+    OpenAI and DeepSeek count cache hits inside ``prompt_tokens``; Anthropic leaves cache reads
+    and writes out of ``input_tokens``, so they are added to make the total input."""
     prompt = _count(_get(usage, "prompt_tokens"), "usage.prompt_tokens")
     completion = _count(_get(usage, "completion_tokens"), "usage.completion_tokens")
     if prompt is not None or completion is not None:
-        return prompt or 0, completion or 0
+        details = _get(usage, "prompt_tokens_details")
+        cached = _count(_get(details, "cached_tokens"), "usage.prompt_tokens_details.cached_tokens")
+        if cached is None:
+            cached = _count(_get(usage, "prompt_cache_hit_tokens"), "usage.prompt_cache_hit_tokens")
+        # gateways that pass cache writes through the OpenAI shape (the openai package has the field)
+        written = _count(_get(details, "cache_write_tokens"), "usage.prompt_tokens_details.cache_write_tokens")
+        total = prompt or 0
+        cached_n, written_n = validate_cache_tokens(total, cached or 0, written or 0)
+        return Tokens(total, completion or 0, cached_n, written_n)
     tokens_in = _count(_get(usage, "input_tokens"), "usage.input_tokens")
     tokens_out = _count(_get(usage, "output_tokens"), "usage.output_tokens")
     if tokens_in is None and tokens_out is None:
         return None
-    cache_write = _count(_get(usage, "cache_creation_input_tokens"), "usage.cache_creation_input_tokens")
-    cache_read = _count(_get(usage, "cache_read_input_tokens"), "usage.cache_read_input_tokens")
-    return (tokens_in or 0) + (cache_write or 0) + (cache_read or 0), tokens_out or 0
+    cache_write = _count(_get(usage, "cache_creation_input_tokens"), "usage.cache_creation_input_tokens") or 0
+    cache_read = _count(_get(usage, "cache_read_input_tokens"), "usage.cache_read_input_tokens") or 0
+    total = validate_tokens((tokens_in or 0) + cache_write + cache_read, "usage input (input + cache read + write)")
+    return Tokens(total, tokens_out or 0, cache_read, cache_write)
 
 
 def usage_from(obj: Any) -> Usage:
@@ -102,14 +143,18 @@ def usage_from(obj: Any) -> Usage:
         tokens = tokens_of_usage(usage)
         if tokens is None:
             raise InvalidInput("the response's usage has neither prompt/completion nor input/output tokens")
-        return Usage(tokens[0], tokens[1], request_id_from(_get(obj, "id")))
+        return _usage(tokens, request_id_from(_get(obj, "id")))
     tokens = tokens_of_usage(obj)
     if tokens is not None:
-        return Usage(tokens[0], tokens[1], None)
+        return _usage(tokens, None)
     raise InvalidInput(
         f"{type(obj).__name__} carries no token usage: pass input_tokens/output_tokens, "
         "or meter a stream with turn.stream(...)"
     )
+
+
+def _usage(tokens: Tokens, request_id: str | None, estimated: bool = False) -> Usage:
+    return Usage(tokens.input, tokens.output, request_id, estimated, tokens.cached, tokens.cache_write)
 
 
 # --- estimates -----------------------------------------------------------------------------------
@@ -179,7 +224,7 @@ class StreamTally:
         self.text = TextCounter()
         self.chunks = 0
         self.finished = False  # a finish_reason / message_stop was seen
-        self._input: int | None = None
+        self._input: Tokens | None = None  # the input side (total, cached, cache_write); output unused
         self._output: int | None = None
         self._complete = False
 
@@ -227,15 +272,15 @@ class StreamTally:
         if tokens is None:
             return
         if _get(usage, "prompt_tokens") is not None or _get(usage, "completion_tokens") is not None:
-            self._input, self._output = tokens  # OpenAI style: whole, on one chunk
+            self._input, self._output = tokens, tokens.output  # OpenAI style: whole, on one chunk
             self._complete = True
             return
         # Anthropic: message_start carries the input (its output_tokens is a placeholder), and
         # message_delta the final output count (newer API versions repeat the input there too).
         if _get(usage, "input_tokens") is not None:
-            self._input = tokens[0]
+            self._input = tokens
         if final and _get(usage, "output_tokens") is not None:
-            self._output = tokens[1]
+            self._output = tokens.output
             self._complete = True
 
     @property
@@ -243,10 +288,10 @@ class StreamTally:
         """The provider's own figures arrived (the result will not be an estimate)."""
         return self._provider_figures() is not None
 
-    def _provider_figures(self) -> tuple[int, int] | None:
-        """``(input, output)`` as the provider gave them, once both arrived; else None."""
+    def _provider_figures(self) -> Tokens | None:
+        """The tokens as the provider gave them, once both sides arrived; else None."""
         if self._complete and self._input is not None and self._output is not None:
-            return self._input, self._output
+            return self._input._replace(output=self._output)
         return None
 
     def usage(self) -> Usage:
@@ -258,7 +303,11 @@ class StreamTally:
         request_id = request_id_from(self.provider_id)
         figures = self._provider_figures()
         if figures is not None:
-            return Usage(*figures, request_id, False)
-        tokens_in = self._input if self._input is not None else self.prompt_tokens
+            return _usage(figures, request_id)
+        tokens_in = self._input or Tokens(self.prompt_tokens, 0)
         tokens_out = max(self._output or 0, self.text.tokens)
-        return Usage(min(tokens_in, MAX_TOKENS), min(tokens_out, MAX_TOKENS), request_id, True)
+        return _usage(
+            tokens_in._replace(input=min(tokens_in.input, MAX_TOKENS), output=min(tokens_out, MAX_TOKENS)),
+            request_id,
+            True,
+        )

@@ -1,6 +1,6 @@
 """The ``quota`` command line (click, like Flask's own CLI).
 
-The library's commands are here: ``demo``, ``stats``, ``credit``, ``spool replay``, ``dump``,
+The library's commands are here: ``demo``, ``stats``, ``credit``, ``adjust``, ``spool replay``, ``dump``,
 ``scheduler``, ``notify``. Other packages add theirs through the ``quota.commands`` entry point group
 (the app's ``serve`` and ``token``, in ``quota_server.cli``: the repository's ``api/cli.py``); they are
 loaded only when asked for, so ``import quota`` never imports the app.
@@ -20,6 +20,9 @@ import click
 from ._errors import QuotaError
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    from ._prices import ModelPrice, PriceTable
     from ._replay import ReplayReport
     from ._report import MonthReport
     from ._stats import MonthUsage
@@ -187,6 +190,144 @@ def credit(user: str, credit: str, month: str | None, add: bool, url: str | None
         err=True,
     )
     click.echo(json.dumps(result.as_dict()))
+
+
+@main.command()
+@click.argument("user")
+@click.argument("model_id")
+@click.option("--id", "adjustment_id", help="The adjustment's own id (required): sent again, it counts once.")
+@click.option("--reason", help="Why (required; kept with the adjustment and logged).")
+@click.option("--cost", default="0", show_default=True, help="Signed CNY to add to the cost (-0.12 takes 0.12 away).")
+@click.option("--input", "input_tokens", default=0, show_default=True, help="Signed input tokens to add.")
+@click.option("--output", "output_tokens", default=0, show_default=True, help="Signed output tokens to add.")
+@click.option("--calls", default=0, show_default=True, help="Signed calls to add (-1 to reverse one record).")
+@click.option("--month", help="YYYY-MM (default: the current UTC month); the month must still be in Redis.")
+@click.option("--actor", help="Who makes it (default: cli:$USER).")
+@click.option("--list", "list_only", is_flag=True, help="Only list USER's adjustments of the month (MODEL_ID: -).")
+@click.option("--url", envvar="REDIS_URL", help="Redis URL (default: REDIS_URL).")
+def adjust(
+    user: str,
+    model_id: str,
+    adjustment_id: str | None,
+    reason: str | None,
+    cost: str,
+    input_tokens: int,
+    output_tokens: int,
+    calls: int,
+    month: str | None,
+    actor: str | None,
+    list_only: bool,
+    url: str | None,
+) -> None:
+    """Correct USER's month for MODEL_ID by signed amounts: an audited adjustment.
+
+    To reverse a wrong record, negate it: `quota adjust alice system_deepseek --id fix-42
+    --reason "billed twice" --cost -0.012 --input -1000 --output -2000 --calls -1`. On a system
+    model the cost also moves the month's use of the credit. Nothing changes when a counter would go
+    below zero (exit 1) or when the id was used for another adjustment (exit 1); the same adjustment
+    again changes nothing. Prints what was done on stderr and the adjustment as JSON on stdout.
+    """
+    import getpass
+
+    from ._money import nano_to_decimal
+
+    meter = open_meter(url)
+    try:
+        if list_only:
+            click.echo(json.dumps([a.as_dict() for a in meter.adjustments(user, month)], indent=2))
+            return
+        if adjustment_id is None or reason is None:
+            fail("--id and --reason are required (or --list)", 2)
+        result = meter.adjust(
+            user,
+            model_id,
+            adjustment_id=adjustment_id,
+            reason=reason,
+            cost=cost,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            calls=calls,
+            month=month,
+            actor=actor or f"cli:{getpass.getuser()}",
+        )
+    except QuotaError as exc:
+        fail(str(exc))
+    finally:
+        meter.close()
+    done = "already made (nothing changed)" if result.duplicate else "made"
+    click.echo(
+        f"adjustment {result.adjustment_id} {done}: {user} {result.month} {result.model_id} cost "
+        f"{nano_to_decimal(result.cost_nano):+} CNY; "
+        f"system-model use now {nano_to_decimal(result.monthly_used_nano)} CNY",
+        err=True,
+    )
+    click.echo(json.dumps(result.as_dict()))
+
+
+# --- prices (issue 12) ---------------------------------------------------------------------------
+
+
+def prices_text(table: PriceTable, at: datetime) -> str:
+    """The price table in force at ``at``, then the changes to come: what `quota prices` prints."""
+    from ._keys import iso_z
+    from ._prices import PRICE_KEYS
+
+    head = ["model", "kind", "input", "output", "cached input", "cache write", "since"]
+
+    def row(price: ModelPrice) -> list[str]:
+        config = price.as_config()
+        kind = "system" if price.is_system else "custom"
+        return [price.model_id, kind, *(str(config[k]) for k in PRICE_KEYS), config["effective_from"] or "-"]
+
+    system, custom = table.in_force(at)
+    now = [row(p) for p in (*sorted(system.values(), key=_model_of), *sorted(custom.values(), key=_model_of))]
+    right = {2, 3, 4, 5}
+    lines = [f"Prices in force at {iso_z(at)} (CNY per 1k tokens)", _table([head, *now], right)]
+    upcoming = table.upcoming(at)
+    if upcoming:
+        lines += ["", "Upcoming changes", _table([head, *(row(p) for p in upcoming)], right)]
+    else:
+        lines += ["", "No upcoming changes."]
+    return "\n".join(lines)
+
+
+def _model_of(price: ModelPrice) -> str:
+    return price.model_id
+
+
+@main.command()
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A price file to check and show (default: QUOTA_PRICES_FILE, else the built-in table).",
+)
+@click.option(
+    "--at", "at_text", help="Show the table in force at this UTC instant (ISO 8601, e.g. 2026-12-16T00:00:00Z)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (as GET /v1/models) instead of a table.")
+def prices(path: Path | None, at_text: str | None, as_json: bool) -> None:
+    """Print the price table in force now (or --at an instant) and the changes to come.
+
+    The file is validated as a meter loads it: an error (two prices of a model at one instant, a
+    system model without a price before its first effective_from, a bad amount) exits with 2.
+    """
+    from datetime import UTC
+    from datetime import datetime as dt
+
+    from ._config import Settings
+    from ._errors import ConfigError, InvalidInput
+    from ._prices import PriceTable, parse_instant
+
+    try:
+        table = PriceTable.from_toml(path) if path is not None else Settings.from_env().prices
+        at = dt.now(UTC) if at_text is None else parse_instant(at_text, what="--at")
+    except (ConfigError, InvalidInput) as exc:
+        fail(str(exc), 2)
+    if as_json:
+        click.echo(json.dumps(table.as_json(at), ensure_ascii=False, indent=2))
+    else:
+        click.echo(prices_text(table, at))
 
 
 # --- the operator's view (issue 13): report -------------------------------------------------------

@@ -73,6 +73,8 @@ def test_record_then_stats_match_the_library(client, meter):
         "month": "2026-01",
         "input_tokens": 12000,
         "output_tokens": 8000,
+        "cached_input_tokens": 0,
+        "cache_write_tokens": 0,
         "cost": 0.028,
         "monthly_used": 0.028,
         "monthly_credit": 5.0,

@@ -85,8 +85,9 @@ def api(server, method, path, token=SERVICE, **body):
 CUSTOM_PRICE = {"cost_per_1k_input": "0.004", "cost_per_1k_output": "0.008"}
 
 
-def post_usage(server, user, model, tokens_in, tokens_out=0):
+def post_usage(server, user, model, tokens_in, tokens_out=0, **cache):
     price = {"price": CUSTOM_PRICE} if model.startswith("custom") else {}
+    price.update(cache)  # cached_input_tokens, cache_write_tokens
     return api(
         server,
         "POST",
@@ -144,6 +145,13 @@ def check_panel_against_api(page, stats) -> None:
         row = page.locator(f'#models tbody tr[data-model="{model_id}"]')
         values = [float(v) for v in row.locator("td[data-value]").evaluate_all("cs => cs.map(c => c.dataset.value)")]
         assert values == [m["input_tokens"], m["output_tokens"], m["calls"], m["cost"]]
+        cache = row.locator("td.cached")  # the input figure, marked when part of it hit or wrote the cache
+        if m["cached_input_tokens"] or m["cache_write_tokens"]:
+            assert cache.get_attribute("data-cached") == str(m["cached_input_tokens"])
+            assert cache.get_attribute("data-cache-write") == str(m["cache_write_tokens"])
+            assert cache.get_attribute("title")
+        else:
+            assert cache.count() == 0
         line = page.locator(f'#models tbody tr[data-purposes-of="{model_id}"] td')
         if m["purposes"]:  # the small per-purpose line under the model's row
             assert json.loads(line.get_attribute("data-value")) == m["purposes"]
@@ -185,7 +193,7 @@ def test_panel_matches_the_api_and_follows_it_without_reloading(browser, server,
         post_usage(server, "alice", CUS, 50_000, 20_000)
     clock.set(2026, 1, 15, 12, 0, 0)
     post_usage(server, "alice", SYS, 2_000_000, 250_000)  # 2.5 CNY: 50 %
-    post_usage(server, "alice", CUS, 80_000, 9_000)
+    post_usage(server, "alice", CUS, 80_000, 9_000, cached_input_tokens=60_000, cache_write_tokens=1_000)
 
     page = open_page(browser, locale="en-US", viewport={"width": 960, "height": 1200})
     page.goto(f"{server.url}/panel#user=alice&token={user_token('alice')}")
@@ -199,6 +207,9 @@ def test_panel_matches_the_api_and_follows_it_without_reloading(browser, server,
     assert page.locator("#resets").inner_text().startswith("2026-02-01")
     assert page.locator('#models tr[data-model="custom_llama"] td.kind').inner_text() == "custom · counted, not limited"
     assert page.locator('#models tr[data-model="system_deepseek"] td.kind').inner_text() == "system"
+    assert page.locator('#models tr[data-model="custom_llama"] td.cached').get_attribute("title") == (
+        "of which 60,000 cache hits and 1,000 cache writes, priced at their own rates"
+    )
     assert page.inner_text("h1") == "Token usage"
     assert page.locator("#over-note").is_hidden()
 

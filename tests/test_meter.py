@@ -31,7 +31,11 @@ def test_record_returns_the_months_totals(any_meter):
 def test_the_hash_is_readable_by_ops(any_meter, raw):
     any_meter.update_token_usage("alice", "system_deepseek", 12000, 8000)
     any_meter.update_token_usage("alice", "custom_xxx", 5000, 3000)
-    assert raw.hgetall("quota:{alice}:2026-01") == {
+    fields = raw.hgetall("quota:{alice}:2026-01")
+    # The test's clock says 2026-01, the server's says later: to Redis this is a hash made after its
+    # month, which carries its origin (restore-safe dumps, docs/HISTORY.md); a month's own hash does not.
+    fields.pop(b"o", None)
+    assert fields == {
         b"system_deepseek:input": b"12000",
         b"system_deepseek:output": b"8000",
         b"system_deepseek:cost_nano": b"28000000",
@@ -222,6 +226,8 @@ def test_stats_have_the_seeds_structure(any_meter, clock):
     assert stats["models"]["system_deepseek"] == {
         "input_tokens": 12000,
         "output_tokens": 8000,
+        "cached_input_tokens": 0,
+        "cache_write_tokens": 0,
         "cost": 0.028,
         "calls": 1,
         "estimated_calls": 0,
@@ -232,8 +238,24 @@ def test_stats_have_the_seeds_structure(any_meter, clock):
     assert stats["models"]["custom_xxx"]["cost"] == 0.0 and not stats["models"]["custom_xxx"]["is_system"]
     assert stats["history"] == {
         "2025-12": {
-            "custom_xxx": {"input": 1000, "output": 1000, "cost": 0.0, "calls": 1, "is_system": False},
-            "system_deepseek": {"input": 50000, "output": 30000, "cost": 0.11, "calls": 1, "is_system": True},
+            "custom_xxx": {
+                "input": 1000,
+                "output": 1000,
+                "cached_input": 0,
+                "cache_write": 0,
+                "cost": 0.0,
+                "calls": 1,
+                "is_system": False,
+            },
+            "system_deepseek": {
+                "input": 50000,
+                "output": 30000,
+                "cached_input": 0,
+                "cache_write": 0,
+                "cost": 0.11,
+                "calls": 1,
+                "is_system": True,
+            },
         }
     }
 

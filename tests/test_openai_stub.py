@@ -52,7 +52,7 @@ def test_stream_with_include_usage_is_exact(meter, stub):
         assert metered.recorded is not None  # counted as soon as the stream ended
     assert text == "".join(PIECES)
     assert stub.requests[-1]["stream_options"] == {"include_usage": True}
-    assert metered.recorded.usage == (3000, 2000, "chatcmpl-stub-1", False)
+    assert metered.recorded.usage == (3000, 2000, "chatcmpl-stub-1", False, 0, 0)
     s = system(meter, "u2")
     assert (s["input_tokens"], s["output_tokens"], s["estimated_calls"]) == (3000, 2000, 0)
 
@@ -159,6 +159,13 @@ async def test_redis_away_during_a_stream_spools_it(stub, tmp_path, clock):
         )
         async for _ in turn.stream(stream):
             pass
-    assert turn.records[-1].status == "spooled" and turn.records[-1].usage == (3000, 2000, "chatcmpl-stub-1", False)
+    assert turn.records[-1].status == "spooled" and turn.records[-1].usage == (
+        3000,
+        2000,
+        "chatcmpl-stub-1",
+        False,
+        0,
+        0,
+    )
     assert Spool(tmp_path / "s.spool").pending_count() == 1
     await meter.aclose()

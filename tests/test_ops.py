@@ -25,6 +25,7 @@ from quota_server.metrics import prepare_multiproc_dir
 from quota_server.settings import ApiSettings
 
 from .api_support import ADMIN, BASE_ENV, SERVICE, api_settings, bearer, make_meter
+from .doc_support import commands_of, console_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
 SYS = "system_deepseek"
@@ -205,19 +206,10 @@ def test_admin_and_service_tokens_accept_the_previous_value_while_it_is_set(redi
 
 
 def documented_commands(marker: str) -> str:
-    """The shell commands of the console block in docs/OPERATIONS.md that contains ``marker``:
-    the ``$ `` lines and their continuation lines, as one script."""
-    text = (ROOT / "docs" / "OPERATIONS.md").read_text(encoding="utf-8")
-    for block in re.findall(r"```console\n(.*?)```", text, re.S):
-        if marker not in block:
-            continue
-        lines, going_on = [], False
-        for line in block.splitlines():
-            if line.startswith("$ ") or going_on:
-                command = line[2:] if line.startswith("$ ") else line
-                lines.append(command.split("  # ")[0].rstrip())
-                going_on = command.rstrip().endswith("\\")
-        return "\n".join(lines)
+    """The shell commands of the console block in docs/OPERATIONS.md that contains ``marker``."""
+    for block in console_blocks():
+        if marker in block:
+            return commands_of(block)
     raise AssertionError(f"no console block with {marker!r} in docs/OPERATIONS.md")
 
 

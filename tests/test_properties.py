@@ -51,16 +51,29 @@ PER_TOKEN = {
     "custom_gpt": (17_500, 70_000),
     "custom_free": (0, 0),
 }
+# issue 12: nano-CNY per cached-input and cache-write token (default: the input price)
+PER_CACHE_TOKEN = {"system_deepseek": (100, 1_000), "system_big": (6_000_000, 7_500_000), "custom_gpt": (1_750, 21_875)}
 CALL_PRICES = {
     "cheap": ({"cost_per_1k_input": "0.002", "cost_per_1k_output": "0.004"}, (2_000, 4_000)),
     "dear": ({"cost_per_1k_input": "0.003", "cost_per_1k_output": "0.001"}, (3_000, 1_000)),
 }
 PRICES = PriceTable(
     system={
-        "system_deepseek": {"cost_per_1k_input": "0.001", "cost_per_1k_output": "0.002"},
-        "system_big": {"cost_per_1k_input": "6", "cost_per_1k_output": "9"},
+        "system_deepseek": {
+            "cost_per_1k_input": "0.001",
+            "cost_per_1k_output": "0.002",
+            "cost_per_1k_cached_input": "0.0001",
+        },
+        "system_big": {"cost_per_1k_input": "6", "cost_per_1k_output": "9", "cost_per_1k_cache_write": "7.5"},
     },
-    custom={"custom_gpt": {"cost_per_1k_input": "0.0175", "cost_per_1k_output": "0.07"}},
+    custom={
+        "custom_gpt": {
+            "cost_per_1k_input": "0.0175",
+            "cost_per_1k_output": "0.07",
+            "cost_per_1k_cached_input": "0.00175",
+            "cost_per_1k_cache_write": "0.021875",
+        }
+    },
 )
 MODELS = ("system_deepseek", "system_big", "custom_gpt", "custom_free", "custom_x")
 
@@ -92,6 +105,9 @@ def records(draw) -> dict:
         estimated=draw(st.booleans()),
         purpose=draw(purposes),
     )
+    if draw(st.booleans()):  # issue 12: parts of the input hit or wrote the cache
+        rec["cached_input_tokens"] = draw(st.integers(0, rec["input_tokens"]))
+        rec["cache_write_tokens"] = draw(st.integers(0, rec["input_tokens"] - rec["cached_input_tokens"]))
     if model == "custom_x":
         rec["price"] = draw(st.sampled_from(sorted(CALL_PRICES)))
     return rec
@@ -138,7 +154,10 @@ class Model:
     @staticmethod
     def cost(rec: dict) -> int:
         per_in, per_out = CALL_PRICES[rec["price"]][1] if rec["model_id"] == "custom_x" else PER_TOKEN[rec["model_id"]]
-        return rec["input_tokens"] * per_in + rec["output_tokens"] * per_out
+        per_cached, per_write = PER_CACHE_TOKEN.get(rec["model_id"], (per_in, per_in))
+        cached, write = rec.get("cached_input_tokens", 0), rec.get("cache_write_tokens", 0)
+        fresh = rec["input_tokens"] - cached - write
+        return fresh * per_in + cached * per_cached + write * per_write + rec["output_tokens"] * per_out
 
     def record(self, rec: dict, month: str) -> str:
         """'counted', 'duplicate' or 'conflict' (which changes nothing); ``self.crossed`` the thresholds."""
@@ -150,6 +169,8 @@ class Model:
             self.cost(rec),
             rec["estimated"],
             rec.get("purpose"),
+            rec.get("cached_input_tokens", 0),
+            rec.get("cache_write_tokens", 0),
         )
         if rec["request_id"] is not None:
             key = (rec["user"], rec["request_id"])
@@ -157,8 +178,9 @@ class Model:
                 return "duplicate" if self.seen[key] == content else "conflict"
             self.seen[key] = content
         m = self.month(rec["user"], month)
-        counters = m.models.setdefault(rec["model_id"], [0, 0, 0, 0, 0])
-        for i, add in enumerate((rec["input_tokens"], rec["output_tokens"], content[3], 1, int(rec["estimated"]))):
+        counters = m.models.setdefault(rec["model_id"], [0, 0, 0, 0, 0, 0, 0])
+        adds = (rec["input_tokens"], rec["output_tokens"], content[3], 1, int(rec["estimated"]), *content[6:])
+        for i, add in enumerate(adds):
             counters[i] += add
         purpose = rec.get("purpose")
         if purpose is not None:  # a new named purpose past the bound counts as "other"
@@ -262,6 +284,8 @@ class Model:
                     mid: {
                         "input": c[0],
                         "output": c[1],
+                        "cached_input": c[5],
+                        "cache_write": c[6],
                         "cost": nano_to_json(c[2]),
                         "calls": c[3],
                         "is_system": mid.startswith("system_"),
@@ -280,6 +304,8 @@ class Model:
                 mid: {
                     "input_tokens": c[0],
                     "output_tokens": c[1],
+                    "cached_input_tokens": c[5],
+                    "cache_write_tokens": c[6],
                     "cost": nano_to_json(c[2]),
                     "calls": c[3],
                     "estimated_calls": c[4],

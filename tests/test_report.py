@@ -177,6 +177,8 @@ def test_a_past_month_merges_the_archive_with_what_is_still_in_redis(backend, cl
 def test_reading_a_version_1_history_works_until_the_dump_migrates_it(tmp_path):
     from sqlalchemy import text
 
+    from quota.history.store import SCHEMA_VERSION
+
     url = f"sqlite:///{tmp_path}/h.db"
     s = HistoryStore(url)
     s.ensure_schema()
@@ -186,9 +188,9 @@ def test_reading_a_version_1_history_works_until_the_dump_migrates_it(tmp_path):
     s.close()
     old = HistoryStore(url)
     assert list(old.iter_month("2025-12")) == []  # readable
-    assert old.ensure_schema() == 2
+    assert old.ensure_schema() == SCHEMA_VERSION
     with old.engine.connect() as conn:
-        assert conn.execute(text("SELECT version FROM quota_schema_version")).scalar_one() == 2
+        assert conn.execute(text("SELECT version FROM quota_schema_version")).scalar_one() == SCHEMA_VERSION
         names = {r[1] for r in conn.execute(text("PRAGMA index_list(quota_month_snapshot)"))}
     assert "quota_month_snapshot_by_month" in names
     old.close()
@@ -203,7 +205,7 @@ def test_csv_rows_one_per_user_and_model():
     rows = csv_rows("2026-01", "ann", usage, PriceTable(), 5_000_000_000)
     assert len(CSV_HEADER) == len(rows[0])
     assert [r[2] for r in rows] == [CUS, SYS]
-    assert rows[1][3:] == ("true", 10, 20, 3, 1, Decimal("2.5"), Decimal("2.5"), Decimal(5), 50.0)
+    assert rows[1][3:] == ("true", 10, 20, 3, 1, Decimal("2.5"), Decimal("2.5"), Decimal(5), 50.0, 0, 0)
     credit_only = MonthUsage("2026-01", credit_nano=7)
     assert csv_rows("2026-01", "eve", credit_only, PriceTable(), 5)[0][2] == ""
     assert csv_rows("2026-01", "nobody", MonthUsage("2026-01"), PriceTable(), 5) == []
@@ -350,13 +352,13 @@ def test_archived_rows_are_added_as_merged_months_would_be():
 
     month = "2025-12"
     rows = [
-        ("ann", 1, None, 100, SYS, 10, 1, 100, 1, 0),
-        ("ann", 1, None, 100, CUS, 5, 5, 7, 2, 1),
-        ("bob", 2, 9_000_000_000, 50, SYS, 1, 1, 50, 1, 0),
-        ("bob", 3, None, 30, SYS, 2, 2, 30, 1, 0),  # a second generation (a late write, archived apart)
-        ("cat", 4, None, 0, None, 0, 0, 0, 0, 0),  # an empty month: left out
-        ("dan", 5, 7_000_000_000, 0, None, 0, 0, 0, 0, 0),  # a credit and nothing else
-        ("eve", 6, None, 40, SYS, 4, 4, 40, 1, 0),
+        ("ann", 1, None, 100, SYS, 10, 1, 100, 1, 0, 0, 0),
+        ("ann", 1, None, 100, CUS, 5, 5, 7, 2, 1, 0, 0),
+        ("bob", 2, 9_000_000_000, 50, SYS, 1, 1, 50, 1, 0, 0, 0),
+        ("bob", 3, None, 30, SYS, 2, 2, 30, 1, 0, 0, 0),  # a second generation (a late write, archived apart)
+        ("cat", 4, None, 0, None, 0, 0, 0, 0, 0, 0, 0),  # an empty month: left out
+        ("dan", 5, 7_000_000_000, 0, None, 0, 0, 0, 0, 0, 0, 0),  # a credit and nothing else
+        ("eve", 6, None, 40, SYS, 4, 4, 40, 1, 0, 0, 0),
     ]
     live = MonthUsage(month, system_used_nano=45, archive_gen=6)  # eve's hash, grown since the dump
     live.models[SYS] = ModelUsage(5, 5, 45, 2, 0)

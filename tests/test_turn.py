@@ -136,7 +136,7 @@ def test_a_stream_is_counted_once_when_it_ends(any_turn):
         chunks = list(metered)
         assert len(chunks) == 3 and metered.recorded is not None  # counted as soon as it ended
         assert list(metered) == []  # and done: no second count
-    assert metered.recorded.usage == (300, 20, "chatcmpl-s", False) and metered.recorded.status == "counted"
+    assert metered.recorded.usage == (300, 20, "chatcmpl-s", False, 0, 0) and metered.recorded.status == "counted"
     assert [r.status for r in turn.records] == ["counted"] and not source.closed
     stats = models(any_turn, "sam")["system_deepseek"]
     assert (stats["calls"], stats["input_tokens"], stats["output_tokens"], stats["estimated_calls"]) == (1, 300, 20, 0)

@@ -51,7 +51,14 @@ def chunk(
 
 
 def test_openai_usage_object_and_dict():
-    assert usage_from(CompletionUsage(prompt_tokens=12, completion_tokens=7, total_tokens=19)) == (12, 7, None, False)
+    assert usage_from(CompletionUsage(prompt_tokens=12, completion_tokens=7, total_tokens=19)) == (
+        12,
+        7,
+        None,
+        False,
+        0,
+        0,
+    )
     assert usage_from({"prompt_tokens": 12, "completion_tokens": 7}) == Usage(12, 7)
 
 
@@ -63,7 +70,7 @@ def test_deepseek_usage_with_cache_fields_counts_prompt_tokens_once():
         "prompt_cache_hit_tokens": 60,
         "prompt_cache_miss_tokens": 40,
     }
-    assert tokens_of_usage(usage) == (100, 5)
+    assert tokens_of_usage(usage) == (100, 5, 60, 0)  # the 60 hits are a part of the 100
 
 
 def test_whole_response_gives_its_id_as_request_id():
@@ -86,7 +93,8 @@ def test_anthropic_cache_tokens_are_added_to_the_input():
         "cache_creation_input_tokens": 100,
         "cache_read_input_tokens": 1000,
     }
-    assert usage_from(usage) == Usage(1110, 3)
+    # the total input, of which 1000 were cache reads and 100 cache writes
+    assert usage_from(usage) == Usage(1110, 3, cached_input_tokens=1000, cache_write_tokens=100)
 
 
 @pytest.mark.parametrize(

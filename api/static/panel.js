@@ -88,7 +88,14 @@
       const name = cell(row, id, "model");
       if (m.name && m.name !== id) name.title = m.name;
       cell(row, I.t(m.is_system ? "kindSystem" : "kindCustom"), "kind " + (m.is_system ? "tag-system" : "tag-custom"));
-      cell(row, I.tokens(m.input_tokens), "num", m.input_tokens);
+      const input = cell(row, I.tokens(m.input_tokens), "num", m.input_tokens);
+      /* Cache hits and writes are parts of the input, priced at their own rates: a small mark and a tooltip. */
+      if (m.cached_input_tokens || m.cache_write_tokens) {
+        input.title = I.t("cacheNote", { cached: I.tokens(m.cached_input_tokens), write: I.tokens(m.cache_write_tokens) });
+        input.dataset.cached = String(m.cached_input_tokens);
+        input.dataset.cacheWrite = String(m.cache_write_tokens);
+        input.classList.add("cached");
+      }
       cell(row, I.tokens(m.output_tokens), "num", m.output_tokens);
       cell(row, I.tokens(m.calls), "num", m.calls);
       cell(row, I.money(m.cost), "num", m.cost);

@@ -124,12 +124,16 @@ class AsyncTurn:
         price: Mapping[str, Any] | None = None,
         estimated: bool | None = None,
         purpose: str | None = None,
+        cached_input_tokens: int | None = None,
+        cache_write_tokens: int | None = None,
     ) -> Recorded:
         """Count one LLM call of this turn (any model; default the turn's). Never raises for the credit.
 
         ``usage`` is a response, a usage object/dict or a :class:`~quota._usage.Usage`; or pass
         ``input_tokens`` and ``output_tokens``. Bad input raises ``InvalidInput`` and changes nothing.
         ``purpose`` (``"chat"``, ``"tool"``, ``"summary"``...) is also counted per model and purpose.
+        The cache tokens come from the usage (OpenAI, DeepSeek, Anthropic shapes), or go with
+        ``input_tokens`` as ``cached_input_tokens`` / ``cache_write_tokens`` (parts of the input).
         """
         pending = self.rules.prepare(
             usage,
@@ -140,6 +144,8 @@ class AsyncTurn:
             price=price,
             estimated=estimated,
             purpose=purpose,
+            cached_input_tokens=cached_input_tokens,
+            cache_write_tokens=cache_write_tokens,
         )
         recorded = await shield(self._send(pending))
         if self.on_warning is not None and recorded.warning is not None:

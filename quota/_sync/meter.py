@@ -14,8 +14,9 @@ import time
 from collections.abc import Iterator, Callable, Iterable, Mapping
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
+from .._adjust import Adjustment, adjust_call, adjustments_from_hash, audit_adjustment
 from .._batch import SendOne, Step, eval_args, evalsha_args, plan_batch
 from .._config import Settings
 from .._connect import (
@@ -32,7 +33,7 @@ from .._connect import (
 )
 from .._core import Clock, MeterCore, R, ScriptCall
 from .._errors import BatchError, QuotaError, StorageUnavailable
-from .._keys import validate_month
+from .._keys import validate_month, validate_user
 from .._prices import PriceTable
 from .._replay import ReplayReport
 from .._report import (
@@ -158,9 +159,14 @@ class Meter:
         price: Mapping[str, Any] | None = None,
         estimated: bool = False,
         purpose: str | None = None,
+        cached_input_tokens: int = 0,
+        cache_write_tokens: int = 0,
     ) -> UsageResult:
         """Count one LLM call. Never refuses for the credit; a repeated ``request_id`` counts once.
-        ``purpose`` (``"chat"``, ``"tool"``, ...: 1 to 10 of a-z 0-9 _ -) is also counted per model."""
+        ``purpose`` (``"chat"``, ``"tool"``, ...: 1 to 10 of a-z 0-9 _ -) is also counted per model.
+        ``input_tokens`` is the total input; ``cached_input_tokens`` (cache hits) and
+        ``cache_write_tokens`` (cache creation) are parts of it, priced at the model's cache
+        rates (docs/PRICING.md). The price is the one in force at the meter clock's now."""
         return self.run(
             self.core.record(
                 user,
@@ -171,6 +177,8 @@ class Meter:
                 price=price,
                 estimated=estimated,
                 purpose=purpose,
+                cached_input_tokens=cached_input_tokens,
+                cache_write_tokens=cache_write_tokens,
             )
         )
 
@@ -233,6 +241,61 @@ class Meter:
         if history_down:
             stats["history_unavailable"] = True
         return stats
+
+    # --- the operator's view: corrections (quota._adjust) --------------------------------------
+
+    def adjust(
+        self,
+        user: str,
+        model_id: str,
+        *,
+        adjustment_id: str,
+        reason: str,
+        cost: Any = 0,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        calls: int = 0,
+        month: str | None = None,
+        actor: str | None = None,
+    ) -> Adjustment:
+        """Correct ``user``'s ``month`` (default: the current one) for ``model_id`` by signed
+        amounts (``cost`` in CNY), atomically, once per ``adjustment_id`` (the same id with the
+        same amounts and reason again changes nothing; with others it is ``RequestConflict``).
+        A counter that would go below zero is ``InvalidInput`` and nothing changes. On a system
+        model the cost also moves the month's use of the credit. Logged with its id, reason and
+        ``actor`` (quota._adjust.audit_adjustment); listed by ``adjustments``."""
+        result = self.run(
+            adjust_call(
+                self.core,
+                user,
+                model_id,
+                adjustment_id=adjustment_id,
+                reason=reason,
+                cost=cost,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                calls=calls,
+                month=month,
+                actor=actor,
+            )
+        )
+        audit_adjustment(result)
+        return result
+
+    def adjustments(self, user: str, month: str | None = None) -> list[Adjustment]:
+        """The adjustments of ``user``'s ``month`` (default: the current one), oldest first."""
+        user = validate_user(user)
+        month = self.core.current_month() if month is None else validate_month(month)
+        key = self.core.keys.adjustments_key(user, month)
+        with storage_errors(self.where):
+            here = self._clients.here()
+            if not here.start.ready:
+                here.start.wait()
+            try:
+                raw = here.client.hgetall(key)
+            except LOST_CONNECTION as exc:
+                raise lost_connection(exc) from exc
+        return adjustments_from_hash(user, month, raw, self.prices.is_system)
 
     # --- the operator's view: month reports -----------------------------------------------------
 
@@ -342,10 +405,11 @@ class Meter:
             yield list(live.items())
 
     def month_hashes(self, month: str) -> Iterator[list[tuple[str, Any]]]:
-        """Pages of ``(user, raw HGETALL reply)`` of every hash of ``month`` in Redis, primary by
-        primary: ``SCAN MATCH <prefix>:{*}:<month> COUNT n TYPE hash`` (n from 200 to 2000, so
+        """Pages of ``(user, HGETALL reply as a dict)`` of every hash of ``month`` in Redis, primary
+        by primary: ``SCAN MATCH <prefix>:{*}:<month> COUNT n TYPE hash`` (n from 200 to 2000, so
         that a page holds about 200 keys: quota._report.next_scan_count), and the page's HGETALLs
-        pipelined together with the SCAN of the next page (one round trip per page). No command
+        pipelined together with the SCAN of the next page (one round trip per page, sent and read
+        raw: see ``_read_page``). No command
         holds Redis for long (SLOWLOG stays empty at 10 ms: tests/test_report.py); never KEYS.
         With ``QUOTA_REPORT_REDIS_SHARE`` below 1 it pauses after each page (quota._report.pause_after)."""
         month = validate_month(month)
@@ -360,22 +424,15 @@ class Meter:
                 except LOST_CONNECTION as exc:
                     raise lost_connection(exc) from exc
             while keys or int(cursor):
+                scan = None
+                if int(cursor):
+                    count = next_scan_count(count, len(keys))
+                    scan = ("SCAN", cursor, "MATCH", pattern, "COUNT", count, "TYPE", "hash")
                 with storage_errors(where):
                     try:
-                        pipe = node.pipeline(transaction=False)
-                        for key in keys:
-                            pipe.hgetall(key)
-                        if int(cursor):
-                            count = next_scan_count(count, len(keys))
-                            pipe.scan(cursor, match=pattern, count=count, _type="hash")
                         sent = time.monotonic()
-                        replies = pipe.execute(raise_on_error=False)
+                        replies, following = _read_page(node, keys, scan)
                         pause = pause_after(time.monotonic() - sent, share)
-                        following: Any = (0, [])
-                        if int(cursor):
-                            following = replies.pop()
-                            if isinstance(following, Exception):
-                                raise following
                     except LOST_CONNECTION as exc:
                         raise lost_connection(exc) from exc
                 page = []
@@ -383,12 +440,15 @@ class Meter:
                     user = user_of(key)
                     if user is None or isinstance(reply, Exception) or not reply:
                         continue  # not a user-month key after all, or deleted since the SCAN saw it
+                    if not isinstance(reply, dict):  # RESP2: a flat list of field, value, ...
+                        pairs = iter(reply)
+                        reply = dict(zip(pairs, pairs))
                     page.append((user, reply))
                 if page:
                     yield page
                 if pause:
                     sleep(pause)  # QUOTA_REPORT_REDIS_SHARE: leave Redis to the hot path
-                cursor, keys = following
+                cursor, keys = following if following is not None else (0, [])
 
     def _primaries(self) -> list[tuple[str, Any]]:
         """``(name, plain client)`` of every primary: a SCAN on a cluster must visit each."""
@@ -408,7 +468,8 @@ class Meter:
             here.client.ping()
 
     def get_model_cost_config(self, model_id: str) -> dict[str, Any]:
-        return self.core.prices.get_model_cost_config(model_id)
+        """The seed's per-model config, of the price in force at the meter clock's now."""
+        return self.core.price_for(model_id).as_config()
 
     # --- agent-worker integration (quota.Turn) --------------------------------------------------
 
@@ -519,3 +580,39 @@ class Meter:
             return exc
         except LOST_CONNECTION as exc:
             return lost_connection(exc)
+
+
+_HGETALL = b"*2\r\n$7\r\nHGETALL\r\n$%d\r\n%s\r\n"
+
+
+def _read_page(node: Any, keys: list[Any], scan: tuple[Any, ...] | None) -> tuple[list[Any], Any]:
+    """HGETALL of each of ``keys`` and then ``scan`` (the next SCAN, or None), sent as one packed
+    buffer on one of ``node``'s connections; the raw replies (an error reply is its exception, in
+    its place) and the SCAN's ``[cursor, keys]`` (None without one).
+
+    Why not a redis-py pipeline: at a million user-months the report was bound by the client's CPU,
+    and most of it was the pipeline's per-command work (packing each command, queueing it, a
+    response callback turning each reply into a dict). Packing ``HGETALL`` by hand and reading the
+    replies straight from the parser (hiredis) took the read from about 10 to about 4 µs of client
+    CPU per user-month (bench/report.py; docs/BENCHMARKS.md, "Month reports")."""
+    pool = node.connection_pool
+    conn = pool.get_connection()
+    try:
+        names = [k if isinstance(k, bytes) else k.encode() for k in keys]
+        packed = [b"".join(_HGETALL % (len(name), name) for name in names)]
+        if scan is not None:
+            packed += conn.pack_command(*scan)
+        conn.send_packed_command(packed, check_health=False)
+        replies: list[Any] = []
+        for _ in keys:
+            try:
+                replies.append(conn.read_response(disable_decoding=True))
+            except ResponseError as exc:  # e.g. WRONGTYPE: the key was replaced since the SCAN
+                replies.append(exc)
+        following = None if scan is None else conn.read_response(disable_decoding=True)
+    except BaseException:
+        conn.disconnect()  # replies may be left unread: never hand this connection out again
+        raise
+    finally:
+        pool.release(conn)
+    return replies, following

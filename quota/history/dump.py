@@ -5,7 +5,8 @@ Per batch of keys on one Redis primary (a cluster is walked master by master):
 1. ``SCAN MATCH <prefix>:{*}:????-?? COUNT 1000 TYPE hash``, keeping months before ``before``
    (default: the current UTC month, which is never touched).
 2. ``snapshot_month.lua`` on each key, pipelined: it tags the hash with its generation
-   (``dump_gen``, set once per incarnation of the hash), bumps ``dump_seq`` and returns the
+   (``dump_gen``, set once per incarnation of the hash: 1 for the month's first hash, the origin
+   of one a late write made after the month), bumps ``dump_seq`` and returns the
    whole hash with its fingerprint.
 3. One SQL transaction writes every snapshot of the batch, replacing the stored snapshot of
    the same generation (never adding to it; an older ``seq`` never replaces a newer one).
@@ -18,7 +19,9 @@ Why that is exact (docs/HISTORY.md has the long form):
   Nothing is counted twice: a rerun reads the same generation again and replaces its row.
 - A late write between steps 2 and 4 changes the hash, so step 4 keeps it; the next run
   archives it again in full (same generation: a replace). A late write after step 4 creates a
-  new hash, which gets a new generation and is archived beside the first one.
+  new hash, which gets a new generation (its origin) and is archived beside the first one. A copy
+  of an archived hash restored from a backup is the generation the archive holds: its older
+  snapshot does not replace the archived one (docs/HISTORY.md, "Restores").
 - ``get_token_stats`` reads Redis, then SQL, and counts each generation once
   (``stats.merge_month``): the live hash supersedes the archived snapshot of its generation.
 
@@ -28,8 +31,6 @@ Memory stays flat: keys are streamed batch by batch; nothing collects all keys.
 from __future__ import annotations
 
 import logging
-import random
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from .._batch import REROUTE
 from .._connect import describe_client, storage_errors
 from .._core import ScriptCall
 from .._errors import InvalidInput, StorageUnavailable
-from .._keys import FIELD_DUMP_SEQ, KeySchema, month_of, validate_month
+from .._keys import FIELD_DUMP_SEQ, FIRST_GENERATION, KeySchema, month_of, validate_month
 from .._scripts import LuaScript
 from .._stats import MonthUsage
 from .._sync._compat import prefetch
@@ -240,13 +241,8 @@ def _identity(reply: Any) -> Any:
     return reply
 
 
-_random = random.Random(secrets.randbits(128))  # seeded from the OS; much faster than secrets per key
-
-
-def _new_generation() -> str:
-    """A random generation id (1 to 10^18 - 1): two incarnations of one user-month's hash
-    colliding is a one-in-10^18 event, and a collision would only merge them as one snapshot."""
-    return str(_random.randrange(1, 10**18))
+# snapshot_month.lua's generation for a hash without an origin: the month's first hash (quota._keys).
+FIRST_GENERATION_ARG = str(FIRST_GENERATION)
 
 
 def _run_groups(
@@ -288,7 +284,7 @@ def _read(
             replies = list(zip(batch, (_dry_reply(r) for r in pipe.execute(raise_on_error=False))))
     else:
         replies = _run_groups(
-            meter, scripts.SNAPSHOT_MONTH, _groups(batch, _first, slot_of), lambda _: _new_generation(), _first
+            meter, scripts.SNAPSHOT_MONTH, _groups(batch, _first, slot_of), lambda _: FIRST_GENERATION_ARG, _first
         )
     snapshots: list[tuple[str, Snapshot]] = []
     unreadable = 0

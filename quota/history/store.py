@@ -12,7 +12,8 @@ The layout (docs/HISTORY.md has the details and the SQL):
 - ``quota_month_snapshot``: per (prefix, user, month, generation) the credit, the system-model
   spend, the dump read counter ``seq`` and when it was archived;
 - ``quota_model_snapshot``: per (prefix, user, month, generation, model) the input and output
-  tokens, the exact cost in nano-CNY, the calls, the estimated calls, and ``is_system``;
+  tokens, the exact cost in nano-CNY, the calls, the estimated calls, ``is_system``, and the
+  cached-input and cache-write tokens (parts of the input; schema version 4);
 - views ``quota_month`` and ``quota_month_model``: the same summed over generations, for ops;
 - ``quota_schema_version``: one row with the schema version, so a later release can migrate.
 
@@ -51,6 +52,8 @@ from sqlalchemy import (
     event,
     func,
     inspect,
+    literal,
+    literal_column,
     select,
     text,
 )
@@ -74,9 +77,10 @@ from .._errors import ConfigError, StorageUnavailable
 from .._keys import validate_month, validate_prefix, validate_user
 from .._stats import ArchiveRow, ModelUsage, MonthUsage, merge_month, parts_from_rows
 
-SCHEMA_VERSION = 2
-# Reads work on a database at least this old: version 2 only added an index, so a version-1
-# database stays readable (more slowly) until the next `quota dump` migrates it.
+SCHEMA_VERSION = 4
+# Reads work on a database at least this old: version 2 only added an index, version 3 two
+# columns (corrections) and version 4 two more (cache tokens) that a read of an older database takes
+# as 0, so a version-1 database stays readable (more slowly) until the next `quota dump` migrates it.
 READABLE_FROM = 1
 _LOCK_KEY = 0x71756F7461  # "quota": the PostgreSQL advisory lock taken while creating/migrating
 
@@ -119,6 +123,12 @@ model_snapshot = Table(
     Column("calls", BigInteger, nullable=False),
     Column("estimated_calls", BigInteger, nullable=False),
     Column("is_system", Boolean, nullable=False),
+    # corrections (quota adjust, schema version 3): how many, and their signed cost; the counters above include them
+    Column("adjustments", BigInteger, nullable=False, server_default="0"),
+    Column("adjusted_cost_nano", BigInteger, nullable=False, server_default="0"),
+    # issue 12, schema version 4: parts of input_tokens priced at the cache rates
+    Column("cached_input_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("cache_write_tokens", BigInteger, nullable=False, server_default="0"),
 )
 
 # One month of every user, in user order: the month report (``iter_month``). Without it a report
@@ -147,7 +157,9 @@ VIEWS = {
                CAST(SUM(input_tokens) AS BIGINT) AS input_tokens, CAST(SUM(output_tokens) AS BIGINT) AS output_tokens,
                CAST(SUM(cost_nano) AS BIGINT) AS cost_nano, CAST(SUM(calls) AS BIGINT) AS calls,
                CAST(SUM(estimated_calls) AS BIGINT) AS estimated_calls,
-               MAX(CASE WHEN is_system THEN 1 ELSE 0 END) = 1 AS is_system
+               MAX(CASE WHEN is_system THEN 1 ELSE 0 END) = 1 AS is_system,
+               CAST(SUM(cached_input_tokens) AS BIGINT) AS cached_input_tokens,
+               CAST(SUM(cache_write_tokens) AS BIGINT) AS cache_write_tokens
         FROM quota_model_snapshot
         GROUP BY prefix, user_id, month, model_id""",
 }
@@ -157,8 +169,30 @@ def _add_month_index(conn: Connection) -> None:
     month_index.create(conn, checkfirst=True)
 
 
+def _add_adjustment_columns(conn: Connection) -> None:
+    present = {c["name"] for c in inspect(conn).get_columns(model_snapshot.name)}
+    for column in ("adjustments", "adjusted_cost_nano"):
+        if column not in present:
+            conn.execute(text(f"ALTER TABLE quota_model_snapshot ADD COLUMN {column} BIGINT NOT NULL DEFAULT 0"))
+
+
+def _add_cache_columns(conn: Connection) -> None:
+    """Version 4 (issue 12): the cache-token columns, 0 for what was archived before, and the
+    ``quota_month_model`` view that sums them."""
+    present = {c["name"] for c in inspect(conn).get_columns(model_snapshot.name)}
+    for column in ("cached_input_tokens", "cache_write_tokens"):
+        if column not in present:  # a database created by this release at an older version has them
+            conn.execute(text(f"ALTER TABLE quota_model_snapshot ADD COLUMN {column} BIGINT NOT NULL DEFAULT 0"))
+    conn.execute(text("DROP VIEW IF EXISTS quota_month_model"))
+    conn.execute(text(VIEWS["quota_month_model"]))
+
+
 # MIGRATIONS[v] upgrades a database at version v to v + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_month_index}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _add_month_index,
+    2: _add_adjustment_columns,
+    3: _add_cache_columns,
+}
 
 
 def url_secrets(url: str) -> set[str]:
@@ -268,6 +302,8 @@ class HistoryStore:
         if self.dialect == "sqlite":
             _sqlite_setup(self.engine, self._sqlite_file if not parsed.query.get("uri") else None)
         self._schema_ready = False
+        self._has_adjustments = True  # False while reading a database older than schema version 3
+        self._version: int | None = None  # the version read by _readable (None: not read yet)
         self._month_upsert = self._upsert(month_snapshot, keep=("first_archived_at",))
         self._model_upsert = self._upsert(model_snapshot)
 
@@ -314,7 +350,7 @@ class HistoryStore:
                     # another process created the schema at the same moment: look again
                     if attempt == 2:
                         raise
-        self._schema_ready = True
+        self._schema_ready = self._has_adjustments = True
         return SCHEMA_VERSION
 
     def _create_or_migrate(self, conn: Connection) -> None:
@@ -352,7 +388,18 @@ class HistoryStore:
             )
         # an older, still readable version is looked up again next time: the first write migrates it
         self._schema_ready = version == SCHEMA_VERSION
+        self._has_adjustments = version >= 3
+        self._version = version
         return True
+
+    def _has_cache_columns(self) -> bool:
+        """Whether the database has the cache-token columns (schema version 4). Call after _readable()."""
+        return self._schema_ready or (self._version or 0) >= 4
+
+    def _cache_columns(self, table: Table) -> tuple[Any, Any]:
+        """The cache-token columns of ``table``, or 0 in their place on a database from before
+        version 4 (it has none; the next `quota dump` adds them). Call after _readable()."""
+        return _cache_columns(table, self._has_cache_columns())
 
     # --- writes ----------------------------------------------------------------------------------
 
@@ -409,6 +456,10 @@ class HistoryStore:
                         m.calls,
                         m.estimated_calls,
                         flag,
+                        m.adjustments,
+                        m.adjusted_cost_nano,
+                        m.cached_input_tokens,
+                        m.cache_write_tokens,
                     )
                 )
         with self.errors(), self.engine.begin() as conn:
@@ -429,7 +480,10 @@ class HistoryStore:
             stmt = sqlite_insert(table)
         keys = [c.name for c in table.primary_key.columns]
         changes = {c.name: stmt.excluded[c.name] for c in table.columns if not c.primary_key and c.name not in keep}
-        upsert = stmt.on_conflict_do_update(index_elements=keys, set_=changes, where=stmt.excluded.seq >= table.c.seq)
+        # Strictly newer: every read of one incarnation has its own dump_seq, so an equal seq is either
+        # the same snapshot again (nothing to change) or a copy restored from a backup whose counter
+        # went back (older content, which must not replace what the archive holds: docs/HISTORY.md).
+        upsert = stmt.on_conflict_do_update(index_elements=keys, set_=changes, where=stmt.excluded.seq > table.c.seq)
         return _BulkUpsert(upsert, table, self.engine)
 
     # --- reads -----------------------------------------------------------------------------------
@@ -449,7 +503,7 @@ class HistoryStore:
             if not self._readable():
                 return []
 
-            months_query, models_query = _archive_reads()
+            months_query, models_query = _archive_reads(self._has_adjustments, self._has_cache_columns())
             params = {"p_prefix": self.prefix, "p_user": user, "p_months": wanted}
             with self.engine.connect() as conn:
                 rows = conn.execute(months_query, params).all()
@@ -457,10 +511,33 @@ class HistoryStore:
         parts: dict[tuple[str, int], MonthUsage] = {}
         for month, gen, credit, used in rows:
             parts[(month, gen)] = MonthUsage(month, credit_nano=credit, system_used_nano=used, archive_gen=gen)
-        for month, gen, model_id, tokens_in, tokens_out, cost, calls, estimated in model_rows:
+        for (
+            month,
+            gen,
+            model_id,
+            tokens_in,
+            tokens_out,
+            cost,
+            calls,
+            estimated,
+            adjs,
+            adj_cost,
+            cached,
+            write,
+        ) in model_rows:
             part = parts.get((month, gen))
             if part is not None:
-                part.models[model_id] = ModelUsage(tokens_in, tokens_out, cost, calls, estimated)
+                part.models[model_id] = ModelUsage(
+                    tokens_in,
+                    tokens_out,
+                    cost,
+                    calls,
+                    estimated,
+                    adjustments=adjs,
+                    adjusted_cost_nano=adj_cost,
+                    cached_input_tokens=cached,
+                    cache_write_tokens=write,
+                )
         return list(parts.values())
 
     def load_totals(self, user: str, months: Sequence[str]) -> dict[str, MonthUsage]:
@@ -490,44 +567,45 @@ class HistoryStore:
         memory holds one list, whatever the month's size. The month report reads these rows
         without making an object per row (100,000 users in well under a second)."""
         month = validate_month(month)
-        s, m = month_snapshot, model_snapshot
-        query = (
-            select(
-                s.c.user_id,
-                s.c.generation,
-                s.c.credit_nano,
-                s.c.system_used_nano,
-                m.c.model_id,
-                m.c.input_tokens,
-                m.c.output_tokens,
-                m.c.cost_nano,
-                m.c.calls,
-                m.c.estimated_calls,
-            )
-            .select_from(
-                s.outerjoin(
-                    m,
-                    and_(
-                        m.c.prefix == s.c.prefix,
-                        m.c.user_id == s.c.user_id,
-                        m.c.month == s.c.month,
-                        m.c.generation == s.c.generation,
-                    ),
-                )
-            )
-            .where(s.c.prefix == self.prefix, s.c.month == month)
-            .order_by(s.c.user_id, s.c.first_archived_at, s.c.generation, m.c.model_id)
-        )
-        compiled = query.compile(dialect=self.engine.dialect)
-        sql = str(compiled)
-        params: Any = (
-            tuple(compiled.params[name] for name in compiled.positiontup or ())
-            if compiled.positional
-            else compiled.params
-        )
         with self.errors():
             if not self._readable():
                 return
+            s, m = month_snapshot, model_snapshot
+            query = (
+                select(
+                    s.c.user_id,
+                    s.c.generation,
+                    s.c.credit_nano,
+                    s.c.system_used_nano,
+                    m.c.model_id,
+                    m.c.input_tokens,
+                    m.c.output_tokens,
+                    m.c.cost_nano,
+                    m.c.calls,
+                    m.c.estimated_calls,
+                    *self._cache_columns(m),
+                )
+                .select_from(
+                    s.outerjoin(
+                        m,
+                        and_(
+                            m.c.prefix == s.c.prefix,
+                            m.c.user_id == s.c.user_id,
+                            m.c.month == s.c.month,
+                            m.c.generation == s.c.generation,
+                        ),
+                    )
+                )
+                .where(s.c.prefix == self.prefix, s.c.month == month)
+                .order_by(s.c.user_id, s.c.first_archived_at, s.c.generation, m.c.model_id)
+            )
+            compiled = query.compile(dialect=self.engine.dialect)
+            sql = str(compiled)
+            params: Any = (
+                tuple(compiled.params[name] for name in compiled.positiontup or ())
+                if compiled.positional
+                else compiled.params
+            )
             with self.engine.connect() as conn:
                 # The driver's own cursor (a named, server-side one on PostgreSQL, so rows stream):
                 # SQLAlchemy's row objects cost more than the query itself at 100,000 users.
@@ -643,9 +721,16 @@ def _unnest_form(sql: str, table: Table, engine: Engine) -> str:
     return f"{head} SELECT * FROM unnest({arrays}) ON CONFLICT{conflict}"
 
 
+def _cache_columns(table: Table, present: bool) -> tuple[Any, Any]:
+    if present:
+        return table.c.cached_input_tokens, table.c.cache_write_tokens
+    return literal_column("0").label("cached_input_tokens"), literal_column("0").label("cache_write_tokens")
+
+
 @functools.cache
-def _archive_reads() -> tuple[Select[Any], Select[Any]]:
-    """The two queries of ``load_months``, built once with bound parameters (``p_prefix``,
+def _archive_reads(has_adjustments: bool, has_cache: bool) -> tuple[Select[Any], Select[Any]]:
+    """The two queries of ``load_months`` for a database with (or without: an older schema) the
+    corrections and cache-token columns, built once with bound parameters (``p_prefix``,
     ``p_user``, ``p_months``): building them per call, with the months as literals, cost more
     than running them (about half of a token-stats request with a history store, profiled)."""
 
@@ -666,15 +751,19 @@ def _archive_reads() -> tuple[Select[Any], Select[Any]]:
         .where(where(month_snapshot))
         .order_by(month_snapshot.c.month, month_snapshot.c.first_archived_at, month_snapshot.c.generation)
     )
+    m = model_snapshot.c
+    corrections = (m.adjustments, m.adjusted_cost_nano) if has_adjustments else (literal(0), literal(0))
     models_query = select(
-        model_snapshot.c.month,
-        model_snapshot.c.generation,
-        model_snapshot.c.model_id,
-        model_snapshot.c.input_tokens,
-        model_snapshot.c.output_tokens,
-        model_snapshot.c.cost_nano,
-        model_snapshot.c.calls,
-        model_snapshot.c.estimated_calls,
+        m.month,
+        m.generation,
+        m.model_id,
+        m.input_tokens,
+        m.output_tokens,
+        m.cost_nano,
+        m.calls,
+        m.estimated_calls,
+        *corrections,
+        *_cache_columns(model_snapshot, has_cache),
     ).where(where(model_snapshot))
     return months_query, models_query
 

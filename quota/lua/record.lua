@@ -20,6 +20,11 @@
 -- KEYS[5]  holds hash           <prefix>:{<user>}:holds
 -- ARGV[11] turn_id              the hold this call draws its system cost from (never below 0)
 -- ARGV[12] hold_ttl_ms          the hold lives this long after this call
+-- With cache tokens (only when either is non-zero; the hold's ARGV are "" without a hold), last:
+-- ARGV[13] cached_input_tokens  decimal string, the part of input_tokens that were cache hits
+-- ARGV[14] cache_write_tokens   decimal string, the part of input_tokens that wrote the cache
+--                               counted in <model>:cached_input and <model>:cache_write; the cost
+--                               (ARGV[4]) already prices them (quota/_prices.py)
 --
 -- Purposes are bounded: <model>:purposes counts the model's distinct named purposes this month; once
 -- it is MAX_PURPOSES, a purpose not seen yet is counted under "other" (which is never counted there).
@@ -59,9 +64,15 @@ local with_hold = #KEYS == 5
 if with_hold and not (type(ARGV[11]) == 'string' and #ARGV[11] >= 1 and is_uint(ARGV[12], 10)) then
   return redis.error_reply('QUOTA_INVALID record with a hold needs a turn id and hold_ttl_ms')
 end
+local cache = #ARGV >= 14  -- quota/_core.py RECORD_CACHE_ARG (13): the cache counts come last
+if cache and not (is_uint(ARGV[13], 10) and is_uint(ARGV[14], 10)
+                  and tonumber(ARGV[13]) + tonumber(ARGV[14]) <= tonumber(ARGV[2])) then
+  return redis.error_reply('QUOTA_INVALID record cache tokens must be unsigned integers within input_tokens')
+end
 local model = ARGV[1]
 local content = model .. '|' .. ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4] .. '|' .. ARGV[8]
 if purpose ~= '' then content = content .. '|' .. purpose end  -- ids stored before purposes still match
+if cache then content = content .. '|k' .. ARGV[13] .. ':' .. ARGV[14] end  -- ':' is never in a purpose
 
 -- 2. read
 local seen = redis.call('GET', KEYS[2])
@@ -88,6 +99,7 @@ for i = 1, 5 do
     return redis.error_reply('QUOTA_OVERFLOW field ' .. fields[i] .. ' is too large to add to')
   end
 end
+local late = not current[4] and born_late(KEYS[1])  -- a new hash after its month (lib/util.lua)
 local used, credit = current[5] or '0', current[6] or ARGV[6]
 local crossed = {}
 if ARGV[5] == '1' and ARGV[9] ~= '' then  -- system spend alerts, nothing else (turn holds never do)
@@ -111,12 +123,17 @@ end
 if ARGV[8] == '1' then
   redis.call('HINCRBY', KEYS[1], model .. ':estimated_calls', 1)
 end
+if cache then  -- never above <model>:input (checked for overflow above): each is a part of it
+  if ARGV[13] ~= '0' then redis.call('HINCRBY', KEYS[1], model .. ':cached_input', ARGV[13]) end
+  if ARGV[14] ~= '0' then redis.call('HINCRBY', KEYS[1], model .. ':cache_write', ARGV[14]) end
+end
 if purpose ~= '' then
   redis.call('HINCRBY', KEYS[1], model .. ':n@' .. purpose, 1)
   redis.call('HINCRBY', KEYS[1], model .. ':c@' .. purpose, ARGV[4])
   if new_purpose then redis.call('HINCRBY', KEYS[1], fields[9], 1) end
 end
 redis.call('SET', KEYS[2], content, 'EX', ARGV[7])
+if late then redis.call('HSET', KEYS[1], 'o', origin_id()) end  -- restore-safe dump (lib/util.lua)
 local hold = ''
 if remaining then  -- draw the system cost down from the turn's hold, and keep the hold alive
   local left = remaining

@@ -67,6 +67,7 @@ end
 -- 2. read: which alerted thresholds the spend no longer reaches under the new credit (from the top;
 -- the lower ones are reached whenever a higher one is), and the highest one it still reaches
 local now = redis.call('HMGET', KEYS[1], 'system_used_nano', 'alerted_pct')
+local late = born_late(KEYS[1])  -- a new hash after its month: restore-safe dump (lib/util.lua)
 local used = now[1] or '0'
 local alerted = tonumber(now[2] or '0') or 0
 local cleared, still = {}, 0
@@ -80,6 +81,7 @@ end
 
 -- 3. write
 redis.call('HSET', KEYS[1], 'credit_nano', credit)
+if late then redis.call('HSET', KEYS[1], 'o', origin_id()) end
 if #cleared > 0 then
   local now_ms = server_ms()
   for _, pct in ipairs(cleared) do emit(KEYS[1], KEYS[2], KEYS[3], 'cleared', pct, used, credit, now_ms) end
