@@ -190,8 +190,8 @@ class KeySchema:
         return f"{self.prefix}:{{{user}}}:req:{request_id}"
 
     def archive_epoch_key(self) -> str:
-        """The counter ``quota dump`` increments after each commit to the SQL history: archived
-        reads cached under one value are still current (quota._stats.ArchiveCache)."""
+        """The value ``quota dump`` changes after each commit to the SQL history: archived reads
+        cached under one value are still current (quota._stats.ArchiveCache)."""
         return f"{self.prefix}:archive_epoch"
 
     def adjustments_key(self, user: str, month: str) -> str:

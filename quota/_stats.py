@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
@@ -322,22 +323,25 @@ def _name(prices: PriceTable, model_id: str) -> str:
 
 class ArchiveCache:
     """Archived months read from the SQL history, kept per user and months asked, under the
-    archive epoch they were read at (``archive_epoch.lua``; ``quota dump`` increments it after
-    each commit). A token-stats read then costs one Redis round trip and no SQL while no dump
-    has written since.
+    archive epoch they were read at (``archive_epoch.lua``; ``quota dump`` sets it to a fresh
+    random value after each commit), for at most ``max_age_s``. A token-stats read then costs one
+    Redis round trip and no SQL while no dump has written since.
 
     Why it is exact: the epoch is read in the same pipeline as the live months, after them; the
-    dump commits a snapshot, increments the epoch, and only then deletes the hash from Redis.
+    dump commits a snapshot, changes the epoch, and only then deletes the hash from Redis.
     So an archived generation the cached read lacks is either still in Redis (the live hash
-    supersedes its generation anyway, ``merge_month``) or its deletion came after an increment
+    supersedes its generation anyway, ``merge_month``) or its deletion came after a change
     that this read's epoch shows, and the archive is read again. An epoch read before the SQL
     read can only make the cached read newer than its epoch: it is read again one dump later.
     At most ``max_entries`` (the oldest put is dropped first); thread-safe.
     """
 
-    def __init__(self, max_entries: int = 10_000) -> None:
+    def __init__(self, max_entries: int = 10_000, max_age_s: float = 60.0) -> None:
         self.max_entries = max_entries
-        self._entries: dict[tuple[str, tuple[str, ...]], tuple[str, list[MonthUsage]]] = {}
+        # A bound on what a Redis restored from a backup could bring back: its older epoch value,
+        # under which an entry read before the restore may still be kept (docs/HISTORY.md).
+        self.max_age_s = max_age_s
+        self._entries: dict[tuple[str, tuple[str, ...]], tuple[str, float, list[MonthUsage]]] = {}
         self._lock = threading.Lock()
         self.hits = self.misses = 0  # for tests and benchmarks
 
@@ -345,9 +349,9 @@ class ArchiveCache:
         """The archived parts of ``user``'s ``months`` read at ``epoch``, or None (not kept, or
         kept at another epoch; None epoch: unknown). Callers must not change what they get."""
         found = self._entries.get((user, tuple(months)))
-        if epoch is not None and found is not None and found[0] == epoch:
+        if epoch is not None and found is not None and found[0] == epoch and time.monotonic() < found[1]:
             self.hits += 1
-            return found[1]
+            return found[2]
         self.misses += 1
         return None
 
@@ -360,4 +364,4 @@ class ArchiveCache:
             self._entries.pop(key, None)
             while len(self._entries) >= self.max_entries:
                 self._entries.pop(next(iter(self._entries)))
-            self._entries[key] = (epoch, parts)
+            self._entries[key] = (epoch, time.monotonic() + self.max_age_s, parts)
