@@ -5,10 +5,11 @@ Three kinds of caller:
 | token                        | role    | may                                                      |
 |------------------------------|---------|----------------------------------------------------------|
 | ``QUOTA_ADMIN_TOKEN``        | admin   | everything, including ``PUT /v1/users/<u>/credit``,      |
+|                              |         | grants, ``PUT /v1/users/<u>/plan``, ``.../audit``,       |
 |                              |         | ``POST /v1/users/<u>/tokens/revoke``, ``/v1/alerts`` and |
 |                              |         | ``/v1/admin/...`` (month reports)                        |
 | ``QUOTA_SERVICE_TOKEN``      | service | record usage, check and read any user, list the models   |
-| ``quota token USER`` (signed)| user    | read USER's own token-stats and quota, nothing else      |
+| ``quota token USER`` (signed)| user    | read USER's own token-stats, quota and grants, no more   |
 
 No or an invalid token gives 401 (``token_expired``, ``token_revoked`` when that is why); a
 valid token asking for more than its role allows gives 403. A user token is checked against its
@@ -42,7 +43,8 @@ class Role(StrEnum):
 class Action(StrEnum):
     READ_USER = "read_user"  # token-stats and quota of one user
     RECORD = "record"
-    SET_CREDIT = "set_credit"
+    SET_CREDIT = "set_credit"  # also grants and plans (issue 12)
+    READ_AUDIT = "read_audit"  # a user's credit changes (admin only)
     LIST_MODELS = "list_models"
     REVOKE_TOKENS = "revoke_tokens"  # a user's tokens (admin only)
     READ_REPORTS = "read_reports"  # month reports of every user (admin only)

@@ -5,7 +5,7 @@
 | 400    | bad_request (malformed JSON), invalid_body, invalid_input, unknown_model |
 | 401    | unauthorized, token_expired                                              |
 | 403    | forbidden                                                                |
-| 404    | not_found                                                                |
+| 404    | not_found (also: an unknown grant id)                                    |
 | 405    | method_not_allowed                                                       |
 | 409    | request_conflict (a request_id reused with other content), batch_failed  |
 | 413    | payload_too_large                                                        |
@@ -22,7 +22,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify
 from werkzeug.exceptions import HTTPException
 
-from quota import InvalidInput, QuotaError, RequestConflict, StorageUnavailable, UnknownModel
+from quota import InvalidInput, QuotaError, RequestConflict, StorageUnavailable, UnknownGrant, UnknownModel
 
 from .ext import get_quota
 
@@ -65,6 +65,8 @@ def quota_error_status(exc: QuotaError) -> tuple[int, str]:
         return 409, "request_conflict"
     if isinstance(exc, UnknownModel):
         return 400, "unknown_model"
+    if isinstance(exc, UnknownGrant):
+        return 404, "not_found"
     if isinstance(exc, InvalidInput):
         return 400, "invalid_input"
     if isinstance(exc, StorageUnavailable):

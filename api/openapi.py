@@ -10,9 +10,19 @@ from __future__ import annotations
 from typing import Any
 
 import quota
+from quota._audit import ACTIONS as AUDIT_ACTIONS
 from quota._config import ALERT_PERCENT_RANGE
 from quota._core import EXCEEDED_CODES
-from quota._keys import MAX_PURPOSES, MODEL_RE, MONTH_RE, PREFIX_RE, PURPOSE_RE, REQUEST_ID_RE, USER_RE
+from quota._keys import (
+    GRANT_ID_RE,
+    MAX_PURPOSES,
+    MODEL_RE,
+    MONTH_RE,
+    PREFIX_RE,
+    PURPOSE_RE,
+    REQUEST_ID_RE,
+    USER_RE,
+)
 from quota._report import CSV_HEADER, MAX_PAGE
 from quota._report import SORTS as REPORT_SORTS
 from quota._usage import MAX_TOKENS
@@ -36,7 +46,13 @@ def _pattern(regex: Any) -> str:
 
 MONEY = {"type": "number", "minimum": 0, "description": "CNY"}
 HELD = MONEY | {"description": "CNY reserved by turns in progress (live turn holds, docs/INTEGRATION.md)"}
-AVAILABLE = MONEY | {"description": "CNY a new turn could still reserve: credit - used - held, never below 0"}
+AVAILABLE = MONEY | {
+    "description": "CNY a new turn could still reserve, never below 0: what the month's credit still covers, "
+    "plus the live grants, less the holds (docs/PRICING.md)"
+}
+GRANT_ID = {"type": "string", "pattern": _pattern(GRANT_ID_RE)}
+NULLABLE_MONEY = {"type": ["number", "null"], "minimum": 0, "description": "CNY"}
+NULLABLE_MS_TIMESTAMP = {"type": ["string", "null"], "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"}
 TOKENS = {"type": "integer", "minimum": 0, "maximum": MAX_TOKENS}
 SIGNED_TOKENS = {"type": "integer", "minimum": -MAX_TOKENS, "maximum": MAX_TOKENS}
 SIGNED_MONEY = {"type": "number", "description": "CNY, signed"}
@@ -179,6 +195,8 @@ SCHEMAS: dict[str, Any] = {
                 "description": "the purpose the call was counted under (other past the per-model bound; "
                 "for a duplicate, the one given); null without a purpose",
             },
+            "grants_drawn": MONEY
+            | {"description": "what this call's system cost drew from grants (the part beyond the month's credit)"},
         }
     ),
     "UsageBatchResult": _object({"results": {"type": "array", "items": _ref("UsageResult")}}),
@@ -195,8 +213,14 @@ SCHEMAS: dict[str, Any] = {
             "monthly_credit": MONEY,
             "resets_at": TIMESTAMP,
             "held": MONEY | {"description": "CNY reserved by replies in progress (turn holds)"},
+            "grants": MONEY
+            | {
+                "description": "present when the user has or used grants: what is left of the live ones; "
+                "monthly_credit and monthly_used then count the grants too"
+            },
             "message": {"type": "string", "description": "a friendly notice, Chinese then English"},
-        }
+        },
+        ["type", "code", "model_id", "monthly_used", "monthly_credit", "resets_at", "held", "message"],
     ),
     "QuotaWarningEvent": _object(
         {
@@ -220,6 +244,7 @@ SCHEMAS: dict[str, Any] = {
             "monthly_credit": MONEY,
             "remaining": MONEY,
             "held": HELD,
+            "grants": MONEY | {"description": "what is left of the user's live grants"},
             "available": AVAILABLE,
             "resets_at": TIMESTAMP,
             "event": _ref("QuotaExceededEvent"),
@@ -257,6 +282,110 @@ SCHEMAS: dict[str, Any] = {
             },
         }
     ),
+    "StatsGrant": _object(
+        {
+            "grant_id": GRANT_ID,
+            "amount": MONEY,
+            "remaining": MONEY,
+            "expires_at": NULLABLE_MS_TIMESTAMP | {"description": "null: never expires"},
+            "reason": {"type": ["string", "null"]},
+            "live": {"type": "boolean", "description": "something left and not expired (on the meter's clock)"},
+        }
+    ),
+    "Grant": _object(
+        {
+            "user": USER,
+            "grant_id": GRANT_ID,
+            "amount": MONEY,
+            "remaining": MONEY,
+            "expires_at": NULLABLE_MS_TIMESTAMP | {"description": "null: never expires"},
+            "reason": {"type": ["string", "null"]},
+            "created_at": MS_TIMESTAMP,
+            "revoked_at": NULLABLE_MS_TIMESTAMP,
+            "live": {"type": "boolean"},
+            "created": {"type": "boolean", "description": "POST only: this request made it (201)"},
+            "revoked": {"type": "boolean", "description": "DELETE only: the grant is revoked"},
+        },
+        ["user", "grant_id", "amount", "remaining", "expires_at", "reason", "created_at", "revoked_at", "live"],
+    ),
+    "GrantList": _object(
+        {
+            "user": USER,
+            "grants": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "grant_id": GRANT_ID,
+                        "amount": MONEY,
+                        "remaining": MONEY,
+                        "expires_at": NULLABLE_MS_TIMESTAMP,
+                        "reason": {"type": ["string", "null"]},
+                        "created_at": MS_TIMESTAMP,
+                        "revoked_at": NULLABLE_MS_TIMESTAMP,
+                        "live": {"type": "boolean"},
+                    }
+                ),
+            },
+        }
+    ),
+    "GrantRequest": _object(
+        {
+            "amount": {"type": ["number", "string"], "description": "CNY, above 0 and below 1,000,000"},
+            "expires_at": {
+                "type": ["string", "null"],
+                "description": "ISO 8601 instant with its offset (2026-03-01T00:00:00Z); null: until spent",
+            },
+            "grant_id": GRANT_ID
+            | {
+                "type": ["string", "null"],
+                "description": "idempotency key: the same id and content again changes nothing (200), another "
+                "content is 409; null or absent: a new id",
+            },
+            "reason": {"type": ["string", "null"], "maxLength": 200},
+        },
+        ["amount"],
+    ),
+    "PlanRequest": _object(
+        {
+            "credit": {
+                "type": ["number", "string", "null"],
+                "description": "CNY every month uses unless it has its own credit; null: back to the default",
+            }
+        }
+    ),
+    "PlanResult": _object(
+        {
+            "user": USER,
+            "plan_credit": NULLABLE_MONEY,
+            "plan_credit_before": NULLABLE_MONEY,
+            "cleared_alerts": ALERTS
+            | {
+                "description": "alerted thresholds of this month (when it has no credit of its own) the new plan "
+                "brought the spend back under, highest first"
+            },
+        },
+    ),
+    "AuditEntry": _object(
+        {
+            "id": {"type": "integer"},
+            "at": MS_TIMESTAMP,
+            "actor": {"type": "string", "description": "library, cli, or api:<token role>"},
+            "action": {"enum": list(AUDIT_ACTIONS)},
+            "user": USER,
+            "month": MONTH | {"type": ["string", "null"]},
+            "grant_id": GRANT_ID | {"type": ["string", "null"]},
+            "status": {"enum": ["pending", "done", "unchanged", "failed"]},
+            "reason": {"type": ["string", "null"]},
+            "finished_at": NULLABLE_MS_TIMESTAMP,
+            "requested": NULLABLE_MONEY,
+            "requested_nano": {"type": ["integer", "null"]},
+            "before": NULLABLE_MONEY,
+            "before_nano": {"type": ["integer", "null"]},
+            "after": NULLABLE_MONEY,
+            "after_nano": {"type": ["integer", "null"]},
+        }
+    ),
+    "AuditList": _object({"user": USER, "entries": {"type": "array", "items": _ref("AuditEntry")}}),
     "ModelStats": _object(
         {
             "input_tokens": TOKENS | {"maximum": 2**63 - 1},
@@ -353,6 +482,15 @@ SCHEMAS: dict[str, Any] = {
             "held": HELD,
             "available": AVAILABLE,
             "exceeded": {"type": "boolean"},
+            "plan_credit": NULLABLE_MONEY
+            | {"description": "the user's plan: the credit of every month without its own; null: the default"},
+            "grants_remaining": MONEY | {"description": "what is left of the user's live grants"},
+            "grants_drawn": MONEY | {"description": "what this month's system spend drew from grants"},
+            "grants": {
+                "type": "array",
+                "items": _ref("StatsGrant"),
+                "description": "every grant of the user: live ones first, in the order they are spent",
+            },
             "alerted_threshold": PERCENT
             | {
                 "type": ["integer", "null"],
@@ -702,6 +840,78 @@ def _paths(demo: bool) -> dict[str, Any]:
                     "200": _json(_ref("CreditResult"), "the month's credit and use"),
                     **_errors(400, 401, 403, 413, 415, 503),
                 },
+            }
+        },
+        "/v1/users/{user}/grants": {
+            "get": {
+                "operationId": "listGrants",
+                "tags": ["stats"],
+                "security": BEARER,
+                "summary": "A user's grants: live ones first, in the order they are spent",
+                "description": "Admin, service, or the user's own token.",
+                "parameters": [_user_param()],
+                "responses": {"200": _json(_ref("GrantList"), "the grants"), **_errors(400, 401, 403, 503)},
+            },
+            "post": {
+                "operationId": "grantCredit",
+                "tags": ["admin"],
+                "security": BEARER,
+                "summary": "Give a user credit beyond the monthly credit, until it expires or is spent",
+                "description": "Admin token only. Audited. Idempotent by grant_id: 201 for a new grant, 200 for "
+                "a repeat of the same content, 409 for another content under the same id.",
+                "parameters": [_user_param()],
+                "requestBody": {"required": True, "content": {JSON: {"schema": _ref("GrantRequest")}}},
+                "responses": {
+                    "201": _json(_ref("Grant"), "the new grant"),
+                    "200": _json(_ref("Grant"), "the grant as it is (a repeat)"),
+                    **_errors(400, 401, 403, 409, 413, 415, 503),
+                },
+            },
+        },
+        "/v1/users/{user}/grants/{grant_id}": {
+            "delete": {
+                "operationId": "revokeGrant",
+                "tags": ["admin"],
+                "security": BEARER,
+                "summary": "Revoke a grant: what is left of it is taken back (idempotent)",
+                "description": "Admin token only. Audited. What was spent from it stays spent.",
+                "parameters": [
+                    _user_param(),
+                    {"name": "grant_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": _json(_ref("Grant"), "the revoked grant"),
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            }
+        },
+        "/v1/users/{user}/plan": {
+            "put": {
+                "operationId": "setPlan",
+                "tags": ["admin"],
+                "security": BEARER,
+                "summary": "Set (or clear, with null) a user's plan: the credit of every month without its own",
+                "description": "Admin token only. Audited.",
+                "parameters": [_user_param()],
+                "requestBody": {"required": True, "content": {JSON: {"schema": _ref("PlanRequest")}}},
+                "responses": {
+                    "200": _json(_ref("PlanResult"), "the plan now and before"),
+                    **_errors(400, 401, 403, 413, 415, 503),
+                },
+            }
+        },
+        "/v1/users/{user}/audit": {
+            "get": {
+                "operationId": "getAudit",
+                "tags": ["admin"],
+                "security": BEARER,
+                "summary": "A user's credit changes (monthly credit, plan, grants), newest first",
+                "description": "Admin token only. From the history database (QUOTA_HISTORY_URL).",
+                "parameters": [
+                    _user_param(),
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                ],
+                "responses": {"200": _json(_ref("AuditList"), "the entries"), **_errors(400, 401, 403, 503)},
             }
         },
         "/v1/users/{user}/tokens/revoke": {

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, g, jsonify, request
 
 from quota import BatchError, InvalidInput, RequestConflict, StorageUnavailable
+from quota._audit import AuditSink
 from quota._core import RECORD_FIELDS, RECORD_REQUIRED
 from quota._keys import validate_user
 from quota._notify import parse_event_id, read_events, redeliver
@@ -174,7 +176,8 @@ def set_credit(user: str):  # noqa: ANN201
         raise ApiError(400, "invalid_body", f"the body: {problem}")
     if isinstance(body["credit"], (bool, dict, list)) or body["credit"] is None:
         raise ApiError(400, "invalid_input", "credit must be a number (or a decimal string) of CNY")
-    return jsonify(get_quota().meter.set_monthly_credit(user, body["credit"], body.get("month")).as_dict())
+    meter = get_quota().meter
+    return jsonify(meter.set_monthly_credit(user, body["credit"], body.get("month"), actor=actor()).as_dict())
 
 
 @bp.post("/users/<user>/tokens/revoke")
@@ -232,3 +235,96 @@ def redeliver_alert(event_id: str):  # noqa: ANN201
     if event is None:
         raise ApiError(404, "not_found", f"no dead event {event_id}")
     return jsonify(event.as_dict())
+
+
+# --- grants, plans and the audit trail (issue 12; docs/PRICING.md) -------------------------------------
+
+
+def actor() -> str:
+    """Who makes a credit change, for the audit trail: the token's role."""
+    return f"api:{principal().role.value}"
+
+
+def json_object(allowed: set[str], required: set[str] | None = None) -> dict[str, Any]:
+    """The request's JSON object, with only ``allowed`` keys and every ``required`` one (check_keys)."""
+    return check_keys(json_body(), "the body", frozenset(allowed), frozenset(required or ()))
+
+
+def cny_field(body: dict[str, Any], name: str) -> Any:
+    value = body[name]
+    if isinstance(value, (bool, dict, list)) or value is None:
+        raise ApiError(400, "invalid_input", f"{name} must be a number (or a decimal string) of CNY")
+    return value
+
+
+def instant_field(body: dict[str, Any], name: str) -> datetime | None:
+    """An ISO 8601 instant with its offset (``2026-03-01T00:00:00Z``), or null."""
+    value = body.get(name)
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, str):
+            raise ValueError
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ApiError(400, "invalid_input", f"{name} must be an ISO 8601 instant like 2026-03-01T00:00:00Z") from None
+    if moment.tzinfo is None:
+        raise ApiError(400, "invalid_input", f"{name} must carry its UTC offset (Z or +08:00)")
+    return moment
+
+
+@bp.get("/users/<user>/grants")
+def list_grants(user: str):  # noqa: ANN201
+    authorize(principal(), Action.READ_USER, user)
+    user = path_user(user)
+    grants = get_quota().meter.get_grants(user)
+    return jsonify({"user": user, "grants": [g.as_dict() for g in grants]})
+
+
+@bp.post("/users/<user>/grants")
+def add_grant(user: str):  # noqa: ANN201
+    """201 with the new grant; 200 with the existing one for a repeat of the same grant_id and
+    content; 409 for a grant_id already used for another grant."""
+    authorize(principal(), Action.SET_CREDIT, user)
+    user = path_user(user)
+    body = json_object({"amount", "expires_at", "grant_id", "reason"}, {"amount"})
+    grant = get_quota().meter.grant_credit(
+        user,
+        cny_field(body, "amount"),
+        expires_at=instant_field(body, "expires_at"),
+        grant_id=body.get("grant_id"),
+        reason=body.get("reason"),
+        actor=actor(),
+    )
+    return jsonify({"user": user, "created": grant.created, **grant.as_dict()}), 201 if grant.created else 200
+
+
+@bp.delete("/users/<user>/grants/<grant_id>")
+def delete_grant(user: str, grant_id: str):  # noqa: ANN201
+    """Revoke: what is left of the grant is taken back (idempotent; 404 for an unknown grant)."""
+    authorize(principal(), Action.SET_CREDIT, user)
+    user = path_user(user)
+    grant = get_quota().meter.revoke_grant(user, grant_id, actor=actor())
+    return jsonify({"user": user, "revoked": grant.as_dict()["revoked_at"] is not None, **grant.as_dict()})
+
+
+@bp.put("/users/<user>/plan")
+def set_plan(user: str):  # noqa: ANN201
+    """``{"credit": 20}`` sets the user's standing monthly credit; ``{"credit": null}`` clears it."""
+    authorize(principal(), Action.SET_CREDIT, user)
+    user = path_user(user)
+    body = json_object({"credit"}, {"credit"})
+    credit = None if body["credit"] is None else cny_field(body, "credit")
+    return jsonify(get_quota().meter.set_plan_credit(user, credit, actor=actor()).as_dict())
+
+
+@bp.get("/users/<user>/audit")
+def audit_trail(user: str):  # noqa: ANN201
+    """The user's credit changes, newest first (``limit``, default 100)."""
+    authorize(principal(), Action.READ_AUDIT, user)
+    user = path_user(user)
+    limit = int_arg("limit", 1, 1000) or 100
+    meter = get_quota().meter
+    if not isinstance(meter.history, AuditSink):
+        raise ApiError(503, "storage_unavailable", "this server has no history database (QUOTA_HISTORY_URL)")
+    return jsonify({"user": user, "entries": meter.get_audit(user, limit=limit)})

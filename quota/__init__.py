@@ -10,6 +10,7 @@ from ._async.meter import AsyncMeter
 from ._async.turn import AsyncMeteredStream, AsyncTurn
 from ._config import Settings
 from ._errors import (
+    AuditUnavailable,
     BatchError,
     ConfigError,
     InvalidInput,
@@ -17,12 +18,13 @@ from ._errors import (
     QuotaExceeded,
     RequestConflict,
     StorageUnavailable,
+    UnknownGrant,
     UnknownModel,
 )
 from ._prices import ModelPrice, PriceTable
 from ._replay import ReplayReport
 from ._report import ModelTotals, MonthData, MonthReport, MonthSummary, UserRow
-from ._results import CreditResult, QuotaCheck, UsageResult
+from ._results import CreditResult, Grant, PlanResult, QuotaCheck, UsageResult
 from ._runner import AsyncScriptRunner, ScriptRunner
 from ._sync.meter import Meter
 from ._sync.turn import MeteredStream, Turn
@@ -36,9 +38,11 @@ __all__ = [
     "AsyncMeteredStream",
     "AsyncScriptRunner",
     "AsyncTurn",
+    "AuditUnavailable",
     "BatchError",
     "ConfigError",
     "CreditResult",
+    "Grant",
     "InvalidInput",
     "InvalidToken",
     "Meter",
@@ -48,6 +52,7 @@ __all__ = [
     "MonthData",
     "MonthReport",
     "MonthSummary",
+    "PlanResult",
     "PriceTable",
     "QuotaCheck",
     "QuotaError",
@@ -60,6 +65,7 @@ __all__ = [
     "StorageUnavailable",
     "Turn",
     "TurnMetrics",
+    "UnknownGrant",
     "UnknownModel",
     "Usage",
     "UsageResult",

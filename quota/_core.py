@@ -10,6 +10,7 @@ can exercise it without Redis.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import secrets
 from collections.abc import Callable, Mapping
@@ -18,7 +19,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from . import _scripts as scripts
 from ._config import MAX_HOLD_NANO, Settings
-from ._errors import InvalidInput, QuotaError, RequestConflict
+from ._errors import InvalidInput, QuotaError, RequestConflict, UnknownGrant
 from ._events import quota_warning_event  # noqa: F401 - beside quota_exceeded_event, quota._core's public names
 from ._keys import (
     SUFFIX_HOLD_ESTIMATE,
@@ -28,6 +29,8 @@ from ._keys import (
     month_of,
     month_start,
     next_month_start,
+    utc,
+    validate_grant_id,
     validate_month,
     validate_purpose,
     validate_request_id,
@@ -35,7 +38,7 @@ from ._keys import (
 )
 from ._money import cny_to_nano, nano_to_decimal, nano_to_json
 from ._prices import ModelPrice
-from ._results import CreditResult, QuotaCheck, UsageResult
+from ._results import CreditResult, Grant, PlanResult, QuotaCheck, UsageResult, available_nano
 from ._scripts import LuaScript
 from ._stats import MonthUsage, build_token_stats, flat_pairs_to_dict, merge_month
 from ._usage import validate_cache_tokens, validate_tokens
@@ -58,7 +61,7 @@ RECORD_FIELDS = (
 RECORD_REQUIRED = frozenset(RECORD_FIELDS[:4])  # the rest are optional
 # The ARGV index (1-based) of cached_input_tokens in record.lua, cache_write_tokens after it; sent only
 # when either is non-zero, after the hold's arguments ("" without a hold). One number on each side.
-RECORD_CACHE_ARG = 13
+RECORD_CACHE_ARG = 14
 
 
 def utc_now() -> datetime:
@@ -89,6 +92,8 @@ class LiveMonths(NamedTuple):
 
     held_nano: int
     months: list[MonthUsage]
+    plan_nano: int | None = None  # the user's plan credit (issue 12); None: no plan
+    grants: tuple[Grant, ...] = ()  # every grant of the user, live or not, in draw-down order (parse_grants)
 
 
 class ScriptCall(NamedTuple, Generic[R]):
@@ -123,6 +128,7 @@ def translate_script_error(message: str) -> QuotaError | None:
     """Map a script's ``QUOTA_*`` error reply to the library's error; None for anything else."""
     for code, cls in (
         ("QUOTA_CONFLICT", RequestConflict),
+        ("QUOTA_NOTFOUND", UnknownGrant),
         ("QUOTA_INVALID", InvalidInput),
         ("QUOTA_OVERFLOW", InvalidInput),
     ):
@@ -243,6 +249,7 @@ class MeterCore:
                 purpose=(_text(reply[5]) or None) if len(reply) > 5 else None,
                 cached_input_tokens=cached,
                 cache_write_tokens=cache_write,
+                grants_drawn_nano=int(reply[6]) if len(reply) > 6 else 0,
             )
 
         keys: tuple[str, ...] = (
@@ -250,6 +257,8 @@ class MeterCore:
             self.keys.request_key(user, rid),
             self.keys.outbox_key(user),
             self.keys.outbox_index_key(user),
+            self.keys.plan_key(user),
+            self.keys.grants_key(user),
         )
         args: tuple[str, ...] = (
             model.model_id,
@@ -262,6 +271,7 @@ class MeterCore:
             "1" if estimated else "0",
             self._thresholds_arg,
             purpose_arg,
+            str(int(instant.timestamp() * 1000)),  # grants live at the call's instant (lua/lib/grants.lua)
         )
         if turn_id is not None:
             keys += (self.keys.holds_key(user),)
@@ -314,21 +324,46 @@ class MeterCore:
         month = self.month_at(now)
 
         def parse(reply: Any) -> QuotaCheck:
-            used, credit, held = (int(v) for v in reply)
-            return self._admission(user, model, month, used, credit, held, used + held < credit)
+            used, credit, held, grants, drawn = (int(v) for v in reply)
+            room = available_nano(credit, used, drawn, grants, held) > 0
+            return self._admission(user, model, month, used, credit, held, room, grants, drawn)
 
-        return ScriptCall(
-            scripts.CHECK, (self.keys.month_key(user, month), self.keys.holds_key(user)), (self._credit_arg,), parse
-        )
+        keys = (self.keys.month_key(user, month), self.keys.holds_key(user), *self._grant_keys(user))
+        return ScriptCall(scripts.CHECK, keys, (self._credit_arg, self.now_ms_arg()), parse)
+
+    def _grant_keys(self, user: str) -> tuple[str, str]:
+        """The plan and grants keys admission reads (lua/lib/grants.lua)."""
+        return self.keys.plan_key(user), self.keys.grants_key(user)
+
+    def now_ms_arg(self) -> str:
+        """The meter's clock in ms, as the scripts take it: which grants are live."""
+        return str(int(self.clock().timestamp() * 1000))
 
     def _admission(
-        self, user: str, model: ModelPrice, month: str, used: int, credit: int, held: int, room: bool
+        self,
+        user: str,
+        model: ModelPrice,
+        month: str,
+        used: int,
+        credit: int,
+        held: int,
+        room: bool,
+        grants: int = 0,
+        drawn: int = 0,
     ) -> QuotaCheck:
         """The check's outcome: custom models always pass; system models when there is ``room``."""
         allowed = (not model.is_system) or room
         resets_at = iso_z(next_month_start(month))
-        event = None if allowed else quota_exceeded_event(model.model_id, used, credit, resets_at, held)
-        return QuotaCheck(user, model.model_id, month, model.is_system, allowed, used, credit, resets_at, event, held)
+        event = (
+            None
+            if allowed
+            else quota_exceeded_event(
+                model.model_id, used, credit, resets_at, held, grants_nano=grants, grants_drawn_nano=drawn
+            )
+        )
+        return QuotaCheck(
+            user, model.model_id, month, model.is_system, allowed, used, credit, resets_at, event, held, grants, drawn
+        )
 
     # --- turn holds (quota.Turn; the scripts are turn_begin.lua and turn_end.lua) -----------------
 
@@ -356,12 +391,12 @@ class MeterCore:
         settings = self.settings
 
         def parse(reply: Any) -> tuple[QuotaCheck, int]:
-            admitted, used, credit, held, hold = (int(v) for v in reply)
-            return self._admission(user, model, month, used, credit, held, admitted == 1), hold
+            admitted, used, credit, held, hold, grants, drawn = (int(v) for v in reply)
+            return self._admission(user, model, month, used, credit, held, admitted == 1, grants, drawn), hold
 
         return ScriptCall(
             scripts.TURN_BEGIN,
-            (self.keys.month_key(user, month), self.keys.holds_key(user)),
+            (self.keys.month_key(user, month), self.keys.holds_key(user), *self._grant_keys(user)),
             (
                 turn_id,
                 hold_arg,
@@ -371,6 +406,7 @@ class MeterCore:
                 str(settings.turn_hold_default_nano),
                 str(settings.turn_hold_floor_nano),
                 str(settings.turn_hold_cap_nano),
+                self.now_ms_arg(),
             ),
             parse,
         )
@@ -414,12 +450,100 @@ class MeterCore:
             raise InvalidInput("credit must be below 100,000,000 CNY")
 
         def parse(reply: Any) -> CreditResult:
-            used, credit_now, cleared = reply
-            return CreditResult(user, month, int(used), int(credit_now), _percents(cleared))
+            used, credit_now, cleared = reply[:3]
+            before = _text(reply[3]) if len(reply) > 3 else ""
+            return CreditResult(
+                user, month, int(used), int(credit_now), _percents(cleared), int(before) if before else None
+            )
 
-        keys = (self.keys.month_key(user, month), self.keys.outbox_key(user), self.keys.outbox_index_key(user))
+        keys: tuple[str, ...] = (
+            self.keys.month_key(user, month),
+            self.keys.outbox_key(user),
+            self.keys.outbox_index_key(user),
+        )
+        if add:  # 'add' adds to the plan's credit while the month has none of its own
+            keys += (self.keys.plan_key(user),)
         args = (str(credit_nano), self._thresholds_arg) + (("add", self._credit_arg) if add else ())
         return ScriptCall(scripts.SET_CREDIT, keys, args, parse)
+
+    # --- grants and plans (issue 12; lua/lib/grants.lua) -----------------------------------------
+
+    def grant(
+        self, user: object, amount: object, *, expires_at: object = None, grant_id: object = None, reason: object = None
+    ) -> ScriptCall[Grant]:
+        """Give ``user`` ``amount`` CNY beyond the monthly credit, until ``expires_at`` (an aware
+        datetime, after the meter's clock; None: until spent); idempotent by ``grant_id`` (default:
+        a new one)."""
+        user = validate_user(user)
+        try:
+            amount_nano = cny_to_nano(amount, what="amount")
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        if not 0 < amount_nano < 10**15:
+            raise InvalidInput("a grant's amount must be above 0 and below 1,000,000 CNY")
+        now_ms = int(self.clock().timestamp() * 1000)
+        expires_ms = 0
+        if expires_at is not None:
+            if not isinstance(expires_at, datetime):
+                raise InvalidInput("expires_at must be an aware datetime or None")
+            expires_ms = int(utc(expires_at).timestamp() * 1000)
+            if expires_ms <= now_ms:
+                raise InvalidInput("expires_at must be in the future (on the meter's clock)")
+            if expires_ms >= 10**15:
+                raise InvalidInput("expires_at is too far in the future")
+        gid = validate_grant_id(grant_id) if grant_id is not None else "g" + secrets.token_hex(8)
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 200 or not reason.isprintable()):
+            raise InvalidInput("reason must be printable text of at most 200 characters")
+
+        def parse(reply: Any) -> Grant:
+            created, value, info = reply
+            grant = _grant(user, gid, _text(value), _text(info), now_ms)
+            grant.created = int(created) == 1
+            return grant
+
+        keys = (self.keys.grants_key(user), self.keys.grant_info_key(user))
+        args = (gid, str(amount_nano), str(expires_ms), reason or "", str(now_ms))
+        return ScriptCall(scripts.GRANT, keys, args, parse)
+
+    def revoke_grant(self, user: object, grant_id: object) -> ScriptCall[tuple[Grant, bool]]:
+        """Take back what is left of a grant; parse gives (the grant, whether this call revoked it)."""
+        user = validate_user(user)
+        gid = validate_grant_id(grant_id)
+        now_ms = int(self.clock().timestamp() * 1000)
+
+        def parse(reply: Any) -> tuple[Grant, bool]:
+            revoked, value, info = reply
+            return _grant(user, gid, _text(value), _text(info), now_ms), int(revoked) == 1
+
+        keys = (self.keys.grants_key(user), self.keys.grant_info_key(user))
+        return ScriptCall(scripts.REVOKE_GRANT, keys, (gid, str(now_ms)), parse)
+
+    def set_plan(self, user: object, credit: object) -> ScriptCall[PlanResult]:
+        """Set ``user``'s plan credit (CNY), or clear it with None."""
+        user = validate_user(user)
+        nano: int | None = None
+        if credit is not None:
+            try:
+                nano = cny_to_nano(credit, what="credit")
+            except ValueError as exc:
+                raise InvalidInput(str(exc)) from None
+            if nano >= 10**17:
+                raise InvalidInput("credit must be below 100,000,000 CNY")
+
+        month = self.current_month()
+
+        def parse(reply: Any) -> PlanResult:
+            before, cleared = _text(reply[0]), reply[1]
+            return PlanResult(user, nano, int(before) if before else None, month, _percents(cleared))
+
+        keys = (
+            self.keys.plan_key(user),
+            self.keys.month_key(user, month),
+            self.keys.outbox_key(user),
+            self.keys.outbox_index_key(user),
+        )
+        args = ("" if nano is None else str(nano), self._thresholds_arg, self._credit_arg)
+        return ScriptCall(scripts.SET_PLAN, keys, args, parse)
 
     # --- get_token_stats -------------------------------------------------------------------------
 
@@ -433,13 +557,23 @@ class MeterCore:
         user = validate_user(user)
         wanted = self.stats_months(months)
 
+        now_ms = int(self.clock().timestamp() * 1000)
+
         def parse(reply: Any) -> LiveMonths:
-            held, *months = reply
+            held, plan, grants, info, *months = reply
             return LiveMonths(
-                int(held), [MonthUsage.from_hash(m, flat_pairs_to_dict(list(r))) for m, r in zip(wanted, months)]
+                int(held),
+                [MonthUsage.from_hash(m, flat_pairs_to_dict(list(r))) for m, r in zip(wanted, months)],
+                int(plan) if _text(plan) else None,
+                tuple(parse_grants(user, grants, info, now_ms)),
             )
 
-        keys = (self.keys.holds_key(user), *(self.keys.month_key(user, m) for m in wanted))
+        keys = (
+            self.keys.holds_key(user),
+            *self._grant_keys(user),
+            self.keys.grant_info_key(user),
+            *(self.keys.month_key(user, m) for m in wanted),
+        )
         return ScriptCall(scripts.STATS, keys, (), parse)
 
     def archive_epoch(self) -> ScriptCall[str]:
@@ -472,8 +606,46 @@ class MeterCore:
         limit = len(live.months) - 1
         history = [merged[m] for m in sorted(merged, reverse=True) if m < current.month][:limit]
         return build_token_stats(
-            user, current, history, self.prices, self.settings.credit_nano, held_nano=live.held_nano, exact=exact
+            user,
+            current,
+            history,
+            self.prices,
+            self.settings.credit_nano,
+            held_nano=live.held_nano,
+            exact=exact,
+            plan_nano=live.plan_nano,
+            grants=live.grants,
         )
+
+
+def _grant(user: str, grant_id: str, value: str, info: str, now_ms: int) -> Grant:
+    """One grant from its value (``remaining:amount:expires_ms``) and metadata (JSON, see grant.lua)."""
+    remaining, amount, expires = (int(p) for p in value.split(":"))
+    meta = json.loads(info) if info else {}
+    return Grant(
+        user=user,
+        grant_id=grant_id,
+        amount_nano=amount,
+        remaining_nano=remaining,
+        expires_at_ms=expires,
+        reason=meta.get("reason") or None,
+        created_at_ms=int(meta.get("created_ms") or 0),
+        revoked_at_ms=int(meta.get("revoked_ms") or 0),
+        revoked_nano=int(meta.get("revoked_nano") or 0),
+        live=remaining > 0 and (expires == 0 or expires > now_ms),
+    )
+
+
+def parse_grants(user: str, values: Any, infos: Any, now_ms: int) -> list[Grant]:
+    """The grants hash and its metadata (flat HGETALL lists) -> grants in draw-down order: live ones
+    first, earliest expiry first (none last), then the spent, expired and revoked ones."""
+    info = {_text(k): _text(v) for k, v in flat_pairs_to_dict(list(infos)).items()}
+    grants = [
+        _grant(user, _text(k), _text(v), info.get(_text(k), ""), now_ms)
+        for k, v in flat_pairs_to_dict(list(values)).items()
+    ]
+    grants.sort(key=lambda g: (not g.live, g.expires_at_ms == 0, g.expires_at_ms, g.grant_id))
+    return grants
 
 
 def _percents(reply: Any) -> tuple[int, ...]:
@@ -489,7 +661,14 @@ EXCEEDED_CODES = (CODE_CREDIT_USED, CODE_CREDIT_HELD)
 
 
 def quota_exceeded_event(
-    model_id: str, used_nano: int, credit_nano: int, resets_at: str, held_nano: int = 0
+    model_id: str,
+    used_nano: int,
+    credit_nano: int,
+    resets_at: str,
+    held_nano: int = 0,
+    *,
+    grants_nano: int = 0,
+    grants_drawn_nano: int = 0,
 ) -> dict[str, Any]:
     """The ``quota_exceeded`` event a chat front end shows when a new message is refused.
 
@@ -498,20 +677,30 @@ def quota_exceeded_event(
     which, for a machine: :data:`CODE_CREDIT_USED` (the credit is used up: wait for the reset, top
     up, or switch to a custom model) or :data:`CODE_CREDIT_HELD` (the rest is held by replies in
     progress: try again when they end).
+
+    With grants (issue 12) the credit shown is the month's credit plus what grants paid and still
+    hold, and the spend what both paid: "used up" means the credit and the live grants are spent.
     """
+    # What the month's credit and live grants could still pay before the holds: > 0 means "held".
+    room = available_nano(credit_nano, used_nano, grants_drawn_nano, grants_nano, 0)
+    if grants_nano or grants_drawn_nano:  # shown against everything the user had this month
+        credit_nano = credit_nano + grants_drawn_nano + grants_nano
+        used_nano = credit_nano - room
     used, credit = nano_to_json(used_nano), nano_to_json(credit_nano)
     used_text, credit_text = nano_to_decimal(used_nano), nano_to_decimal(credit_nano)
     event = {
         "type": "quota_exceeded",
-        "code": CODE_CREDIT_USED if used_nano >= credit_nano else CODE_CREDIT_HELD,
+        "code": CODE_CREDIT_HELD if room > 0 else CODE_CREDIT_USED,
         "model_id": model_id,
         "monthly_used": used,
         "monthly_credit": credit,
         "held": nano_to_json(held_nano),
         "resets_at": resets_at,
     }
-    if used_nano < credit_nano:
-        rest_text = nano_to_decimal(credit_nano - used_nano)
+    if grants_nano or grants_drawn_nano:
+        event["grants"] = nano_to_json(grants_nano)
+    if room > 0:
+        rest_text = nano_to_decimal(room)
         event["message"] = (
             f"本月系统模型额度的剩余部分（{rest_text} 元）已被进行中的回复占用"
             f"（已用 {used_text} / {credit_text} 元），请等这些回复完成后再试。"

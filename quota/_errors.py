@@ -31,12 +31,21 @@ class RequestConflict(InvalidInput):
     """A ``request_id`` was reused with different content. Nothing was changed."""
 
 
+class UnknownGrant(InvalidInput, LookupError):
+    """``revoke_grant`` named a grant the user does not have. Nothing was changed."""
+
+
 class ConfigError(QuotaError):
     """The configuration (price file, environment) is invalid."""
 
 
 class StorageUnavailable(QuotaError, ConnectionError):
     """Redis (or the history database) could not be reached or answered with an error."""
+
+
+class AuditUnavailable(StorageUnavailable):
+    """A credit change was refused because its audit row could not be written to the history
+    store (quota._audit): nothing was changed."""
 
 
 class QuotaExceeded(QuotaError):

@@ -9,6 +9,11 @@ One hash per user per UTC month::
     <prefix>:{<user>}:outbox_dead        list, the user's alert events the webhook never took (dead letters)
     <prefix>:{<user>}:adj:<YYYY-MM>      hash, the month's adjustments by id (adjust.lua, quota/_adjust.py)
     <prefix>:{<slot tag>}:outbox_index   sorted set, the users of one hash slot with events (see slot_tag)
+    <prefix>:{<user>}:plan               string, the user's standing monthly credit in nano-CNY (no TTL)
+    <prefix>:{<user>}:grants             hash, grant_id -> "<remaining_nano>:<amount_nano>:<expires_at_ms>"
+                                         (0: never expires), no TTL (lua/lib/grants.lua)
+    <prefix>:{<user>}:grant_info         hash, grant_id -> JSON {amount_nano, expires_ms, reason,
+                                         created_ms, revoked_ms, revoked_nano} (strings), no TTL
 
 The braces are a Redis Cluster hash tag: every key of one user lives in one slot, so one script
 can touch all of them. Identifiers are validated here before they can reach a key name.
@@ -52,6 +57,12 @@ FIRST_GENERATION = 1
 # alerted this month, every one at or below it counting as alerted; and the month's alert event count.
 FIELD_ALERTED = "alerted_pct"
 FIELD_ALERT_SEQ = "alert_seq"
+# Grants (issue 12, lua/lib/grants.lua): what this month's system spend drew from the user's grants,
+# nano-CNY. system_used_nano - grants_drawn_nano is what the month's own credit paid.
+FIELD_GRANTS_DRAWN = "grants_drawn_nano"
+MAX_GRANTS = 1000  # grants per user, spent, expired and revoked included (grant.lua)
+# A grant id: like a request id, without ":" (it is a hash field, and shown in URLs).
+GRANT_ID_RE = re.compile(r"[A-Za-z0-9_.@+=\-]{1,64}")
 # Per-model fields are "<model_id>:<suffix>"; parse them with rpartition(":"). The token fields
 # are named "input"/"output" as in the seed's history: one user-month with one model then fits
 # in 232 bytes (MEMORY USAGE), where "input_tokens"/"output_tokens" took 264.
@@ -123,6 +134,10 @@ def validate_purpose(purpose: object) -> str | None:
 
 def validate_request_id(request_id: object) -> str:
     return _check(request_id, REQUEST_ID_RE, "request_id", "use 1 to 128 characters of A-Z a-z 0-9 _ . : / @ + = -")
+
+
+def validate_grant_id(grant_id: object) -> str:
+    return _check(grant_id, GRANT_ID_RE, "grant_id", "use 1 to 64 characters of A-Z a-z 0-9 _ . @ + = -")
 
 
 def validate_prefix(prefix: object) -> str:
@@ -199,6 +214,15 @@ class KeySchema:
 
     def holds_key(self, user: str) -> str:
         return f"{self.prefix}:{{{user}}}:holds"
+
+    def plan_key(self, user: str) -> str:
+        return f"{self.prefix}:{{{user}}}:plan"
+
+    def grants_key(self, user: str) -> str:
+        return f"{self.prefix}:{{{user}}}:grants"
+
+    def grant_info_key(self, user: str) -> str:
+        return f"{self.prefix}:{{{user}}}:grant_info"
 
     def outbox_key(self, user: str) -> str:
         return f"{self.prefix}:{{{user}}}:outbox"

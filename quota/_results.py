@@ -10,6 +10,7 @@ CNY, and ``as_dict()`` gives JSON-ready data (float CNY without noise, e.g. 2.35
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -74,6 +75,9 @@ class UsageResult(_MonthTotals):
     # The parts of input_tokens (the total input) priced as cache hits and as cache writes.
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
+    # What this call's system cost drew from the user's grants: the part beyond the month's credit
+    # (lua/lib/grants.lua). 0 mostly.
+    grants_drawn_nano: int = 0
 
     @property
     def cost(self) -> Decimal:
@@ -114,6 +118,7 @@ class UsageResult(_MonthTotals):
             "request_id": self.request_id,
             "alerts": list(self.alerts),
             "purpose": self.purpose,
+            "grants_drawn": nano_to_json(self.grants_drawn_nano),
         }
 
 
@@ -131,6 +136,8 @@ class QuotaCheck(_MonthTotals):
     resets_at: str
     event: dict[str, Any] | None = None  # the quota_exceeded event when denied
     held_nano: int = 0  # live turn holds (reserved by replies in progress)
+    grants_nano: int = 0  # what is left of the user's live grants (issue 12)
+    grants_drawn_nano: int = 0  # what this month's system spend drew from grants
 
     def __bool__(self) -> bool:
         return self.allowed
@@ -141,8 +148,18 @@ class QuotaCheck(_MonthTotals):
 
     @property
     def available_nano(self) -> int:
-        """What a new turn could still reserve: credit - used - held, never below 0."""
-        return max(self.monthly_credit_nano - self.monthly_used_nano - self.held_nano, 0)
+        """What a new turn could still reserve, never below 0: what the month's credit still covers
+        (credit - (used - drawn from grants)), plus the live grants, less the holds."""
+        return max(
+            available_nano(
+                self.monthly_credit_nano,
+                self.monthly_used_nano,
+                self.grants_drawn_nano,
+                self.grants_nano,
+                self.held_nano,
+            ),
+            0,
+        )
 
     @property
     def available(self) -> Decimal:
@@ -157,6 +174,7 @@ class QuotaCheck(_MonthTotals):
             "allowed": self.allowed,
             **self._totals_json(),
             "held": nano_to_json(self.held_nano),
+            "grants": nano_to_json(self.grants_nano),
             "available": nano_to_json(self.available_nano),
             "resets_at": self.resets_at,
         }
@@ -176,6 +194,84 @@ class CreditResult(_MonthTotals):
     # The alerted thresholds the new credit brought the spend back under, highest first: each got a
     # quota.threshold_cleared event and alerts again when the spend reaches it (docs/ALERTS.md).
     cleared: tuple[int, ...] = ()
+    # The month's own credit before this call (None: it had none); what the audit trail records.
+    credit_before_nano: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"user": self.user, "month": self.month, **self._totals_json(), "cleared_alerts": list(self.cleared)}
+
+
+def available_nano(credit_nano: int, used_nano: int, drawn_nano: int, grants_nano: int, held_nano: int) -> int:
+    """What a new message on a system model may still spend (may be negative): what the month's
+    credit still covers, plus the live grants, less the holds (lua/lib/grants.lua, the same rule)."""
+    return max(credit_nano - (used_nano - drawn_nano), 0) + grants_nano - held_nano
+
+
+def _iso_ms(ms: int) -> str | None:
+    if not ms:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class Grant:
+    """One credit grant (``Meter.grant_credit``): credit beyond the monthly credit, spent after the
+    month's credit, earliest expiry first, until ``expires_at_ms`` (0: never) on the meter's clock."""
+
+    user: str
+    grant_id: str
+    amount_nano: int
+    remaining_nano: int
+    expires_at_ms: int  # 0: never expires
+    reason: str | None
+    created_at_ms: int
+    revoked_at_ms: int = 0  # 0: not revoked
+    revoked_nano: int = 0  # what the revoke took back
+    created: bool = False  # grant_credit: this call made it (False: it existed with the same content)
+    live: bool = True  # at the meter's clock when read: remaining > 0 and not expired
+
+    @property
+    def amount(self) -> Decimal:
+        return nano_to_decimal(self.amount_nano)
+
+    @property
+    def remaining(self) -> Decimal:
+        return nano_to_decimal(self.remaining_nano)
+
+    @property
+    def expires_at(self) -> datetime | None:
+        return datetime.fromtimestamp(self.expires_at_ms / 1000, UTC) if self.expires_at_ms else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "grant_id": self.grant_id,
+            "amount": nano_to_json(self.amount_nano),
+            "remaining": nano_to_json(self.remaining_nano),
+            "expires_at": _iso_ms(self.expires_at_ms),
+            "reason": self.reason,
+            "created_at": _iso_ms(self.created_at_ms),
+            "revoked_at": _iso_ms(self.revoked_at_ms),
+            "live": self.live,
+        }
+
+
+@dataclass(slots=True)
+class PlanResult:
+    """The outcome of ``set_plan_credit``: the user's plan credit now and before (None: no plan,
+    the default credit applies to every month without its own)."""
+
+    user: str
+    plan_credit_nano: int | None
+    before_nano: int | None
+    month: str = ""  # the current month when it was set
+    # The current month's alerted thresholds the new plan brought the spend back under (a month without
+    # its own credit), highest first: each got a quota.threshold_cleared event (docs/ALERTS.md).
+    cleared: tuple[int, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "user": self.user,
+            "plan_credit": None if self.plan_credit_nano is None else nano_to_json(self.plan_credit_nano),
+            "plan_credit_before": None if self.before_nano is None else nano_to_json(self.before_nano),
+            "cleared_alerts": list(self.cleared),
+        }

@@ -58,6 +58,9 @@ OUTBOX_CLAIM = LuaScript.load("outbox_claim")  # the notifier (quota._notify)
 OUTBOX_SETTLE = LuaScript.load("outbox_settle")  # the notifier
 OUTBOX_REDELIVER = LuaScript.load("outbox_redeliver")  # the API and `quota notify --redeliver`
 ADJUST = LuaScript.load("adjust")  # corrections (quota._adjust)
+GRANT = LuaScript.load("grant")  # grants and plans (issue 12; lua/lib/grants.lua)
+REVOKE_GRANT = LuaScript.load("revoke_grant")
+SET_PLAN = LuaScript.load("set_plan")
 
 ALL = (
     RECORD,
@@ -73,4 +76,7 @@ ALL = (
     OUTBOX_SETTLE,
     OUTBOX_REDELIVER,
     ADJUST,
+    GRANT,
+    REVOKE_GRANT,
+    SET_PLAN,
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -13,6 +13,7 @@ from ._keys import (
     FIELD_ALERTED,
     FIELD_CREDIT,
     FIELD_DUMP_GEN,
+    FIELD_GRANTS_DRAWN,
     FIELD_ORIGIN,
     FIELD_USED,
     FIRST_GENERATION,
@@ -34,6 +35,7 @@ from ._keys import (
 )
 from ._money import nano_to_decimal, nano_to_json
 from ._prices import PriceTable
+from ._results import Grant, available_nano
 
 
 @dataclass
@@ -84,6 +86,7 @@ class MonthUsage:
     models: dict[str, ModelUsage] = field(default_factory=dict)
     archive_gen: int | None = None
     alerted_pct: int = 0  # the highest alert threshold reached and not cleared this month (0: none)
+    grants_drawn_nano: int = 0  # what the month's system spend drew from grants (lua/lib/grants.lua)
 
     @classmethod
     def from_hash(cls, month: str, raw: Mapping[Any, Any]) -> MonthUsage:
@@ -111,6 +114,8 @@ class MonthUsage:
                 usage.archive_gen = number
             elif kind == _ALERTED:
                 usage.alerted_pct = number
+            elif kind == _GRANTS:
+                usage.grants_drawn_nano = number
             elif kind == _ORIGIN:
                 origin = number
             elif kind == _PURPOSE:
@@ -129,6 +134,7 @@ class MonthUsage:
         if other.credit_nano is not None:
             self.credit_nano = other.credit_nano
         self.system_used_nano += other.system_used_nano
+        self.grants_drawn_nano += other.grants_drawn_nano
         for model_id, usage in other.models.items():
             self.models.setdefault(model_id, ModelUsage()).add(usage)
 
@@ -136,7 +142,7 @@ class MonthUsage:
 # What a hash field means, decided once per field name and kept (``MonthUsage.from_hash``): the
 # same few dozen names recur in every user's hash, and deciding cost more than the rest of the
 # parse (a dump or a stats read parses thousands of hashes). (kind, model_id, attribute/suffix).
-_SKIP, _CREDIT, _USED, _GEN, _ALERTED, _ORIGIN, _MODEL, _PURPOSE = range(8)
+_SKIP, _CREDIT, _USED, _GEN, _ALERTED, _ORIGIN, _GRANTS, _MODEL, _PURPOSE = range(9)
 _FIELD_PLANS: dict[Any, tuple[int, str, str]] = {}
 _FIELD_PLANS_MAX = 10_000  # names beyond this are decided every time (model ids are bounded anyway)
 
@@ -154,6 +160,8 @@ def _field_plan(key: Any) -> tuple[int, str, str]:
         plan = (_ALERTED, "", "")
     elif name == FIELD_ORIGIN:
         plan = (_ORIGIN, "", "")
+    elif name == FIELD_GRANTS_DRAWN:
+        plan = (_GRANTS, "", "")
     else:
         model_id, _, suffix = name.rpartition(":")
         if model_id and suffix in MODEL_SUFFIXES:
@@ -249,16 +257,24 @@ def build_token_stats(
     *,
     held_nano: int = 0,
     exact: bool = False,
+    plan_nano: int | None = None,
+    grants: Sequence[Grant] = (),
 ) -> dict[str, Any]:
     """The seed's structure, plus extra keys; ``history`` newest first, empty months left out.
 
     ``held`` is what live turn holds reserve; ``available`` what a new turn could still reserve
-    (credit - used - held, never below 0). Amounts (and ``percent_used``) are JSON numbers
+    (credit - used - held, never below 0; with grants, see quota._results.available_nano). ``plan_nano``
+    is the user's plan credit (the month's credit when it has none of its own); ``grants`` every grant
+    of the user, in draw-down order (quota._core.parse_grants). Amounts (and ``percent_used``) are JSON numbers
     (floats whose repr is the exact amount), or with ``exact`` ``Decimal`` CNY: the same
     structure, nothing rounded."""
     money = nano_to_decimal if exact else nano_to_json
     credit = current.credit_nano if current.credit_nano is not None else default_credit_nano
+    if current.credit_nano is None and plan_nano is not None:
+        credit = plan_nano
     used = current.system_used_nano
+    drawn = current.grants_drawn_nano
+    live_grants = sum(g.remaining_nano for g in grants if g.live)
     models: dict[str, Any] = {}
     for model_id, usage in sorted(current.models.items()):
         is_system = prices.is_system(model_id)
@@ -301,11 +317,27 @@ def build_token_stats(
         "monthly_credit": money(credit),
         "monthly_used": money(used),
         "last_reset": iso_z(month_start(current.month)),
-        "remaining": money(max(credit - used, 0)),
+        "plan_credit": None if plan_nano is None else money(plan_nano),
+        "remaining": money(max(credit - (used - drawn), 0)),
         "held": money(held_nano),
-        "available": money(max(credit - used - held_nano, 0)),
+        "available": money(max(available_nano(credit, used, drawn, live_grants, held_nano), 0)),
         "percent_used": exact_percent(used, credit) if exact else percent(used, credit),
-        "exceeded": used >= credit,
+        "exceeded": used - drawn >= credit,
+        # issue 12: what is left of the live grants, what this month's spend drew from grants, and every
+        # grant (live first, in draw-down order)
+        "grants_remaining": money(live_grants),
+        "grants_drawn": money(drawn),
+        "grants": [
+            {
+                "grant_id": g.grant_id,
+                "amount": money(g.amount_nano),
+                "remaining": money(g.remaining_nano),
+                "expires_at": g.as_dict()["expires_at"],
+                "reason": g.reason,
+                "live": g.live,
+            }
+            for g in grants
+        ],
         # the highest alert threshold (percent of the credit) the spend reached this month, None before any
         "alerted_threshold": current.alerted_pct or None,
         "resets_at": iso_z(next_month_start(current.month)),

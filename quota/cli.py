@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Sequence, Set
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import click
 
+from ._audit import CLI
 from ._errors import QuotaError
 
 if TYPE_CHECKING:
@@ -177,7 +179,7 @@ def credit(user: str, credit: str, month: str | None, add: bool, url: str | None
     """
     meter = open_meter(url)
     try:
-        result = meter.set_monthly_credit(user, credit, month, add=add)
+        result = meter.set_monthly_credit(user, credit, month, add=add, actor=CLI)
     except QuotaError as exc:
         fail(str(exc))
     from ._money import nano_to_decimal
@@ -190,6 +192,119 @@ def credit(user: str, credit: str, month: str | None, add: bool, url: str | None
         err=True,
     )
     click.echo(json.dumps(result.as_dict()))
+
+
+# --- grants, plans and the audit trail (issue 12; docs/PRICING.md) ---------------------------------
+
+
+def _instant(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        fail(f"--expires-at must be an ISO 8601 instant like 2026-03-01T00:00:00Z, got {text!r}", 2)
+    if moment.tzinfo is None:
+        fail("--expires-at must carry its UTC offset (Z or +08:00)", 2)
+    return moment
+
+
+@main.command()
+@click.argument("user")
+@click.argument("amount")
+@click.option("--expires-at", help="ISO 8601 instant with its offset (default: never; the grant lasts until spent).")
+@click.option("--id", "grant_id", help="Idempotency key: the same id and content again changes nothing.")
+@click.option("--reason", help="Why (kept in the grant and the audit trail).")
+@click.option("--url", envvar="REDIS_URL", help="Redis URL (default: REDIS_URL).")
+def grant(
+    user: str, amount: str, expires_at: str | None, grant_id: str | None, reason: str | None, url: str | None
+) -> None:
+    """Give USER AMOUNT CNY beyond the monthly credit, until it expires or is spent.
+
+    System spend beyond the month's credit draws on it (earliest expiry first). Audited to
+    QUOTA_HISTORY_URL as actor `cli`; prints the grant as JSON.
+    """
+    meter = open_meter(url)
+    try:
+        made = meter.grant_credit(
+            user, amount, expires_at=_instant(expires_at), grant_id=grant_id, reason=reason, actor=CLI
+        )
+    except QuotaError as exc:
+        fail(str(exc))
+    click.echo(f"{'granted' if made.created else 'already granted'}: {made.grant_id} to {user}", err=True)
+    click.echo(json.dumps({"user": user, "created": made.created, **made.as_dict()}))
+
+
+@main.command("revoke-grant")
+@click.argument("user")
+@click.argument("grant_id")
+@click.option("--reason", help="Why (kept in the audit trail).")
+@click.option("--url", envvar="REDIS_URL", help="Redis URL (default: REDIS_URL).")
+def revoke_grant(user: str, grant_id: str, reason: str | None, url: str | None) -> None:
+    """Take back what is left of USER's grant GRANT_ID (what was spent stays spent). Audited."""
+    meter = open_meter(url)
+    try:
+        revoked = meter.revoke_grant(user, grant_id, reason=reason, actor=CLI)
+    except QuotaError as exc:
+        fail(str(exc))
+    click.echo(json.dumps({"user": user, **revoked.as_dict()}))
+
+
+@main.command()
+@click.argument("user")
+@click.argument("credit", required=False)
+@click.option("--clear", is_flag=True, help="Remove the plan: months without their own credit use the default.")
+@click.option("--url", envvar="REDIS_URL", help="Redis URL (default: REDIS_URL).")
+def plan(user: str, credit: str | None, clear: bool, url: str | None) -> None:
+    """Set USER's plan: CREDIT CNY for every month that has no credit of its own. Audited.
+
+    `quota plan alice 20` gives alice 20 CNY this month and every following one (a month set with
+    `quota credit` keeps its own); `quota plan alice --clear` returns her to the default.
+    """
+    if (credit is None) == (not clear):
+        fail("give either CREDIT or --clear", 2)
+    meter = open_meter(url)
+    try:
+        result = meter.set_plan_credit(user, None if clear else credit, actor=CLI)
+    except QuotaError as exc:
+        fail(str(exc))
+    click.echo(json.dumps(result.as_dict()))
+
+
+@main.command()
+@click.argument("user")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True, help="Newest N entries.")
+@click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
+@click.option("--url", envvar="REDIS_URL", help="Redis URL (default: REDIS_URL).")
+def audit(user: str, limit: int, as_json: bool, url: str | None) -> None:
+    """Print USER's credit changes (monthly credit, plan, grants), newest first, from QUOTA_HISTORY_URL."""
+    meter = open_meter(url)
+    try:
+        entries = meter.get_audit(user, limit=limit)
+    except QuotaError as exc:
+        fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(entries, ensure_ascii=False))
+        return
+
+    def amount(value: float | None) -> str:
+        return "-" if value is None else f"{value:g}"
+
+    rows = [["at", "actor", "action", "month/grant", "before", "after", "status", "reason"]]
+    for e in entries:
+        rows.append(
+            [
+                e["at"],
+                e["actor"],
+                e["action"],
+                e["month"] or e["grant_id"] or "-",
+                amount(e["before"]),
+                amount(e["after"] if e["status"] != "pending" else e["requested"]),
+                e["status"],
+                e["reason"] or "",
+            ]
+        )
+    click.echo(_table(rows, right={4, 5}))
 
 
 @main.command()

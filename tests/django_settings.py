@@ -6,6 +6,8 @@ so tests set it with ``override_settings(QUOTA=...)`` (see ``quota_setting``).
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Any
 
 import django
@@ -23,7 +25,9 @@ def quota_setting(redis_url: str | None = None, **more: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "MONTHLY_CREDIT": "5",
         "CUSTOM_MODELS": "tests.django_settings.custom_models",
-        "HISTORY_URL": "sqlite:////nonexistent/quota-tests-history.db",
+        # Credit changes (the admin's top-up, quota_credit) write their audit row here (issue 12); one
+        # file per test process, in the temporary directory.
+        "HISTORY_URL": f"sqlite:///{tempfile.gettempdir()}/quota-tests-history-{os.getpid()}.db",
     }
     if redis_url:
         base["REDIS_URL"] = redis_url

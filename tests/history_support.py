@@ -86,7 +86,12 @@ def reset_pg(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(text("DROP VIEW IF EXISTS quota_month, quota_month_model"))
-        conn.execute(text("DROP TABLE IF EXISTS quota_model_snapshot, quota_month_snapshot, quota_schema_version"))
+        conn.execute(
+            text(
+                "DROP TABLE IF EXISTS quota_model_snapshot, quota_month_snapshot, quota_schema_version, "
+                "quota_credit_audit"
+            )
+        )
     engine.dispose()
 
 

@@ -86,6 +86,7 @@ def test_record_then_stats_match_the_library(client, meter):
         "request_id": "r1",
         "alerts": [],
         "purpose": None,
+        "grants_drawn": 0.0,
     }
     record(client, model_id=CUS, input_tokens=5000, output_tokens=3000)
     stats = client.get("/v1/users/alice/token-stats", headers=bearer(SERVICE))

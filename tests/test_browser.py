@@ -263,6 +263,41 @@ def test_panel_shows_the_part_held_by_replies_in_progress(browser, server, redis
         meter.close()
 
 
+def test_panel_shows_the_users_grants(browser, server, clock, shots):
+    """Grants (issue 12): the card lists them, live first, and the facts show what is left of them."""
+    page = open_page(browser, locale="en-US")
+    page.goto(f"{server.url}/panel#user=gina&token={user_token('gina')}")
+    page.wait_for_function("() => Number(document.body.dataset.loaded || 0) > 0", timeout=10_000)
+    assert page.is_hidden("#grants-card") and page.is_hidden("#grants-fact")  # no grants: nothing shown
+    api(server, "POST", "/v1/users/gina/grants", token=ADMIN, amount=1, grant_id="order-7", reason="order 7")
+    api(
+        server,
+        "POST",
+        "/v1/users/gina/grants",
+        token=ADMIN,
+        amount=2,
+        grant_id="promo",
+        expires_at="2026-01-20T00:00:00Z",
+    )
+    post_usage(server, "gina", SYS, 5_500_000)  # 5.5 CNY: 0.5 past the credit, drawn from promo (expires first)
+    wait_for_refresh(page, loads(page))
+    page.wait_for_function("() => !document.getElementById('grants-card').hidden", timeout=10_000)
+    rows = page.locator("#grants tbody tr")
+    assert [rows.nth(i).get_attribute("data-grant") for i in range(rows.count())] == ["promo", "order-7"]
+    promo = rows.nth(0).locator("td")
+    assert promo.nth(2).get_attribute("data-value") == "1.5" and promo.nth(3).get_attribute("data-value") == "2"
+    assert "2026-01-20 00:00" in promo.nth(4).inner_text()
+    assert "never" in rows.nth(1).locator("td").nth(4).inner_text()
+    assert float(page.get_attribute("#grants-left", "data-value")) == 2.5
+    assert page.is_visible("#grants-note") and page.is_hidden("#over-note")  # past the credit, on grants
+    stats = api(server, "GET", "/v1/users/gina/token-stats")
+    assert stats["available"] == 2.5
+    check_panel_against_api(page, stats)
+    page.screenshot(path=str(shots / "panel-grants.png"), full_page=True, animations="disabled")
+    assert csp_violations(page) == []
+    page.close()
+
+
 @pytest.mark.parametrize("written", ["alice+work@corp.com", "alice%2Bwork%40corp.com"])
 def test_panel_reads_a_plus_in_the_user_id_as_a_plus(browser, server, written):
     """Issue 15: the fragment was parsed as a query string, so "+" became a space (an invalid id)."""

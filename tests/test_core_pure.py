@@ -8,18 +8,30 @@ from quota import InvalidInput, RequestConflict, Settings
 from quota._core import MeterCore, translate_script_error
 from quota._scripts import CHECK, RECORD
 
+FIXED = datetime(2026, 3, 31, 23, 59, 59, tzinfo=UTC)
+
 
 def core(**kw):
-    return MeterCore(Settings(**kw), clock=lambda: datetime(2026, 3, 31, 23, 59, 59, tzinfo=UTC))
+    return MeterCore(Settings(**kw), clock=lambda: FIXED)
 
 
 def test_record_call_carries_every_key_and_time_in_its_arguments():
     call = core(prefix="p", dedupe_ttl_s=60).record("alice", "system_deepseek", 12000, 8000, request_id="r1")
     assert call.script is RECORD
     index = call.keys[3]  # the outbox index of alice's hash slot (quota._keys.slot_tag)
-    assert call.keys == ("p:{alice}:2026-03", "p:{alice}:req:r1", "p:{alice}:outbox", index)
+    assert call.keys == (
+        "p:{alice}:2026-03",
+        "p:{alice}:req:r1",
+        "p:{alice}:outbox",
+        index,
+        "p:{alice}:plan",  # the credit when the month has none (issue 12)
+        "p:{alice}:grants",  # read only past the credit
+    )
     assert index.startswith("p:{~") and index.endswith("}:outbox_index")
-    assert call.args == ("system_deepseek", "12000", "8000", "28000000", "1", "5000000000", "60", "0", "80,100", "")
+    now_ms = str(int(FIXED.timestamp() * 1000))  # the meter's clock: which grants are live
+    assert call.args == (
+        "system_deepseek", "12000", "8000", "28000000", "1", "5000000000", "60", "0", "80,100", "", now_ms
+    )  # fmt: skip
     result = call.parse([1, b"28000000", b"5000000000", b"", b""])
     assert result.month == "2026-03" and result.cost_nano == 28_000_000 and not result.duplicate
     assert result.alerts == () and result.warning is None
@@ -39,11 +51,17 @@ def test_auto_ids_are_unique_and_their_retry_is_not_a_duplicate():
 def test_check_decision_is_made_from_the_reply():
     c = core()
     call = c.check("alice", "system_deepseek")
-    assert call.script is CHECK and call.args == ("5000000000",)
-    assert call.parse([b"4999999999", b"5000000000", b"0"]).allowed
-    denied = call.parse([b"5000000000", b"5000000000", b"0"])
+    assert call.script is CHECK and call.args == ("5000000000", str(int(FIXED.timestamp() * 1000)))
+    assert call.parse([b"4999999999", b"5000000000", b"0", b"0", b"0"]).allowed
+    denied = call.parse([b"5000000000", b"5000000000", b"0", b"0", b"0"])
     assert not denied.allowed and denied.event["resets_at"] == "2026-04-01T00:00:00Z"
-    assert c.check("alice", "custom_x").parse([b"9" * 17, b"0", b"0"]).allowed
+    assert "grants" not in denied.event  # only for a user with grants
+    assert c.check("alice", "custom_x").parse([b"9" * 17, b"0", b"0", b"0", b"0"]).allowed
+    # live grants are credit too; what grants paid this month is not the month's credit's spend
+    granted = call.parse([b"6000000000", b"5000000000", b"0", b"1", b"1000000000"])
+    assert granted.allowed and granted.available_nano == 1 and granted.as_dict()["grants"] == 1e-9
+    spent = call.parse([b"6000000000", b"5000000000", b"0", b"0", b"1000000000"])
+    assert not spent.allowed and spent.event["code"] == "quota_exceeded" and spent.event["grants"] == 0.0
 
 
 def test_script_errors_map_to_the_hierarchy():
@@ -140,30 +158,33 @@ def test_check_counts_live_holds():
     """A system model is denied when spend plus the live turn holds reach the credit (issue 9)."""
     c = core()
     call = c.check("alice", "system_deepseek")
-    assert call.keys == ("quota:{alice}:2026-03", "quota:{alice}:holds")
-    free = call.parse([b"4000000000", b"5000000000", b"999999999"])
+    assert call.keys == ("quota:{alice}:2026-03", "quota:{alice}:holds", "quota:{alice}:plan", "quota:{alice}:grants")
+    free = call.parse([b"4000000000", b"5000000000", b"999999999", b"0", b"0"])
     assert free.allowed and free.available_nano == 1 and free.held_nano == 999_999_999
-    held = call.parse([b"4000000000", b"5000000000", b"1000000000"])
+    held = call.parse([b"4000000000", b"5000000000", b"1000000000", b"0", b"0"])
     assert not held.allowed and held.event["held"] == 1.0 and held.event["code"] == "credit_held"
     assert "reserved by replies in progress" in held.event["message"]
-    used_up = call.parse([b"5000000000", b"5000000000", b"0"])
+    used_up = call.parse([b"5000000000", b"5000000000", b"0", b"0", b"0"])
     assert not used_up.allowed and used_up.event["code"] == "quota_exceeded"
-    assert c.check("alice", "custom_x").parse([b"5000000000", b"5000000000", b"9"]).allowed
+    assert c.check("alice", "custom_x").parse([b"5000000000", b"5000000000", b"9", b"0", b"0"]).allowed
 
 
 def test_turn_calls_carry_the_hold_and_its_settings():
     c = core(hold_ttl_s=30, turn_hold_default_nano=7, turn_hold_floor_nano=2, turn_hold_cap_nano=9)
     model = c.prices.lookup("system_deepseek")
     begin = c.turn_begin("alice", model, "turn-1", c.hold_arg(None))
-    assert begin.keys == ("quota:{alice}:2026-03", "quota:{alice}:holds")
-    assert begin.args == ("turn-1", "auto", "system_deepseek:hold_est_nano", "5000000000", "30000", "7", "2", "9")
-    check, hold = begin.parse([b"1", b"0", b"5000000000", b"0", b"7"])
+    assert begin.keys == ("quota:{alice}:2026-03", "quota:{alice}:holds", "quota:{alice}:plan", "quota:{alice}:grants")
+    now_ms = str(int(FIXED.timestamp() * 1000))
+    assert begin.args == (
+        "turn-1", "auto", "system_deepseek:hold_est_nano", "5000000000", "30000", "7", "2", "9", now_ms
+    )  # fmt: skip
+    check, hold = begin.parse([b"1", b"0", b"5000000000", b"0", b"7", b"0", b"0"])
     assert check.allowed and hold == 7
-    check, hold = begin.parse([b"0", b"4999999999", b"5000000000", b"1", b"0"])
+    check, hold = begin.parse([b"0", b"4999999999", b"5000000000", b"1", b"0", b"0", b"0"])
     assert not check.allowed and check.event["type"] == "quota_exceeded"
     assert c.hold_arg("0.5") == "500000000" and c.hold_arg("auto") == "auto"
     record = c.record("alice", "system_deepseek", 1, 1, request_id="r", turn_id="turn-1")
-    assert record.keys[4] == "quota:{alice}:holds" and record.args[9:] == ("", "turn-1", "30000")
+    assert record.keys[6] == "quota:{alice}:holds" and record.args[9:] == ("", now_ms, "turn-1", "30000")
     assert record.parse([1, b"0", b"5000000000", b"4", b""]).hold_remaining_nano == 4
     end = c.turn_end("alice", model, "turn-1", 123)
     assert end.keys == ("quota:{alice}:holds", "quota:{alice}:2026-03")

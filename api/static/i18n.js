@@ -5,6 +5,10 @@ window.QuotaI18n = (function () {
     en: {
       title: "Token usage", thisMonth: "This month", cny: "CNY", remaining: "Remaining", resets: "Resets on",
       held: "Held by replies in progress", available: "Available for new messages",
+      grantsLeft: "Credit grants left", grants: "Credit grants", grant: "Grant", reason: "Reason",
+      grantLeft: "Left (CNY)", grantAmount: "Granted (CNY)", expires: "Expires", never: "never",
+      grantsNote: "Used after this month's credit, the earliest expiry first; they do not reset with the month.",
+      grantsInUse: "This month's credit is used up: messages on system models now draw on your credit grants.",
       overNote: "The system-model credit is used up: new messages on system models are refused until the reset. Custom models keep working.",
       warnNote: "You have used {pct}% of this month's system-model credit.", warnTitle: "Credit alert",
       cacheNote: "of which {cached} cache hits and {write} cache writes, priced at their own rates",
@@ -36,6 +40,10 @@ window.QuotaI18n = (function () {
     zh: {
       title: "Token 用量", thisMonth: "本月", cny: "元", remaining: "剩余额度", resets: "重置日期",
       held: "进行中的回复占用", available: "新消息可用额度",
+      grantsLeft: "赠送/充值额度剩余", grants: "赠送/充值额度", grant: "额度", reason: "原因",
+      grantLeft: "剩余（元）", grantAmount: "总额（元）", expires: "到期", never: "永不过期",
+      grantsNote: "在本月额度用完后使用，先到期的先用；不随月份重置。",
+      grantsInUse: "本月额度已用完：系统模型的新消息现在使用您的赠送/充值额度。",
       overNote: "本月系统模型额度已用完：在重置前，系统模型的新消息将被拒绝；自定义模型不受影响。",
       warnNote: "本月系统模型额度已用 {pct}%。", warnTitle: "额度提醒",
       cacheNote: "其中缓存命中 {cached}、缓存写入 {write}，按各自价格计费",

@@ -70,7 +70,10 @@
     $("available").dataset.value = String(s.available);
     $("resets").textContent = s.resets_at.slice(0, 10) + " 00:00 " + I.t("utc");
     $("resets").dataset.value = s.resets_at;
-    $("over-note").hidden = !s.exceeded;
+    /* Past the month's credit, live grants (issue 12) still pay: the user is not refused yet. */
+    const onGrants = s.exceeded && Number(s.grants_remaining || 0) > 0;
+    $("over-note").hidden = !s.exceeded || onGrants;
+    $("grants-note").hidden = !onGrants;
     /* A threshold alert (80% by default) reached this month and not yet cleared by a credit raise. */
     const alerted = s.alerted_threshold;
     $("warn-note").hidden = !alerted || s.exceeded;
@@ -111,6 +114,27 @@
       }
     }
     $("models-empty").hidden = Object.keys(s.models).length > 0;
+  }
+
+  /* Credit grants (issue 12): live ones first, in the order they are spent; the card shows only when there are any. */
+  function renderGrants(s) {
+    const grants = s.grants || [];
+    const body = $("grants").tBodies[0];
+    body.replaceChildren();
+    for (const g of grants) {
+      const row = body.insertRow();
+      row.dataset.grant = g.grant_id;
+      row.className = g.live ? "live" : "spent";
+      cell(row, g.grant_id);
+      cell(row, g.reason || "");
+      cell(row, I.money(g.remaining), "num", g.remaining);
+      cell(row, I.money(g.amount), "num", g.amount);
+      cell(row, g.expires_at ? g.expires_at.slice(0, 16).replace("T", " ") + " " + I.t("utc") : I.t("never"), "", g.expires_at || "");
+    }
+    $("grants-card").hidden = grants.length === 0;
+    $("grants-fact").hidden = grants.length === 0;
+    $("grants-left").textContent = I.money(s.grants_remaining || 0);
+    $("grants-left").dataset.value = String(s.grants_remaining || 0);
   }
 
   /* One row per month: totals, with system (credit-bearing) and custom cost apart. */
@@ -193,6 +217,7 @@
         alert("");
         renderMonth(data);
         renderModels(data);
+        renderGrants(data);
         renderHistory(data);
         $("updated").textContent = new Date().toLocaleTimeString(I.lang === "zh" ? "zh-CN" : "en-GB");
         $("status").textContent = I.t("live");

@@ -12,11 +12,14 @@ import itertools
 import logging
 import time
 from collections.abc import Iterator, Callable, Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
+from .. import _audit as audit
 from .._adjust import Adjustment, adjust_call, adjustments_from_hash, audit_adjustment
+from .._audit import LIBRARY, AuditEntry, AuditSink, validate_actor
 from .._batch import SendOne, Step, eval_args, evalsha_args, plan_batch
 from .._config import Settings
 from .._connect import (
@@ -32,7 +35,7 @@ from .._connect import (
     storage_errors,
 )
 from .._core import Clock, MeterCore, R, ScriptCall
-from .._errors import BatchError, QuotaError, StorageUnavailable
+from .._errors import AuditUnavailable, BatchError, ConfigError, QuotaError, StorageUnavailable
 from .._keys import validate_month, validate_user
 from .._prices import PriceTable
 from .._replay import ReplayReport
@@ -45,7 +48,7 @@ from .._report import (
     next_scan_count,
     pause_after,
 )
-from .._results import CreditResult, QuotaCheck, UsageResult
+from .._results import CreditResult, Grant, PlanResult, QuotaCheck, UsageResult
 from .._stats import ArchiveCache, MonthUsage, merge_month
 from .._turn_rules import TurnOptions
 from ._compat import (
@@ -197,12 +200,133 @@ class Meter:
         return self.run(self.core.check(user, model_id))
 
     def set_monthly_credit(
-        self, user: str, credit: Any, month: str | None = None, *, add: bool = False
+        self, user: str, credit: Any, month: str | None = None, *, add: bool = False, actor: str = LIBRARY
     ) -> CreditResult:
         """Set ``user``'s credit (CNY) for ``month`` (default: the current UTC month). With
-        ``add=True``, add ``credit`` to the month's credit instead (to the default credit while
-        none is set), atomically: two top-ups at once both count."""
-        return self.run(self.core.set_credit(user, credit, month, add=add))
+        ``add=True``, add ``credit`` to the month's credit instead (to the plan's, else the default
+        credit while none is set), atomically: two top-ups at once both count. Audited (see
+        ``grant_credit``)."""
+        call = self.core.set_credit(user, credit, month, add=add)
+        entry = self._audit_entry(actor, audit.SET_MONTHLY_CREDIT, call.keys[0].rpartition(":")[2], user)
+        entry.requested_nano = int(call.args[0])
+        entry.reason = "add" if add else None
+
+        def outcome(result: CreditResult) -> tuple[int | None, int | None, bool]:
+            before = result.credit_before_nano
+            return before, result.monthly_credit_nano, before != result.monthly_credit_nano
+
+        return self._audited(call, entry, outcome)
+
+    # --- grants and plans (issue 12; lua/lib/grants.lua, docs/PRICING.md) ------------------------
+
+    def grant_credit(
+        self,
+        user: str,
+        amount: Any,
+        *,
+        expires_at: datetime | None = None,
+        grant_id: str | None = None,
+        reason: str | None = None,
+        actor: str = LIBRARY,
+    ) -> Grant:
+        """Give ``user`` ``amount`` CNY beyond the monthly credit, valid until ``expires_at`` (an
+        aware datetime; None: until spent). System spend beyond the month's credit draws on live
+        grants, earliest expiry first, in the record's own atomic step; admission counts them.
+        Idempotent by ``grant_id``: a repeat with the same content returns the grant as it is now
+        (``created`` False), a different content is ``RequestConflict``.
+
+        Every credit change is written to the audit trail first (``history``, see quota._audit, with
+        ``actor``: ``library`` by default); when that row can not be written the change is not made
+        (``AuditUnavailable``). A meter without a history store changes credit unaudited."""
+        call = self.core.grant(user, amount, expires_at=expires_at, grant_id=grant_id, reason=reason)
+        gid, amount_arg = call.args[0], int(call.args[1])
+        entry = self._audit_entry(actor, audit.GRANT, None, user, gid, amount_arg, reason)
+
+        def outcome(grant: Grant) -> tuple[int | None, int | None, bool]:
+            return (None, grant.amount_nano, True) if grant.created else (grant.amount_nano, grant.amount_nano, False)
+
+        return self._audited(call, entry, outcome)
+
+    def revoke_grant(self, user: str, grant_id: str, *, reason: str | None = None, actor: str = LIBRARY) -> Grant:
+        """Take back what is left of a grant (what was spent stays spent). Idempotent; audited
+        (see ``grant_credit``); an unknown grant is ``UnknownGrant``."""
+        call = self.core.revoke_grant(user, grant_id)
+        entry = self._audit_entry(actor, audit.REVOKE_GRANT, None, user, call.args[0], None, reason)
+
+        def outcome(done: tuple[Grant, bool]) -> tuple[int | None, int | None, bool]:
+            grant, revoked = done
+            return (grant.revoked_nano, 0, True) if revoked else (0, 0, False)
+
+        grant, _ = self._audited(call, entry, outcome)
+        return grant
+
+    def set_plan_credit(self, user: str, credit: Any, *, actor: str = LIBRARY) -> PlanResult:
+        """Set ``user``'s plan: the monthly credit (CNY) every month uses unless it has its own
+        (``set_monthly_credit``); ``None`` returns the user to the default. Audited (see
+        ``grant_credit``)."""
+        call = self.core.set_plan(user, credit)
+        entry = self._audit_entry(actor, audit.SET_PLAN_CREDIT, None, user)
+        entry.requested_nano = int(call.args[0]) if call.args[0] else None
+
+        def outcome(result: PlanResult) -> tuple[int | None, int | None, bool]:
+            return result.before_nano, result.plan_credit_nano, result.before_nano != result.plan_credit_nano
+
+        return self._audited(call, entry, outcome)
+
+    def get_grants(self, user: str) -> list[Grant]:
+        """Every grant of ``user``, live ones first in draw-down order, then the spent, expired and
+        revoked ones (``live`` on the meter's clock)."""
+        return list((self.run(self.core.stats(user, 0))).grants)
+
+    def get_audit(self, user: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        """``user``'s credit changes from the audit trail, newest first (``history`` needed)."""
+        user = validate_user(user)
+        if not isinstance(self.history, AuditSink):
+            raise ConfigError("this meter has no history store: the audit trail is in QUOTA_HISTORY_URL")
+        return to_thread(self.history.read_audit, user, limit)
+
+    def _audit_entry(
+        self,
+        actor: str,
+        action: str,
+        month: str | None,
+        user: str,
+        grant_id: str | None = None,
+        requested_nano: int | None = None,
+        reason: str | None = None,
+    ) -> AuditEntry:
+        return AuditEntry(
+            self.core.clock(), validate_actor(actor), action, user, month, grant_id, requested_nano, reason
+        )
+
+    def _audited(
+        self, call: ScriptCall[R], entry: AuditEntry, outcome: Callable[[R], tuple[int | None, int | None, bool]]
+    ) -> R:
+        """Run a credit change between the two steps of its audit row (quota._audit)."""
+        sink = self.history
+        if not isinstance(sink, AuditSink):
+            return self.run(call)  # no history store: unaudited (docs/OPERATIONS.md)
+        try:
+            audit_id = to_thread(sink.audit_begin, entry)
+        except QuotaError as exc:
+            raise AuditUnavailable(
+                f"{entry.action} for {entry.user} was not made: its audit row could not be written ({exc})"
+            ) from exc
+        try:
+            result = self.run(call)
+        except BaseException:
+            self._audit_finish(sink, audit_id, audit.FAILED, None, None)
+            raise
+        before, after, changed = outcome(result)
+        self._audit_finish(sink, audit_id, audit.DONE if changed else audit.UNCHANGED, before, after)
+        return result
+
+    @staticmethod
+    def _audit_finish(sink: AuditSink, audit_id: int, status: str, before: int | None, after: int | None) -> None:
+        try:
+            to_thread(sink.audit_finish, audit_id, status, before, after)
+        except QuotaError as exc:  # the change stands; its row stays pending with what was asked
+            log.error("audit row %s stays pending (outcome %s not written): %s", audit_id, status, exc)
 
     def get_token_stats(self, user: str, *, months: int | None = None, exact: bool = False) -> dict[str, Any]:
         """The seed's stats structure: this month, per model, and the history by month (``months``

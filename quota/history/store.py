@@ -15,7 +15,8 @@ The layout (docs/HISTORY.md has the details and the SQL):
   tokens, the exact cost in nano-CNY, the calls, the estimated calls, ``is_system``, and the
   cached-input and cache-write tokens (parts of the input; schema version 4);
 - views ``quota_month`` and ``quota_month_model``: the same summed over generations, for ops;
-- ``quota_schema_version``: one row with the schema version, so a later release can migrate.
+- ``quota_schema_version``: one row with the schema version, so a later release can migrate;
+- ``quota_credit_audit``: the audit trail of credit changes (issue 12; quota/_audit.py), append-only.
 
 A *generation* is one incarnation of a Redis hash (its ``dump_gen`` field). Each generation is
 stored as a full snapshot and is only ever replaced by a newer snapshot of itself (higher
@@ -73,14 +74,18 @@ from .._config import DEFAULT_HISTORY_URL, Settings
 if TYPE_CHECKING:
     from sqlalchemy import ColumnElement
     from sqlalchemy.dialects import postgresql, sqlite
+from .._audit import PENDING, AuditEntry
 from .._errors import ConfigError, StorageUnavailable
 from .._keys import validate_month, validate_prefix, validate_user
+from .._money import nano_to_json
 from .._stats import ArchiveRow, ModelUsage, MonthUsage, merge_month, parts_from_rows
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Reads work on a database at least this old: version 2 only added an index, version 3 two
 # columns (corrections) and version 4 two more (cache tokens) that a read of an older database takes
 # as 0, so a version-1 database stays readable (more slowly) until the next `quota dump` migrates it.
+# Version 5 added grants_drawn_nano and the audit table (issue 12): an older database reads as 0 drawn
+# and no audit rows until its first write (a dump, an audited credit change) migrates it.
 READABLE_FROM = 1
 _LOCK_KEY = 0x71756F7461  # "quota": the PostgreSQL advisory lock taken while creating/migrating
 
@@ -106,6 +111,8 @@ month_snapshot = Table(
     Column("system_used_nano", BigInteger, nullable=False),
     Column("first_archived_at", DateTime(timezone=True), nullable=False),
     Column("archived_at", DateTime(timezone=True), nullable=False),
+    # what the month's system spend drew from grants (issue 12, schema 5; lua/lib/grants.lua)
+    Column("grants_drawn_nano", BigInteger, nullable=False, server_default="0"),
 )
 
 model_snapshot = Table(
@@ -130,6 +137,28 @@ model_snapshot = Table(
     Column("cached_input_tokens", BigInteger, nullable=False, server_default="0"),
     Column("cache_write_tokens", BigInteger, nullable=False, server_default="0"),
 )
+
+# The audit trail of credit changes (issue 12, schema 5; quota/_audit.py). Append-only: a row is
+# inserted (status pending) before the change and given its outcome once after it; never deleted.
+credit_audit = Table(
+    "quota_credit_audit",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("prefix", String(32), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),  # the meter's clock when asked
+    Column("actor", String(64), nullable=False),  # library, cli, api:<role>
+    Column("action", String(32), nullable=False),  # set_monthly_credit, set_plan_credit, grant, revoke_grant
+    Column("user_id", String(128), nullable=False),
+    Column("month", String(7), nullable=True),  # set_monthly_credit only
+    Column("grant_id", String(64), nullable=True),  # grant and revoke_grant only
+    Column("requested_nano", BigInteger, nullable=True),  # the credit or amount asked for
+    Column("before_nano", BigInteger, nullable=True),  # NULL: none (no month credit, no plan, no grant)
+    Column("after_nano", BigInteger, nullable=True),
+    Column("reason", String(200), nullable=True),
+    Column("status", String(16), nullable=False),  # pending, done, unchanged, failed
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+)
+audit_index = Index("quota_credit_audit_by_user", credit_audit.c.prefix, credit_audit.c.user_id, credit_audit.c.id)
 
 # One month of every user, in user order: the month report (``iter_month``). Without it a report
 # read the whole table (every month) through the primary key, which starts with the user id.
@@ -187,11 +216,20 @@ def _add_cache_columns(conn: Connection) -> None:
     conn.execute(text(VIEWS["quota_month_model"]))
 
 
+def _add_grants_and_audit(conn: Connection) -> None:
+    """Version 5 (issue 12): what each archived month drew from grants (0 before), and the audit trail."""
+    if "grants_drawn_nano" not in {c["name"] for c in inspect(conn).get_columns(month_snapshot.name)}:
+        conn.execute(text("ALTER TABLE quota_month_snapshot ADD COLUMN grants_drawn_nano BIGINT NOT NULL DEFAULT 0"))
+    credit_audit.create(conn, checkfirst=True)
+    audit_index.create(conn, checkfirst=True)
+
+
 # MIGRATIONS[v] upgrades a database at version v to v + 1.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _add_month_index,
     2: _add_adjustment_columns,
     3: _add_cache_columns,
+    4: _add_grants_and_audit,
 }
 
 
@@ -351,6 +389,7 @@ class HistoryStore:
                     if attempt == 2:
                         raise
         self._schema_ready = self._has_adjustments = True
+        self._version = SCHEMA_VERSION
         return SCHEMA_VERSION
 
     def _create_or_migrate(self, conn: Connection) -> None:
@@ -396,6 +435,10 @@ class HistoryStore:
         """Whether the database has the cache-token columns (schema version 4). Call after _readable()."""
         return self._schema_ready or (self._version or 0) >= 4
 
+    def _grants_ready(self) -> bool:
+        """Has the database grants_drawn_nano and the audit table (version 5)? Call after _readable()."""
+        return self._schema_ready or (self._version or 0) >= 5
+
     def _cache_columns(self, table: Table) -> tuple[Any, Any]:
         """The cache-token columns of ``table``, or 0 in their place on a database from before
         version 4 (it has none; the next `quota dump` adds them). Call after _readable()."""
@@ -436,7 +479,20 @@ class HistoryStore:
         for _, snap in sorted(newest.items()):
             usage, user, month, gen, seq = snap.usage, snap.user, snap.month, snap.generation, snap.seq
             # tuples in table column order (see month_snapshot / model_snapshot above)
-            months.append((prefix, user, month, gen, seq, usage.credit_nano, usage.system_used_nano, at, at))
+            months.append(
+                (
+                    prefix,
+                    user,
+                    month,
+                    gen,
+                    seq,
+                    usage.credit_nano,
+                    usage.system_used_nano,
+                    at,
+                    at,
+                    usage.grants_drawn_nano,
+                )
+            )
             for model_id in sorted(usage.models):
                 m = usage.models[model_id]
                 flag = system.get(model_id)
@@ -503,14 +559,18 @@ class HistoryStore:
             if not self._readable():
                 return []
 
-            months_query, models_query = _archive_reads(self._has_adjustments, self._has_cache_columns())
+            months_query, models_query = _archive_reads(
+                self._has_adjustments, self._has_cache_columns(), self._grants_ready()
+            )
             params = {"p_prefix": self.prefix, "p_user": user, "p_months": wanted}
             with self.engine.connect() as conn:
                 rows = conn.execute(months_query, params).all()
                 model_rows = conn.execute(models_query, params).all()
         parts: dict[tuple[str, int], MonthUsage] = {}
-        for month, gen, credit, used in rows:
-            parts[(month, gen)] = MonthUsage(month, credit_nano=credit, system_used_nano=used, archive_gen=gen)
+        for month, gen, credit, used, drawn in rows:
+            parts[(month, gen)] = MonthUsage(
+                month, credit_nano=credit, system_used_nano=used, archive_gen=gen, grants_drawn_nano=drawn
+            )
         for (
             month,
             gen,
@@ -639,6 +699,72 @@ class HistoryStore:
                     select(func.count()).select_from(month_snapshot).where(month_snapshot.c.prefix == self.prefix)
                 ).scalar_one()
 
+    # --- the audit trail of credit changes (quota/_audit.py) ----------------------------------------
+
+    def audit_begin(self, entry: AuditEntry) -> int:
+        """Insert and commit ``entry`` as a pending row (creating the schema on first use); its id."""
+        self.ensure_schema()
+        with self.errors(), self.engine.begin() as conn:
+            inserted = conn.execute(
+                credit_audit.insert().values(
+                    prefix=self.prefix,
+                    at=entry.at,
+                    actor=entry.actor,
+                    action=entry.action,
+                    user_id=entry.user,
+                    month=entry.month,
+                    grant_id=entry.grant_id,
+                    requested_nano=entry.requested_nano,
+                    reason=entry.reason,
+                    status=PENDING,
+                )
+            )
+            key = inserted.inserted_primary_key
+            assert key is not None
+            return int(key[0])
+
+    def audit_finish(self, audit_id: int, status: str, before_nano: int | None, after_nano: int | None) -> None:
+        """Give the pending row ``audit_id`` its outcome (a row that is not pending is left as it is)."""
+        with self.errors(), self.engine.begin() as conn:
+            conn.execute(
+                credit_audit.update()
+                .where(credit_audit.c.id == audit_id, credit_audit.c.status == PENDING)
+                .values(status=status, before_nano=before_nano, after_nano=after_nano, finished_at=datetime.now(UTC))
+            )
+
+    def read_audit(self, user: str, limit: int = 100) -> list[dict[str, Any]]:
+        """``user``'s audit rows, newest first, JSON-ready (amounts in CNY as JSON numbers, and in
+        nano-CNY as ints beside them)."""
+        user = validate_user(user)
+        with self.errors():
+            if not self._readable() or not self._grants_ready():
+                return []
+            a = credit_audit
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(a).where(a.c.prefix == self.prefix, a.c.user_id == user).order_by(a.c.id.desc()).limit(limit)
+                ).all()
+        out = []
+        for row in rows:
+            item: dict[str, Any] = {
+                "id": row.id,
+                "at": _iso(row.at),
+                "actor": row.actor,
+                "action": row.action,
+                "user": row.user_id,
+                "month": row.month,
+                "grant_id": row.grant_id,
+                "status": row.status,
+                "reason": row.reason,
+                "finished_at": _iso(row.finished_at),
+            }
+            for name in ("requested", "before", "after"):
+                nano = getattr(row, f"{name}_nano")
+                item[name] = None if nano is None else nano_to_json(nano)
+                item[f"{name}_nano"] = nano
+            out.append(item)
+        return out
+
     def ping(self) -> None:
         """Raise ``StorageUnavailable`` unless the database answers (an SQLite file is not created)."""
         if self._sqlite_file is not None and not Path(self._sqlite_file).exists():
@@ -728,9 +854,9 @@ def _cache_columns(table: Table, present: bool) -> tuple[Any, Any]:
 
 
 @functools.cache
-def _archive_reads(has_adjustments: bool, has_cache: bool) -> tuple[Select[Any], Select[Any]]:
+def _archive_reads(has_adjustments: bool, has_cache: bool, has_grants: bool) -> tuple[Select[Any], Select[Any]]:
     """The two queries of ``load_months`` for a database with (or without: an older schema) the
-    corrections and cache-token columns, built once with bound parameters (``p_prefix``,
+    corrections, cache-token and grants columns, built once with bound parameters (``p_prefix``,
     ``p_user``, ``p_months``): building them per call, with the months as literals, cost more
     than running them (about half of a token-stats request with a history store, profiled)."""
 
@@ -747,6 +873,8 @@ def _archive_reads(has_adjustments: bool, has_cache: bool) -> tuple[Select[Any],
             month_snapshot.c.generation,
             month_snapshot.c.credit_nano,
             month_snapshot.c.system_used_nano,
+            # schema 5 (issue 12); 0 in an older archive, read before its migration
+            month_snapshot.c.grants_drawn_nano if has_grants else literal(0),
         )
         .where(where(month_snapshot))
         .order_by(month_snapshot.c.month, month_snapshot.c.first_archived_at, month_snapshot.c.generation)
@@ -766,6 +894,15 @@ def _archive_reads(has_adjustments: bool, has_cache: bool) -> tuple[Select[Any],
         *_cache_columns(model_snapshot, has_cache),
     ).where(where(model_snapshot))
     return months_query, models_query
+
+
+def _iso(moment: datetime | None) -> str | None:
+    """An instant as ISO 8601 UTC with ``Z`` (SQLite gives naive datetimes back: they are UTC)."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _read_version(conn: Connection) -> int | None:

@@ -5,44 +5,56 @@
 -- KEYS[2]  idempotency record   <prefix>:{<user>}:req:<request_id>
 -- KEYS[3]  alert outbox         <prefix>:{<user>}:outbox
 -- KEYS[4]  outbox index         <prefix>:{<slot tag>}:outbox_index   (the user's slot; lib/alerts.lua)
+-- KEYS[5]  plan                 <prefix>:{<user>}:plan     (lib/grants.lua: the standing monthly credit)
+-- KEYS[6]  grants               <prefix>:{<user>}:grants   (lib/grants.lua)
 -- ARGV[1]  model_id             validated by the client (no spaces, no braces, <= 48 chars)
 -- ARGV[2]  input_tokens         decimal string
 -- ARGV[3]  output_tokens        decimal string
 -- ARGV[4]  cost_nano            decimal string, this call's cost in nano-CNY (1e-9 CNY)
 -- ARGV[5]  is_system            "1": the cost draws on the credit (system_used_nano); "0": counted only
--- ARGV[6]  default_credit_nano  the month's credit when none is set (credit_nano absent)
+-- ARGV[6]  default_credit_nano  the month's credit when neither the month nor a plan sets one
 -- ARGV[7]  dedupe_ttl_s         seconds the request id is remembered
 -- ARGV[8]  estimated            "1" when the tokens are an estimate (a stream cut short), else "0"
 -- ARGV[9]  thresholds           alert thresholds, ascending percents of the credit ("80,100"; "" = off)
 -- ARGV[10] purpose              "" (none) or 1 to 10 of [a-z0-9_-]: also counted in <model>:n@<purpose>
 --                               (calls) and <model>:c@<purpose> (cost_nano); see quota/_keys.py
+-- ARGV[11] now_ms               the meter's clock (ms): which grants are live (lib/grants.lua); checked
+--                               where it is used, past the credit
 -- With a turn hold (quota.Turn), also:
--- KEYS[5]  holds hash           <prefix>:{<user>}:holds
--- ARGV[11] turn_id              the hold this call draws its system cost from (never below 0)
--- ARGV[12] hold_ttl_ms          the hold lives this long after this call
+-- KEYS[7]  holds hash           <prefix>:{<user>}:holds
+-- ARGV[12] turn_id              the hold this call draws its system cost from (never below 0)
+-- ARGV[13] hold_ttl_ms          the hold lives this long after this call
 -- With cache tokens (only when either is non-zero; the hold's ARGV are "" without a hold), last:
--- ARGV[13] cached_input_tokens  decimal string, the part of input_tokens that were cache hits
--- ARGV[14] cache_write_tokens   decimal string, the part of input_tokens that wrote the cache
+-- ARGV[14] cached_input_tokens  decimal string, the part of input_tokens that were cache hits
+-- ARGV[15] cache_write_tokens   decimal string, the part of input_tokens that wrote the cache
 --                               counted in <model>:cached_input and <model>:cache_write; the cost
 --                               (ARGV[4]) already prices them (quota/_prices.py)
+--
+-- Grants: the part of a system call's cost beyond the month's credit (month override, else plan, else
+-- default) is drawn from live grants in the same step (lib/grants.lua), and counted in
+-- grants_drawn_nano; the part that fits under the credit is not. The grants hash is read only when the
+-- call goes past the credit, so a user under the credit pays nothing for grants.
 --
 -- Purposes are bounded: <model>:purposes counts the model's distinct named purposes this month; once
 -- it is MAX_PURPOSES, a purpose not seen yet is counted under "other" (which is never counted there).
 -- Without a purpose the script reads and writes exactly what it did before purposes existed.
 --
--- Returns {recorded, system_used_nano, credit_nano, hold_remaining_nano, crossed, purpose}. recorded is 1 when
+-- Returns {recorded, system_used_nano, credit_nano, hold_remaining_nano, crossed, purpose, drawn}. recorded is 1 when
 -- this call was counted: then system_used_nano is the value *before* it (the client adds the cost for a
 -- system model, exactly, in Python). recorded is 0 for a request id seen before with the same content:
 -- then system_used_nano is the current value. hold_remaining_nano is "" without a live hold (or for a
 -- repeated id). crossed lists the thresholds this call's system spend reached first this month ("80" or
 -- "80,100"; "" mostly): each got one quota.threshold_crossed event in the outbox, in this same step. A
 -- repeated id crosses nothing. purpose is the one the call was counted under ("other" past the bound;
--- for a repeated id, the one given; "" for none). Amounts are strings: they may pass 2^53, where Lua numbers lose digits.
+-- for a repeated id, the one given; "" for none). drawn is what this call drew from grants (0 mostly,
+-- and for a repeated id): an integer, below 10^15 (grant.lua's bound). The other amounts are strings:
+-- they may pass 2^53, where Lua numbers lose digits.
 -- Never refuses for being over the credit: the reply in progress is always counted.
 -- Errors start with QUOTA_INVALID, QUOTA_CONFLICT or QUOTA_OVERFLOW and change nothing.
 
 -- @include holds
 -- @include alerts
+-- @include grants
 
 local MAX_PURPOSES = 8  -- quota/_keys.py MAX_PURPOSES
 
@@ -60,34 +72,38 @@ if not (purpose == '' or (type(purpose) == 'string' and #purpose <= 10
                           and string.find(purpose, '^[a-z0-9_%-]+$') ~= nil)) then
   return redis.error_reply('QUOTA_INVALID record purpose must be 1 to 10 characters of a-z 0-9 _ -')
 end
-local with_hold = #KEYS == 5
-if with_hold and not (type(ARGV[11]) == 'string' and #ARGV[11] >= 1 and is_uint(ARGV[12], 10)) then
+local with_hold = #KEYS == 7
+if with_hold and not (type(ARGV[12]) == 'string' and #ARGV[12] >= 1 and is_uint(ARGV[13], 10)) then
   return redis.error_reply('QUOTA_INVALID record with a hold needs a turn id and hold_ttl_ms')
 end
-local cache = #ARGV >= 14  -- quota/_core.py RECORD_CACHE_ARG (13): the cache counts come last
-if cache and not (is_uint(ARGV[13], 10) and is_uint(ARGV[14], 10)
-                  and tonumber(ARGV[13]) + tonumber(ARGV[14]) <= tonumber(ARGV[2])) then
+local cache = #ARGV >= 15  -- quota/_core.py RECORD_CACHE_ARG (14): the cache counts come last
+if cache and not (is_uint(ARGV[14], 10) and is_uint(ARGV[15], 10)
+                  and tonumber(ARGV[14]) + tonumber(ARGV[15]) <= tonumber(ARGV[2])) then
   return redis.error_reply('QUOTA_INVALID record cache tokens must be unsigned integers within input_tokens')
 end
 local model = ARGV[1]
 local content = model .. '|' .. ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4] .. '|' .. ARGV[8]
 if purpose ~= '' then content = content .. '|' .. purpose end  -- ids stored before purposes still match
-if cache then content = content .. '|k' .. ARGV[13] .. ':' .. ARGV[14] end  -- ':' is never in a purpose
+if cache then content = content .. '|k' .. ARGV[14] .. ':' .. ARGV[15] end  -- ':' is never in a purpose
 
--- 2. read
-local seen = redis.call('GET', KEYS[2])
+-- 2. read (the plan rides on the request id's read: one MGET, the two keys share the user's slot, so
+-- a record runs as many commands as before plans existed)
+local seen_plan = redis.call('MGET', KEYS[2], KEYS[5])
+local seen, plan = seen_plan[1], seen_plan[2]
 if seen then
   if seen ~= content then
     return redis.error_reply('QUOTA_CONFLICT request_id was already used for a different record')
   end
   local now = redis.call('HMGET', KEYS[1], 'system_used_nano', 'credit_nano')
-  return {0, now[1] or '0', now[2] or ARGV[6], '', '', purpose}
+  return {0, now[1] or '0', now[2] or plan or ARGV[6], '', '', purpose, 0}
 end
 local fields = {model .. ':input', model .. ':output', model .. ':cost_nano',
                 model .. ':calls', 'system_used_nano', 'credit_nano', 'alerted_pct'}
 if purpose ~= '' then  -- the same HMGET, two more fields: is this purpose known, how many are there
   fields[8], fields[9] = model .. ':n@' .. purpose, model .. ':purposes'
 end
+local drawn_at = #fields + 1  -- and what grants paid this month (lib/grants.lua)
+fields[drawn_at] = 'grants_drawn_nano'
 local current = redis.call('HMGET', KEYS[1], unpack(fields))
 local new_purpose = false
 if purpose ~= '' and purpose ~= 'other' and not current[8] then
@@ -100,15 +116,29 @@ for i = 1, 5 do
   end
 end
 local late = not current[4] and born_late(KEYS[1])  -- a new hash after its month (lib/util.lua)
-local used, credit = current[5] or '0', current[6] or ARGV[6]
+local used, credit = current[5] or '0', current[6] or plan or ARGV[6]  -- the month's, else the plan, else the default
 local crossed = {}
 if ARGV[5] == '1' and ARGV[9] ~= '' then  -- system spend alerts, nothing else (turn holds never do)
   crossed = newly_reached(ARGV[9], current[7], used, ARGV[4], credit)
 end
+local draw, live = 0, nil
+if ARGV[5] == '1' then  -- the part of the cost beyond the credit, if any, draws on live grants
+  local room = tonumber(credit) - tonumber(used)  -- what the month's credit covers: + what grants paid
+  if current[drawn_at] then room = room + tonumber(current[drawn_at]) end
+  local beyond = tonumber(ARGV[4]) - math.max(room, 0)  -- (lib/grants.lua credit_left, inlined: the hot path)
+  if beyond > 0 then  -- only now is the grants hash read: under the credit, a record never reads it
+    if not is_uint(ARGV[11], 15) then  -- validated where it is used (still before any write)
+      return redis.error_reply('QUOTA_INVALID record now_ms must be an unsigned integer')
+    end
+    local total
+    live, total = live_grants(KEYS[6], tonumber(ARGV[11]))
+    draw = math.min(beyond, total)
+  end
+end
 local now_ms, remaining, expires
 if with_hold or #crossed > 0 then now_ms = server_ms() end
 if with_hold then
-  remaining, expires = parse_hold(redis.call('HGET', KEYS[5], ARGV[11]))
+  remaining, expires = parse_hold(redis.call('HGET', KEYS[7], ARGV[12]))
   if remaining and expires <= now_ms then remaining = nil end  -- dead: nothing to draw from
 end
 
@@ -124,8 +154,8 @@ if ARGV[8] == '1' then
   redis.call('HINCRBY', KEYS[1], model .. ':estimated_calls', 1)
 end
 if cache then  -- never above <model>:input (checked for overflow above): each is a part of it
-  if ARGV[13] ~= '0' then redis.call('HINCRBY', KEYS[1], model .. ':cached_input', ARGV[13]) end
-  if ARGV[14] ~= '0' then redis.call('HINCRBY', KEYS[1], model .. ':cache_write', ARGV[14]) end
+  if ARGV[14] ~= '0' then redis.call('HINCRBY', KEYS[1], model .. ':cached_input', ARGV[14]) end
+  if ARGV[15] ~= '0' then redis.call('HINCRBY', KEYS[1], model .. ':cache_write', ARGV[15]) end
 end
 if purpose ~= '' then
   redis.call('HINCRBY', KEYS[1], model .. ':n@' .. purpose, 1)
@@ -133,6 +163,10 @@ if purpose ~= '' then
   if new_purpose then redis.call('HINCRBY', KEYS[1], fields[9], 1) end
 end
 redis.call('SET', KEYS[2], content, 'EX', ARGV[7])
+if draw > 0 then
+  draw_grants(KEYS[6], live, draw)
+  redis.call('HINCRBY', KEYS[1], 'grants_drawn_nano', string.format('%d', draw))
+end
 if late then redis.call('HSET', KEYS[1], 'o', origin_id()) end  -- restore-safe dump (lib/util.lua)
 local hold = ''
 if remaining then  -- draw the system cost down from the turn's hold, and keep the hold alive
@@ -140,13 +174,13 @@ if remaining then  -- draw the system cost down from the turn's hold, and keep t
   if ARGV[5] == '1' then left = math.max(remaining - tonumber(ARGV[4]), 0) end
   -- The expiry moves forward once less than half of hold_ttl_ms is left: a live turn never loses
   -- its hold, and most records pay one HSET (or none) instead of HSET + PTTL.
-  local ttl_ms = tonumber(ARGV[12])
+  local ttl_ms = tonumber(ARGV[13])
   local renew = expires - now_ms < ttl_ms / 2
   if renew then expires = now_ms + ttl_ms end
   if renew or left ~= remaining then
-    redis.call('HSET', KEYS[5], ARGV[11], string.format('%d:%d', left, expires))
+    redis.call('HSET', KEYS[7], ARGV[12], string.format('%d:%d', left, expires))
   end
-  if renew then keep_hash_until(KEYS[5], expires, now_ms) end
+  if renew then keep_hash_until(KEYS[7], expires, now_ms) end
   hold = string.format('%d', left)
 end
 if #crossed > 0 then  -- one event per threshold, in the outbox with the count (a dead worker loses none)
@@ -154,4 +188,4 @@ if #crossed > 0 then  -- one event per threshold, in the outbox with the count (
   for _, pct in ipairs(crossed) do emit(KEYS[1], KEYS[3], KEYS[4], 'crossed', pct, after, credit, now_ms) end
   redis.call('HSET', KEYS[1], 'alerted_pct', crossed[#crossed])
 end
-return {1, used, credit, hold, table.concat(crossed, ','), purpose}
+return {1, used, credit, hold, table.concat(crossed, ','), purpose, draw}  -- draw < 10^15: exact as a number
