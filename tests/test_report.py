@@ -404,3 +404,30 @@ def test_a_report_can_leave_redis_to_the_hot_path(redis_server, clock, monkeypat
             meter.close()
         assert bool(pauses) is paused and all(p > 0 for p in pauses)
     client.flushall()
+
+
+def test_a_users_plan_is_the_credit_of_a_month_without_its_own(any_meter, raw):
+    """The month's credit is its own top-up, else the plan, else the default (as the check has it):
+    the 80 %/100 % counts, the share and the export use it (issue 13 follow-up)."""
+    m = any_meter
+    per_1k = m.get_model_cost_config(SYS)["cost_per_1k_input"]
+    tokens = lambda cny: int(Decimal(cny) / Decimal(str(per_1k)) * 1000)  # noqa: E731
+    for i in range(12):  # spread over every master of a cluster: a plan on each
+        record(m, f"p{i}", SYS, tokens("6"))  # 120 % of the default (5), 60 % of a 10 CNY plan
+        m.set_plan_credit(f"p{i}", "10")
+    record(m, "top", SYS, tokens("6"))
+    m.set_plan_credit("top", "10")
+    m.set_monthly_credit("top", "6")  # the month's own credit wins over the plan: 100 %
+    record(m, "plain", SYS, tokens("4"))  # 80 % of the default
+    rows = {r.user: r for r in m.month_report()}
+    assert rows["p3"].credit_nano == 10_000_000_000 and not rows["p3"].credit_set
+    assert rows["p3"].percent_used == 60.0 and not rows["p3"].exceeded
+    assert rows["top"].credit_nano == 6_000_000_000 and rows["top"].exceeded
+    assert rows["plain"].credit_nano == 5_000_000_000 and rows["plain"].percent_used == 80.0
+    s = m.month_data().summary
+    assert (s.users, s.users_over_80, s.users_over_100) == (14, 2, 1)
+    if isinstance(m, Meter):  # the export (one code for both: AsyncAsSync does not wrap generators)
+        exported = {user: usage for page in m.month_usage() for user, usage in page}
+        assert exported["p5"].credit_nano == 10_000_000_000 and exported["plain"].credit_nano is None
+    raw.set("quota:{plain}:plan", "lots")  # written by hand: left out, the month reads with the default
+    assert {r.user: r for r in m.month_data(fresh=True).page(limit=100)[0]}["plain"].credit_nano == 5_000_000_000
