@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence, Set
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -277,7 +277,8 @@ def plan(user: str, credit: str | None, clear: bool, url: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
 @click.option("--url", envvar="REDIS_URL", help="Redis URL (default: REDIS_URL).")
 def audit(user: str, limit: int, as_json: bool, url: str | None) -> None:
-    """Print USER's credit changes (monthly credit, plan, grants), newest first, from QUOTA_HISTORY_URL."""
+    """Print USER's credit changes (monthly credit, plan, grants) and corrections (adjust: the
+    model's cost before and after), newest first, from QUOTA_HISTORY_URL."""
     meter = open_meter(url)
     try:
         entries = meter.get_audit(user, limit=limit)
@@ -297,7 +298,7 @@ def audit(user: str, limit: int, as_json: bool, url: str | None) -> None:
                 e["at"],
                 e["actor"],
                 e["action"],
-                e["month"] or e["grant_id"] or "-",
+                _audit_subject(e),
                 amount(e["before"]),
                 amount(e["after"] if e["status"] != "pending" else e["requested"]),
                 e["status"],
@@ -305,6 +306,13 @@ def audit(user: str, limit: int, as_json: bool, url: str | None) -> None:
             ]
         )
     click.echo(_table(rows, right={4, 5}))
+
+
+def _audit_subject(entry: dict[str, Any]) -> str:
+    """What an audit row changed: the month, the grant, or (adjust) the month, model and adjustment id."""
+    if entry.get("adjustment_id"):
+        return f"{entry['month']} {entry['model_id']} {entry['adjustment_id']}"
+    return entry["month"] or entry["grant_id"] or "-"
 
 
 @main.command()

@@ -18,7 +18,8 @@ from typing import Any
 from redis.exceptions import NoScriptError, ResponseError
 
 from .. import _audit as audit
-from .._adjust import Adjustment, adjust_call, adjustments_from_hash, audit_adjustment
+from .._adjust import Adjustment, adjust_call, adjustments_from_hash, audit_adjustment, audit_outcome
+from .._adjust import audit_entry as adjustment_audit_entry
 from .._audit import LIBRARY, AuditEntry, AuditSink, validate_actor
 from .._batch import SendOne, Step, eval_args, evalsha_args, plan_batch
 from .._config import Settings
@@ -370,22 +371,25 @@ class Meter:
         same amounts and reason again changes nothing; with others it is ``RequestConflict``).
         A counter that would go below zero is ``InvalidInput`` and nothing changes. On a system
         model the cost also moves the month's use of the credit. Logged with its id, reason and
-        ``actor`` (quota._adjust.audit_adjustment); listed by ``adjustments``."""
-        result = self.run(
-            adjust_call(
-                self.core,
-                user,
-                model_id,
-                adjustment_id=adjustment_id,
-                reason=reason,
-                cost=cost,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                calls=calls,
-                month=month,
-                actor=actor,
-            )
+        ``actor`` (quota._adjust.audit_adjustment) and audited as the credit changes are (action
+        ``adjust``, the model's cost before and after: see ``grant_credit``; when its audit row can
+        not be written it is not made, ``AuditUnavailable``); listed by ``adjustments``."""
+        user = validate_user(user)
+        month = self.core.current_month() if month is None else validate_month(month)
+        call = adjust_call(
+            self.core,
+            user,
+            model_id,
+            adjustment_id=adjustment_id,
+            reason=reason,
+            cost=cost,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            calls=calls,
+            month=month,
+            actor=actor,
         )
+        result = self._audited(call, adjustment_audit_entry(call, user, month, self.core.clock()), audit_outcome)
         audit_adjustment(result)
         return result
 
