@@ -4,7 +4,7 @@ The meter reads the month (``AsyncMeter.month_report``: the live month from Redi
 pipelined HGETALL on every primary, an archived one from SQL merged with whatever of it is still
 in Redis) and feeds each user-month to a :class:`MonthReportBuilder`; what comes out is a
 :class:`MonthData`: a summary (totals, per model, users near or over the credit) and one compact
-row per user, kept in columns (about 130 bytes a user: 130 MB for a million) so that it can be
+row per user, kept in columns (about 150 bytes a user: 150 MB for a million) so that it can be
 cached for a short while, sorted by any column and paged with a keyset cursor.
 
 Definitions (docs/OPERATIONS.md, "Weekly questions"):
@@ -81,6 +81,8 @@ class UserRow:
     system_used_nano: int  # what the check compares with the credit
     credit_nano: int  # the month's credit: the top-up when set, else the plan, else the default
     credit_set: bool  # the month has its own credit (a top-up), not the plan's or the default
+    cached_input_tokens: int = 0  # parts of input_tokens priced at the cache rates (issue 12)
+    cache_write_tokens: int = 0
 
     @property
     def cost_nano(self) -> int:
@@ -102,6 +104,8 @@ class UserRow:
             "custom_cost": nano_to_json(self.custom_cost_nano),
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
+            "cached_input_tokens": self.cached_input_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
             "calls": self.calls,
             "monthly_used": nano_to_json(self.system_used_nano),
             "monthly_credit": nano_to_json(self.credit_nano),
@@ -204,6 +208,7 @@ class MonthReportBuilder:
             c["output"],
         )
         self._calls, self._used, self._credit = c["calls"], c["used"], c["credit"]
+        self._cached, self._cache_write = c["cached"], c["cache_write"]
         self.credit_set = bytearray()
         # model id (bytes) -> [input, output, cost, calls, estimated calls, users, is_system, cached, cache write]
         self._models: dict[bytes, list[int]] = {}
@@ -240,7 +245,7 @@ class MonthReportBuilder:
             return False
         if not values and not used and credit is None:
             return True  # nothing of this month (only bookkeeping fields)
-        system_cost = custom_cost = tokens_in = tokens_out = calls = 0
+        system_cost = custom_cost = tokens_in = tokens_out = calls = cached = write = 0
         for code, totals, value in values:  # all parsed: nothing is added from a bad hash
             index = code & 15
             totals[index] += value
@@ -256,7 +261,13 @@ class MonthReportBuilder:
             elif index == 3:
                 calls += value
                 totals[5] += 1  # one more user of the model
-        self._add_row(user, used, credit, system_cost, custom_cost, tokens_in, tokens_out, calls, plan_nano)
+            elif index == 7:
+                cached += value
+            elif index == 8:
+                write += value
+        self._add_row(
+            user, used, credit, system_cost, custom_cost, tokens_in, tokens_out, calls, plan_nano, cached, write
+        )
         return True
 
     def _field_kind(self, name: Any) -> tuple[int, list[int] | None]:
@@ -302,7 +313,7 @@ class MonthReportBuilder:
         _, _, credit, used, first_model, *_ = rows[start]
         if credit is None and not used and first_model is None:
             return  # an empty archived month (no model, no spend, no credit): add_usage skips it too
-        system_cost = custom_cost = tokens_in = tokens_out = calls = 0
+        system_cost = custom_cost = tokens_in = tokens_out = calls = cached_in = cache_write = 0
         for i in range(start, end):
             _, _, _, _, model_id, tin, tout, cost, n, est, cached, write = rows[i]
             if model_id is None:
@@ -319,18 +330,22 @@ class MonthReportBuilder:
             tokens_in += tin
             tokens_out += tout
             calls += n
+            cached_in += cached
+            cache_write += write
             if totals[6]:
                 system_cost += cost
             else:
                 custom_cost += cost
-        self._add_row(user, used, credit, system_cost, custom_cost, tokens_in, tokens_out, calls)
+        self._add_row(  # an archived credit is the one in force then, the plan's included (the dump)
+            user, used, credit, system_cost, custom_cost, tokens_in, tokens_out, calls, None, cached_in, cache_write
+        )
 
     def add_usage(self, user: str, usage: MonthUsage, plan_nano: int | None = None) -> None:
         """Add one parsed user-month (e.g. archived generations merged with the live hash);
         ``plan_nano`` as in ``add_hash``."""
         if usage.is_empty and usage.credit_nano is None:
             return
-        system_cost = custom_cost = tokens_in = tokens_out = calls = 0
+        system_cost = custom_cost = tokens_in = tokens_out = calls = cached = write = 0
         for model_id, u in usage.models.items():
             totals = self._model_totals(model_id.encode())
             for i, value in enumerate((u.input_tokens, u.output_tokens, u.cost_nano, u.calls, u.estimated_calls)):
@@ -341,6 +356,8 @@ class MonthReportBuilder:
             tokens_in += u.input_tokens
             tokens_out += u.output_tokens
             calls += u.calls
+            cached += u.cached_input_tokens
+            write += u.cache_write_tokens
             if totals[6]:
                 system_cost += u.cost_nano
             else:
@@ -355,6 +372,8 @@ class MonthReportBuilder:
             tokens_out,
             calls,
             plan_nano,
+            cached,
+            write,
         )
 
     def _add_row(
@@ -368,6 +387,8 @@ class MonthReportBuilder:
         tokens_out: int,
         calls: int,
         plan_nano: int | None = None,
+        cached: int = 0,
+        cache_write: int = 0,
     ) -> None:
         if credit is not None:
             effective = credit
@@ -381,6 +402,8 @@ class MonthReportBuilder:
         self._calls.append(calls)
         self._used.append(used)
         self._credit.append(effective)
+        self._cached.append(cached)
+        self._cache_write.append(cache_write)
         self.credit_set.append(credit is not None)
         s = self.summary
         s.users += 1
@@ -402,7 +425,7 @@ class MonthReportBuilder:
         return MonthData(s, self.users, self.columns, self.credit_set)
 
 
-_COLUMNS = ("system_cost", "custom_cost", "input", "output", "calls", "used", "credit")
+_COLUMNS = ("system_cost", "custom_cost", "input", "output", "calls", "used", "credit", "cached", "cache_write")
 
 
 class MonthData:
@@ -432,6 +455,8 @@ class MonthData:
             c["used"][i],
             c["credit"][i],
             bool(self.credit_set[i]),
+            c["cached"][i],
+            c["cache_write"][i],
         )
 
     # --- sorting ---------------------------------------------------------------------------------

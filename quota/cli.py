@@ -486,23 +486,26 @@ def report_text(report: MonthReport) -> str:
     if s.unreadable:
         lines.append(f"left out: {s.unreadable} hash(es) with a field that is not an integer (see the log)")
     if s.models:
-        models = [("model", "kind", "users", "calls", "input", "output", "cost CNY")]
+        models = [("model", "kind", "users", "calls", "input", "cached", "cache write", "output", "cost CNY")]
         for model_id, t in sorted(s.models.items(), key=lambda i: (-i[1].cost_nano, i[0])):
             kind = "system" if t.is_system else "custom"
             models.append(
-                (model_id, kind, f"{t.users:,}", f"{t.calls:,}", f"{t.input_tokens:,}", f"{t.output_tokens:,}")
-                + (cny(t.cost_nano),)
+                (model_id, kind, f"{t.users:,}", f"{t.calls:,}", f"{t.input_tokens:,}")
+                + (f"{t.cached_input_tokens:,}", f"{t.cache_write_tokens:,}", f"{t.output_tokens:,}", cny(t.cost_nano))
             )
-        lines += ["", _table(models, {2, 3, 4, 5, 6})]
-    users = [("user", "cost CNY", "system", "custom", "calls", "input", "output", "used / credit")]
+        lines += ["", _table(models, {2, 3, 4, 5, 6, 7, 8})]
+    users = [
+        ("user", "cost CNY", "system", "custom", "calls", "input", "cached", "cache write", "output", "used / credit")
+    ]
     for r in report:
         used = f"{cny(r.system_used_nano)} / {cny(r.credit_nano)}{'*' if r.credit_set else ''} ({r.percent_used}%)"
         users.append(
             (r.user, cny(r.cost_nano), cny(r.system_cost_nano), cny(r.custom_cost_nano), f"{r.calls:,}")
-            + (f"{r.input_tokens:,}", f"{r.output_tokens:,}", used)
+            + (f"{r.input_tokens:,}", f"{r.cached_input_tokens:,}", f"{r.cache_write_tokens:,}")
+            + (f"{r.output_tokens:,}", used)
         )
     if len(users) > 1:
-        lines += ["", f"users by {report.sort}:", _table(users, {1, 2, 3, 4, 5, 6})]
+        lines += ["", f"users by {report.sort}:", _table(users, {1, 2, 3, 4, 5, 6, 7, 8})]
         if any(r[-1].split(" (")[0].endswith("*") for r in users[1:]):
             lines.append("* a credit set for this month (a top-up)")
     return "\n".join(lines)

@@ -352,8 +352,8 @@ def test_archived_rows_are_added_as_merged_months_would_be():
 
     month = "2025-12"
     rows = [
-        ("ann", 1, None, 100, SYS, 10, 1, 100, 1, 0, 0, 0),
-        ("ann", 1, None, 100, CUS, 5, 5, 7, 2, 1, 0, 0),
+        ("ann", 1, None, 100, SYS, 10, 1, 100, 1, 0, 6, 2),  # 6 of the 10 input tokens hit the cache, 2 wrote it
+        ("ann", 1, None, 100, CUS, 5, 5, 7, 2, 1, 1, 0),
         ("bob", 2, 9_000_000_000, 50, SYS, 1, 1, 50, 1, 0, 0, 0),
         ("bob", 3, None, 30, SYS, 2, 2, 30, 1, 0, 0, 0),  # a second generation (a late write, archived apart)
         ("cat", 4, None, 0, None, 0, 0, 0, 0, 0, 0, 0),  # an empty month: left out
@@ -373,6 +373,7 @@ def test_archived_rows_are_added_as_merged_months_would_be():
     assert [a.row(i) for i in range(len(a))] == [b.row(i) for i in range(len(b))]
     assert a.summary == b.summary and a.users == ["ann", "bob", "dan", "eve"]
     assert a.row(1).system_used_nano == 80 and a.row(3).calls == 2  # eve: the live hash supersedes gen 6
+    assert (a.row(0).cached_input_tokens, a.row(0).cache_write_tokens) == (7, 2)
 
 
 def test_a_report_can_leave_redis_to_the_hot_path(redis_server, clock, monkeypatch):
@@ -431,3 +432,24 @@ def test_a_users_plan_is_the_credit_of_a_month_without_its_own(any_meter, raw):
         assert exported["p5"].credit_nano == 10_000_000_000 and exported["plain"].credit_nano is None
     raw.set("quota:{plain}:plan", "lots")  # written by hand: left out, the month reads with the default
     assert {r.user: r for r in m.month_data(fresh=True).page(limit=100)[0]}["plain"].credit_nano == 5_000_000_000
+
+
+def test_cache_tokens_per_user_in_rows_and_the_text_table(any_meter):
+    """Each user's cached and cache-write input tokens (summed over models) in the rows, the JSON and
+    ``quota report``'s tables (issue 12's cache columns, per user as per model)."""
+    from quota.cli import report_text
+
+    m = any_meter
+    m.update_token_usage("ann", SYS, 9000, 10, cached_input_tokens=7000, cache_write_tokens=1000)
+    m.update_token_usage("ann", SYS, 1000, 10, cached_input_tokens=500)
+    m.update_token_usage("bob", SYS, 100, 10)
+    rows = {r.user: r for r in m.month_report()}
+    assert (rows["ann"].cached_input_tokens, rows["ann"].cache_write_tokens) == (7500, 1000)
+    assert rows["ann"].as_dict()["cached_input_tokens"] == 7500 and rows["bob"].as_dict()["cache_write_tokens"] == 0
+    lines = report_text(m.month_report()).splitlines()
+    header = next(line for line in lines if line.startswith("user "))
+    assert header.split()[6:10] == ["input", "cached", "cache", "write"]  # after "cost CNY"
+    ann = next(line for line in lines if line.startswith("ann ")).split()
+    assert ann[5:8] == ["10,000", "7,500", "1,000"]
+    model = next(line for line in lines if line.startswith(SYS)).split()
+    assert model[4:7] == ["10,100", "7,500", "1,000"]
