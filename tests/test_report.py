@@ -453,3 +453,34 @@ def test_cache_tokens_per_user_in_rows_and_the_text_table(any_meter):
     assert ann[5:8] == ["10,000", "7,500", "1,000"]
     model = next(line for line in lines if line.startswith(SYS)).split()
     assert model[4:7] == ["10,100", "7,500", "1,000"]
+
+
+def test_an_archived_month_keeps_the_plan_in_force(backend, clock, store, make_meter):  # noqa: F811
+    """The dump archives a month without its own credit with the user's plan (the credit in force),
+    so that the archived report counts against it; a month with its own credit keeps that."""
+    meter = Meter(backend.sync_client(), clock=clock, prefix="quota", history=store, report_cache_s=0, monthly_credit=5)
+    try:
+        clock.set(2025, 12, 10, 12, 0)
+        per_1k = meter.get_model_cost_config(SYS)["cost_per_1k_input"]
+        six = int(Decimal("6") / Decimal(str(per_1k)) * 1000)  # 6 CNY of input on SYS
+        for i in range(12):  # spread over every master of a cluster
+            record(meter, f"p{i}", SYS, six, rid=f"p{i}")
+            meter.set_plan_credit(f"p{i}", "10")
+        record(meter, "own", SYS, six, rid="own")
+        meter.set_plan_credit("own", "10")
+        meter.set_monthly_credit("own", "6")
+        record(meter, "plain", SYS, six, rid="plain")
+        live = {r.user: r.credit_nano for r in meter.month_report("2025-12")}
+        clock.set(2026, 1, 2, 0, 10)
+        assert dump_expired_months(meter, store).archived == 14
+        past = make_meter(backend, prefix="quota", history=store, report_cache_s=0, monthly_credit=5)
+        report = past.month_report("2025-12")
+        rows = {r.user: r for r in report}
+        assert report.summary.sources == ("redis", "sql") and {u: r.credit_nano for u, r in rows.items()} == live
+        assert rows["p7"].credit_nano == 10_000_000_000 and not rows["p7"].exceeded
+        assert rows["own"].credit_nano == 6_000_000_000 and rows["plain"].credit_nano == 5_000_000_000
+        assert (report.summary.users_over_80, report.summary.users_over_100) == (2, 2)
+        [month] = store.load_months("p3", ["2025-12"])
+        assert month.credit_nano == 10_000_000_000
+    finally:
+        meter.close()
