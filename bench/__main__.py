@@ -1,4 +1,6 @@
-"""``python -m bench <area> [options]``: run one area's benchmark (``python -m bench`` lists them).
+"""``python -m bench``: every speed target of issue 14 from one run, rewriting their section of
+docs/BENCHMARKS.md (bench/targets.py); ``python -m bench <area> [options]``: one area's benchmark
+(``python -m bench --help`` lists them).
 
 Each area is a module of this package with a ``main(argv)``; ``python -m bench <area> --help``
 shows its options.
@@ -10,6 +12,7 @@ import importlib
 import sys
 
 AREAS = {
+    "targets": "every speed target (issue 14) beside its peer from one run; what `python -m bench` runs",
     "core": "the meter beside raw EVALSHA, limits, the seed design, redis-benchmark; writes docs/BENCHMARKS.md",
     "holds": "turn holds: server time of admission and release, and the credit overshoot with and without",
     "dump": "quota dump into SQLite and PostgreSQL beside the Redis and sqlite3 ceilings",
@@ -26,14 +29,19 @@ AREAS = {
 def usage() -> str:
     width = max(map(len, AREAS))
     lines = [f"  {name:<{width}}  {what}" for name, what in AREAS.items()]
-    return "usage: python -m bench <area> [options]   (python -m bench <area> --help)\n\nareas:\n" + "\n".join(lines)
+    return (
+        "usage: python -m bench                       (every speed target; rewrites docs/BENCHMARKS.md)\n"
+        "       python -m bench <area> [options]      (python -m bench <area> --help)\n\nareas:\n" + "\n".join(lines)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help"):
+    if not args:
+        return importlib.import_module("bench.targets").main([]) or 0
+    if args[0] in ("-h", "--help"):
         print(usage())
-        return 0 if args else 2
+        return 0
     area, rest = args[0], args[1:]
     if area not in AREAS:
         print(f"unknown area {area!r}\n\n{usage()}", file=sys.stderr)

@@ -19,6 +19,7 @@
 | QUOTA_REPORT_CACHE_S     | 30                               | a month report is reused this long (0: never) |
 | QUOTA_REPORT_REDIS_SHARE | 1                                | share of Redis a live report may take |
 | QUOTA_ALERT_THRESHOLDS   | 80,100                           | alert at these percents of the credit (`off`) |
+| QUOTA_AUTO_PIPELINE      | on                               | AsyncMeter sends concurrent calls together (`off`) |
 """
 
 from __future__ import annotations
@@ -97,6 +98,19 @@ def float_env(env: Mapping[str, str], name: str, default: float, *, low: float, 
     return _number_env(env, name, float, "a number", default, low, high)
 
 
+def bool_env(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """A switch from ``env``: on/off, true/false, yes/no, 1/0 (any case); unset or empty: ``default``."""
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "on", "true", "yes"):
+        return True
+    if value in ("0", "off", "false", "no"):
+        return False
+    raise ConfigError(f"{name} must be on or off (1/0, true/false, yes/no), got {raw!r}")
+
+
 def did_you_mean(name: str, known: Iterable[str]) -> str:
     """`` (did you mean 'monthly_credit'?)`` when a known name is close to ``name``, else ``""``.
     The one rule for every "unknown option" message (Meter options, Django's QUOTA keys)."""
@@ -141,6 +155,9 @@ class Settings:
     report_cache_s: float = DEFAULT_REPORT_CACHE_S
     report_redis_share: float = DEFAULT_REPORT_REDIS_SHARE
     alert_thresholds: tuple[int, ...] = DEFAULT_ALERT_THRESHOLDS  # (): no alerts
+    # AsyncMeter: calls made concurrently on one event loop go out as one pipeline per node
+    # (quota/_async/_pipeline.py). The sync Meter has no event loop and sends each call alone.
+    auto_pipeline: bool = True
 
     def __post_init__(self) -> None:
         check_pool_settings(self.max_connections, self.pool_timeout_s)
@@ -154,6 +171,8 @@ class Settings:
         if isinstance(given, list):  # a list given in code: kept as a tuple (hashable, frozen)
             object.__setattr__(self, "alert_thresholds", tuple(given))
         check_alert_thresholds(self.alert_thresholds)
+        if not isinstance(self.auto_pipeline, bool):
+            raise ConfigError(f"auto_pipeline must be True or False, got {self.auto_pipeline!r}")
         if not 1 <= self.hold_ttl_s <= 7 * 86400:
             raise ConfigError(f"hold_ttl_s must be from 1 to {7 * 86400} seconds, got {self.hold_ttl_s}")
         for name in ("turn_hold_nano", "turn_hold_default_nano", "turn_hold_floor_nano", "turn_hold_cap_nano"):
@@ -219,6 +238,7 @@ class Settings:
                 high=REPORT_REDIS_SHARE_RANGE[1],
             ),
             alert_thresholds=alert_thresholds_env(env),
+            auto_pipeline=bool_env(env, "QUOTA_AUTO_PIPELINE", True),
         )
 
 

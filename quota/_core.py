@@ -576,6 +576,14 @@ class MeterCore:
         )
         return ScriptCall(scripts.STATS, keys, (), parse)
 
+    def archive_epoch(self) -> ScriptCall[str]:
+        """The archive epoch (see archive_epoch.lua): sent right after ``stats`` in one pipeline."""
+
+        def parse(reply: Any) -> str:
+            return _text(reply) if reply else "0"
+
+        return ScriptCall(scripts.ARCHIVE_EPOCH, (self.keys.archive_epoch_key(),), (), parse)
+
     def token_stats(
         self, user: str, live: LiveMonths, archived: list[MonthUsage] | None = None, *, exact: bool = False
     ) -> dict[str, Any]:

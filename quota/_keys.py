@@ -204,6 +204,11 @@ class KeySchema:
     def request_key(self, user: str, request_id: str) -> str:
         return f"{self.prefix}:{{{user}}}:req:{request_id}"
 
+    def archive_epoch_key(self) -> str:
+        """The value ``quota dump`` changes after each commit to the SQL history: archived reads
+        cached under one value are still current (quota._stats.ArchiveCache)."""
+        return f"{self.prefix}:archive_epoch"
+
     def adjustments_key(self, user: str, month: str) -> str:
         return f"{self.prefix}:{{{user}}}:adj:{month}"
 

@@ -49,6 +49,7 @@ RECORD = LuaScript.load("record")
 CHECK = LuaScript.load("check")
 SET_CREDIT = LuaScript.load("set_credit")
 STATS = LuaScript.load("stats")
+ARCHIVE_EPOCH = LuaScript.load("archive_epoch")  # get_token_stats with a history store
 TURN_BEGIN = LuaScript.load("turn_begin")
 TURN_END = LuaScript.load("turn_end")
 SNAPSHOT_MONTH = LuaScript.load("snapshot_month")  # the dump (quota.dump)
@@ -66,6 +67,7 @@ ALL = (
     CHECK,
     SET_CREDIT,
     STATS,
+    ARCHIVE_EPOCH,
     TURN_BEGIN,
     TURN_END,
     SNAPSHOT_MONTH,

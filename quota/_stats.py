@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
@@ -88,31 +90,37 @@ class MonthUsage:
 
     @classmethod
     def from_hash(cls, month: str, raw: Mapping[Any, Any]) -> MonthUsage:
+        """Parse a user-month hash (bytes or str field names). Every value must be an integer
+        (``ValueError`` otherwise); fields that are not usage (``dump_seq``...) are skipped."""
         usage = cls(month)
+        plans = _FIELD_PLANS
         origin = None
         for key, value in raw.items():
-            name = key.decode() if isinstance(key, bytes) else str(key)
             number = int(value)
-            if name == FIELD_CREDIT:
-                usage.credit_nano = number
-            elif name == FIELD_USED:
+            plan = plans.get(key)
+            if plan is None:
+                plan = _field_plan(key)
+            kind = plan[0]
+            if kind == _MODEL:
+                model = usage.models.get(plan[1])
+                if model is None:
+                    model = usage.models[plan[1]] = ModelUsage()
+                setattr(model, plan[2], number)
+            elif kind == _USED:
                 usage.system_used_nano = number
-            elif name == FIELD_DUMP_GEN:
+            elif kind == _CREDIT:
+                usage.credit_nano = number
+            elif kind == _GEN:
                 usage.archive_gen = number
-            elif name == FIELD_ALERTED:
+            elif kind == _ALERTED:
                 usage.alerted_pct = number
-            elif name == FIELD_GRANTS_DRAWN:
+            elif kind == _GRANTS:
                 usage.grants_drawn_nano = number
-            elif name == FIELD_ORIGIN:
+            elif kind == _ORIGIN:
                 origin = number
-            else:
-                model_id, _, suffix = name.rpartition(":")
-                if model_id and suffix in MODEL_SUFFIXES:
-                    model = usage.models.setdefault(model_id, ModelUsage())
-                    setattr(model, _SUFFIX_ATTR[suffix], number)
-                elif model_id and suffix[:2] in _PURPOSE_INDEX and len(suffix) > 2:
-                    model = usage.models.setdefault(model_id, ModelUsage())
-                    model.purposes.setdefault(suffix[2:], [0, 0])[_PURPOSE_INDEX[suffix[:2]]] = number
+            elif kind == _PURPOSE:
+                model = usage.models.setdefault(plan[1], ModelUsage())
+                model.purposes.setdefault(plan[2][2:], [0, 0])[_PURPOSE_INDEX[plan[2][:2]]] = number
         if usage.archive_gen is None:  # the generation the dump will archive it as (snapshot_month.lua)
             usage.archive_gen = FIRST_GENERATION if origin is None else origin
         return usage
@@ -129,6 +137,40 @@ class MonthUsage:
         self.grants_drawn_nano += other.grants_drawn_nano
         for model_id, usage in other.models.items():
             self.models.setdefault(model_id, ModelUsage()).add(usage)
+
+
+# What a hash field means, decided once per field name and kept (``MonthUsage.from_hash``): the
+# same few dozen names recur in every user's hash, and deciding cost more than the rest of the
+# parse (a dump or a stats read parses thousands of hashes). (kind, model_id, attribute/suffix).
+_SKIP, _CREDIT, _USED, _GEN, _ALERTED, _ORIGIN, _GRANTS, _MODEL, _PURPOSE = range(9)
+_FIELD_PLANS: dict[Any, tuple[int, str, str]] = {}
+_FIELD_PLANS_MAX = 10_000  # names beyond this are decided every time (model ids are bounded anyway)
+
+
+def _field_plan(key: Any) -> tuple[int, str, str]:
+    name = key.decode() if isinstance(key, bytes) else str(key)
+    plan: tuple[int, str, str] = (_SKIP, "", "")
+    if name == FIELD_CREDIT:
+        plan = (_CREDIT, "", "")
+    elif name == FIELD_USED:
+        plan = (_USED, "", "")
+    elif name == FIELD_DUMP_GEN:
+        plan = (_GEN, "", "")
+    elif name == FIELD_ALERTED:
+        plan = (_ALERTED, "", "")
+    elif name == FIELD_ORIGIN:
+        plan = (_ORIGIN, "", "")
+    elif name == FIELD_GRANTS_DRAWN:
+        plan = (_GRANTS, "", "")
+    else:
+        model_id, _, suffix = name.rpartition(":")
+        if model_id and suffix in MODEL_SUFFIXES:
+            plan = (_MODEL, model_id, _SUFFIX_ATTR[suffix])
+        elif model_id and suffix[:2] in _PURPOSE_INDEX and len(suffix) > 2:
+            plan = (_PURPOSE, model_id, suffix)
+    if len(_FIELD_PLANS) < _FIELD_PLANS_MAX and isinstance(key, (bytes, str)):
+        _FIELD_PLANS[key] = plan
+    return plan
 
 
 def merge_month(month: str, live: MonthUsage | None, archived: Iterable[MonthUsage]) -> MonthUsage:
@@ -309,3 +351,49 @@ def _name(prices: PriceTable, model_id: str) -> str:
     """The name the model's latest price entry gives, else its id."""
     entries = prices.schedule(model_id)
     return entries[-1].name if entries else model_id
+
+
+class ArchiveCache:
+    """Archived months read from the SQL history, kept per user and months asked, under the
+    archive epoch they were read at (``archive_epoch.lua``; ``quota dump`` sets it to a fresh
+    random value after each commit), for at most ``max_age_s``. A token-stats read then costs one
+    Redis round trip and no SQL while no dump has written since.
+
+    Why it is exact: the epoch is read in the same pipeline as the live months, after them; the
+    dump commits a snapshot, changes the epoch, and only then deletes the hash from Redis.
+    So an archived generation the cached read lacks is either still in Redis (the live hash
+    supersedes its generation anyway, ``merge_month``) or its deletion came after a change
+    that this read's epoch shows, and the archive is read again. An epoch read before the SQL
+    read can only make the cached read newer than its epoch: it is read again one dump later.
+    At most ``max_entries`` (the oldest put is dropped first); thread-safe.
+    """
+
+    def __init__(self, max_entries: int = 10_000, max_age_s: float = 60.0) -> None:
+        self.max_entries = max_entries
+        # A bound on what a Redis restored from a backup could bring back: its older epoch value,
+        # under which an entry read before the restore may still be kept (docs/HISTORY.md).
+        self.max_age_s = max_age_s
+        self._entries: dict[tuple[str, tuple[str, ...]], tuple[str, float, list[MonthUsage]]] = {}
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0  # for tests and benchmarks
+
+    def get(self, user: str, months: list[str], epoch: str | None) -> list[MonthUsage] | None:
+        """The archived parts of ``user``'s ``months`` read at ``epoch``, or None (not kept, or
+        kept at another epoch; None epoch: unknown). Callers must not change what they get."""
+        found = self._entries.get((user, tuple(months)))
+        if epoch is not None and found is not None and found[0] == epoch and time.monotonic() < found[1]:
+            self.hits += 1
+            return found[2]
+        self.misses += 1
+        return None
+
+    def put(self, user: str, months: list[str], epoch: str | None, parts: list[MonthUsage]) -> None:
+        """Keep ``parts``, read after ``epoch`` was (None: unknown, not kept)."""
+        if epoch is None or self.max_entries <= 0:
+            return
+        key = (user, tuple(months))
+        with self._lock:
+            self._entries.pop(key, None)
+            while len(self._entries) >= self.max_entries:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[key] = (epoch, time.monotonic() + self.max_age_s, parts)

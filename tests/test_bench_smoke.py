@@ -114,7 +114,7 @@ def test_scale_rates_and_memory(redis_server):
 
 def test_every_area_answers_help(capsys):
     """``python -m bench`` lists the areas; each one's module has a main that parses --help."""
-    assert bench_main.main([]) == 2 and "areas:" in capsys.readouterr().out
+    assert bench_main.main(["--help"]) == 0 and "areas:" in capsys.readouterr().out
     assert bench_main.main(["nope"]) == 2
     for area in bench_main.AREAS:
         with pytest.raises(SystemExit) as done:
@@ -129,3 +129,24 @@ def test_alerts_area_runs(capsys):
     assert alerts.main(["--records", "1000", "--keys", "2000", "--events", "20"]) == 0
     out = capsys.readouterr().out
     assert "alerts on (80,100)" in out and "IndexProbe" in out and "20 events, concurrency 4" in out
+
+
+def test_targets_run_every_row_at_a_tiny_size(capsys, tmp_path: Path):
+    """``python -m bench`` (bench/targets.py) at --quick: every row of issue 14's table is measured
+    beside its peer from the same run (the API row needs wrk, the PostgreSQL row a server), and
+    the section it writes replaces only itself."""
+    from bench import targets
+
+    rows, facts = targets.collect(["--quick"])
+    assert len(rows) == 9 and "load average at end" in facts
+    for row in rows:
+        skipped = row.value is None and (row.note.startswith("wrk") or row.note.startswith("no PostgreSQL"))
+        assert skipped or (row.value > 0 and row.ratio is not None and row.met in (True, False)), row
+    text = targets.markdown(rows, facts, "python -m bench targets --quick")
+    assert text.count("\n| ") == 1 + len(rows)  # the header, then one line per row
+    docs = tmp_path / "BENCHMARKS.md"
+    docs.write_text("# Benchmarks\n\n## Other area\n\nkeep me\n", encoding="utf-8")
+    table.write_section(docs, text, targets.SECTION)
+    table.write_section(docs, text, targets.SECTION)
+    written = docs.read_text(encoding="utf-8")
+    assert written.count(targets.SECTION) == 1 and "## Other area\n\nkeep me" in written

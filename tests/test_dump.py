@@ -241,3 +241,26 @@ async def test_async_meter_merges_the_archive_too(real_backend, store, clock) ->
     assert stats["history"]["2025-12"]["system_deepseek"]["input"] == 50
     assert stats["history"]["2025-12"]["system_deepseek"]["calls"] == 2
     client.close()
+
+
+def test_cached_archived_months_follow_every_dump(world, store, clock) -> None:
+    """get_token_stats keeps archived months per archive epoch (quota._stats.ArchiveCache): a
+    repeat read does no SQL; a dump that archives (and deletes) a re-created hash between two
+    reads bumps the epoch, so the next read sees the new generation: nothing is missed."""
+    client, meter = world
+    fill(meter, clock)
+    dump_expired_months(meter, store)
+    clock.set(2026, 1, 15, 12)
+    meter.history = store
+    first = meter.get_token_stats("ann")
+    cache = meter._archives  # noqa: SLF001 - the test looks at what was read
+    hits = cache.hits
+    assert meter.get_token_stats("ann") == first and cache.hits == hits + 1  # no SQL the second time
+    # A late write re-creates December, a dump archives and deletes it: all between two reads.
+    record(meter, clock, "2025-12", "ann", tokens=100_000, rid="very-late-cached")
+    clock.set(2026, 1, 15, 12)
+    dump_expired_months(meter, store)
+    assert ("ann", "2025-12") not in month_hashes(client)
+    after = meter.get_token_stats("ann")["history"]["2025-12"]["system_deepseek"]
+    before = first["history"]["2025-12"]["system_deepseek"]
+    assert (after["input"], after["calls"]) == (before["input"] + 100_000, before["calls"] + 1)

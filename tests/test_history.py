@@ -98,6 +98,19 @@ def test_writing_the_same_snapshot_twice_changes_nothing(store: HistoryStore) ->
     assert store.count_months() == 1
 
 
+def test_one_batch_with_a_generation_read_twice_keeps_the_newest(store: HistoryStore) -> None:
+    """SCAN may return a key twice, so one batch can hold two reads of one generation (one
+    PostgreSQL statement may not upsert a row twice): the newest read is written, in any order."""
+    old = snap("dee", "2025-11", 5, 1, usage("2025-11", tokens=1, calls=1))
+    new = snap("dee", "2025-11", 5, 2, usage("2025-11", tokens=3, calls=2, models=(SYSTEM, "custom_x")))
+    other = snap("eve", "2025-11", 6, 1, usage("2025-11", tokens=4))
+    assert store.write_snapshots([new, other, old], is_system=is_system) == 3
+    total = store.load_totals("dee", ["2025-11"])["2025-11"]
+    assert total.models == {SYSTEM: ModelUsage(3, 6, 1_000, 2, 0), "custom_x": ModelUsage(3, 6, 1_000, 2, 0)}
+    assert store.load_totals("eve", ["2025-11"])["2025-11"].models[SYSTEM].input_tokens == 4
+    assert store.count_months() == 2
+
+
 def test_a_newer_snapshot_replaces_and_an_older_one_never_does(store: HistoryStore) -> None:
     old = snap("cy", "2025-11", 5, 1, usage("2025-11", tokens=1, calls=1))
     new = snap("cy", "2025-11", 5, 2, usage("2025-11", tokens=3, calls=2, models=(SYSTEM, "custom_x")))

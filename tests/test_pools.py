@@ -117,7 +117,9 @@ def in_threads(count: int, body: Callable[[int], None], before: Callable[[], Non
 
 
 async def test_one_async_meter_serves_1000_concurrent_records_exactly(real_backend: Backend):
-    meter = AsyncMeter.from_url(real_backend.url, history=None, prefix="pools", client_name="pools-async", **PATIENT)
+    meter = AsyncMeter.from_url(
+        real_backend.url, history=None, prefix="pools", client_name="pools-async", auto_pipeline=False, **PATIENT
+    )  # each call on its own: 1,000 callers queue for 50 connections
     await meter.check_quota_available("warm", MODEL)  # a running worker's client, as in the control
     records = [record_args(i) for i in range(CALLS)]
     started = time.perf_counter()
@@ -145,7 +147,9 @@ async def test_control_a_plain_redis_py_async_client_fails_at_that_concurrency(r
         if real_backend.is_cluster
         else aredis.Redis.from_url(real_backend.url)
     )
-    meter = AsyncMeter(client, prefix="pools")
+    # Without auto-pipelining (with it, 1,000 concurrent calls need only a few connections:
+    # test_auto_pipeline_needs_few_connections below).
+    meter = AsyncMeter(client, prefix="pools", auto_pipeline=False)
     # Warm, as a running worker's client is. (A cold cluster client lets its first commands through
     # one by one, behind the lock it learns the slots under, and would not show the limit.)
     await meter.check_quota_available("warm", MODEL)
@@ -156,6 +160,25 @@ async def test_control_a_plain_redis_py_async_client_fails_at_that_concurrency(r
     await meter.aclose()
     failed = pool_errors(results)
     assert failed, Counter(type(r).__name__ for r in results)
+
+
+async def test_auto_pipeline_needs_few_connections(real_backend: Backend):
+    """The control above, auto-pipelined (the default): the same plain redis-py client serves
+    1,000 concurrent records, sent as a few pipelines per node on a few connections."""
+    meter = AsyncMeter.from_url(real_backend.url, history=None, prefix="pools", client_name="pools-auto", **PATIENT)
+    await meter.check_quota_available("warm", MODEL)
+    records = [record_args(i) for i in range(CALLS)]
+    results = await asyncio.gather(
+        *(
+            meter.update_token_usage(user, MODEL, tin, tout, request_id=f"p{i}")
+            for i, (user, tin, tout) in enumerate(records)
+        )
+    )
+    assert all(not r.duplicate for r in results)
+    assert max(named_connections(real_backend, "pools-auto")) <= 6, named_connections(real_backend, "pools-auto")
+    for user, want in expected_totals(records).items():
+        assert totals_of(await meter.get_token_stats(user, months=0)) == want
+    await meter.aclose()
 
 
 async def test_concurrent_batches_queue_for_the_node_pipelines(real_backend: Backend):

@@ -61,3 +61,21 @@ def test_without_request_ids_a_retry_would_double_count(redis_server, lose_next_
     lose_next_replies["left"] = 1
     client.hincrby("control", "calls", 1)
     assert client.hget("control", "calls") == b"2"
+
+
+def test_the_sync_meter_sends_scripts_on_the_thin_path(redis_server, monkeypatch):
+    """``Meter.from_url``'s plain client sends EVALSHA through quota._sync._compat.send_script,
+    not redis-py's per-command layers (bench/core.py measures why); the retries above, the
+    timeouts (tests/test_storage.py) and the pool's queueing (tests/test_pools.py) run on it."""
+    meter = Meter.from_url(redis_server.url, history=None)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the thin path should not go through execute_command")
+
+    monkeypatch.setattr(redis.Redis, "execute_command", refused)
+    assert meter.update_token_usage("thin", "system_deepseek", 10, 1).input_tokens == 10
+    monkeypatch.undo()
+    redis_server.client().script_flush()  # NOSCRIPT: EVAL with the source, thin too
+    monkeypatch.setattr(redis.Redis, "execute_command", refused)
+    assert meter.update_token_usage("thin", "system_deepseek", 10, 1).monthly_used_nano > 0
+    meter.close()

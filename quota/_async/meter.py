@@ -50,7 +50,7 @@ from .._report import (
     plan_nano,
 )
 from .._results import CreditResult, Grant, PlanResult, QuotaCheck, UsageResult
-from .._stats import MonthUsage, merge_month
+from .._stats import ArchiveCache, MonthUsage, merge_month
 from .._turn_rules import TurnOptions
 from ._compat import (
     LOST_CONNECTION,
@@ -59,6 +59,7 @@ from ._compat import (
     LoopClients,
     OnLoop,
     prefetch,
+    send_script,
     sleep,
     to_thread,
     wait_background,
@@ -101,8 +102,10 @@ class AsyncMeter:
         self.turn_options = TurnOptions(spool, on_unavailable)  # see quota._turn_rules
         self.history = history
         self.where = describe_client(client)
-        self._clients = LoopClients(client, self.core.settings)
+        # How a call is sent, for the event loop's auto-pipeline (quota/_async/_pipeline.py).
+        self._clients = LoopClients(client, self.core.settings, senders=(AsyncMeter._evalsha, self._run_plan))
         self._reports = ReportCache(self.core.settings.report_cache_s)
+        self._archives = ArchiveCache()  # archived months for get_token_stats, per archive epoch
 
     @classmethod
     def from_url(cls, url: str | None = None, *, cluster: bool | None = None, **options: Any) -> AsyncMeter:
@@ -334,15 +337,31 @@ class AsyncMeter:
         When the SQL history does not answer, the answer comes from Redis alone (the live month,
         and the past months Redis still holds) with ``history_unavailable: True``; Redis being
         away is still ``StorageUnavailable``."""
-        live = await self.run(self.core.stats(user, months))
+        stats_call = self.core.stats(user, months)
         archived = None
         history_down = False
-        if self.history is not None:
-            try:
-                archived = await to_thread(self.history.load_months, user, [m.month for m in live.months[1:]])
-            except StorageUnavailable as exc:  # the live month never depends on the archive
-                log.warning("token stats of %s without the history: %s", user, exc)
-                history_down = True
+        if self.history is None:
+            live = await self.run(stats_call)
+        else:
+            # The live months and the archive epoch in one pipeline: archived months read at the
+            # same epoch are reused without SQL (quota._stats.ArchiveCache says why that is exact).
+            live_reply, epoch_reply = await self.run_many([stats_call, self.core.archive_epoch()])
+            error = error_of(live_reply, self.where)
+            if error is not None:
+                raise error
+            with storage_errors(self.where):
+                live = stats_call.parse(live_reply)
+            epoch = None if isinstance(epoch_reply, Exception) else self.core.archive_epoch().parse(epoch_reply)
+            wanted = [m.month for m in live.months[1:]]
+            archived = self._archives.get(user, wanted, epoch)
+            if archived is None:
+                try:
+                    loaded = await to_thread(self.history.load_months, user, wanted)
+                    self._archives.put(user, wanted, epoch, loaded)
+                    archived = loaded
+                except StorageUnavailable as exc:  # the live month never depends on the archive
+                    log.warning("token stats of %s without the history: %s", user, exc)
+                    history_down = True
         stats = self.core.token_stats(user, live, archived, exact=exact)
         if history_down:
             stats["history_unavailable"] = True
@@ -621,7 +640,10 @@ class AsyncMeter:
             here = self._clients.here()
             if not here.start.ready:
                 await here.start.wait()
-            return call.parse(await self._evalsha(here.client, call))
+            batcher = here.batcher  # the asyncio meter's auto-pipeline; None: off (and always in sync)
+            if batcher is None:
+                return call.parse(await self._evalsha(here.client, call))
+            return call.parse(await batcher.submit(call))
 
     @staticmethod
     async def _evalsha(client: Any, call: ScriptCall[Any]) -> Any:
@@ -641,10 +663,10 @@ class AsyncMeter:
     async def _evalsha_once(client: Any, call: ScriptCall[Any]) -> Any:
         try:
             try:
-                return await client.evalsha(*evalsha_args(call))
+                return await send_script(client, call)
             except NoScriptError:  # restart, failover or SCRIPT FLUSH emptied the script cache
                 # EVAL carries the source: a flush can not come between loading and running it.
-                return await client.eval(*eval_args(call))
+                return await send_script(client, call, with_source=True)
         except LOST_CONNECTION as exc:
             raise lost_connection(exc) from exc
 
@@ -652,9 +674,14 @@ class AsyncMeter:
         """Send calls pipelined, one pipeline per node; one raw reply or exception per call."""
         if not calls:
             return []
-        node_of = None
         with storage_errors(self.where):
             here = self._clients.here()
+        return await self._run_plan(here, calls)
+
+    async def _run_plan(self, here: OnLoop, calls: list[ScriptCall[Any]]) -> list[Any]:
+        """Drive the batch plan (quota._batch) for ``calls`` on ``here``'s client."""
+        node_of = None
+        with storage_errors(self.where):
             if isinstance(here.client, ClusterClient):
                 await here.start.before_batch()
                 node_of = here.nodes.node_of

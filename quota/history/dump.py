@@ -33,6 +33,7 @@ Memory stays flat: keys are streamed batch by batch; nothing collects all keys.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -174,6 +175,12 @@ def dump_expired_months(
             store.write_snapshots(
                 [snap for _, snap in read], is_system=settings.prices.is_system, prefix=settings.prefix, now=now
             )
+            # After the commit, before any delete: a cached archived read (quota._stats.ArchiveCache)
+            # is read again once the epoch changed; until then the hashes are still in Redis. A
+            # fresh random value, not a count: a Redis restored from a backup must not bring back
+            # a value that a later dump reaches again.
+            with storage_errors(meter.where):
+                client.set(schema.archive_epoch_key(), secrets.token_hex(8))
             _delete_unchanged(meter, read, slot_of, report)
         report.seconds = time.perf_counter() - started
         if on_progress is not None:

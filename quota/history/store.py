@@ -27,6 +27,7 @@ idempotent replace, which is what makes the dump safe to kill and rerun.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -49,6 +50,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     create_engine,
     event,
     func,
@@ -67,6 +69,7 @@ from sqlalchemy.exc import (
     ProgrammingError,
     SQLAlchemyError,
 )
+from sqlalchemy.sql import Select
 
 from .._config import DEFAULT_HISTORY_URL, Settings
 
@@ -450,6 +453,10 @@ class HistoryStore:
         self._version = version
         return True
 
+    def _has_cache_columns(self) -> bool:
+        """Whether the database has the cache-token columns (schema version 4). Call after _readable()."""
+        return self._schema_ready or (self._version or 0) >= 4
+
     def _grants_ready(self) -> bool:
         """Has the database grants_drawn_nano and the audit table (version 5)? Call after _readable()."""
         return self._schema_ready or (self._version or 0) >= 5
@@ -457,9 +464,7 @@ class HistoryStore:
     def _cache_columns(self, table: Table) -> tuple[Any, Any]:
         """The cache-token columns of ``table``, or 0 in their place on a database from before
         version 4 (it has none; the next `quota dump` adds them). Call after _readable()."""
-        if self._schema_ready or (self._version or 0) >= 4:
-            return table.c.cached_input_tokens, table.c.cache_write_tokens
-        return literal_column("0").label("cached_input_tokens"), literal_column("0").label("cache_write_tokens")
+        return _cache_columns(table, self._has_cache_columns())
 
     # --- writes ----------------------------------------------------------------------------------
 
@@ -484,8 +489,16 @@ class HistoryStore:
         months: list[tuple[Any, ...]] = []
         models: list[tuple[Any, ...]] = []
         system: dict[str, bool] = {}
-        # a stable order keeps two concurrent dumps from deadlocking on PostgreSQL row locks
-        for snap in sorted(snapshots, key=lambda s: (s.user, s.month, s.generation)):
+        # One snapshot per generation, the newest read (SCAN may return a key twice; one
+        # PostgreSQL statement may not upsert a row twice), in a stable order: two concurrent
+        # dumps then never deadlock on PostgreSQL row locks.
+        newest: dict[tuple[str, str, int], Snapshot] = {}
+        for snap in snapshots:
+            key = (snap.user, snap.month, snap.generation)
+            seen = newest.get(key)
+            if seen is None or snap.seq >= seen.seq:
+                newest[key] = snap
+        for _, snap in sorted(newest.items()):
             usage, user, month, gen, seq = snap.usage, snap.user, snap.month, snap.generation, snap.seq
             # tuples in table column order (see month_snapshot / model_snapshot above)
             months.append(
@@ -568,40 +581,13 @@ class HistoryStore:
             if not self._readable():
                 return []
 
-            def where(t: Table) -> ColumnElement[bool]:
-                return (t.c.prefix == self.prefix) & (t.c.user_id == user) & t.c.month.in_(wanted)
-
+            months_query, models_query = _archive_reads(
+                self._has_adjustments, self._has_cache_columns(), self._grants_ready()
+            )
+            params = {"p_prefix": self.prefix, "p_user": user, "p_months": wanted}
             with self.engine.connect() as conn:
-                rows = conn.execute(
-                    select(
-                        month_snapshot.c.month,
-                        month_snapshot.c.generation,
-                        month_snapshot.c.credit_nano,
-                        month_snapshot.c.system_used_nano,
-                        # schema 5 (issue 12); 0 in an older archive, read before its migration
-                        month_snapshot.c.grants_drawn_nano if self._grants_ready() else literal(0),
-                    )
-                    .where(where(month_snapshot))
-                    .order_by(month_snapshot.c.month, month_snapshot.c.first_archived_at, month_snapshot.c.generation)
-                ).all()
-                m = model_snapshot.c
-                corrections = (
-                    (m.adjustments, m.adjusted_cost_nano) if self._has_adjustments else (literal(0), literal(0))
-                )
-                model_rows = conn.execute(
-                    select(
-                        m.month,
-                        m.generation,
-                        m.model_id,
-                        m.input_tokens,
-                        m.output_tokens,
-                        m.cost_nano,
-                        m.calls,
-                        m.estimated_calls,
-                        *corrections,
-                        *self._cache_columns(model_snapshot),
-                    ).where(where(model_snapshot))
-                ).all()
+                rows = conn.execute(months_query, params).all()
+                model_rows = conn.execute(models_query, params).all()
         parts: dict[tuple[str, int], MonthUsage] = {}
         for month, gen, credit, used, drawn in rows:
             parts[(month, gen)] = MonthUsage(
@@ -841,7 +827,13 @@ class _BulkUpsert:
     """One upsert compiled once for the engine's dialect and sent with the driver's own
     ``executemany``: SQLAlchemy's per-row parameter processing cost more than the database
     itself (it halved the dump's throughput). Rows are tuples in table column order; the only
-    value that needs a type conversion (the archive time) is converted once per batch."""
+    value that needs a type conversion (the archive time) is converted once per batch.
+
+    On PostgreSQL the whole batch is one statement, ``INSERT ... SELECT * FROM unnest(%(col)s
+    ::type[], ...) ON CONFLICT ...``: one array per column, so one round trip and one plan for
+    thousands of rows, where ``executemany`` runs the statement once per row (bench/dump.py).
+    It is built from the table's columns, so a column added to the table is carried along.
+    """
 
     def __init__(self, statement: Any, table: Table, engine: Engine) -> None:
         compiled = statement.compile(dialect=engine.dialect)
@@ -856,18 +848,87 @@ class _BulkUpsert:
         # Positional parameters (e.g. SQLite's qmark): each row's values in the statement's order.
         self.positions = [columns.index(n) for n in names] if compiled.positional else None
         self.identity = self.positions == list(range(len(columns)))
+        self.unnest_sql = _unnest_form(self.sql, table, engine) if engine.dialect.name == "postgresql" else None
 
     def bind_value(self, column: str, value: Any) -> Any:
         process = self.table.c[column].type.dialect_impl(self.dialect).bind_processor(self.dialect)
         return process(value) if process else value
 
     def execute(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+        if self.unnest_sql is not None:
+            arrays = {name: list(values) for name, values in zip(self.columns, zip(*rows))}
+            conn.exec_driver_sql(self.unnest_sql, arrays)
+            return
         positions = self.positions
         if positions is not None:
             params: list[Any] = rows if self.identity else [tuple(r[i] for i in positions) for r in rows]
         else:
             params = [dict(zip(self.columns, r)) for r in rows]
         conn.exec_driver_sql(self.sql, params)
+
+
+def _unnest_form(sql: str, table: Table, engine: Engine) -> str:
+    """``sql`` (an ``INSERT ... VALUES (%(a)s, ...) ON CONFLICT ...`` for psycopg) with its
+    VALUES row replaced by ``SELECT * FROM unnest(%(a)s::type[], ...)``, one array per column
+    in the statement's column order."""
+    head, values, tail = sql.partition(" VALUES (")
+    if not values or ") ON CONFLICT" not in tail:
+        raise RuntimeError(f"unexpected form of the {table.name} upsert: {sql}")
+    _, _, conflict = tail.partition(") ON CONFLICT")
+    names = [c.strip() for c in head[head.index("(") + 1 : head.rindex(")")].split(",")]
+    arrays = ", ".join(
+        f"%({name})b::{table.c[name].type.compile(dialect=engine.dialect)}[]" for name in (n.strip('"') for n in names)
+    )
+    return f"{head} SELECT * FROM unnest({arrays}) ON CONFLICT{conflict}"
+
+
+def _cache_columns(table: Table, present: bool) -> tuple[Any, Any]:
+    if present:
+        return table.c.cached_input_tokens, table.c.cache_write_tokens
+    return literal_column("0").label("cached_input_tokens"), literal_column("0").label("cache_write_tokens")
+
+
+@functools.cache
+def _archive_reads(has_adjustments: bool, has_cache: bool, has_grants: bool) -> tuple[Select[Any], Select[Any]]:
+    """The two queries of ``load_months`` for a database with (or without: an older schema) the
+    corrections, cache-token and grants columns, built once with bound parameters (``p_prefix``,
+    ``p_user``, ``p_months``): building them per call, with the months as literals, cost more
+    than running them (about half of a token-stats request with a history store, profiled)."""
+
+    def where(t: Table) -> ColumnElement[bool]:
+        return (
+            (t.c.prefix == bindparam("p_prefix"))
+            & (t.c.user_id == bindparam("p_user"))
+            & t.c.month.in_(bindparam("p_months", expanding=True))
+        )
+
+    months_query = (
+        select(
+            month_snapshot.c.month,
+            month_snapshot.c.generation,
+            month_snapshot.c.credit_nano,
+            month_snapshot.c.system_used_nano,
+            # schema 5 (issue 12); 0 in an older archive, read before its migration
+            month_snapshot.c.grants_drawn_nano if has_grants else literal(0),
+        )
+        .where(where(month_snapshot))
+        .order_by(month_snapshot.c.month, month_snapshot.c.first_archived_at, month_snapshot.c.generation)
+    )
+    m = model_snapshot.c
+    corrections = (m.adjustments, m.adjusted_cost_nano) if has_adjustments else (literal(0), literal(0))
+    models_query = select(
+        m.month,
+        m.generation,
+        m.model_id,
+        m.input_tokens,
+        m.output_tokens,
+        m.cost_nano,
+        m.calls,
+        m.estimated_calls,
+        *corrections,
+        *_cache_columns(model_snapshot, has_cache),
+    ).where(where(model_snapshot))
+    return months_query, models_query
 
 
 def _iso(moment: datetime | None) -> str | None:
