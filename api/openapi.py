@@ -383,6 +383,14 @@ SCHEMAS: dict[str, Any] = {
             "before_nano": {"type": ["integer", "null"]},
             "after": NULLABLE_MONEY,
             "after_nano": {"type": ["integer", "null"]},
+            "model_id": {"type": ["string", "null"], "description": "adjust: the model corrected"},
+            "adjustment_id": {"type": ["string", "null"], "description": "adjust: the adjustment's id"},
+            "details": {
+                "type": ["object", "null"],
+                "description": "adjust: the signed input_tokens, output_tokens and calls (before and after are the "
+                "model's cost that month, requested the signed cost)",
+                "additionalProperties": {"type": "integer"},
+            },
         }
     ),
     "AuditList": _object({"user": USER, "entries": {"type": "array", "items": _ref("AuditEntry")}}),
@@ -456,6 +464,7 @@ SCHEMAS: dict[str, Any] = {
             "is_system": {"type": "boolean"},
             "duplicate": {"type": "boolean", "description": "this id was used before for the same adjustment"},
             "monthly_used": MONEY,
+            "model_cost": {**MONEY, "description": "the model's cost this month after it"},
         }
     ),
     "AdjustmentList": _object({"user": USER, "adjustments": {"type": "array", "items": _ref("Adjustment")}}),
@@ -599,9 +608,11 @@ SCHEMAS: dict[str, Any] = {
             "custom_cost": MONEY,
             "input_tokens": {"type": "integer", "minimum": 0},
             "output_tokens": {"type": "integer", "minimum": 0},
+            "cached_input_tokens": {"type": "integer", "minimum": 0, "description": "of input_tokens: cache hits"},
+            "cache_write_tokens": {"type": "integer", "minimum": 0, "description": "of input_tokens: cache writes"},
             "calls": {"type": "integer", "minimum": 0},
             "monthly_used": MONEY,
-            "monthly_credit": MONEY,
+            "monthly_credit": {**MONEY, "description": "the month's credit: its own, else the plan, else the default"},
             "credit_set": {"type": "boolean", "description": "a credit was set for this month (a top-up)"},
             "percent_used": {"type": "number", "minimum": 0},
             "exceeded": {"type": "boolean"},

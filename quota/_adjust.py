@@ -11,8 +11,10 @@ cost also moves ``system_used_nano``, the use of the credit.
 Where it shows: the month hash counts, per model, the adjustments and their signed cost (stats
 show them as ``models.<id>.adjustments``; the dump archives them with the month); the record
 itself (id, reason, amounts, actor, instant) is kept under the user's hash tag in
-``<prefix>:{<user>}:adj:<YYYY-MM>`` (``Meter.adjustments`` lists them) and logged by
-:func:`audit_adjustment`, the one place an audit trail hooks in.
+``<prefix>:{<user>}:adj:<YYYY-MM>`` (``Meter.adjustments`` lists them), logged by
+:func:`audit_adjustment`, and written to the audit trail of credit changes (quota/_audit.py, action
+``adjust``: :func:`audit_entry` before it, :func:`audit_outcome` after it, the model's cost before and
+after), so that an adjustment whose audit row can not be written is not made.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from . import _scripts as scripts
+from ._audit import ADJUST, AuditEntry
 from ._errors import InvalidInput
 from ._keys import iso_z, validate_month, validate_request_id, validate_user
 from ._money import cny_to_nano, nano_to_json
@@ -62,13 +66,15 @@ class Adjustment:
     is_system: bool
     duplicate: bool = False
     monthly_used_nano: int = 0
+    model_cost_nano: int = 0  # the model's cost this month after it (what the audit row's after is)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["cost"] = nano_to_json(self.cost_nano)
         out["cost_nano"] = str(self.cost_nano)  # exact, past 2^53 too
         out["monthly_used"] = nano_to_json(self.monthly_used_nano)
-        del out["monthly_used_nano"]
+        out["model_cost"] = nano_to_json(self.model_cost_nano)
+        del out["monthly_used_nano"], out["model_cost_nano"]
         return out
 
 
@@ -144,8 +150,9 @@ def adjust_call(
     details = json.dumps({"actor": who, "at": iso_z(core.clock())}, sort_keys=True, separators=(",", ":"))
 
     def parse(reply: Any) -> Adjustment:
-        applied, used, record = reply
-        return parse_record(user, month, rid, record, model.is_system, int(used), duplicate=int(applied) == 0)
+        applied, used, record, model_cost = reply
+        adj = parse_record(user, month, rid, record, model.is_system, int(used), duplicate=int(applied) == 0)
+        return replace(adj, model_cost_nano=int(model_cost))
 
     return ScriptCall(
         scripts.ADJUST,
@@ -199,10 +206,35 @@ def adjustments_from_hash(user: str, month: str, raw: Mapping[Any, Any], is_syst
     return sorted(out, key=lambda a: (a.at, a.adjustment_id))
 
 
+def audit_entry(call: ScriptCall[Adjustment], user: str, month: str, at: datetime) -> AuditEntry:
+    """The audit row (step 1, pending) of the adjustment ``call`` (``adjust_call``) will make: read
+    back from its validated arguments, so that the row says what Redis is sent."""
+    content, details = json.loads(call.args[7]), json.loads(call.args[8])
+    return AuditEntry(
+        at,
+        details["actor"],
+        ADJUST,
+        user,
+        month,
+        requested_nano=content["cost_nano"],
+        reason=content["reason"],
+        model_id=content["model_id"],
+        adjustment_id=call.args[6],
+        details={name: content[name] for name in ("input_tokens", "output_tokens", "calls")},
+    )
+
+
+def audit_outcome(adj: Adjustment) -> tuple[int | None, int | None, bool]:
+    """Step 2 of the audit row: the model's cost this month before and after, and whether it changed
+    (a repeated id changes nothing: ``unchanged``, before = after)."""
+    if adj.duplicate:
+        return adj.model_cost_nano, adj.model_cost_nano, False
+    return adj.model_cost_nano - adj.cost_nano, adj.model_cost_nano, True
+
+
 def audit_adjustment(adj: Adjustment) -> None:
     """Log one adjustment with its id, reason and actor (``quota.audit``, INFO; the JSON log option
-    keeps the fields). The one place the audit trail of corrections is written: point it at the
-    history store's audit table when that lands, and every adjustment goes there."""
+    keeps the fields), beside its row in the audit trail (``audit_entry``)."""
     what = "repeated (no change)" if adj.duplicate else "applied"
     audit_log.info(
         "adjustment %s %s: %s %s %s cost %s nano-CNY, tokens %+d/%+d, calls %+d, by %s: %s",

@@ -1,8 +1,9 @@
 """The audit trail of credit changes (issue 12): what the meters write, and the seam to the store.
 
 Every credit change (``set_monthly_credit``, ``set_plan_credit``, ``grant_credit``, ``revoke_grant``)
-is written to the history store (``quota.history.HistoryStore``: SQLite or PostgreSQL), append-only,
-in two steps around the change in Redis:
+and every correction (``adjust``: the model's cost before and after, quota/_adjust.py) is written
+to the history store (``quota.history.HistoryStore``: SQLite or PostgreSQL), append-only, in two steps
+around the change in Redis:
 
 1. a row with status ``pending`` (the instant, the actor, the action, the user, the month or grant,
    the amount asked for, the reason) is inserted and committed *before* Redis is touched: when that
@@ -31,7 +32,8 @@ SET_MONTHLY_CREDIT = "set_monthly_credit"
 SET_PLAN_CREDIT = "set_plan_credit"
 GRANT = "grant"
 REVOKE_GRANT = "revoke_grant"
-ACTIONS = (SET_MONTHLY_CREDIT, SET_PLAN_CREDIT, GRANT, REVOKE_GRANT)
+ADJUST = "adjust"
+ACTIONS = (SET_MONTHLY_CREDIT, SET_PLAN_CREDIT, GRANT, REVOKE_GRANT, ADJUST)
 # Outcomes of step 2.
 PENDING, DONE, UNCHANGED, FAILED = "pending", "done", "unchanged", "failed"
 
@@ -59,6 +61,10 @@ class AuditEntry:
     grant_id: str | None = None
     requested_nano: int | None = None  # the credit, plan or grant amount asked for (None: clear a plan)
     reason: str | None = None
+    # adjust only (schema 6): the model, the adjustment's id, its signed token and call counts
+    model_id: str | None = None
+    adjustment_id: str | None = None
+    details: dict[str, int] | None = None
 
 
 @runtime_checkable

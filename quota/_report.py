@@ -4,15 +4,16 @@ The meter reads the month (``AsyncMeter.month_report``: the live month from Redi
 pipelined HGETALL on every primary, an archived one from SQL merged with whatever of it is still
 in Redis) and feeds each user-month to a :class:`MonthReportBuilder`; what comes out is a
 :class:`MonthData`: a summary (totals, per model, users near or over the credit) and one compact
-row per user, kept in columns (about 130 bytes a user: 130 MB for a million) so that it can be
+row per user, kept in columns (about 150 bytes a user: 150 MB for a million) so that it can be
 cached for a short while, sorted by any column and paged with a keyset cursor.
 
 Definitions (docs/OPERATIONS.md, "Weekly questions"):
 
 - *system cost*: the cost of the user's system models this month; *custom cost*: of the others.
 - *share of credit used*: ``system_used_nano`` (what the check compares) over the month's credit
-  (the top-up when set, else the default); "over 80 %" counts users at or above 80 %, "over
-  100 %" users at or above 100 % (their next message on a system model is refused).
+  (the top-up when set, else the user's plan, else the default, as the check has it); "over
+  80 %" counts users at or above 80 %, "over 100 %" users at or above 100 % (their next message
+  on a system model is refused).
 - Which model is a system model is the price table's word now, for archived months too.
 """
 
@@ -24,6 +25,7 @@ import csv
 import heapq
 import io
 import json
+import logging
 import math
 import time
 from array import array
@@ -37,6 +39,8 @@ from ._keys import FIELD_CREDIT, FIELD_USED, iso_z
 from ._money import nano_to_decimal, nano_to_json
 from ._prices import PriceTable
 from ._stats import ArchiveRow, MonthUsage, merge_month, parts_from_rows, percent
+
+log = logging.getLogger("quota.report")
 
 NEAR_PERCENT = 80  # "near the credit": at or above this share
 # The live read's SCAN COUNT (buckets examined per call) adapts so that a page brings about
@@ -75,8 +79,10 @@ class UserRow:
     output_tokens: int
     calls: int
     system_used_nano: int  # what the check compares with the credit
-    credit_nano: int  # the month's credit: the top-up when set, else the default
-    credit_set: bool
+    credit_nano: int  # the month's credit: the top-up when set, else the plan, else the default
+    credit_set: bool  # the month has its own credit (a top-up), not the plan's or the default
+    cached_input_tokens: int = 0  # parts of input_tokens priced at the cache rates (issue 12)
+    cache_write_tokens: int = 0
 
     @property
     def cost_nano(self) -> int:
@@ -98,6 +104,8 @@ class UserRow:
             "custom_cost": nano_to_json(self.custom_cost_nano),
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
+            "cached_input_tokens": self.cached_input_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
             "calls": self.calls,
             "monthly_used": nano_to_json(self.system_used_nano),
             "monthly_credit": nano_to_json(self.credit_nano),
@@ -200,15 +208,20 @@ class MonthReportBuilder:
             c["output"],
         )
         self._calls, self._used, self._credit = c["calls"], c["used"], c["credit"]
+        self._cached, self._cache_write = c["cached"], c["cache_write"]
         self.credit_set = bytearray()
         # model id (bytes) -> [input, output, cost, calls, estimated calls, users, is_system, cached, cache write]
         self._models: dict[bytes, list[int]] = {}
         # field name as Redis gave it -> (code, the model's totals): see add_hash
         self._fields: dict[Any, tuple[int, list[int] | None]] = {}
+        # user -> plan credit, for the merged users of an archived month (add_archived, add_usage)
+        self.plans: dict[str, int] = {}
 
-    def add_hash(self, user: str, raw: Mapping[Any, Any]) -> bool:
+    def add_hash(self, user: str, raw: Mapping[Any, Any], plan_nano: int | None = None) -> bool:
         """Add one user-month from its HGETALL reply; False (nothing added) when a field is not
         an integer. Bookkeeping fields (``dump_gen``, ``hold_est_nano``, ...) are ignored.
+        ``plan_nano`` is the user's plan (``<prefix>:{<user>}:plan``): the credit of a month
+        without its own.
 
         The hot loop of a live report (a million hashes): each field name is classified once
         and remembered (``_fields``: model fields repeat from user to user), so a field costs a
@@ -232,7 +245,7 @@ class MonthReportBuilder:
             return False
         if not values and not used and credit is None:
             return True  # nothing of this month (only bookkeeping fields)
-        system_cost = custom_cost = tokens_in = tokens_out = calls = 0
+        system_cost = custom_cost = tokens_in = tokens_out = calls = cached = write = 0
         for code, totals, value in values:  # all parsed: nothing is added from a bad hash
             index = code & 15
             totals[index] += value
@@ -248,7 +261,13 @@ class MonthReportBuilder:
             elif index == 3:
                 calls += value
                 totals[5] += 1  # one more user of the model
-        self._add_row(user, used, credit, system_cost, custom_cost, tokens_in, tokens_out, calls)
+            elif index == 7:
+                cached += value
+            elif index == 8:
+                write += value
+        self._add_row(
+            user, used, credit, system_cost, custom_cost, tokens_in, tokens_out, calls, plan_nano, cached, write
+        )
         return True
 
     def _field_kind(self, name: Any) -> tuple[int, list[int] | None]:
@@ -286,14 +305,15 @@ class MonthReportBuilder:
             if mine is None and single:
                 self._add_rows(user, rows, start, end)
             else:
-                self.add_usage(user, merge_month(month, mine, parts_from_rows(month, rows[start:end])))
+                merged = merge_month(month, mine, parts_from_rows(month, rows[start:end]))
+                self.add_usage(user, merged, self.plans.get(user))
             start = end
 
     def _add_rows(self, user: str, rows: list[ArchiveRow], start: int, end: int) -> None:
         _, _, credit, used, first_model, *_ = rows[start]
         if credit is None and not used and first_model is None:
             return  # an empty archived month (no model, no spend, no credit): add_usage skips it too
-        system_cost = custom_cost = tokens_in = tokens_out = calls = 0
+        system_cost = custom_cost = tokens_in = tokens_out = calls = cached_in = cache_write = 0
         for i in range(start, end):
             _, _, _, _, model_id, tin, tout, cost, n, est, cached, write = rows[i]
             if model_id is None:
@@ -310,17 +330,22 @@ class MonthReportBuilder:
             tokens_in += tin
             tokens_out += tout
             calls += n
+            cached_in += cached
+            cache_write += write
             if totals[6]:
                 system_cost += cost
             else:
                 custom_cost += cost
-        self._add_row(user, used, credit, system_cost, custom_cost, tokens_in, tokens_out, calls)
+        self._add_row(  # an archived credit is the one in force then, the plan's included (the dump)
+            user, used, credit, system_cost, custom_cost, tokens_in, tokens_out, calls, None, cached_in, cache_write
+        )
 
-    def add_usage(self, user: str, usage: MonthUsage) -> None:
-        """Add one parsed user-month (e.g. archived generations merged with the live hash)."""
+    def add_usage(self, user: str, usage: MonthUsage, plan_nano: int | None = None) -> None:
+        """Add one parsed user-month (e.g. archived generations merged with the live hash);
+        ``plan_nano`` as in ``add_hash``."""
         if usage.is_empty and usage.credit_nano is None:
             return
-        system_cost = custom_cost = tokens_in = tokens_out = calls = 0
+        system_cost = custom_cost = tokens_in = tokens_out = calls = cached = write = 0
         for model_id, u in usage.models.items():
             totals = self._model_totals(model_id.encode())
             for i, value in enumerate((u.input_tokens, u.output_tokens, u.cost_nano, u.calls, u.estimated_calls)):
@@ -331,12 +356,24 @@ class MonthReportBuilder:
             tokens_in += u.input_tokens
             tokens_out += u.output_tokens
             calls += u.calls
+            cached += u.cached_input_tokens
+            write += u.cache_write_tokens
             if totals[6]:
                 system_cost += u.cost_nano
             else:
                 custom_cost += u.cost_nano
         self._add_row(
-            user, usage.system_used_nano, usage.credit_nano, system_cost, custom_cost, tokens_in, tokens_out, calls
+            user,
+            usage.system_used_nano,
+            usage.credit_nano,
+            system_cost,
+            custom_cost,
+            tokens_in,
+            tokens_out,
+            calls,
+            plan_nano,
+            cached,
+            write,
         )
 
     def _add_row(
@@ -349,8 +386,14 @@ class MonthReportBuilder:
         tokens_in: int,
         tokens_out: int,
         calls: int,
+        plan_nano: int | None = None,
+        cached: int = 0,
+        cache_write: int = 0,
     ) -> None:
-        effective = self.default_credit_nano if credit is None else credit
+        if credit is not None:
+            effective = credit
+        else:
+            effective = self.default_credit_nano if plan_nano is None else plan_nano
         self.users.append(user)
         self._system_cost.append(system_cost)
         self._custom_cost.append(custom_cost)
@@ -359,6 +402,8 @@ class MonthReportBuilder:
         self._calls.append(calls)
         self._used.append(used)
         self._credit.append(effective)
+        self._cached.append(cached)
+        self._cache_write.append(cache_write)
         self.credit_set.append(credit is not None)
         s = self.summary
         s.users += 1
@@ -380,7 +425,7 @@ class MonthReportBuilder:
         return MonthData(s, self.users, self.columns, self.credit_set)
 
 
-_COLUMNS = ("system_cost", "custom_cost", "input", "output", "calls", "used", "credit")
+_COLUMNS = ("system_cost", "custom_cost", "input", "output", "calls", "used", "credit", "cached", "cache_write")
 
 
 class MonthData:
@@ -410,6 +455,8 @@ class MonthData:
             c["used"][i],
             c["credit"][i],
             bool(self.credit_set[i]),
+            c["cached"][i],
+            c["cache_write"][i],
         )
 
     # --- sorting ---------------------------------------------------------------------------------
@@ -526,6 +573,24 @@ def pause_after(round_trip_s: float, redis_share: float) -> float:
     if redis_share >= 1:
         return 0.0
     return min(round_trip_s * (1 - redis_share) / redis_share, MAX_PAUSE_S)
+
+
+def plan_keys(month_keys: list[Any]) -> list[bytes]:
+    """The plan key of each user-month key: ``<prefix>:{<user>}:<YYYY-MM>`` -> ``<prefix>:{<user>}:plan``
+    (the same hash tag, so the same slot and node)."""
+    return [(k if isinstance(k, bytes) else k.encode())[:-7] + b"plan" for k in month_keys]
+
+
+def plan_nano(user: str, reply: Any) -> int | None:
+    """A plan GET's reply as nano-CNY (None: no plan). set_plan.lua writes only integers; anything
+    else (written by hand) is logged and read as no plan."""
+    if reply is None or isinstance(reply, Exception):
+        return None
+    try:
+        return int(reply)
+    except ValueError:
+        log.warning("month report: %s's plan is not an integer (%r); the month reads with the default", user, reply)
+        return None
 
 
 def check_sort(sort: object) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence, Set
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -277,7 +277,8 @@ def plan(user: str, credit: str | None, clear: bool, url: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
 @click.option("--url", envvar="REDIS_URL", help="Redis URL (default: REDIS_URL).")
 def audit(user: str, limit: int, as_json: bool, url: str | None) -> None:
-    """Print USER's credit changes (monthly credit, plan, grants), newest first, from QUOTA_HISTORY_URL."""
+    """Print USER's credit changes (monthly credit, plan, grants) and corrections (adjust: the
+    model's cost before and after), newest first, from QUOTA_HISTORY_URL."""
     meter = open_meter(url)
     try:
         entries = meter.get_audit(user, limit=limit)
@@ -297,7 +298,7 @@ def audit(user: str, limit: int, as_json: bool, url: str | None) -> None:
                 e["at"],
                 e["actor"],
                 e["action"],
-                e["month"] or e["grant_id"] or "-",
+                _audit_subject(e),
                 amount(e["before"]),
                 amount(e["after"] if e["status"] != "pending" else e["requested"]),
                 e["status"],
@@ -305,6 +306,13 @@ def audit(user: str, limit: int, as_json: bool, url: str | None) -> None:
             ]
         )
     click.echo(_table(rows, right={4, 5}))
+
+
+def _audit_subject(entry: dict[str, Any]) -> str:
+    """What an audit row changed: the month, the grant, or (adjust) the month, model and adjustment id."""
+    if entry.get("adjustment_id"):
+        return f"{entry['month']} {entry['model_id']} {entry['adjustment_id']}"
+    return entry["month"] or entry["grant_id"] or "-"
 
 
 @main.command()
@@ -478,23 +486,26 @@ def report_text(report: MonthReport) -> str:
     if s.unreadable:
         lines.append(f"left out: {s.unreadable} hash(es) with a field that is not an integer (see the log)")
     if s.models:
-        models = [("model", "kind", "users", "calls", "input", "output", "cost CNY")]
+        models = [("model", "kind", "users", "calls", "input", "cached", "cache write", "output", "cost CNY")]
         for model_id, t in sorted(s.models.items(), key=lambda i: (-i[1].cost_nano, i[0])):
             kind = "system" if t.is_system else "custom"
             models.append(
-                (model_id, kind, f"{t.users:,}", f"{t.calls:,}", f"{t.input_tokens:,}", f"{t.output_tokens:,}")
-                + (cny(t.cost_nano),)
+                (model_id, kind, f"{t.users:,}", f"{t.calls:,}", f"{t.input_tokens:,}")
+                + (f"{t.cached_input_tokens:,}", f"{t.cache_write_tokens:,}", f"{t.output_tokens:,}", cny(t.cost_nano))
             )
-        lines += ["", _table(models, {2, 3, 4, 5, 6})]
-    users = [("user", "cost CNY", "system", "custom", "calls", "input", "output", "used / credit")]
+        lines += ["", _table(models, {2, 3, 4, 5, 6, 7, 8})]
+    users = [
+        ("user", "cost CNY", "system", "custom", "calls", "input", "cached", "cache write", "output", "used / credit")
+    ]
     for r in report:
         used = f"{cny(r.system_used_nano)} / {cny(r.credit_nano)}{'*' if r.credit_set else ''} ({r.percent_used}%)"
         users.append(
             (r.user, cny(r.cost_nano), cny(r.system_cost_nano), cny(r.custom_cost_nano), f"{r.calls:,}")
-            + (f"{r.input_tokens:,}", f"{r.output_tokens:,}", used)
+            + (f"{r.input_tokens:,}", f"{r.cached_input_tokens:,}", f"{r.cache_write_tokens:,}")
+            + (f"{r.output_tokens:,}", used)
         )
     if len(users) > 1:
-        lines += ["", f"users by {report.sort}:", _table(users, {1, 2, 3, 4, 5, 6})]
+        lines += ["", f"users by {report.sort}:", _table(users, {1, 2, 3, 4, 5, 6, 7, 8})]
         if any(r[-1].split(" (")[0].endswith("*") for r in users[1:]):
             lines.append("* a credit set for this month (a top-up)")
     return "\n".join(lines)

@@ -5,7 +5,7 @@ CLI and the API; a change whose audit row cannot be written is not made."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
@@ -258,4 +258,113 @@ def test_a_version_4_archive_reads_until_the_first_audited_change_migrates_it(tm
     [month] = store.load_months("ann", ["2025-12"])
     assert (month.system_used_nano, month.grants_drawn_nano) == (7, 0)
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT version FROM quota_schema_version")).scalar_one() == 5
+        assert conn.execute(text("SELECT version FROM quota_schema_version")).scalar_one() == 6
+
+
+# --- corrections (quota adjust) in the same trail (schema 6) ----------------------------------------
+
+SYS = "system_deepseek"
+
+
+def test_adjustments_are_audited_with_the_models_cost_before_and_after(audited, store):  # noqa: F811
+    m = audited
+    wrong = m.update_token_usage("ann", SYS, 1000, 2000)
+    m.adjust("ann", SYS, adjustment_id="fix-1", reason="billed twice", cost=f"-{wrong.cost}", calls=-1, actor="li")
+    m.adjust("ann", SYS, adjustment_id="fix-1", reason="billed twice", cost=f"-{wrong.cost}", calls=-1, actor="li")
+    with pytest.raises(Exception, match="below zero"):
+        m.adjust("ann", SYS, adjustment_id="fix-2", reason="again", cost="-0.5")
+    assert rows(store, "ann") == [
+        ("li", "adjust", "2026-01", wrong.cost_nano, 0, "done", "billed twice"),
+        ("li", "adjust", "2026-01", 0, 0, "unchanged", "billed twice"),
+        ("library", "adjust", "2026-01", None, None, "failed", "again"),
+    ]
+    [failed, _, done] = m.get_audit("ann")
+    assert done["requested_nano"] == -wrong.cost_nano and failed["requested_nano"] == -500_000_000
+    assert (done["model_id"], done["adjustment_id"], failed["adjustment_id"]) == (SYS, "fix-1", "fix-2")
+    assert done["details"] == {"input_tokens": 0, "output_tokens": 0, "calls": -1}
+    assert m.get_token_stats("ann")["monthly_used"] == 0
+
+
+def test_no_adjustment_without_its_audit_row(redis_server, clock, tmp_path):
+    redis_server.client().flushall()
+    broken = HistoryStore(f"sqlite:///{tmp_path}/missing/dir/h.db")
+    m = Meter(redis_server.client(), clock=clock, history=broken, prefix="quota", monthly_credit=5)
+    m.update_token_usage("cy", SYS, 1000, 0)
+    before = redis_server.client().hgetall("quota:{cy}:2026-01")
+    with pytest.raises(AuditUnavailable, match="adjust for cy was not made"):
+        m.adjust("cy", SYS, adjustment_id="f", reason="r", calls=-1)
+    assert redis_server.client().hgetall("quota:{cy}:2026-01") == before
+    assert m.adjustments("cy") == []
+
+
+def test_cli_and_api_adjustments_are_in_the_audit(redis_server, monkeypatch, tmp_path, clock, store):  # noqa: F811
+    redis_server.client().flushall()
+    url = f"sqlite:///{tmp_path}/cli.db"
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setenv("QUOTA_HISTORY_URL", url)
+    monkeypatch.setenv("USER", "ops")
+    Meter.from_url(redis_server.url).update_token_usage("eve", SYS, 1000, 0)
+    runner = CliRunner()
+    made = runner.invoke(main, ["adjust", "eve", SYS, "--id", "x1", "--reason", "dup", "--calls", "-1"])
+    assert made.exit_code == 0, made.output
+    [entry] = json.loads(runner.invoke(main, ["audit", "eve", "--json"]).stdout)
+    assert (entry["action"], entry["status"], entry["adjustment_id"]) == ("adjust", "done", "x1")
+    assert entry["actor"].startswith("cli:") and entry["before"] == entry["after"]
+    table = runner.invoke(main, ["audit", "eve"])
+    assert table.exit_code == 0 and f" {SYS} x1 " in table.output and " adjust " in table.output
+
+    settings = api_settings()
+    meter = Meter.from_url(redis_server.url, settings=settings.quota, clock=clock, prefix="apitest", history=store)
+    try:
+        client = create_app(settings, meter=meter).test_client()
+        wrong = meter.update_token_usage("fay", SYS, 1000, 0)
+        body = {"model_id": SYS, "adjustment_id": "a1", "reason": "wrong", "cost": f"-{wrong.cost}", "actor": "Li Wei"}
+        made = client.post("/v1/admin/users/fay/adjustments", json=body, headers=bearer(ADMIN))
+        assert made.status_code == 201, made.get_json()
+        [entry] = client.get("/v1/users/fay/audit", headers=bearer(ADMIN)).get_json()["entries"]
+        assert (entry["actor"], entry["action"], entry["status"]) == ("api:admin:Li Wei", "adjust", "done")
+        assert (entry["before_nano"], entry["after_nano"], entry["requested_nano"]) == (
+            wrong.cost_nano,
+            0,
+            -wrong.cost_nano,
+        )
+    finally:
+        meter.close()
+
+
+def test_a_version_5_audit_table_reads_until_the_first_change_migrates_it(history_url):  # noqa: F811
+    """Schema 6 adds the corrections' columns (and a 128-character actor) to the audit table."""
+    from sqlalchemy import text
+
+    from quota._audit import AuditEntry
+    from quota.history.store import SCHEMA_VERSION
+
+    old = HistoryStore(history_url)
+    old.ensure_schema()
+    with old.engine.begin() as conn:
+        for column in ("model_id", "adjustment_id", "details"):
+            conn.execute(text(f"ALTER TABLE quota_credit_audit DROP COLUMN {column}"))
+        if old.dialect == "postgresql":
+            conn.execute(text("ALTER TABLE quota_credit_audit ALTER COLUMN actor TYPE VARCHAR(64)"))
+        conn.execute(text("UPDATE quota_schema_version SET version = 5"))
+    now = datetime.now(UTC)
+    old._schema_ready = False  # noqa: SLF001 - as a new process would find it
+    old.close()
+    store = HistoryStore(history_url)
+    assert store.read_audit("ann") == []
+    with store.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO quota_credit_audit (prefix, at, actor, action, user_id, month, status) "
+                "VALUES ('quota', :at, 'cli', 'set_monthly_credit', 'ann', '2026-01', 'done')"
+            ),
+            {"at": now},
+        )
+    [row] = store.read_audit("ann")
+    assert row["action"] == "set_monthly_credit" and row["adjustment_id"] is None and row["details"] is None
+    actor = "api:admin:" + "x" * 100  # longer than version 5's 64 characters
+    store.audit_begin(AuditEntry(now, actor, "adjust", "ann", "2026-01", adjustment_id="f", details={"calls": -1}))
+    assert store.read_audit("ann")[0]["actor"] == actor and store.read_audit("ann")[0]["details"] == {"calls": -1}
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT version FROM quota_schema_version")).scalar_one() == SCHEMA_VERSION == 6
+    store.close()

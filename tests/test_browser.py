@@ -441,7 +441,7 @@ def fill_month(server) -> None:
         post_usage(server, f"user{i}", SYS, spend, 50_000)
     for i, tokens in enumerate((400_000, 90_000, 30_000)):
         post_usage(server, f"dev{i}", CUS, tokens, tokens // 2)
-    post_usage(server, "user3", CUS, 120_000, 40_000)
+    post_usage(server, "user3", CUS, 120_000, 40_000, cached_input_tokens=90_000, cache_write_tokens=5_000)
 
 
 def admin_loaded(page, after: int = 0) -> None:
@@ -465,6 +465,9 @@ def test_admin_page_shows_the_month_and_downloads_its_csv(browser, server, shots
     assert page.locator("#mix g.mix-row").count() == len(summary["models"])
     top = page.locator("#top tbody tr")
     assert [top.nth(i).get_attribute("data-user") for i in range(3)] == ["user0", "user1", "user2"]
+    user3 = page.locator('#top tr[data-user="user3"]')  # its cache hits and writes, in their columns
+    assert user3.locator("td.cache-hits").get_attribute("data-value") == "90000"
+    assert user3.locator("td.cache-writes").inner_text() == "5,000" and top.locator("td.cache-hits").count() == 10
     near = page.locator("#near tbody tr")
     assert [near.nth(i).get_attribute("data-user") for i in range(near.count())] == ["user0", "user1", "user2"]
     assert near.nth(0).get_attribute("class") == "level-over" and near.nth(2).get_attribute("class") == "level-warn"

@@ -352,8 +352,8 @@ def test_archived_rows_are_added_as_merged_months_would_be():
 
     month = "2025-12"
     rows = [
-        ("ann", 1, None, 100, SYS, 10, 1, 100, 1, 0, 0, 0),
-        ("ann", 1, None, 100, CUS, 5, 5, 7, 2, 1, 0, 0),
+        ("ann", 1, None, 100, SYS, 10, 1, 100, 1, 0, 6, 2),  # 6 of the 10 input tokens hit the cache, 2 wrote it
+        ("ann", 1, None, 100, CUS, 5, 5, 7, 2, 1, 1, 0),
         ("bob", 2, 9_000_000_000, 50, SYS, 1, 1, 50, 1, 0, 0, 0),
         ("bob", 3, None, 30, SYS, 2, 2, 30, 1, 0, 0, 0),  # a second generation (a late write, archived apart)
         ("cat", 4, None, 0, None, 0, 0, 0, 0, 0, 0, 0),  # an empty month: left out
@@ -373,6 +373,7 @@ def test_archived_rows_are_added_as_merged_months_would_be():
     assert [a.row(i) for i in range(len(a))] == [b.row(i) for i in range(len(b))]
     assert a.summary == b.summary and a.users == ["ann", "bob", "dan", "eve"]
     assert a.row(1).system_used_nano == 80 and a.row(3).calls == 2  # eve: the live hash supersedes gen 6
+    assert (a.row(0).cached_input_tokens, a.row(0).cache_write_tokens) == (7, 2)
 
 
 def test_a_report_can_leave_redis_to_the_hot_path(redis_server, clock, monkeypatch):
@@ -404,3 +405,82 @@ def test_a_report_can_leave_redis_to_the_hot_path(redis_server, clock, monkeypat
             meter.close()
         assert bool(pauses) is paused and all(p > 0 for p in pauses)
     client.flushall()
+
+
+def test_a_users_plan_is_the_credit_of_a_month_without_its_own(any_meter, raw):
+    """The month's credit is its own top-up, else the plan, else the default (as the check has it):
+    the 80 %/100 % counts, the share and the export use it (issue 13 follow-up)."""
+    m = any_meter
+    per_1k = m.get_model_cost_config(SYS)["cost_per_1k_input"]
+    tokens = lambda cny: int(Decimal(cny) / Decimal(str(per_1k)) * 1000)  # noqa: E731
+    for i in range(12):  # spread over every master of a cluster: a plan on each
+        record(m, f"p{i}", SYS, tokens("6"))  # 120 % of the default (5), 60 % of a 10 CNY plan
+        m.set_plan_credit(f"p{i}", "10")
+    record(m, "top", SYS, tokens("6"))
+    m.set_plan_credit("top", "10")
+    m.set_monthly_credit("top", "6")  # the month's own credit wins over the plan: 100 %
+    record(m, "plain", SYS, tokens("4"))  # 80 % of the default
+    rows = {r.user: r for r in m.month_report()}
+    assert rows["p3"].credit_nano == 10_000_000_000 and not rows["p3"].credit_set
+    assert rows["p3"].percent_used == 60.0 and not rows["p3"].exceeded
+    assert rows["top"].credit_nano == 6_000_000_000 and rows["top"].exceeded
+    assert rows["plain"].credit_nano == 5_000_000_000 and rows["plain"].percent_used == 80.0
+    s = m.month_data().summary
+    assert (s.users, s.users_over_80, s.users_over_100) == (14, 2, 1)
+    if isinstance(m, Meter):  # the export (one code for both: AsyncAsSync does not wrap generators)
+        exported = {user: usage for page in m.month_usage() for user, usage in page}
+        assert exported["p5"].credit_nano == 10_000_000_000 and exported["plain"].credit_nano is None
+    raw.set("quota:{plain}:plan", "lots")  # written by hand: left out, the month reads with the default
+    assert {r.user: r for r in m.month_data(fresh=True).page(limit=100)[0]}["plain"].credit_nano == 5_000_000_000
+
+
+def test_cache_tokens_per_user_in_rows_and_the_text_table(any_meter):
+    """Each user's cached and cache-write input tokens (summed over models) in the rows, the JSON and
+    ``quota report``'s tables (issue 12's cache columns, per user as per model)."""
+    from quota.cli import report_text
+
+    m = any_meter
+    m.update_token_usage("ann", SYS, 9000, 10, cached_input_tokens=7000, cache_write_tokens=1000)
+    m.update_token_usage("ann", SYS, 1000, 10, cached_input_tokens=500)
+    m.update_token_usage("bob", SYS, 100, 10)
+    rows = {r.user: r for r in m.month_report()}
+    assert (rows["ann"].cached_input_tokens, rows["ann"].cache_write_tokens) == (7500, 1000)
+    assert rows["ann"].as_dict()["cached_input_tokens"] == 7500 and rows["bob"].as_dict()["cache_write_tokens"] == 0
+    lines = report_text(m.month_report()).splitlines()
+    header = next(line for line in lines if line.startswith("user "))
+    assert header.split()[6:10] == ["input", "cached", "cache", "write"]  # after "cost CNY"
+    ann = next(line for line in lines if line.startswith("ann ")).split()
+    assert ann[5:8] == ["10,000", "7,500", "1,000"]
+    model = next(line for line in lines if line.startswith(SYS)).split()
+    assert model[4:7] == ["10,100", "7,500", "1,000"]
+
+
+def test_an_archived_month_keeps_the_plan_in_force(backend, clock, store, make_meter):  # noqa: F811
+    """The dump archives a month without its own credit with the user's plan (the credit in force),
+    so that the archived report counts against it; a month with its own credit keeps that."""
+    meter = Meter(backend.sync_client(), clock=clock, prefix="quota", history=store, report_cache_s=0, monthly_credit=5)
+    try:
+        clock.set(2025, 12, 10, 12, 0)
+        per_1k = meter.get_model_cost_config(SYS)["cost_per_1k_input"]
+        six = int(Decimal("6") / Decimal(str(per_1k)) * 1000)  # 6 CNY of input on SYS
+        for i in range(12):  # spread over every master of a cluster
+            record(meter, f"p{i}", SYS, six, rid=f"p{i}")
+            meter.set_plan_credit(f"p{i}", "10")
+        record(meter, "own", SYS, six, rid="own")
+        meter.set_plan_credit("own", "10")
+        meter.set_monthly_credit("own", "6")
+        record(meter, "plain", SYS, six, rid="plain")
+        live = {r.user: r.credit_nano for r in meter.month_report("2025-12")}
+        clock.set(2026, 1, 2, 0, 10)
+        assert dump_expired_months(meter, store).archived == 14
+        past = make_meter(backend, prefix="quota", history=store, report_cache_s=0, monthly_credit=5)
+        report = past.month_report("2025-12")
+        rows = {r.user: r for r in report}
+        assert report.summary.sources == ("redis", "sql") and {u: r.credit_nano for u, r in rows.items()} == live
+        assert rows["p7"].credit_nano == 10_000_000_000 and not rows["p7"].exceeded
+        assert rows["own"].credit_nano == 6_000_000_000 and rows["plain"].credit_nano == 5_000_000_000
+        assert (report.summary.users_over_80, report.summary.users_over_100) == (2, 2)
+        [month] = store.load_months("p3", ["2025-12"])
+        assert month.credit_nano == 10_000_000_000
+    finally:
+        meter.close()

@@ -116,6 +116,8 @@
       cell(row, I.money(u.system_cost), "num", u.system_cost);
       cell(row, I.money(u.custom_cost), "num", u.custom_cost);
       cell(row, I.tokens(u.calls), "num", u.calls);
+      cell(row, I.tokens(u.cached_input_tokens), "num cache-hits", u.cached_input_tokens);  // tokens, of the input
+      cell(row, I.tokens(u.cache_write_tokens), "num cache-writes", u.cache_write_tokens);
     }
   }
 

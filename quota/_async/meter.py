@@ -9,14 +9,15 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
 from .. import _audit as audit
-from .._adjust import Adjustment, adjust_call, adjustments_from_hash, audit_adjustment
+from .._adjust import Adjustment, adjust_call, adjustments_from_hash, audit_adjustment, audit_outcome
+from .._adjust import audit_entry as adjustment_audit_entry
 from .._audit import LIBRARY, AuditEntry, AuditSink, validate_actor
 from .._batch import SendOne, Step, eval_args, evalsha_args, plan_batch
 from .._config import Settings
@@ -45,6 +46,8 @@ from .._report import (
     ReportCache,
     next_scan_count,
     pause_after,
+    plan_keys,
+    plan_nano,
 )
 from .._results import CreditResult, Grant, PlanResult, QuotaCheck, UsageResult
 from .._stats import ArchiveCache, MonthUsage, merge_month
@@ -385,22 +388,25 @@ class AsyncMeter:
         same amounts and reason again changes nothing; with others it is ``RequestConflict``).
         A counter that would go below zero is ``InvalidInput`` and nothing changes. On a system
         model the cost also moves the month's use of the credit. Logged with its id, reason and
-        ``actor`` (quota._adjust.audit_adjustment); listed by ``adjustments``."""
-        result = await self.run(
-            adjust_call(
-                self.core,
-                user,
-                model_id,
-                adjustment_id=adjustment_id,
-                reason=reason,
-                cost=cost,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                calls=calls,
-                month=month,
-                actor=actor,
-            )
+        ``actor`` (quota._adjust.audit_adjustment) and audited as the credit changes are (action
+        ``adjust``, the model's cost before and after: see ``grant_credit``; when its audit row can
+        not be written it is not made, ``AuditUnavailable``); listed by ``adjustments``."""
+        user = validate_user(user)
+        month = self.core.current_month() if month is None else validate_month(month)
+        call = adjust_call(
+            self.core,
+            user,
+            model_id,
+            adjustment_id=adjustment_id,
+            reason=reason,
+            cost=cost,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            calls=calls,
+            month=month,
+            actor=actor,
         )
+        result = await self._audited(call, adjustment_audit_entry(call, user, month, self.core.clock()), audit_outcome)
         audit_adjustment(result)
         return result
 
@@ -462,14 +468,16 @@ class AsyncMeter:
         unreadable = read = 0
         live: dict[str, MonthUsage] = {}
         async for page in prefetch(self.month_hashes(month)):
-            for user, raw in page:
+            for user, raw, plan in page:
                 if archive is not None:
                     try:
                         live[user] = MonthUsage.from_hash(month, raw)
+                        if plan is not None:
+                            builder.plans[user] = plan
                         continue
                     except ValueError:
                         pass
-                elif builder.add_hash(user, raw):
+                elif builder.add_hash(user, raw, plan):
                     continue
                 unreadable += 1
                 log.warning("month report: %s's hash of %s has a field that is not an integer; left out", user, month)
@@ -487,7 +495,7 @@ class AsyncMeter:
 
         await to_thread(add_archived)
         for user, usage in live.items():
-            builder.add_usage(user, usage)
+            builder.add_usage(user, usage, builder.plans.get(user))
         return builder.finish(sources=("redis", "sql"), unreadable=unreadable, now=self.core.clock())
 
     async def month_usage(self, month: str | None = None) -> AsyncIterator[list[tuple[str, MonthUsage]]]:
@@ -500,9 +508,11 @@ class AsyncMeter:
         live: dict[str, MonthUsage] = {}
         async for page in prefetch(self.month_hashes(month)):
             parsed = []
-            for user, raw in page:
+            for user, raw, plan in page:
                 try:
                     usage = MonthUsage.from_hash(month, raw)
+                    if usage.credit_nano is None and plan is not None:
+                        usage.credit_nano = plan  # the credit in force (the CSV's user_monthly_credit)
                 except ValueError:
                     log.warning("month export: %s's hash of %s has a field that is not an integer", user, month)
                     continue
@@ -526,12 +536,14 @@ class AsyncMeter:
         if live:
             yield list(live.items())
 
-    async def month_hashes(self, month: str) -> AsyncIterator[list[tuple[str, Any]]]:
-        """Pages of ``(user, HGETALL reply as a dict)`` of every hash of ``month`` in Redis, primary
-        by primary: ``SCAN MATCH <prefix>:{*}:<month> COUNT n TYPE hash`` (n from 200 to 2000, so
-        that a page holds about 200 keys: quota._report.next_scan_count), and the page's HGETALLs
-        pipelined together with the SCAN of the next page (one round trip per page, sent and read
-        raw: see ``_read_page``). No command
+    async def month_hashes(self, month: str) -> AsyncIterator[list[tuple[str, Any, int | None]]]:
+        """Pages of ``(user, HGETALL reply as a dict, plan credit in nano-CNY or None)`` of every
+        hash of ``month`` in Redis, primary by primary: ``SCAN MATCH <prefix>:{*}:<month> COUNT n
+        TYPE hash`` (n from 200 to 2000, so that a page holds about 200 keys:
+        quota._report.next_scan_count), and the page's HGETALLs and GETs of the users' plans
+        (``<prefix>:{<user>}:plan``, in the user's slot: on the same node) pipelined together with
+        the SCAN of the next page (one round trip per page, sent and read raw: see ``_read_page``).
+        A plan that is not an integer is left out (logged): the month reads with the default. No command
         holds Redis for long (SLOWLOG stays empty at 10 ms: tests/test_report.py); never KEYS.
         With ``QUOTA_REPORT_REDIS_SHARE`` below 1 it pauses after each page (quota._report.pause_after)."""
         month = validate_month(month)
@@ -553,19 +565,19 @@ class AsyncMeter:
                 with storage_errors(where):
                     try:
                         sent = time.monotonic()
-                        replies, following = await _read_page(node, keys, scan)
+                        replies, following = await _read_page(node, keys, scan, plan_keys(keys))
                         pause = pause_after(time.monotonic() - sent, share)
                     except LOST_CONNECTION as exc:
                         raise lost_connection(exc) from exc
                 page = []
-                for key, reply in zip(keys, replies):
+                for key, reply, plan in zip(keys, replies, replies[len(keys) :]):
                     user = user_of(key)
                     if user is None or isinstance(reply, Exception) or not reply:
                         continue  # not a user-month key after all, or deleted since the SCAN saw it
                     if not isinstance(reply, dict):  # RESP2: a flat list of field, value, ...
                         pairs = iter(reply)
                         reply = dict(zip(pairs, pairs))
-                    page.append((user, reply))
+                    page.append((user, reply, plan_nano(user, plan)))
                 if page:
                     yield page
                 if pause:
@@ -705,12 +717,16 @@ class AsyncMeter:
 
 
 _HGETALL = b"*2\r\n$7\r\nHGETALL\r\n$%d\r\n%s\r\n"
+_GET = b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n"
 
 
-async def _read_page(node: Any, keys: list[Any], scan: tuple[Any, ...] | None) -> tuple[list[Any], Any]:
-    """HGETALL of each of ``keys`` and then ``scan`` (the next SCAN, or None), sent as one packed
-    buffer on one of ``node``'s connections; the raw replies (an error reply is its exception, in
-    its place) and the SCAN's ``[cursor, keys]`` (None without one).
+async def _read_page(
+    node: Any, keys: list[Any], scan: tuple[Any, ...] | None, gets: Sequence[bytes] = ()
+) -> tuple[list[Any], Any]:
+    """HGETALL of each of ``keys``, GET of each of ``gets`` and then ``scan`` (the next SCAN, or
+    None), sent as one packed buffer on one of ``node``'s connections; the raw replies, the
+    HGETALLs' then the GETs' (an error reply is its exception, in its place), and the SCAN's
+    ``[cursor, keys]`` (None without one).
 
     Why not a redis-py pipeline: at a million user-months the report was bound by the client's CPU,
     and most of it was the pipeline's per-command work (packing each command, queueing it, a
@@ -722,11 +738,13 @@ async def _read_page(node: Any, keys: list[Any], scan: tuple[Any, ...] | None) -
     try:
         names = [k if isinstance(k, bytes) else k.encode() for k in keys]
         packed = [b"".join(_HGETALL % (len(name), name) for name in names)]
+        if gets:
+            packed.append(b"".join(_GET % (len(name), name) for name in gets))
         if scan is not None:
             packed += conn.pack_command(*scan)
         await conn.send_packed_command(packed, check_health=False)
         replies: list[Any] = []
-        for _ in keys:
+        for _ in range(len(keys) + len(gets)):
             try:
                 replies.append(await conn.read_response(disable_decoding=True))
             except ResponseError as exc:  # e.g. WRONGTYPE: the key was replaced since the SCAN

@@ -7,7 +7,9 @@ Per batch of keys on one Redis primary (a cluster is walked master by master):
 2. ``snapshot_month.lua`` on each key, pipelined: it tags the hash with its generation
    (``dump_gen``, set once per incarnation of the hash: 1 for the month's first hash, the origin
    of one a late write made after the month), bumps ``dump_seq`` and returns the
-   whole hash with its fingerprint.
+   whole hash with its fingerprint. A month without its own credit is archived with the user's
+   plan (``<prefix>:{<user>}:plan``, read with one pipelined GET per batch: the credit in force,
+   as the check has it), so that archived reports use it; no plan: NULL, the default.
 3. One SQL transaction writes every snapshot of the batch, replacing the stored snapshot of
    the same generation (never adding to it; an older ``seq`` never replaces a newer one).
 4. Only after the commit, ``delete_if_unchanged.lua`` on each key, pipelined: the hash is
@@ -159,7 +161,7 @@ def dump_expired_months(
     def reads() -> Iterator[tuple[int, list[tuple[str, Snapshot]], int]]:
         for where, node in nodes:
             for batch in _expired_keys(node, where, schema, before, batch_size):
-                yield len(batch), *_read(meter, node, where, batch, slot_of, dry_run)
+                yield len(batch), *_read(meter, node, where, batch, slot_of, dry_run, schema)
 
     # Reading batch k+1 from Redis overlaps writing batch k to SQL (a thread; the batch is
     # still deleted only after its own commit). It nearly doubled the throughput on 2 cores.
@@ -275,7 +277,13 @@ def _run_groups(
 
 
 def _read(
-    meter: DumpMeter, node: Any, where: str, batch: list[Key], slot_of: Callable[[str], int] | None, dry_run: bool
+    meter: DumpMeter,
+    node: Any,
+    where: str,
+    batch: list[Key],
+    slot_of: Callable[[str], int] | None,
+    dry_run: bool,
+    schema: KeySchema,
 ) -> tuple[list[tuple[str, Snapshot]], int]:
     """``(key, snapshot)`` for each hash of ``batch`` that still exists and parses, and how
     many could not be read (left in Redis, logged)."""
@@ -309,7 +317,34 @@ def _read(
             log.warning("quota dump: %s has a field that is not an integer (%s); left in Redis", key, exc)
             continue
         snapshots.append((key, Snapshot(user, month, usage.archive_gen or 0, seq, usage, fingerprint)))
+    _credit_in_force(node, where, snapshots, schema)
     return snapshots, unreadable
+
+
+def _credit_in_force(node: Any, where: str, snapshots: list[tuple[str, Snapshot]], schema: KeySchema) -> None:
+    """Give each month without its own credit the user's plan, if any (one pipelined GET per such
+    month, on ``node``: the plan key is in the user's slot). A plan that can not be read (moved
+    slot, not an integer) leaves the credit NULL (the default), logged: the archive is still exact
+    in what was spent."""
+    missing = [snap for _, snap in snapshots if snap.usage.credit_nano is None]
+    if not missing:
+        return
+    with storage_errors(where):
+        pipe = node.pipeline(transaction=False)
+        for snap in missing:
+            pipe.get(schema.plan_key(snap.user))
+        replies = pipe.execute(raise_on_error=False)
+    for snap, reply in zip(missing, replies):
+        if reply is None:
+            continue
+        try:
+            if isinstance(reply, Exception):
+                raise ValueError(str(reply))
+            snap.usage.credit_nano = int(reply)
+        except ValueError as exc:
+            log.warning(
+                "quota dump: %s's plan can not be read (%s); %s archived with the default", snap.user, exc, snap.month
+            )
 
 
 def _first(item: Key | tuple[str, Snapshot]) -> str:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -47,6 +48,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     and_,
     bindparam,
     create_engine,
@@ -80,12 +82,14 @@ from .._keys import validate_month, validate_prefix, validate_user
 from .._money import nano_to_json
 from .._stats import ArchiveRow, ModelUsage, MonthUsage, merge_month, parts_from_rows
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Reads work on a database at least this old: version 2 only added an index, version 3 two
 # columns (corrections) and version 4 two more (cache tokens) that a read of an older database takes
 # as 0, so a version-1 database stays readable (more slowly) until the next `quota dump` migrates it.
 # Version 5 added grants_drawn_nano and the audit table (issue 12): an older database reads as 0 drawn
 # and no audit rows until its first write (a dump, an audited credit change) migrates it.
+# Version 6 added the audit table's columns of corrections (model_id, adjustment_id, details) and
+# widened its actor to 128 characters (an adjustment's actor): an older one reads them as NULL.
 READABLE_FROM = 1
 _LOCK_KEY = 0x71756F7461  # "quota": the PostgreSQL advisory lock taken while creating/migrating
 
@@ -146,10 +150,11 @@ credit_audit = Table(
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("prefix", String(32), nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),  # the meter's clock when asked
-    Column("actor", String(64), nullable=False),  # library, cli, api:<role>
-    Column("action", String(32), nullable=False),  # set_monthly_credit, set_plan_credit, grant, revoke_grant
+    Column("actor", String(128), nullable=False),  # library, cli, api:<role>; an adjustment's own (version 6)
+    # set_monthly_credit, set_plan_credit, grant, revoke_grant, adjust (the model's cost before and after)
+    Column("action", String(32), nullable=False),
     Column("user_id", String(128), nullable=False),
-    Column("month", String(7), nullable=True),  # set_monthly_credit only
+    Column("month", String(7), nullable=True),  # set_monthly_credit and adjust only
     Column("grant_id", String(64), nullable=True),  # grant and revoke_grant only
     Column("requested_nano", BigInteger, nullable=True),  # the credit or amount asked for
     Column("before_nano", BigInteger, nullable=True),  # NULL: none (no month credit, no plan, no grant)
@@ -157,7 +162,12 @@ credit_audit = Table(
     Column("reason", String(200), nullable=True),
     Column("status", String(16), nullable=False),  # pending, done, unchanged, failed
     Column("finished_at", DateTime(timezone=True), nullable=True),
+    # adjust only (version 6): the model, the adjustment's id, its signed token and call counts (JSON)
+    Column("model_id", String(64), nullable=True),
+    Column("adjustment_id", String(128), nullable=True),
+    Column("details", Text, nullable=True),
 )
+_ADJUST_AUDIT_COLUMNS = ("model_id", "adjustment_id", "details")
 audit_index = Index("quota_credit_audit_by_user", credit_audit.c.prefix, credit_audit.c.user_id, credit_audit.c.id)
 
 # One month of every user, in user order: the month report (``iter_month``). Without it a report
@@ -224,12 +234,24 @@ def _add_grants_and_audit(conn: Connection) -> None:
     audit_index.create(conn, checkfirst=True)
 
 
+def _add_adjustment_audit(conn: Connection) -> None:
+    """Version 6: the audit trail of corrections (``adjust``) in the audit table."""
+    present = {c["name"] for c in inspect(conn).get_columns(credit_audit.name)}
+    for column in _ADJUST_AUDIT_COLUMNS:
+        if column not in present:
+            kind = {"model_id": "VARCHAR(64)", "adjustment_id": "VARCHAR(128)", "details": "TEXT"}[column]
+            conn.execute(text(f"ALTER TABLE quota_credit_audit ADD COLUMN {column} {kind}"))
+    if conn.dialect.name == "postgresql":  # SQLite does not enforce a VARCHAR's length
+        conn.execute(text("ALTER TABLE quota_credit_audit ALTER COLUMN actor TYPE VARCHAR(128)"))
+
+
 # MIGRATIONS[v] upgrades a database at version v to v + 1.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _add_month_index,
     2: _add_adjustment_columns,
     3: _add_cache_columns,
     4: _add_grants_and_audit,
+    5: _add_adjustment_audit,
 }
 
 
@@ -717,6 +739,9 @@ class HistoryStore:
                     requested_nano=entry.requested_nano,
                     reason=entry.reason,
                     status=PENDING,
+                    model_id=entry.model_id,
+                    adjustment_id=entry.adjustment_id,
+                    details=None if entry.details is None else json.dumps(entry.details, sort_keys=True),
                 )
             )
             key = inserted.inserted_primary_key
@@ -740,9 +765,16 @@ class HistoryStore:
             if not self._readable() or not self._grants_ready():
                 return []
             a = credit_audit
+            columns: list[Any] = list(a.c)
+            if not (self._schema_ready or (self._version or 0) >= 6):  # no corrections before version 6
+                columns = [c for c in columns if c.name not in _ADJUST_AUDIT_COLUMNS]
+                columns += [literal_column("NULL").label(name) for name in _ADJUST_AUDIT_COLUMNS]
             with self.engine.connect() as conn:
                 rows = conn.execute(
-                    select(a).where(a.c.prefix == self.prefix, a.c.user_id == user).order_by(a.c.id.desc()).limit(limit)
+                    select(*columns)
+                    .where(a.c.prefix == self.prefix, a.c.user_id == user)
+                    .order_by(a.c.id.desc())
+                    .limit(limit)
                 ).all()
         out = []
         for row in rows:
@@ -757,6 +789,9 @@ class HistoryStore:
                 "status": row.status,
                 "reason": row.reason,
                 "finished_at": _iso(row.finished_at),
+                "model_id": row.model_id,
+                "adjustment_id": row.adjustment_id,
+                "details": None if row.details is None else json.loads(row.details),
             }
             for name in ("requested", "before", "after"):
                 nano = getattr(row, f"{name}_nano")

@@ -15,9 +15,10 @@
 --                               (model, amounts, reason: canonical JSON, no newline)
 -- ARGV[9]  details              the rest of the record (instant, actor: JSON), kept, not compared
 --
--- Returns {applied, system_used_nano, record}: applied is 1 when this call made the correction,
--- 0 when the id was already used for the same content (nothing changed; record is the one stored
--- then). system_used_nano is the value after it, as a string.
+-- Returns {applied, system_used_nano, record, model_cost_nano}: applied is 1 when this call made the
+-- correction, 0 when the id was already used for the same content (nothing changed; record is the
+-- one stored then). system_used_nano and the model's cost_nano are the values after it, as strings
+-- (the audit trail's after; before is after minus the adjustment's cost when applied).
 -- The month hash also counts, per model, the adjustments (<model>:adjustments) and their signed cost
 -- (<model>:adj_cost_nano), which stats and the archive show. A hash this creates after its month
 -- gets its origin (lib/util.lua), like one record.lua creates.
@@ -58,7 +59,8 @@ if seen then
   if string.sub(seen, 1, #ARGV[8] + 1) ~= ARGV[8] .. '\n' then
     return redis.error_reply('QUOTA_CONFLICT adjustment_id was already used for a different adjustment')
   end
-  return {0, redis.call('HGET', KEYS[1], 'system_used_nano') or '0', seen}
+  return {0, redis.call('HGET', KEYS[1], 'system_used_nano') or '0', seen,
+          redis.call('HGET', KEYS[1], model .. ':cost_nano') or '0'}
 end
 local fields = {model .. ':input', model .. ':output', model .. ':cost_nano', model .. ':calls', 'system_used_nano'}
 local deltas = {ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6] == '1' and ARGV[4] or '0'}
@@ -90,4 +92,5 @@ redis.call('HINCRBY', KEYS[1], model .. ':adj_cost_nano', ARGV[4])
 if late then redis.call('HSET', KEYS[1], 'o', late) end  -- restore-safe dump (lib/util.lua)
 local record = ARGV[8] .. '\n' .. ARGV[9]
 redis.call('HSET', KEYS[2], ARGV[7], record)
-return {1, redis.call('HGET', KEYS[1], 'system_used_nano') or '0', record}
+return {1, redis.call('HGET', KEYS[1], 'system_used_nano') or '0', record,
+        redis.call('HGET', KEYS[1], model .. ':cost_nano') or '0'}
