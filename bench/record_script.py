@@ -4,7 +4,7 @@
 
 What the meter's one script costs Redis beyond the writes any counter must make. ``minimal`` is the
 least a hand-written counter would run per LLM call: HINCRBY x4 (input, output, cost, calls) and SET EX
-(the request id), no reads, no checks. ``record.lua`` is the project's script with the KEYS and ARGV
+(the request id), no reads, no checks (bench/targets.py's, sent the same KEYS and ARGV). ``record.lua`` is the project's script with the KEYS and ARGV
 the core builds (quota._core.MeterCore.record), on a system model (so it also adds system_used_nano).
 Scenarios: ``under`` (a user under the credit: the common record) and ``over`` (past a month credit of
 0, no grants: lib/grants.lua's has_grants marker spares the grants read).
@@ -34,18 +34,9 @@ from quota._config import Settings
 from quota._core import MeterCore
 from quota.testing import RedisServer
 
+from .targets import MINIMAL_RECORD  # HINCRBY x4 + SET EX, with record.lua's KEYS and ARGV
 from .workloads import INPUT_TOKENS, MODEL, OUTPUT_TOKENS
 
-# The same writes as a record under the credit, nothing else (KEYS: month hash, request id;
-# ARGV: model, input, output, cost_nano, dedupe ttl).
-MINIMAL = """\
-redis.call('HINCRBY', KEYS[1], ARGV[1] .. ':input', ARGV[2])
-redis.call('HINCRBY', KEYS[1], ARGV[1] .. ':output', ARGV[3])
-redis.call('HINCRBY', KEYS[1], ARGV[1] .. ':cost_nano', ARGV[4])
-redis.call('HINCRBY', KEYS[1], ARGV[1] .. ':calls', 1)
-redis.call('SET', KEYS[2], '1', 'EX', ARGV[5])
-return 1
-"""
 TARGET = 1.25  # issue 14: record.lua within 1.25x of the minimal script's server time
 
 Command = tuple[object, ...]  # the arguments of one EVALSHA
@@ -135,7 +126,7 @@ def measure(pairs: int, batch: int) -> dict[str, dict[str, object]]:
         core = MeterCore(Settings.from_env({"QUOTA_MONTHLY_CREDIT": "900000"}))  # "under" never reaches it
         probe = core.record("probe", MODEL, 1, 1)
         record_sha = client.script_load(probe.script.source)
-        minimal_sha = client.script_load(MINIMAL)
+        minimal_sha = client.script_load(MINIMAL_RECORD.source)
         ids = iter(range(10**12))
 
         def maker(script: str, user: str) -> Callable[[], list[Command]]:
@@ -144,7 +135,7 @@ def measure(pairs: int, batch: int) -> dict[str, dict[str, object]]:
                 for _ in range(batch):
                     call = core.record(user, MODEL, INPUT_TOKENS, OUTPUT_TOKENS, request_id=f"r{next(ids)}")
                     if script == "minimal":
-                        out.append((minimal_sha, 2, *call.keys[:2], *call.args[:4], call.args[6]))
+                        out.append((minimal_sha, len(call.keys), *call.keys, *call.args))
                     else:
                         out.append((record_sha, len(call.keys), *call.keys, *call.args))
                 return out
