@@ -4,8 +4,9 @@
 
 What the meter's one script costs Redis beyond the writes any counter must make. ``minimal`` is the
 least a hand-written counter would run per LLM call: HINCRBY x4 (input, output, cost, calls) and SET EX
-(the request id), no reads, no checks (bench/targets.py's, sent the same KEYS and ARGV). ``record.lua`` is the project's script with the KEYS and ARGV
-the core builds (quota._core.MeterCore.record), on a system model (so it also adds system_used_nano).
+(the request id), no reads, no checks (bench/targets.py's, sent the same KEYS and ARGV). ``record.lua``
+is the project's script with the KEYS and ARGV the core builds (quota._core.MeterCore.record), on a
+system model (so it also adds system_used_nano).
 Scenarios: ``under`` (a user under the credit: the common record) and ``over`` (past a month credit of
 0, no grants: lib/grants.lua's has_grants marker spares the grants read).
 
