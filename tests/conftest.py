@@ -50,6 +50,20 @@ def _this_checkouts_app() -> None:
 _this_checkouts_app()
 
 
+def _private_default_history() -> None:
+    """Credit changes through ``Meter.from_url`` are audited to ``QUOTA_HISTORY_URL``, whose default is
+    ``quota-history.db`` in the working directory: tests that do not choose a store get a private one
+    instead of writing a database into the checkout. Tests of the default itself pass their own
+    environment (``Settings.from_env({...})``) or ``monkeypatch.delenv``."""
+    if "QUOTA_HISTORY_URL" not in os.environ:
+        where = tempfile.mkdtemp(prefix="quota-tests-history-")
+        atexit.register(shutil.rmtree, where, ignore_errors=True)
+        os.environ["QUOTA_HISTORY_URL"] = f"sqlite:///{where}/quota-history.db"
+
+
+_private_default_history()
+
+
 class Clock:
     """A settable clock: ``clock.set(2026, 1, 31, 23, 59, 59)``."""
 
