@@ -40,7 +40,7 @@ from ._money import cny_to_nano, nano_to_decimal, nano_to_json
 from ._prices import ModelPrice
 from ._results import CreditResult, Grant, PlanResult, QuotaCheck, UsageResult, available_nano
 from ._scripts import LuaScript
-from ._stats import MonthUsage, build_token_stats, flat_pairs_to_dict, merge_month
+from ._stats import HistoryMemo, MonthUsage, build_history, build_token_stats, flat_pairs_to_dict, merge_month
 from ._usage import validate_cache_tokens, validate_tokens
 
 Clock = Callable[[], datetime]
@@ -88,12 +88,22 @@ def auto_request_id() -> str:
 
 
 class LiveMonths(NamedTuple):
-    """What ``stats.lua`` read in one snapshot: the live holds and the months, newest first."""
+    """What ``stats.lua`` read in one snapshot: the live holds, this month, and the months before it.
+
+    The past months are kept as the script returned them (``past_raw``: one flat field/value list
+    per month) and parsed only when the history is built (``past()``): a ``HistoryMemo`` reuses
+    the history it built from the same replies, which is most reads (``MeterCore.token_stats``)."""
 
     held_nano: int
-    months: list[MonthUsage]
+    current: MonthUsage
+    past_months: tuple[str, ...]  # the months before ``current``, newest first
+    past_raw: list[Any]  # their hashes as stats.lua returned them
     plan_nano: int | None = None  # the user's plan credit (issue 12); None: no plan
     grants: tuple[Grant, ...] = ()  # every grant of the user, live or not, in draw-down order (parse_grants)
+
+    def past(self) -> list[MonthUsage]:
+        """The past months, parsed, newest first."""
+        return [MonthUsage.from_hash(m, flat_pairs_to_dict(list(r))) for m, r in zip(self.past_months, self.past_raw)]
 
 
 class ScriptCall(NamedTuple, Generic[R]):
@@ -151,6 +161,8 @@ class MeterCore:
         self._hold_ttl_ms_arg = str(self.settings.hold_ttl_s * 1000)
         self._thresholds_arg = ",".join(str(t) for t in self.settings.alert_thresholds)
         self._month_cache: tuple[datetime, datetime, str] | None = None
+        self._stats_months: tuple[str, int, tuple[str, ...]] | None = None  # (current month, count, months)
+        self._history = HistoryMemo()  # token_stats: the built history, by the replies it was built from
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -552,7 +564,12 @@ class MeterCore:
         """The current month and the ``months`` before it, newest first."""
         count = self.settings.history_months if months is None else months
         current = self.current_month()
-        return [add_months(current, -i) for i in range(count + 1)]
+        cached = self._stats_months
+        if cached is not None and cached[0] == current and cached[1] == count:
+            return list(cached[2])
+        wanted = tuple(add_months(current, -i) for i in range(count + 1))
+        self._stats_months = (current, count, wanted)
+        return list(wanted)
 
     def stats(self, user: object, months: int | None = None) -> ScriptCall[LiveMonths]:
         user = validate_user(user)
@@ -561,10 +578,12 @@ class MeterCore:
         now_ms = int(self.clock().timestamp() * 1000)
 
         def parse(reply: Any) -> LiveMonths:
-            held, plan, grants, info, *months = reply
+            held, plan, grants, info, current, *past = reply
             return LiveMonths(
                 int(held),
-                [MonthUsage.from_hash(m, flat_pairs_to_dict(list(r))) for m, r in zip(wanted, months)],
+                MonthUsage.from_hash(wanted[0], flat_pairs_to_dict(list(current))),
+                tuple(wanted[1:]),
+                past,
                 int(plan) if _text(plan) else None,
                 tuple(parse_grants(user, grants, info, now_ms)),
             )
@@ -596,19 +615,14 @@ class MeterCore:
         dump already removed from Redis is added (see ``stats.merge_month``). Read Redis first,
         then the archive: the dump commits to SQL before it deletes from Redis.
         """
-        current, *expired = live.months
-        parts: dict[str, list[MonthUsage]] = {}
-        for part in archived or []:
-            parts.setdefault(part.month, []).append(part)
-        by_month = {m.month: m for m in expired}
-        merged = {
-            month: merge_month(month, by_month.get(month), parts.get(month, [])) for month in set(parts) | set(by_month)
-        }
-        limit = len(live.months) - 1
-        history = [merged[m] for m in sorted(merged, reverse=True) if m < current.month][:limit]
+        key = (user, live.past_months, exact)
+        history = self._history.get(key, live.past_raw, archived)
+        if history is None:
+            history = build_history(self._merged_history(live, archived), self.prices, exact)
+            self._history.put(key, live.past_raw, archived, history)
         return build_token_stats(
             user,
-            current,
+            live.current,
             history,
             self.prices,
             self.settings.credit_nano,
@@ -617,6 +631,19 @@ class MeterCore:
             plan_nano=live.plan_nano,
             grants=live.grants,
         )
+
+    @staticmethod
+    def _merged_history(live: LiveMonths, archived: list[MonthUsage] | None) -> list[MonthUsage]:
+        """The past months of ``live`` merged with their archived parts, newest first."""
+        parts: dict[str, list[MonthUsage]] = {}
+        for part in archived or []:
+            parts.setdefault(part.month, []).append(part)
+        by_month = {m.month: m for m in live.past()}
+        merged = {
+            month: merge_month(month, by_month.get(month), parts.get(month, [])) for month in set(parts) | set(by_month)
+        }
+        limit = len(live.past_months)
+        return [merged[m] for m in sorted(merged, reverse=True) if m < live.current.month][:limit]
 
 
 def _grant(user: str, grant_id: str, value: str, info: str, now_ms: int) -> Grant:

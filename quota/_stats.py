@@ -248,10 +248,83 @@ def exact_percent(used_nano: int, credit_nano: int) -> Decimal:
     return (Decimal(used_nano) * 100 / Decimal(credit_nano)).quantize(Decimal("0.01"), ROUND_HALF_UP)
 
 
+class BuiltHistory(dict[str, Any]):
+    """The ``history`` part of the stats, built (``build_history``) and kept by a ``HistoryMemo``:
+    ``build_token_stats`` hands out a copy, so that no caller can change what is kept."""
+
+
+def build_history(history: Iterable[MonthUsage], prices: PriceTable, exact: bool = False) -> BuiltHistory:
+    """The ``history`` part of the stats: month -> model -> counters; ``history`` newest first,
+    empty months left out."""
+    money = nano_to_decimal if exact else nano_to_json
+    history_out = BuiltHistory()
+    for month in history:
+        if month.is_empty:
+            continue
+        history_out[month.month] = {
+            model_id: {
+                "input": usage.input_tokens,
+                "output": usage.output_tokens,
+                "cached_input": usage.cached_input_tokens,
+                "cache_write": usage.cache_write_tokens,
+                "cost": money(usage.cost_nano),
+                "calls": usage.calls,
+                "is_system": prices.is_system(model_id),
+            }
+            for model_id, usage in sorted(month.models.items())
+        }
+    return history_out
+
+
+def copy_history(history: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a built history down to its counters (whose values are numbers and bools)."""
+    return {month: {model_id: dict(fields) for model_id, fields in models.items()} for month, models in history.items()}
+
+
+class HistoryMemo:
+    """The built history of a user's token stats, kept with what it was built from: the raw
+    replies of the past months' hashes (``stats.lua``) and the archived parts (an ``ArchiveCache``
+    entry, by identity). A stats read whose past months come back unchanged, at the same archive
+    state, reuses it instead of parsing, merging and building twelve months again: most of a
+    token-stats request's client CPU (bench/api.py), since past months rarely change (a late or
+    replayed record, a correction, a dump).
+
+    Why it is exact: the raw replies are compared in full (``==`` of the lists of bytes), not by a
+    hash; the archived parts are the very list the archive cache holds for the same epoch, so a new
+    read of the archive (a dump, an expired entry) is a miss. At most ``max_entries`` users and
+    month ranges (the oldest put is dropped first: about 50 KB each for a year of three models);
+    safe to share between threads (each entry is one immutable tuple, replaced whole).
+    """
+
+    def __init__(self, max_entries: int = 256) -> None:
+        self.max_entries = max_entries
+        self._entries: dict[tuple[Any, ...], tuple[list[Any], Any, BuiltHistory]] = {}
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0  # for tests and benchmarks
+
+    def get(self, key: tuple[Any, ...], raw: list[Any], archived: Any) -> BuiltHistory | None:
+        """What was put under ``key`` from the same ``raw`` replies and the same ``archived`` object."""
+        found = self._entries.get(key)
+        if found is not None and found[1] is archived and found[0] == raw:
+            self.hits += 1
+            return found[2]
+        self.misses += 1
+        return None
+
+    def put(self, key: tuple[Any, ...], raw: list[Any], archived: Any, history: BuiltHistory) -> None:
+        if self.max_entries <= 0:
+            return
+        with self._lock:
+            self._entries.pop(key, None)
+            while len(self._entries) >= self.max_entries:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[key] = (raw, archived, history)
+
+
 def build_token_stats(
     user: str,
     current: MonthUsage,
-    history: Iterable[MonthUsage],
+    history: Iterable[MonthUsage] | BuiltHistory,
     prices: PriceTable,
     default_credit_nano: int,
     *,
@@ -260,7 +333,8 @@ def build_token_stats(
     plan_nano: int | None = None,
     grants: Sequence[Grant] = (),
 ) -> dict[str, Any]:
-    """The seed's structure, plus extra keys; ``history`` newest first, empty months left out.
+    """The seed's structure, plus extra keys; ``history`` newest first, empty months left out
+    (or already built: ``build_history``, of the same ``exact``).
 
     ``held`` is what live turn holds reserve; ``available`` what a new turn could still reserve
     (credit - used - held, never below 0; with grants, see quota._results.available_nano). ``plan_nano``
@@ -295,22 +369,7 @@ def build_token_stats(
         }
         if usage.adjustments:  # corrected by `quota adjust`: how often, and by how much (signed)
             models[model_id]["adjustments"] = {"count": usage.adjustments, "cost": money(usage.adjusted_cost_nano)}
-    history_out: dict[str, Any] = {}
-    for month in history:
-        if month.is_empty:
-            continue
-        history_out[month.month] = {
-            model_id: {
-                "input": usage.input_tokens,
-                "output": usage.output_tokens,
-                "cached_input": usage.cached_input_tokens,
-                "cache_write": usage.cache_write_tokens,
-                "cost": money(usage.cost_nano),
-                "calls": usage.calls,
-                "is_system": prices.is_system(model_id),
-            }
-            for model_id, usage in sorted(month.models.items())
-        }
+    history_out = copy_history(history) if isinstance(history, BuiltHistory) else build_history(history, prices, exact)
     return {
         "user": user,
         "current_month": current.month,

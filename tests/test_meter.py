@@ -298,6 +298,37 @@ def test_stats_history_window_and_order(any_meter, clock):
     assert list(any_meter.get_token_stats("oz", months=3)["history"]) == ["2025-12", "2025-11", "2025-10"]
 
 
+def test_stats_reuse_the_built_history_only_while_the_past_months_are_unchanged(any_meter, clock):
+    """quota._stats.HistoryMemo: a repeat read reuses the history built from the same replies; a
+    late record, a correction or a credit set on a past month shows at the next read, and a caller
+    changing what it got changes nothing kept."""
+    clock.set(2025, 11, 5)
+    any_meter.update_token_usage("memo", "system_deepseek", 1000, 100, request_id="nov")
+    clock.set(2025, 12, 5)
+    any_meter.update_token_usage("memo", "custom_x", 10, 1, request_id="dec")
+    clock.set(2026, 1, 5)
+    memo = any_meter.core._history  # noqa: SLF001 - the test looks at what was reused
+    first = any_meter.get_token_stats("memo")
+    hits = memo.hits
+    assert any_meter.get_token_stats("memo") == first and memo.hits == hits + 1
+    first["history"]["2025-12"]["custom_x"]["input"] = -1  # the caller's copy
+    del first["history"]["2025-11"]
+    again = any_meter.get_token_stats("memo")
+    assert again["history"]["2025-12"]["custom_x"]["input"] == 10 and "2025-11" in again["history"]
+    assert list(again["history"]) == ["2025-12", "2025-11"] and again["models"] == {}
+
+    clock.set(2025, 12, 31, 23, 59)  # a late record (e.g. replayed from a spool) reaches December
+    any_meter.update_token_usage("memo", "custom_x", 5, 0, request_id="dec-late")
+    clock.set(2026, 1, 5)
+    assert any_meter.get_token_stats("memo")["history"]["2025-12"]["custom_x"]["input"] == 15
+    any_meter.adjust("memo", "custom_x", adjustment_id="fix", reason="test", input_tokens=-3, month="2025-12")
+    assert any_meter.get_token_stats("memo")["history"]["2025-12"]["custom_x"]["input"] == 12
+    exact = any_meter.get_token_stats("memo", exact=True)["history"]["2025-11"]["system_deepseek"]["cost"]
+    assert isinstance(exact, Decimal)
+    assert any_meter.get_token_stats("memo")["history"]["2025-11"]["system_deepseek"]["cost"] == float(exact)
+    assert list(any_meter.get_token_stats("memo", months=1)["history"]) == ["2025-12"]
+
+
 def test_stats_of_an_unknown_user_are_empty(any_meter):
     stats = any_meter.get_token_stats("nobody")
     assert stats["models"] == {} and stats["history"] == {} and stats["monthly_used"] == 0.0

@@ -354,7 +354,7 @@ class Meter:
             with storage_errors(self.where):
                 live = stats_call.parse(live_reply)
             epoch = None if isinstance(epoch_reply, Exception) else self.core.archive_epoch().parse(epoch_reply)
-            wanted = [m.month for m in live.months[1:]]
+            wanted = list(live.past_months)
             archived = self._archives.get(user, wanted, epoch)
             if archived is None:
                 try:
