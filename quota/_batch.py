@@ -54,6 +54,15 @@ def eval_args(call: ScriptCall[Any]) -> tuple[Any, ...]:
     return (call.script.source, len(call.keys), *call.keys, *call.args)
 
 
+def queue_calls(pipe: Any, calls: Sequence[ScriptCall[Any]], with_source: bool = False) -> None:
+    """Queue ``calls`` on a redis-py pipeline: EVALSHA each, or (``with_source``) EVAL."""
+    for call in calls:
+        if with_source:
+            pipe.eval(*eval_args(call))
+        else:
+            pipe.evalsha(*evalsha_args(call))
+
+
 def group_by(calls: Sequence[ScriptCall[Any]], node_of: Callable[[str], Hashable]) -> dict[Hashable, list[int]]:
     """Indexes of ``calls`` grouped by the node that owns their first key."""
     groups: dict[Hashable, list[int]] = {}

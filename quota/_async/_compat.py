@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster
 
-from .._batch import eval_args, evalsha_args
+from .._batch import eval_args, evalsha_args, queue_calls
 from .._config import Settings
 from .._connect import node_client
 from .._core import ScriptCall
@@ -53,11 +53,7 @@ async def send_scripts(client: Any, calls: list[ScriptCall[Any]], with_source: b
     node's client: one reply per call, an error reply as its exception in its place. redis-py's
     pipeline here; the sync twin takes a thinner path on a plain client."""
     pipe = client.pipeline(transaction=False)
-    for call in calls:
-        if with_source:
-            pipe.eval(*eval_args(call))
-        else:
-            pipe.evalsha(*evalsha_args(call))
+    queue_calls(pipe, calls, with_source)
     replies: list[Any] = await pipe.execute(raise_on_error=False)
     return replies
 

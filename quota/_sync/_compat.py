@@ -22,7 +22,7 @@ from redis.utils import HIREDIS_AVAILABLE
 if HIREDIS_AVAILABLE:
     import hiredis
 
-from .._batch import eval_args, evalsha_args
+from .._batch import eval_args, evalsha_args, queue_calls
 from .._config import Settings
 from .._core import ScriptCall
 
@@ -95,11 +95,7 @@ def send_scripts(client: Any, calls: list[ScriptCall[Any]], with_source: bool = 
         or encoder.encoding_errors != "strict"
     ):
         pipe = client.pipeline(transaction=False)
-        for call in calls:
-            if with_source:
-                pipe.eval(*eval_args(call))
-            else:
-                pipe.evalsha(*evalsha_args(call))
+        queue_calls(pipe, calls, with_source)
         replies: list[Any] = pipe.execute(raise_on_error=False)
         return replies
     pack = _pack
