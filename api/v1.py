@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 
 from quota import BatchError, InvalidInput, RequestConflict, StorageUnavailable
 from quota._audit import AuditSink
@@ -17,6 +17,7 @@ from quota._tokens import iso_ms, revoke_user_tokens, tokens_valid_after_ms
 from .auth import Action, Principal, authenticate, authorize
 from .errors import ApiError, error_body, quota_error_status
 from .ext import get_quota
+from .jsonio import QuotaJSONProvider
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 
@@ -33,6 +34,10 @@ def require_token() -> None:
         ext.settings,
         valid_after_ms=lambda user: tokens_valid_after_ms(meter.client, meter.settings.prefix, user),
     )
+
+
+def json_provider() -> QuotaJSONProvider:
+    return cast(QuotaJSONProvider, current_app.json)  # create_app sets it
 
 
 def principal() -> Principal:
@@ -71,7 +76,7 @@ def token_stats(user: str):  # noqa: ANN201
     stats = ext.meter.get_token_stats(user, months=months)
     if stats.get("history_unavailable"):  # served from Redis alone: counted apart from Redis errors
         ext.metrics.history_errors.inc()
-    return jsonify(stats)
+    return json_provider().stats_response(stats, (user, months))
 
 
 @bp.get("/users/<user>/quota")

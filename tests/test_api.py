@@ -121,6 +121,41 @@ def test_stats_months_parameter_and_history(client, clock):
         )
 
 
+def test_stats_body_is_jsonify_byte_for_byte_while_the_history_json_is_reused(app, client, meter, clock):
+    """api.jsonio.QuotaJSONProvider.stats_response: the history's JSON is reused while the history
+    is unchanged, and the body is always exactly what ``jsonify`` makes of the same stats."""
+    clock.set(2025, 11, 20)
+    record(client, request_id="nov", purpose="chat")
+    clock.set(2025, 12, 20)
+    record(client, model_id=CUS, request_id="dec")
+    clock.set(2026, 1, 15)
+    record(client, request_id="jan")
+
+    def body_and_expected(path: str = "/v1/users/alice/token-stats", months: int | None = None):
+        response = client.get(path, headers=bearer(SERVICE))
+        assert response.status_code == 200 and response.mimetype == "application/json"
+        with app.app_context():
+            expected = app.json.response(meter.get_token_stats("alice", months=months)).get_data()
+        return response.get_data(), expected
+
+    first, expected = body_and_expected()
+    assert first == expected and first.endswith(b"}\n") and b'"history":{"2025-12"' in first
+    assert body_and_expected() == (first, expected)  # the kept history JSON, the same bytes
+    clock.set(2025, 12, 31, 23)  # a late record reaches December: the history changes
+    record(client, model_id=CUS, request_id="dec-late", input_tokens=7)
+    clock.set(2026, 1, 15)
+    changed, expected = body_and_expected()
+    assert changed == expected and changed != first
+    assert json.loads(changed)["history"]["2025-12"][CUS]["input"] == 1007
+    one, expected = body_and_expected("/v1/users/alice/token-stats?months=1", months=1)
+    assert one == expected and json.loads(one)["history"] == {"2025-12": json.loads(changed)["history"]["2025-12"]}
+    none, expected = body_and_expected("/v1/users/alice/token-stats?months=0", months=0)
+    assert none == expected and json.loads(none)["history"] == {}
+    app.debug = True  # indented: jsonify itself
+    indented, expected = body_and_expected()
+    assert indented == expected and b'\n  "history": {' in indented
+
+
 def test_duplicate_request_id_counts_once_and_conflict_is_409(client, meter):
     first = record(client, request_id="same")
     again = record(client, request_id="same")
