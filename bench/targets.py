@@ -326,7 +326,12 @@ What each row rests on (measured while building it; the table above is the run's
   2x the rows/s of `executemany` and a quarter of its client CPU; both stores are now bound by the
   snapshot and delete scripts' server time (read the ratio to the Redis ceiling).
 - **token-stats** reads the live months and the archive epoch in one pipeline and reuses archived
-  months read at the same epoch (docs/HISTORY.md); hash parsing decides each field name once."""
+  months read at the same epoch (docs/HISTORY.md); the history built from the past months is reused
+  while their hashes come back the same (`quota._stats.HistoryMemo`), and so is its JSON in the route
+  (`api/jsonio.py`); the sync pipeline is packed by hand (`_compat.send_scripts`). By hand, one gunicorn
+  worker, CPU per request: 1,955-2,994 -> 1,484-1,508 µs for the stats, 990-1,085 µs for /healthz (the
+  connection per request of a sync worker, the access log and Flask are most of it); Redis spends
+  about 250 µs on the stats script (13 HGETALLs) against 40 µs on a PING."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
