@@ -367,10 +367,13 @@ What each row rests on (measured while building it; the table above is the run's
   is the core's own work (validation, pricing, request id, about 4 µs) and the result object (1.5 µs),
   and the queueing pool (redis-py's blocking pool) where the raw peer has the plain one.
 - **AsyncMeter.** Auto-pipelining (`quota/_async/_pipeline.py`) sends a burst of 200 tasks as a few
-  pipelines (a mean batch of about 60 calls); by hand, in two runs, 1.9-3.4x the records/s of the
-  same meter with `auto_pipeline=False` and of raw `redis.asyncio` EVALSHA, with about 0.4x the
-  raw client's CPU per record. Against `limits` at 4 processes one process is CPU-bound: redis-py's pipeline packing and
-  parsing and the core's per-record work are most of the rest.
+  batches (a mean of about 60 calls); by hand, in two runs, 1.9-3.4x the records/s of the same meter
+  with `auto_pipeline=False` and of raw `redis.asyncio` EVALSHA. A batch no longer goes through
+  redis-py's pipeline: it is packed in one buffer by hiredis and its replies are read in one loop
+  from the connection's parser (`_compat.send_scripts`), which took the client CPU per record from
+  54 to 38 µs (0.66x, medians of 8 interleaved 2 s slices against main, load average 10). What
+  is left, sampled (py-spy): the core's `record` and `parse` about 30 %, the event loop and the
+  tasks' wake-ups about a quarter, the socket write a tenth, packing 5 %.
 - **record.lua** does validation, dedupe, the overflow check, holds, alerts and purposes where the
   minimal script only writes: the lean-script pass (the lead's, after merging) is what moves this row.
 - **Dump.** PostgreSQL gets one `INSERT ... SELECT FROM unnest(...)` per batch (binary arrays), about

@@ -81,6 +81,17 @@ def pack_scripts(conn: Any, calls: Sequence[ScriptCall[Any]], with_source: bool 
     return packed
 
 
+def pipelined(pipe: Any, calls: Sequence[ScriptCall[Any]], with_source: bool = False) -> Any:
+    """``pipe`` (a redis-py pipeline, sync or asyncio) with ``EVALSHA`` (``with_source``: ``EVAL``)
+    of each of ``calls`` queued: the send paths' fallback for clients they do not thin."""
+    for call in calls:
+        if with_source:
+            pipe.eval(*eval_args(call))
+        else:
+            pipe.evalsha(*evalsha_args(call))
+    return pipe
+
+
 def group_by(calls: Sequence[ScriptCall[Any]], node_of: Callable[[str], Hashable]) -> dict[Hashable, list[int]]:
     """Indexes of ``calls`` grouped by the node that owns their first key."""
     groups: dict[Hashable, list[int]] = {}

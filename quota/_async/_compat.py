@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._batch import eval_args, evalsha_args, pack_scripts
+from .._batch import eval_args, evalsha_args, pack_scripts, pipelined
 from .._config import Settings
 from .._connect import node_client
 from .._core import ScriptCall
@@ -84,12 +84,7 @@ async def send_scripts(client: Any, calls: list[ScriptCall[Any]], with_source: b
     (fakeredis, a subclass, a single-connection client) takes redis-py's pipeline.
     """
     if not _thin(client):
-        pipe = client.pipeline(transaction=False)
-        for call in calls:
-            if with_source:
-                pipe.eval(*eval_args(call))
-            else:
-                pipe.evalsha(*evalsha_args(call))
+        pipe = pipelined(client.pipeline(transaction=False), calls, with_source)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
     pool = client.connection_pool

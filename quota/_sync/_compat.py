@@ -18,7 +18,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from .._batch import eval_args, evalsha_args, pack_scripts
+from .._batch import eval_args, evalsha_args, pack_scripts, pipelined
 from .._config import Settings
 from .._core import ScriptCall
 
@@ -67,12 +67,7 @@ def send_scripts(client: Any, calls: list[ScriptCall[Any]], with_source: bool = 
     packed in one buffer (``quota._batch.pack_scripts``) and its replies read in one loop, with
     send_script's connection handling; any other client takes redis-py's pipeline."""
     if not _thin(client):
-        pipe = client.pipeline(transaction=False)
-        for call in calls:
-            if with_source:
-                pipe.eval(*eval_args(call))
-            else:
-                pipe.evalsha(*evalsha_args(call))
+        pipe = pipelined(client.pipeline(transaction=False), calls, with_source)
         replies: list[Any] = pipe.execute(raise_on_error=False)
         return replies
     pool = client.connection_pool
