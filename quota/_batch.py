@@ -73,6 +73,8 @@ def pack_scripts(conn: Any, calls: Sequence[ScriptCall[Any]], with_source: bool 
     encoder = conn.encoder
     if _PACK is not None and encoder.encoding == "utf-8" and encoder.encoding_errors == "strict":
         pack = _PACK
+        if len(calls) == 1:  # the sync meter's every call: no join
+            return [pack(("EVAL", *eval_args(calls[0])) if with_source else ("EVALSHA", *evalsha_args(calls[0])))]
         if with_source:
             return [b"".join([pack(("EVAL", *eval_args(call))) for call in calls])]
         return [b"".join([pack(("EVALSHA", *evalsha_args(call))) for call in calls])]
