@@ -235,3 +235,34 @@ async def test_the_sync_batch_cut_mid_batch_counts_each_record_once(redis_server
     finally:
         await asyncio.to_thread(meter.close)
         await proxy.close()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_batches_of_a_from_url_meter_bypass_the_redis_py_pipeline(kind, redis_server, clock, monkeypatch):
+    """The tests above pass on either path; this one says which is taken: a meter's own client
+    sends batches packed by hand, never through redis-py's pipeline (whose ``execute`` fails here)."""
+    import redis.asyncio.client
+    import redis.client
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a batch went through redis-py's pipeline")
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", refuse)
+    monkeypatch.setattr(redis.asyncio.client.Pipeline, "execute", refuse)
+    records = [{"user": f"bp{i % 3}", "model_id": MODEL, "input_tokens": 10 + i, "output_tokens": 0} for i in range(50)]
+    if kind == "sync":
+        meter = Meter.from_url(redis_server.url, clock=clock, prefix="bypass", history=None)
+        try:
+            results = meter.update_token_usage_many(records)
+        finally:
+            meter.close()
+    else:
+        ameter = AsyncMeter.from_url(redis_server.url, clock=clock, prefix="bypassa", history=None)
+        try:
+            results = await ameter.update_token_usage_many(records)
+            burst = await asyncio.gather(*(ameter.update_token_usage("bp", MODEL, 1, 0) for _ in range(50)))
+            assert ameter._clients.here().batcher.batches >= 1  # noqa: SLF001 - the burst went out batched
+            assert all(r.input_tokens == 1 for r in burst)
+        finally:
+            await ameter.aclose()
+    assert [r.input_tokens for r in results] == [10 + i for i in range(50)]
