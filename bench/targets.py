@@ -371,7 +371,8 @@ What each row rests on (measured while building it; the table above is the run's
   with `auto_pipeline=False` and of raw `redis.asyncio` EVALSHA. A batch no longer goes through
   redis-py's pipeline: it is packed in one buffer by hiredis and its replies are read in one loop
   from the connection's parser (`_compat.send_scripts`), which took the client CPU per record from
-  54 to 38 µs (0.66x, medians of 8 interleaved 2 s slices against main, load average 10). What
+  54-57 to 36-38 µs (0.61-0.66x; two runs, each the medians of 8-10 interleaved 2 s slices
+  against main, load average 10-15; the sync batch of 100: 43 to 31 µs). What
   is left, sampled (py-spy): the core's `record` and `parse` about 30 %, the event loop and the
   tasks' wake-ups about a quarter, the socket write a tenth, packing 5 %.
 - **record.lua** does validation, dedupe, the overflow check, holds, alerts and purposes where the
