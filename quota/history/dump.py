@@ -158,14 +158,14 @@ def dump_expired_months(
 
     slot_of = _slot_of(client)
 
-    def reads() -> Iterator[tuple[int, list[tuple[str, Snapshot]], int]]:
+    def reads() -> Iterator[tuple[str, Any, int, list[tuple[str, Snapshot]], int]]:
         for where, node in nodes:
             for batch in _expired_keys(node, where, schema, before, batch_size):
-                yield len(batch), *_read(meter, node, where, batch, slot_of, dry_run, schema)
+                yield where, node, len(batch), *_read(meter, node, where, batch, slot_of, dry_run, schema)
 
     # Reading batch k+1 from Redis overlaps writing batch k to SQL (a thread; the batch is
     # still deleted only after its own commit). It nearly doubled the throughput on 2 cores.
-    for seen, read, unreadable in prefetch(reads()):  # read the next batch while this one commits
+    for where, node, seen, read, unreadable in prefetch(reads()):  # read the next batch while this one commits
         report.seen += seen
         report.unreadable += unreadable
         if dry_run:
@@ -181,7 +181,7 @@ def dump_expired_months(
             # a value that a later dump reaches again.
             with storage_errors(meter.where):
                 client.set(schema.archive_epoch_key(), secrets.token_hex(8))
-            _delete_unchanged(meter, read, slot_of, report)
+            _delete_unchanged(meter, node, where, read, slot_of, report)
         report.seconds = time.perf_counter() - started
         if on_progress is not None:
             on_progress(report)
@@ -246,13 +246,6 @@ def _identity(reply: Any) -> Any:
     return reply
 
 
-def _run_groups(meter: DumpMeter, calls: list[ScriptCall[Any]], groups: list[list[Any]]) -> list[tuple[Any, Any]]:
-    """Run ``calls`` (one per group) through the meter's batch path (quota._batch: one pipeline
-    per node, scripts reloaded after NOSCRIPT, redirected calls resent through the cluster
-    client); ``(item, reply for that item)`` pairs. A node that stays away fails the run."""
-    return _pair(groups, meter.run_many(calls), meter.where)
-
-
 def _pair(groups: list[list[Any]], replies: list[Any], where: str) -> list[tuple[Any, Any]]:
     """``(item, its reply)`` for each item of ``groups`` given one reply (a list) per group; a
     group whose call failed gives its error to each item (e.g. WRONGTYPE: a key name reused for
@@ -282,18 +275,20 @@ def _snapshot_calls(groups: list[list[Key]], schema: KeySchema) -> list[ScriptCa
     ]
 
 
-def _snapshot(meter: DumpMeter, node: Any, where: str, groups: list[list[Key]], schema: KeySchema) -> list[Any]:
-    """snapshot_month.lua on every group, sent to ``node`` (where SCAN found the keys) as one packed
-    buffer of ``EVAL``s, the replies read undecoded; one reply per group.
+def _run_on_node(meter: DumpMeter, node: Any, where: str, calls: list[ScriptCall[Any]]) -> list[Any]:
+    """Run ``calls`` on ``node`` (where SCAN found their keys), sent as one packed buffer of
+    ``EVAL``s and read undecoded; one raw reply (or its error) per call.
 
-    Why not the batch path (``meter.run_many``): the fingerprint is binary (a DUMP), which a client
-    made with ``decode_responses`` could not decode, and redis-py's pipeline cost more client CPU
-    than the rest of the read. EVAL with the source, not EVALSHA: no NOSCRIPT to handle (the
-    server hashes the 2 kB source once per call of up to 100 keys). Only calls redirected by a
-    cluster (a slot moving, a failover) go through the batch path, which follows redirects."""
-    calls = _snapshot_calls(groups, schema)
+    Why not the batch path (``meter.run_many``) for all of it: the snapshot's fingerprint is binary
+    (a DUMP), which a client made with ``decode_responses`` could not decode, and redis-py's
+    pipeline (packing each argument, queueing each command) cost more client CPU than the rest of
+    the Redis side of the dump. EVAL with the source, not EVALSHA: no NOSCRIPT to handle (the server
+    hashes the 2 kB source once per call of up to GROUP_KEYS keys). Only the calls a cluster
+    redirected (a slot moving, a failover) go through the batch path, which follows redirects."""
     with storage_errors(where):
-        replies = _round_trip(node, [("EVAL", call.script.source, len(call.keys), *call.keys) for call in calls])
+        replies = _round_trip(
+            node, [("EVAL", call.script.source, len(call.keys), *call.keys, *call.args) for call in calls]
+        )
     moved = [i for i, reply in enumerate(replies) if isinstance(reply, REROUTE)]
     if moved:
         for i, reply in zip(moved, meter.run_many([calls[i] for i in moved])):
@@ -349,7 +344,7 @@ def _read(
             replies = list(zip(batch, (_dry_reply(r) for r in pipe.execute(raise_on_error=False))))
     else:
         groups = _groups(batch, _first, slot_of)
-        replies = _pair(groups, _snapshot(meter, node, where, groups, schema), where)
+        replies = _pair(groups, _run_on_node(meter, node, where, _snapshot_calls(groups, schema)), where)
     snapshots: list[tuple[str, Snapshot]] = []
     unreadable = 0
     for (key, user, month), reply in replies:
@@ -398,7 +393,12 @@ def _dry_reply(reply: Any) -> Any:
 
 
 def _delete_unchanged(
-    meter: DumpMeter, written: list[tuple[str, Snapshot]], slot_of: Callable[[str], int] | None, report: DumpReport
+    meter: DumpMeter,
+    node: Any,
+    where: str,
+    written: list[tuple[str, Snapshot]],
+    slot_of: Callable[[str], int] | None,
+    report: DumpReport,
 ) -> None:
     """Step 4, after the commit: delete each hash that is still exactly what was archived."""
     groups = _groups(written, _first, slot_of)
@@ -411,7 +411,7 @@ def _delete_unchanged(
         )
         for group in groups
     ]
-    for (key, snap), reply in _run_groups(meter, calls, groups):
+    for (key, snap), reply in _pair(groups, _run_on_node(meter, node, where, calls), where):
         if isinstance(reply, Exception):
             raise StorageUnavailable(f"Redis: cannot delete the archived month {key}: {reply}")
         if int(reply) == CHANGED:
