@@ -68,10 +68,13 @@ def redis_ceiling(client: redis.Redis) -> tuple[int, list[tuple[str, dict]]]:
     batch: list[bytes] = []
 
     def flush() -> None:
+        # SCAN may return a key twice (the deletes shrink the table under it): count it once, as the
+        # dump does (a key deleted since reads as empty; one repeated within a batch is read once)
+        batch[:] = dict.fromkeys(batch)
         pipe = client.pipeline(transaction=False)
         for key in batch:
             pipe.hgetall(key)
-        rows.extend(zip((k.decode() for k in batch), pipe.execute()))
+        rows.extend((k.decode(), h) for k, h in zip(batch, pipe.execute()) if h)
         pipe = client.pipeline(transaction=False)
         for key in batch:
             pipe.delete(key)

@@ -4,16 +4,17 @@ Per batch of keys on one Redis primary (a cluster is walked master by master):
 
 1. ``SCAN MATCH <prefix>:{*}:????-?? COUNT 1000 TYPE hash``, keeping months before ``before``
    (default: the current UTC month, which is never touched).
-2. ``snapshot_month.lua`` on each key, pipelined: it tags the hash with its generation
-   (``dump_gen``, set once per incarnation of the hash: 1 for the month's first hash, the origin
-   of one a late write made after the month), bumps ``dump_seq`` and returns the
-   whole hash with its fingerprint. A month without its own credit is archived with the user's
-   plan (``<prefix>:{<user>}:plan``, read with one pipelined GET per batch: the credit in force,
-   as the check has it), so that archived reports use it; no plan: NULL, the default.
+2. ``snapshot_month.lua`` on up to GROUP_KEYS keys per call (one slot per call on a cluster), all
+   calls of the batch sent as one packed buffer: it bumps ``dump_seq`` and returns the whole hash,
+   its fingerprint (the hash's ``DUMP``) and the user's plan (``<prefix>:{<user>}:plan``). The
+   generation is read, not written: ``dump_gen`` if an older release set one, else the origin
+   ``o`` of a hash a late write made after its month, else 1 (``MonthUsage.from_hash``). A month
+   without its own credit is archived with the plan (the credit in force, as the check has it),
+   so that archived reports use it; no plan: NULL, the default.
 3. One SQL transaction writes every snapshot of the batch, replacing the stored snapshot of
    the same generation (never adding to it; an older ``seq`` never replaces a newer one).
-4. Only after the commit, ``delete_if_unchanged.lua`` on each key, pipelined: the hash is
-   deleted only if it is still exactly what step 2 read.
+4. Only after the commit, ``delete_if_unchanged.lua``, sent the same way: the hash is deleted
+   only if its ``DUMP`` is still the one step 2 read (equal serializations: equal contents).
 
 Why that is exact (docs/HISTORY.md has the long form):
 
