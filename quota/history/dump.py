@@ -100,9 +100,9 @@ class DumpReport:
 
 class DumpMeter(Protocol):
     """What the dump needs of a meter (:class:`quota.Meter` is one): its settings and clock
-    (``core``), its client (SCAN and DBSIZE go to each primary), where it points, and its batch
-    path, which sends the dump's script calls (quota._batch: one pipeline per node, scripts
-    reloaded after NOSCRIPT, redirected calls resent through the cluster client)."""
+    (``core``), its client (SCAN, DBSIZE and the dump's script calls go to each primary), where it
+    points, and its batch path, which resends the calls a cluster redirected (quota._batch:
+    redirected calls resent through the cluster client; see ``_run_on_node``)."""
 
     core: MeterCore
     where: str
