@@ -225,6 +225,8 @@ class MeterCore:
         is_system = model.is_system
 
         def parse(reply: Any) -> UsageResult:
+            if isinstance(reply, (bytes, str)):  # record.lua's one-string reply (a table costs Redis more)
+                reply = reply.split(b" " if isinstance(reply, bytes) else " ")
             status, used, credit, hold, crossed = reply[:5]
             recorded = int(status) == 1
             # When counted, the script returns the spend *before* this call (see record.lua).
