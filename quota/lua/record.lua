@@ -184,26 +184,25 @@ if with_hold then
   if remaining and expires <= now_ms then remaining = nil end  -- dead: nothing to draw from
 end
 
--- 3. write (ARGV strings go to HINCRBY as they came, and the ones as '1': a Lua number passed to
--- redis.call is formatted by the server, which costs more than the HINCRBY)
-redis.call('HINCRBY', KEYS[1], f_in, tokens_in)
-redis.call('HINCRBY', KEYS[1], f_out, tokens_out)
-redis.call('HINCRBY', KEYS[1], f_cost, cost)
-redis.call('HINCRBY', KEYS[1], f_calls, '1')
+-- 3. write (ARGV strings go to HINCRBY as they came: no tonumber round trip)
+redis.call('HINCRBY', KEYS[1], f_in, ARGV[2])
+redis.call('HINCRBY', KEYS[1], f_out, ARGV[3])
+redis.call('HINCRBY', KEYS[1], f_cost, ARGV[4])
+redis.call('HINCRBY', KEYS[1], f_calls, 1)
 if system then
-  redis.call('HINCRBY', KEYS[1], 'system_used_nano', cost)
+  redis.call('HINCRBY', KEYS[1], 'system_used_nano', ARGV[4])
 end
 if ARGV[8] == '1' then
-  redis.call('HINCRBY', KEYS[1], model .. ':estimated_calls', '1')
+  redis.call('HINCRBY', KEYS[1], model .. ':estimated_calls', 1)
 end
 if cache then  -- never above <model>:input (checked for overflow above): each is a part of it
   if ARGV[14] ~= '0' then redis.call('HINCRBY', KEYS[1], model .. ':cached_input', ARGV[14]) end
   if ARGV[15] ~= '0' then redis.call('HINCRBY', KEYS[1], model .. ':cache_write', ARGV[15]) end
 end
 if purpose ~= '' then
-  redis.call('HINCRBY', KEYS[1], model .. ':n@' .. purpose, '1')
-  redis.call('HINCRBY', KEYS[1], model .. ':c@' .. purpose, cost)
-  if new_purpose then redis.call('HINCRBY', KEYS[1], model .. ':purposes', '1') end
+  redis.call('HINCRBY', KEYS[1], model .. ':n@' .. purpose, 1)
+  redis.call('HINCRBY', KEYS[1], model .. ':c@' .. purpose, ARGV[4])
+  if new_purpose then redis.call('HINCRBY', KEYS[1], model .. ':purposes', 1) end
 end
 redis.call('SET', KEYS[2], content, 'EX', ARGV[7])
 if draw > 0 then
