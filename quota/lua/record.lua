@@ -60,6 +60,7 @@
 -- Errors start with QUOTA_INVALID, QUOTA_CONFLICT or QUOTA_OVERFLOW and change nothing.
 
 local MAX_PURPOSES = 8  -- quota/_keys.py MAX_PURPOSES
+local KEYS, ARGV = KEYS, ARGV  -- locals: each read of a global is a table lookup (3 % of a record)
 
 -- The libs, made only for a record that needs one (a model's first record in the month, a turn hold,
 -- cache tokens, an alert threshold within reach, a draw on grants): every `local function` of a lib
