@@ -57,7 +57,8 @@
 -- and for a repeated id), below 10^15 (grant.lua's bound). Amounts are decimal strings: they may pass
 -- 2^53, where Lua numbers lose digits (and formatting a Lua number costs more than a command).
 -- Never refuses for being over the credit: the reply in progress is always counted.
--- Errors start with QUOTA_INVALID, QUOTA_CONFLICT or QUOTA_OVERFLOW and change nothing.
+-- Errors start with QUOTA_INVALID, QUOTA_CONFLICT or QUOTA_OVERFLOW and change nothing (a default
+-- credit that is not a number, which the client never sends, fails in Lua before any write or comes back).
 
 local MAX_PURPOSES = 8  -- quota/_keys.py MAX_PURPOSES
 local KEYS, ARGV = KEYS, ARGV  -- locals: each read of a global is a table lookup (3 % of a record)
