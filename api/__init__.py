@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from flask import Flask, g, request
+from jinja2 import ChoiceLoader, FileSystemLoader
 
+import quota
 from quota import ConfigError, Meter
 from quota._notify import read_stats
 
@@ -28,6 +31,7 @@ from .settings import ApiSettings
 __all__ = ["QuotaExtension", "create_app", "get_quota"]
 
 log = logging.getLogger("quota.api")
+SHARED_TEMPLATES = Path(quota.__file__).parent / "contrib" / "django" / "templates"
 
 
 def create_app(settings: ApiSettings | None = None, meter: Meter | None = None) -> Flask:
@@ -39,6 +43,11 @@ def create_app(settings: ApiSettings | None = None, meter: Meter | None = None) 
         meter = Meter.from_url(settings.quota.redis_url, settings=settings.quota)
 
     app = Flask(__name__)
+    # The panel's markup is one file shipped with the library, for this page and Django's
+    # (quota/contrib/django/templates/quota/panel_body.html); found on disk, not by importing Django.
+    app.jinja_loader = ChoiceLoader(
+        [FileSystemLoader(Path(__file__).parent / "templates"), FileSystemLoader(SHARED_TEMPLATES)]
+    )
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
     # werkzeug answers "/v1//models" with a 308 to an absolute URL built from the Host header:
     # an open redirect to any host a client (or a poisoned cache) names. No route needs it.

@@ -30,6 +30,7 @@ log = logging.getLogger("quota.turn")
 ON_UNAVAILABLE = ("allow", "deny")
 REPLAY_BATCH = 500
 REPLAY_RETRY_S = 5.0
+_SAID_MEMORY_SPOOL = False  # the memory-spool notice was logged (TurnOptions)
 
 
 # --- options and metrics -------------------------------------------------------------------------
@@ -84,7 +85,9 @@ class TurnOptions:
         self.metrics = TurnMetrics()
         self._next_replay = 0.0
         self._background: set[asyncio.Task[Any]] = set()
-        if not self.spool.durable:
+        global _SAID_MEMORY_SPOOL
+        if not self.spool.durable and not _SAID_MEMORY_SPOOL:
+            _SAID_MEMORY_SPOOL = True  # once per process: a server builds a meter per role
             log.info(
                 "quota: no spool file configured; records made while Redis is away are kept in "
                 "memory only (pass spool=PATH for a durable spool)"

@@ -32,6 +32,8 @@ from quota._alerts import WebhookSettings
 from quota._notify import Notifier, read_events
 from quota.testing import WebhookReceiver
 
+from .process_support import gather_from_processes
+
 AT = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)  # every process pins the same month
 SECRET = "whsec_" + base64.b64encode(b"quota-processes-secret-32-bytes!").decode()
 SYS = "system_deepseek"
@@ -56,21 +58,8 @@ def worker(url: str, prefix: str, index: int, start, results) -> None:
 @pytest.mark.slow
 def test_eight_processes_cross_for_fifty_users_and_each_threshold_is_sent_once(real_backend):
     prefix = "ap"
-    ctx = mp.get_context("spawn")
-    start, results = ctx.Barrier(PROCESSES), ctx.Queue()
-    procs = [ctx.Process(target=worker, args=(real_backend.url, prefix, i, start, results)) for i in range(PROCESSES)]
-    try:
-        for p in procs:
-            p.start()
-        crossed = [c for _ in procs for c in results.get(timeout=120)]
-        for p in procs:
-            p.join(timeout=30)
-            assert p.exitcode == 0
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join()
+    gathered = gather_from_processes(worker, [(real_backend.url, prefix, i) for i in range(PROCESSES)])
+    crossed = [c for got in gathered for c in got]
     want = {(f"user{u}", t) for u in range(USERS) for t in (80, 100)}
     assert Counter(crossed) == Counter(want)  # one record of each user reported each threshold
 

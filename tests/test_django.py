@@ -460,10 +460,25 @@ def test_the_panel_static_files_are_the_services_own():
 
 
 def test_the_django_panel_page_has_every_element_panel_js_uses():
+    """Both pages, as rendered, carry every element panel.js looks up, in the same markup (one
+    source: quota/panel_body.html)."""
+    import fakeredis
+    from django.template.loader import render_to_string
+
+    from quota_server import create_app
+
+    from .api_support import api_settings
+
     used = set(re.findall(r'\$\("([\w-]+)"\)', (PANEL_STATIC_DIR / "panel.js").read_text()))
-    page = (ROOT / "quota/contrib/django/templates/quota/panel.html").read_text()
-    flask_page = (ROOT / "api/templates/panel.html").read_text()
+    page = render_to_string("quota/panel.html", {"refresh_s": 30, "stats_url": "/quota/stats/", "who": "u"})
+    app = create_app(api_settings(), meter=Meter(fakeredis.FakeRedis(), history=None))
+    flask_page = app.test_client().get("/panel").get_data(as_text=True)
     assert used and all(f'id="{i}"' in page and f'id="{i}"' in flask_page for i in used)
+
+    def body(html: str) -> str:
+        return re.search(r"<body[^>]*>(.*?)<script", html, re.S).group(1).strip()
+
+    assert "grants" in body(page) and body(page) == body(flask_page)
 
 
 # --- the admin --------------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ import pytest
 
 from quota import AsyncMeter, Meter, QuotaExceeded
 
+from .process_support import gather_from_processes
+
 AT = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)  # every process pins the same month
 MONTH = "2026-01"
 MODEL = "system_deepseek"
@@ -86,24 +88,8 @@ def test_four_processes_start_a_hundred_turns_at_once(real_backend, spent_nano):
     prefix, user = "hp", "burst"
     meter = Meter(real_backend.sync_client(), prefix=prefix, monthly_credit=5, clock=lambda: AT)
     meter.update_token_usage(user, MODEL, spent_nano // 1000, 0)  # 1 nano-CNY per input token
-    ctx = mp.get_context("spawn")
-    start, results = ctx.Barrier(PROCESSES), ctx.Queue()
-    procs = [
-        ctx.Process(target=burst_worker, args=(real_backend.url, prefix, user, start, results))
-        for _ in range(PROCESSES)
-    ]
-    try:
-        for p in procs:
-            p.start()
-        turns = [turn for _ in procs for turn in results.get(timeout=60)]
-        for p in procs:
-            p.join(timeout=30)
-            assert p.exitcode == 0
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join()
+    gathered = gather_from_processes(burst_worker, [(real_backend.url, prefix, user)] * PROCESSES, timeout=60)
+    turns = [turn for got in gathered for turn in got]
 
     assert turns, "no turn was admitted"
     assert all(statuses == ["counted"] * TURN_CALLS for _, statuses in turns)

@@ -469,3 +469,79 @@ async def test_pool_settings_reach_the_pools(monkeypatch):
     assert isinstance(given.client.connection_pool, aredis.BlockingConnectionPool)
     assert given.settings.max_connections == 3
     await given.aclose()
+
+
+# --- the sync pool's lean path -------------------------------------------------------------------
+
+
+def test_the_sync_pool_skips_redis_pys_pool_metrics_only_when_they_are_off(redis_server, monkeypatch):
+    from quota import _connect
+
+    assert _connect.QueueingPool.from_url(redis_server.url).lean  # the default: no metrics, RESP2
+
+    class Config:
+        enabled_telemetry = ["connection_basic"]
+
+    class Manager:
+        config = Config()
+
+    class Observability:
+        def get_provider_manager(self) -> Manager:
+            return Manager()
+
+    import redis.observability.providers as providers
+
+    monkeypatch.setattr(providers, "get_observability_instance", Observability)
+    assert not _connect.QueueingPool.from_url(redis_server.url).lean  # metrics on: redis-py's own path
+    monkeypatch.undo()
+    # RESP3 with maintenance notifications ("auto", redis-py's default) needs redis-py's path too.
+    assert not _connect.QueueingPool.from_url(redis_server.url, protocol=3).lean
+
+
+def test_a_connection_given_back_with_an_unread_reply_is_renewed(redis_server):
+    """The lean path keeps the pool's freshness check: a connection released with a reply still
+    unread (a caller interrupted between send and read) must not hand that reply to the next
+    caller. The control shows the check is what prevents it."""
+    meter = Meter.from_url(redis_server.url, history=None, max_connections=1)
+    pool = meter.client.connection_pool
+    assert pool.lean
+    for check in (True, False):
+        user = f"lean-fresh-{check}-{time.time_ns()}"
+        connection = pool.get_connection()
+        connection.send_command("ECHO", "stale")  # its reply is left unread
+        deadline = time.monotonic() + 5
+        while not connection.can_read() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not check:
+            connection.can_read = lambda timeout=0: False  # the control: no freshness check
+        pool.release(connection)
+        result = meter.update_token_usage(user, MODEL, 1000, 1000)
+        truthful = (result.monthly_used_nano, result.monthly_credit_nano) == (result.cost_nano, 5 * 10**9)
+        assert truthful is check  # without the check the record is answered by the ECHO
+    pool.disconnect()  # the control's connection still holds the record's own reply
+    meter.close()
+
+
+def test_a_forked_child_opens_its_own_connections(redis_server):
+    """After a fork the lean path, as redis-py's, gives the child new connections: parent and child
+    never share a socket, and every record of both is counted once."""
+    import os
+
+    meter = Meter.from_url(redis_server.url, history=None)
+    user = f"lean-fork-{time.time_ns()}"
+    meter.update_token_usage(user, MODEL, 1000, 0)  # the parent holds a pooled connection
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            for _ in range(50):
+                meter.update_token_usage(user, MODEL, 1000, 0)
+            code = 0
+        finally:
+            os._exit(code)
+    for _ in range(50):
+        meter.update_token_usage(user, MODEL, 1000, 0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert meter.get_token_stats(user)["models"][MODEL]["input_tokens"] == 101 * 1000
+    meter.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -109,3 +110,12 @@ def test_each_claim_is_replayed_until_nothing_is_left():
     steps, report = drive(plan_replay(core, options, "here"), lambda calls: [OK] * len(calls))
     assert [len(s.calls) for s in steps if isinstance(s, SendRecords)] == [2, 1]
     assert (report.sent, report.pending) == (3, False)
+
+
+def test_the_memory_spool_notice_is_logged_once_per_process(caplog) -> None:
+    """A server builds a meter per role (API, notifier...): one notice is enough."""
+    TurnOptions()  # the first of the process, or not: either way the notice has been given now
+    with caplog.at_level(logging.INFO, logger="quota.turn"):
+        TurnOptions()
+        TurnOptions(spool=None)
+    assert "no spool file configured" not in caplog.text
