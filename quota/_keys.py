@@ -46,7 +46,7 @@ PREFIX_RE = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
 FIELD_CREDIT = "credit_nano"  # this month's credit, nano-CNY; absent = the default credit
 FIELD_USED = "system_used_nano"  # spend on system models this month, nano-CNY
 # Bookkeeping of `quota dump` (quota/history/dump.py, docs/HISTORY.md), written only into expired months:
-FIELD_DUMP_GEN = "dump_gen"  # id of this incarnation of the hash in the SQL archive
+FIELD_DUMP_GEN = "dump_gen"  # id of this incarnation in the SQL archive; read, no longer written (see FIELD_ORIGIN)
 FIELD_DUMP_SEQ = "dump_seq"  # how many times a dump has read it (newest snapshot wins)
 # Restore-safe dumps (lua/lib/util.lua, docs/HISTORY.md "Restores"): a hash made after its month (a late
 # write) records its origin, when it was created (the server's clock in µs), and is archived as that

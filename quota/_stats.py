@@ -74,9 +74,9 @@ class ModelUsage:
 class MonthUsage:
     """One user's month: what the hash holds, parsed. ``credit_nano`` None means "never set".
 
-    ``archive_gen`` is the hash's ``dump_gen`` (set once a dump has read it; before that the one
-    the dump will give it: its origin, field ``o``, for a hash made after its month, else
-    ``FIRST_GENERATION``) or, for a month
+    ``archive_gen`` is the hash's ``dump_gen`` (written by dumps of older releases), else the one
+    the dump archives it as: its origin, field ``o``, for a hash made after its month, else
+    ``FIRST_GENERATION``; or, for a month
     loaded from the SQL history, the generation that row was archived from; see ``merge_month``.
     """
 

@@ -193,6 +193,49 @@ def test_unreadable_hashes_are_left_and_reported(world, store, clock) -> None:
     assert client.hget("quota:{odd}:2025-10", "system_deepseek:input") == b"not-a-number"
 
 
+def test_a_plan_that_can_not_be_read_archives_the_default(world, store, clock, caplog) -> None:
+    """snapshot_month.lua reads each user's plan in the same step; a plan that is not an integer, or
+    a key of another type there, leaves the archived credit NULL (the default), logged, and the
+    month is archived all the same."""
+    client, meter = world
+    record(meter, clock, "2025-12", "pia")
+    record(meter, clock, "2025-12", "pat")
+    record(meter, clock, "2025-12", "pam")
+    meter.set_plan_credit("pam", "12")
+    client.set("quota:{pia}:plan", "lots")
+    client.rpush("quota:{pat}:plan", "1")
+    clock.set(2026, 1, 15)
+    with caplog.at_level("WARNING", logger="quota.dump"):
+        report = dump_expired_months(meter, store)
+    assert (report.archived, report.skipped) == (3, 0) and month_hashes(client) == {}
+    credits = {u: store.load_months(u, ["2025-12"])[0].credit_nano for u in ("pia", "pat", "pam")}
+    assert credits == {"pia": None, "pat": None, "pam": 12_000_000_000}
+    assert "pia's plan can not be read" in caplog.text and "pat's plan can not be read" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
+def test_a_client_that_decodes_responses_dumps_too(kind, request, store, clock) -> None:
+    """The fingerprint is binary (the hash's DUMP): the dump reads it undecoded, so a meter made
+    with decode_responses=True archives and deletes like any other."""
+    backend = request.getfixturevalue("redis_cluster" if kind == "cluster" else "redis_server")
+    plain_client = RedisCluster(*backend.startup) if kind == "cluster" else backend.client()
+    plain_client.flushall()
+    meter = Meter.from_url(backend.url, decode_responses=True, prefix="quota", clock=clock, history=None)
+    try:
+        for u in range(20):
+            record(meter, clock, "2025-12", f"d{u}", tokens=u + 1)
+        meter.set_plan_credit("d3", "9")
+        clock.set(2026, 1, 15)
+        report = dump_expired_months(meter, store)
+        assert (report.archived, report.skipped) == (20, 0) and month_hashes(plain_client) == {}
+        [month] = store.load_months("d19", ["2025-12"])
+        assert month.models["system_deepseek"].input_tokens == 20
+        assert store.load_months("d3", ["2025-12"])[0].credit_nano == 9_000_000_000
+    finally:
+        meter.close()
+        plain_client.close()
+
+
 def test_unreachable_redis_is_a_storage_error(store, clock) -> None:
     import redis
 

@@ -4,16 +4,17 @@ Per batch of keys on one Redis primary (a cluster is walked master by master):
 
 1. ``SCAN MATCH <prefix>:{*}:????-?? COUNT 1000 TYPE hash``, keeping months before ``before``
    (default: the current UTC month, which is never touched).
-2. ``snapshot_month.lua`` on each key, pipelined: it tags the hash with its generation
-   (``dump_gen``, set once per incarnation of the hash: 1 for the month's first hash, the origin
-   of one a late write made after the month), bumps ``dump_seq`` and returns the
-   whole hash with its fingerprint. A month without its own credit is archived with the user's
-   plan (``<prefix>:{<user>}:plan``, read with one pipelined GET per batch: the credit in force,
-   as the check has it), so that archived reports use it; no plan: NULL, the default.
+2. ``snapshot_month.lua`` on up to GROUP_KEYS keys per call (one slot per call on a cluster), all
+   calls of the batch sent as one packed buffer: it bumps ``dump_seq`` and returns the whole hash,
+   its fingerprint (the hash's ``DUMP``) and the user's plan (``<prefix>:{<user>}:plan``). The
+   generation is read, not written: ``dump_gen`` if an older release set one, else the origin
+   ``o`` of a hash a late write made after its month, else 1 (``MonthUsage.from_hash``). A month
+   without its own credit is archived with the plan (the credit in force, as the check has it),
+   so that archived reports use it; no plan: NULL, the default.
 3. One SQL transaction writes every snapshot of the batch, replacing the stored snapshot of
    the same generation (never adding to it; an older ``seq`` never replaces a newer one).
-4. Only after the commit, ``delete_if_unchanged.lua`` on each key, pipelined: the hash is
-   deleted only if it is still exactly what step 2 read.
+4. Only after the commit, ``delete_if_unchanged.lua``, sent the same way: the hash is deleted
+   only if its ``DUMP`` is still the one step 2 read (equal serializations: equal contents).
 
 Why that is exact (docs/HISTORY.md has the long form):
 
@@ -40,14 +41,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.cluster import RedisCluster
+from redis.exceptions import ResponseError
 
 from .. import _scripts as scripts
 from .._batch import REROUTE
 from .._connect import describe_client, storage_errors
 from .._core import ScriptCall
 from .._errors import InvalidInput, StorageUnavailable
-from .._keys import FIELD_DUMP_SEQ, FIRST_GENERATION, KeySchema, month_of, validate_month
-from .._scripts import LuaScript
+from .._keys import KeySchema, month_of, validate_month
 from .._stats import MonthUsage
 from .._sync._compat import prefetch
 from .store import HistoryStore, Snapshot
@@ -99,9 +100,9 @@ class DumpReport:
 
 class DumpMeter(Protocol):
     """What the dump needs of a meter (:class:`quota.Meter` is one): its settings and clock
-    (``core``), its client (SCAN and DBSIZE go to each primary), where it points, and its batch
-    path, which sends the dump's script calls (quota._batch: one pipeline per node, scripts
-    reloaded after NOSCRIPT, redirected calls resent through the cluster client)."""
+    (``core``), its client (SCAN, DBSIZE and the dump's script calls go to each primary), where it
+    points, and its batch path, which resends the calls a cluster redirected (quota._batch:
+    redirected calls resent through the cluster client; see ``_run_on_node``)."""
 
     core: MeterCore
     where: str
@@ -158,14 +159,14 @@ def dump_expired_months(
 
     slot_of = _slot_of(client)
 
-    def reads() -> Iterator[tuple[int, list[tuple[str, Snapshot]], int]]:
+    def reads() -> Iterator[tuple[str, Any, int, list[tuple[str, Snapshot]], int]]:
         for where, node in nodes:
             for batch in _expired_keys(node, where, schema, before, batch_size):
-                yield len(batch), *_read(meter, node, where, batch, slot_of, dry_run, schema)
+                yield where, node, len(batch), *_read(meter, node, where, batch, slot_of, dry_run, schema)
 
     # Reading batch k+1 from Redis overlaps writing batch k to SQL (a thread; the batch is
     # still deleted only after its own commit). It nearly doubled the throughput on 2 cores.
-    for seen, read, unreadable in prefetch(reads()):  # read the next batch while this one commits
+    for where, node, seen, read, unreadable in prefetch(reads()):  # read the next batch while this one commits
         report.seen += seen
         report.unreadable += unreadable
         if dry_run:
@@ -181,7 +182,7 @@ def dump_expired_months(
             # a value that a later dump reaches again.
             with storage_errors(meter.where):
                 client.set(schema.archive_epoch_key(), secrets.token_hex(8))
-            _delete_unchanged(meter, read, slot_of, report)
+            _delete_unchanged(meter, node, where, read, slot_of, report)
         report.seconds = time.perf_counter() - started
         if on_progress is not None:
             on_progress(report)
@@ -246,34 +247,83 @@ def _identity(reply: Any) -> Any:
     return reply
 
 
-# snapshot_month.lua's generation for a hash without an origin: the month's first hash (quota._keys).
-FIRST_GENERATION_ARG = str(FIRST_GENERATION)
-
-
-def _run_groups(
-    meter: DumpMeter,
-    script: LuaScript,
-    groups: list[list[Any]],
-    args_of: Callable[[Any], Any],
-    key_of: Callable[[Any], str],
-) -> list[tuple[Any, Any]]:
-    """Run ``script`` once per group through the meter's batch path (quota._batch: one pipeline
-    per node, scripts reloaded after NOSCRIPT, redirected calls resent through the cluster
-    client); ``(item, reply for that item)`` pairs. A node that stays away fails the run."""
-    calls = [
-        ScriptCall(script, tuple(key_of(i) for i in group), tuple(args_of(i) for i in group), _identity)
-        for group in groups
-    ]
+def _pair(groups: list[list[Any]], replies: list[Any], where: str) -> list[tuple[Any, Any]]:
+    """``(item, its reply)`` for each item of ``groups`` given one reply (a list) per group; a
+    group whose call failed gives its error to each item (e.g. WRONGTYPE: a key name reused for
+    another type). A redirect that the batch path could not follow fails the run."""
     out: list[tuple[Any, Any]] = []
-    for group, reply in zip(groups, meter.run_many(calls)):
+    for group, reply in zip(groups, replies):
         if isinstance(reply, REROUTE):
-            with storage_errors(meter.where):
+            with storage_errors(where):
                 raise reply
-        if isinstance(reply, Exception):  # e.g. WRONGTYPE: a key name reused for another type
+        if isinstance(reply, Exception):
             out.extend((item, reply) for item in group)
         else:
             out.extend(zip(group, reply))
     return out
+
+
+def _snapshot_calls(groups: list[list[Key]], schema: KeySchema) -> list[ScriptCall[Any]]:
+    """One snapshot_month.lua call per group: its user-months, then each one's plan key."""
+    return [
+        ScriptCall(
+            scripts.SNAPSHOT_MONTH,
+            (*(key for key, _, _ in group), *(schema.plan_key(user) for _, user, _ in group)),
+            (),
+            _identity,
+        )
+        for group in groups
+    ]
+
+
+def _run_on_node(meter: DumpMeter, node: Any, where: str, calls: list[ScriptCall[Any]]) -> list[Any]:
+    """Run ``calls`` on ``node`` (where SCAN found their keys), sent as one packed buffer of
+    ``EVAL``s and read undecoded; one raw reply (or its error) per call.
+
+    Why not the batch path (``meter.run_many``) for all of it: the snapshot's fingerprint is binary
+    (a DUMP), which a client made with ``decode_responses`` could not decode, and redis-py's
+    pipeline (packing each argument, queueing each command) cost more client CPU than the rest of
+    the Redis side of the dump. EVAL with the source, not EVALSHA: no NOSCRIPT to handle (the server
+    hashes the 2 kB source once per call of up to GROUP_KEYS keys). Only the calls a cluster
+    redirected (a slot moving, a failover) go through the batch path, which follows redirects."""
+    with storage_errors(where):
+        replies = _round_trip(
+            node, [("EVAL", call.script.source, len(call.keys), *call.keys, *call.args) for call in calls]
+        )
+    moved = [i for i, reply in enumerate(replies) if isinstance(reply, REROUTE)]
+    if moved:
+        for i, reply in zip(moved, meter.run_many([calls[i] for i in moved])):
+            replies[i] = reply
+    return replies
+
+
+def _round_trip(node: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Send ``commands`` as one packed buffer on one of ``node``'s pooled connections and read one
+    raw (undecoded) reply per command, an error reply as its exception in its place. The
+    connection's ``Retry`` resends the whole buffer after a lost connection, as a redis-py
+    pipeline would (a snapshot read twice only counts one read more)."""
+    pool = node.connection_pool
+    conn = pool.get_connection()
+    try:
+        packed = conn.pack_commands(commands)
+
+        def send_and_read() -> list[Any]:
+            conn.send_packed_command(packed, check_health=False)
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response(disable_decoding=True))
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+
+        result: list[Any] = conn.retry.call_with_retry(send_and_read, lambda _error: conn.disconnect())
+        return result
+    except BaseException:
+        conn.disconnect()  # replies may be left unread: never hand this connection out again
+        raise
+    finally:
+        pool.release(conn)
 
 
 def _read(
@@ -294,12 +344,10 @@ def _read(
                 pipe.hgetall(key)
             replies = list(zip(batch, (_dry_reply(r) for r in pipe.execute(raise_on_error=False))))
     else:
-        replies = _run_groups(
-            meter, scripts.SNAPSHOT_MONTH, _groups(batch, _first, slot_of), lambda _: FIRST_GENERATION_ARG, _first
-        )
+        groups = _groups(batch, _first, slot_of)
+        replies = _pair(groups, _run_on_node(meter, node, where, _snapshot_calls(groups, schema)), where)
     snapshots: list[tuple[str, Snapshot]] = []
     unreadable = 0
-    seq_field = FIELD_DUMP_SEQ.encode()
     for (key, user, month), reply in replies:
         if isinstance(reply, Exception):
             unreadable += 1
@@ -307,44 +355,29 @@ def _read(
             continue
         if not reply:
             continue  # deleted since SCAN returned it (another dump, or ops)
-        fingerprint, flat = reply
-        pairs: dict[bytes | str, bytes | str] = dict(zip(flat[0::2], flat[1::2]))  # str: decode_responses
+        fingerprint, seq, flat, plan = reply
+        fields = iter(flat)
         try:
-            usage = MonthUsage.from_hash(month, pairs)
-            seq = int(pairs.get(seq_field, pairs.get(FIELD_DUMP_SEQ, 0)))
+            usage = MonthUsage.from_hash(month, dict(zip(fields, fields)))
         except ValueError as exc:
             unreadable += 1
             log.warning("quota dump: %s has a field that is not an integer (%s); left in Redis", key, exc)
             continue
-        snapshots.append((key, Snapshot(user, month, usage.archive_gen or 0, seq, usage, fingerprint)))
-    _credit_in_force(node, where, snapshots, schema)
+        if usage.credit_nano is None and plan is not None:
+            _credit_in_force(usage, user, month, plan)
+        snapshots.append((key, Snapshot(user, month, usage.archive_gen or 0, int(seq), usage, fingerprint)))
     return snapshots, unreadable
 
 
-def _credit_in_force(node: Any, where: str, snapshots: list[tuple[str, Snapshot]], schema: KeySchema) -> None:
-    """Give each month without its own credit the user's plan, if any (one pipelined GET per such
-    month, on ``node``: the plan key is in the user's slot). A plan that can not be read (moved
-    slot, not an integer) leaves the credit NULL (the default), logged: the archive is still exact
-    in what was spent."""
-    missing = [snap for _, snap in snapshots if snap.usage.credit_nano is None]
-    if not missing:
-        return
-    with storage_errors(where):
-        pipe = node.pipeline(transaction=False)
-        for snap in missing:
-            pipe.get(schema.plan_key(snap.user))
-        replies = pipe.execute(raise_on_error=False)
-    for snap, reply in zip(missing, replies):
-        if reply is None:
-            continue
-        try:
-            if isinstance(reply, Exception):
-                raise ValueError(str(reply))
-            snap.usage.credit_nano = int(reply)
-        except ValueError as exc:
-            log.warning(
-                "quota dump: %s's plan can not be read (%s); %s archived with the default", snap.user, exc, snap.month
-            )
+def _credit_in_force(usage: MonthUsage, user: str, month: str, plan: Any) -> None:
+    """Give a month without its own credit the user's plan (read by snapshot_month.lua in the same
+    step: the credit in force, as the check has it). A plan that can not be read (not an integer,
+    not a string) leaves the credit NULL (the default), logged: the archive is still exact in what
+    was spent."""
+    try:
+        usage.credit_nano = int(plan)
+    except ValueError:
+        log.warning("quota dump: %s's plan can not be read (%r); %s archived with the default", user, plan, month)
 
 
 def _first(item: Key | tuple[str, Snapshot]) -> str:
@@ -353,20 +386,33 @@ def _first(item: Key | tuple[str, Snapshot]) -> str:
 
 
 def _dry_reply(reply: Any) -> Any:
-    """Shape an HGETALL reply like snapshot_month.lua's: ``[fingerprint, [f1, v1, ...]]``."""
+    """Shape an HGETALL reply like snapshot_month.lua's: ``[fingerprint, dump_seq, [f1, v1, ...],
+    plan]`` (a dry run writes nothing: no fingerprint, no count, no credit needed)."""
     if isinstance(reply, Exception) or not reply:
         return reply
-    return [None, [x for pair in reply.items() for x in pair]]
+    return [None, 0, [x for pair in reply.items() for x in pair], None]
 
 
 def _delete_unchanged(
-    meter: DumpMeter, written: list[tuple[str, Snapshot]], slot_of: Callable[[str], int] | None, report: DumpReport
+    meter: DumpMeter,
+    node: Any,
+    where: str,
+    written: list[tuple[str, Snapshot]],
+    slot_of: Callable[[str], int] | None,
+    report: DumpReport,
 ) -> None:
     """Step 4, after the commit: delete each hash that is still exactly what was archived."""
     groups = _groups(written, _first, slot_of)
-    for (key, snap), reply in _run_groups(
-        meter, scripts.DELETE_IF_UNCHANGED, groups, lambda w: w[1].fingerprint, _first
-    ):
+    calls = [
+        ScriptCall(
+            scripts.DELETE_IF_UNCHANGED,
+            tuple(key for key, _ in group),
+            tuple(snap.fingerprint for _, snap in group),
+            _identity,
+        )
+        for group in groups
+    ]
+    for (key, snap), reply in _pair(groups, _run_on_node(meter, node, where, calls), where):
         if isinstance(reply, Exception):
             raise StorageUnavailable(f"Redis: cannot delete the archived month {key}: {reply}")
         if int(reply) == CHANGED:
