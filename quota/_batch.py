@@ -16,8 +16,12 @@ from typing import Any
 from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.utils import HIREDIS_AVAILABLE
 
 from ._core import ScriptCall
+
+if HIREDIS_AVAILABLE:
+    import hiredis
 
 # Replies that mean "this call did not run there; send it again through the cluster client".
 REROUTE = (MovedError, AskError, TryAgainError, ClusterDownError, RedisConnectionError, RedisTimeoutError)
@@ -52,6 +56,42 @@ def eval_args(call: ScriptCall[Any]) -> tuple[Any, ...]:
     """EVAL with the source: the fallback after NOSCRIPT. Unlike SCRIPT LOAD + EVALSHA it can not
     be undone by a SCRIPT FLUSH (or restart, failover) in between, and it caches the script too."""
     return (call.script.source, len(call.keys), *call.keys, *call.args)
+
+
+_PACK: Callable[[tuple[Any, ...]], bytes] | None = hiredis.pack_command if HIREDIS_AVAILABLE else None
+
+
+def pack_scripts(conn: Any, calls: Sequence[ScriptCall[Any]], with_source: bool = False) -> list[bytes]:
+    """``EVALSHA`` (``with_source``: ``EVAL``) of each of ``calls``, packed for ``conn``'s
+    ``send_packed_command``: the thin send paths of both clients (``_compat.send_script`` and
+    ``send_scripts``).
+
+    While ``conn``'s encoder is redis-py's default (UTF-8, strict) and hiredis is installed, every
+    command is packed by ``hiredis.pack_command`` (str and int arguments only: what redis-py's
+    hiredis packer does, without its per-argument Python pass) into one buffer; otherwise the
+    connection packs them (``pack_commands``)."""
+    encoder = conn.encoder
+    if _PACK is not None and encoder.encoding == "utf-8" and encoder.encoding_errors == "strict":
+        pack = _PACK
+        if len(calls) == 1:  # the sync meter's every call: no join
+            return [pack(("EVAL", *eval_args(calls[0])) if with_source else ("EVALSHA", *evalsha_args(calls[0])))]
+        if with_source:
+            return [b"".join([pack(("EVAL", *eval_args(call))) for call in calls])]
+        return [b"".join([pack(("EVALSHA", *evalsha_args(call))) for call in calls])]
+    name, args_of = ("EVAL", eval_args) if with_source else ("EVALSHA", evalsha_args)
+    packed: list[bytes] = conn.pack_commands([(name, *args_of(call)) for call in calls])
+    return packed
+
+
+def pipelined(pipe: Any, calls: Sequence[ScriptCall[Any]], with_source: bool = False) -> Any:
+    """``pipe`` (a redis-py pipeline, sync or asyncio) with ``EVALSHA`` (``with_source``: ``EVAL``)
+    of each of ``calls`` queued: the send paths' fallback for clients they do not thin."""
+    for call in calls:
+        if with_source:
+            pipe.eval(*eval_args(call))
+        else:
+            pipe.evalsha(*evalsha_args(call))
+    return pipe
 
 
 def group_by(calls: Sequence[ScriptCall[Any]], node_of: Callable[[str], Hashable]) -> dict[Hashable, list[int]]:

@@ -17,13 +17,25 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._batch import eval_args, evalsha_args
+from .._batch import eval_args, evalsha_args, pack_scripts, pipelined
 from .._config import Settings
 from .._connect import node_client
 from .._core import ScriptCall
 from .._errors import ConfigError
 from ._pipeline import AutoPipeline
+
+_AsyncHiredisParser: Any = None  # redis-py's hiredis parser, read directly by _read_replies
+_NOT_ENOUGH_DATA: Any = object()  # what its reader returns while a reply is incomplete
+try:
+    from redis._parsers import hiredis as _hiredis_parsers
+
+    _AsyncHiredisParser, _NOT_ENOUGH_DATA = _hiredis_parsers._AsyncHiredisParser, _hiredis_parsers.NOT_ENOUGH_DATA
+except (ImportError, AttributeError):  # pragma: no cover - another redis-py: read_response, reply by reply
+    pass
 
 log = logging.getLogger("quota")
 
@@ -41,11 +53,137 @@ sleep = asyncio.sleep
 to_thread = asyncio.to_thread  # blocking file and SQL work runs off the event loop
 
 
-def send_script(client: Any, call: ScriptCall[Any], with_source: bool = False) -> Any:
-    """Send one script call (``EVALSHA``; ``with_source``: ``EVAL`` with the script's source): an
-    awaitable of its reply. redis-py's whole path here; the sync twin takes a thinner one on a
-    plain client."""
-    return client.eval(*eval_args(call)) if with_source else client.evalsha(*evalsha_args(call))
+async def send_script(client: Any, call: ScriptCall[Any], with_source: bool = False) -> Any:
+    """Send one script call (``EVALSHA``; ``with_source``: ``EVAL`` with the script's source) and
+    return its reply: on a plain client, :func:`send_scripts` of the one call (its error reply
+    raised); on any other, redis-py's whole path."""
+    if not _thin(client):
+        if with_source:
+            return await client.eval(*eval_args(call))
+        return await client.evalsha(*evalsha_args(call))
+    reply = (await send_scripts(client, [call], with_source))[0]
+    if isinstance(reply, ResponseError):
+        raise reply
+    return reply
+
+
+async def send_scripts(client: Any, calls: list[ScriptCall[Any]], with_source: bool = False) -> list[Any]:
+    """Send ``calls`` pipelined on one of ``client``'s connections (``EVALSHA``; ``with_source``:
+    ``EVAL``); one reply per call, an error reply in its place as its exception. A connection
+    that fails (after the connection's retries, which resend the whole batch: the request ids
+    keep a record from counting twice) raises, as a pipeline does.
+
+    Why not redis-py's pipeline: one process with 200 tasks was bound by the client's CPU, and
+    the pipeline spent it per command (queueing it, packing each argument in Python, a timeout
+    armed and a response callback looked up for each reply, each error annotated). On a plain
+    ``redis.asyncio.Redis`` (a standalone meter's client, a cluster node's) the batch is packed
+    in one buffer (``quota._batch.pack_scripts``, hiredis) and its replies read in one loop
+    (:func:`_read_replies`). What is kept is the sync ``send_script``'s: a connection from the
+    client's pool, the connection's ``Retry`` (disconnecting before each resend), its socket
+    timeouts, the health check, and the release to the pool even on error. Any other client
+    (fakeredis, a subclass, a single-connection client) takes redis-py's pipeline.
+    """
+    if not _thin(client):
+        pipe = pipelined(client.pipeline(transaction=False), calls, with_source)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+    pool = client.connection_pool
+    conn = await pool.get_connection()
+    try:
+        packed = pack_scripts(conn, calls, with_source)
+
+        async def round_trip() -> list[Any]:
+            await conn.send_packed_command(packed)
+            return await _read_replies(conn, len(calls))
+
+        async def failed(_error: Exception) -> None:
+            await conn.disconnect()
+
+        replies = await conn.retry.call_with_retry(round_trip, failed)
+        return replies
+    finally:
+        await pool.release(conn)
+
+
+def _thin(client: Any) -> bool:
+    """Whether ``client`` takes the thin send paths: a plain ``redis.asyncio.Redis`` on a pool."""
+    return type(client) is aredis.Redis and client.connection is None
+
+
+async def _read_replies(conn: Any, count: int) -> list[Any]:
+    """The next ``count`` replies on ``conn``, an error reply as its exception (not raised).
+
+    With redis-py's hiredis parser (the default when hiredis is installed), straight from the
+    parser's reader, as the parser's ``read_response`` does it: every reply already received is
+    taken in one loop, and only a wait for more bytes arms the socket timeout (``read_response``
+    arms one per reply: a timer handle each, about a tenth of the batch path's CPU). A RESP3
+    push message goes to the parser's push handler, as there. The errors are
+    ``read_response``'s: a timeout is redis-py's ``TimeoutError``, a socket error its
+    ``ConnectionError``, and any failure (a cancellation too) disconnects the connection, whose
+    replies may be left unread. Any other parser reads reply by reply through ``read_response``.
+    """
+    parser = conn._parser  # noqa: SLF001 - redis-py's parser of this connection (see _fast_reader)
+    found = _fast_reader(conn, parser)
+    replies: list[Any] = []
+    if found is None:
+        for _ in range(count):
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:  # this call's error; the connection reads on
+                replies.append(exc)
+        return replies
+    reader, push_type = found
+    timeout_s = conn.socket_timeout
+    try:
+        while len(replies) < count:
+            reply = reader.gets()
+            if reply is _NOT_ENOUGH_DATA:
+                if timeout_s is None:
+                    await parser.read_from_socket()
+                else:
+                    async with asyncio.timeout(timeout_s):
+                        await parser.read_from_socket()
+            elif isinstance(reply, RedisConnectionError):  # e.g. LOADING: raised, as read_response does
+                raise reply
+            elif type(reply) is list and reply and isinstance(reply[0], RedisConnectionError):
+                raise reply[0]
+            elif push_type is not None and isinstance(reply, push_type):
+                await parser.handle_push_response(reply)  # not a reply to a call: read on
+            else:
+                replies.append(reply)
+    except TimeoutError:  # asyncio.timeout's (before OSError, of which it is a subclass)
+        await conn.disconnect(nowait=True)
+        raise RedisTimeoutError(f"Timeout reading from {_where(conn)}") from None
+    except OSError as exc:
+        await conn.disconnect(nowait=True)
+        raise RedisConnectionError(f"Error while reading from {_where(conn)} : {exc.args}") from exc
+    except BaseException:
+        await conn.disconnect(nowait=True)
+        raise
+    if conn.health_check_interval:
+        conn.next_health_check = asyncio.get_running_loop().time() + conn.health_check_interval
+    return replies
+
+
+def _fast_reader(conn: Any, parser: Any) -> tuple[Any, Any] | None:
+    """``(reader, push type)`` of ``conn``'s parser when :func:`_read_replies` may read from it:
+    redis-py's ``_AsyncHiredisParser``, connected, with the members redis-py 8 gives it (its
+    hiredis ``_reader``, ``read_from_socket``, the ``PushNotification`` type on RESP3); else None."""
+    if type(parser) is not _AsyncHiredisParser or not getattr(parser, "_connected", False):
+        return None  # (_AsyncHiredisParser None: never a parser's type)
+    reader = getattr(parser, "_reader", None)
+    push_type = getattr(parser, "_hiredis_PushNotificationType", _UNKNOWN)
+    if reader is None or push_type is _UNKNOWN:
+        return None
+    return reader, push_type
+
+
+_UNKNOWN = object()
+
+
+def _where(conn: Any) -> str:
+    describe = getattr(conn, "_host_error", None)
+    return str(describe()) if callable(describe) else "Redis"
 
 
 async def shielded_admission(

@@ -16,12 +16,9 @@ from typing import Any, TypeVar
 
 import redis
 from redis.cluster import RedisCluster
-from redis.utils import HIREDIS_AVAILABLE
+from redis.exceptions import ResponseError
 
-if HIREDIS_AVAILABLE:
-    import hiredis
-
-from .._batch import eval_args, evalsha_args
+from .._batch import eval_args, evalsha_args, pack_scripts, pipelined
 from .._config import Settings
 from .._core import ScriptCall
 
@@ -49,28 +46,61 @@ def send_script(client: Any, call: ScriptCall[Any], with_source: bool = False) -
     (bench/core.py). Any other client (a cluster, a single-connection client, fakeredis, a
     subclass) takes redis-py's whole path.
     """
-    if type(client) is not redis.Redis or client.connection is not None:
+    if not _thin(client):
         return client.eval(*eval_args(call)) if with_source else client.evalsha(*evalsha_args(call))
-    command = ("EVAL", *eval_args(call)) if with_source else ("EVALSHA", *evalsha_args(call))
     pool = client.connection_pool
     conn = pool.get_connection()
     try:
-        encoder = conn.encoder
-        if _pack is not None and encoder.encoding == "utf-8" and encoder.encoding_errors == "strict":
-            packed = [_pack(command)]  # str and int arguments only: what redis-py's hiredis packer does
-        else:
-            packed = conn.pack_command(*command)
+        packed = pack_scripts(conn, (call,), with_source)
         return conn.retry.call_with_retry(lambda: _round_trip(conn, packed), lambda _error: conn.disconnect())
     finally:
         pool.release(conn)  # the pool disconnects it first if redis-py marked it for reconnection
 
 
-_pack: Callable[[tuple[Any, ...]], bytes] | None = hiredis.pack_command if HIREDIS_AVAILABLE else None
+def send_scripts(client: Any, calls: list[ScriptCall[Any]], with_source: bool = False) -> list[Any]:
+    """Send ``calls`` pipelined on one of ``client``'s connections (``EVALSHA``; ``with_source``:
+    ``EVAL``); one reply per call, an error reply in its place as its exception. A connection
+    that fails (after the connection's retries, which resend the whole batch: the request ids
+    keep a record from counting twice) raises, as a pipeline does.
+
+    On a plain ``redis.Redis`` (a standalone meter's client, a cluster node's) the batch is
+    packed in one buffer (``quota._batch.pack_scripts``) and its replies read in one loop, with
+    send_script's connection handling; any other client takes redis-py's pipeline."""
+    if not _thin(client):
+        pipe = pipelined(client.pipeline(transaction=False), calls, with_source)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        return replies
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        packed = pack_scripts(conn, calls, with_source)
+        batch: list[Any] = conn.retry.call_with_retry(
+            lambda: _batch_round_trip(conn, packed, len(calls)), lambda _error: conn.disconnect()
+        )
+        return batch
+    finally:
+        pool.release(conn)
+
+
+def _thin(client: Any) -> bool:
+    """Whether ``client`` takes the thin send paths: a plain ``redis.Redis`` on a pool."""
+    return type(client) is redis.Redis and client.connection is None
 
 
 def _round_trip(conn: Any, packed: Any) -> Any:
     conn.send_packed_command(packed)
     return conn.read_response()
+
+
+def _batch_round_trip(conn: Any, packed: Any, count: int) -> list[Any]:
+    conn.send_packed_command(packed)
+    replies: list[Any] = []
+    for _ in range(count):
+        try:
+            replies.append(conn.read_response())
+        except ResponseError as exc:  # this call's error; the connection reads on
+            replies.append(exc)
+    return replies
 
 
 def shield(result: T) -> T:

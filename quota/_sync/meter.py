@@ -21,7 +21,7 @@ from .. import _audit as audit
 from .._adjust import Adjustment, adjust_call, adjustments_from_hash, audit_adjustment, audit_outcome
 from .._adjust import audit_entry as adjustment_audit_entry
 from .._audit import LIBRARY, AuditEntry, AuditSink, validate_actor
-from .._batch import SendOne, Step, eval_args, evalsha_args, plan_batch
+from .._batch import SendOne, Step, plan_batch
 from .._config import Settings
 from .._connect import (
     HISTORY_FROM_ENV,
@@ -62,6 +62,7 @@ from ._compat import (
     OnLoop,
     prefetch,
     send_script,
+    send_scripts,
     sleep,
     to_thread,
     wait_background,
@@ -704,14 +705,8 @@ class Meter:
                 return self._evalsha(here.client, step.call)
             except REDIS_ERRORS as exc:
                 return exc
-        pipe = here.nodes.get(step.node).pipeline(transaction=False)
-        for call in step.calls:
-            if step.with_source:
-                pipe.eval(*eval_args(call))
-            else:
-                pipe.evalsha(*evalsha_args(call))
         try:
-            return pipe.execute(raise_on_error=False)
+            return send_scripts(here.nodes.get(step.node), step.calls, step.with_source)
         except REDIS_ERRORS as exc:
             return exc
         except LOST_CONNECTION as exc:
