@@ -237,6 +237,11 @@ class MeterCore:
         is_system = model.is_system
 
         def parse(reply: Any) -> UsageResult:
+            # record.lua answers one string (a table reply costs Redis more); a list reads the same
+            if isinstance(reply, bytes):
+                reply = reply.split(b" ")
+            elif isinstance(reply, str):  # decode_responses=True
+                reply = reply.split(" ")
             status, used, credit, hold, crossed = reply[:5]
             recorded = int(status) == 1
             # When counted, the script returns the spend *before* this call (see record.lua).

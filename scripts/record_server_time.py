@@ -8,8 +8,8 @@ meet the same load on a shared machine; each batch reads INFO commandstats (``us
 evalsha: the scripts' own time, wall clock inside Redis), the server's CPU time
 (``/proc/<pid>/task/*/schedstat``: time waiting for a core is not counted) and the commands the
 scripts ran per record. Scenarios: ``under`` (a user under the default credit, no plan: the common
-record) and ``over`` (past a month credit of 0, no grants). The old script gets the old layout (the
-first 4 KEYS and 10 ARGV the core builds: the layout before grants).
+record) and ``over`` (past a month credit of 0, no grants). The old script gets the KEYS and ARGV the
+core builds, cut to the layout its header documents (4 KEYS and 10 ARGV before grants).
 Prints medians, the mean of the quietest tenth of the batches, and the median of the per-round ratios.
 """
 
@@ -59,7 +59,9 @@ def main() -> None:
         pid = server.proc.pid  # type: ignore[union-attr]
         core = MeterCore(Settings.from_env({"QUOTA_MONTHLY_CREDIT": "900000"}))  # "under" never reaches it
         new_sha = client.script_load(core.record("u", "system_deepseek", 1, 1).script.source)
-        old_sha = client.script_load(expand((lua / "record.lua").read_text(), lua, set()))
+        old_source = expand((lua / "record.lua").read_text(), lua, set())
+        old_sha = client.script_load(old_source)
+        old_keys, old_args = (7, 11) if "-- KEYS[7]" in old_source else (4, 10)  # grants came with KEYS[5..7]
         ids = iter(range(10**12))
 
         def maker(version: str, user: str):  # type: ignore[no-untyped-def]
@@ -68,7 +70,7 @@ def main() -> None:
                 for _ in range(opts.batch):
                     call = core.record(user, "system_deepseek", 1200, 300, request_id=f"r{next(ids)}")
                     if version == "old":
-                        out.append((old_sha, 4, *call.keys[:4], *call.args[:10]))
+                        out.append((old_sha, old_keys, *call.keys[:old_keys], *call.args[:old_args]))
                     else:
                         out.append((new_sha, len(call.keys), *call.keys, *call.args))
                 return out

@@ -178,3 +178,34 @@ def test_bad_thresholds_are_refused(raw):
         Settings.from_env({"QUOTA_ALERT_THRESHOLDS": raw})
     with pytest.raises(ConfigError):
         Settings(alert_thresholds=(100, 80))
+
+
+@pytest.mark.parametrize("short", [0, 1])
+def test_a_threshold_past_2_53_is_reached_to_the_nano(any_meter, raw, short):
+    """record.lua skips the alert decision only well below the lowest threshold (in doubles, with a
+    margin); at the threshold lib/alerts.lua decides exactly, here where the products pass 2^53."""
+    # 80 % of the credit is reached at 8,000,000,000,000,009 nano-CNY, where doubles (no margin) still
+    # put the spend below it: float(8e15 + 9) * 100 < float(10**16 + 11) * 80
+    credit, reached = 10**16 + 11, 8 * 10**15 + 9
+    raw.hset("quota:{big}:2026-01", mapping={"credit_nano": credit, "system_used_nano": reached - 2000 - short})
+    r = any_meter.update_token_usage("big", SYS, input_tokens=0, output_tokens=1)  # 2,000 nano-CNY
+    assert r.monthly_used_nano == reached - short
+    assert r.alerts == (() if short else (80,))
+    assert kinds(raw, "big") == ([] if short else [("crossed", 80)])
+
+
+def test_bad_thresholds_are_refused_when_the_spend_nears_them_and_change_nothing(any_meter, raw):
+    """The thresholds argument is checked where it is used: by a record within reach of the lowest."""
+    from redis.exceptions import ResponseError
+
+    from quota._batch import eval_args
+
+    any_meter.update_token_usage("alice", SYS, input_tokens=3_999_000, output_tokens=0)  # 3.999 of 5 CNY
+    call = any_meter.core.record("alice", SYS, 1_000, 0, request_id="bad")
+    bad = call._replace(args=(*call.args[:8], "80,,100", *call.args[9:]))
+    before = raw.hgetall("quota:{alice}:2026-01")
+    with pytest.raises(ResponseError, match="QUOTA_INVALID record thresholds"):
+        raw.eval(*eval_args(bad))
+    assert raw.hgetall("quota:{alice}:2026-01") == before and raw.exists(call.keys[1]) == 0
+    assert raw.eval(*eval_args(call))  # the same record with the meter's thresholds: counted
+    assert kinds(raw) == [("crossed", 80)]

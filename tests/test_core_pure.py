@@ -197,3 +197,24 @@ def test_turn_calls_carry_the_hold_and_its_settings():
 def test_bad_holds_are_refused_before_any_io(hold):
     with pytest.raises(InvalidInput):
         core().hold_arg(hold)
+
+
+def test_record_lua_one_string_reply_parses_as_its_fields():
+    """record.lua answers one string, fields split on single spaces (a table reply costs Redis more);
+    empty fields stay in place, and bytes and str read the same."""
+    call = core().record("alice", "system_deepseek", 12_000, 8_000, request_id="r1", purpose="chat")
+    counted = call.parse(b"1 3972000000 5000000000 250 80 chat 7")
+    assert (counted.monthly_used_nano, counted.monthly_credit_nano) == (4_000_000_000, 5_000_000_000)
+    assert (counted.hold_remaining_nano, counted.alerts, counted.purpose, counted.grants_drawn_nano) == (
+        250,
+        (80,),
+        "chat",
+        7,
+    )
+    assert not counted.duplicate
+    plain = call.parse(b"1 0 5000000000    0")  # no hold, nothing crossed, no purpose, no draw
+    assert (plain.hold_remaining_nano, plain.alerts, plain.purpose, plain.grants_drawn_nano) == (None, (), None, 0)
+    assert plain.monthly_used_nano == 28_000_000
+    repeated = call.parse("0 28000000 5000000000   chat 0")  # decode_responses=True gives str
+    assert repeated.duplicate and repeated.monthly_used_nano == 28_000_000 and repeated.purpose == "chat"
+    assert call.parse([1, b"3972000000", b"5000000000", b"250", b"80", b"chat", 7]) == counted

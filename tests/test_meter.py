@@ -419,6 +419,23 @@ def test_a_counter_near_the_int64_limit_is_refused_and_changes_nothing(any_meter
     assert snapshot(raw) == before
 
 
+def test_a_record_refused_for_a_counter_too_large_claims_no_request_id(any_meter, raw):
+    """The refusal changes nothing, its request id included: sent again once the counter is sane,
+    the same record is counted once (not taken for a repeat), and a third time it is a repeat."""
+    raw.hset("quota:{sam}:2026-01", mapping={"system_deepseek:input": 10**17})
+    with pytest.raises(InvalidInput, match="too large"):
+        any_meter.update_token_usage("sam", "system_deepseek", 1, 1, request_id="again")
+    with pytest.raises(InvalidInput, match="too large"):  # still refused, not a repeat of a refusal
+        any_meter.update_token_usage("sam", "system_deepseek", 1, 1, request_id="again")
+    assert raw.exists("quota:{sam}:req:again") == 0
+    raw.hset("quota:{sam}:2026-01", "system_deepseek:input", 5)
+    first = any_meter.update_token_usage("sam", "system_deepseek", 1, 1, request_id="again")
+    repeat = any_meter.update_token_usage("sam", "system_deepseek", 1, 1, request_id="again")
+    assert not first.duplicate and repeat.duplicate
+    assert raw.hget("quota:{sam}:2026-01", "system_deepseek:input") == b"6"
+    assert raw.hget("quota:{sam}:2026-01", "system_deepseek:calls") == b"1"
+
+
 def test_custom_model_price_from_the_call(any_meter):
     r = any_meter.update_token_usage(
         "tia", "custom_gpt", 1000, 1000, price={"cost_per_1k_input": "0.0175", "cost_per_1k_output": "0.07"}

@@ -515,8 +515,11 @@ def test_a_connection_given_back_with_an_unread_reply_is_renewed(redis_server):
         if not check:
             connection.can_read = lambda timeout=0: False  # the control: no freshness check
         pool.release(connection)
-        result = meter.update_token_usage(user, MODEL, 1000, 1000)
-        truthful = (result.monthly_used_nano, result.monthly_credit_nano) == (result.cost_nano, 5 * 10**9)
+        try:
+            result = meter.update_token_usage(user, MODEL, 1000, 1000)
+            truthful = (result.monthly_used_nano, result.monthly_credit_nano) == (result.cost_nano, 5 * 10**9)
+        except ValueError:  # the ECHO read as record.lua's one-string reply: not its fields
+            truthful = False
         assert truthful is check  # without the check the record is answered by the ECHO
     pool.disconnect()  # the control's connection still holds the record's own reply
     meter.close()
