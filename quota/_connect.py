@@ -32,6 +32,7 @@ import redis.asyncio as aredis
 import redis.asyncio.connection as aconnection
 import redis.connection as connection
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import (
@@ -64,11 +65,15 @@ OWN_OPTIONS = frozenset(SETTING_NAMES | METER_OPTIONS | {"monthly_credit"})
 SHOWN_OPTIONS = sorted(OWN_OPTIONS - {"credit_nano"})
 
 
-def default_options() -> dict[str, Any]:
+def default_options(*, use_asyncio: bool = False) -> dict[str, Any]:
+    """The connection defaults (see the module's doc). An asyncio client gets redis-py's asyncio
+    ``Retry``: its connections await ``call_with_retry``, and the sync class would hand them back
+    the coroutine unretried (a lost connection then failed at once, without the two resends)."""
+    retry_class = AsyncRetry if use_asyncio else Retry
     return {
         "socket_timeout": 1.0,
         "socket_connect_timeout": 0.5,
-        "retry": Retry(ExponentialBackoff(cap=0.25, base=0.02), 2),
+        "retry": retry_class(ExponentialBackoff(cap=0.25, base=0.02), 2),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
     }
 
@@ -251,7 +256,7 @@ def build_client(
     """A redis-py client on ``url`` whose callers queue for a connection (see the module's doc).
     ``client_options`` (the caller's, over ``default_options()``) is not changed: an ``AsyncMeter``
     builds one client per event loop from it."""
-    client_options = {**default_options(), **client_options}
+    client_options = {**default_options(use_asyncio=use_asyncio), **client_options}
     limits = {"max_connections": settings.max_connections}
     wait_s = settings.pool_timeout_s
     if use_asyncio and is_cluster:
