@@ -70,15 +70,11 @@ def pack_scripts(conn: Any, calls: Sequence[ScriptCall[Any]], with_source: bool 
     command is packed by ``hiredis.pack_command`` (str and int arguments only: what redis-py's
     hiredis packer does, without its per-argument Python pass) into one buffer; otherwise the
     connection packs them (``pack_commands``)."""
+    name, args_of = ("EVAL", eval_args) if with_source else ("EVALSHA", evalsha_args)
     encoder = conn.encoder
     if _PACK is not None and encoder.encoding == "utf-8" and encoder.encoding_errors == "strict":
-        pack = _PACK
-        if len(calls) == 1:  # the sync meter's every call: no join
-            return [pack(("EVAL", *eval_args(calls[0])) if with_source else ("EVALSHA", *evalsha_args(calls[0])))]
-        if with_source:
-            return [b"".join([pack(("EVAL", *eval_args(call))) for call in calls])]
-        return [b"".join([pack(("EVALSHA", *evalsha_args(call))) for call in calls])]
-    name, args_of = ("EVAL", eval_args) if with_source else ("EVALSHA", evalsha_args)
+        commands = [_PACK((name, *args_of(call))) for call in calls]
+        return commands if len(commands) == 1 else [b"".join(commands)]  # one call (the sync meter's): no join
     packed: list[bytes] = conn.pack_commands([(name, *args_of(call)) for call in calls])
     return packed
 

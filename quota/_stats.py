@@ -147,21 +147,21 @@ _FIELD_PLANS: dict[Any, tuple[int, str, str]] = {}
 _FIELD_PLANS_MAX = 10_000  # names beyond this are decided every time (model ids are bounded anyway)
 
 
+_MONTH_FIELDS = {
+    FIELD_CREDIT: _CREDIT,
+    FIELD_USED: _USED,
+    FIELD_DUMP_GEN: _GEN,
+    FIELD_ALERTED: _ALERTED,
+    FIELD_ORIGIN: _ORIGIN,
+    FIELD_GRANTS_DRAWN: _GRANTS,
+}
+
+
 def _field_plan(key: Any) -> tuple[int, str, str]:
     name = key.decode() if isinstance(key, bytes) else str(key)
     plan: tuple[int, str, str] = (_SKIP, "", "")
-    if name == FIELD_CREDIT:
-        plan = (_CREDIT, "", "")
-    elif name == FIELD_USED:
-        plan = (_USED, "", "")
-    elif name == FIELD_DUMP_GEN:
-        plan = (_GEN, "", "")
-    elif name == FIELD_ALERTED:
-        plan = (_ALERTED, "", "")
-    elif name == FIELD_ORIGIN:
-        plan = (_ORIGIN, "", "")
-    elif name == FIELD_GRANTS_DRAWN:
-        plan = (_GRANTS, "", "")
+    if name in _MONTH_FIELDS:
+        plan = (_MONTH_FIELDS[name], "", "")
     else:
         model_id, _, suffix = name.rpartition(":")
         if model_id and suffix in MODEL_SUFFIXES:
